@@ -1,0 +1,92 @@
+#include "doorbell.hpp"
+
+#include <stdexcept>
+#include <string>
+
+#include "futex.hpp"
+
+namespace shmbus {
+
+namespace doorbell {
+
+layout::DoorbellHeader* format(std::byte* at, uint32_t bits) {
+  if (bits == 0 || bits > layout::ShmRef::kMaxBit + 1)
+    throw std::invalid_argument("doorbell bit capacity must be 1.." +
+                                std::to_string(layout::ShmRef::kMaxBit + 1));
+  auto* d = reinterpret_cast<layout::DoorbellHeader*>(at);
+  // The memory comes zeroed from the arena: words and counters already read 0.
+  d->bit_capacity = bits;
+  d->summary_words = layout::doorbell_summary_words(bits);
+  d->leaf_words = layout::doorbell_leaf_words(bits);
+  // Release via the futex word: whoever acquires it sees the sizes above. The magic is the
+  // last plain field written; open() checks it after an acquire load of futex_word.
+  d->magic = layout::kDoorbellMagic;
+  d->futex_word.store(0, std::memory_order_release);
+  return d;
+}
+
+layout::DoorbellHeader* open(std::byte* at) {
+  auto* d = reinterpret_cast<layout::DoorbellHeader*>(at);
+  (void)d->futex_word.load(std::memory_order_acquire);
+  if (d->magic != layout::kDoorbellMagic) throw std::runtime_error("not a shmbus doorbell");
+  return d;
+}
+
+void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit) {
+  const uint32_t leaf = bit / 64;
+  const uint64_t mask = uint64_t{1} << (bit % 64);
+  auto& leaf_word = leaf_words(d)[leaf];
+  // A set bit means the waiter has not taken it yet and will drain this ring after taking
+  // it, seeing our commit (the waiter's exchange is seq_cst and follows our fenced commit in
+  // the single total order, or precedes our load and we would have seen the bit clear).
+  if ((leaf_word.load(std::memory_order_seq_cst) & mask) == 0) {
+    leaf_word.fetch_or(mask, std::memory_order_seq_cst);
+    summary_words(d)[leaf / 64].fetch_or(uint64_t{1} << (leaf % 64), std::memory_order_seq_cst);
+  }
+  if (d->sleepers.load(std::memory_order_seq_cst) != 0) {
+    // Change the word first so a waiter between its check and FUTEX_WAIT returns at once.
+    d->futex_word.fetch_add(1, std::memory_order_release);
+    futex_wake_all(&d->futex_word);
+  }
+}
+
+}  // namespace doorbell
+
+bool Waiter::any_ready() const {
+  auto* summary = doorbell::summary_words(d_);
+  for (uint32_t s = 0; s < d_->summary_words; ++s)
+    if (summary[s].load(std::memory_order_seq_cst) != 0) return true;
+  return false;
+}
+
+void Waiter::disarm_bit(uint32_t bit) {
+  doorbell::leaf_words(d_)[bit / 64].fetch_and(~(uint64_t{1} << (bit % 64)),
+                                               std::memory_order_seq_cst);
+}
+
+Status park_once(layout::DoorbellHeader* d, uint32_t observed_futex_word,
+                 std::chrono::steady_clock::time_point deadline, bool forever) {
+  std::chrono::nanoseconds timeout{-1};
+  if (!forever) {
+    timeout = deadline - std::chrono::steady_clock::now();
+    if (timeout.count() <= 0) return Status::kTimedOut;
+  }
+  const auto result = futex_wait(&d->futex_word, observed_futex_word, timeout);
+  return result == FutexWaitResult::kTimedOut ? Status::kTimedOut : Status::kOk;
+}
+
+Status Waiter::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin) {
+  const bool forever = timeout.count() < 0;
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = forever ? start : start + timeout;
+  const auto spin_until = start + (forever || spin < timeout ? spin : timeout);
+  // Spin phase: re-read the clock only every 64 polls (a clock read costs ~20 ns here).
+  for (uint32_t polls = 1;; ++polls) {
+    if (any_ready()) return Status::kOk;
+    if (polls % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
+    cpu_relax();
+  }
+  return park_until([this] { return any_ready(); }, deadline, forever);
+}
+
+}  // namespace shmbus

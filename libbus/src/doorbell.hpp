@@ -1,0 +1,138 @@
+// Doorbell: how one waiter (a subscription over one ring or over 100,000) sleeps in a single
+// futex wait and learns which rings have news without scanning them all.
+//
+// Publisher side (ring_doorbell): after committing a frame and a full fence, set the ring's
+// leaf bit and its summary bit unless the leaf bit is already set, then FUTEX_WAKE only if
+// `sleepers` is non-zero. While nobody sleeps a publish makes no system call; while the
+// waiter has not yet taken the bit, a publish makes no write to the doorbell at all.
+//
+// Waiter side (Waiter): exchange summary words to zero, then the leaf words they point at,
+// and drain each ring found. To sleep: read futex_word, increment sleepers, re-check the
+// summary, FUTEX_WAIT on the value read.
+//
+// Why no wakeup is lost: the publisher's (fence; load leaf; fetch_or summary; load
+// sleepers) and the waiter's (fetch_add sleepers; load summary) are sequentially consistent,
+// so either the publisher sees the sleeper or the waiter sees the summary bit (Dekker).
+// FUTEX_WAIT compares futex_word under the kernel's lock, so a wake between the waiter's
+// check and its sleep turns the wait into an immediate return.
+//
+// Thread safety: ring_doorbell may run in any number of publishers at once. A Waiter is used
+// by one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+#include "layout.hpp"
+#include "status.hpp"
+
+namespace shmbus {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+namespace doorbell {
+
+inline std::atomic<uint64_t>* summary_words(layout::DoorbellHeader* d) {
+  return reinterpret_cast<std::atomic<uint64_t>*>(reinterpret_cast<std::byte*>(d) +
+                                                  sizeof(layout::DoorbellHeader));
+}
+inline std::atomic<uint64_t>* leaf_words(layout::DoorbellHeader* d) {
+  return reinterpret_cast<std::atomic<uint64_t>*>(
+      reinterpret_cast<std::byte*>(d) + sizeof(layout::DoorbellHeader) +
+      layout::align_up(8ULL * d->summary_words, layout::kCacheLine));
+}
+
+// Formats zeroed memory at `at` (layout::doorbell_bytes(bits) long) as a doorbell.
+layout::DoorbellHeader* format(std::byte* at, uint32_t bits);
+// Validates a doorbell another process formatted.
+layout::DoorbellHeader* open(std::byte* at);
+
+// Publisher side. REQUIRES: the caller issued a sequentially consistent fence after the
+// commit store it is announcing.
+void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit);
+
+}  // namespace doorbell
+
+class Waiter {
+ public:
+  explicit Waiter(layout::DoorbellHeader* doorbell) : d_(doorbell) {}
+
+  // Takes every pending bit (clearing it) and calls fn(bit) for each; returns the count.
+  template <typename Fn>
+  uint32_t take_ready(Fn&& fn) {
+    uint32_t taken = 0;
+    auto* summary = doorbell::summary_words(d_);
+    auto* leaves = doorbell::leaf_words(d_);
+    for (uint32_t s = 0; s < d_->summary_words; ++s) {
+      // Cheap test first: exchange only words with something in them, so an idle waiter
+      // does not pull lines publishers will write.
+      if (summary[s].load(std::memory_order_relaxed) == 0) continue;
+      uint64_t summary_bits = summary[s].exchange(0, std::memory_order_seq_cst);
+      while (summary_bits != 0) {
+        const uint32_t leaf = s * 64 + static_cast<uint32_t>(__builtin_ctzll(summary_bits));
+        summary_bits &= summary_bits - 1;
+        // seq_cst exchange: the drain that follows sees every commit whose publisher found
+        // this bit set (and so skipped setting it) - see the header comment.
+        uint64_t leaf_bits = leaves[leaf].exchange(0, std::memory_order_seq_cst);
+        while (leaf_bits != 0) {
+          const uint32_t bit = leaf * 64 + static_cast<uint32_t>(__builtin_ctzll(leaf_bits));
+          leaf_bits &= leaf_bits - 1;
+          fn(bit);
+          ++taken;
+        }
+      }
+    }
+    return taken;
+  }
+
+  bool any_ready() const;
+
+  // Waits until some bit is pending or `timeout` passes (negative: forever). Spins for
+  // `spin` first (no system call, ~100 ns wake-up), then parks on the futex.
+  Status wait(std::chrono::nanoseconds timeout,
+              std::chrono::nanoseconds spin = std::chrono::microseconds(20));
+
+  // Single-ring use: clear `bit` so the next publisher to that ring rings the bell.
+  void disarm_bit(uint32_t bit);
+  // Parks until `ready()` holds or the deadline passes; `ready` is re-checked after the
+  // sleeper is announced, so a publish racing with the park is never missed.
+  template <typename Ready>
+  Status park_until(Ready&& ready, std::chrono::steady_clock::time_point deadline,
+                    bool forever);
+
+  layout::DoorbellHeader* header() const { return d_; }
+
+ private:
+  layout::DoorbellHeader* d_;
+};
+
+// Implementation of the template above; kept here so Reader can use it inline.
+Status park_once(layout::DoorbellHeader* d, uint32_t observed_futex_word,
+                 std::chrono::steady_clock::time_point deadline, bool forever);
+
+template <typename Ready>
+Status Waiter::park_until(Ready&& ready, std::chrono::steady_clock::time_point deadline,
+                          bool forever) {
+  for (;;) {
+    const uint32_t seen = d_->futex_word.load(std::memory_order_acquire);
+    // seq_cst: pairs with the publisher's load of `sleepers` after its fence.
+    d_->sleepers.fetch_add(1, std::memory_order_seq_cst);
+    if (ready()) {
+      d_->sleepers.fetch_sub(1, std::memory_order_relaxed);
+      return Status::kOk;
+    }
+    const Status parked = park_once(d_, seen, deadline, forever);
+    d_->sleepers.fetch_sub(1, std::memory_order_relaxed);
+    if (ready()) return Status::kOk;
+    if (parked == Status::kTimedOut) return Status::kTimedOut;
+  }
+}
+
+}  // namespace shmbus

@@ -1,0 +1,286 @@
+// Shared-memory layouts of shmbus: everything that lives in /dev/shm is declared here and
+// nowhere else, so the bytes another process sees can be read off one file.
+//
+// Rules for every structure in this file
+// - Offsets, never pointers: each process maps a segment at its own address.
+// - Only lock-free std::atomic and plain integers: no mutex, condition variable or anything a
+//   crashed process could leave held (research/rings.md section 4).
+// - Fields written by one party and read by another on the hot path sit on their own cache
+//   line, so a publisher's claim does not invalidate the line a reader spins on.
+// - Bump kLayoutVersion whenever a byte moves; attach() refuses a different version.
+//
+// ARENA SEGMENT (one POSIX shm object, e.g. /dev/shm/shmbus.default.0)
+//
+//   0            4096                                                         arena_bytes
+//   +------------+--------------------+-------+--------------------+-----------+
+//   | ArenaHeader| ring block         | free  | doorbell           | ...       |
+//   | (1 page)   | (page aligned)     |       | (page aligned)     |           |
+//   +------------+--------------------+-------+--------------------+-----------+
+//   The segment is sized with ftruncate (sparse); each block's pages are reserved with
+//   posix_fallocate when the owner allocates it, so a full /dev/shm is an allocation error in
+//   the owner instead of a SIGBUS in a client. Freed blocks are punched out (pages return to
+//   the system and read back as zero).
+//
+// RING BLOCK (one channel)
+//
+//   0                256            4096                      4096+capacity
+//   +----------------+--------------+--------------------------+----------------------------+
+//   | RingHeader     | (pad)        | data: frames, capacity   | ReaderTable (own pages):   |
+//   | config | claim |              | bytes, a power of two    | notify[] | ReaderSlot[]    |
+//   | retire | stats |              |                          |                            |
+//   +----------------+--------------+--------------------------+----------------------------+
+//   Reader positions and doorbell links live in the ReaderTable, outside the data pages, so a
+//   subscribe-only client never writes a data page.
+//
+// FRAME (32-byte aligned, inside the data area; a frame may wrap only if it is padding)
+//
+//   0        8          16            24         28          30       32
+//   +--------+----------+-------------+----------+-----------+--------+------------------+
+//   | state  | sequence | publish_ns  | payload  | publisher | origin | payload ...      |
+//   | (atom) |          |             | length   | id        |        |                  |
+//   +--------+----------+-------------+----------+-----------+--------+------------------+
+//   state = position | flags. The position (byte offset in the endless stream, a multiple of
+//   32) tags the lap the frame belongs to; the low 5 bits are the flags below. A frame is
+//   complete only when its state reads exactly (its position | kFrameCommitted).
+//
+// DOORBELL (one per waiting subscription; many rings may point at one doorbell)
+//
+//   0                         64                        64 + 8*summary_words
+//   +-------------------------+-------------------------+---------------------------+
+//   | futex_word | sleepers   | summary bits            | leaf bits (one per ring)  |
+//   +-------------------------+-------------------------+---------------------------+
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace shmbus::layout {
+
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kArenaMagic = 0x53484d41;     // "SHMA"
+inline constexpr uint32_t kRingMagic = 0x53484d52;      // "SHMR"
+inline constexpr uint32_t kDoorbellMagic = 0x53484d44;  // "SHMD"
+
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::size_t kPageSize = 4096;
+
+constexpr uint64_t align_up(uint64_t value, uint64_t alignment) {
+  return (value + alignment - 1) & ~(alignment - 1);
+}
+constexpr bool is_power_of_two(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
+
+// ---------------------------------------------------------------------------------------
+// Arena
+// ---------------------------------------------------------------------------------------
+
+struct ArenaHeader {
+  // Written last, with release ordering, by the owner once every other field is set; an
+  // attacher that reads kArenaMagic with acquire ordering sees a complete header.
+  std::atomic<uint32_t> magic;
+  uint32_t version;
+  uint64_t arena_bytes;    // size of the whole segment
+  uint64_t first_block;    // offset of the first allocatable byte (== kPageSize)
+  int32_t owner_pid;       // process that created the segment and allocates in it
+  uint32_t arena_id;       // index used in ShmRef values that point into this arena
+  uint64_t created_unix_ns;
+};
+static_assert(offsetof(ArenaHeader, magic) == 0);
+static_assert(offsetof(ArenaHeader, arena_bytes) == 8);
+static_assert(offsetof(ArenaHeader, first_block) == 16);
+static_assert(offsetof(ArenaHeader, owner_pid) == 24);
+static_assert(offsetof(ArenaHeader, arena_id) == 28);
+static_assert(offsetof(ArenaHeader, created_unix_ns) == 32);
+static_assert(sizeof(ArenaHeader) <= kPageSize);
+
+// A reference to a structure in some arena, valid in every process: arena id (8 bits),
+// offset in 64-byte units (32 bits, so up to 256 GiB per arena) and a 24-bit payload
+// (the bit index of a doorbell). Zero means "none": offset 0 is always an ArenaHeader.
+struct ShmRef {
+  static constexpr uint64_t kNone = 0;
+  static constexpr uint64_t make(uint32_t arena_id, uint64_t offset, uint32_t bit) {
+    return (uint64_t{arena_id & 0xff} << 56) | ((offset / kCacheLine) << 24) | (bit & 0xffffff);
+  }
+  static constexpr uint32_t arena_id(uint64_t ref) { return static_cast<uint32_t>(ref >> 56); }
+  static constexpr uint64_t offset(uint64_t ref) {
+    return ((ref >> 24) & 0xffffffffULL) * kCacheLine;
+  }
+  static constexpr uint32_t bit(uint64_t ref) { return static_cast<uint32_t>(ref & 0xffffff); }
+  static constexpr uint32_t kMaxBit = 0xffffff;
+};
+static_assert(ShmRef::offset(ShmRef::make(3, 4096 * 5, 77)) == 4096 * 5);
+static_assert(ShmRef::arena_id(ShmRef::make(3, 4096 * 5, 77)) == 3);
+static_assert(ShmRef::bit(ShmRef::make(3, 4096 * 5, 77)) == 77);
+
+// ---------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------
+
+inline constexpr uint64_t kFrameAlignment = 32;
+inline constexpr uint64_t kFrameHeaderBytes = 32;
+
+// Flags in the low bits of FrameHeader::state (free because positions are 32-aligned).
+inline constexpr uint64_t kFrameCommitted = 1;  // header and payload complete
+inline constexpr uint64_t kFramePadding = 2;    // no message: readers skip it
+inline constexpr uint64_t kFrameRetired = 4;    // about to be overwritten: readers are lapped
+inline constexpr uint64_t kFrameWriting = 8;    // claimed, header fields valid, payload not yet
+inline constexpr uint64_t kFrameAborted = 16;   // padding that took a sequence number (an
+                                                // abandoned loan or a repaired dead frame)
+inline constexpr uint64_t kFrameFlagMask = kFrameAlignment - 1;
+
+constexpr uint64_t frame_tag(uint64_t state) { return state & ~kFrameFlagMask; }
+constexpr uint64_t frame_bytes(uint32_t payload_length) {
+  return align_up(kFrameHeaderBytes + payload_length, kFrameAlignment);
+}
+
+// Every field but `state` is written by exactly one publisher between its claim and its
+// commit, and read by readers that may race with the next lap's writer; they are atomics
+// accessed with relaxed ordering so that race is defined behaviour, and readers trust them
+// only after re-reading `state` (see Reader in ring.hpp).
+struct FrameHeader {
+  std::atomic<uint64_t> state;           // position | kFrame* flags
+  std::atomic<uint64_t> sequence;        // data message number in this ring (padding: the
+                                         // number the next message will get)
+  std::atomic<uint64_t> publish_unix_ns; // set by the publisher's caller; 0 if not stamped
+  std::atomic<uint32_t> payload_length;  // bytes of payload (padding: frame bytes - 32)
+  std::atomic<uint16_t> publisher_id;    // daemon-assigned id of the publishing client
+  std::atomic<uint16_t> origin;          // 0 = published on this host, else bridged-from id
+};
+static_assert(offsetof(FrameHeader, state) == 0);
+static_assert(offsetof(FrameHeader, sequence) == 8);
+static_assert(offsetof(FrameHeader, publish_unix_ns) == 16);
+static_assert(offsetof(FrameHeader, payload_length) == 24);
+static_assert(offsetof(FrameHeader, publisher_id) == 28);
+static_assert(offsetof(FrameHeader, origin) == 30);
+static_assert(sizeof(FrameHeader) == kFrameHeaderBytes);
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+static_assert(std::atomic<uint16_t>::is_always_lock_free);
+
+// ---------------------------------------------------------------------------------------
+// Ring
+// ---------------------------------------------------------------------------------------
+
+inline constexpr uint32_t kRingBackPressure = 1;  // RingHeader::flags: publishers wait for
+                                                  // the slowest gating reader
+
+// The claim word: the next free stream position and the next message sequence number,
+// changed together by one 16-byte compare-and-swap so that sequence order is position order
+// and a lapped reader can count exactly what it lost.
+struct alignas(16) ClaimWord {
+  uint64_t position;
+  uint64_t sequence;
+};
+static_assert(sizeof(ClaimWord) == 16);
+
+struct RingHeader {
+  // Line 0: configuration, immutable after the owner formats the ring (magic written last).
+  std::atomic<uint32_t> magic;
+  uint32_t version;
+  uint64_t capacity;          // data bytes, a power of two
+  uint64_t block_bytes;       // size of the whole ring block
+  uint64_t readers_offset;    // ReaderTable offset from the start of the block
+  uint32_t max_payload;       // largest message this ring accepts
+  uint32_t flags;             // kRingBackPressure
+  uint32_t reader_capacity;   // slots in the ReaderTable
+  uint32_t channel_id;        // owner's id for the channel (stats, repair)
+  uint8_t pad0[kCacheLine - 48];
+
+  // Line 1: claim word. Publishers CAS it; readers read it only to find "latest".
+  alignas(kCacheLine) ClaimWord claim;
+  uint8_t pad1[kCacheLine - sizeof(ClaimWord)];
+
+  // Line 2: retire frontier. Every frame at a position below it has been retired (marked
+  // kFrameRetired), so its bytes may be overwritten; invariant: frontier <= claim.position
+  // <= frontier + capacity. Advanced by publishers with CAS, never moves back.
+  alignas(kCacheLine) std::atomic<uint64_t> retire_frontier;
+  uint8_t pad2[kCacheLine - 8];
+
+  // Line 3: rarely written counters (reserved for the daemon's stats).
+  alignas(kCacheLine) std::atomic<uint64_t> repaired_frames;  // frames padded by repair
+  std::atomic<uint64_t> back_pressure_waits;                  // claims that had to wait
+  uint8_t pad3[kCacheLine - 16];
+};
+static_assert(offsetof(RingHeader, magic) == 0);
+static_assert(offsetof(RingHeader, capacity) == 8);
+static_assert(offsetof(RingHeader, readers_offset) == 24);
+static_assert(offsetof(RingHeader, max_payload) == 32);
+static_assert(offsetof(RingHeader, channel_id) == 44);
+static_assert(offsetof(RingHeader, claim) == 64);
+static_assert(offsetof(RingHeader, retire_frontier) == 128);
+static_assert(offsetof(RingHeader, repaired_frames) == 192);
+static_assert(sizeof(RingHeader) == 256);
+
+inline constexpr uint64_t kRingDataOffset = kPageSize;  // data starts on its own page
+
+// Reader slot states.
+inline constexpr uint32_t kSlotFree = 0;
+inline constexpr uint32_t kSlotActive = 1;   // lossy reader: publishers never wait for it
+inline constexpr uint32_t kSlotGating = 2;   // back-pressure reader: publishers wait for it
+
+// One per registered reader, on its own cache line: the reader writes `position` as it
+// consumes; publishers read it only when their cached minimum runs out.
+struct ReaderSlot {
+  std::atomic<uint64_t> position;  // next stream position this reader will read
+  std::atomic<uint32_t> state;     // kSlot*
+  std::atomic<int32_t> pid;        // owning process, for liveness checks and cleanup
+  std::atomic<uint64_t> lost;      // messages this reader was lapped over (stats)
+  std::atomic<uint64_t> delivered; // messages this reader consumed (stats)
+  uint8_t pad[kCacheLine - 32];
+};
+static_assert(sizeof(ReaderSlot) == kCacheLine);
+
+// notify[i] holds the doorbell ShmRef of slot i (0 = none). It is a compact array apart
+// from the slots so a publisher scans one line for up to eight subscribers.
+struct ReaderTableHeader {
+  std::atomic<uint32_t> notify_high_water;  // notify[0, high_water) may be non-zero
+  std::atomic<uint32_t> slot_high_water;    // slots[0, high_water) may be in use
+  std::atomic<uint64_t> generation;         // bumped on every (un)registration
+  uint8_t pad[kCacheLine - 16];
+};
+static_assert(sizeof(ReaderTableHeader) == kCacheLine);
+
+constexpr uint64_t reader_table_bytes(uint32_t reader_capacity) {
+  return align_up(sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine) +
+                      uint64_t{sizeof(ReaderSlot)} * reader_capacity,
+                  kPageSize);
+}
+constexpr uint64_t notify_array_offset() { return sizeof(ReaderTableHeader); }
+constexpr uint64_t slots_offset(uint32_t reader_capacity) {
+  return sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine);
+}
+constexpr uint64_t ring_block_bytes(uint64_t capacity, uint32_t reader_capacity) {
+  return kRingDataOffset + capacity + reader_table_bytes(reader_capacity);
+}
+
+// ---------------------------------------------------------------------------------------
+// Doorbell: how one waiter sleeps on many rings.
+// A publisher that commits to a ring linked to a doorbell sets the ring's leaf bit (and
+// the summary bit above it) unless already set, then wakes the futex if anyone sleeps. The
+// waiter exchanges summary words to find leaf words, and leaf words to find rings, so it
+// never scans rings that have nothing new.
+// ---------------------------------------------------------------------------------------
+
+struct DoorbellHeader {
+  std::atomic<uint32_t> futex_word;  // bumped by a waker before FUTEX_WAKE
+  std::atomic<uint32_t> sleepers;    // waiters parked or about to park
+  uint32_t magic;
+  uint32_t bit_capacity;             // rings this doorbell can tell apart
+  uint32_t summary_words;            // each summary bit covers one leaf word (64 rings)
+  uint32_t leaf_words;
+  uint8_t pad[kCacheLine - 24];
+};
+static_assert(offsetof(DoorbellHeader, futex_word) == 0);
+static_assert(offsetof(DoorbellHeader, sleepers) == 4);
+static_assert(sizeof(DoorbellHeader) == kCacheLine);
+
+constexpr uint32_t doorbell_leaf_words(uint32_t bits) { return (bits + 63) / 64; }
+constexpr uint32_t doorbell_summary_words(uint32_t bits) {
+  return (doorbell_leaf_words(bits) + 63) / 64;
+}
+constexpr uint64_t doorbell_bytes(uint32_t bits) {
+  return sizeof(DoorbellHeader) + align_up(8ULL * doorbell_summary_words(bits), kCacheLine) +
+         align_up(8ULL * doorbell_leaf_words(bits), kCacheLine);
+}
+
+}  // namespace shmbus::layout

@@ -1,0 +1,795 @@
+#include "ring.hpp"
+
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "futex.hpp"
+
+#if defined(__SANITIZE_THREAD__)
+// Lossy readers copy bytes a publisher of the next lap may be overwriting; the copy is
+// validated afterwards, so the race is by design. Tell ThreadSanitizer not to record it.
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+#define SHMBUS_TSAN 1
+#endif
+
+namespace shmbus {
+
+using namespace layout;
+
+namespace {
+
+// ---- The 16-byte claim word -------------------------------------------------------------
+// x86-64 has cmpxchg16b; with -mcx16 GCC inlines the __sync builtin. Under ThreadSanitizer
+// the __atomic builtins (libatomic) are used because TSan instruments those.
+
+__extension__ typedef unsigned __int128 u128;
+
+inline u128 pack(ClaimWord w) { return (u128{w.sequence} << 64) | w.position; }
+inline ClaimWord unpack(u128 v) {
+  return ClaimWord{static_cast<uint64_t>(v), static_cast<uint64_t>(v >> 64)};
+}
+inline u128* claim_bits(RingHeader* h) { return reinterpret_cast<u128*>(&h->claim); }
+
+#if defined(__x86_64__) && defined(__GCC_HAVE_SYNC_COMPARE_AND_SWAP_16) && !defined(SHMBUS_TSAN)
+inline ClaimWord claim_snapshot(RingHeader* h) {
+  // A CAS that writes back what it finds is the only atomic 16-byte read on x86-64.
+  return unpack(__sync_val_compare_and_swap(claim_bits(h), u128{0}, u128{0}));
+}
+// Two 8-byte loads; may be torn, which is harmless: the CAS below validates it.
+inline ClaimWord claim_guess(RingHeader* h) {
+  const auto* words = reinterpret_cast<const uint64_t*>(claim_bits(h));
+  return ClaimWord{__atomic_load_n(&words[0], __ATOMIC_RELAXED),
+                   __atomic_load_n(&words[1], __ATOMIC_RELAXED)};
+}
+// On failure `expected` is updated to the current value. Full barrier either way.
+inline bool claim_cas(RingHeader* h, ClaimWord& expected, ClaimWord desired) {
+  const u128 want = pack(expected);
+  const u128 seen = __sync_val_compare_and_swap(claim_bits(h), want, pack(desired));
+  if (seen == want) return true;
+  expected = unpack(seen);
+  return false;
+}
+#else
+inline ClaimWord claim_snapshot(RingHeader* h) {
+  return unpack(__atomic_load_n(claim_bits(h), __ATOMIC_ACQUIRE));
+}
+inline ClaimWord claim_guess(RingHeader* h) { return claim_snapshot(h); }
+inline bool claim_cas(RingHeader* h, ClaimWord& expected, ClaimWord desired) {
+  u128 want = pack(expected);
+  if (__atomic_compare_exchange_n(claim_bits(h), &want, pack(desired), false, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_ACQUIRE))
+    return true;
+  expected = unpack(want);
+  return false;
+}
+#endif
+
+inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes) {
+#if defined(SHMBUS_TSAN)
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+  std::memcpy(dst, src, bytes);
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+// Size of the frame whose header says `payload_length` (the same rule for data and padding:
+// padding stores its size minus the header, a multiple of 32).
+inline uint64_t frame_size(uint32_t payload_length) { return frame_bytes(payload_length); }
+
+// Waiting with a budget: spin, then yield, then sleep in growing steps up to 1 ms.
+class Backoff {
+ public:
+  explicit Backoff(WaitBudget budget) : budget_(budget) {}
+  // Returns false when the budget is spent.
+  bool pause() {
+    if (budget_.count() == 0) return false;
+    if (rounds_ == 0 && budget_.count() > 0) deadline_ = std::chrono::steady_clock::now() + budget_;
+    ++rounds_;
+    if (rounds_ < 64) {
+      cpu_relax();
+    } else if (rounds_ < 128) {
+      std::this_thread::yield();
+    } else {
+      sleep_ns_ = sleep_ns_ == 0 ? 1000 : std::min<uint64_t>(sleep_ns_ * 2, 1'000'000);
+      const timespec ts{0, static_cast<long>(sleep_ns_)};
+      nanosleep(&ts, nullptr);
+    }
+    return budget_.count() < 0 || (rounds_ % 16 != 0) ||
+           std::chrono::steady_clock::now() < deadline_;
+  }
+  bool timed() const { return budget_.count() > 0; }
+
+ private:
+  WaitBudget budget_;
+  std::chrono::steady_clock::time_point deadline_{};
+  uint64_t rounds_ = 0;
+  uint64_t sleep_ns_ = 0;
+};
+
+bool process_is_dead(int32_t pid) { return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH; }
+
+}  // namespace
+
+// ---- RingRef ------------------------------------------------------------------------------
+
+uint64_t RingRef::block_bytes(const RingConfig& config) {
+  return ring_block_bytes(config.capacity, config.reader_capacity);
+}
+
+uint32_t RingRef::largest_payload(uint64_t capacity) {
+  // A claim may need padding up to the end (< one frame) plus the frame: both must fit in
+  // one lap, so a frame may take at most half the ring.
+  const uint64_t limit = capacity / 2 - kFrameHeaderBytes;
+  return static_cast<uint32_t>(std::min<uint64_t>(limit, 0x7fffffffULL));
+}
+
+RingRef RingRef::format(std::byte* block, const RingConfig& config) {
+  if (!is_power_of_two(config.capacity) || config.capacity < 4096)
+    throw std::invalid_argument("ring capacity must be a power of two of at least 4096 bytes, got " +
+                                std::to_string(config.capacity));
+  if (config.capacity > (uint64_t{1} << 40))
+    throw std::invalid_argument("ring capacity above 1 TiB is not supported");
+  const uint32_t largest = largest_payload(config.capacity);
+  if (config.max_payload > largest)
+    throw std::invalid_argument("max payload " + std::to_string(config.max_payload) +
+                                " exceeds what a ring of " + std::to_string(config.capacity) +
+                                " bytes can carry (" + std::to_string(largest) +
+                                "); use a ring of at least twice the message size");
+  if (config.reader_capacity == 0 || config.reader_capacity > 65536)
+    throw std::invalid_argument("reader capacity must be 1..65536");
+  auto* h = reinterpret_cast<RingHeader*>(block);
+  h->version = kLayoutVersion;
+  h->capacity = config.capacity;
+  h->block_bytes = block_bytes(config);
+  h->readers_offset = kRingDataOffset + config.capacity;
+  h->max_payload = config.max_payload == 0 ? largest : config.max_payload;
+  h->flags = config.back_pressure ? kRingBackPressure : 0;
+  h->reader_capacity = config.reader_capacity;
+  h->channel_id = config.channel_id;
+  // Zeroed memory already reads as claim {0, 0}, frontier 0 and all slots free.
+  h->magic.store(kRingMagic, std::memory_order_release);
+  return open(block, h->block_bytes);
+}
+
+RingRef RingRef::open(std::byte* block, uint64_t available) {
+  if (available < sizeof(RingHeader)) throw std::runtime_error("ring block too small");
+  auto* h = reinterpret_cast<RingHeader*>(block);
+  if (h->magic.load(std::memory_order_acquire) != kRingMagic)
+    throw std::runtime_error("not a shmbus ring (bad magic)");
+  if (h->version != kLayoutVersion)
+    throw std::runtime_error("ring layout version " + std::to_string(h->version) +
+                             " differs from this library's " + std::to_string(kLayoutVersion));
+  if (!is_power_of_two(h->capacity) || h->block_bytes > available ||
+      h->block_bytes != ring_block_bytes(h->capacity, h->reader_capacity) ||
+      h->readers_offset != kRingDataOffset + h->capacity ||
+      h->max_payload > largest_payload(h->capacity))
+    throw std::runtime_error("ring header is inconsistent with its block");
+  RingRef ring;
+  ring.header_ = h;
+  ring.data_ = block + kRingDataOffset;
+  ring.mask_ = h->capacity - 1;
+  std::byte* table = block + h->readers_offset;
+  ring.readers_ = reinterpret_cast<ReaderTableHeader*>(table);
+  ring.notify_ = reinterpret_cast<std::atomic<uint64_t>*>(table + notify_array_offset());
+  ring.slots_ = reinterpret_cast<ReaderSlot*>(table + slots_offset(h->reader_capacity));
+  return ring;
+}
+
+ClaimWord RingRef::load_claim() const { return claim_snapshot(header_); }
+
+// ---- Publisher ----------------------------------------------------------------------------
+
+Publisher::Publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas)
+    : ring_(ring), publisher_id_(publisher_id), arenas_(arenas) {
+  // A reader that links a doorbell issues a process-wide barrier instead of every publish
+  // paying a full fence; the barrier reaches only registered processes.
+  register_process_for_barriers();
+}
+
+Status Publisher::claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait) {
+  if (payload_bytes > ring_.max_payload()) return Status::kTooLarge;
+  RingHeader* h = ring_.header();
+  const uint64_t capacity = h->capacity;
+  const uint64_t size = frame_size(payload_bytes);
+  Backoff backoff(wait);
+  ClaimWord seen = claim_guess(h);
+  uint64_t padding = 0;
+  for (;;) {
+    const uint64_t offset = seen.position & ring_.mask();
+    // I4: a frame that would cross the end takes the rest of the lap as padding too.
+    padding = offset + size > capacity ? capacity - offset : 0;
+    const uint64_t end = seen.position + padding + size;
+    if (end > capacity && make_room(end - capacity) != Status::kOk) {
+      if (!backoff.pause()) return backoff.timed() ? Status::kTimedOut : Status::kWouldBlock;
+      seen = claim_guess(h);
+      continue;
+    }
+    // Room for [position, end) is ours to take; the CAS makes it ours. make_room's checks
+    // stay true after a failed CAS only if nothing moved, so a failure re-runs them.
+    if (claim_cas(h, seen, ClaimWord{end, seen.sequence + 1})) break;
+  }
+
+  uint64_t position = seen.position;
+  if (padding != 0) {
+    FrameHeader* pad = ring_.frame_at(position);
+    pad->sequence.store(seen.sequence, std::memory_order_relaxed);
+    pad->publish_unix_ns.store(0, std::memory_order_relaxed);
+    pad->payload_length.store(static_cast<uint32_t>(padding - kFrameHeaderBytes),
+                              std::memory_order_relaxed);
+    pad->publisher_id.store(publisher_id_, std::memory_order_relaxed);
+    pad->origin.store(0, std::memory_order_relaxed);
+    // Release: a reader that sees the committed state sees the length above.
+    pad->state.store(position | kFrameCommitted | kFramePadding, std::memory_order_release);
+    position += padding;
+  }
+  FrameHeader* f = ring_.frame_at(position);
+  f->sequence.store(seen.sequence, std::memory_order_relaxed);
+  f->payload_length.store(payload_bytes, std::memory_order_relaxed);
+  f->publisher_id.store(publisher_id_, std::memory_order_relaxed);
+  // Release: I5 - the length (hence the frame's extent) is visible to repair and to the
+  // retire sweep before anyone can see this frame as claimed.
+  f->state.store(position | kFrameWriting, std::memory_order_release);
+
+  loan.payload = reinterpret_cast<std::byte*>(f) + kFrameHeaderBytes;
+  loan.capacity = payload_bytes;
+  loan.position = position;
+  loan.sequence = seen.sequence;
+  loan.active = true;
+  return Status::kOk;
+}
+
+void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& meta) {
+  if (!loan.active) throw std::logic_error("commit of a loan that is not active");
+  if (payload_bytes > loan.capacity)
+    throw std::logic_error("commit of " + std::to_string(payload_bytes) +
+                           " bytes on a loan of " + std::to_string(loan.capacity));
+  FrameHeader* f = ring_.frame_at(loan.position);
+  const uint64_t claimed = frame_size(loan.capacity);
+  const uint64_t used = frame_size(payload_bytes);
+  if (used < claimed) {
+    // The unused tail of the claim becomes padding, committed before the message so a
+    // reader that moves past the message finds it complete.
+    FrameHeader* pad = ring_.frame_at(loan.position + used);
+    pad->sequence.store(loan.sequence + 1, std::memory_order_relaxed);
+    pad->publish_unix_ns.store(0, std::memory_order_relaxed);
+    pad->payload_length.store(static_cast<uint32_t>(claimed - used - kFrameHeaderBytes),
+                              std::memory_order_relaxed);
+    pad->publisher_id.store(publisher_id_, std::memory_order_relaxed);
+    pad->origin.store(0, std::memory_order_relaxed);
+    pad->state.store((loan.position + used) | kFrameCommitted | kFramePadding,
+                     std::memory_order_release);
+    f->payload_length.store(payload_bytes, std::memory_order_relaxed);
+  }
+  f->publish_unix_ns.store(meta.publish_unix_ns, std::memory_order_relaxed);
+  f->origin.store(meta.origin, std::memory_order_relaxed);
+  // SYNC POINT (commit): release - a reader that loads this state with acquire sees the
+  // header fields and every payload byte written before it.
+  f->state.store(loan.position | kFrameCommitted, std::memory_order_release);
+  loan.active = false;
+  notify_readers();
+}
+
+void Publisher::abandon(Loan& loan) {
+  if (!loan.active) return;
+  FrameHeader* f = ring_.frame_at(loan.position);
+  // Size stays as claimed (I5); the aborted flag tells readers the sequence number is void.
+  f->state.store(loan.position | kFrameCommitted | kFramePadding | kFrameAborted,
+                 std::memory_order_release);
+  loan.active = false;
+  notify_readers();
+}
+
+Status Publisher::publish(std::span<const std::byte> payload, const PublishMeta& meta,
+                          WaitBudget wait) {
+  if (payload.size() > ring_.max_payload()) return Status::kTooLarge;
+  Loan loan;
+  const Status status = claim(static_cast<uint32_t>(payload.size()), loan, wait);
+  if (status != Status::kOk) return status;
+  std::memcpy(loan.payload, payload.data(), payload.size());
+  commit(loan, static_cast<uint32_t>(payload.size()), meta);
+  return Status::kOk;
+}
+
+void Publisher::notify_readers() {
+  const uint32_t links = ring_.readers()->notify_high_water.load(std::memory_order_relaxed);
+  // No doorbell linked: nobody can be asleep on this ring, no fence, no syscall. A reader
+  // linking one concurrently runs a process-wide barrier before it checks the ring, so
+  // either it sees our commit or we see its link (asymmetric Dekker, see futex.hpp).
+  if (links == 0) return;
+  // SYNC POINT: orders the commit store before the doorbell loads (store->load needs a full
+  // fence); pairs with the seq_cst operations of Waiter.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::atomic<uint64_t>* notify = ring_.notify();
+  for (uint32_t i = 0; i < links; ++i) {
+    const uint64_t ref = notify[i].load(std::memory_order_acquire);
+    if (ref == ShmRef::kNone) continue;
+    if (auto* d = arenas_->resolve<DoorbellHeader>(ref))
+      doorbell::ring_doorbell(d, ShmRef::bit(ref));
+  }
+}
+
+Status Publisher::make_room(uint64_t need) {
+  RingHeader* h = ring_.header();
+  if (h->flags & kRingBackPressure) {
+    const uint64_t generation = ring_.readers()->generation.load(std::memory_order_acquire);
+    if (generation != cached_reader_generation_ || cached_min_reader_ < need) {
+      cached_min_reader_ = min_gating_position();
+      cached_reader_generation_ = generation;
+    }
+    if (cached_min_reader_ < need) {
+      h->back_pressure_waits.fetch_add(1, std::memory_order_relaxed);
+      release_dead_gating_readers();
+      return Status::kWouldBlock;
+    }
+  }
+  if (h->retire_frontier.load(std::memory_order_acquire) >= need) return Status::kOk;
+  return retire_until(need);
+}
+
+Status Publisher::retire_until(uint64_t need) {
+  RingHeader* h = ring_.header();
+  for (;;) {
+    uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
+    if (frontier >= need) return Status::kOk;
+    FrameHeader* f = ring_.frame_at(frontier);
+    uint64_t state = f->state.load(std::memory_order_acquire);
+    if (frame_tag(state) != frontier) {
+      // Either someone advanced the frontier and overwrote this header, or the frame here
+      // was claimed by a publisher that has not written its header yet (or died first).
+      if (h->retire_frontier.load(std::memory_order_acquire) != frontier) continue;
+      return Status::kWouldBlock;
+    }
+    // Valid while the frontier is still here: bytes at `frontier` are not overwritten until
+    // the frontier has passed them (I2), and both CASes below fail if it moved.
+    const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
+    if (state & kFrameRetired) {
+      // Retired by someone who has not advanced the frontier yet (or died): help.
+      h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
+                                                 std::memory_order_acq_rel);
+      continue;
+    }
+    if (!(state & kFrameCommitted)) return Status::kWouldBlock;  // unfinished: never overwrite
+    // SYNC POINT (retire): after this CAS no reader accepts the frame (they re-check state
+    // after reading), so its bytes may be reused once the frontier passes it.
+    if (f->state.compare_exchange_strong(state, state | kFrameRetired,
+                                         std::memory_order_acq_rel)) {
+      h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
+                                                 std::memory_order_acq_rel);
+    }
+  }
+}
+
+uint64_t Publisher::min_gating_position() {
+  const ReaderTableHeader* table = ring_.readers();
+  const uint32_t slots = table->slot_high_water.load(std::memory_order_acquire);
+  uint64_t minimum = ~uint64_t{0};
+  for (uint32_t i = 0; i < slots; ++i) {
+    const ReaderSlot* s = ring_.slot(i);
+    if (s->state.load(std::memory_order_acquire) != kSlotGating) continue;
+    // Acquire: pairs with the reader's release store of its position after it finished
+    // with the bytes below it.
+    minimum = std::min(minimum, s->position.load(std::memory_order_acquire));
+  }
+  return minimum;
+}
+
+void Publisher::release_dead_gating_readers() {
+  // A gating reader whose process died must not stall publishers forever. The daemon
+  // frees such slots when the client's socket closes; this catches the case where no
+  // daemon watches (tests, or a daemon restart).
+  const uint32_t slots = ring_.readers()->slot_high_water.load(std::memory_order_acquire);
+  bool released = false;
+  for (uint32_t i = 0; i < slots; ++i) {
+    ReaderSlot* s = ring_.slot(i);
+    uint32_t state = kSlotGating;
+    if (s->state.load(std::memory_order_acquire) == kSlotGating &&
+        process_is_dead(s->pid.load(std::memory_order_relaxed)) &&
+        s->state.compare_exchange_strong(state, kSlotFree, std::memory_order_acq_rel))
+      released = true;
+  }
+  if (released) ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+}
+
+// ---- Reader -------------------------------------------------------------------------------
+
+Reader::Reader(RingRef ring, Start start, uint64_t after_sequence) : ring_(ring) {
+  switch (start) {
+    case Start::kLatest: {
+      const ClaimWord claim = ring_.load_claim();
+      position_ = claim.position;
+      next_sequence_ = claim.sequence;
+      sequence_known_ = true;
+      break;
+    }
+    case Start::kEarliest:
+      // The oldest frame still in the ring; whatever came before it is history, not loss.
+      position_ = ring_.retire_frontier();
+      sequence_known_ = false;
+      break;
+    case Start::kAfterSequence:
+      seek_sequence(after_sequence + 1);
+      break;
+  }
+}
+
+Reader::~Reader() { unregister(); }
+
+void Reader::seek_sequence(uint64_t first_wanted) {
+  const ClaimWord claim = ring_.load_claim();
+  if (first_wanted >= claim.sequence) {
+    // Nothing that new yet (or the ring was recreated with lower numbers): start at the head.
+    position_ = claim.position;
+    next_sequence_ = std::min(first_wanted, claim.sequence);
+    sequence_known_ = true;
+    return;
+  }
+  for (;;) {
+    uint64_t p = ring_.retire_frontier();
+    bool restart = false;
+    while (p < claim.position) {
+      FrameHeader* f = ring_.frame_at(p);
+      const uint64_t state = f->state.load(std::memory_order_acquire);
+      if (frame_tag(state) != p || (state & kFrameRetired)) {
+        restart = ring_.retire_frontier() > p;
+        break;  // unfinished claim without header: the wanted message is here or later
+      }
+      const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
+      const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (f->state.load(std::memory_order_relaxed) != state) {
+        restart = true;
+        break;
+      }
+      // Data frames carry their own number; padding carries the next one's.
+      const bool is_data = !(state & kFramePadding);
+      if (sequence >= first_wanted || (is_data && sequence + 1 > first_wanted)) break;
+      p += frame_size(length);
+    }
+    if (restart) continue;
+    position_ = p;
+    next_sequence_ = first_wanted;
+    sequence_known_ = true;
+    return;
+  }
+}
+
+void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* doorbell) {
+  if (slot_ >= 0) throw std::logic_error("reader already registered");
+  if (doorbell_ref != ShmRef::kNone && doorbell == nullptr)
+    throw std::invalid_argument("a doorbell link needs the mapped doorbell");
+  ReaderTableHeader* table = ring_.readers();
+  const uint32_t capacity = ring_.reader_capacity();
+  for (uint32_t i = 0; i < capacity; ++i) {
+    ReaderSlot* s = ring_.slot(i);
+    if (s->state.load(std::memory_order_relaxed) != kSlotFree) continue;
+    // Position first, then the state with release: a publisher that sees the slot gating
+    // sees where it stands.
+    s->position.store(position_, std::memory_order_relaxed);
+    s->pid.store(getpid(), std::memory_order_relaxed);
+    s->lost.store(0, std::memory_order_relaxed);
+    s->delivered.store(0, std::memory_order_relaxed);
+    uint32_t expected = kSlotFree;
+    if (!s->state.compare_exchange_strong(expected, gating ? kSlotGating : kSlotActive,
+                                          std::memory_order_acq_rel))
+      continue;
+    slot_ = static_cast<int32_t>(i);
+    uint32_t high = table->slot_high_water.load(std::memory_order_relaxed);
+    while (high < i + 1 && !table->slot_high_water.compare_exchange_weak(
+                               high, i + 1, std::memory_order_acq_rel)) {
+    }
+    if (doorbell_ref != ShmRef::kNone) {
+      doorbell_ = doorbell;
+      doorbell_bit_ = ShmRef::bit(doorbell_ref);
+      ring_.notify()[i].store(doorbell_ref, std::memory_order_release);
+      uint32_t links = table->notify_high_water.load(std::memory_order_relaxed);
+      while (links < i + 1 && !table->notify_high_water.compare_exchange_weak(
+                                  links, i + 1, std::memory_order_acq_rel)) {
+      }
+      // Publishers read notify_high_water without a fence after their commit; this barrier
+      // makes any commit they issued before it visible to our next has_data(), and any
+      // commit after it is followed by a load that sees our link.
+      process_wide_barrier();
+    }
+    table->generation.fetch_add(1, std::memory_order_acq_rel);
+    // A gating reader holds publishers back only from now on: if the ring moved on while
+    // registering, start from what is still there.
+    if (gating && ring_.retire_frontier() > position_) jump_after_lap();
+    return;
+  }
+  throw std::runtime_error("ring has no free reader slot (" + std::to_string(capacity) +
+                           " readers); raise reader_capacity for this channel");
+}
+
+void Reader::unregister() {
+  if (slot_ < 0) return;
+  ReaderSlot* s = ring_.slot(static_cast<uint32_t>(slot_));
+  ring_.notify()[slot_].store(ShmRef::kNone, std::memory_order_release);
+  s->state.store(kSlotFree, std::memory_order_release);
+  ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  slot_ = -1;
+  doorbell_ = nullptr;
+}
+
+void Reader::jump_after_lap() {
+  ++lapped_;
+  empty_polls_ = 0;
+  // The oldest frame not yet retired; the loss is counted from the next message's number.
+  position_ = ring_.retire_frontier();
+  if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
+}
+
+Status Reader::try_read(MessageView& view) {
+  for (;;) {
+    FrameHeader* f = ring_.frame_at(position_);
+    // SYNC POINT (read): acquire pairs with the publisher's release commit.
+    const uint64_t state = f->state.load(std::memory_order_acquire);
+    if (frame_tag(state) != position_) {
+      // Not written yet - or we were lapped and this is newer data. A higher tag proves the
+      // lap; otherwise ask the frontier now and then, not on every idle poll, because
+      // publishers write its line on every message.
+      if (frame_tag(state) > position_ || ++empty_polls_ % 16 == 0) {
+        if (ring_.retire_frontier() > position_) {
+          jump_after_lap();
+          continue;
+        }
+      }
+      return Status::kEmpty;
+    }
+    if (state & kFrameRetired) {
+      jump_after_lap();
+      continue;
+    }
+    if (!(state & kFrameCommitted)) return Status::kEmpty;  // being written
+    empty_polls_ = 0;
+    const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
+    const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
+    if (state & kFramePadding) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (f->state.load(std::memory_order_relaxed) != state) {
+        jump_after_lap();
+        continue;
+      }
+      if ((state & kFrameAborted) && (!sequence_known_ || sequence >= next_sequence_)) {
+        // A message that was claimed but never published: its number is void, not lost.
+        if (sequence_known_) unreported_lost_ += sequence - next_sequence_;
+        next_sequence_ = sequence + 1;
+        sequence_known_ = true;
+      }
+      position_ += frame_size(length);
+      if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
+      continue;
+    }
+    // A data frame never crosses the end (I4); if the length says otherwise we read a
+    // header that is being overwritten: re-check, and treat it as a lap.
+    const uint64_t offset = position_ & ring_.mask();
+    if (length > ring_.max_payload() ||
+        offset + kFrameHeaderBytes + length > ring_.capacity()) {
+      jump_after_lap();
+      continue;
+    }
+    view.sequence = sequence;
+    view.position = position_;
+    view.publish_unix_ns = f->publish_unix_ns.load(std::memory_order_relaxed);
+    view.length = length;
+    view.publisher_id = f->publisher_id.load(std::memory_order_relaxed);
+    view.origin = f->origin.load(std::memory_order_relaxed);
+    view.payload = reinterpret_cast<const std::byte*>(f) + kFrameHeaderBytes;
+    view.observed_state = state;
+    uint64_t gap = 0;
+    if (sequence_known_ && sequence > next_sequence_) gap = sequence - next_sequence_;
+    view.lost_before = unreported_lost_ + gap;
+    return Status::kOk;
+  }
+}
+
+bool Reader::consume(const MessageView& view) {
+  // SYNC POINT (validate): the acquire fence orders every read of the view before this
+  // re-read of the state; a publisher retires the frame (changing the state) before it
+  // writes a byte of it, so an unchanged state proves the bytes were intact.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (ring_.frame_at(view.position)->state.load(std::memory_order_relaxed) !=
+      view.observed_state) {
+    jump_after_lap();
+    return false;
+  }
+  lost_ += view.lost_before;
+  unreported_lost_ = 0;
+  next_sequence_ = view.sequence + 1;
+  sequence_known_ = true;
+  position_ = view.position + frame_size(view.length);
+  ++delivered_;
+  if (slot_ >= 0) publish_slot_stats();
+  return true;
+}
+
+void Reader::publish_slot_stats() {
+  ReaderSlot* s = ring_.slot(static_cast<uint32_t>(slot_));
+  s->lost.store(lost_, std::memory_order_relaxed);
+  s->delivered.store(delivered_, std::memory_order_relaxed);
+  // Release: publishers that acquire this position may overwrite everything below it.
+  s->position.store(position_, std::memory_order_release);
+}
+
+Status Reader::try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info) {
+  for (;;) {
+    MessageView view;
+    const Status status = try_read(view);
+    if (status != Status::kOk) return status;
+    buffer.resize(view.length);
+    copy_out_of_ring(buffer.data(), view.payload, view.length);
+    if (consume(view)) {
+      info = view;
+      return Status::kOk;
+    }
+  }
+}
+
+bool Reader::has_data() const {
+  const FrameHeader* f = ring_.frame_at(position_);
+  // seq_cst: the re-check after announcing a sleeper (Waiter::park_until).
+  const uint64_t state = f->state.load(std::memory_order_seq_cst);
+  if (frame_tag(state) == position_) return (state & (kFrameCommitted | kFrameRetired)) != 0;
+  return ring_.header()->retire_frontier.load(std::memory_order_seq_cst) > position_;
+}
+
+Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin) {
+  const bool forever = timeout.count() < 0;
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = forever ? start : start + timeout;
+  const auto spin_until = start + (forever || spin < timeout ? spin : timeout);
+  for (uint32_t polls = 1;; ++polls) {
+    if (has_data()) return Status::kOk;
+    if (polls % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
+    cpu_relax();
+  }
+  if (doorbell_ == nullptr) {
+    // No doorbell linked: poll with short sleeps.
+    Backoff backoff(forever ? kWaitForever : deadline - std::chrono::steady_clock::now());
+    while (!has_data())
+      if (!backoff.pause()) return Status::kTimedOut;
+    return Status::kOk;
+  }
+  Waiter waiter(doorbell_);
+  // Clear our bit so the next publisher sets it and checks for sleepers (doorbell.hpp).
+  waiter.disarm_bit(doorbell_bit_);
+  return waiter.park_until([this] { return has_data(); }, deadline, forever);
+}
+
+// ---- Owner-side maintenance ---------------------------------------------------------------
+
+namespace {
+
+// Walks committed and in-progress frames from the retire frontier towards the claim
+// position; calls on_writing(position, frame, state) for each frame that is claimed with a
+// header but not committed. Returns the position of the first frame claimed without a
+// header, if the walk stops at one.
+template <typename OnWriting>
+std::optional<uint64_t> walk_frames(RingRef ring, OnWriting&& on_writing) {
+  for (;;) {
+    const uint64_t tail = ring.load_claim().position;
+    uint64_t p = ring.retire_frontier();
+    bool restart = false;
+    while (p < tail) {
+      FrameHeader* f = ring.frame_at(p);
+      const uint64_t state = f->state.load(std::memory_order_acquire);
+      if (frame_tag(state) != p || (state & kFrameRetired)) {
+        if (ring.retire_frontier() > p) {
+          restart = true;
+          break;
+        }
+        return p;  // claimed, no header yet
+      }
+      const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (f->state.load(std::memory_order_relaxed) != state) {
+        restart = true;
+        break;
+      }
+      if (!(state & kFrameCommitted) && !on_writing(p, f, state)) return std::nullopt;
+      p += frame_size(length);
+    }
+    if (!restart) return std::nullopt;
+  }
+}
+
+void pad_claimed_frame(RingRef ring, FrameHeader* f, uint64_t state) {
+  const uint64_t position = frame_tag(state);
+  // The size stays as claimed (I5); only the state changes, by CAS so that a commit that
+  // did happen is never overwritten.
+  uint64_t expected = state;
+  if (f->state.compare_exchange_strong(expected,
+                                       position | kFrameCommitted | kFramePadding | kFrameAborted,
+                                       std::memory_order_acq_rel))
+    ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id) {
+  uint32_t repaired = 0;
+  (void)walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state) {
+    if (f->publisher_id.load(std::memory_order_relaxed) == publisher_id) {
+      pad_claimed_frame(ring, f, state);
+      ++repaired;
+    }
+    return true;
+  });
+  return repaired;
+}
+
+std::optional<uint64_t> first_unfinished_frame(RingRef ring) {
+  std::optional<uint64_t> found;
+  const auto headerless = walk_frames(ring, [&](uint64_t position, FrameHeader*, uint64_t) {
+    found = position;
+    return false;
+  });
+  return found ? found : headerless;
+}
+
+bool repair_stalled_frame(RingRef ring, uint64_t position) {
+  FrameHeader* f = ring.frame_at(position);
+  const uint64_t state = f->state.load(std::memory_order_acquire);
+  if (frame_tag(state) == position) {
+    if (state & (kFrameCommitted | kFrameRetired)) return false;
+    pad_claimed_frame(ring, f, state);
+    return true;
+  }
+  // The publisher died between its claim and its header. Claims are contiguous (I3), so its
+  // frame ends where the next claimed frame starts: scan 32-byte steps for a header tagged
+  // with its own position; if none, it ends at the claim position.
+  const ClaimWord claim = ring.load_claim();
+  if (position < ring.retire_frontier() || position >= claim.position) return false;
+  uint64_t end = claim.position;
+  uint64_t void_sequence = claim.sequence - 1;
+  for (uint64_t q = position + kFrameAlignment; q < claim.position; q += kFrameAlignment) {
+    const FrameHeader* next = ring.frame_at(q);
+    const uint64_t next_state = next->state.load(std::memory_order_acquire);
+    if (frame_tag(next_state) == q) {
+      end = q;
+      // Every claim takes one number; padding carries its claim's number, data its own.
+      void_sequence = next->sequence.load(std::memory_order_relaxed) - 1;
+      break;
+    }
+  }
+  f->sequence.store(void_sequence, std::memory_order_relaxed);
+  f->publish_unix_ns.store(0, std::memory_order_relaxed);
+  f->payload_length.store(static_cast<uint32_t>(end - position - kFrameHeaderBytes),
+                          std::memory_order_relaxed);
+  f->publisher_id.store(0, std::memory_order_relaxed);
+  f->origin.store(0, std::memory_order_relaxed);
+  uint64_t expected = state;
+  if (!f->state.compare_exchange_strong(
+          expected, position | kFrameCommitted | kFramePadding | kFrameAborted,
+          std::memory_order_acq_rel))
+    return false;
+  ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+uint32_t release_reader_slots_of(RingRef ring, int32_t pid) {
+  uint32_t released = 0;
+  const uint32_t slots = ring.readers()->slot_high_water.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < slots; ++i) {
+    ReaderSlot* s = ring.slot(i);
+    if (s->state.load(std::memory_order_acquire) == kSlotFree ||
+        s->pid.load(std::memory_order_relaxed) != pid)
+      continue;
+    ring.notify()[i].store(ShmRef::kNone, std::memory_order_release);
+    s->state.store(kSlotFree, std::memory_order_release);
+    ++released;
+  }
+  if (released) ring.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  return released;
+}
+
+}  // namespace shmbus

@@ -1,0 +1,272 @@
+// The channel ring: many publishers, broadcast readers, all in shared memory.
+//
+// Publishing (Publisher) is Aeron's claim/commit with two changes for a lossy broadcast
+// ring shared by several processes:
+//  1. The claim is one 16-byte CAS on (position, sequence), so message sequence order is
+//     stream order and a lapped reader counts exactly what it lost.
+//  2. Before bytes of the previous lap are overwritten, their frames are *retired*: each
+//     frame's state is CASed from committed to retired and the retire frontier advances past
+//     it. A frame that is not committed cannot be retired, so a publisher never overwrites
+//     another publisher's unfinished frame; it waits (or gets kWouldBlock) instead.
+// Reading (Reader) spins on the frame's own state word (no shared tail counter on the hot
+// path), reads, then re-reads the state: a frame retired meanwhile is reported as lost,
+// never handed out as intact (Agrona's validate-after-read).
+//
+// Invariants (positions are byte offsets in the endless stream; offset = position & mask):
+//  I1  retire_frontier <= claim.position <= retire_frontier + capacity.
+//  I2  Every frame wholly below retire_frontier is marked kFrameRetired or overwritten;
+//      bytes at position p may be written only when p < retire_frontier + capacity.
+//  I3  [retire_frontier, claim.position) is a contiguous sequence of claimed frames; a
+//      frame's state tag equals its position once its publisher has written its header.
+//  I4  Data frames never cross the end of the data area; only padding does.
+//  I5  A frame's payload_length (hence its size) is final before its state says writing
+//      or committed, and is never changed afterwards.
+//
+// Thread safety: a RingRef is a plain view, copyable, usable from any thread. A Publisher or
+// a Reader is used by one thread at a time; any number of them may act on one ring from any
+// threads and processes at once.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "arena.hpp"
+#include "doorbell.hpp"
+#include "layout.hpp"
+#include "status.hpp"
+
+namespace shmbus {
+
+// Process-local map from arena id to where this process mapped that arena, so ShmRef values
+// stored in shared memory (doorbell links) resolve in every process.
+class ArenaTable {
+ public:
+  void add(const Arena& arena) { bases_[arena.id()] = arena.base(); }
+  void add(uint32_t arena_id, std::byte* base) { bases_.at(arena_id) = base; }
+  template <typename T>
+  T* resolve(uint64_t ref) const {
+    std::byte* base = bases_[layout::ShmRef::arena_id(ref)];
+    return base == nullptr ? nullptr : reinterpret_cast<T*>(base + layout::ShmRef::offset(ref));
+  }
+
+ private:
+  std::array<std::byte*, 256> bases_{};
+};
+
+struct RingConfig {
+  uint64_t capacity = 64 * 1024;  // data bytes; a power of two, at least 4 KiB
+  uint32_t max_payload = 0;       // 0: the largest that fits (see RingRef::largest_payload)
+  bool back_pressure = false;     // publishers wait for gating readers instead of lapping them
+  uint32_t reader_capacity = 64;  // registered readers (slots) this ring can hold
+  uint32_t channel_id = 0;
+};
+
+// A ring mapped in this process.
+class RingRef {
+ public:
+  // Bytes a ring block with this config needs (page multiple).
+  static uint64_t block_bytes(const RingConfig& config);
+  // Largest payload a ring of `capacity` bytes can carry: a frame plus the padding in front
+  // of it must fit in the ring.
+  static uint32_t largest_payload(uint64_t capacity);
+  // Owner: formats zeroed memory (block_bytes(config) long) as a ring. Throws
+  // std::invalid_argument naming the bad setting.
+  static RingRef format(std::byte* block, const RingConfig& config);
+  // Anyone: validates a formatted ring at `block`, which has `available` mapped bytes.
+  static RingRef open(std::byte* block, uint64_t available);
+
+  RingRef() = default;
+
+  layout::RingHeader* header() const { return header_; }
+  uint64_t capacity() const { return header_->capacity; }
+  uint32_t max_payload() const { return header_->max_payload; }
+  bool back_pressure() const { return (header_->flags & layout::kRingBackPressure) != 0; }
+  uint32_t reader_capacity() const { return header_->reader_capacity; }
+
+  layout::FrameHeader* frame_at(uint64_t position) const {
+    return reinterpret_cast<layout::FrameHeader*>(data_ + (position & mask_));
+  }
+  std::byte* data() const { return data_; }
+  uint64_t mask() const { return mask_; }
+
+  layout::ReaderTableHeader* readers() const { return readers_; }
+  std::atomic<uint64_t>* notify() const { return notify_; }
+  layout::ReaderSlot* slot(uint32_t index) const { return slots_ + index; }
+
+  // An atomic snapshot of the claim word (one 16-byte read).
+  layout::ClaimWord load_claim() const;
+  uint64_t retire_frontier() const {
+    return header_->retire_frontier.load(std::memory_order_acquire);
+  }
+  // Messages ever claimed in this ring (committed, in flight or aborted).
+  uint64_t published() const { return load_claim().sequence; }
+
+ private:
+  layout::RingHeader* header_ = nullptr;
+  std::byte* data_ = nullptr;
+  uint64_t mask_ = 0;
+  layout::ReaderTableHeader* readers_ = nullptr;
+  std::atomic<uint64_t>* notify_ = nullptr;
+  layout::ReaderSlot* slots_ = nullptr;
+};
+
+struct PublishMeta {
+  uint64_t publish_unix_ns = 0;  // stamped by the caller (a clock read costs ~20 ns)
+  uint16_t origin = 0;           // 0: this host
+};
+
+// A claimed frame: write up to `capacity` bytes at `payload`, then commit or abandon it.
+struct Loan {
+  std::byte* payload = nullptr;
+  uint32_t capacity = 0;
+  uint64_t position = 0;
+  uint64_t sequence = 0;
+  bool active = false;
+};
+
+// How long a publisher may wait for room. Zero: never (kWouldBlock at once). Negative:
+// without limit. Room runs out only in back-pressure rings (a gating reader is a ring
+// behind) or behind an unfinished frame of a stopped publisher one lap back.
+using WaitBudget = std::chrono::nanoseconds;
+inline constexpr WaitBudget kNoWait{0};
+inline constexpr WaitBudget kWaitForever{-1};
+
+class Publisher {
+ public:
+  // `arenas` resolves doorbell links; it must outlive the publisher and include every arena
+  // that holds a doorbell of this ring's readers.
+  Publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas);
+
+  // Claims a frame for `payload_bytes`: kOk (loan filled), kTooLarge, kWouldBlock (no wait
+  // budget) or kTimedOut.
+  Status claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait = kNoWait);
+  // Publishes the first `payload_bytes` (<= loan.capacity) of the loan.
+  void commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& meta = {});
+  // Gives the frame back as padding; its sequence number is void (readers do not count it
+  // as lost).
+  void abandon(Loan& loan);
+  // claim + copy + commit.
+  Status publish(std::span<const std::byte> payload, const PublishMeta& meta = {},
+                 WaitBudget wait = kNoWait);
+
+  const RingRef& ring() const { return ring_; }
+
+ private:
+  // Makes bytes below `need` + capacity writable: back-pressure check, then retiring the
+  // previous lap's frames up to `need`. kOk or kWouldBlock.
+  Status make_room(uint64_t need);
+  Status retire_until(uint64_t need);
+  uint64_t min_gating_position();
+  void release_dead_gating_readers();
+  void notify_readers();
+
+  RingRef ring_;
+  uint16_t publisher_id_;
+  const ArenaTable* arenas_;
+  // Disruptor's gating-sequence cache: the slowest gating reader's position as last seen.
+  uint64_t cached_min_reader_ = 0;
+  uint64_t cached_reader_generation_ = ~uint64_t{0};
+};
+
+// What a reader learns about a message besides its bytes.
+struct MessageInfo {
+  uint64_t sequence = 0;         // message number in this ring
+  uint64_t position = 0;         // stream position of its frame
+  uint64_t publish_unix_ns = 0;
+  uint32_t length = 0;
+  uint16_t publisher_id = 0;
+  uint16_t origin = 0;
+  uint64_t lost_before = 0;      // messages this reader missed just before this one
+};
+
+// A message in place in the ring (zero-copy). Valid until Reader::consume(view) says so: in
+// a lossy ring the bytes may be overwritten while you read them, and consume() returns false
+// if that happened, in which case whatever was computed from them must be discarded.
+struct MessageView : MessageInfo {
+  const std::byte* payload = nullptr;
+  uint64_t observed_state = 0;
+};
+
+class Reader {
+ public:
+  enum class Start { kLatest, kEarliest, kAfterSequence };
+
+  Reader(RingRef ring, Start start = Start::kLatest, uint64_t after_sequence = 0);
+  ~Reader();
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  // Takes a ReaderSlot so the ring knows this reader: gating readers hold back publishers
+  // of a back-pressure ring; a doorbell ref (layout::ShmRef with the bit this ring sets)
+  // lets wait() park. Throws if the ring has no free slot.
+  void register_slot(bool gating, uint64_t doorbell_ref = layout::ShmRef::kNone,
+                     layout::DoorbellHeader* doorbell = nullptr);
+  void unregister();
+
+  // kOk and a view of the next message, or kEmpty. Padding and lapping are handled inside:
+  // a lapped reader jumps to the oldest frame still in the ring and the loss shows up in the
+  // next message's lost_before.
+  Status try_read(MessageView& view);
+  // Accepts a view from try_read: true if its bytes were intact throughout (the message
+  // counts as delivered), false if it was overwritten (it counts as lost).
+  bool consume(const MessageView& view);
+  // try_read + copy into `buffer` (resized) + consume; returns only intact messages.
+  Status try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info);
+
+  // True if try_read may have something to do (a frame, padding, or being lapped).
+  bool has_data() const;
+  // Waits until has_data() or `timeout` (negative: forever): spins for `spin`, then parks
+  // on the registered doorbell (or sleeps in short steps if none is registered).
+  Status wait(std::chrono::nanoseconds timeout,
+              std::chrono::nanoseconds spin = std::chrono::microseconds(20));
+
+  uint64_t position() const { return position_; }
+  uint64_t next_sequence() const { return next_sequence_; }
+  uint64_t lost() const { return lost_; }
+  uint64_t delivered() const { return delivered_; }
+  uint64_t lapped() const { return lapped_; }
+
+ private:
+  void jump_after_lap();
+  void seek_sequence(uint64_t first_wanted);
+  void publish_slot_stats();
+
+  RingRef ring_;
+  uint64_t position_ = 0;
+  uint64_t next_sequence_ = 0;
+  bool sequence_known_ = false;
+  uint64_t unreported_lost_ = 0;  // lost messages not yet attached to a delivered one
+  uint64_t lost_ = 0;
+  uint64_t delivered_ = 0;
+  uint64_t lapped_ = 0;
+  uint32_t empty_polls_ = 0;
+  int32_t slot_ = -1;
+  uint32_t doorbell_bit_ = 0;
+  layout::DoorbellHeader* doorbell_ = nullptr;
+};
+
+// ---- Owner-side maintenance (the daemon) -----------------------------------------------
+
+// Pads over every frame that publisher `publisher_id` claimed and never committed.
+// REQUIRES: that publisher is dead (a live one would go on writing into the padding).
+// Returns the number of frames padded.
+uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id);
+
+// The oldest frame that is claimed but not committed, if any: where readers and, one lap
+// later, publishers are held up.
+std::optional<uint64_t> first_unfinished_frame(RingRef ring);
+
+// Pads over the unfinished frame at `position` - including a claim whose publisher died
+// before writing any header, whose extent is found by scanning for the next frame.
+// REQUIRES: the frame's publisher is dead. Returns false if it was no longer unfinished.
+bool repair_stalled_frame(RingRef ring, uint64_t position);
+
+// Frees the reader slots of process `pid` (it died without unregistering).
+uint32_t release_reader_slots_of(RingRef ring, int32_t pid);
+
+}  // namespace shmbus

@@ -1,0 +1,457 @@
+// Unit tests of the channel ring: claim/commit, wrap and padding, lap detection with exact
+// loss counts, start positions, back-pressure, loans, repair, and waking.
+#include "ring.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::as_bytes;
+using test::as_string;
+using test::TestArena;
+
+RingConfig small_ring(uint64_t capacity = 4096, bool back_pressure = false) {
+  RingConfig config;
+  config.capacity = capacity;
+  config.back_pressure = back_pressure;
+  config.reader_capacity = 8;
+  return config;
+}
+
+std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
+  std::vector<std::byte> buffer;
+  MessageInfo info;
+  const Status status = reader.try_read_copy(buffer, info);
+  if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
+  if (info_out) *info_out = info;
+  return as_string(buffer.data(), buffer.size());
+}
+
+class RingTest : public ::testing::Test {
+ protected:
+  TestArena arena_{16 << 20};
+};
+
+TEST_F(RingTest, PublishedMessageIsReadWithItsMetadata) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Reader reader(ring);
+  Publisher publisher(ring, 42, &arena_.table());
+  ASSERT_EQ(publisher.publish(as_bytes("hello"), PublishMeta{123456789, 3}), Status::kOk);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "hello");
+  EXPECT_EQ(info.sequence, 0u);
+  EXPECT_EQ(info.publisher_id, 42u);
+  EXPECT_EQ(info.origin, 3u);
+  EXPECT_EQ(info.publish_unix_ns, 123456789u);
+  EXPECT_EQ(info.lost_before, 0u);
+  EXPECT_EQ(read_one(reader), "<empty>");
+  EXPECT_EQ(ring.published(), 1u);
+}
+
+TEST_F(RingTest, EmptyMessageIsAMessage) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  ASSERT_EQ(publisher.publish({}), Status::kOk);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "");
+  EXPECT_EQ(info.length, 0u);
+}
+
+TEST_F(RingTest, LatestReaderSeesOnlyLaterMessages) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Publisher publisher(ring, 1, &arena_.table());
+  ASSERT_EQ(publisher.publish(as_bytes("before")), Status::kOk);
+  Reader reader(ring, Reader::Start::kLatest);
+  ASSERT_EQ(publisher.publish(as_bytes("after")), Status::kOk);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "after");
+  EXPECT_EQ(info.sequence, 1u);
+  EXPECT_EQ(info.lost_before, 0u);
+}
+
+TEST_F(RingTest, TooLargeIsRefusedAndNothingIsClaimed) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Publisher publisher(ring, 1, &arena_.table());
+  std::vector<std::byte> big(ring.max_payload() + 1);
+  EXPECT_EQ(publisher.publish(big), Status::kTooLarge);
+  EXPECT_EQ(ring.published(), 0u);
+  std::vector<std::byte> largest(ring.max_payload());
+  EXPECT_EQ(publisher.publish(largest), Status::kOk);
+  EXPECT_EQ(ring.max_payload(), RingRef::largest_payload(4096));
+}
+
+TEST_F(RingTest, FormatRefusesBadConfigsWithTheReason) {
+  const auto block = arena_.arena().allocate(1 << 20);
+  RingConfig config = small_ring(3000);
+  try {
+    (void)RingRef::format(arena_.arena().base() + block.offset, config);
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("power of two"), std::string::npos);
+  }
+  config = small_ring(4096);
+  config.max_payload = 4000;
+  try {
+    (void)RingRef::format(arena_.arena().base() + block.offset, config);
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("twice the message size"), std::string::npos);
+  }
+}
+
+TEST_F(RingTest, OpenValidatesTheHeader) {
+  RingRef ring = arena_.make_ring(small_ring());
+  auto* block = reinterpret_cast<std::byte*>(ring.header());
+  RingRef again = RingRef::open(block, ring.header()->block_bytes);
+  EXPECT_EQ(again.capacity(), 4096u);
+  EXPECT_THROW((void)RingRef::open(block, 100), std::runtime_error);
+  std::vector<std::byte> garbage(8192, std::byte{0x5a});
+  EXPECT_THROW((void)RingRef::open(garbage.data(), garbage.size()), std::runtime_error);
+}
+
+TEST_F(RingTest, FramesWrapWithPaddingAndStayIntact) {
+  RingRef ring = arena_.make_ring(small_ring(4096, /*back_pressure=*/true));
+  Reader reader(ring);
+  reader.register_slot(/*gating=*/true);
+  Publisher publisher(ring, 1, &arena_.table());
+  // 700-byte payloads: 736-byte frames do not divide 4096, so claims must pad at the end.
+  uint64_t padded_wraps = 0;
+  for (int i = 0; i < 200; ++i) {
+    std::string message = std::to_string(i) + ":" + std::string(700 - 4, 'a' + i % 26);
+    message.resize(700, '.');
+    const uint64_t before = ring.load_claim().position;
+    ASSERT_EQ(publisher.publish(as_bytes(message)), Status::kOk);
+    const uint64_t after = ring.load_claim().position;
+    if (after - before > layout::frame_bytes(700)) ++padded_wraps;
+    MessageInfo info;
+    ASSERT_EQ(read_one(reader, &info), message);
+    EXPECT_EQ(info.sequence, static_cast<uint64_t>(i));
+    EXPECT_EQ(info.lost_before, 0u);
+  }
+  EXPECT_GT(padded_wraps, 20u);
+  EXPECT_EQ(reader.lost(), 0u);
+  EXPECT_EQ(reader.delivered(), 200u);
+}
+
+TEST_F(RingTest, LappedReaderLearnsExactlyHowManyItLost) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  // 96-byte frames: 42 fit in 4096 bytes. Publish 1000 without reading.
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("msg" + std::to_string(i) + std::string(40, 'x'))),
+              Status::kOk);
+  std::vector<std::byte> buffer;
+  MessageInfo info;
+  uint64_t delivered = 0;
+  uint64_t first_sequence = 0;
+  uint64_t reported_lost = 0;
+  while (reader.try_read_copy(buffer, info) == Status::kOk) {
+    if (delivered == 0) first_sequence = info.sequence;
+    reported_lost += info.lost_before;
+    EXPECT_EQ(as_string(buffer.data(), 6).substr(0, 3), "msg");
+    ++delivered;
+  }
+  EXPECT_GT(first_sequence, 900u);
+  EXPECT_EQ(reported_lost, first_sequence);
+  EXPECT_EQ(delivered + reported_lost, 1000u);
+  EXPECT_EQ(reader.lost(), reported_lost);
+  EXPECT_GE(reader.lapped(), 1u);
+}
+
+TEST_F(RingTest, ViewOverwrittenWhileHeldIsNotDelivered) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  ASSERT_EQ(publisher.publish(as_bytes("first")), Status::kOk);
+  MessageView view;
+  ASSERT_EQ(reader.try_read(view), Status::kOk);
+  EXPECT_EQ(as_string(view.payload, view.length), "first");
+  // While the reader holds the view, publishers lap the ring and reuse its bytes.
+  for (int i = 0; i < 200; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'z'))), Status::kOk);
+  EXPECT_FALSE(reader.consume(view));
+  // Everything after is counted: what it reads next says how much it missed.
+  MessageInfo info;
+  EXPECT_NE(read_one(reader, &info), "<empty>");
+  EXPECT_EQ(info.lost_before, info.sequence);  // sequences 0..info.sequence-1 lost
+  EXPECT_EQ(reader.lost() + reader.delivered(), info.sequence + 1);
+}
+
+TEST_F(RingTest, EarliestStartsAtTheOldestFrameStillInTheRing) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Publisher publisher(ring, 1, &arena_.table());
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  Reader early(ring, Reader::Start::kEarliest);
+  MessageInfo info;
+  EXPECT_EQ(read_one(early, &info), "m0");
+  EXPECT_EQ(info.lost_before, 0u);
+  // After wrapping, the earliest is whatever the retire frontier has not passed.
+  for (int i = 10; i < 500; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  Reader late(ring, Reader::Start::kEarliest);
+  ASSERT_NE(read_one(late, &info), "<empty>");
+  EXPECT_GT(info.sequence, 300u);
+  EXPECT_EQ(info.lost_before, 0u);  // history before joining is not loss
+  uint64_t count = 1;
+  while (read_one(late) != "<empty>") ++count;
+  EXPECT_EQ(info.sequence + count, 500u);
+}
+
+TEST_F(RingTest, ResumeAfterSequenceDeliversTheRestWithoutLoss) {
+  RingRef ring = arena_.make_ring(small_ring(8192));
+  Publisher publisher(ring, 1, &arena_.table());
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  Reader resumed(ring, Reader::Start::kAfterSequence, 41);
+  MessageInfo info;
+  EXPECT_EQ(read_one(resumed, &info), "m42");
+  EXPECT_EQ(info.sequence, 42u);
+  EXPECT_EQ(info.lost_before, 0u);
+  for (int i = 43; i < 50; ++i) EXPECT_EQ(read_one(resumed), "m" + std::to_string(i));
+  EXPECT_EQ(read_one(resumed), "<empty>");
+
+  // Resuming after the newest message waits for the next one.
+  Reader caught_up(ring, Reader::Start::kAfterSequence, 49);
+  EXPECT_EQ(read_one(caught_up), "<empty>");
+  ASSERT_EQ(publisher.publish(as_bytes("m50")), Status::kOk);
+  EXPECT_EQ(read_one(caught_up), "m50");
+}
+
+TEST_F(RingTest, ResumeAfterASequenceNoLongerInTheRingReportsTheGap) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Publisher publisher(ring, 1, &arena_.table());
+  for (int i = 0; i < 400; ++i) ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'q'))), Status::kOk);
+  Reader resumed(ring, Reader::Start::kAfterSequence, 9);
+  MessageInfo info;
+  ASSERT_NE(read_one(resumed, &info), "<empty>");
+  EXPECT_GT(info.sequence, 10u);
+  EXPECT_EQ(info.lost_before, info.sequence - 10);
+}
+
+TEST_F(RingTest, BackPressureBlocksPublisherUntilTheGatingReaderMoves) {
+  RingRef ring = arena_.make_ring(small_ring(4096, /*back_pressure=*/true));
+  Reader reader(ring);
+  reader.register_slot(/*gating=*/true);
+  Publisher publisher(ring, 1, &arena_.table());
+  const std::string message(60, 'b');  // 96-byte frames
+  int accepted = 0;
+  while (publisher.publish(as_bytes(message)) == Status::kOk) ++accepted;
+  EXPECT_EQ(accepted, 4096 / 96);
+  EXPECT_EQ(publisher.publish(as_bytes(message)), Status::kWouldBlock);
+  EXPECT_EQ(publisher.publish(as_bytes(message), {}, 20ms), Status::kTimedOut);
+  EXPECT_GE(ring.header()->back_pressure_waits.load(), 2u);
+  // Reading one frame makes room for one more; nothing was lost.
+  EXPECT_EQ(read_one(reader), message);
+  EXPECT_EQ(publisher.publish(as_bytes(message)), Status::kOk);
+  int read = 1;
+  while (read_one(reader) == message) ++read;
+  EXPECT_EQ(read, accepted + 1);
+  EXPECT_EQ(reader.lost(), 0u);
+}
+
+TEST_F(RingTest, BackPressureWaitsWithATimeoutAndResumesWhenReaderCatchesUp) {
+  RingRef ring = arena_.make_ring(small_ring(4096, true));
+  Reader reader(ring);
+  reader.register_slot(true);
+  Publisher publisher(ring, 1, &arena_.table());
+  const std::string message(60, 'w');
+  while (publisher.publish(as_bytes(message)) == Status::kOk) {
+  }
+  std::thread consumer([&] {
+    std::this_thread::sleep_for(30ms);
+    for (int i = 0; i < 5; ++i) read_one(reader);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(publisher.publish(as_bytes(message), {}, 5s), Status::kOk);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
+  consumer.join();
+}
+
+TEST_F(RingTest, UnregisteredOrDeadGatingReaderDoesNotStallPublishers) {
+  RingRef ring = arena_.make_ring(small_ring(4096, true));
+  Publisher publisher(ring, 1, &arena_.table());
+  {
+    Reader reader(ring);
+    reader.register_slot(true);
+    while (publisher.publish(as_bytes(std::string(60, 'u'))) == Status::kOk) {
+    }
+  }  // unregisters
+  EXPECT_EQ(publisher.publish(as_bytes(std::string(60, 'u'))), Status::kOk);
+
+  // A gating slot owned by a process that no longer exists is reclaimed by the publisher.
+  Reader ghost(ring);
+  ghost.register_slot(true);
+  while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
+  }
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_GT(child, 0);
+  waitpid(child, nullptr, 0);
+  for (uint32_t i = 0; i < ring.reader_capacity(); ++i)
+    if (ring.slot(i)->state.load() == layout::kSlotGating) ring.slot(i)->pid.store(child);
+  EXPECT_EQ(publisher.publish(as_bytes(std::string(60, 'g')), {}, 2s), Status::kOk);
+}
+
+TEST_F(RingTest, LoanCommitShorterThanClaimedLeavesPaddingReadersSkip) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  Loan loan;
+  ASSERT_EQ(publisher.claim(1000, loan), Status::kOk);
+  std::memcpy(loan.payload, "short", 5);
+  publisher.commit(loan, 5);
+  ASSERT_EQ(publisher.publish(as_bytes("next")), Status::kOk);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "short");
+  EXPECT_EQ(info.sequence, 0u);
+  EXPECT_EQ(read_one(reader, &info), "next");
+  EXPECT_EQ(info.sequence, 1u);
+  EXPECT_EQ(info.lost_before, 0u);
+}
+
+TEST_F(RingTest, AbandonedLoanIsNeitherDeliveredNorCountedLost) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  Loan loan;
+  ASSERT_EQ(publisher.claim(100, loan), Status::kOk);
+  publisher.abandon(loan);
+  ASSERT_EQ(publisher.publish(as_bytes("kept")), Status::kOk);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "kept");
+  EXPECT_EQ(info.sequence, 1u);
+  EXPECT_EQ(info.lost_before, 0u);
+  EXPECT_EQ(reader.lost(), 0u);
+}
+
+TEST_F(RingTest, UnfinishedFrameHoldsReadersAndNextLapPublishersButNothingIsOverwritten) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Reader reader(ring);
+  Publisher slow(ring, 1, &arena_.table());
+  Publisher fast(ring, 2, &arena_.table());
+  Loan loan;
+  ASSERT_EQ(slow.claim(60, loan), Status::kOk);
+  std::memcpy(loan.payload, "slow", 4);
+  // Readers cannot pass an unfinished frame.
+  ASSERT_EQ(fast.publish(as_bytes("fast0")), Status::kOk);
+  EXPECT_EQ(read_one(reader), "<empty>");
+  // Other publishers fill the rest of the lap, then must not overwrite the unfinished frame.
+  int published = 1;
+  while (fast.publish(as_bytes(std::string(60, 'f'))) == Status::kOk) ++published;
+  // slow frame 96 B + fast0 64 B + 41 x 96 B fill the lap exactly.
+  EXPECT_EQ(published, 1 + (4096 - 96 - 64) / 96);
+  EXPECT_EQ(fast.publish(as_bytes("x"), {}, 10ms), Status::kTimedOut);
+  EXPECT_EQ(first_unfinished_frame(ring), loan.position);
+  // The slow publisher finishes: everyone moves on, nothing lost.
+  slow.commit(loan, 4);
+  EXPECT_EQ(read_one(reader), "slow");
+  EXPECT_EQ(read_one(reader), "fast0");
+  EXPECT_EQ(fast.publish(as_bytes("y")), Status::kOk);
+  EXPECT_EQ(first_unfinished_frame(ring), std::nullopt);
+}
+
+TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Reader reader(ring);
+  Publisher dead(ring, 7, &arena_.table());
+  Publisher alive(ring, 8, &arena_.table());
+  Loan loan;
+  ASSERT_EQ(dead.claim(200, loan), Status::kOk);
+  std::memset(loan.payload, 0xee, 100);  // half-written, then its process "dies"
+  ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
+  EXPECT_EQ(read_one(reader), "<empty>");
+  EXPECT_EQ(repair_dead_publisher(ring, 8), 0u);  // alive's frames are committed
+  EXPECT_EQ(repair_dead_publisher(ring, 7), 1u);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "after");
+  EXPECT_EQ(info.sequence, 1u);
+  EXPECT_EQ(info.lost_before, 0u);  // the dead frame's number is void, not lost
+  EXPECT_EQ(ring.header()->repaired_frames.load(), 1u);
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(alive.publish(as_bytes(std::string(60, 'r'))), Status::kOk);
+}
+
+TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
+  RingRef ring = arena_.make_ring(small_ring(4096));
+  Publisher alive(ring, 8, &arena_.table());
+  ASSERT_EQ(alive.publish(as_bytes("one")), Status::kOk);
+  Reader reader(ring);
+  // Simulate a publisher that died right after its claim CAS: move the claim word by hand.
+  const layout::ClaimWord before = ring.load_claim();
+  const uint64_t dead_size = layout::frame_bytes(100);
+  __extension__ typedef unsigned __int128 u128;
+  auto* claim = reinterpret_cast<u128*>(&ring.header()->claim);
+  __atomic_store_n(claim, (static_cast<u128>(before.sequence + 1) << 64) | (before.position + dead_size),
+                   __ATOMIC_SEQ_CST);
+  ASSERT_EQ(alive.publish(as_bytes("two")), Status::kOk);
+  EXPECT_EQ(read_one(reader), "<empty>");
+  EXPECT_EQ(first_unfinished_frame(ring), before.position);
+  EXPECT_TRUE(repair_stalled_frame(ring, before.position));
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "two");
+  EXPECT_EQ(info.sequence, before.sequence + 1);
+  EXPECT_EQ(info.lost_before, 0u);
+  EXPECT_FALSE(repair_stalled_frame(ring, before.position));  // already repaired
+}
+
+TEST_F(RingTest, ReaderSlotsRunOutWithAClearErrorAndAreReleasedForDeadPids) {
+  RingRef ring = arena_.make_ring(small_ring());
+  std::vector<std::unique_ptr<Reader>> readers;
+  for (uint32_t i = 0; i < ring.reader_capacity(); ++i) {
+    readers.push_back(std::make_unique<Reader>(ring));
+    readers.back()->register_slot(false);
+  }
+  Reader extra(ring);
+  try {
+    extra.register_slot(false);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("reader_capacity"), std::string::npos);
+  }
+  EXPECT_EQ(release_reader_slots_of(ring, getpid()), ring.reader_capacity());
+  EXPECT_NO_THROW(extra.register_slot(false));
+}
+
+TEST_F(RingTest, WaitWakesOnPublishAndTimesOutWithout) {
+  RingRef ring = arena_.make_ring(small_ring());
+  uint64_t doorbell_ref = 0;
+  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+  Reader reader(ring);
+  reader.register_slot(false, doorbell_ref, doorbell);
+  Publisher publisher(ring, 1, &arena_.table());
+
+  EXPECT_EQ(reader.wait(20ms, 1us), Status::kTimedOut);
+  std::thread later([&] {
+    std::this_thread::sleep_for(50ms);
+    publisher.publish(as_bytes("wake"));
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(reader.wait(10s, 1us), Status::kOk);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  later.join();
+  EXPECT_EQ(read_one(reader), "wake");
+}
+
+TEST_F(RingTest, PublishWithoutSleepersDoesNotTouchTheFutex) {
+  RingRef ring = arena_.make_ring(small_ring());
+  uint64_t doorbell_ref = 0;
+  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+  Reader reader(ring);
+  reader.register_slot(false, doorbell_ref, doorbell);
+  Publisher publisher(ring, 1, &arena_.table());
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(publisher.publish(as_bytes("x")), Status::kOk);
+  // The futex word changes only when a waker saw a sleeper; nobody slept.
+  EXPECT_EQ(doorbell->futex_word.load(), 0u);
+  EXPECT_EQ(doorbell->sleepers.load(), 0u);
+}
+
+}  // namespace
+}  // namespace shmbus
