@@ -73,6 +73,7 @@ inline bool claim_cas(RingHeader* h, ClaimWord& expected, ClaimWord desired) {
 #endif
 
 inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes) {
+  if (bytes == 0) return;  // dst may be null for an empty buffer
 #if defined(SHMBUS_TSAN)
   AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
   std::memcpy(dst, src, bytes);
@@ -295,7 +296,8 @@ Status Publisher::publish(std::span<const std::byte> payload, const PublishMeta&
   Loan loan;
   const Status status = claim(static_cast<uint32_t>(payload.size()), loan, wait);
   if (status != Status::kOk) return status;
-  std::memcpy(loan.payload, payload.data(), payload.size());
+  // An empty span may have a null data(); memcpy must never see null, even for 0 bytes.
+  if (!payload.empty()) std::memcpy(loan.payload, payload.data(), payload.size());
   commit(loan, static_cast<uint32_t>(payload.size()), meta);
   return Status::kOk;
 }
@@ -521,7 +523,9 @@ void Reader::unregister() {
 }
 
 void Reader::jump_after_lap() {
-  ++lapped_;
+  // Count lap events, not retries: re-jumping before anything was delivered is the same lap.
+  if (delivered_ != delivered_at_last_lap_ || lapped_ == 0) ++lapped_;
+  delivered_at_last_lap_ = delivered_;
   empty_polls_ = 0;
   // The oldest frame not yet retired; the loss is counted from the next message's number.
   position_ = ring_.retire_frontier();
@@ -560,8 +564,10 @@ Status Reader::try_read(MessageView& view) {
         continue;
       }
       if ((state & kFrameAborted) && (!sequence_known_ || sequence >= next_sequence_)) {
-        // A message that was claimed but never published: its number is void, not lost.
-        if (sequence_known_) unreported_lost_ += sequence - next_sequence_;
+        // A message that was claimed but never completed (abandoned, or its publisher died):
+        // lost, exactly as a lapped reader that skipped its number would count it. Every
+        // sequence number is thus either delivered or reported lost, for every reader.
+        unreported_lost_ += (sequence_known_ ? sequence - next_sequence_ : 0) + 1;
         next_sequence_ = sequence + 1;
         sequence_known_ = true;
       }

@@ -147,8 +147,8 @@ class Publisher {
   Status claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait = kNoWait);
   // Publishes the first `payload_bytes` (<= loan.capacity) of the loan.
   void commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& meta = {});
-  // Gives the frame back as padding; its sequence number is void (readers do not count it
-  // as lost).
+  // Gives the frame back as padding. Its sequence number was taken, so readers report that
+  // message as lost (every number is either delivered or reported lost).
   void abandon(Loan& loan);
   // claim + copy + commit.
   Status publish(std::span<const std::byte> payload, const PublishMeta& meta = {},
@@ -181,7 +181,8 @@ struct MessageInfo {
   uint32_t length = 0;
   uint16_t publisher_id = 0;
   uint16_t origin = 0;
-  uint64_t lost_before = 0;      // messages this reader missed just before this one
+  uint64_t lost_before = 0;      // messages this reader missed just before this one: lapped
+                                 // over, or abandoned / left unfinished by a dead publisher
 };
 
 // A message in place in the ring (zero-copy). Valid until Reader::consume(view) says so: in
@@ -244,6 +245,7 @@ class Reader {
   uint64_t lost_ = 0;
   uint64_t delivered_ = 0;
   uint64_t lapped_ = 0;
+  uint64_t delivered_at_last_lap_ = 0;
   uint32_t empty_polls_ = 0;
   int32_t slot_ = -1;
   uint32_t doorbell_bit_ = 0;
