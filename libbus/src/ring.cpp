@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "fences.hpp"
 #include "futex.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -310,7 +311,7 @@ void Publisher::notify_readers() {
   if (links == 0) return;
   // SYNC POINT: orders the commit store before the doorbell loads (store->load needs a full
   // fence); pairs with the seq_cst operations of Waiter.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
   std::atomic<uint64_t>* notify = ring_.notify();
   for (uint32_t i = 0; i < links; ++i) {
     const uint64_t ref = notify[i].load(std::memory_order_acquire);
@@ -447,8 +448,7 @@ void Reader::seek_sequence(uint64_t first_wanted) {
       }
       const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
       const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (f->state.load(std::memory_order_relaxed) != state) {
+      if (reload_after_reads(f->state) != state) {
         restart = true;
         break;
       }
@@ -558,8 +558,7 @@ Status Reader::try_read(MessageView& view) {
     const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
     const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
     if (state & kFramePadding) {
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (f->state.load(std::memory_order_relaxed) != state) {
+      if (reload_after_reads(f->state) != state) {
         jump_after_lap();
         continue;
       }
@@ -602,9 +601,7 @@ bool Reader::consume(const MessageView& view) {
   // SYNC POINT (validate): the acquire fence orders every read of the view before this
   // re-read of the state; a publisher retires the frame (changing the state) before it
   // writes a byte of it, so an unchanged state proves the bytes were intact.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (ring_.frame_at(view.position)->state.load(std::memory_order_relaxed) !=
-      view.observed_state) {
+  if (reload_after_reads(ring_.frame_at(view.position)->state) != view.observed_state) {
     jump_after_lap();
     return false;
   }
@@ -696,8 +693,7 @@ std::optional<uint64_t> walk_frames(RingRef ring, OnWriting&& on_writing) {
         return p;  // claimed, no header yet
       }
       const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (f->state.load(std::memory_order_relaxed) != state) {
+      if (reload_after_reads(f->state) != state) {
         restart = true;
         break;
       }
