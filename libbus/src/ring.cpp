@@ -336,39 +336,46 @@ Status Publisher::make_room(uint64_t need) {
     }
   }
   if (h->retire_frontier.load(std::memory_order_acquire) >= need) return Status::kOk;
-  return retire_until(need);
+  // Retire a little past what this claim needs, so the frontier CAS is paid once per batch
+  // instead of once per frame; lossy readers lose at most this much history early. Never
+  // past a gating reader: its frames must stay until it has read them.
+  uint64_t want = need + std::min<uint64_t>(h->capacity / 32, 4096);
+  if (h->flags & kRingBackPressure) want = std::min(want, cached_min_reader_);
+  return retire_until(need, want);
 }
 
-Status Publisher::retire_until(uint64_t need) {
+Status Publisher::retire_until(uint64_t need, uint64_t want) {
   RingHeader* h = ring_.header();
   for (;;) {
-    uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
+    const uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
     if (frontier >= need) return Status::kOk;
-    FrameHeader* f = ring_.frame_at(frontier);
-    uint64_t state = f->state.load(std::memory_order_acquire);
-    if (frame_tag(state) != frontier) {
-      // Either someone advanced the frontier and overwrote this header, or the frame here
-      // was claimed by a publisher that has not written its header yet (or died first).
+    // Walk consecutive frames from the frontier, retiring each committed one. Headers at or
+    // above the frontier are intact until the frontier passes them (I2); if another
+    // publisher moves it meanwhile, what we read may be stale, and the single CAS on the
+    // frontier below fails, so nothing stale is ever published.
+    uint64_t p = frontier;
+    while (p < want) {
+      FrameHeader* f = ring_.frame_at(p);
+      uint64_t state = f->state.load(std::memory_order_acquire);
+      if (frame_tag(state) != p) break;  // not claimed yet, or claimed without a header
+      const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
+      if (!(state & kFrameRetired)) {
+        if (!(state & kFrameCommitted)) break;  // unfinished: never overwrite, never retire
+        // SYNC POINT (retire): after this CAS no reader accepts the frame (they re-check
+        // the state after reading), so its bytes may be reused once the frontier passes.
+        if (!f->state.compare_exchange_strong(state, state | kFrameRetired,
+                                              std::memory_order_acq_rel))
+          break;  // someone else got there first: re-read the frontier
+      }
+      // Retired (by us or by a publisher that has not moved the frontier yet): passable.
+      p += size;
+    }
+    if (p == frontier) {
       if (h->retire_frontier.load(std::memory_order_acquire) != frontier) continue;
-      return Status::kWouldBlock;
+      return Status::kWouldBlock;  // the frame at the frontier is unfinished
     }
-    // Valid while the frontier is still here: bytes at `frontier` are not overwritten until
-    // the frontier has passed them (I2), and both CASes below fail if it moved.
-    const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
-    if (state & kFrameRetired) {
-      // Retired by someone who has not advanced the frontier yet (or died): help.
-      h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
-                                                 std::memory_order_acq_rel);
-      continue;
-    }
-    if (!(state & kFrameCommitted)) return Status::kWouldBlock;  // unfinished: never overwrite
-    // SYNC POINT (retire): after this CAS no reader accepts the frame (they re-check state
-    // after reading), so its bytes may be reused once the frontier passes it.
-    if (f->state.compare_exchange_strong(state, state | kFrameRetired,
-                                         std::memory_order_acq_rel)) {
-      h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
-                                                 std::memory_order_acq_rel);
-    }
+    uint64_t expected = frontier;
+    h->retire_frontier.compare_exchange_strong(expected, p, std::memory_order_acq_rel);
   }
 }
 

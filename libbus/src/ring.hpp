@@ -160,7 +160,9 @@ class Publisher {
   // Makes bytes below `need` + capacity writable: back-pressure check, then retiring the
   // previous lap's frames up to `need`. kOk or kWouldBlock.
   Status make_room(uint64_t need);
-  Status retire_until(uint64_t need);
+  // Retires frames from the frontier until it reaches `need` (required) or `want`
+  // (opportunistic, want >= need). kOk or kWouldBlock (an unfinished frame is in the way).
+  Status retire_until(uint64_t need, uint64_t want);
   uint64_t min_gating_position();
   void release_dead_gating_readers();
   void notify_readers();
