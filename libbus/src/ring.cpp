@@ -279,6 +279,15 @@ void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& me
   f->state.store(loan.position | kFrameCommitted, std::memory_order_release);
   loan.active = false;
   notify_readers();
+  // Warm what the next claim touches - the next frame's header and the frame it will
+  // retire - while the caller does something else. With large messages these sit on other
+  // pages: the prefetch takes the page walk and cache miss off the next publish's path.
+  // Small frames leave the next header on a hot line: nothing to gain there.
+  if (claimed >= kPageSize) {
+    __builtin_prefetch(ring_.frame_at(loan.position + claimed), 1, 3);
+    __builtin_prefetch(
+        ring_.frame_at(ring_.header()->retire_frontier.load(std::memory_order_relaxed)), 1, 3);
+  }
 }
 
 void Publisher::abandon(Loan& loan) {
@@ -617,6 +626,9 @@ bool Reader::consume(const MessageView& view) {
   next_sequence_ = view.sequence + 1;
   sequence_known_ = true;
   position_ = view.position + frame_size(view.length);
+  // After a large frame, warm the next header (its page may be a megabyte away) before
+  // we spin on it.
+  if (view.length >= kPageSize) __builtin_prefetch(ring_.frame_at(position_), 0, 3);
   ++delivered_;
   if (slot_ >= 0) publish_slot_stats();
   return true;
