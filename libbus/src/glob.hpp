@@ -1,0 +1,25 @@
+// Channel-pattern matching with exactly the rules of Redis's stringmatchlen() (src/util.c,
+// 7.x), as PSUBSCRIBE uses it (case-sensitive):
+//   *      any run of bytes, including none; no notion of separators (news.* matches news.a.b)
+//   ?      exactly one byte
+//   [abc]  one byte of the set; [^abc] one byte not in it; [a-z] a range, [z-a] the same
+//          range; inside brackets \x is a literal x; an unterminated [ ends at the pattern's end
+//   \x     a literal x outside brackets
+// Bytes are compared as Redis compares them: as (signed) char, which matters only for ranges
+// with bytes >= 0x80. Recursion is capped at 1000 levels (CVE-2024-31228) and a failed '*'
+// stops earlier stars from retrying longer matches (CVE-2022-36021), so a hostile pattern
+// costs time polynomial in its length.
+//
+// Thread safety: pure functions.
+#pragma once
+
+#include <string_view>
+
+namespace shmbus {
+
+bool glob_match(std::string_view pattern, std::string_view subject);
+
+// True if `pattern` contains a glob special character, i.e. it can match more than itself.
+bool glob_has_wildcards(std::string_view pattern);
+
+}  // namespace shmbus
