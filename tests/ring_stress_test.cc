@@ -58,6 +58,7 @@ struct Shared {
   std::atomic<int> stop_mid_frame;         // parent's choice: stop the publisher inside a frame
   std::atomic<int> stopped_is_mid_frame;
   std::atomic<int> resume;
+  std::atomic<int> stop_phase_done;        // the killed publisher waits for it, outside a frame
   std::atomic<int> all_published;  // set by the parent once publishers exited and repair ran
   std::atomic<uint64_t> committed[kPublishers];
   std::atomic<uint64_t> progress[kPublishers];
@@ -100,6 +101,10 @@ void sleep_us(long us) {
     for (uint64_t i = 0; i < kMessagesPerPublisher; ++i) {
       Publisher& publisher = publishers[next_random(random) % publishers.size()];
       const uint32_t length = 24 + static_cast<uint32_t>(next_random(random) % 1500);
+      // The stop phase first: a publisher waiting mid-frame to be killed would hold everyone
+      // one lap behind it, and the one to be stopped might never reach its stop point.
+      if (id == kKilledPublisher && i == kKillAtMessage)
+        while (shared->stop_phase_done.load() == 0) sleep_us(100);
       Loan loan;
       // Without limit: a lossy ring blocks only behind another publisher's unfinished frame.
       if (publisher.claim(length, loan, kWaitForever) != Status::kOk) _exit(10);
@@ -301,6 +306,7 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   sleep_us(300'000);
   const uint64_t during_stop = rings[0].load_claim().position - before_stop;
   kill(publishers[kStoppedPublisher], SIGCONT);
+  shared->stop_phase_done.store(1);
   std::printf("stopped publisher (%s): ring 0 advanced %llu bytes (%.2f laps) during the stop\n",
               stop_mid_frame ? "inside a frame" : "anywhere",
               static_cast<unsigned long long>(during_stop),
@@ -316,7 +322,7 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   const int killed_status = children.reap(publishers[kKilledPublisher]);
   ASSERT_TRUE(WIFSIGNALED(killed_status));
   uint32_t repaired = 0;
-  for (auto& ring : rings) repaired += repair_dead_publisher(ring, 100 + kKilledPublisher);
+  for (auto& ring : rings) repaired += repair_dead_publisher(ring, 100 + kKilledPublisher, &arena.table());
   EXPECT_EQ(repaired, 1u);
   EXPECT_EQ(shared->committed[kKilledPublisher].load(), kKillAtMessage);
 

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +37,17 @@ std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
   if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
   if (info_out) *info_out = info;
   return as_string(buffer.data(), buffer.size());
+}
+
+// Moves the claim word as a publisher that died right after its claim CAS would have left
+// it: `bytes` claimed, one sequence number taken, no header written. Returns the position.
+uint64_t fake_headerless_claim(RingRef ring, uint64_t bytes) {
+  __extension__ typedef unsigned __int128 u128;
+  const layout::ClaimWord before = ring.load_claim();
+  auto* claim = reinterpret_cast<u128*>(&ring.header()->claim);
+  __atomic_store_n(claim, (static_cast<u128>(before.sequence + 1) << 64) | (before.position + bytes),
+                   __ATOMIC_SEQ_CST);
+  return before.position;
 }
 
 class RingTest : public ::testing::Test {
@@ -369,8 +383,8 @@ TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
   std::memset(loan.payload, 0xee, 100);  // half-written, then its process "dies"
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
   EXPECT_EQ(read_one(reader), "<empty>");
-  EXPECT_EQ(repair_dead_publisher(ring, 8), 0u);  // alive's frames are committed
-  EXPECT_EQ(repair_dead_publisher(ring, 7), 1u);
+  EXPECT_EQ(repair_dead_publisher(ring, 8, &arena_.table()), 0u);  // alive's frames are committed
+  EXPECT_EQ(repair_dead_publisher(ring, 7, &arena_.table()), 1u);
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), "after");
   EXPECT_EQ(info.sequence, 1u);
@@ -384,22 +398,128 @@ TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
   Publisher alive(ring, 8, &arena_.table());
   ASSERT_EQ(alive.publish(as_bytes("one")), Status::kOk);
   Reader reader(ring);
-  // Simulate a publisher that died right after its claim CAS: move the claim word by hand.
+  // Simulate a publisher that died right after its claim CAS.
   const layout::ClaimWord before = ring.load_claim();
-  const uint64_t dead_size = layout::frame_bytes(100);
-  __extension__ typedef unsigned __int128 u128;
-  auto* claim = reinterpret_cast<u128*>(&ring.header()->claim);
-  __atomic_store_n(claim, (static_cast<u128>(before.sequence + 1) << 64) | (before.position + dead_size),
-                   __ATOMIC_SEQ_CST);
+  fake_headerless_claim(ring, layout::frame_bytes(100));
   ASSERT_EQ(alive.publish(as_bytes("two")), Status::kOk);
   EXPECT_EQ(read_one(reader), "<empty>");
   EXPECT_EQ(first_unfinished_frame(ring), before.position);
-  EXPECT_TRUE(repair_stalled_frame(ring, before.position));
+  EXPECT_TRUE(repair_stalled_frame(ring, before.position, &arena_.table()));
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), "two");
   EXPECT_EQ(info.sequence, before.sequence + 1);
   EXPECT_EQ(info.lost_before, 1u);
-  EXPECT_FALSE(repair_stalled_frame(ring, before.position));  // already repaired
+  EXPECT_FALSE(repair_stalled_frame(ring, before.position, &arena_.table()));  // already repaired
+}
+
+// Regression: repair changed the frame but rang no doorbell, so a reader parked behind the
+// dead frame slept on (and in a back-pressure ring, everyone waited on it forever).
+TEST_F(RingTest, RepairWakesAReaderParkedBehindTheDeadFrame) {
+  RingRef ring = arena_.make_ring(small_ring());
+  uint64_t doorbell_ref = 0;
+  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+  Reader reader(ring);
+  reader.register_slot(false, doorbell_ref, doorbell);
+  Publisher dead(ring, 7, &arena_.table());
+  Publisher alive(ring, 8, &arena_.table());
+  Loan loan;
+  ASSERT_EQ(dead.claim(100, loan), Status::kOk);
+  ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
+  std::thread daemon([&] {
+    std::this_thread::sleep_for(100ms);  // the reader parks meanwhile
+    repair_dead_publisher(ring, 7, &arena_.table());
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(reader.wait(10s, 1us), Status::kOk);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  daemon.join();
+  EXPECT_EQ(read_one(reader), "after");
+}
+
+// Regression: a headerless dead claim followed by a live publisher's headerless claim was
+// padded as one, hiding the live message and letting the next lap overwrite it.
+TEST_F(RingTest, StalledRepairRefusesAGapHoldingAnotherHeaderlessClaim) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Publisher alive(ring, 8, &arena_.table());
+  ASSERT_EQ(alive.publish(as_bytes("first")), Status::kOk);
+  Reader reader(ring);
+  const uint64_t dead = fake_headerless_claim(ring, 96);
+  const layout::ClaimWord live_claim = ring.load_claim();
+  const uint64_t live = fake_headerless_claim(ring, 96);  // a live publisher, not yet written
+  ASSERT_EQ(alive.publish(as_bytes("third")), Status::kOk);
+  EXPECT_FALSE(repair_stalled_frame(ring, dead, &arena_.table()));
+  // The live publisher writes its header and commits: now the gap is provably one claim.
+  layout::FrameHeader* f = ring.frame_at(live);
+  const std::string live_message = "live" + std::string(60, '.');  // fills its 96-byte claim
+  f->sequence.store(live_claim.sequence);
+  f->payload_length.store(static_cast<uint32_t>(live_message.size()));
+  f->publisher_id.store(9);
+  f->state.store(live | layout::kFrameWriting);
+  std::memcpy(reinterpret_cast<std::byte*>(f) + 32, live_message.data(), live_message.size());
+  EXPECT_TRUE(repair_stalled_frame(ring, dead, &arena_.table()));
+  f->state.store(live | layout::kFrameCommitted);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), live_message);
+  EXPECT_EQ(info.lost_before, 1u);  // the dead one
+  EXPECT_EQ(read_one(reader), "third");
+}
+
+// Regression: resuming stopped at a headerless frame and delivered what came after it
+// from there, including messages at or below the resume point.
+TEST_F(RingTest, ResumeNeverRedeliversMessagesBehindAHeaderlessFrame) {
+  RingRef ring = arena_.make_ring(small_ring(8192));
+  Publisher publisher(ring, 1, &arena_.table());
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  const uint64_t dead = fake_headerless_claim(ring, 64);  // sequence 50
+  for (int i = 51; i < 60; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  Reader resumed(ring, Reader::Start::kAfterSequence, 55);
+  EXPECT_EQ(read_one(resumed), "<empty>");  // held up by the headerless frame
+  ASSERT_TRUE(repair_stalled_frame(ring, dead, &arena_.table()));
+  for (int i = 56; i < 60; ++i) {
+    MessageInfo info;
+    EXPECT_EQ(read_one(resumed, &info), "m" + std::to_string(i));
+    EXPECT_EQ(info.lost_before, 0u);
+  }
+  EXPECT_EQ(read_one(resumed), "<empty>");
+  EXPECT_EQ(resumed.delivered(), 4u);
+}
+
+// Regression: freeing a dead gating reader's slot kept its doorbell link, so publishers
+// went on writing into a doorbell whose memory the daemon may reuse.
+TEST_F(RingTest, DeadGatingReaderIsUnlinkedFromItsDoorbell) {
+  RingRef ring = arena_.make_ring(small_ring(4096, true));
+  uint64_t doorbell_ref = 0;
+  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+  Reader ghost(ring);
+  ghost.register_slot(true, doorbell_ref, doorbell);
+  Publisher publisher(ring, 1, &arena_.table());
+  while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
+  }
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  ring.slot(0)->pid.store(child);
+  ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'g')), {}, 2s), Status::kOk);
+  EXPECT_EQ(ring.slot(0)->state.load(), layout::kSlotFree);
+  EXPECT_EQ(ring.notify()[0].load(), layout::ShmRef::kNone);
+}
+
+// Regression: a frame retired by a publisher that stopped before moving the frontier made
+// try_read spin without returning, and repair could not get past it.
+TEST_F(RingTest, RetiredFrameTheFrontierHasNotPassedIsSteppedOver) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Publisher publisher(ring, 1, &arena_.table());
+  ASSERT_EQ(publisher.publish(as_bytes("retired")), Status::kOk);
+  ASSERT_EQ(publisher.publish(as_bytes("kept")), Status::kOk);
+  Reader reader(ring, Reader::Start::kEarliest);
+  // The retire CAS done, the frontier not moved.
+  ring.frame_at(0)->state.store(layout::retired_state(ring.frame_at(0)->state.load()));
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "kept");
+  EXPECT_EQ(reader.delivered(), 1u);
+  EXPECT_EQ(ring.retire_frontier(), 0u);
+  EXPECT_EQ(first_unfinished_frame(ring), std::nullopt);  // walking moves the frontier on
+  EXPECT_EQ(ring.retire_frontier(), layout::frame_bytes(7));
 }
 
 TEST_F(RingTest, ReaderSlotsRunOutWithAClearErrorAndAreReleasedForDeadPids) {

@@ -41,7 +41,8 @@
 //   +--------+----------+-------------+----------+-----------+--------+------------------+
 //   state = position | flags. The position (byte offset in the endless stream, a multiple of
 //   32) tags the lap the frame belongs to; the low 5 bits are the flags below. A frame is
-//   complete only when its state reads exactly (its position | kFrameCommitted).
+//   complete only when its state reads exactly (its position | kFrameCommitted); a retired
+//   frame's state is (position ^ kRetiredTagFlip) | flags | kFrameRetired.
 //
 // DOORBELL (one per waiting subscription; many rings may point at one doorbell)
 //
@@ -129,6 +130,22 @@ inline constexpr uint64_t kFrameAborted = 16;   // padding that took a sequence 
 inline constexpr uint64_t kFrameFlagMask = kFrameAlignment - 1;
 
 constexpr uint64_t frame_tag(uint64_t state) { return state & ~kFrameFlagMask; }
+
+// Retiring a frame flips every bit of its tag. A retired header is soon overwritten by the
+// next lap, possibly only in part: a payload may end one byte into the old state word, with
+// the rest in alignment slack that nobody writes. Had the old word kept its position, those
+// surviving bytes plus one new byte could read as "position P, committed" again - a forged
+// frame (the multi-process stress test caught exactly that). With the tag flipped, surviving
+// bytes of a retired header can never spell P.
+inline constexpr uint64_t kRetiredTagFlip = ~kFrameFlagMask;
+constexpr uint64_t retired_state(uint64_t committed_state) {
+  return (committed_state ^ kRetiredTagFlip) | kFrameRetired;
+}
+constexpr bool is_retired_at(uint64_t state, uint64_t position) {
+  return (state & kFrameRetired) != 0 && frame_tag(state) == (position ^ kRetiredTagFlip);
+}
+static_assert(is_retired_at(retired_state(4096 | kFrameCommitted), 4096));
+static_assert(frame_tag(retired_state(4096 | kFrameCommitted)) != 4096);
 constexpr uint64_t frame_bytes(uint32_t payload_length) {
   return align_up(kFrameHeaderBytes + payload_length, kFrameAlignment);
 }

@@ -313,20 +313,24 @@ Status Publisher::publish(std::span<const std::byte> payload, const PublishMeta&
 }
 
 void Publisher::notify_readers() {
-  const uint32_t links = ring_.readers()->notify_high_water.load(std::memory_order_relaxed);
   // No doorbell linked: nobody can be asleep on this ring, no fence, no syscall. A reader
   // linking one concurrently runs a process-wide barrier before it checks the ring, so
   // either it sees our commit or we see its link (asymmetric Dekker, see futex.hpp).
-  if (links == 0) return;
+  if (ring_.readers()->notify_high_water.load(std::memory_order_relaxed) == 0) return;
   // SYNC POINT: orders the commit store before the doorbell loads (store->load needs a full
   // fence); pairs with the seq_cst operations of Waiter.
   full_fence();
-  std::atomic<uint64_t>* notify = ring_.notify();
+  ring_linked_doorbells(ring_, arenas_);
+}
+
+void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas) {
+  if (arenas == nullptr) return;
+  const uint32_t links = ring.readers()->notify_high_water.load(std::memory_order_relaxed);
+  std::atomic<uint64_t>* notify = ring.notify();
   for (uint32_t i = 0; i < links; ++i) {
     const uint64_t ref = notify[i].load(std::memory_order_acquire);
     if (ref == ShmRef::kNone) continue;
-    if (auto* d = arenas_->resolve<DoorbellHeader>(ref))
-      doorbell::ring_doorbell(d, ShmRef::bit(ref));
+    if (auto* d = arenas->resolve<DoorbellHeader>(ref)) doorbell::ring_doorbell(d, ShmRef::bit(ref));
   }
 }
 
@@ -366,17 +370,28 @@ Status Publisher::retire_until(uint64_t need, uint64_t want) {
     while (p < want) {
       FrameHeader* f = ring_.frame_at(p);
       uint64_t state = f->state.load(std::memory_order_acquire);
-      if (frame_tag(state) != p) break;  // not claimed yet, or claimed without a header
+      if (!is_retired_at(state, p)) {
+        if (frame_tag(state) != p) break;        // not claimed yet, or claimed without a header
+        if (!(state & kFrameCommitted)) break;   // unfinished: never overwrite, never retire
+      }
       const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
-      if (!(state & kFrameRetired)) {
-        if (!(state & kFrameCommitted)) break;  // unfinished: never overwrite, never retire
+      if (!is_retired_at(state, p)) {
         // SYNC POINT (retire): after this CAS no reader accepts the frame (they re-check
         // the state after reading), so its bytes may be reused once the frontier passes.
-        if (!f->state.compare_exchange_strong(state, state | kFrameRetired,
-                                              std::memory_order_acq_rel))
-          break;  // someone else got there first: re-read the frontier
+        // Success also proves `size` was read intact: the frontier only passes retired
+        // frames, so nobody overwrote this one before our CAS.
+        if (!f->state.compare_exchange_strong(state, retired_state(state),
+                                              std::memory_order_acq_rel) &&
+            !is_retired_at(state, p))
+          break;  // changed under us to something other than "retired by someone else"
+        if (is_retired_at(state, p) &&
+            reload_after_reads(h->retire_frontier) > p)  // retired by another, then passed
+          break;
+      } else if (reload_after_reads(h->retire_frontier) > p) {
+        // Retired by another publisher; its size is intact only while the frontier has not
+        // passed it.
+        break;
       }
-      // Retired (by us or by a publisher that has not moved the frontier yet): passable.
       p += size;
     }
     if (p == frontier) {
@@ -411,9 +426,12 @@ void Publisher::release_dead_gating_readers() {
   for (uint32_t i = 0; i < slots; ++i) {
     ReaderSlot* s = ring_.slot(i);
     uint32_t state = kSlotGating;
-    if (s->state.load(std::memory_order_acquire) == kSlotGating &&
-        process_is_dead(s->pid.load(std::memory_order_relaxed)) &&
-        s->state.compare_exchange_strong(state, kSlotFree, std::memory_order_acq_rel))
+    if (s->state.load(std::memory_order_acquire) != kSlotGating ||
+        !process_is_dead(s->pid.load(std::memory_order_relaxed)))
+      continue;
+    // Unlink its doorbell first: its memory may be freed and reused by the daemon.
+    ring_.notify()[i].store(ShmRef::kNone, std::memory_order_release);
+    if (s->state.compare_exchange_strong(state, kSlotFree, std::memory_order_acq_rel))
       released = true;
   }
   if (released) ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
@@ -458,8 +476,8 @@ void Reader::seek_sequence(uint64_t first_wanted) {
     while (p < claim.position) {
       FrameHeader* f = ring_.frame_at(p);
       const uint64_t state = f->state.load(std::memory_order_acquire);
-      if (frame_tag(state) != p || (state & kFrameRetired)) {
-        restart = ring_.retire_frontier() > p;
+      if (frame_tag(state) != p) {  // retired, or claimed without a header yet
+        restart = ring_.retire_frontier() > p || is_retired_at(state, p);
         break;  // unfinished claim without header: the wanted message is here or later
       }
       const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
@@ -477,6 +495,7 @@ void Reader::seek_sequence(uint64_t first_wanted) {
     position_ = p;
     next_sequence_ = first_wanted;
     sequence_known_ = true;
+    skip_below_ = first_wanted;
     return;
   }
 }
@@ -505,10 +524,11 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
     while (high < i + 1 && !table->slot_high_water.compare_exchange_weak(
                                high, i + 1, std::memory_order_acq_rel)) {
     }
+    // Always written, so no link of a previous owner of this slot survives.
+    ring_.notify()[i].store(doorbell_ref, std::memory_order_release);
     if (doorbell_ref != ShmRef::kNone) {
       doorbell_ = doorbell;
       doorbell_bit_ = ShmRef::bit(doorbell_ref);
-      ring_.notify()[i].store(doorbell_ref, std::memory_order_release);
       uint32_t links = table->notify_high_water.load(std::memory_order_relaxed);
       while (links < i + 1 && !table->notify_high_water.compare_exchange_weak(
                                   links, i + 1, std::memory_order_acq_rel)) {
@@ -544,7 +564,8 @@ void Reader::jump_after_lap() {
   delivered_at_last_lap_ = delivered_;
   empty_polls_ = 0;
   // The oldest frame not yet retired; the loss is counted from the next message's number.
-  position_ = ring_.retire_frontier();
+  // Never backwards: that would deliver again what was delivered.
+  position_ = std::max(position_, ring_.retire_frontier());
   if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
 }
 
@@ -553,6 +574,19 @@ Status Reader::try_read(MessageView& view) {
     FrameHeader* f = ring_.frame_at(position_);
     // SYNC POINT (read): acquire pairs with the publisher's release commit.
     const uint64_t state = f->state.load(std::memory_order_acquire);
+    if (is_retired_at(state, position_)) {
+      if (ring_.retire_frontier() > position_) {
+        jump_after_lap();
+        continue;
+      }
+      // Retired, but the publisher that retired it has not moved the frontier yet (or died
+      // in between): its message is gone; step over it rather than spin. The size is intact
+      // while the frontier has not passed it.
+      const uint32_t retired_length = f->payload_length.load(std::memory_order_relaxed);
+      if (reload_after_reads(ring_.header()->retire_frontier) > position_) continue;
+      position_ += frame_size(retired_length);
+      continue;
+    }
     if (frame_tag(state) != position_) {
       // Not written yet - or we were lapped and this is newer data. A higher tag proves the
       // lap; otherwise ask the frontier now and then, not on every idle poll, because
@@ -564,10 +598,6 @@ Status Reader::try_read(MessageView& view) {
         }
       }
       return Status::kEmpty;
-    }
-    if (state & kFrameRetired) {
-      jump_after_lap();
-      continue;
     }
     if (!(state & kFrameCommitted)) return Status::kEmpty;  // being written
     empty_polls_ = 0;
@@ -596,6 +626,13 @@ Status Reader::try_read(MessageView& view) {
     if (length > ring_.max_payload() ||
         offset + kFrameHeaderBytes + length > ring_.capacity()) {
       jump_after_lap();
+      continue;
+    }
+    if (sequence < skip_below_) {
+      // Resuming after a sequence: the walk stopped at a frame whose header was not written
+      // yet, which turned out to hold a message the caller already has. Step over it.
+      if (reload_after_reads(f->state) != state) continue;
+      position_ += frame_size(length);
       continue;
     }
     view.sequence = sequence;
@@ -660,7 +697,8 @@ bool Reader::has_data() const {
   const FrameHeader* f = ring_.frame_at(position_);
   // seq_cst: the re-check after announcing a sleeper (Waiter::park_until).
   const uint64_t state = f->state.load(std::memory_order_seq_cst);
-  if (frame_tag(state) == position_) return (state & (kFrameCommitted | kFrameRetired)) != 0;
+  if (frame_tag(state) == position_ || is_retired_at(state, position_))
+    return (state & (kFrameCommitted | kFrameRetired)) != 0;
   return ring_.header()->retire_frontier.load(std::memory_order_seq_cst) > position_;
 }
 
@@ -691,12 +729,29 @@ Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds s
 
 namespace {
 
+// Moves the frontier over frames that are retired but not yet passed - left so by a
+// publisher that stopped or died between its retire CAS and its frontier CAS.
+void advance_frontier_over_retired(RingRef ring) {
+  RingHeader* h = ring.header();
+  for (;;) {
+    uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
+    FrameHeader* f = ring.frame_at(frontier);
+    const uint64_t state = f->state.load(std::memory_order_acquire);
+    if (!is_retired_at(state, frontier)) return;
+    const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
+    // The size is intact while the frontier is still here; the CAS checks exactly that.
+    h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
+                                               std::memory_order_acq_rel);
+  }
+}
+
 // Walks committed and in-progress frames from the retire frontier towards the claim
-// position; calls on_writing(position, frame, state) for each frame that is claimed with a
-// header but not committed. Returns the position of the first frame claimed without a
-// header, if the walk stops at one.
-template <typename OnWriting>
-std::optional<uint64_t> walk_frames(RingRef ring, OnWriting&& on_writing) {
+// position; calls on_frame(position, frame, state, sequence) for each frame with a header,
+// stopping when it returns false. Returns the position where the walk stopped: the claim
+// position, a frame claimed without a header, or where on_frame said stop.
+template <typename OnFrame>
+uint64_t walk_frames(RingRef ring, OnFrame&& on_frame) {
+  advance_frontier_over_retired(ring);
   for (;;) {
     const uint64_t tail = ring.load_claim().position;
     uint64_t p = ring.retire_frontier();
@@ -704,85 +759,118 @@ std::optional<uint64_t> walk_frames(RingRef ring, OnWriting&& on_writing) {
     while (p < tail) {
       FrameHeader* f = ring.frame_at(p);
       const uint64_t state = f->state.load(std::memory_order_acquire);
-      if (frame_tag(state) != p || (state & kFrameRetired)) {
-        if (ring.retire_frontier() > p) {
+      if (frame_tag(state) != p) {
+        if (ring.retire_frontier() > p || is_retired_at(state, p)) {
+          advance_frontier_over_retired(ring);
           restart = true;
           break;
         }
         return p;  // claimed, no header yet
       }
       const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
+      const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
       if (reload_after_reads(f->state) != state) {
         restart = true;
         break;
       }
-      if (!(state & kFrameCommitted) && !on_writing(p, f, state)) return std::nullopt;
+      if (!on_frame(p, f, state, sequence)) return p;
       p += frame_size(length);
     }
-    if (!restart) return std::nullopt;
+    if (!restart) return p;
   }
 }
 
-void pad_claimed_frame(RingRef ring, FrameHeader* f, uint64_t state) {
+// The sequence number the claim starting after a frame will take: data frames and aborted
+// padding carry their own number, plain padding the number of the next message.
+uint64_t next_claim_sequence(uint64_t state, uint64_t sequence) {
+  const bool plain_padding = (state & kFramePadding) && !(state & kFrameAborted);
+  return plain_padding ? sequence : sequence + 1;
+}
+
+bool pad_claimed_frame(RingRef ring, FrameHeader* f, uint64_t state) {
   const uint64_t position = frame_tag(state);
   // The size stays as claimed (I5); only the state changes, by CAS so that a commit that
   // did happen is never overwritten.
   uint64_t expected = state;
-  if (f->state.compare_exchange_strong(expected,
-                                       position | kFrameCommitted | kFramePadding | kFrameAborted,
-                                       std::memory_order_acq_rel))
-    ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
+  if (!f->state.compare_exchange_strong(expected,
+                                        position | kFrameCommitted | kFramePadding | kFrameAborted,
+                                        std::memory_order_acq_rel))
+    return false;
+  ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+// Readers parked on doorbells learn that the frame holding them up is gone.
+void announce_repair(RingRef ring, const ArenaTable* arenas) {
+  full_fence();
+  ring_linked_doorbells(ring, arenas);
 }
 
 }  // namespace
 
-uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id) {
+uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas) {
   uint32_t repaired = 0;
-  (void)walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state) {
-    if (f->publisher_id.load(std::memory_order_relaxed) == publisher_id) {
-      pad_claimed_frame(ring, f, state);
+  (void)walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state, uint64_t) {
+    if (!(state & kFrameCommitted) &&
+        f->publisher_id.load(std::memory_order_relaxed) == publisher_id &&
+        pad_claimed_frame(ring, f, state))
       ++repaired;
-    }
     return true;
   });
+  if (repaired) announce_repair(ring, arenas);
   return repaired;
 }
 
 std::optional<uint64_t> first_unfinished_frame(RingRef ring) {
-  std::optional<uint64_t> found;
-  const auto headerless = walk_frames(ring, [&](uint64_t position, FrameHeader*, uint64_t) {
-    found = position;
-    return false;
-  });
-  return found ? found : headerless;
+  const uint64_t tail = ring.load_claim().position;
+  const uint64_t stop = walk_frames(
+      ring, [](uint64_t, FrameHeader*, uint64_t state, uint64_t) { return (state & kFrameCommitted) != 0; });
+  if (stop >= tail) return std::nullopt;
+  return stop;
 }
 
-bool repair_stalled_frame(RingRef ring, uint64_t position) {
+bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas) {
+  // Walk up to `position`, learning the sequence number the claim there must carry.
+  std::optional<uint64_t> expected_sequence;
+  const uint64_t reached =
+      walk_frames(ring, [&](uint64_t p, FrameHeader*, uint64_t state, uint64_t sequence) {
+        if (p == position) return false;
+        expected_sequence = next_claim_sequence(state, sequence);
+        return true;
+      });
+  if (reached != position) return false;  // not a frame boundary that is held up
   FrameHeader* f = ring.frame_at(position);
   const uint64_t state = f->state.load(std::memory_order_acquire);
+  if (is_retired_at(state, position)) return false;
   if (frame_tag(state) == position) {
-    if (state & (kFrameCommitted | kFrameRetired)) return false;
-    pad_claimed_frame(ring, f, state);
+    if (state & kFrameCommitted) return false;
+    if (!pad_claimed_frame(ring, f, state)) return false;
+    announce_repair(ring, arenas);
     return true;
   }
   // The publisher died between its claim and its header. Claims are contiguous (I3), so its
-  // frame ends where the next claimed frame starts: scan 32-byte steps for a header tagged
-  // with its own position; if none, it ends at the claim position.
+  // frame ends where the next claim starts: scan 32-byte steps for a header tagged with its
+  // own position, or up to the claim position if there is none.
   const ClaimWord claim = ring.load_claim();
   if (position < ring.retire_frontier() || position >= claim.position) return false;
   uint64_t end = claim.position;
-  uint64_t void_sequence = claim.sequence - 1;
+  uint64_t next_sequence = claim.sequence;
   for (uint64_t q = position + kFrameAlignment; q < claim.position; q += kFrameAlignment) {
     const FrameHeader* next = ring.frame_at(q);
     const uint64_t next_state = next->state.load(std::memory_order_acquire);
     if (frame_tag(next_state) == q) {
       end = q;
-      // Every claim takes one number; padding carries its claim's number, data its own.
-      void_sequence = next->sequence.load(std::memory_order_relaxed) - 1;
+      next_sequence = next->sequence.load(std::memory_order_relaxed);  // its claim's number
       break;
     }
   }
-  f->sequence.store(void_sequence, std::memory_order_relaxed);
+  // The gap must hold exactly one claim: another headerless claim in it may belong to a
+  // live publisher about to write, and padding over it would hide its message and let the
+  // next lap overwrite its frame. Try again later then. (At the frontier nothing before it
+  // tells the number; the gap is taken to be one claim.)
+  if (expected_sequence && next_sequence != *expected_sequence + 1) return false;
+  const uint64_t dead_sequence = expected_sequence ? *expected_sequence : next_sequence - 1;
+  f->sequence.store(dead_sequence, std::memory_order_relaxed);
   f->publish_unix_ns.store(0, std::memory_order_relaxed);
   f->payload_length.store(static_cast<uint32_t>(end - position - kFrameHeaderBytes),
                           std::memory_order_relaxed);
@@ -794,6 +882,7 @@ bool repair_stalled_frame(RingRef ring, uint64_t position) {
           std::memory_order_acq_rel))
     return false;
   ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
+  announce_repair(ring, arenas);
   return true;
 }
 

@@ -244,6 +244,8 @@ class Reader {
   uint64_t next_sequence_ = 0;
   bool sequence_known_ = false;
   uint64_t unreported_lost_ = 0;  // lost messages not yet attached to a delivered one
+  uint64_t skip_below_ = 0;
+       // resume point: messages below it were delivered before
   uint64_t lost_ = 0;
   uint64_t delivered_ = 0;
   uint64_t lapped_ = 0;
@@ -254,21 +256,28 @@ class Reader {
   layout::DoorbellHeader* doorbell_ = nullptr;
 };
 
+// Rings every doorbell linked to `ring` (arenas resolves them; nullptr: none rung).
+// REQUIRES: a full fence after the state change being announced.
+void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas);
+
 // ---- Owner-side maintenance (the daemon) -----------------------------------------------
+// Each repair wakes readers parked on the ring's doorbells (resolved through `arenas`), so
+// a reader held up by the repaired frame moves on at once.
 
 // Pads over every frame that publisher `publisher_id` claimed and never committed.
 // REQUIRES: that publisher is dead (a live one would go on writing into the padding).
 // Returns the number of frames padded.
-uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id);
+uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas);
 
 // The oldest frame that is claimed but not committed, if any: where readers and, one lap
 // later, publishers are held up.
 std::optional<uint64_t> first_unfinished_frame(RingRef ring);
 
 // Pads over the unfinished frame at `position` - including a claim whose publisher died
-// before writing any header, whose extent is found by scanning for the next frame.
-// REQUIRES: the frame's publisher is dead. Returns false if it was no longer unfinished.
-bool repair_stalled_frame(RingRef ring, uint64_t position);
+// before writing any header, whose extent is found by scanning for the next frame; that case
+// is repaired only when the gap provably holds that one claim (else false: try later).
+// REQUIRES: the frame's publisher is dead. Returns false if nothing was repaired.
+bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas);
 
 // Frees the reader slots of process `pid` (it died without unregistering).
 uint32_t release_reader_slots_of(RingRef ring, int32_t pid);
