@@ -84,6 +84,17 @@ inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes)
 #endif
 }
 
+// Writes every header field but the state (relaxed: the state store or CAS that follows
+// publishes them).
+inline void write_header_fields(FrameHeader* f, uint64_t sequence, uint32_t payload_length,
+                                uint16_t publisher_id) {
+  f->sequence.store(sequence, std::memory_order_relaxed);
+  f->publish_unix_ns.store(0, std::memory_order_relaxed);
+  f->payload_length.store(payload_length, std::memory_order_relaxed);
+  f->publisher_id.store(publisher_id, std::memory_order_relaxed);
+  f->origin.store(0, std::memory_order_relaxed);
+}
+
 // Size of the frame whose header says `payload_length` (the same rule for data and padding:
 // padding stores its size minus the header, a multiple of 32).
 inline uint64_t frame_size(uint32_t payload_length) { return frame_bytes(payload_length); }
@@ -224,17 +235,14 @@ Status Publisher::claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait) {
   uint64_t position = seen.position;
   if (padding != 0) {
     FrameHeader* pad = ring_.frame_at(position);
-    pad->sequence.store(seen.sequence, std::memory_order_relaxed);
-    pad->publish_unix_ns.store(0, std::memory_order_relaxed);
-    pad->payload_length.store(static_cast<uint32_t>(padding - kFrameHeaderBytes),
-                              std::memory_order_relaxed);
-    pad->publisher_id.store(publisher_id_, std::memory_order_relaxed);
-    pad->origin.store(0, std::memory_order_relaxed);
+    write_header_fields(pad, seen.sequence, static_cast<uint32_t>(padding - kFrameHeaderBytes),
+                        publisher_id_);
     // Release: a reader that sees the committed state sees the length above.
     pad->state.store(position | kFrameCommitted | kFramePadding, std::memory_order_release);
     position += padding;
   }
   FrameHeader* f = ring_.frame_at(position);
+  // Not write_header_fields: commit() stores the time and origin, once, on the hot path.
   f->sequence.store(seen.sequence, std::memory_order_relaxed);
   f->payload_length.store(payload_bytes, std::memory_order_relaxed);
   f->publisher_id.store(publisher_id_, std::memory_order_relaxed);
@@ -262,12 +270,8 @@ void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& me
     // The unused tail of the claim becomes padding, committed before the message so a
     // reader that moves past the message finds it complete.
     FrameHeader* pad = ring_.frame_at(loan.position + used);
-    pad->sequence.store(loan.sequence + 1, std::memory_order_relaxed);
-    pad->publish_unix_ns.store(0, std::memory_order_relaxed);
-    pad->payload_length.store(static_cast<uint32_t>(claimed - used - kFrameHeaderBytes),
-                              std::memory_order_relaxed);
-    pad->publisher_id.store(publisher_id_, std::memory_order_relaxed);
-    pad->origin.store(0, std::memory_order_relaxed);
+    write_header_fields(pad, loan.sequence + 1,
+                        static_cast<uint32_t>(claimed - used - kFrameHeaderBytes), publisher_id_);
     pad->state.store((loan.position + used) | kFrameCommitted | kFramePadding,
                      std::memory_order_release);
     f->payload_length.store(payload_bytes, std::memory_order_relaxed);
@@ -870,12 +874,8 @@ bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* are
   // tells the number; the gap is taken to be one claim.)
   if (expected_sequence && next_sequence != *expected_sequence + 1) return false;
   const uint64_t dead_sequence = expected_sequence ? *expected_sequence : next_sequence - 1;
-  f->sequence.store(dead_sequence, std::memory_order_relaxed);
-  f->publish_unix_ns.store(0, std::memory_order_relaxed);
-  f->payload_length.store(static_cast<uint32_t>(end - position - kFrameHeaderBytes),
-                          std::memory_order_relaxed);
-  f->publisher_id.store(0, std::memory_order_relaxed);
-  f->origin.store(0, std::memory_order_relaxed);
+  write_header_fields(f, dead_sequence, static_cast<uint32_t>(end - position - kFrameHeaderBytes),
+                      0);
   uint64_t expected = state;
   if (!f->state.compare_exchange_strong(
           expected, position | kFrameCommitted | kFramePadding | kFrameAborted,
