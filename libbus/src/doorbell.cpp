@@ -76,17 +76,9 @@ Status park_once(layout::DoorbellHeader* d, uint32_t observed_futex_word,
 }
 
 Status Waiter::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin) {
-  const bool forever = timeout.count() < 0;
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = forever ? start : start + timeout;
-  const auto spin_until = start + (forever || spin < timeout ? spin : timeout);
-  // Spin phase: re-read the clock only every 64 polls (a clock read costs ~20 ns here).
-  for (uint32_t polls = 1;; ++polls) {
-    if (any_ready()) return Status::kOk;
-    if (polls % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
-    cpu_relax();
-  }
-  return park_until([this] { return any_ready(); }, deadline, forever);
+  WaitPlan plan;
+  if (spin_until_ready([this] { return any_ready(); }, timeout, spin, plan)) return Status::kOk;
+  return park_until([this] { return any_ready(); }, plan.deadline, plan.forever);
 }
 
 }  // namespace shmbus

@@ -113,6 +113,28 @@ class Waiter {
   layout::DoorbellHeader* d_;
 };
 
+// The spin-then-park plan shared by every waiter: the deadline of a `timeout` (negative:
+// forever), after spinning on `ready()` for at most `spin`. Returns true if ready() held
+// while spinning; otherwise the caller parks until `deadline`.
+struct WaitPlan {
+  std::chrono::steady_clock::time_point deadline;
+  bool forever;
+};
+template <typename Ready>
+bool spin_until_ready(Ready&& ready, std::chrono::nanoseconds timeout,
+                      std::chrono::nanoseconds spin, WaitPlan& plan) {
+  plan.forever = timeout.count() < 0;
+  const auto start = std::chrono::steady_clock::now();
+  plan.deadline = plan.forever ? start : start + timeout;
+  const auto spin_until = start + (plan.forever || spin < timeout ? spin : timeout);
+  // Re-read the clock only every 64 polls: a clock read costs ~20 ns here.
+  for (uint32_t polls = 1;; ++polls) {
+    if (ready()) return true;
+    if (polls % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) return false;
+    cpu_relax();
+  }
+}
+
 // Implementation of the template above; kept here so Reader can use it inline.
 Status park_once(layout::DoorbellHeader* d, uint32_t observed_futex_word,
                  std::chrono::steady_clock::time_point deadline, bool forever);

@@ -545,7 +545,7 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
     table->generation.fetch_add(1, std::memory_order_acq_rel);
     // A gating reader holds publishers back only from now on: if the ring moved on while
     // registering, start from what is still there.
-    if (gating && ring_.retire_frontier() > position_) jump_after_lap();
+    if (gating) jump_if_lapped();
     return;
   }
   throw std::runtime_error("ring has no free reader slot (" + std::to_string(capacity) +
@@ -560,6 +560,12 @@ void Reader::unregister() {
   ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
   slot_ = -1;
   doorbell_ = nullptr;
+}
+
+bool Reader::jump_if_lapped() {
+  if (ring_.retire_frontier() <= position_) return false;
+  jump_after_lap();
+  return true;
 }
 
 void Reader::jump_after_lap() {
@@ -579,10 +585,7 @@ Status Reader::try_read(MessageView& view) {
     // SYNC POINT (read): acquire pairs with the publisher's release commit.
     const uint64_t state = f->state.load(std::memory_order_acquire);
     if (is_retired_at(state, position_)) {
-      if (ring_.retire_frontier() > position_) {
-        jump_after_lap();
-        continue;
-      }
+      if (jump_if_lapped()) continue;
       // Retired, but the publisher that retired it has not moved the frontier yet (or died
       // in between): its message is gone; step over it rather than spin. The size is intact
       // while the frontier has not passed it.
@@ -595,12 +598,8 @@ Status Reader::try_read(MessageView& view) {
       // Not written yet - or we were lapped and this is newer data. A higher tag proves the
       // lap; otherwise ask the frontier now and then, not on every idle poll, because
       // publishers write its line on every message.
-      if (frame_tag(state) > position_ || ++empty_polls_ % 16 == 0) {
-        if (ring_.retire_frontier() > position_) {
-          jump_after_lap();
-          continue;
-        }
-      }
+      if ((frame_tag(state) > position_ || ++empty_polls_ % 16 == 0) && jump_if_lapped())
+        continue;
       return Status::kEmpty;
     }
     if (!(state & kFrameCommitted)) return Status::kEmpty;  // being written
@@ -707,18 +706,12 @@ bool Reader::has_data() const {
 }
 
 Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin) {
-  const bool forever = timeout.count() < 0;
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = forever ? start : start + timeout;
-  const auto spin_until = start + (forever || spin < timeout ? spin : timeout);
-  for (uint32_t polls = 1;; ++polls) {
-    if (has_data()) return Status::kOk;
-    if (polls % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
-    cpu_relax();
-  }
+  WaitPlan plan;
+  if (spin_until_ready([this] { return has_data(); }, timeout, spin, plan)) return Status::kOk;
   if (doorbell_ == nullptr) {
     // No doorbell linked: poll with short sleeps.
-    Backoff backoff(forever ? kWaitForever : deadline - std::chrono::steady_clock::now());
+    Backoff backoff(plan.forever ? kWaitForever
+                                 : plan.deadline - std::chrono::steady_clock::now());
     while (!has_data())
       if (!backoff.pause()) return Status::kTimedOut;
     return Status::kOk;
@@ -726,7 +719,7 @@ Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds s
   Waiter waiter(doorbell_);
   // Clear our bit so the next publisher sets it and checks for sleepers (doorbell.hpp).
   waiter.disarm_bit(doorbell_bit_);
-  return waiter.park_until([this] { return has_data(); }, deadline, forever);
+  return waiter.park_until([this] { return has_data(); }, plan.deadline, plan.forever);
 }
 
 // ---- Owner-side maintenance ---------------------------------------------------------------

@@ -236,6 +236,8 @@ class Reader {
 
  private:
   void jump_after_lap();
+  // Jumps if the frontier has passed this reader's position; true if it did.
+  bool jump_if_lapped();
   void seek_sequence(uint64_t first_wanted);
   void publish_slot_stats();
 
