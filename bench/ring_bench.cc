@@ -40,6 +40,19 @@ uint64_t realtime_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// The measured loop: claim, copy the payload in, commit.
+void claim_copy_commit(benchmark::State& state, Publisher& publisher,
+                       const std::vector<std::byte>& payload, bool stamp_time) {
+  const auto size = static_cast<uint32_t>(payload.size());
+  Loan loan;
+  for (auto _ : state) {
+    publisher.claim(size, loan);
+    std::memcpy(loan.payload, payload.data(), size);
+    publisher.commit(loan, size, PublishMeta{stamp_time ? realtime_ns() : 0, 0});
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 // Claim + write + commit, lossy ring of 1 MiB, in steady state (every claim retires the
 // previous lap's frame, as it does forever after the first lap).
 void BM_ClaimCommit(benchmark::State& state) {
@@ -52,12 +65,7 @@ void BM_ClaimCommit(benchmark::State& state) {
     publisher.claim(size, loan);
     publisher.commit(loan, size);
   }
-  for (auto _ : state) {
-    publisher.claim(size, loan);
-    std::memcpy(loan.payload, payload.data(), size);
-    publisher.commit(loan, size);
-  }
-  state.SetItemsProcessed(state.iterations());
+  claim_copy_commit(state, publisher, payload, false);
   state.SetBytesProcessed(state.iterations() * size);
 }
 BENCHMARK(BM_ClaimCommit)->Arg(64)->Arg(4096)->Arg(65536)->Repetitions(5)->ReportAggregatesOnly(true);
@@ -66,14 +74,7 @@ BENCHMARK(BM_ClaimCommit)->Arg(64)->Arg(4096)->Arg(65536)->Repetitions(5)->Repor
 void BM_ClaimCommitWithTimestamp(benchmark::State& state) {
   Fixture f(1 << 20);
   Publisher publisher(f.ring, 1, &f.table);
-  std::vector<std::byte> payload(64, std::byte{0x42});
-  Loan loan;
-  for (auto _ : state) {
-    publisher.claim(64, loan);
-    std::memcpy(loan.payload, payload.data(), 64);
-    publisher.commit(loan, 64, PublishMeta{realtime_ns(), 0});
-  }
-  state.SetItemsProcessed(state.iterations());
+  claim_copy_commit(state, publisher, std::vector<std::byte>(64, std::byte{0x42}), true);
 }
 BENCHMARK(BM_ClaimCommitWithTimestamp)->Repetitions(5)->ReportAggregatesOnly(true);
 
@@ -85,14 +86,7 @@ void BM_ClaimCommitDoorbellLinked(benchmark::State& state) {
   Reader reader(f.ring);
   reader.register_slot(false, layout::ShmRef::make(f.arena.id(), block.offset, 0), d);
   Publisher publisher(f.ring, 1, &f.table);
-  std::vector<std::byte> payload(64, std::byte{0x42});
-  Loan loan;
-  for (auto _ : state) {
-    publisher.claim(64, loan);
-    std::memcpy(loan.payload, payload.data(), 64);
-    publisher.commit(loan, 64);
-  }
-  state.SetItemsProcessed(state.iterations());
+  claim_copy_commit(state, publisher, std::vector<std::byte>(64, std::byte{0x42}), false);
 }
 BENCHMARK(BM_ClaimCommitDoorbellLinked)->Repetitions(5)->ReportAggregatesOnly(true);
 

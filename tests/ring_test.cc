@@ -50,6 +50,28 @@ uint64_t fake_headerless_claim(RingRef ring, uint64_t bytes) {
   return before.position;
 }
 
+// Starts `act` on another thread after `delay`, waits on `reader`, and checks the wait
+// ended by being woken (well before its 10 s timeout).
+template <typename Act>
+void expect_wait_is_woken_by(Reader& reader, std::chrono::milliseconds delay, Act&& act) {
+  std::thread other([&] {
+    std::this_thread::sleep_for(delay);  // the reader parks meanwhile
+    act();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(reader.wait(10s, 1us), Status::kOk);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  other.join();
+}
+
+// The pid of a process that has exited and been reaped: a dead owner for a reader slot.
+pid_t pid_of_exited_process() {
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  return child;
+}
+
 class RingTest : public ::testing::Test {
  protected:
   TestArena arena_{16 << 20};
@@ -306,10 +328,8 @@ TEST_F(RingTest, UnregisteredOrDeadGatingReaderDoesNotStallPublishers) {
   ghost.register_slot(true);
   while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
   }
-  const pid_t child = fork();
-  if (child == 0) _exit(0);
+  const pid_t child = pid_of_exited_process();
   ASSERT_GT(child, 0);
-  waitpid(child, nullptr, 0);
   for (uint32_t i = 0; i < ring.reader_capacity(); ++i)
     if (ring.slot(i)->state.load() == layout::kSlotGating) ring.slot(i)->pid.store(child);
   EXPECT_EQ(publisher.publish(as_bytes(std::string(60, 'g')), {}, 2s), Status::kOk);
@@ -425,14 +445,7 @@ TEST_F(RingTest, RepairWakesAReaderParkedBehindTheDeadFrame) {
   Loan loan;
   ASSERT_EQ(dead.claim(100, loan), Status::kOk);
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
-  std::thread daemon([&] {
-    std::this_thread::sleep_for(100ms);  // the reader parks meanwhile
-    repair_dead_publisher(ring, 7, &arena_.table());
-  });
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(reader.wait(10s, 1us), Status::kOk);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
-  daemon.join();
+  expect_wait_is_woken_by(reader, 100ms, [&] { repair_dead_publisher(ring, 7, &arena_.table()); });
   EXPECT_EQ(read_one(reader), "after");
 }
 
@@ -495,10 +508,7 @@ TEST_F(RingTest, DeadGatingReaderIsUnlinkedFromItsDoorbell) {
   Publisher publisher(ring, 1, &arena_.table());
   while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
   }
-  const pid_t child = fork();
-  if (child == 0) _exit(0);
-  waitpid(child, nullptr, 0);
-  ring.slot(0)->pid.store(child);
+  ring.slot(0)->pid.store(pid_of_exited_process());
   ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'g')), {}, 2s), Status::kOk);
   EXPECT_EQ(ring.slot(0)->state.load(), layout::kSlotFree);
   EXPECT_EQ(ring.notify()[0].load(), layout::ShmRef::kNone);
@@ -549,14 +559,7 @@ TEST_F(RingTest, WaitWakesOnPublishAndTimesOutWithout) {
   Publisher publisher(ring, 1, &arena_.table());
 
   EXPECT_EQ(reader.wait(20ms, 1us), Status::kTimedOut);
-  std::thread later([&] {
-    std::this_thread::sleep_for(50ms);
-    publisher.publish(as_bytes("wake"));
-  });
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(reader.wait(10s, 1us), Status::kOk);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
-  later.join();
+  expect_wait_is_woken_by(reader, 50ms, [&] { publisher.publish(as_bytes("wake")); });
   EXPECT_EQ(read_one(reader), "wake");
 }
 
