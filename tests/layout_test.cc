@@ -43,6 +43,16 @@ TEST(Layout, RingBlockKeepsReaderStateOffTheDataPages) {
   EXPECT_GE(reader_table_bytes(readers),
             sizeof(ReaderTableHeader) + 8 * readers + sizeof(ReaderSlot) * readers);
   EXPECT_EQ(slots_offset(readers) % kCacheLine, 0u);
+  EXPECT_EQ(readers_offset(capacity, readers), kRingDataOffset + capacity);
+}
+
+TEST(Layout, SmallReaderTableSharesTheHeaderPageNotTheData) {
+  // 100,000 small channels: the header page holds name and readers, so a 4 KiB ring
+  // costs two pages, not three.
+  EXPECT_EQ(ring_block_bytes(4096, 16), 2 * kPageSize);
+  EXPECT_EQ(readers_offset(4096, 16), kRingInlineReadersOffset);
+  EXPECT_LE(kRingInlineReadersOffset + reader_table_used_bytes(16), kRingDataOffset);
+  EXPECT_GE(kRingInlineReadersOffset, kRingNameOffset + sizeof(RingName));
 }
 
 TEST(Layout, DoorbellFor100kRingsIsSmall) {

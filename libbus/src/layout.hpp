@@ -23,12 +23,14 @@
 //
 // RING BLOCK (one channel)
 //
-//   0                256            4096                      4096+capacity
-//   +----------------+--------------+--------------------------+----------------------------+
-//   | RingHeader     | (pad)        | data: frames, capacity   | ReaderTable (own pages):   |
-//   | config | claim |              | bytes, a power of two    | notify[] | ReaderSlot[]    |
-//   | retire | stats |              |                          |                            |
-//   +----------------+--------------+--------------------------+----------------------------+
+//   0            256        2048                4096                      4096+capacity
+//   +------------+----------+-------------------+--------------------------+----------------+
+//   | RingHeader | RingName | small ReaderTable | data: frames, capacity   | ReaderTable    |
+//   | config     | (channel | (<= 27 readers):  | bytes, a power of two    | (own pages, if |
+//   | claim      |  name)   | notify[] slots[]  |                          | it is larger)  |
+//   | retire     |          |                   |                          |                |
+//   | stats      |          |                   |                          |                |
+//   +------------+----------+-------------------+--------------------------+----------------+
 //   Reader positions and doorbell links live in the ReaderTable, outside the data pages, so a
 //   subscribe-only client never writes a data page.
 //
@@ -43,6 +45,14 @@
 //   32) tags the lap the frame belongs to; the low 5 bits are the flags below. A frame is
 //   complete only when its state reads exactly (its position | kFrameCommitted); a retired
 //   frame's state is (position ^ kRetiredTagFlip) | flags | kFrameRetired.
+//
+// BUS DIRECTORY (in arena 0, the first block): which channels exist, for tools
+//
+//   0                   64                                      64 + 8*capacity
+//   +-------------------+---------------------------------------+
+//   | DirectoryHeader   | entries[]: ring ShmRef per channel id |
+//   +-------------------+---------------------------------------+
+//   A channel's id is its entry index. Only the daemon writes the directory.
 //
 // DOORBELL (one per waiting subscription; many rings may point at one doorbell)
 //
@@ -213,10 +223,17 @@ struct RingHeader {
   alignas(kCacheLine) std::atomic<uint64_t> retire_frontier;
   uint8_t pad2[kCacheLine - 8];
 
-  // Line 3: rarely written counters (reserved for the daemon's stats).
+  // Line 3: counters for introspection (`shmbus stats` reads them without asking the
+  // daemon). Publishers write the line on every commit, so readers never touch it; with one
+  // publisher it stays in that core's cache.
   alignas(kCacheLine) std::atomic<uint64_t> repaired_frames;  // frames padded by repair
   std::atomic<uint64_t> back_pressure_waits;                  // claims that had to wait
-  uint8_t pad3[kCacheLine - 16];
+  std::atomic<uint64_t> payload_bytes;                        // payload bytes committed
+  std::atomic<uint64_t> last_publish_unix_ns;                 // stamp of the latest commit
+  // Subscriptions that receive each message: channel subscribers plus, per subscription,
+  // every matching pattern (what Redis PUBLISH returns). Written by the daemon only.
+  std::atomic<uint32_t> receivers;
+  uint8_t pad3[kCacheLine - 36];
 };
 static_assert(offsetof(RingHeader, magic) == 0);
 static_assert(offsetof(RingHeader, capacity) == 8);
@@ -226,9 +243,24 @@ static_assert(offsetof(RingHeader, channel_id) == 44);
 static_assert(offsetof(RingHeader, claim) == 64);
 static_assert(offsetof(RingHeader, retire_frontier) == 128);
 static_assert(offsetof(RingHeader, repaired_frames) == 192);
+static_assert(offsetof(RingHeader, receivers) == 224);
 static_assert(sizeof(RingHeader) == 256);
 
 inline constexpr uint64_t kRingDataOffset = kPageSize;  // data starts on its own page
+
+// The channel's name lives in the ring's header page, so tools that walk the directory
+// read names and counters in one place. Names are binary-safe byte strings.
+inline constexpr uint32_t kMaxChannelName = 1024;
+struct RingName {
+  uint32_t length;  // bytes of name; written by the owner before the ring's magic
+  uint32_t reserved;
+  char bytes[kMaxChannelName];
+};
+inline constexpr uint64_t kRingNameOffset = sizeof(RingHeader);
+// A small reader table shares the header page (saves a page per channel, which matters at
+// 100,000 channels); a larger one gets its own pages after the data.
+inline constexpr uint64_t kRingInlineReadersOffset = 2048;
+static_assert(kRingNameOffset + sizeof(RingName) <= kRingInlineReadersOffset);
 
 // Reader slot states.
 inline constexpr uint32_t kSlotFree = 0;
@@ -257,10 +289,22 @@ struct ReaderTableHeader {
 };
 static_assert(sizeof(ReaderTableHeader) == kCacheLine);
 
+constexpr uint64_t reader_table_used_bytes(uint32_t reader_capacity) {
+  return sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine) +
+         uint64_t{sizeof(ReaderSlot)} * reader_capacity;
+}
+constexpr bool reader_table_inline(uint32_t reader_capacity) {
+  return kRingInlineReadersOffset + reader_table_used_bytes(reader_capacity) <= kRingDataOffset;
+}
+// Bytes the reader table adds after the data (0 when it fits in the header page).
 constexpr uint64_t reader_table_bytes(uint32_t reader_capacity) {
-  return align_up(sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine) +
-                      uint64_t{sizeof(ReaderSlot)} * reader_capacity,
-                  kPageSize);
+  return reader_table_inline(reader_capacity)
+             ? 0
+             : align_up(reader_table_used_bytes(reader_capacity), kPageSize);
+}
+constexpr uint64_t readers_offset(uint64_t capacity, uint32_t reader_capacity) {
+  return reader_table_inline(reader_capacity) ? kRingInlineReadersOffset
+                                              : kRingDataOffset + capacity;
 }
 constexpr uint64_t notify_array_offset() { return sizeof(ReaderTableHeader); }
 constexpr uint64_t slots_offset(uint32_t reader_capacity) {
@@ -269,6 +313,7 @@ constexpr uint64_t slots_offset(uint32_t reader_capacity) {
 constexpr uint64_t ring_block_bytes(uint64_t capacity, uint32_t reader_capacity) {
   return kRingDataOffset + capacity + reader_table_bytes(reader_capacity);
 }
+static_assert(reader_table_inline(16) && !reader_table_inline(64));
 
 // ---------------------------------------------------------------------------------------
 // Doorbell: how one waiter sleeps on many rings.
@@ -298,6 +343,32 @@ constexpr uint32_t doorbell_summary_words(uint32_t bits) {
 constexpr uint64_t doorbell_bytes(uint32_t bits) {
   return sizeof(DoorbellHeader) + align_up(8ULL * doorbell_summary_words(bits), kCacheLine) +
          align_up(8ULL * doorbell_leaf_words(bits), kCacheLine);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bus directory: the daemon lists every live channel here, so `shmbus stats` and
+// `channels` can read names and counters from shared memory without a round trip.
+// ---------------------------------------------------------------------------------------
+
+inline constexpr uint32_t kDirectoryMagic = 0x53484d42;  // "SHMB"
+
+struct DirectoryHeader {
+  std::atomic<uint32_t> magic;        // written last by the daemon, with release
+  uint32_t version;
+  uint32_t capacity;                  // entries (the daemon's channel limit)
+  int32_t daemon_pid;
+  std::atomic<uint32_t> high_water;   // entries[0, high_water) may be non-zero
+  uint32_t reserved;
+  std::atomic<uint64_t> generation;   // bumped after every add and remove
+  uint64_t started_unix_ns;
+  uint8_t pad[kCacheLine - 40];
+};
+static_assert(offsetof(DirectoryHeader, high_water) == 16);
+static_assert(offsetof(DirectoryHeader, generation) == 24);
+static_assert(sizeof(DirectoryHeader) == kCacheLine);
+
+constexpr uint64_t directory_bytes(uint32_t capacity) {
+  return align_up(sizeof(DirectoryHeader) + 8ULL * capacity, kPageSize);
 }
 
 }  // namespace shmbus::layout

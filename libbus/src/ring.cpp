@@ -164,7 +164,7 @@ RingRef RingRef::format(std::byte* block, const RingConfig& config) {
   h->version = kLayoutVersion;
   h->capacity = config.capacity;
   h->block_bytes = block_bytes(config);
-  h->readers_offset = kRingDataOffset + config.capacity;
+  h->readers_offset = readers_offset(config.capacity, config.reader_capacity);
   h->max_payload = config.max_payload == 0 ? largest : config.max_payload;
   h->flags = config.back_pressure ? kRingBackPressure : 0;
   h->reader_capacity = config.reader_capacity;
@@ -184,7 +184,7 @@ RingRef RingRef::open(std::byte* block, uint64_t available) {
                              " differs from this library's " + std::to_string(kLayoutVersion));
   if (!is_power_of_two(h->capacity) || h->block_bytes > available ||
       h->block_bytes != ring_block_bytes(h->capacity, h->reader_capacity) ||
-      h->readers_offset != kRingDataOffset + h->capacity ||
+      h->readers_offset != readers_offset(h->capacity, h->reader_capacity) ||
       h->max_payload > largest_payload(h->capacity))
     throw std::runtime_error("ring header is inconsistent with its block");
   RingRef ring;
@@ -283,6 +283,10 @@ void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& me
   f->state.store(loan.position | kFrameCommitted, std::memory_order_release);
   loan.active = false;
   notify_readers();
+  // Counters for tools, after the readers were told: relaxed, nobody orders on them.
+  RingHeader* h = ring_.header();
+  h->payload_bytes.fetch_add(payload_bytes, std::memory_order_relaxed);
+  h->last_publish_unix_ns.store(meta.publish_unix_ns, std::memory_order_relaxed);
   // Warm what the next claim touches - the next frame's header and the frame it will
   // retire - while the caller does something else. With large messages these sit on other
   // pages: the prefetch takes the page walk and cache miss off the next publish's path.
