@@ -44,7 +44,7 @@ uint64_t realtime_ns() {
 void claim_copy_commit(benchmark::State& state, Publisher& publisher,
                        const std::vector<std::byte>& payload, bool stamp_time) {
   const auto size = static_cast<uint32_t>(payload.size());
-  Loan loan;
+  RingLoan loan;
   for (auto _ : state) {
     publisher.claim(size, loan);
     std::memcpy(loan.payload, payload.data(), size);
@@ -60,7 +60,7 @@ void BM_ClaimCommit(benchmark::State& state) {
   Publisher publisher(f.ring, 1, &f.table);
   const auto size = static_cast<uint32_t>(state.range(0));
   std::vector<std::byte> payload(size, std::byte{0x42});
-  Loan loan;
+  RingLoan loan;
   for (int i = 0; i < 100000; ++i) {  // warm up past the first lap
     publisher.claim(size, loan);
     publisher.commit(loan, size);

@@ -140,7 +140,7 @@ uint64_t receive(Reader& reader, WaitMode mode, bool touch_all, std::vector<std:
 
 void send(Publisher& publisher, uint32_t size, uint64_t first, bool touch_all,
           const std::vector<std::byte>& source) {
-  Loan loan;
+  RingLoan loan;
   while (publisher.claim(size, loan, kWaitForever) != Status::kOk) {
   }
   if (touch_all) std::memcpy(loan.payload, source.data(), size);
@@ -298,7 +298,7 @@ std::vector<double> inproc_publish(int batches) {
   for (int b = 0; b < batches + 100; ++b) {
     const uint64_t t0 = __rdtsc();
     for (int i = 0; i < 1000; ++i) {
-      Loan loan;
+      RingLoan loan;
       publisher.claim(64, loan);
       std::memcpy(loan.payload, payload.data(), 64);
       publisher.commit(loan, 64);

@@ -105,7 +105,7 @@ void sleep_us(long us) {
       // one lap behind it, and the one to be stopped might never reach its stop point.
       if (id == kKilledPublisher && i == kKillAtMessage)
         while (shared->stop_phase_done.load() == 0) sleep_us(100);
-      Loan loan;
+      RingLoan loan;
       // Without limit: a lossy ring blocks only behind another publisher's unfinished frame.
       if (publisher.claim(length, loan, kWaitForever) != Status::kOk) _exit(10);
       if (id == kStoppedPublisher && i == kStopAtMessage && shared->stop_mid_frame.load()) {

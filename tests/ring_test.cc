@@ -339,7 +339,7 @@ TEST_F(RingTest, LoanCommitShorterThanClaimedLeavesPaddingReadersSkip) {
   RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   Publisher publisher(ring, 1, &arena_.table());
-  Loan loan;
+  RingLoan loan;
   ASSERT_EQ(publisher.claim(1000, loan), Status::kOk);
   std::memcpy(loan.payload, "short", 5);
   publisher.commit(loan, 5);
@@ -356,7 +356,7 @@ TEST_F(RingTest, AbandonedLoanIsReportedLostSoEveryNumberIsAccountedFor) {
   RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   Publisher publisher(ring, 1, &arena_.table());
-  Loan loan;
+  RingLoan loan;
   ASSERT_EQ(publisher.claim(100, loan), Status::kOk);
   publisher.abandon(loan);
   ASSERT_EQ(publisher.publish(as_bytes("kept")), Status::kOk);
@@ -372,7 +372,7 @@ TEST_F(RingTest, UnfinishedFrameHoldsReadersAndNextLapPublishersButNothingIsOver
   Reader reader(ring);
   Publisher slow(ring, 1, &arena_.table());
   Publisher fast(ring, 2, &arena_.table());
-  Loan loan;
+  RingLoan loan;
   ASSERT_EQ(slow.claim(60, loan), Status::kOk);
   std::memcpy(loan.payload, "slow", 4);
   // Readers cannot pass an unfinished frame.
@@ -398,7 +398,7 @@ TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
   Reader reader(ring);
   Publisher dead(ring, 7, &arena_.table());
   Publisher alive(ring, 8, &arena_.table());
-  Loan loan;
+  RingLoan loan;
   ASSERT_EQ(dead.claim(200, loan), Status::kOk);
   std::memset(loan.payload, 0xee, 100);  // half-written, then its process "dies"
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
@@ -442,7 +442,7 @@ TEST_F(RingTest, RepairWakesAReaderParkedBehindTheDeadFrame) {
   reader.register_slot(false, doorbell_ref, doorbell);
   Publisher dead(ring, 7, &arena_.table());
   Publisher alive(ring, 8, &arena_.table());
-  Loan loan;
+  RingLoan loan;
   ASSERT_EQ(dead.claim(100, loan), Status::kOk);
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
   expect_wait_is_woken_by(reader, 100ms, [&] { repair_dead_publisher(ring, 7, &arena_.table()); });

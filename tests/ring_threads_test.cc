@@ -72,7 +72,7 @@ void run(bool back_pressure, int publishers, int readers, int per_publisher,
       for (int i = 0; i < per_publisher; ++i) {
         seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
         const uint32_t length = 24 + static_cast<uint32_t>((seed >> 33) % 300);
-        Loan loan;
+        RingLoan loan;
         ASSERT_EQ(publisher.claim(length, loan, kWaitForever), Status::kOk);
         test::fill_stress_payload(loan.payload, length, static_cast<uint32_t>(p), i);
         publisher.commit(loan, length);

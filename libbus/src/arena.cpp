@@ -1,5 +1,7 @@
 #include "arena.hpp"
 
+#include "naming.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,21 +15,6 @@
 namespace shmbus {
 
 namespace bip = boost::interprocess;
-
-namespace {
-
-std::string human_bytes(uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int unit = 0;
-  uint64_t value = bytes;
-  while (value >= 1024 && value % 1024 == 0 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  return std::to_string(value) + " " + units[unit];
-}
-
-}  // namespace
 
 Arena Arena::create(const std::string& name, uint64_t arena_bytes, uint32_t arena_id) {
   if (arena_id > 0xff) throw std::invalid_argument("arena id must be below 256");

@@ -233,7 +233,9 @@ struct RingHeader {
   // Subscriptions that receive each message: channel subscribers plus, per subscription,
   // every matching pattern (what Redis PUBLISH returns). Written by the daemon only.
   std::atomic<uint32_t> receivers;
-  uint8_t pad3[kCacheLine - 36];
+  // Subscriptions holding the channel by name (Redis PUBSUB NUMSUB). Daemon only.
+  std::atomic<uint32_t> channel_subscribers;
+  uint8_t pad3[kCacheLine - 40];
 };
 static_assert(offsetof(RingHeader, magic) == 0);
 static_assert(offsetof(RingHeader, capacity) == 8);
@@ -275,7 +277,11 @@ struct ReaderSlot {
   std::atomic<int32_t> pid;        // owning process, for liveness checks and cleanup
   std::atomic<uint64_t> lost;      // messages this reader was lapped over (stats)
   std::atomic<uint64_t> delivered; // messages this reader consumed (stats)
-  uint8_t pad[kCacheLine - 32];
+  // Who holds the slot: the daemon's id of the subscribing connection (0: a reader that
+  // registered itself). The daemon frees a dead client's slots by this, never by index
+  // alone, so it cannot free a slot that was meanwhile given to someone else.
+  std::atomic<uint64_t> owner;
+  uint8_t pad[kCacheLine - 40];
 };
 static_assert(sizeof(ReaderSlot) == kCacheLine);
 
@@ -361,11 +367,16 @@ struct DirectoryHeader {
   uint32_t reserved;
   std::atomic<uint64_t> generation;   // bumped after every add and remove
   uint64_t started_unix_ns;
-  uint8_t pad[kCacheLine - 40];
+  std::atomic<uint32_t> patterns;     // distinct patterns subscribed (Redis PUBSUB NUMPAT)
+  std::atomic<uint32_t> clients;      // connected clients
+  uint8_t pad[kCacheLine - 48];
 };
 static_assert(offsetof(DirectoryHeader, high_water) == 16);
 static_assert(offsetof(DirectoryHeader, generation) == 24);
 static_assert(sizeof(DirectoryHeader) == kCacheLine);
+
+// The directory is the first block the daemon allocates in arena 0.
+inline constexpr uint64_t kDirectoryOffset = kPageSize;
 
 constexpr uint64_t directory_bytes(uint32_t capacity) {
   return align_up(sizeof(DirectoryHeader) + 8ULL * capacity, kPageSize);

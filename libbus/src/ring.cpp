@@ -209,7 +209,7 @@ Publisher::Publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* aren
   register_process_for_barriers();
 }
 
-Status Publisher::claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait) {
+Status Publisher::claim(uint32_t payload_bytes, RingLoan& loan, WaitBudget wait) {
   if (payload_bytes > ring_.max_payload()) return Status::kTooLarge;
   RingHeader* h = ring_.header();
   const uint64_t capacity = h->capacity;
@@ -258,7 +258,7 @@ Status Publisher::claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait) {
   return Status::kOk;
 }
 
-void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& meta) {
+void Publisher::commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta& meta) {
   if (!loan.active) throw std::logic_error("commit of a loan that is not active");
   if (payload_bytes > loan.capacity)
     throw std::logic_error("commit of " + std::to_string(payload_bytes) +
@@ -298,7 +298,7 @@ void Publisher::commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& me
   }
 }
 
-void Publisher::abandon(Loan& loan) {
+void Publisher::abandon(RingLoan& loan) {
   if (!loan.active) return;
   FrameHeader* f = ring_.frame_at(loan.position);
   // Size stays as claimed (I5); the aborted flag tells readers the sequence number is void.
@@ -311,7 +311,7 @@ void Publisher::abandon(Loan& loan) {
 Status Publisher::publish(std::span<const std::byte> payload, const PublishMeta& meta,
                           WaitBudget wait) {
   if (payload.size() > ring_.max_payload()) return Status::kTooLarge;
-  Loan loan;
+  RingLoan loan;
   const Status status = claim(static_cast<uint32_t>(payload.size()), loan, wait);
   if (status != Status::kOk) return status;
   // An empty span may have a null data(); memcpy must never see null, even for 0 bytes.
@@ -512,48 +512,45 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
   if (slot_ >= 0) throw std::logic_error("reader already registered");
   if (doorbell_ref != ShmRef::kNone && doorbell == nullptr)
     throw std::invalid_argument("a doorbell link needs the mapped doorbell");
-  ReaderTableHeader* table = ring_.readers();
-  const uint32_t capacity = ring_.reader_capacity();
-  for (uint32_t i = 0; i < capacity; ++i) {
-    ReaderSlot* s = ring_.slot(i);
-    if (s->state.load(std::memory_order_relaxed) != kSlotFree) continue;
-    // Position first, then the state with release: a publisher that sees the slot gating
-    // sees where it stands.
-    s->position.store(position_, std::memory_order_relaxed);
-    s->pid.store(getpid(), std::memory_order_relaxed);
-    s->lost.store(0, std::memory_order_relaxed);
-    s->delivered.store(0, std::memory_order_relaxed);
-    uint32_t expected = kSlotFree;
-    if (!s->state.compare_exchange_strong(expected, gating ? kSlotGating : kSlotActive,
-                                          std::memory_order_acq_rel))
-      continue;
-    slot_ = static_cast<int32_t>(i);
-    uint32_t high = table->slot_high_water.load(std::memory_order_relaxed);
-    while (high < i + 1 && !table->slot_high_water.compare_exchange_weak(
-                               high, i + 1, std::memory_order_acq_rel)) {
-    }
-    // Always written, so no link of a previous owner of this slot survives.
-    ring_.notify()[i].store(doorbell_ref, std::memory_order_release);
-    if (doorbell_ref != ShmRef::kNone) {
-      doorbell_ = doorbell;
-      doorbell_bit_ = ShmRef::bit(doorbell_ref);
-      uint32_t links = table->notify_high_water.load(std::memory_order_relaxed);
-      while (links < i + 1 && !table->notify_high_water.compare_exchange_weak(
-                                  links, i + 1, std::memory_order_acq_rel)) {
-      }
-      // Publishers read notify_high_water without a fence after their commit; this barrier
-      // makes any commit they issued before it visible to our next has_data(), and any
-      // commit after it is followed by a load that sees our link.
-      process_wide_barrier();
-    }
-    table->generation.fetch_add(1, std::memory_order_acq_rel);
-    // A gating reader holds publishers back only from now on: if the ring moved on while
-    // registering, start from what is still there.
-    if (gating) jump_if_lapped();
-    return;
+  const int32_t slot = claim_reader_slot(
+      ring_, SlotClaim{position_, 0, static_cast<int32_t>(getpid()), gating, doorbell_ref});
+  if (slot < 0)
+    throw std::runtime_error("ring has no free reader slot (" +
+                             std::to_string(ring_.reader_capacity()) +
+                             " readers); raise reader_capacity for this channel");
+  slot_ = slot;
+  if (doorbell_ref != ShmRef::kNone) {
+    doorbell_ = doorbell;
+    doorbell_bit_ = ShmRef::bit(doorbell_ref);
+    // Publishers read notify_high_water without a fence after their commit; this barrier
+    // makes any commit they issued before it visible to our next has_data(), and any
+    // commit after it is followed by a load that sees our link.
+    process_wide_barrier();
   }
-  throw std::runtime_error("ring has no free reader slot (" + std::to_string(capacity) +
-                           " readers); raise reader_capacity for this channel");
+  // A gating reader holds publishers back only from now on: if the ring moved on while
+  // registering, start from what is still there.
+  if (gating) jump_if_lapped();
+}
+
+void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, uint32_t doorbell_bit,
+                        bool from_slot, uint64_t sequence) {
+  if (slot_ >= 0) throw std::logic_error("reader already registered");
+  if (slot >= ring_.reader_capacity()) throw std::out_of_range("reader slot out of range");
+  slot_ = static_cast<int32_t>(slot);
+  doorbell_ = doorbell;
+  doorbell_bit_ = doorbell_bit;
+  ReaderSlot* s = ring_.slot(slot);
+  if (from_slot) {
+    position_ = s->position.load(std::memory_order_acquire);
+    next_sequence_ = sequence;
+    sequence_known_ = true;
+    skip_below_ = 0;
+  } else {
+    // The slot was registered at or before our start (the daemon registers at the retire
+    // frontier for these starts), so moving it forward never un-gates frames we need.
+    s->position.store(position_, std::memory_order_release);
+  }
+  jump_if_lapped();
 }
 
 void Reader::unregister() {
@@ -897,6 +894,61 @@ uint32_t release_reader_slots_of(RingRef ring, int32_t pid) {
   }
   if (released) ring.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
   return released;
+}
+
+int32_t claim_reader_slot(RingRef ring, const SlotClaim& claim) {
+  ReaderTableHeader* table = ring.readers();
+  const uint32_t capacity = ring.reader_capacity();
+  for (uint32_t i = 0; i < capacity; ++i) {
+    ReaderSlot* s = ring.slot(i);
+    if (s->state.load(std::memory_order_relaxed) != kSlotFree) continue;
+    // Position first, then the state with release: a publisher that sees the slot gating
+    // sees where it stands.
+    s->position.store(claim.position, std::memory_order_relaxed);
+    s->pid.store(claim.pid, std::memory_order_relaxed);
+    s->owner.store(claim.owner, std::memory_order_relaxed);
+    s->lost.store(0, std::memory_order_relaxed);
+    s->delivered.store(0, std::memory_order_relaxed);
+    uint32_t expected = kSlotFree;
+    if (!s->state.compare_exchange_strong(expected, claim.gating ? kSlotGating : kSlotActive,
+                                          std::memory_order_acq_rel))
+      continue;
+    uint32_t high = table->slot_high_water.load(std::memory_order_relaxed);
+    while (high < i + 1 && !table->slot_high_water.compare_exchange_weak(
+                               high, i + 1, std::memory_order_acq_rel)) {
+    }
+    // Always written, so no link of a previous owner of this slot survives.
+    ring.notify()[i].store(claim.doorbell_ref, std::memory_order_release);
+    if (claim.doorbell_ref != ShmRef::kNone) {
+      uint32_t links = table->notify_high_water.load(std::memory_order_relaxed);
+      while (links < i + 1 && !table->notify_high_water.compare_exchange_weak(
+                                  links, i + 1, std::memory_order_acq_rel)) {
+      }
+    }
+    table->generation.fetch_add(1, std::memory_order_acq_rel);
+    return static_cast<int32_t>(i);
+  }
+  return -1;
+}
+
+bool release_reader_slot(RingRef ring, uint32_t slot, uint64_t owner) {
+  if (slot >= ring.reader_capacity()) return false;
+  ReaderSlot* s = ring.slot(slot);
+  if (s->state.load(std::memory_order_acquire) == kSlotFree ||
+      s->owner.load(std::memory_order_relaxed) != owner)
+    return false;
+  ring.notify()[slot].store(ShmRef::kNone, std::memory_order_release);
+  s->state.store(kSlotFree, std::memory_order_release);
+  ring.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  return true;
+}
+
+uint32_t reader_slots_in_use(RingRef ring) {
+  uint32_t in_use = 0;
+  const uint32_t slots = ring.readers()->slot_high_water.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < slots; ++i)
+    if (ring.slot(i)->state.load(std::memory_order_acquire) != kSlotFree) ++in_use;
+  return in_use;
 }
 
 }  // namespace shmbus

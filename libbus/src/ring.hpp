@@ -44,18 +44,26 @@ namespace shmbus {
 
 // Process-local map from arena id to where this process mapped that arena, so ShmRef values
 // stored in shared memory (doorbell links) resolve in every process.
+// Entries are atomic so a thread may map a new arena while publishers in other threads
+// resolve links (relaxed loads cost nothing on x86; the mapping itself is published by the
+// release store).
 class ArenaTable {
  public:
-  void add(const Arena& arena) { bases_[arena.id()] = arena.base(); }
-  void add(uint32_t arena_id, std::byte* base) { bases_.at(arena_id) = base; }
+  void add(const Arena& arena) { add(arena.id(), arena.base()); }
+  void add(uint32_t arena_id, std::byte* base) {
+    bases_.at(arena_id).store(base, std::memory_order_release);
+  }
+  std::byte* base(uint32_t arena_id) const {
+    return bases_.at(arena_id).load(std::memory_order_acquire);
+  }
   template <typename T>
   T* resolve(uint64_t ref) const {
-    std::byte* base = bases_[layout::ShmRef::arena_id(ref)];
+    std::byte* base = bases_[layout::ShmRef::arena_id(ref)].load(std::memory_order_acquire);
     return base == nullptr ? nullptr : reinterpret_cast<T*>(base + layout::ShmRef::offset(ref));
   }
 
  private:
-  std::array<std::byte*, 256> bases_{};
+  std::array<std::atomic<std::byte*>, 256> bases_{};
 };
 
 struct RingConfig {
@@ -105,6 +113,11 @@ class RingRef {
   }
   // Messages ever claimed in this ring (committed, in flight or aborted).
   uint64_t published() const { return load_claim().sequence; }
+  // The same without the 16-byte CAS (which writes the publishers' claim line): may lag,
+  // enough for the daemon's idle scan and for tools.
+  uint64_t published_relaxed() const {
+    return __atomic_load_n(&header_->claim.sequence, __ATOMIC_RELAXED);
+  }
 
  private:
   layout::RingHeader* header_ = nullptr;
@@ -121,7 +134,7 @@ struct PublishMeta {
 };
 
 // A claimed frame: write up to `capacity` bytes at `payload`, then commit or abandon it.
-struct Loan {
+struct RingLoan {
   std::byte* payload = nullptr;
   uint32_t capacity = 0;
   uint64_t position = 0;
@@ -144,12 +157,12 @@ class Publisher {
 
   // Claims a frame for `payload_bytes`: kOk (loan filled), kTooLarge, kWouldBlock (no wait
   // budget) or kTimedOut.
-  Status claim(uint32_t payload_bytes, Loan& loan, WaitBudget wait = kNoWait);
+  Status claim(uint32_t payload_bytes, RingLoan& loan, WaitBudget wait = kNoWait);
   // Publishes the first `payload_bytes` (<= loan.capacity) of the loan.
-  void commit(Loan& loan, uint32_t payload_bytes, const PublishMeta& meta = {});
+  void commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta& meta = {});
   // Gives the frame back as padding. Its sequence number was taken, so readers report that
   // message as lost (every number is either delivered or reported lost).
-  void abandon(Loan& loan);
+  void abandon(RingLoan& loan);
   // claim + copy + commit.
   Status publish(std::span<const std::byte> payload, const PublishMeta& meta = {},
                  WaitBudget wait = kNoWait);
@@ -209,6 +222,12 @@ class Reader {
   // lets wait() park. Throws if the ring has no free slot.
   void register_slot(bool gating, uint64_t doorbell_ref = layout::ShmRef::kNone,
                      layout::DoorbellHeader* doorbell = nullptr);
+  // Takes over slot `slot` that the daemon registered for this reader (claim_reader_slot),
+  // so messages published between registration and now are not missed. With `from_slot`
+  // the reader starts where the slot was registered, at sequence `sequence`; otherwise it
+  // keeps the start chosen at construction and moves the slot there.
+  void adopt_slot(uint32_t slot, layout::DoorbellHeader* doorbell, uint32_t doorbell_bit,
+                  bool from_slot, uint64_t sequence);
   void unregister();
 
   // kOk and a view of the next message, or kEmpty. Padding and lapping are handled inside:
@@ -283,5 +302,22 @@ bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* are
 
 // Frees the reader slots of process `pid` (it died without unregistering).
 uint32_t release_reader_slots_of(RingRef ring, int32_t pid);
+
+// Registers a reader slot on behalf of a subscriber (its owner token, pid and doorbell
+// link), at `position`. Returns the slot index, or -1 if the ring has no free slot.
+// REQUIRES: if publishers may already use the ring, a process_wide_barrier() before the
+// subscriber relies on the link (one barrier may cover many registrations).
+struct SlotClaim {
+  uint64_t position = 0;
+  uint64_t owner = 0;
+  int32_t pid = 0;
+  bool gating = false;
+  uint64_t doorbell_ref = layout::ShmRef::kNone;
+};
+int32_t claim_reader_slot(RingRef ring, const SlotClaim& claim);
+// Frees slot `slot` if `owner` still holds it. True if it did.
+bool release_reader_slot(RingRef ring, uint32_t slot, uint64_t owner);
+// Slots in use (gating or active).
+uint32_t reader_slots_in_use(RingRef ring);
 
 }  // namespace shmbus

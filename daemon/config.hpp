@@ -1,0 +1,90 @@
+// shmbusd configuration: a TOML file (see daemon/shmbusd.toml, which documents every key).
+//
+//   [bus]        arena_bytes, idle_ttl_seconds
+//   [defaults]   ring_bytes, max_message_bytes, back_pressure, max_subscribers
+//   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients
+//   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
+//                channel decides its settings, unset keys inherit [defaults]
+//
+// Byte sizes are an integer or a string with a binary unit: "512B", "64KiB", "1 MiB", "4GiB".
+// Everything is validated when the file is read, so the daemon never discovers a bad setting
+// at the first publish on some channel: unknown keys and tables are errors (a typo must not
+// silently fall back to a default), and every error names the file position, the full key
+// (rules are counted from 1 in file order: channel[1] is the first [[channel]] table), what
+// is wrong and what is accepted.
+//
+// Thread safety: parse_config/load_config are reentrant; a Config is a plain value.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shmbus::daemon {
+
+// Per-channel ring settings after rules are applied.
+struct ChannelSettings {
+  uint64_t ring_bytes = 64 * 1024;  // data bytes, power of two >= 4096
+  uint32_t max_message_bytes = 0;   // 0: the largest the ring carries (ring_bytes/2 - 32)
+  bool back_pressure = false;
+  uint32_t max_subscribers = 16;  // reader slots per ring, 1..65536
+  std::string rule = "defaults";  // which rule decided (its pattern) - for error messages
+
+  friend bool operator==(const ChannelSettings&, const ChannelSettings&) = default;
+};
+
+struct ChannelRule {    // one [[channel]] table; unset keys inherit [defaults]
+  std::string pattern;  // Redis glob (required)
+  std::optional<uint64_t> ring_bytes;
+  std::optional<uint32_t> max_message_bytes;
+  std::optional<bool> back_pressure;
+  std::optional<uint32_t> max_subscribers;
+
+  friend bool operator==(const ChannelRule&, const ChannelRule&) = default;
+};
+
+struct Config {
+  std::string source = "built-in defaults";  // file path, for messages
+  // [bus]
+  uint64_t arena_bytes = 256ull << 20;  // virtual size of each shared-memory arena (sparse)
+  std::chrono::seconds idle_ttl{60};    // idle channels are reclaimed after this; 0: never
+  // [defaults]
+  ChannelSettings defaults;
+  // [limits]
+  uint64_t max_shared_memory = 1ull << 30;  // bytes of /dev/shm the bus may reserve
+  uint32_t max_channels = 200000;
+  // channels + patterns per subscription connection
+  uint32_t max_subscriptions_per_client = 200000;
+  uint32_t max_clients = 4096;
+  std::vector<ChannelRule> rules;  // first matching rule wins
+
+  // Settings for `channel`: defaults overridden by the set keys of the first rule whose
+  // pattern matches (Redis glob rules, as PSUBSCRIBE). `rule` names the deciding pattern.
+  ChannelSettings settings_for(std::string_view channel) const;
+
+  // Compares every field, `source` included.
+  friend bool operator==(const Config&, const Config&) = default;
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Parses and validates `toml_text`; `source_name` (usually the file path) prefixes every
+// message and becomes Config::source. Throws ConfigError, and nothing else.
+Config parse_config(std::string_view toml_text, std::string_view source_name);
+
+// Reads `path` and parses it. Throws ConfigError, and nothing else; an unreadable file's
+// message names the path and the system's reason.
+Config load_config(const std::string& path);
+
+// Largest message a ring of `ring_bytes` data bytes carries (what max_message_bytes = 0
+// means for it). Same rule as the ring itself (RingRef::largest_payload).
+uint32_t largest_message_for_ring(uint64_t ring_bytes);
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,117 @@
+// shmbusd: command line, logging sinks and signals around the Daemon (server.hpp).
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <mutex>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "config.hpp"
+#include "server.hpp"
+#include "shmbus/error.hpp"
+
+#ifdef SHMBUS_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+namespace {
+
+shmbus::daemon::Daemon* g_daemon = nullptr;
+
+void on_signal(int) {
+  if (g_daemon != nullptr) g_daemon->stop();  // async-signal-safe (an eventfd write)
+}
+
+// Under systemd, stderr goes to the journal: a "<N>" prefix gives each line its syslog
+// priority, and the journal adds its own timestamp, so we print none.
+template <typename Mutex>
+class JournalSink : public spdlog::sinks::base_sink<Mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    int priority = 6;
+    switch (msg.level) {
+      case spdlog::level::trace:
+      case spdlog::level::debug: priority = 7; break;
+      case spdlog::level::info: priority = 6; break;
+      case spdlog::level::warn: priority = 4; break;
+      case spdlog::level::err: priority = 3; break;
+      case spdlog::level::critical: priority = 2; break;
+      default: break;
+    }
+    std::fprintf(stderr, "<%d>%.*s\n", priority, static_cast<int>(msg.payload.size()),
+                 msg.payload.data());
+  }
+  void flush_() override { std::fflush(stderr); }
+};
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level) {
+  std::shared_ptr<spdlog::logger> logger;
+  if (std::getenv("JOURNAL_STREAM") != nullptr || std::getenv("INVOCATION_ID") != nullptr) {
+    logger = std::make_shared<spdlog::logger>("shmbusd",
+                                              std::make_shared<JournalSink<std::mutex>>());
+  } else {
+    logger = spdlog::stderr_color_mt("shmbusd");
+    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
+  }
+  logger->set_level(spdlog::level::from_str(level));
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"shmbusd - the shmbus daemon: owns a bus's shared memory, channels and clients"};
+  std::string bus, socket_path, config_path, log_level = "info";
+  bool check_config = false;
+  app.add_option("--bus", bus, "Bus name (default: $SHMBUS_BUS or 'default')");
+  app.add_option("--socket", socket_path,
+                 "Control socket (default: $SHMBUS_SOCKET or /run/shmbus/<bus>.sock)");
+  app.add_option("-c,--config", config_path, "Config file (TOML; see shmbusd.toml)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_flag("--check-config", check_config, "Validate the config file and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  auto logger = make_logger(log_level);
+  spdlog::set_default_logger(logger);
+  try {
+    shmbus::daemon::DaemonOptions options;
+    options.bus = bus;
+    options.socket_path = socket_path;
+    options.logger = logger;
+    if (!config_path.empty()) options.config = shmbus::daemon::load_config(config_path);
+    if (check_config) {
+      std::cout << options.config.source << ": OK\n";
+      return 0;
+    }
+    shmbus::daemon::Daemon daemon(std::move(options));
+    g_daemon = &daemon;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+#ifdef SHMBUS_HAVE_SYSTEMD
+    sd_notify(0, "READY=1");
+#endif
+    daemon.run();
+#ifdef SHMBUS_HAVE_SYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
+    g_daemon = nullptr;
+    logger->info("stopped; shared memory of bus '{}' removed", daemon.bus());
+    return 0;
+  } catch (const std::exception& e) {
+    logger->error("{}", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,1326 @@
+#include "server.hpp"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "arena.hpp"
+#include "doorbell.hpp"
+#include "fences.hpp"
+#include "futex.hpp"
+#include "glob.hpp"
+#include "layout.hpp"
+#include "naming.hpp"
+#include "protocol.hpp"
+#include "ring.hpp"
+#include "shmbus/error.hpp"
+#include "sys_error.hpp"
+
+namespace shmbus::daemon {
+
+using namespace protocol;
+using layout::DirectoryHeader;
+using layout::DoorbellHeader;
+using layout::ShmRef;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint32_t kMaxClientNameBytes = 256;
+// Control events a client has not read yet; past this it is not reading its socket and is
+// dropped (its subscriptions would otherwise pin daemon memory without bound).
+constexpr size_t kMaxPendingOutput = 16u << 20;
+constexpr uint32_t kControlBit = 0;
+constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message  // doorbell bit 0: "events wait on your socket"
+constexpr auto kTick = std::chrono::seconds(1);
+
+uint64_t unix_now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// A subscription's reader slot in one ring, and why it is there.
+struct Attachment {
+  uint32_t slot = 0;
+  uint32_t bit = 0;
+  bool by_name = false;          // the subscription holds the channel itself
+  uint32_t pattern_matches = 0;  // patterns of the subscription that match the channel
+  bool needed() const { return by_name || pattern_matches > 0; }
+  uint32_t receivers() const { return (by_name ? 1 : 0) + pattern_matches; }
+};
+
+struct ChannelState {
+  uint32_t id = 0;
+  std::string name;
+  uint32_t arena_id = 0;
+  Arena::Block block;
+  RingRef ring;
+  ChannelSettings settings;
+  uint32_t publisher_holds = 0;      // open publishing handles, over all clients
+  std::set<uint64_t> attached;       // clients with a reader slot here
+  uint32_t channel_subscribers = 0;  // subscriptions holding the name
+  uint32_t receivers = 0;
+  uint64_t last_published = 0;
+  Clock::time_point last_active;
+};
+
+struct Client {
+  uint64_t id = 0;
+  int fd = -1;
+  ucred cred{};
+  std::string name;
+  bool greeted = false;
+  bool said_bye = false;
+  uint16_t publisher_id = 0;
+  FrameAssembler in;
+  std::vector<std::byte> out;  // bytes not yet written to the socket
+  bool want_write = false;
+
+  // Subscriptions (a client that asked for a doorbell in HELLO).
+  std::optional<Arena::Block> doorbell_block;
+  DoorbellHeader* doorbell = nullptr;
+  uint32_t doorbell_bits = 0;
+  std::vector<uint32_t> free_bits;
+  uint32_t next_bit = kControlBit + 1;
+  std::unordered_set<std::string> channels;
+  std::set<std::string> patterns;
+  std::unordered_map<uint32_t, Attachment> attached;  // channel id -> slot
+  // Slots the client was told to give back (unsubscribe, detach): it frees them itself; if
+  // it dies first, the daemon does (by owner token, so never someone else's slot).
+  std::vector<std::pair<uint32_t, uint32_t>> returned_slots;
+
+  std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
+};
+
+// A client that vanished without saying goodbye while holding channels open for publishing:
+// its frames are repaired once its process has exited (a live process might still write).
+struct DeadPublisher {
+  int pidfd = -1;
+  int32_t pid = 0;
+  uint16_t publisher_id = 0;
+  std::vector<uint32_t> channels;
+};
+
+[[noreturn]] void refuse(Errc code, const std::string& message) { throw Error(code, message); }
+
+// A u32 count and that many strings of at most `max_bytes`.
+std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* what) {
+  const uint32_t n = p.count(kMaxNamesPerRequest, 4, what);
+  std::vector<std::string> names;
+  names.reserve(n);
+  for (uint32_t i = 0; i < n; ++i) names.emplace_back(p.str(max_bytes, what));
+  return names;
+}
+
+std::string describe_settings(const ChannelSettings& s) {
+  return "ring " + human_bytes(s.ring_bytes) + ", max message " +
+         std::to_string(s.max_message_bytes == 0 ? RingRef::largest_payload(s.ring_bytes)
+                                                 : s.max_message_bytes) +
+         " bytes, back_pressure " + (s.back_pressure ? "on" : "off");
+}
+
+}  // namespace
+
+struct Daemon::Impl {
+  explicit Impl(DaemonOptions options);
+  ~Impl();
+  void cleanup();  // idempotent: closes, unlinks and unlocks everything the daemon took
+
+  void run();
+  void stop();
+
+  // ---- setup ----
+  void take_bus_lock();
+  void remove_leftovers();
+  void listen_on_socket();
+  void create_directory_arena();
+
+  // ---- event loop ----
+  void accept_clients();
+  void on_client_event(Client& c, uint32_t events);
+  void read_from(Client& c);
+  void flush(Client& c);
+  void send(Client& c, Writer& w);
+  void close_client(uint64_t id, const char* reason);
+  void on_tick();
+  void on_publisher_exit(int pidfd);
+
+  // ---- requests ----
+  void dispatch(Client& c, const Frame& f);
+  void on_hello(Client& c, const Frame& f);
+  void on_open_channel(Client& c, const Frame& f);
+  void on_close_channel(Client& c, const Frame& f);
+  void on_subscribe(Client& c, const Frame& f);
+  void on_psubscribe(Client& c, const Frame& f);
+  void on_unsubscribe(Client& c, const Frame& f, bool patterns);
+  void reply_error(Client& c, uint32_t request, Errc code, const std::string& message);
+  void check_subscription_limit(const Client& c, size_t adding, const char* kind);
+
+  // ---- registry ----
+  ChannelState& find_or_create(std::string_view name, const ChannelSettings* requested,
+                               bool* created);
+  ChannelState* find(std::string_view name);
+  std::pair<uint32_t, Arena::Block> allocate_ring_block(uint64_t bytes, std::string_view name);
+  // Registers (or finds) the client's slot in `ch`; `start` is the slot's position.
+  Attachment& attach(Client& c, ChannelState& ch, uint64_t start, uint64_t* start_sequence,
+                     bool* added);
+  void write_attachment(Writer& w, const ChannelState& ch, const Attachment& a,
+                        uint64_t start_position, uint64_t start_sequence);
+  // Drops `a` if nothing needs it any more; true if it was dropped (the client gives the
+  // slot back).
+  bool detach_if_unneeded(Client& c, ChannelState& ch);
+  void return_slot(Client& c, ChannelState& ch, uint32_t slot);
+  void set_receivers(ChannelState& ch, int32_t delta);
+  void release_subscriptions(Client& c);
+  void match_new_channel(ChannelState& ch);
+  void free_channel(std::unique_ptr<ChannelState> ch);
+  uint32_t allocate_bit(Client& c, const ChannelState& ch);
+  void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
+
+  DaemonOptions options;
+  std::shared_ptr<spdlog::logger> log;
+  Endpoint endpoint;
+  int lock_fd = -1;
+  int listen_fd = -1;
+  int epoll_fd = -1;
+  int stop_fd = -1;
+  int timer_fd = -1;
+  bool listening_socket_created = false;
+
+  std::vector<std::unique_ptr<Arena>> arenas;  // index = arena id; 0 holds directory+doorbells
+  ArenaTable arena_table;
+  uint64_t reserved_bytes = 0;                 // ring and doorbell blocks allocated
+  DirectoryHeader* directory = nullptr;
+  std::atomic<uint64_t>* directory_entries = nullptr;
+  uint64_t directory_offset = 0;
+  uint64_t doorbell_bytes = 0;
+  std::vector<Arena::Block> idle_doorbells;  // never returned to the arena (see release)
+
+  std::vector<std::unique_ptr<ChannelState>> channels;  // index = channel id
+  std::unordered_map<std::string, uint32_t> channel_ids;
+  std::vector<uint32_t> free_channel_ids;
+  std::vector<std::unique_ptr<ChannelState>> reclaiming;  // waiting for slots to be freed
+  uint32_t live_channels = 0;
+  std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
+
+  std::unordered_map<uint64_t, std::unique_ptr<Client>> clients;
+  std::unordered_map<int, uint64_t> client_by_fd;
+  uint64_t next_client_id = 1;
+  std::vector<uint16_t> free_publisher_ids;
+  uint32_t next_publisher_id = 1;
+  std::unordered_map<int, DeadPublisher> dead_publishers;  // by pidfd
+  bool barrier_due = false;
+};
+
+// ---- setup --------------------------------------------------------------------------------
+
+Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
+  log = options.logger ? options.logger : spdlog::default_logger();
+  endpoint = resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}});
+  try {
+    take_bus_lock();
+    remove_leftovers();
+    create_directory_arena();
+    listen_on_socket();
+    epoll_fd = check_sys([] { return epoll_create1(EPOLL_CLOEXEC); }, "epoll_create1");
+    stop_fd = check_sys([] { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }, "eventfd");
+    timer_fd = check_sys([] { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); },
+                         "timerfd_create");
+    const itimerspec tick{{kTick.count(), 0}, {kTick.count(), 0}};
+    check_sys([&] { return timerfd_settime(timer_fd, 0, &tick, nullptr); }, "timerfd_settime");
+    for (int fd : {listen_fd, stop_fd, timer_fd}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      check_sys([&] { return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev); }, "epoll_ctl");
+    }
+  } catch (...) {
+    cleanup();  // a throwing constructor gets no destructor: release lock, socket, shm here
+    throw;
+  }
+  log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})",
+            endpoint.bus, endpoint.socket_path, human_bytes(options.config.arena_bytes),
+            human_bytes(options.config.max_shared_memory), options.config.source);
+}
+
+Daemon::Impl::~Impl() { cleanup(); }
+
+void Daemon::Impl::cleanup() {
+  for (auto& [id, c] : clients)
+    if (c->fd >= 0) ::close(c->fd);
+  clients.clear();
+  for (auto& [fd, dead] : dead_publishers) ::close(fd);
+  dead_publishers.clear();
+  for (int* fd : {&timer_fd, &stop_fd, &epoll_fd, &listen_fd})
+    if (*fd >= 0) {
+      ::close(*fd);
+      *fd = -1;
+    }
+  if (listening_socket_created) {
+    ::unlink(endpoint.socket_path.c_str());
+    listening_socket_created = false;
+  }
+  // Unlink every segment: clients that still map them keep working on their mappings until
+  // they let go; the names are free for the next daemon.
+  for (auto& arena : arenas)
+    if (arena) Arena::remove(arena->name());
+  arenas.clear();
+  if (lock_fd >= 0) {
+    ::unlink(bus_lock_path(endpoint.bus).c_str());
+    ::close(lock_fd);  // releases the flock
+    lock_fd = -1;
+  }
+}
+
+void Daemon::Impl::take_bus_lock() {
+  const std::string path = bus_lock_path(endpoint.bus);
+  lock_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0)
+    throw std::runtime_error("cannot open lock file " + path + ": " + std::strerror(errno) +
+                             " (is /dev/shm mounted and writable?)");
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char pid[32] = {};
+    [[maybe_unused]] ssize_t n = pread(lock_fd, pid, sizeof(pid) - 1, 0);
+    ::close(lock_fd);
+    lock_fd = -1;
+    if (err == EWOULDBLOCK)
+      throw std::runtime_error("another shmbusd already serves bus '" + endpoint.bus + "'" +
+                               (pid[0] ? " (pid " + std::string(pid) + ")" : std::string()) +
+                               "; stop it first, or start this one with another --bus NAME");
+    throw std::runtime_error("cannot lock " + path + ": " + std::strerror(err));
+  }
+  const std::string pid = std::to_string(getpid());
+  if (ftruncate(lock_fd, 0) != 0 || pwrite(lock_fd, pid.data(), pid.size(), 0) < 0)
+    log->warn("could not record the pid in {}: {}", path, std::strerror(errno));
+}
+
+void Daemon::Impl::remove_leftovers() {
+  // We hold the bus lock, so any segment of this bus is a leftover of a daemon that died.
+  const std::string prefix = "shmbus." + endpoint.bus + ".";
+  uint32_t removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0 || name == prefix + "lock") continue;
+    const std::string id = name.substr(prefix.size());
+    if (id.empty() || id.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (Arena::remove(name)) ++removed;
+  }
+  if (removed > 0)
+    log->warn("removed {} shared-memory segment(s) a previous shmbusd of bus '{}' left behind; "
+              "clients still attached to them must reconnect",
+              removed, endpoint.bus);
+}
+
+void Daemon::Impl::listen_on_socket() {
+  const std::filesystem::path path(endpoint.socket_path);
+  if (path.has_parent_path() && !std::filesystem::exists(path.parent_path())) {
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    if (ec)
+      throw std::runtime_error("cannot create " + path.parent_path().string() + ": " +
+                               ec.message() +
+                               "; run as root (or via systemd), or pass --socket PATH in a "
+                               "directory you own (e.g. $XDG_RUNTIME_DIR/shmbus.sock)");
+  }
+  listen_fd = check_sys([] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); },
+                        "socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, endpoint.socket_path.c_str(), endpoint.socket_path.size() + 1);
+  // We hold the bus lock: a socket file already there belongs to a daemon that died.
+  ::unlink(endpoint.socket_path.c_str());
+  if (bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    throw std::runtime_error("cannot listen on " + endpoint.socket_path + ": " +
+                             std::strerror(errno) +
+                             (errno == EACCES ? "; run as root, or pass --socket PATH in a "
+                                                "directory you own"
+                                              : ""));
+  listening_socket_created = true;
+  // Access control by channel is future work; any local user may connect, as with Redis
+  // bound to localhost. The mode is the operator's to tighten (systemd RuntimeDirectoryMode).
+  ::chmod(endpoint.socket_path.c_str(), 0666);
+  check_sys([&] { return ::listen(listen_fd, 256); }, "listen");
+}
+
+void Daemon::Impl::create_directory_arena() {
+  const Config& cfg = options.config;
+  directory_offset = layout::kPageSize;
+  doorbell_bytes = layout::align_up(layout::doorbell_bytes(cfg.max_subscriptions_per_client + 1),
+                                    layout::kPageSize);
+  const uint64_t dir_bytes = layout::directory_bytes(cfg.max_channels);
+  const uint64_t arena0_bytes =
+      std::max<uint64_t>(cfg.arena_bytes, layout::kPageSize + dir_bytes + 64 * doorbell_bytes);
+  auto arena = std::make_unique<Arena>(
+      Arena::create(arena_shm_name(endpoint.bus, 0), arena0_bytes, 0));
+  const Arena::Block block = arena->allocate(dir_bytes);
+  directory_offset = block.offset;
+  if (directory_offset != layout::kDirectoryOffset)  // tools find it there without asking
+    throw std::logic_error("bus directory is not the first block of arena 0");
+  reserved_bytes += block.bytes;
+  directory = arena->at<DirectoryHeader>(block.offset);
+  directory_entries = reinterpret_cast<std::atomic<uint64_t>*>(
+      arena->base() + block.offset + sizeof(DirectoryHeader));
+  directory->version = layout::kLayoutVersion;
+  directory->capacity = cfg.max_channels;
+  directory->daemon_pid = getpid();
+  directory->started_unix_ns = unix_now_ns();
+  directory->magic.store(layout::kDirectoryMagic, std::memory_order_release);
+  arena_table.add(*arena);
+  arenas.push_back(std::move(arena));
+}
+
+// ---- event loop ---------------------------------------------------------------------------
+
+void Daemon::Impl::run() {
+  epoll_event events[64];
+  for (;;) {
+    const int n = epoll_wait(epoll_fd, events, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_sys_error(errno, "epoll_wait");
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == stop_fd) {
+        log->info("stopping: {} client(s), {} channel(s)", clients.size(), live_channels);
+        return;
+      }
+      if (fd == listen_fd) {
+        accept_clients();
+      } else if (fd == timer_fd) {
+        uint64_t expirations;
+        [[maybe_unused]] ssize_t r = ::read(timer_fd, &expirations, sizeof(expirations));
+        on_tick();
+      } else if (dead_publishers.count(fd)) {
+        on_publisher_exit(fd);
+      } else if (auto it = client_by_fd.find(fd); it != client_by_fd.end()) {
+        auto client = clients.find(it->second);
+        if (client != clients.end()) on_client_event(*client->second, events[i].events);
+      }
+    }
+  }
+}
+
+void Daemon::Impl::stop() {
+  const uint64_t one = 1;
+  // write() is async-signal-safe; the eventfd wakes epoll_wait.
+  [[maybe_unused]] ssize_t r = ::write(stop_fd, &one, sizeof(one));
+}
+
+void Daemon::Impl::accept_clients() {
+  for (;;) {
+    const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) log->warn("accept: {}", std::strerror(errno));
+      return;
+    }
+    auto c = std::make_unique<Client>();
+    c->id = next_client_id++;
+    c->fd = fd;
+    socklen_t len = sizeof(c->cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0)
+      log->warn("SO_PEERCRED: {}", std::strerror(errno));
+    if (clients.size() >= options.config.max_clients) {
+      log->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})",
+                c->cred.pid, options.config.max_clients, options.config.source);
+      Writer w(Type::kError, 0);
+      w.u16(static_cast<uint16_t>(Errc::kLimit))
+          .str("shmbusd has max_clients = " + std::to_string(options.config.max_clients) +
+               " clients connected; raise max_clients in [limits] of " +
+               options.config.source);
+      const auto& frame = w.frame();
+      [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+      ::close(fd);
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd;
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      log->warn("epoll_ctl: {}", std::strerror(errno));
+      ::close(fd);
+      continue;
+    }
+    client_by_fd[fd] = c->id;
+    directory->clients.fetch_add(1, std::memory_order_relaxed);
+    clients.emplace(c->id, std::move(c));
+  }
+}
+
+void Daemon::Impl::on_client_event(Client& c, uint32_t events) {
+  const uint64_t id = c.id;
+  if (events & EPOLLOUT) flush(c);
+  if (!clients.count(id)) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(c);
+}
+
+void Daemon::Impl::read_from(Client& c) {
+  const uint64_t id = c.id;
+  std::byte buf[64 * 1024];
+  for (;;) {
+    const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
+    if (n == 0) {
+      close_client(id, "disconnected");
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      close_client(id, std::strerror(errno));
+      return;
+    }
+    try {
+      c.in.feed(std::span<const std::byte>(buf, static_cast<size_t>(n)));
+      std::span<const std::byte> body;
+      while (c.in.next(body)) {
+        dispatch(c, Frame::parse(body));
+        if (!clients.count(id)) return;
+        if (barrier_due) {
+          // Reader slots linked to rings with publishers: make the links visible to them
+          // before the subscriber, told by our reply, relies on them (ring.hpp).
+          process_wide_barrier();
+          barrier_due = false;
+        }
+      }
+    } catch (const ProtocolError& e) {
+      log->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection",
+                id, c.cred.pid, c.name, e.what());
+      close_client(id, "protocol error");
+      return;
+    }
+  }
+}
+
+void Daemon::Impl::send(Client& c, Writer& w) {
+  const auto& frame = w.frame();
+  c.out.insert(c.out.end(), frame.begin(), frame.end());
+  if (c.out.size() > kMaxPendingOutput) {
+    log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it",
+              c.id, c.cred.pid, c.name, human_bytes(c.out.size()));
+    close_client(c.id, "not reading");
+    return;
+  }
+  flush(c);
+}
+
+void Daemon::Impl::flush(Client& c) {
+  size_t sent = 0;
+  while (sent < c.out.size()) {
+    const ssize_t n = ::send(c.fd, c.out.data() + sent, c.out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      c.out.clear();  // the peer is gone; EPOLLIN/HUP will close it
+      return;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
+  if (sent > 0 && c.doorbell != nullptr) {
+    // Tell a subscriber that control messages wait on its socket. Rung after the bytes are
+    // in the socket, not when they are queued: a socket buffer fills after a few hundred
+    // events, and a bell rung for bytes still queued here would be taken too early.
+    full_fence();
+    doorbell::ring_doorbell(c.doorbell, kControlBit);
+  }
+  const bool want_write = !c.out.empty();
+  if (want_write != c.want_write) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u);
+    ev.data.fd = c.fd;
+    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c.fd, &ev);
+    c.want_write = want_write;
+  }
+}
+
+void Daemon::Impl::close_client(uint64_t id, const char* reason) {
+  auto it = clients.find(id);
+  if (it == clients.end()) return;
+  std::unique_ptr<Client> owned = std::move(it->second);
+  clients.erase(it);
+  Client& c = *owned;
+  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c.fd, nullptr);
+  client_by_fd.erase(c.fd);
+  ::close(c.fd);
+  directory->clients.fetch_sub(1, std::memory_order_relaxed);
+  release_subscriptions(c);
+
+  std::vector<uint32_t> held;
+  for (auto& [channel_id, handles] : c.open_channels) held.push_back(channel_id);
+  const bool crashed = !c.said_bye && !held.empty();
+  if (crashed) {
+    // Frames it left half-written must be padded over, but only once the process has
+    // exited: a live process might still be writing them.
+    const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
+    if (pidfd >= 0) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = static_cast<int>(pidfd);
+      epoll_ctl(epoll_fd, EPOLL_CTL_ADD, static_cast<int>(pidfd), &ev);
+      dead_publishers[static_cast<int>(pidfd)] =
+          DeadPublisher{static_cast<int>(pidfd), c.cred.pid, c.publisher_id, held};
+      log->info("client {} (pid {}, '{}') {} without goodbye while publishing on {} channel(s); "
+                "repairing its frames when the process exits",
+                id, c.cred.pid, c.name, reason, held.size());
+      return;  // holds and publisher id stay until the repair
+    }
+    repair_publisher(c.publisher_id, held);
+  } else {
+    log->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
+  }
+  for (auto& [channel_id, handles] : c.open_channels)
+    if (channel_id < channels.size() && channels[channel_id])
+      channels[channel_id]->publisher_holds -= handles;
+  if (c.publisher_id != 0) free_publisher_ids.push_back(c.publisher_id);
+}
+
+void Daemon::Impl::on_publisher_exit(int pidfd) {
+  auto it = dead_publishers.find(pidfd);
+  DeadPublisher dead = std::move(it->second);
+  dead_publishers.erase(it);
+  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, pidfd, nullptr);
+  ::close(pidfd);
+  repair_publisher(dead.publisher_id, dead.channels);
+  for (uint32_t channel_id : dead.channels)
+    if (channel_id < channels.size() && channels[channel_id])
+      --channels[channel_id]->publisher_holds;
+  free_publisher_ids.push_back(dead.publisher_id);
+}
+
+void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& held) {
+  uint32_t repaired = 0;
+  for (uint32_t channel_id : held) {
+    if (channel_id >= channels.size() || !channels[channel_id]) continue;
+    repaired += repair_dead_publisher(channels[channel_id]->ring, publisher_id, &arena_table);
+  }
+  if (repaired > 0)
+    log->warn("padded over {} frame(s) a crashed publisher (id {}) left unfinished; subscribers "
+              "count them as lost",
+              repaired, publisher_id);
+}
+
+// ---- requests -----------------------------------------------------------------------------
+
+void Daemon::Impl::reply_error(Client& c, uint32_t request, Errc code,
+                               const std::string& message) {
+  Writer w(Type::kError, request);
+  w.u16(static_cast<uint16_t>(code)).str(message.substr(0, kMaxErrorBytes));
+  send(c, w);
+}
+
+void Daemon::Impl::dispatch(Client& c, const Frame& f) {
+  if (!c.greeted && f.type != Type::kHello)
+    throw ProtocolError(std::string("first message must be HELLO, got ") + type_name(f.type));
+  try {
+    switch (f.type) {
+      case Type::kHello: return on_hello(c, f);
+      case Type::kOpenChannel: return on_open_channel(c, f);
+      case Type::kCloseChannel: return on_close_channel(c, f);
+      case Type::kSubscribe: return on_subscribe(c, f);
+      case Type::kPsubscribe: return on_psubscribe(c, f);
+      case Type::kUnsubscribe: return on_unsubscribe(c, f, false);
+      case Type::kPunsubscribe: return on_unsubscribe(c, f, true);
+      case Type::kPing: {
+        Parser p(f.fields);
+        p.end();
+        Writer w(Type::kPong, f.request);
+        w.u64(unix_now_ns());
+        return send(c, w);
+      }
+      case Type::kBye: {
+        Parser p(f.fields);
+        p.end();
+        c.said_bye = true;
+        Writer w(Type::kOk, f.request);
+        return send(c, w);
+      }
+      default:
+        throw ProtocolError(std::string("unexpected message type ") +
+                            std::to_string(static_cast<unsigned>(f.type)) + " (" +
+                            type_name(f.type) + ") from a client");
+    }
+  } catch (const Error& e) {
+    reply_error(c, f.request, e.code(), e.what());
+  }
+}
+
+void Daemon::Impl::on_hello(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const uint32_t magic = p.u32();
+  const uint16_t min_version = p.u16();
+  const uint16_t max_version = p.u16();
+  const std::string name(p.str(kMaxClientNameBytes, "client name"));
+  const bool wants_doorbell = p.u8() != 0;
+  p.end();
+  if (magic != kProtocolMagic) throw ProtocolError("HELLO without the shmbus magic");
+  if (c.greeted) throw ProtocolError("second HELLO on one connection");
+  if (kProtocolVersion < min_version || kProtocolVersion > max_version) {
+    reply_error(c, f.request, Errc::kProtocol,
+                "client speaks protocol versions " + std::to_string(min_version) + ".." +
+                    std::to_string(max_version) + ", this shmbusd speaks " +
+                    std::to_string(kProtocolVersion) + "; use matching libshmbus and shmbusd");
+    return;
+  }
+  if (free_publisher_ids.empty() && next_publisher_id > 0xffff)
+    refuse(Errc::kLimit, "all 65535 publisher ids are in use; close idle connections");
+  c.greeted = true;
+  c.name = name;
+  if (!free_publisher_ids.empty()) {
+    c.publisher_id = free_publisher_ids.back();
+    free_publisher_ids.pop_back();
+  } else {
+    c.publisher_id = static_cast<uint16_t>(next_publisher_id++);
+  }
+  if (wants_doorbell) {
+    Arena::Block block;
+    if (!idle_doorbells.empty()) {
+      block = idle_doorbells.back();
+      idle_doorbells.pop_back();
+      std::memset(arenas[0]->base() + block.offset, 0, block.bytes);
+    } else {
+      if (reserved_bytes + doorbell_bytes > options.config.max_shared_memory)
+        refuse(Errc::kLimit, "shared memory limit reached (max_shared_memory = " +
+                                 human_bytes(options.config.max_shared_memory) + " in [limits] of " +
+                                 options.config.source + "); raise it or reclaim channels");
+      try {
+        block = arenas[0]->allocate(doorbell_bytes);
+      } catch (const std::system_error& e) {
+        refuse(Errc::kLimit, std::string("no room for a subscription's doorbell: ") + e.what());
+      }
+      reserved_bytes += block.bytes;
+    }
+    c.doorbell_block = block;
+    c.doorbell_bits = options.config.max_subscriptions_per_client + 1;
+    c.doorbell = doorbell::format(arenas[0]->base() + block.offset, c.doorbell_bits);
+  }
+  log->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid,
+             c.cred.uid, c.name, c.publisher_id);
+  Writer w(Type::kWelcome, f.request);
+  w.u16(kProtocolVersion)
+      .u16(c.publisher_id)
+      .u64(c.id)
+      .str(endpoint.bus)
+      .u64(directory_offset)
+      .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
+      .u32(c.doorbell_bits);
+  send(c, w);
+}
+
+ChannelState* Daemon::Impl::find(std::string_view name) {
+  auto it = channel_ids.find(std::string(name));
+  return it == channel_ids.end() ? nullptr : channels[it->second].get();
+}
+
+std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t bytes,
+                                                                    std::string_view name) {
+  const Config& cfg = options.config;
+  if (reserved_bytes + bytes > cfg.max_shared_memory)
+    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": its ring needs " +
+                             human_bytes(bytes) + " and the bus has reserved " +
+                             human_bytes(reserved_bytes) + " of max_shared_memory = " +
+                             human_bytes(cfg.max_shared_memory) +
+                             "; raise max_shared_memory in [limits] of " + cfg.source +
+                             ", or give such channels smaller rings with a [[channel]] rule");
+  if (bytes + layout::kPageSize > cfg.arena_bytes)
+    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": its ring of " +
+                             human_bytes(bytes) + " does not fit in an arena of arena_bytes = " +
+                             human_bytes(cfg.arena_bytes) + "; raise arena_bytes in [bus] of " +
+                             cfg.source);
+  auto take = [&](uint32_t id) -> std::optional<Arena::Block> {
+    if (arenas[id]->bytes_free() < bytes) return std::nullopt;
+    try {
+      return arenas[id]->allocate(bytes);
+    } catch (const std::system_error& e) {
+      if (e.code().value() == ENOSPC && arenas[id]->bytes_free() >= bytes &&
+          std::string(e.what()).find("/dev/shm") != std::string::npos)
+        refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
+      return std::nullopt;  // fragmented: try the next arena
+    }
+  };
+  for (uint32_t id = 1; id < arenas.size(); ++id)
+    if (auto block = take(id)) {
+      reserved_bytes += block->bytes;
+      return {id, *block};
+    }
+  if (arenas.size() > 255)
+    refuse(Errc::kLimit, "all 255 ring arenas are full; raise arena_bytes in [bus] of " +
+                             cfg.source);
+  const auto id = static_cast<uint32_t>(arenas.size());
+  try {
+    arenas.push_back(std::make_unique<Arena>(
+        Arena::create(arena_shm_name(endpoint.bus, id), cfg.arena_bytes, id)));
+  } catch (const std::exception& e) {
+    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
+  }
+  arena_table.add(*arenas.back());
+  log->info("created arena {} ({}) for more channels", arenas.back()->name(),
+            human_bytes(cfg.arena_bytes));
+  auto block = take(id);
+  if (!block) refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": no room");
+  reserved_bytes += block->bytes;
+  return {id, *block};
+}
+
+ChannelState& Daemon::Impl::find_or_create(std::string_view name,
+                                           const ChannelSettings* requested, bool* created) {
+  *created = false;
+  if (ChannelState* existing = find(name)) return *existing;
+  validate_channel_name(name);
+  const Config& cfg = options.config;
+  if (live_channels >= cfg.max_channels)
+    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": the bus has " +
+                             std::to_string(live_channels) + " channels, max_channels = " +
+                             std::to_string(cfg.max_channels) + " in [limits] of " + cfg.source +
+                             "; raise it, or lower idle_ttl_seconds so idle ones go sooner");
+  const ChannelSettings settings = requested ? *requested : cfg.settings_for(name);
+  RingConfig rc;
+  rc.capacity = settings.ring_bytes;
+  rc.max_payload = settings.max_message_bytes;
+  rc.back_pressure = settings.back_pressure;
+  rc.reader_capacity = settings.max_subscribers;
+  const uint64_t bytes = RingRef::block_bytes(rc);
+
+  uint32_t id;
+  if (!free_channel_ids.empty()) {
+    id = free_channel_ids.back();
+    free_channel_ids.pop_back();
+  } else {
+    id = static_cast<uint32_t>(channels.size());
+    if (id >= cfg.max_channels)
+      refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " +
+                               std::to_string(reclaiming.size()) +
+                               " reclaimed channels still wait for subscribers to let go, and "
+                               "max_channels = " + std::to_string(cfg.max_channels) +
+                               " in [limits] of " + cfg.source + " is reached");
+    channels.emplace_back();
+  }
+  rc.channel_id = id;
+  std::pair<uint32_t, Arena::Block> placed;
+  try {
+    placed = allocate_ring_block(bytes, name);
+  } catch (...) {
+    free_channel_ids.push_back(id);
+    throw;
+  }
+  auto ch = std::make_unique<ChannelState>();
+  ch->id = id;
+  ch->name = std::string(name);
+  ch->arena_id = placed.first;
+  ch->block = placed.second;
+  ch->settings = settings;
+  std::byte* base = arenas[ch->arena_id]->base() + ch->block.offset;
+  // The name goes in before format() publishes the ring's magic, so whoever sees the ring
+  // sees its name.
+  auto* ring_name = reinterpret_cast<layout::RingName*>(base + layout::kRingNameOffset);
+  ring_name->length = static_cast<uint32_t>(name.size());
+  std::memcpy(ring_name->bytes, name.data(), name.size());
+  try {
+    ch->ring = RingRef::format(base, rc);
+  } catch (const std::invalid_argument& e) {
+    arenas[ch->arena_id]->release(ch->block);
+    reserved_bytes -= ch->block.bytes;
+    free_channel_ids.push_back(id);
+    refuse(Errc::kInvalidArgument, "cannot create channel " + printable(name) + ": " + e.what());
+  }
+  ch->last_active = Clock::now();
+  directory_entries[id].store(ShmRef::make(ch->arena_id, ch->block.offset, 0),
+                              std::memory_order_release);
+  if (directory->high_water.load(std::memory_order_relaxed) < id + 1)
+    directory->high_water.store(id + 1, std::memory_order_release);
+  directory->generation.fetch_add(1, std::memory_order_release);
+  channel_ids.emplace(ch->name, id);
+  channels[id] = std::move(ch);
+  ++live_channels;
+  *created = true;
+  ChannelState& result = *channels[id];
+  log->debug("channel {} created (id {}, {}, rule '{}')", printable(name), id,
+             describe_settings(settings), settings.rule);
+  match_new_channel(result);
+  return result;
+}
+
+void Daemon::Impl::match_new_channel(ChannelState& ch) {
+  // Patterns are resolved here, once per channel, never per message. The slots are
+  // registered at position 0 before any publisher learns where the ring is, so a pattern
+  // subscriber cannot miss the channel's first message.
+  for (auto& [pattern, subscribers] : pattern_index) {
+    if (!glob_match(pattern, ch.name)) continue;
+    for (uint64_t client_id : subscribers) {
+      auto it = clients.find(client_id);
+      if (it == clients.end()) continue;
+      Client& c = *it->second;
+      bool added = false;
+      uint64_t start_sequence = 0;
+      try {
+        Attachment& a = attach(c, ch, 0, &start_sequence, &added);
+        ++a.pattern_matches;
+        set_receivers(ch, +1);
+        if (added) {
+          Writer w(Type::kAttach, 0);
+          write_attachment(w, ch, a, 0, start_sequence);
+          send(c, w);
+        }
+      } catch (const Error& e) {
+        log->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}",
+                  c.id, c.cred.pid, c.name, printable(ch.name), e.what());
+      }
+    }
+  }
+}
+
+uint32_t Daemon::Impl::allocate_bit(Client& c, const ChannelState& ch) {
+  if (!c.free_bits.empty()) {
+    const uint32_t bit = c.free_bits.back();
+    c.free_bits.pop_back();
+    return bit;
+  }
+  if (c.next_bit >= c.doorbell_bits)
+    refuse(Errc::kLimit, "cannot receive channel " + printable(ch.name) +
+                             ": this subscription already reads " +
+                             std::to_string(c.doorbell_bits - 1) +
+                             " channels (max_subscriptions_per_client in [limits] of " +
+                             options.config.source + "); raise it");
+  return c.next_bit++;
+}
+
+Attachment& Daemon::Impl::attach(Client& c, ChannelState& ch, uint64_t start,
+                                 uint64_t* start_sequence, bool* added) {
+  *added = false;
+  if (auto it = c.attached.find(ch.id); it != c.attached.end()) return it->second;
+  if (c.doorbell == nullptr)
+    throw ProtocolError("subscribe on a connection that asked for no doorbell in HELLO");
+  const uint32_t bit = allocate_bit(c, ch);
+  SlotClaim claim;
+  claim.owner = c.id;
+  claim.pid = c.cred.pid;
+  claim.gating = ch.ring.back_pressure();
+  claim.doorbell_ref = ShmRef::make(0, c.doorbell_block->offset, bit);
+  // A fresh ring starts at 0 with sequence 0; otherwise the caller chose the position and
+  // the claim word gives the sequence that goes with the latest position.
+  const layout::ClaimWord now = ch.ring.load_claim();
+  claim.position = start == kAtLatest ? now.position : start;
+  *start_sequence = start == kAtLatest ? now.sequence : 0;
+  const int32_t slot = claim_reader_slot(ch.ring, claim);
+  if (slot < 0) {
+    c.free_bits.push_back(bit);
+    refuse(Errc::kLimit,
+           "channel " + printable(ch.name) + " already has " +
+               std::to_string(ch.settings.max_subscribers) +
+               " subscribers (max_subscribers of rule '" + ch.settings.rule + "' in " +
+               options.config.source + "); raise max_subscribers in [defaults] or a [[channel]] "
+               "rule for it");
+  }
+  if (ch.publisher_holds > 0 || now.sequence > 0) barrier_due = true;
+  ch.attached.insert(c.id);
+  Attachment& a = c.attached[ch.id];
+  a.slot = static_cast<uint32_t>(slot);
+  a.bit = bit;
+  *added = true;
+  return a;
+}
+
+void Daemon::Impl::write_attachment(Writer& w, const ChannelState& ch, const Attachment& a,
+                                    uint64_t start_position, uint64_t start_sequence) {
+  protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
+                       ch.name,
+                       a.slot,
+                       a.bit,
+                       start_position,
+                       start_sequence}
+      .write(w);
+}
+
+void Daemon::Impl::set_receivers(ChannelState& ch, int32_t delta) {
+  ch.receivers = static_cast<uint32_t>(static_cast<int64_t>(ch.receivers) + delta);
+  ch.ring.header()->receivers.store(ch.receivers, std::memory_order_relaxed);
+  ch.ring.header()->channel_subscribers.store(ch.channel_subscribers, std::memory_order_relaxed);
+}
+
+void Daemon::Impl::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
+  // Forget slots the client has freed already, so a long-lived subscription that churns
+  // does not grow this list without bound.
+  if (c.returned_slots.size() >= 256) {
+    std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
+      const ChannelState* owner = r.first < channels.size() ? channels[r.first].get() : nullptr;
+      if (owner == nullptr) return false;  // reclaiming: keep until the client dies or frees
+      const layout::ReaderSlot* s = owner->ring.slot(r.second);
+      return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
+             s->owner.load(std::memory_order_relaxed) != c.id;
+    });
+  }
+  c.returned_slots.emplace_back(ch.id, slot);
+}
+
+bool Daemon::Impl::detach_if_unneeded(Client& c, ChannelState& ch) {
+  auto it = c.attached.find(ch.id);
+  if (it == c.attached.end() || it->second.needed()) return false;
+  return_slot(c, ch, it->second.slot);
+  c.free_bits.push_back(it->second.bit);
+  c.attached.erase(it);
+  ch.attached.erase(c.id);
+  return true;
+}
+
+void Daemon::Impl::check_subscription_limit(const Client& c, size_t adding, const char* kind) {
+  const uint32_t limit = options.config.max_subscriptions_per_client;
+  const size_t held = c.channels.size() + c.patterns.size();
+  if (held + adding > limit)
+    refuse(Errc::kLimit, "subscribing to " + std::to_string(adding) + " more " + kind +
+                             "(s) would exceed max_subscriptions_per_client = " +
+                             std::to_string(limit) + " (this subscription holds " +
+                             std::to_string(held) + "); raise it in [limits] of " +
+                             options.config.source);
+}
+
+void Daemon::Impl::on_open_channel(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::string name(p.str(kMaxChannelNameBytes, "channel name"));
+  const uint64_t ring_bytes = p.u64();
+  const uint32_t max_message = p.u32();
+  const uint8_t back_pressure = p.u8();  // 0: as configured, 1: off, 2: on
+  p.end();
+  validate_channel_name(name);
+  ChannelSettings wanted = options.config.settings_for(name);
+  const bool asked = ring_bytes != 0 || max_message != 0 || back_pressure != 0;
+  if (ring_bytes != 0) wanted.ring_bytes = ring_bytes;
+  if (max_message != 0) wanted.max_message_bytes = max_message;
+  if (back_pressure != 0) wanted.back_pressure = back_pressure == 2;
+  if (asked) wanted.rule = "requested by the client";
+  bool created = false;
+  ChannelState& ch = find_or_create(name, asked ? &wanted : nullptr, &created);
+  if (!created && asked) {
+    const RingRef& r = ch.ring;
+    const bool differs = (ring_bytes != 0 && ring_bytes != r.capacity()) ||
+                         (max_message != 0 && max_message != r.max_payload()) ||
+                         (back_pressure != 0 && (back_pressure == 2) != r.back_pressure());
+    if (differs)
+      refuse(Errc::kInvalidArgument,
+             "channel " + printable(name) + " exists with " + describe_settings(ch.settings) +
+                 ", not the " + describe_settings(wanted) +
+                 " asked for; open it without settings, or set them for all its users with a "
+                 "[[channel]] rule");
+  }
+  ++c.open_channels[ch.id];
+  ++ch.publisher_holds;
+  Writer w(Type::kChannelOpened, f.request);
+  RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes}.write(w);
+  w.str(ch.settings.rule);
+  send(c, w);
+}
+
+void Daemon::Impl::on_close_channel(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const uint32_t channel_id = p.u32();
+  p.end();
+  auto it = c.open_channels.find(channel_id);
+  if (it == c.open_channels.end())
+    refuse(Errc::kInvalidArgument, "channel id " + std::to_string(channel_id) +
+                                       " is not open on this connection");
+  if (--it->second == 0) c.open_channels.erase(it);
+  if (channels[channel_id]) {
+    ChannelState& ch = *channels[channel_id];
+    --ch.publisher_holds;
+    ch.last_active = Clock::now();
+  }
+  Writer w(Type::kOk, f.request);
+  send(c, w);
+}
+
+void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const auto start = static_cast<StartKind>(p.u8());
+  const uint64_t after_sequence = p.u64();
+  if (start > StartKind::kAfterSequence) throw ProtocolError("unknown start position");
+  const std::vector<std::string> names = read_names(p, kMaxChannelNameBytes, "channel name");
+  p.end();
+  (void)after_sequence;  // the client seeks; the slot only has to sit at or before it
+  for (const auto& name : names) validate_channel_name(name);
+  size_t adding = 0;
+  for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
+  check_subscription_limit(c, adding, "channel");
+
+  Writer w(Type::kSubscribed, f.request);
+  std::vector<std::pair<ChannelState*, Attachment*>> attached;
+  std::vector<std::pair<uint64_t, uint64_t>> starts;
+  std::string error;
+  Errc error_code = Errc::kLimit;
+  for (const auto& name : names) {
+    if (c.channels.count(name)) {
+      // Already held: report the slot again so the client's view is complete.
+      if (ChannelState* ch = find(name)) {
+        attached.emplace_back(ch, &c.attached[ch->id]);
+        starts.emplace_back(kKeepReading, 0);
+      }
+      continue;
+    }
+    try {
+      bool created = false;
+      ChannelState& ch = find_or_create(name, nullptr, &created);
+      // Earliest / after-sequence starts read history: the slot sits at the oldest frame
+      // so a back-pressure ring keeps what the client is about to read.
+      const uint64_t slot_start =
+          start == StartKind::kLatest ? kAtLatest : ch.ring.retire_frontier();
+      bool added = false;
+      uint64_t start_sequence = 0;
+      Attachment& a = attach(c, ch, slot_start, &start_sequence, &added);
+      a.by_name = true;
+      c.channels.insert(name);
+      ++ch.channel_subscribers;
+      set_receivers(ch, +1);
+      attached.emplace_back(&ch, &a);
+      starts.emplace_back(slot_start == kAtLatest
+                              ? ch.ring.slot(a.slot)->position.load(std::memory_order_relaxed)
+                              : slot_start,
+                          start_sequence);
+      if (!added) starts.back().first = kKeepReading;  // via a pattern: reading already
+    } catch (const Error& e) {
+      error = e.what();
+      error_code = e.code();
+      break;  // what succeeded stands; the client learns both
+    }
+  }
+  w.u32(static_cast<uint32_t>(attached.size()));
+  for (size_t i = 0; i < attached.size(); ++i)
+    write_attachment(w, *attached[i].first, *attached[i].second, starts[i].first,
+                     starts[i].second);
+  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
+  w.u16(error.empty() ? 0 : static_cast<uint16_t>(error_code)).str(error);
+  send(c, w);
+}
+
+void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::vector<std::string> patterns = read_names(p, kMaxPatternBytes, "pattern");
+  p.end();
+  for (const auto& pattern : patterns) validate_pattern(pattern);
+  size_t adding = 0;
+  for (const auto& pattern : patterns) adding += c.patterns.count(pattern) ? 0 : 1;
+  check_subscription_limit(c, adding, "pattern");
+  if (c.doorbell == nullptr)
+    throw ProtocolError("psubscribe on a connection that asked for no doorbell in HELLO");
+
+  std::vector<std::pair<ChannelState*, Attachment*>> attached;
+  std::vector<uint64_t> start_sequences;
+  std::string error;
+  Errc error_code = Errc::kLimit;
+  for (const auto& pattern : patterns) {
+    if (!c.patterns.insert(pattern).second) continue;
+    auto& subscribers = pattern_index[pattern];
+    subscribers.insert(c.id);
+    directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                              std::memory_order_relaxed);
+    // Existing channels that match start from their latest message (as in Redis, where a
+    // new pattern sees what is published from now on).
+    for (auto& ch : channels) {
+      if (!ch || !glob_match(pattern, ch->name)) continue;
+      try {
+        bool added = false;
+        uint64_t start_sequence = 0;
+        Attachment& a = attach(c, *ch, kAtLatest, &start_sequence, &added);
+        ++a.pattern_matches;
+        set_receivers(*ch, +1);
+        if (added) {
+          attached.emplace_back(ch.get(), &a);
+          start_sequences.push_back(start_sequence);
+        }
+      } catch (const Error& e) {
+        error = e.what();
+        error_code = e.code();
+      }
+    }
+  }
+  Writer w(Type::kSubscribed, f.request);
+  w.u32(static_cast<uint32_t>(attached.size()));
+  for (size_t i = 0; i < attached.size(); ++i) {
+    const Attachment& a = *attached[i].second;
+    write_attachment(w, *attached[i].first, a,
+                     attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
+                     start_sequences[i]);
+  }
+  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
+  w.u16(error.empty() ? 0 : static_cast<uint16_t>(error_code)).str(error);
+  send(c, w);
+}
+
+void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
+  Parser p(f.fields);
+  std::vector<std::string> names = read_names(
+      p, patterns ? kMaxPatternBytes : kMaxChannelNameBytes, patterns ? "pattern" : "channel name");
+  p.end();
+  if (names.empty()) {  // all, as a bare Redis UNSUBSCRIBE / PUNSUBSCRIBE
+    if (patterns)
+      names.assign(c.patterns.begin(), c.patterns.end());
+    else
+      names.assign(c.channels.begin(), c.channels.end());
+  }
+  std::vector<uint32_t> detached;
+  for (const auto& name : names) {
+    if (patterns) {
+      if (c.patterns.erase(name) == 0) continue;
+      auto it = pattern_index.find(name);
+      if (it != pattern_index.end()) {
+        it->second.erase(c.id);
+        if (it->second.empty()) pattern_index.erase(it);
+      }
+      std::vector<uint32_t> ids;
+      for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
+      for (uint32_t channel_id : ids) {
+        ChannelState& ch = *channels[channel_id];
+        if (!glob_match(name, ch.name)) continue;
+        --c.attached[channel_id].pattern_matches;
+        set_receivers(ch, -1);
+        if (detach_if_unneeded(c, ch)) detached.push_back(channel_id);
+      }
+    } else {
+      if (c.channels.erase(name) == 0) continue;
+      ChannelState* ch = find(name);
+      if (ch == nullptr) continue;
+      c.attached[ch->id].by_name = false;
+      --ch->channel_subscribers;
+      set_receivers(*ch, -1);
+      ch->last_active = Clock::now();
+      if (detach_if_unneeded(c, *ch)) detached.push_back(ch->id);
+    }
+  }
+  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                            std::memory_order_relaxed);
+  Writer w(Type::kUnsubscribed, f.request);
+  w.u32(static_cast<uint32_t>(detached.size()));
+  for (uint32_t id : detached) w.u32(id);
+  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
+  send(c, w);
+}
+
+void Daemon::Impl::release_subscriptions(Client& c) {
+  for (const auto& pattern : c.patterns) {
+    auto it = pattern_index.find(pattern);
+    if (it == pattern_index.end()) continue;
+    it->second.erase(c.id);
+    if (it->second.empty()) pattern_index.erase(it);
+  }
+  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                            std::memory_order_relaxed);
+  for (auto& [channel_id, a] : c.attached) {
+    ChannelState* ch = channel_id < channels.size() ? channels[channel_id].get() : nullptr;
+    if (ch == nullptr) continue;
+    release_reader_slot(ch->ring, a.slot, c.id);
+    if (a.by_name) --ch->channel_subscribers;
+    set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
+    ch->attached.erase(c.id);
+    ch->last_active = Clock::now();
+  }
+  auto find_any = [&](uint32_t channel_id) -> ChannelState* {
+    if (channel_id < channels.size() && channels[channel_id]) return channels[channel_id].get();
+    for (auto& r : reclaiming)
+      if (r->id == channel_id) return r.get();
+    return nullptr;
+  };
+  for (auto [channel_id, slot] : c.returned_slots)
+    if (ChannelState* ch = find_any(channel_id)) release_reader_slot(ch->ring, slot, c.id);
+  c.attached.clear();
+  c.returned_slots.clear();
+  c.channels.clear();
+  c.patterns.clear();
+  if (c.doorbell_block) {
+    // A publisher may still hold this doorbell's address from a link it read just before we
+    // cleared it, and set a bit in it later. Doorbell blocks are therefore only ever reused
+    // as doorbells, where a stray bit costs one spurious wake-up, never as ring memory.
+    idle_doorbells.push_back(*c.doorbell_block);
+    c.doorbell_block.reset();
+    c.doorbell = nullptr;
+  }
+}
+
+// ---- reclaiming idle channels -------------------------------------------------------------
+
+void Daemon::Impl::on_tick() {
+  const auto now = Clock::now();
+  const auto ttl = options.config.idle_ttl;
+  for (auto& owned : channels) {
+    if (!owned) continue;
+    ChannelState& ch = *owned;
+    const uint64_t published = ch.ring.published_relaxed();
+    if (published != ch.last_published || ch.publisher_holds > 0 || ch.channel_subscribers > 0) {
+      ch.last_published = published;
+      ch.last_active = now;
+      continue;
+    }
+    if (ttl.count() == 0 || now - ch.last_active < ttl) continue;
+    // Idle: nobody publishes or holds it by name. Pattern subscribers let go of it (they
+    // receive it again, from its first message, if it is ever created anew).
+    for (uint64_t client_id : std::vector<uint64_t>(ch.attached.begin(), ch.attached.end())) {
+      auto it = clients.find(client_id);
+      if (it == clients.end()) continue;
+      Client& c = *it->second;
+      auto a = c.attached.find(ch.id);
+      if (a == c.attached.end()) continue;
+      return_slot(c, ch, a->second.slot);
+      c.free_bits.push_back(a->second.bit);
+      c.attached.erase(a);
+      Writer w(Type::kDetach, 0);
+      w.u32(ch.id);
+      send(c, w);
+    }
+    ch.attached.clear();
+    directory_entries[ch.id].store(ShmRef::kNone, std::memory_order_release);
+    directory->generation.fetch_add(1, std::memory_order_release);
+    channel_ids.erase(ch.name);
+    --live_channels;
+    log->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
+    reclaiming.push_back(std::move(owned));
+  }
+  // Free rings whose readers have all let go (a reader still reading would see its bytes
+  // change under it).
+  for (auto it = reclaiming.begin(); it != reclaiming.end();) {
+    if (reader_slots_in_use((*it)->ring) == 0) {
+      free_channel(std::move(*it));
+      it = reclaiming.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Daemon::Impl::free_channel(std::unique_ptr<ChannelState> ch) {
+  arenas[ch->arena_id]->release(ch->block);
+  reserved_bytes -= ch->block.bytes;
+  free_channel_ids.push_back(ch->id);
+}
+
+// ---- Daemon -------------------------------------------------------------------------------
+
+Daemon::Daemon(DaemonOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Daemon::~Daemon() = default;
+void Daemon::run() { impl_->run(); }
+void Daemon::stop() { impl_->stop(); }
+const std::string& Daemon::bus() const { return impl_->endpoint.bus; }
+const std::string& Daemon::socket_path() const { return impl_->endpoint.socket_path; }
+
+}  // namespace shmbus::daemon

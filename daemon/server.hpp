@@ -1,0 +1,53 @@
+// shmbusd's core: the control socket, the channel registry, the shared-memory arenas and
+// client liveness. Built as a library so tests run a daemon in-process (Daemon::run on a
+// thread); daemon/main.cpp adds the command line, signals and logging sinks.
+//
+// Ownership: the daemon creates and alone allocates in every arena of its bus; clients map
+// them and write only what the ring protocol lets them (frames, their reader slots,
+// doorbell bits). Nothing the daemon relies on is protected by a lock in shared memory, so
+// a client can die at any instruction.
+//
+// Thread safety: run() runs the whole daemon on the calling thread. stop() may be called
+// from any thread or a signal handler. Everything else is private to the run() thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <spdlog/logger.h>
+
+#include "config.hpp"
+
+namespace shmbus::daemon {
+
+struct DaemonOptions {
+  std::string bus;          // empty: $SHMBUS_BUS or "default"
+  std::string socket_path;  // empty: $SHMBUS_SOCKET or /run/shmbus/<bus>.sock
+  Config config;
+  std::shared_ptr<spdlog::logger> logger;  // null: spdlog's default logger
+};
+
+class Daemon {
+ public:
+  // Takes the bus (one daemon per bus: a lock in /dev/shm), cleans what a previous instance
+  // left, creates the shared memory and listens. Throws std::runtime_error with a message
+  // fit for the user (e.g. another daemon already runs this bus) on failure.
+  explicit Daemon(DaemonOptions options);
+  ~Daemon();  // removes the bus's shared memory, socket and lock
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Serves until stop(). Throws only on a broken event loop (not on client errors).
+  void run();
+  // Asks run() to return. Async-signal-safe.
+  void stop();
+
+  const std::string& bus() const;
+  const std::string& socket_path() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,328 @@
+// Bus, Channel and Loan: the publishing side of libshmbus.
+#include <algorithm>
+#include <chrono>
+#include <unordered_map>
+
+#include "client.hpp"
+#include "directory.hpp"
+#include "glob.hpp"
+#include "naming.hpp"
+#include "shmbus/bus.hpp"
+
+namespace shmbus {
+
+using namespace protocol;
+
+namespace {
+
+// Channels a Bus keeps open for publish(name, ...). Past this, the least recently used
+// quarter is closed so that the daemon can reclaim channels a publisher no longer uses.
+constexpr size_t kMaxCachedChannels = 4096;
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// One channel opened for publishing through the daemon.
+struct OpenChannel {
+  OpenChannel(std::shared_ptr<ClientCore> core_in, std::string name_in, uint32_t id_in,
+              RingRef ring_in, std::string rule_in)
+      : core(std::move(core_in)),
+        name(std::move(name_in)),
+        id(id_in),
+        ring(ring_in),
+        rule(std::move(rule_in)),
+        publisher(ring, core->connection.welcome().publisher_id, &core->memory.table()) {}
+  ~OpenChannel() {
+    try {
+      std::lock_guard<std::mutex> lock(core->mutex);
+      Writer close = core->connection.next_request(Type::kCloseChannel);
+      close.u32(id);
+      core->connection.request(close);
+    } catch (const Error&) {
+      // The daemon is gone: there is nothing left to tell it.
+    }
+  }
+  OpenChannel(const OpenChannel&) = delete;
+  OpenChannel& operator=(const OpenChannel&) = delete;
+
+  std::shared_ptr<ClientCore> core;
+  std::string name;
+  uint32_t id;
+  RingRef ring;
+  std::string rule;  // which config rule sized the ring, for error messages
+  Publisher publisher;
+  uint64_t last_use = 0;
+};
+
+std::unique_ptr<OpenChannel> open_channel(const std::shared_ptr<ClientCore>& core,
+                                          std::string_view name, const ChannelOptions& options) {
+  validate_channel_name(name);
+  std::lock_guard<std::mutex> lock(core->mutex);
+  Writer open = core->connection.next_request(Type::kOpenChannel);
+  open.str(name)
+      .u64(options.ring_bytes)
+      .u32(options.max_message_bytes)
+      .u8(options.back_pressure ? (*options.back_pressure ? 2 : 1) : 0);
+  const OwnedFrame reply = core->connection.request(open);
+  Parser p = reply.parser();
+  const RingLocation location = RingLocation::read(p);
+  std::string rule(p.str(kMaxPatternBytes + 64, "rule"));
+  p.end();
+  RingRef ring = core->memory.ring(location);
+  return std::make_unique<OpenChannel>(core, std::string(name), location.channel_id, ring,
+                                       std::move(rule));
+}
+
+PublishStatus to_publish_status(Status s) {
+  switch (s) {
+    case Status::kOk: return PublishStatus::kOk;
+    case Status::kTooLarge: return PublishStatus::kTooLarge;
+    case Status::kWouldBlock: return PublishStatus::kWouldBlock;
+    default: return PublishStatus::kTimedOut;
+  }
+}
+
+PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
+                         std::chrono::nanoseconds wait) {
+  PublishMeta meta;
+  meta.publish_unix_ns = unix_time_ns();
+  const Status s = ch.publisher.publish(payload, meta, wait);
+  PublishResult result;
+  result.status = to_publish_status(s);
+  if (s == Status::kOk)
+    result.receivers = ch.ring.header()->receivers.load(std::memory_order_relaxed);
+  return result;
+}
+
+[[noreturn]] void throw_publish_error(const OpenChannel& ch, PublishStatus status,
+                                      size_t bytes, std::chrono::nanoseconds wait) {
+  const std::string where = " in rule '" + ch.rule + "'";
+  switch (status) {
+    case PublishStatus::kTooLarge:
+      throw Error(Errc::kTooLarge,
+                  "message of " + std::to_string(bytes) + " bytes exceeds channel " +
+                      printable(ch.name) + " limit of " + std::to_string(ch.ring.max_payload()) +
+                      " bytes (ring " + human_bytes(ch.ring.capacity()) +
+                      "); raise it with a [[channel]] rule in shmbusd.toml (max_message_bytes, "
+                      "ring_bytes)");
+    case PublishStatus::kWouldBlock:
+    case PublishStatus::kTimedOut:
+      throw Error(status == PublishStatus::kWouldBlock ? Errc::kWouldBlock : Errc::kTimedOut,
+                  "back-pressure channel " + printable(ch.name) + " stayed full for " +
+                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(wait)
+                                         .count()) +
+                      " ms: its slowest subscriber is a ring (" + human_bytes(ch.ring.capacity()) +
+                      ") behind; speed it up, enlarge ring_bytes" + where +
+                      ", or turn back_pressure off");
+    case PublishStatus::kOk: break;
+  }
+  throw std::logic_error("publish error without an error");
+}
+
+}  // namespace
+
+// ---- Loan ---------------------------------------------------------------------------------
+
+struct Loan::State {
+  OpenChannel* channel;
+  RingLoan loan;
+};
+
+Loan::Loan(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Loan::Loan(Loan&&) noexcept = default;
+Loan& Loan::operator=(Loan&& other) noexcept {
+  if (this != &other) {
+    abandon();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+Loan::~Loan() { abandon(); }
+
+std::span<std::byte> Loan::data() const {
+  if (!state_ || !state_->loan.active) return {};
+  return {state_->loan.payload, state_->loan.capacity};
+}
+
+uint32_t Loan::commit(std::size_t bytes) {
+  if (!state_ || !state_->loan.active)
+    throw Error(Errc::kInvalidArgument, "commit of a loan that was committed or abandoned");
+  if (bytes > state_->loan.capacity)
+    throw Error(Errc::kInvalidArgument, "commit of " + std::to_string(bytes) +
+                                            " bytes on a loan of " +
+                                            std::to_string(state_->loan.capacity));
+  PublishMeta meta;
+  meta.publish_unix_ns = unix_time_ns();
+  state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
+  const uint32_t receivers =
+      state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
+  state_.reset();
+  return receivers;
+}
+
+void Loan::abandon() {
+  if (state_ && state_->loan.active) state_->channel->publisher.abandon(state_->loan);
+  state_.reset();
+}
+
+// ---- Channel ------------------------------------------------------------------------------
+
+struct Channel::State {
+  std::unique_ptr<OpenChannel> open;
+  ChannelOptions options;
+};
+
+Channel::Channel(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+const std::string& Channel::name() const { return state_->open->name; }
+std::size_t Channel::max_message_bytes() const { return state_->open->ring.max_payload(); }
+std::size_t Channel::ring_bytes() const { return state_->open->ring.capacity(); }
+bool Channel::back_pressure() const { return state_->open->ring.back_pressure(); }
+
+PublishResult Channel::try_publish(std::span<const std::byte> payload,
+                                   std::chrono::nanoseconds wait) {
+  return publish_on(*state_->open, payload, wait);
+}
+
+uint32_t Channel::publish(std::span<const std::byte> payload) {
+  const PublishResult r = publish_on(*state_->open, payload, state_->options.publish_wait);
+  if (!r.ok()) throw_publish_error(*state_->open, r.status, payload.size(),
+                                   state_->options.publish_wait);
+  return r.receivers;
+}
+
+uint32_t Channel::publish(std::string_view text) {
+  return publish(std::as_bytes(std::span<const char>(text.data(), text.size())));
+}
+
+Loan Channel::loan(std::size_t bytes) {
+  OpenChannel& ch = *state_->open;
+  auto state = std::make_unique<Loan::State>();
+  state->channel = &ch;
+  const Status s =
+      bytes > 0xffffffffu
+          ? Status::kTooLarge
+          : ch.publisher.claim(static_cast<uint32_t>(bytes), state->loan,
+                               state_->options.publish_wait);
+  if (s != Status::kOk)
+    throw_publish_error(ch, to_publish_status(s), bytes, state_->options.publish_wait);
+  return Loan(std::move(state));
+}
+
+// ---- Bus ----------------------------------------------------------------------------------
+
+struct Bus::State {
+  std::shared_ptr<ClientCore> core;
+  std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>>
+      cache;
+  uint64_t uses = 0;
+
+  OpenChannel& cached(std::string_view name) {
+    auto it = cache.find(name);
+    if (it == cache.end()) {
+      if (cache.size() >= kMaxCachedChannels) evict();
+      auto open = open_channel(core, name, {});
+      it = cache.emplace(std::string(name), std::move(open)).first;
+    }
+    it->second->last_use = ++uses;
+    return *it->second;
+  }
+
+  void evict() {
+    std::vector<uint64_t> ages;
+    ages.reserve(cache.size());
+    for (auto& [name, open] : cache) ages.push_back(open->last_use);
+    auto quarter = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 4);
+    std::nth_element(ages.begin(), quarter, ages.end());
+    const uint64_t cutoff = *quarter;
+    std::erase_if(cache, [&](const auto& entry) { return entry.second->last_use <= cutoff; });
+  }
+};
+
+Bus::Bus(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Bus::Bus(Bus&&) noexcept = default;
+Bus& Bus::operator=(Bus&&) noexcept = default;
+Bus::~Bus() {
+  if (!state_) return;
+  state_->cache.clear();  // closes every channel
+  try {
+    std::lock_guard<std::mutex> lock(state_->core->mutex);
+    state_->core->connection.goodbye();
+  } catch (const Error&) {
+  }
+}
+
+Bus Bus::connect(const ConnectOptions& options) {
+  const Endpoint endpoint = resolve_endpoint(options);
+  auto state = std::make_unique<State>();
+  state->core = std::make_shared<ClientCore>(endpoint, false);
+  open_directory(state->core->memory);  // maps arena 0, where every doorbell lives
+  return Bus(std::move(state));
+}
+
+uint32_t Bus::publish(std::string_view channel, std::span<const std::byte> payload) {
+  OpenChannel& ch = state_->cached(channel);
+  constexpr auto kWait = std::chrono::seconds(5);
+  const PublishResult r = publish_on(ch, payload, kWait);
+  if (!r.ok()) throw_publish_error(ch, r.status, payload.size(), kWait);
+  return r.receivers;
+}
+
+uint32_t Bus::publish(std::string_view channel, std::string_view text) {
+  return publish(channel, std::as_bytes(std::span<const char>(text.data(), text.size())));
+}
+
+Channel Bus::channel(std::string_view name, const ChannelOptions& options) {
+  auto state = std::make_unique<Channel::State>();
+  state->open = open_channel(state_->core, name, options);
+  state->options = options;
+  return Channel(std::move(state));
+}
+
+std::vector<std::string> Bus::channels(std::string_view pattern) {
+  std::vector<std::string> names;
+  for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
+    // Redis lists channels with at least one subscriber (pattern subscribers do not count).
+    if (e.ring.header()->channel_subscribers.load(std::memory_order_relaxed) == 0) return;
+    if (pattern.empty() || glob_match(pattern, e.name)) names.emplace_back(e.name);
+  });
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<NumSub> Bus::numsub(std::span<const std::string> channels) {
+  std::unordered_map<std::string_view, uint64_t> found;
+  for (const auto& name : channels) found.emplace(name, 0);
+  for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
+    auto it = found.find(e.name);
+    if (it != found.end())
+      it->second = e.ring.header()->channel_subscribers.load(std::memory_order_relaxed);
+  });
+  std::vector<NumSub> result;
+  for (const auto& name : channels) result.push_back({name, found[name]});
+  return result;
+}
+
+uint64_t Bus::numpat() {
+  return open_directory(state_->core->memory)->patterns.load(std::memory_order_relaxed);
+}
+
+std::chrono::nanoseconds Bus::ping() {
+  std::lock_guard<std::mutex> lock(state_->core->mutex);
+  const auto start = std::chrono::steady_clock::now();
+  Writer ping = state_->core->connection.next_request(Type::kPing);
+  state_->core->connection.request(ping);
+  return std::chrono::steady_clock::now() - start;
+}
+
+const std::string& Bus::bus_name() const { return state_->core->connection.endpoint().bus; }
+const std::string& Bus::socket_path() const {
+  return state_->core->connection.endpoint().socket_path;
+}
+
+}  // namespace shmbus

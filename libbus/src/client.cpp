@@ -1,0 +1,242 @@
+#include "client.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "shmbus/error.hpp"
+
+namespace shmbus {
+
+using namespace protocol;
+
+namespace {
+
+// A daemon that does not answer a control request within this is treated as gone.
+constexpr int kReplyTimeoutMs = 30'000;
+
+}  // namespace
+
+std::string program_name() {
+  std::ifstream comm("/proc/self/comm");
+  std::string name;
+  std::getline(comm, name);
+  return name.empty() ? "libshmbus" : name;
+}
+
+uint64_t unix_time_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// ---- ControlConnection --------------------------------------------------------------------
+
+ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbell)
+    : endpoint_(endpoint) {
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw Error(Errc::kSystem, std::string("socket: ") + std::strerror(errno));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, endpoint_.socket_path.c_str(), endpoint_.socket_path.size() + 1);
+  int rc;
+  do {
+    rc = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    throw Error(Errc::kNoDaemon,
+                "no shmbusd answers on " + endpoint_.socket_path + " (" + std::strerror(err) +
+                    "); start one with 'shmbusd --bus " + endpoint_.bus +
+                    (endpoint_.socket_path.rfind(std::string(kDefaultRuntimeDir), 0) == 0
+                         ? std::string()
+                         : " --socket " + endpoint_.socket_path) +
+                    "', or point SHMBUS_SOCKET / SHMBUS_BUS at a running bus");
+  }
+  Writer hello = next_request(Type::kHello);
+  hello.u32(kProtocolMagic)
+      .u16(kProtocolVersion)
+      .u16(kProtocolVersion)
+      .str(program_name())
+      .u8(wants_doorbell ? 1 : 0);
+  const OwnedFrame reply = request(hello);
+  if (reply.type != Type::kWelcome)
+    throw Error(Errc::kProtocol, std::string("shmbusd answered HELLO with ") +
+                                     type_name(reply.type));
+  Parser p = reply.parser();
+  welcome_.version = p.u16();
+  welcome_.publisher_id = p.u16();
+  welcome_.client_id = p.u64();
+  welcome_.bus = std::string(p.str(256, "bus name"));
+  welcome_.directory_offset = p.u64();
+  welcome_.doorbell_offset = p.u64();
+  welcome_.doorbell_bits = p.u32();
+  p.end();
+  if (welcome_.bus != endpoint_.bus) endpoint_.bus = welcome_.bus;  // the socket decides
+}
+
+ControlConnection::~ControlConnection() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Writer ControlConnection::next_request(Type type) {
+  if (next_request_id_ == 0) next_request_id_ = 1;  // 0 marks events
+  return Writer(type, next_request_id_++);
+}
+
+void ControlConnection::throw_gone(const std::string& why) const {
+  throw Error(Errc::kDaemonGone, "shmbusd on " + endpoint_.socket_path + " " + why +
+                                     "; restart it, then reconnect (create a new Bus or "
+                                     "Subscription)");
+}
+
+void ControlConnection::send_all(const std::vector<std::byte>& frame) {
+  size_t sent = 0;
+  while (sent < frame.size()) {
+    const ssize_t n = ::send(fd_, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_gone(std::string("cannot be written to (") + std::strerror(errno) + ")");
+    }
+    sent += static_cast<size_t>(n);
+  }
+}
+
+bool ControlConnection::receive(bool wait, Type waiting_for) {
+  pollfd pfd{fd_, POLLIN, 0};
+  int ready;
+  do {
+    ready = ::poll(&pfd, 1, wait ? kReplyTimeoutMs : 0);
+  } while (ready < 0 && errno == EINTR);
+  if (ready == 0) {
+    if (wait)
+      throw_gone(std::string("did not answer ") + type_name(waiting_for) + " within " +
+                 std::to_string(kReplyTimeoutMs / 1000) + " s");
+    return false;
+  }
+  std::byte buf[64 * 1024];
+  ssize_t n;
+  do {
+    n = ::recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) throw_gone("closed the connection (stopped or restarted?)");
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+    throw_gone(std::string("connection failed (") + std::strerror(errno) + ")");
+  }
+  try {
+    in_.feed(std::span<const std::byte>(buf, static_cast<size_t>(n)));
+  } catch (const ProtocolError& e) {
+    throw Error(Errc::kProtocol, std::string("shmbusd sent a malformed message: ") + e.what());
+  }
+  return true;
+}
+
+OwnedFrame ControlConnection::request(Writer& request) {
+  const auto& frame = request.frame();
+  Parser header(std::span<const std::byte>(frame).subspan(4, 6));
+  const auto type = static_cast<Type>(header.u16());
+  const uint32_t id = header.u32();
+  send_all(frame);
+  for (;;) {
+    std::span<const std::byte> body;
+    try {
+      while (in_.next(body)) {
+        const Frame f = Frame::parse(body);
+        OwnedFrame owned{f.type, f.request, {f.fields.begin(), f.fields.end()}};
+        if (f.request == 0) {
+          events_.push_back(std::move(owned));
+          continue;
+        }
+        if (f.request != id)
+          throw Error(Errc::kProtocol, "shmbusd answered request " + std::to_string(f.request) +
+                                           " while " + std::to_string(id) + " was pending");
+        if (owned.type == Type::kError) {
+          Parser p = owned.parser();
+          const auto code = static_cast<Errc>(p.u16());
+          throw Error(code, std::string(p.str(kMaxErrorBytes, "error")));
+        }
+        return owned;
+      }
+    } catch (const ProtocolError& e) {
+      throw Error(Errc::kProtocol, std::string("shmbusd sent a malformed reply: ") + e.what());
+    }
+    receive(true, type);
+  }
+}
+
+void ControlConnection::poll_events() {
+  try {
+    while (receive(false, Type::kPing)) {
+    }
+    std::span<const std::byte> body;
+    while (in_.next(body)) {
+      const Frame f = Frame::parse(body);
+      if (f.request != 0)
+        throw Error(Errc::kProtocol, "unexpected reply " + std::to_string(f.request) +
+                                         " with no request pending");
+      events_.push_back(OwnedFrame{f.type, 0, {f.fields.begin(), f.fields.end()}});
+    }
+  } catch (const ProtocolError& e) {
+    throw Error(Errc::kProtocol, std::string("shmbusd sent a malformed event: ") + e.what());
+  }
+}
+
+void ControlConnection::goodbye() {
+  Writer bye = next_request(Type::kBye);
+  request(bye);
+}
+
+// ---- BusMemory ----------------------------------------------------------------------------
+
+BusMemory::BusMemory(std::string bus, Arena::Access access)
+    : bus_(std::move(bus)), access_(access), arenas_(256) {}
+
+std::byte* BusMemory::base(uint32_t arena_id) {
+  if (arena_id > 255) throw Error(Errc::kProtocol, "arena id out of range");
+  if (std::byte* mapped = table_.base(arena_id)) return mapped;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!arenas_[arena_id]) {
+    const std::string name = arena_shm_name(bus_, arena_id);
+    try {
+      arenas_[arena_id] = std::make_unique<Arena>(Arena::attach(name, access_));
+    } catch (const std::exception& e) {
+      throw Error(arena_id == 0 ? Errc::kNoDaemon : Errc::kSystem,
+                  "cannot map shared memory '/dev/shm/" + name + "' of bus '" + bus_ +
+                      "': " + e.what() + (arena_id == 0 ? "; is shmbusd running for this bus?"
+                                                        : ""));
+    }
+    table_.add(arena_id, arenas_[arena_id]->base());
+  }
+  return arenas_[arena_id]->base();
+}
+
+uint64_t BusMemory::size(uint32_t arena_id) {
+  base(arena_id);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arenas_[arena_id]->size();
+}
+
+RingRef BusMemory::ring(const RingLocation& location) {
+  std::byte* arena = base(location.arena_id);
+  const uint64_t arena_bytes = size(location.arena_id);
+  if (location.offset < layout::kPageSize || location.offset > arena_bytes ||
+      location.bytes > arena_bytes - location.offset)
+    throw Error(Errc::kProtocol, "ring location outside arena " +
+                                     std::to_string(location.arena_id));
+  try {
+    return RingRef::open(arena + location.offset, location.bytes);
+  } catch (const std::exception& e) {
+    throw Error(Errc::kProtocol, std::string("channel ring is not usable: ") + e.what());
+  }
+}
+
+}  // namespace shmbus

@@ -1,0 +1,530 @@
+// Subscription: many rings read through one doorbell, with Redis's delivery rules.
+//
+// How a message reaches next(): the daemon registered a reader slot in the channel's ring
+// linked to bit B of this subscription's doorbell (before replying to subscribe, or before
+// any publisher learned of a new channel matching a pattern). A publisher's commit sets B;
+// next() takes the set bits, reads those rings and queues each ring that had a message for
+// another look (round robin, so one busy channel cannot starve the rest). Bit 0 says that
+// control events (a new channel matches a pattern, a channel is reclaimed) wait on the
+// socket.
+//
+// Invariants
+//   I1 by_bit and bit_of describe the same readers; each reader holds the slot the daemon
+//      gave it until it is dropped (Reader's destructor frees it).
+//   I2 Events and replies are applied in the order the daemon sent them (request() stops
+//      reading at the reply), so a bit the daemon reuses is never held by two readers.
+//   I3 A ring is in `ready` at most once (RingReader::queued).
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <thread>
+#include <unordered_map>
+
+#include "client.hpp"
+#include "doorbell.hpp"
+#include "fences.hpp"
+#include "glob.hpp"
+#include "naming.hpp"
+#include "shmbus/subscription.hpp"
+
+namespace shmbus {
+
+using namespace protocol;
+
+namespace {
+
+constexpr uint32_t kControlBit = 0;
+
+struct RingReader {
+  uint32_t channel_id = 0;
+  uint32_t bit = 0;
+  std::string channel;
+  RingRef ring;
+  std::unique_ptr<Reader> reader;
+  bool by_name = false;
+  std::vector<std::string> patterns;  // the subscription's patterns that match `channel`
+  bool queued = false;
+  size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
+};
+
+Writer& write_names(Writer& w, std::span<const std::string> names) {
+  w.u32(static_cast<uint32_t>(names.size()));
+  for (const auto& name : names) w.str(name);
+  return w;
+}
+
+std::vector<std::string> to_strings(std::initializer_list<std::string_view> names) {
+  return std::vector<std::string>(names.begin(), names.end());
+}
+
+}  // namespace
+
+struct Subscription::State {
+  std::unique_ptr<ControlConnection> connection;
+  std::unique_ptr<BusMemory> memory;
+  layout::DoorbellHeader* doorbell = nullptr;
+  std::unique_ptr<Waiter> waiter;
+
+  std::unordered_map<uint32_t, RingReader> by_bit;
+  std::unordered_map<uint32_t, uint32_t> bit_of;  // channel id -> bit
+  std::vector<std::string> channels;              // subscribe order
+  std::vector<std::string> patterns;              // psubscribe order (pmessage order)
+  std::deque<uint32_t> ready;
+  bool control_pending = false;
+
+  // Deliveries fixed before a subscription change: messages published before the change
+  // keep the reasons they had then (a Redis server would have sent them already).
+  struct Settled {
+    std::string channel;
+    std::string pattern;
+    std::vector<std::byte> payload;
+    MessageInfo info;
+  };
+  std::deque<Settled> settled;
+  Settled settled_current;  // what next() last returned from `settled`
+
+  // The message being delivered (once per reason: channel, then each matching pattern).
+  std::vector<std::byte> payload;
+  MessageInfo info;
+  uint32_t current_bit = 0;
+  size_t next_delivery = 0;
+  size_t delivery_count = 0;
+  std::string current_channel;
+  std::string current_pattern;
+
+  // fd(): an eventfd a helper thread signals when the doorbell rings while armed.
+  int event_fd = -1;
+  std::thread notifier;
+  std::mutex notifier_mutex;
+  std::condition_variable notifier_cv;
+  bool notifier_armed = false;
+  std::atomic<bool> notifier_stop{false};
+
+  ~State() {
+    stop_notifier();
+    by_bit.clear();  // readers free their slots before the connection closes
+    if (connection) {
+      try {
+        connection->goodbye();
+      } catch (const Error&) {
+      }
+    }
+  }
+
+  void stop_notifier() {
+    if (!notifier.joinable()) return;
+    notifier_stop.store(true);
+    {
+      std::lock_guard<std::mutex> lock(notifier_mutex);
+      notifier_armed = true;
+    }
+    notifier_cv.notify_all();
+    full_fence();
+    doorbell::ring_doorbell(doorbell, kControlBit);  // wakes the futex wait
+    notifier.join();
+    ::close(event_fd);
+    event_fd = -1;
+  }
+
+  bool holds_channel(std::string_view name) const {
+    return std::find(channels.begin(), channels.end(), name) != channels.end();
+  }
+
+  void refresh_reasons(RingReader& rr) const {
+    rr.by_name = holds_channel(rr.channel);
+    rr.patterns.clear();
+    for (const auto& p : patterns)
+      if (glob_match(p, rr.channel)) rr.patterns.push_back(p);
+  }
+
+  void enqueue(uint32_t bit) {
+    auto it = by_bit.find(bit);
+    if (it == by_bit.end() || it->second.queued) return;
+    it->second.queued = true;
+    ready.push_back(bit);
+  }
+
+  void add_reader(const Attachment& a, StartAt start) {
+    if (auto known = bit_of.find(a.ring.channel_id); known != bit_of.end()) {
+      refresh_reasons(by_bit.at(known->second));
+      return;
+    }
+    if (a.bit == kControlBit || a.bit >= doorbell->bit_capacity || by_bit.count(a.bit))
+      throw Error(Errc::kProtocol, "shmbusd assigned doorbell bit " + std::to_string(a.bit) +
+                                       " that is invalid or taken");
+    RingReader rr;
+    rr.channel_id = a.ring.channel_id;
+    rr.bit = a.bit;
+    rr.channel = a.channel;
+    rr.ring = memory->ring(a.ring);
+    if (a.slot >= rr.ring.reader_capacity())
+      throw Error(Errc::kProtocol, "shmbusd assigned a reader slot out of range");
+    const bool from_slot = start.kind == StartAt::Kind::kLatest ||
+                           a.start_position == kKeepReading;
+    if (from_slot) {
+      rr.reader = std::make_unique<Reader>(rr.ring, Reader::Start::kLatest);
+      rr.reader->adopt_slot(a.slot, doorbell, a.bit, true, a.start_sequence);
+    } else {
+      rr.reader = std::make_unique<Reader>(
+          rr.ring,
+          start.kind == StartAt::Kind::kEarliest ? Reader::Start::kEarliest
+                                                 : Reader::Start::kAfterSequence,
+          start.sequence);
+      rr.reader->adopt_slot(a.slot, doorbell, a.bit, false, 0);
+    }
+    refresh_reasons(rr);
+    bit_of[rr.channel_id] = rr.bit;
+    const uint32_t bit = rr.bit;
+    by_bit.emplace(bit, std::move(rr));
+    enqueue(bit);  // messages may already wait (published between registration and now)
+  }
+
+  void drop_reader(uint32_t channel_id) {
+    auto it = bit_of.find(channel_id);
+    if (it == bit_of.end()) return;
+    const uint32_t bit = it->second;
+    bit_of.erase(it);
+    by_bit.erase(bit);  // the Reader frees its slot
+    std::erase(ready, bit);
+    if (current_bit == bit) next_delivery = delivery_count;  // drop the rest of its deliveries
+  }
+
+  // Applies queued control events (in the order they arrived).
+  void apply_events() {
+    auto& events = connection->events();
+    while (!events.empty()) {
+      OwnedFrame event = std::move(events.front());
+      events.pop_front();
+      Parser p = event.parser();
+      if (event.type == Type::kAttach) {
+        const Attachment a = Attachment::read(p);
+        p.end();
+        add_reader(a, StartAt::latest());
+      } else if (event.type == Type::kDetach) {
+        const uint32_t channel_id = p.u32();
+        p.end();
+        drop_reader(channel_id);
+      } else {
+        throw Error(Errc::kProtocol, std::string("unexpected event ") + type_name(event.type));
+      }
+    }
+  }
+
+  void poll_control() {
+    control_pending = false;
+    connection->poll_events();
+    apply_events();
+  }
+
+  // Sends a (un)subscribe request, applies the events that preceded the reply, then
+  // returns the reply (I2).
+  OwnedFrame request(Writer& w) {
+    OwnedFrame reply = connection->request(w);
+    apply_events();
+    return reply;
+  }
+
+  void apply_subscribed(const OwnedFrame& reply, StartAt start) {
+    Parser p = reply.parser();
+    const uint32_t n = p.count(kMaxNamesPerRequest * 4u, 40, "attachments");
+    std::vector<Attachment> attachments;
+    for (uint32_t i = 0; i < n; ++i) attachments.push_back(Attachment::read(p));
+    p.u32();  // subscription count (we keep our own)
+    const auto code = static_cast<Errc>(p.u16());
+    const std::string error(p.str(kMaxErrorBytes, "error"));
+    p.end();
+    for (const auto& a : attachments) add_reader(a, start);
+    if (!error.empty()) throw Error(code, error);
+  }
+
+  void apply_unsubscribed(const OwnedFrame& reply) {
+    Parser p = reply.parser();
+    const uint32_t n = p.count(kMaxNamesPerRequest * 4u, 4, "detached channels");
+    for (uint32_t i = 0; i < n; ++i) drop_reader(p.u32());
+    p.u32();
+    p.end();
+  }
+
+  // Moves everything already published on rings that `affected` selects (and the rest of
+  // the message being delivered) into `settled`, with today's reasons. Called just before a
+  // change adds reasons and just after the daemon confirmed one that removes them.
+  template <typename Affected>
+  void settle(Affected&& affected) {
+    auto current = by_bit.find(current_bit);
+    if (next_delivery < delivery_count && current != by_bit.end()) {
+      for (size_t i = next_delivery; i < current->second.deliveries(); ++i)
+        settled.push_back(delivery(current->second, i, payload, info));
+    }
+    next_delivery = delivery_count = 0;
+    std::vector<std::byte> bytes;
+    MessageInfo message;
+    for (auto& [bit, rr] : by_bit) {
+      if (!affected(rr)) continue;
+      while (rr.reader->try_read_copy(bytes, message) == Status::kOk)
+        for (size_t i = 0; i < rr.deliveries(); ++i)
+          settled.push_back(delivery(rr, i, bytes, message));
+    }
+  }
+
+  static Settled delivery(const RingReader& rr, size_t index, const std::vector<std::byte>& bytes,
+                          const MessageInfo& message) {
+    const bool channel_delivery = rr.by_name && index == 0;
+    return Settled{rr.channel,
+                   channel_delivery ? std::string() : rr.patterns[index - (rr.by_name ? 1 : 0)],
+                   bytes, message};
+  }
+
+  void rearm_notifier() {
+    if (event_fd < 0) return;
+    uint64_t count;
+    [[maybe_unused]] ssize_t r = ::read(event_fd, &count, sizeof(count));  // clear readable
+    {
+      std::lock_guard<std::mutex> lock(notifier_mutex);
+      notifier_armed = true;
+    }
+    notifier_cv.notify_one();
+  }
+
+  void notifier_loop() {
+    Waiter bell(doorbell);
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(notifier_mutex);
+        notifier_cv.wait(lock, [&] { return notifier_armed; });
+      }
+      if (notifier_stop.load()) return;
+      bell.park_until([&] { return notifier_stop.load() || bell.any_ready(); },
+                      std::chrono::steady_clock::now(), true);
+      if (notifier_stop.load()) return;
+      {
+        std::lock_guard<std::mutex> lock(notifier_mutex);
+        notifier_armed = false;
+      }
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t r = ::write(event_fd, &one, sizeof(one));
+    }
+  }
+};
+
+Subscription::Subscription(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Subscription::Subscription(Subscription&&) noexcept = default;
+Subscription& Subscription::operator=(Subscription&&) noexcept = default;
+Subscription::~Subscription() = default;
+
+Subscription Subscription::open(const ConnectOptions& options) {
+  const Endpoint endpoint = resolve_endpoint(options);
+  auto state = std::make_unique<State>();
+  state->connection = std::make_unique<ControlConnection>(endpoint, true);
+  const Welcome& welcome = state->connection->welcome();
+  state->memory = std::make_unique<BusMemory>(state->connection->endpoint().bus,
+                                              Arena::Access::kReadWrite);
+  std::byte* arena0 = state->memory->base(0);
+  if (welcome.doorbell_offset < layout::kPageSize ||
+      welcome.doorbell_offset + layout::doorbell_bytes(welcome.doorbell_bits) >
+          state->memory->size(0))
+    throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside arena 0");
+  try {
+    state->doorbell = doorbell::open(arena0 + welcome.doorbell_offset);
+  } catch (const std::exception& e) {
+    throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
+  }
+  state->waiter = std::make_unique<Waiter>(state->doorbell);
+  return Subscription(std::move(state));
+}
+
+void Subscription::subscribe(std::span<const std::string> channels, StartAt start) {
+  State& s = *state_;
+  for (const auto& name : channels) validate_channel_name(name);
+  s.settle([&](const RingReader& rr) {
+    return std::find(channels.begin(), channels.end(), rr.channel) != channels.end();
+  });
+  Writer w = s.connection->next_request(Type::kSubscribe);
+  w.u8(static_cast<uint8_t>(start.kind)).u64(start.sequence);
+  const OwnedFrame reply = s.request(write_names(w, channels));
+  // Names first, so the readers added below count the channel delivery.
+  for (const auto& name : channels)
+    if (!s.holds_channel(name)) s.channels.push_back(name);
+  try {
+    s.apply_subscribed(reply, start);
+  } catch (const Error&) {
+    // The daemon stopped at the first failure: keep only what it confirmed.
+    std::erase_if(s.channels, [&](const std::string& name) {
+      for (auto& [bit, rr] : s.by_bit)
+        if (rr.channel == name) return false;
+      return true;
+    });
+    for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+    throw;
+  }
+}
+
+void Subscription::subscribe(std::initializer_list<std::string_view> channels, StartAt start) {
+  subscribe(to_strings(channels), start);
+}
+
+void Subscription::psubscribe(std::span<const std::string> patterns) {
+  State& s = *state_;
+  for (const auto& pattern : patterns) validate_pattern(pattern);
+  s.settle([&](const RingReader& rr) {
+    return std::any_of(patterns.begin(), patterns.end(),
+                       [&](const std::string& p) { return glob_match(p, rr.channel); });
+  });
+  Writer w = s.connection->next_request(Type::kPsubscribe);
+  const OwnedFrame reply = s.request(write_names(w, patterns));
+  for (const auto& pattern : patterns)
+    if (std::find(s.patterns.begin(), s.patterns.end(), pattern) == s.patterns.end())
+      s.patterns.push_back(pattern);
+  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);  // channels already read
+  s.apply_subscribed(reply, StartAt::latest());
+}
+
+void Subscription::psubscribe(std::initializer_list<std::string_view> patterns) {
+  psubscribe(to_strings(patterns));
+}
+
+void Subscription::unsubscribe(std::span<const std::string> channels) {
+  State& s = *state_;
+  Writer w = s.connection->next_request(Type::kUnsubscribe);
+  const OwnedFrame reply = s.request(write_names(w, channels));
+  s.settle([&](const RingReader& rr) {
+    return rr.by_name && (channels.empty() || std::find(channels.begin(), channels.end(),
+                                                        rr.channel) != channels.end());
+  });
+  if (channels.empty())
+    s.channels.clear();
+  else
+    for (const auto& name : channels) std::erase(s.channels, name);
+  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+  s.apply_unsubscribed(reply);
+}
+
+void Subscription::unsubscribe(std::initializer_list<std::string_view> channels) {
+  unsubscribe(to_strings(channels));
+}
+
+void Subscription::punsubscribe(std::span<const std::string> patterns) {
+  State& s = *state_;
+  Writer w = s.connection->next_request(Type::kPunsubscribe);
+  const OwnedFrame reply = s.request(write_names(w, patterns));
+  s.settle([&](const RingReader& rr) {
+    return std::any_of(rr.patterns.begin(), rr.patterns.end(), [&](const std::string& p) {
+      return patterns.empty() || std::find(patterns.begin(), patterns.end(), p) != patterns.end();
+    });
+  });
+  if (patterns.empty())
+    s.patterns.clear();
+  else
+    for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
+  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+  s.apply_unsubscribed(reply);
+}
+
+void Subscription::punsubscribe(std::initializer_list<std::string_view> patterns) {
+  punsubscribe(to_strings(patterns));
+}
+
+std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
+  State& s = *state_;
+  const bool forever = timeout.count() < 0;
+  const auto deadline = std::chrono::steady_clock::now() + (forever ? std::chrono::nanoseconds(0) : timeout);
+  for (;;) {
+    // 0. Deliveries settled by a subscription change come first: they were published first.
+    if (!s.settled.empty()) {
+      s.settled_current = std::move(s.settled.front());
+      s.settled.pop_front();
+      const State::Settled& d = s.settled_current;
+      Message m;
+      m.channel = d.channel;
+      m.pattern = d.pattern;
+      m.payload = d.payload;
+      m.sequence = d.info.sequence;
+      m.publish_unix_ns = d.info.publish_unix_ns;
+      m.lost_before = d.info.lost_before;
+      m.origin = d.info.origin;
+      return m;
+    }
+    // 1. The rest of the current message's deliveries (message, then each pmessage).
+    if (s.next_delivery < s.delivery_count) {
+      auto it = s.by_bit.find(s.current_bit);
+      if (it != s.by_bit.end() && s.next_delivery < it->second.deliveries()) {
+        const RingReader& rr = it->second;
+        const size_t index = s.next_delivery++;
+        const bool channel_delivery = rr.by_name && index == 0;
+        s.current_channel = rr.channel;
+        s.current_pattern = channel_delivery ? std::string()
+                                             : rr.patterns[index - (rr.by_name ? 1 : 0)];
+        Message m;
+        m.channel = s.current_channel;
+        m.pattern = s.current_pattern;
+        m.payload = s.payload;
+        m.sequence = s.info.sequence;
+        m.publish_unix_ns = s.info.publish_unix_ns;
+        m.lost_before = s.info.lost_before;
+        m.origin = s.info.origin;
+        return m;
+      }
+      s.next_delivery = s.delivery_count = 0;
+    }
+    // 2. Control events (new channels for our patterns, reclaimed channels).
+    if (s.control_pending) s.poll_control();
+    // 3. Rings known to have news, round robin.
+    while (!s.ready.empty()) {
+      const uint32_t bit = s.ready.front();
+      s.ready.pop_front();
+      auto it = s.by_bit.find(bit);
+      if (it == s.by_bit.end()) continue;
+      RingReader& rr = it->second;
+      rr.queued = false;
+      if (rr.reader->try_read_copy(s.payload, s.info) != Status::kOk) continue;
+      s.enqueue(bit);  // it may hold more; others go first
+      if (rr.deliveries() == 0) continue;  // held for no reason any more (being dropped)
+      s.current_bit = bit;
+      s.next_delivery = 0;
+      s.delivery_count = rr.deliveries();
+      break;
+    }
+    if (s.next_delivery < s.delivery_count) continue;
+    // 4. Take the bits publishers set since we last looked.
+    const uint32_t taken = s.waiter->take_ready([&](uint32_t bit) {
+      if (bit == kControlBit)
+        s.control_pending = true;
+      else
+        s.enqueue(bit);
+    });
+    if (taken > 0) continue;
+    // 5. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
+    const auto now = std::chrono::steady_clock::now();
+    if (!forever && now >= deadline) {
+      s.rearm_notifier();
+      return std::nullopt;
+    }
+    s.rearm_notifier();
+    if (s.waiter->wait(forever ? std::chrono::nanoseconds(-1) : deadline - now) ==
+        Status::kTimedOut)
+      return std::nullopt;
+  }
+}
+
+int Subscription::fd() {
+  State& s = *state_;
+  if (s.event_fd >= 0) return s.event_fd;
+  s.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s.event_fd < 0) throw Error(Errc::kSystem, std::string("eventfd: ") + std::strerror(errno));
+  // Armed from the start: if news is already waiting, the fd turns readable at once.
+  s.notifier_armed = true;
+  s.notifier = std::thread([&s] { s.notifier_loop(); });
+  return s.event_fd;
+}
+
+std::size_t Subscription::count() const {
+  return state_->channels.size() + state_->patterns.size();
+}
+std::vector<std::string> Subscription::channels() const { return state_->channels; }
+std::vector<std::string> Subscription::patterns() const { return state_->patterns; }
+
+}  // namespace shmbus

@@ -1,0 +1,241 @@
+// The bus end to end through the public API, with an in-process daemon: what a Redis
+// Pub/Sub user relies on (receiver counts, message/pmessage, unsubscribe, no first-message
+// race) plus shmbus's own promises (start positions, loss reports, zero-copy loans).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "daemon_support.hpp"
+#include "shmbus/shmbus.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestDaemon;
+
+std::string payload_of(const Message& m) { return std::string(m.text()); }
+
+TEST(Bus, PublishReturnsZeroWithoutSubscribersAndCreatesTheChannel) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.publish("chat:1", "hello"), 0u);
+  auto stats = StatsReader::open(daemon.options()).read();
+  ASSERT_EQ(stats.channels.size(), 1u);
+  EXPECT_EQ(stats.channels[0].channel, "chat:1");
+  EXPECT_EQ(stats.channels[0].published, 1u);
+  EXPECT_EQ(stats.channels[0].payload_bytes, 5u);
+}
+
+TEST(Bus, SubscriberReceivesWhatIsPublishedAfterSubscribe) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"chat:1"});
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.publish("chat:1", "one"), 1u);
+  EXPECT_EQ(bus.publish("chat:1", "two"), 1u);
+  auto m1 = sub.next(2s);
+  ASSERT_TRUE(m1);
+  EXPECT_EQ(m1->channel, "chat:1");
+  EXPECT_EQ(m1->pattern, "");
+  EXPECT_EQ(payload_of(*m1), "one");
+  EXPECT_EQ(m1->sequence, 0u);
+  EXPECT_EQ(m1->lost_before, 0u);
+  EXPECT_GT(m1->publish_unix_ns, 0u);
+  auto m2 = sub.next(2s);
+  ASSERT_TRUE(m2);
+  EXPECT_EQ(payload_of(*m2), "two");
+  EXPECT_EQ(m2->sequence, 1u);
+  EXPECT_FALSE(sub.next(0ns));
+}
+
+TEST(Bus, ChannelAndMatchingPatternDeliverTwiceLikeRedis) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"foo"});
+  sub.psubscribe({"f*", "x*"});
+  EXPECT_EQ(sub.count(), 3u);
+  auto bus = Bus::connect(daemon.options());
+  // Redis counts one receiver per matching subscription entry: foo and f*.
+  EXPECT_EQ(bus.publish("foo", "hi"), 2u);
+  auto first = sub.next(2s);
+  auto second = sub.next(2s);
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->pattern, "");  // "message" first, as Redis sends it
+  EXPECT_EQ(second->pattern, "f*");
+  EXPECT_EQ(second->channel, "foo");
+  EXPECT_EQ(payload_of(*second), "hi");
+  EXPECT_FALSE(sub.next(0ns));
+}
+
+TEST(Bus, PatternSubscriberGetsTheFirstMessageOfANewChannel) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.psubscribe({"user:*"});
+  auto bus = Bus::connect(daemon.options());
+  // The channel does not exist yet: created by this publish, whose message must arrive.
+  EXPECT_EQ(bus.publish("user:42", "first"), 1u);
+  auto m = sub.next(2s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->channel, "user:42");
+  EXPECT_EQ(m->pattern, "user:*");
+  EXPECT_EQ(payload_of(*m), "first");
+  EXPECT_EQ(m->sequence, 0u);
+  EXPECT_EQ(bus.publish("other:1", "not for us"), 0u);
+  EXPECT_FALSE(sub.next(50ms));
+}
+
+TEST(Bus, ManyNewChannelsUnderOnePatternAllArrive) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.psubscribe({"user:*"});
+  auto bus = Bus::connect(daemon.options());
+  constexpr int kChannels = 300;
+  for (int i = 0; i < kChannels; ++i)
+    ASSERT_EQ(bus.publish("user:" + std::to_string(i), std::to_string(i)), 1u);
+  std::vector<bool> seen(kChannels, false);
+  for (int i = 0; i < kChannels; ++i) {
+    auto m = sub.next(2s);
+    ASSERT_TRUE(m) << "message " << i << " missing";
+    const int id = std::stoi(std::string(m->channel.substr(5)));
+    EXPECT_EQ(payload_of(*m), std::to_string(id));
+    EXPECT_FALSE(seen[id]);
+    seen[id] = true;
+  }
+  EXPECT_FALSE(sub.next(0ns));
+}
+
+TEST(Bus, UnsubscribeStopsDeliveryAndReceiverCounts) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"a", "b"});
+  sub.psubscribe({"a*"});
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.publish("a", "1"), 2u);
+  sub.unsubscribe({"a"});
+  EXPECT_EQ(bus.publish("a", "2"), 1u);  // only the pattern now
+  sub.punsubscribe();
+  EXPECT_EQ(bus.publish("a", "3"), 0u);
+  EXPECT_EQ(bus.publish("b", "4"), 1u);
+  std::vector<std::string> got;
+  while (auto m = sub.next(100ms)) got.push_back(std::string(m->pattern) + "|" + payload_of(*m));
+  EXPECT_EQ(got, (std::vector<std::string>{"|1", "a*|1", "a*|2", "|4"}));
+  sub.unsubscribe();
+  EXPECT_EQ(sub.count(), 0u);
+  EXPECT_EQ(bus.publish("b", "5"), 0u);
+}
+
+TEST(Bus, IntrospectionLikePubsub) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  auto s1 = Subscription::open(daemon.options());
+  auto s2 = Subscription::open(daemon.options());
+  s1.subscribe({"news.tech", "news.art"});
+  s2.subscribe({"news.tech"});
+  s2.psubscribe({"news.*", "x?"});
+  s1.psubscribe({"news.*"});
+  bus.publish("quiet", "x");  // exists, but nobody subscribes by name
+  EXPECT_EQ(bus.channels(), (std::vector<std::string>{"news.art", "news.tech"}));
+  EXPECT_EQ(bus.channels("*tech"), (std::vector<std::string>{"news.tech"}));
+  const std::vector<std::string> names{"news.tech", "news.art", "nothing"};
+  auto counts = bus.numsub(names);
+  ASSERT_EQ(counts.size(), 3u);
+  EXPECT_EQ(counts[0].subscribers, 2u);
+  EXPECT_EQ(counts[1].subscribers, 1u);
+  EXPECT_EQ(counts[2].subscribers, 0u);
+  EXPECT_EQ(bus.numpat(), 2u);  // distinct patterns, as Redis counts them
+  EXPECT_GT(bus.ping().count(), 0);
+}
+
+TEST(Bus, SubscriptionClosedOrDeadLeavesNoOrphans) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  {
+    auto sub = Subscription::open(daemon.options());
+    sub.subscribe({"c"});
+    sub.psubscribe({"c*"});
+    EXPECT_EQ(bus.publish("c", "x"), 2u);
+  }
+  // The daemon frees the slots when the connection closes; give it a moment.
+  uint32_t receivers = 99;
+  for (int i = 0; i < 200 && receivers != 0; ++i) {
+    receivers = bus.publish("c", "y");
+    if (receivers != 0) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(receivers, 0u);
+  EXPECT_EQ(bus.numpat(), 0u);
+  auto stats = StatsReader::open(daemon.options()).read("c");
+  ASSERT_EQ(stats.channels.size(), 1u);
+  EXPECT_EQ(stats.channels[0].subscribers, 0u);
+}
+
+TEST(Bus, StartEarliestAndAfterSequenceReadHistory) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  for (int i = 0; i < 5; ++i) bus.publish("log", std::to_string(i));
+  auto earliest = Subscription::open(daemon.options());
+  earliest.subscribe({"log"}, StartAt::earliest());
+  for (int i = 0; i < 5; ++i) {
+    auto m = earliest.next(1s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(payload_of(*m), std::to_string(i));
+  }
+  auto resumed = Subscription::open(daemon.options());
+  resumed.subscribe({"log"}, StartAt::after(2));
+  auto m = resumed.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->sequence, 3u);
+  EXPECT_EQ(payload_of(*m), "3");
+  auto latest = Subscription::open(daemon.options());
+  latest.subscribe({"log"});
+  EXPECT_FALSE(latest.next(0ns));
+}
+
+TEST(Bus, LappedSubscriberLearnsHowManyItLost) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"fast"});
+  auto bus = Bus::connect(daemon.options());
+  const std::string payload(200, 'p');
+  for (int i = 0; i < 100; ++i) bus.publish("fast", payload);  // ~17 fit in 4 KiB
+  uint64_t delivered = 0, lost = 0, last_sequence = 0;
+  while (auto m = sub.next(100ms)) {
+    ++delivered;
+    lost += m->lost_before;
+    last_sequence = m->sequence;
+  }
+  EXPECT_GT(lost, 0u);
+  EXPECT_EQ(delivered + lost, 100u);
+  EXPECT_EQ(last_sequence, 99u);
+}
+
+TEST(Bus, LoanPublishesInPlace) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"frames"});
+  auto bus = Bus::connect(daemon.options());
+  auto channel = bus.channel("frames");
+  {
+    auto loan = channel.loan(1000);
+    ASSERT_EQ(loan.data().size(), 1000u);
+    std::memcpy(loan.data().data(), "abc", 3);
+    EXPECT_EQ(loan.commit(3), 1u);
+  }
+  {
+    auto abandoned = channel.loan(10);  // destroyed uncommitted: counted as lost
+  }
+  EXPECT_EQ(channel.publish("after"), 1u);
+  auto m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "abc");
+  m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "after");
+  EXPECT_EQ(m->lost_before, 1u);
+}
+
+}  // namespace
+}  // namespace shmbus

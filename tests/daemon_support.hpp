@@ -1,0 +1,70 @@
+// A shmbusd running in-process on a private bus for one test: its own bus name (so its
+// shared memory cannot meet another test's), its socket in a temporary directory, and a
+// thread running the event loop. Clients connect with options().
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "config.hpp"
+#include "server.hpp"
+#include "shmbus/bus.hpp"
+
+namespace shmbus::test {
+
+inline daemon::Config small_test_config() {
+  daemon::Config config;
+  config.arena_bytes = 64ull << 20;
+  config.max_shared_memory = 512ull << 20;
+  config.max_channels = 200000;
+  config.max_subscriptions_per_client = 4096;
+  config.defaults.ring_bytes = 64 * 1024;
+  return config;
+}
+
+class TestDaemon {
+ public:
+  explicit TestDaemon(daemon::Config config = small_test_config(), const char* tag = "t") {
+    static std::atomic<uint32_t> counter{0};
+    bus_ = std::string(tag) + std::to_string(getpid()) + "x" + std::to_string(counter++);
+    dir_ = std::filesystem::temp_directory_path() / ("shmbus-" + bus_);
+    std::filesystem::create_directories(dir_);
+    daemon::DaemonOptions options;
+    options.bus = bus_;
+    options.socket_path = (dir_ / "bus.sock").string();
+    options.config = std::move(config);
+    options.logger = std::make_shared<spdlog::logger>(
+        "test-daemon", std::make_shared<spdlog::sinks::null_sink_mt>());
+    daemon_ = std::make_unique<daemon::Daemon>(std::move(options));
+    thread_ = std::thread([this] { daemon_->run(); });
+  }
+  ~TestDaemon() {
+    stop();
+    std::filesystem::remove_all(dir_);
+  }
+  void stop() {
+    if (!daemon_) return;
+    daemon_->stop();
+    thread_.join();
+    daemon_.reset();
+  }
+
+  ConnectOptions options() const { return {bus_, (dir_ / "bus.sock").string(), "test"}; }
+  const std::string& bus() const { return bus_; }
+  std::string socket_path() const { return (dir_ / "bus.sock").string(); }
+
+ private:
+  std::string bus_;
+  std::filesystem::path dir_;
+  std::unique_ptr<daemon::Daemon> daemon_;
+  std::thread thread_;
+};
+
+}  // namespace shmbus::test
