@@ -99,6 +99,7 @@ struct Client {
   FrameAssembler in;
   std::vector<std::byte> out;  // bytes not yet written to the socket
   bool want_write = false;
+  bool event_queued = false;  // `out` holds an event the client has not been rung for
 
   // Subscriptions (a client that asked for a doorbell in HELLO).
   std::optional<Arena::Block> doorbell_block;
@@ -543,12 +544,14 @@ void Daemon::Impl::flush(Client& c) {
     sent += static_cast<size_t>(n);
   }
   c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
-  if (sent > 0 && c.doorbell != nullptr) {
-    // Tell a subscriber that control messages wait on its socket. Rung after the bytes are
-    // in the socket, not when they are queued: a socket buffer fills after a few hundred
-    // events, and a bell rung for bytes still queued here would be taken too early.
+  if (sent > 0 && c.event_queued && c.doorbell != nullptr) {
+    // Tell a subscriber that events wait on its socket. Rung after the bytes are in the
+    // socket, not when they are queued: a socket buffer fills after a few hundred events,
+    // and a bell rung for bytes still queued here would be taken too early. Replies need
+    // no bell: the client is waiting for them.
     full_fence();
     doorbell::ring_doorbell(c.doorbell, kControlBit);
+    c.event_queued = !c.out.empty();
   }
   const bool want_write = !c.out.empty();
   if (want_write != c.want_write) {
@@ -885,6 +888,7 @@ void Daemon::Impl::match_new_channel(ChannelState& ch) {
         if (added) {
           Writer w(Type::kAttach, 0);
           write_attachment(w, ch, a, 0, start_sequence);
+          c.event_queued = true;
           send(c, w);
         }
       } catch (const Error& e) {
@@ -1286,6 +1290,7 @@ void Daemon::Impl::on_tick() {
       c.attached.erase(a);
       Writer w(Type::kDetach, 0);
       w.u32(ch.id);
+      c.event_queued = true;
       send(c, w);
     }
     ch.attached.clear();

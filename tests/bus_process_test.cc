@@ -1,0 +1,242 @@
+// The bus across processes that crash, stall and come and go: the daemon repairs what a
+// dead publisher left half-written, frees a dead subscriber's slots (so a back-pressure
+// channel does not stall on it), reclaims idle channels, and an event loop can poll().
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "daemon_support.hpp"
+#include "shmbus/shmbus.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestDaemon;
+
+// Forks a child that runs `fn` and exits with its return value (or 99 on an exception).
+template <typename Fn>
+pid_t spawn(Fn&& fn) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = fn();
+    } catch (const std::exception& e) {
+      fprintf(stderr, "child: %s\n", e.what());
+    }
+    _exit(code);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Polls `condition` for up to two seconds.
+template <typename Condition>
+bool eventually(Condition&& condition) {
+  for (int i = 0; i < 200; ++i) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return condition();
+}
+
+TEST(BusProcesses, CrashedPublisherMidMessageIsRepairedAndCountedLost) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"jobs"});
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = spawn([&] {
+    auto bus = Bus::connect(daemon.options());
+    auto channel = bus.channel("jobs");
+    channel.publish("before");
+    auto loan = channel.loan(64);  // claimed, never committed
+    std::memcpy(loan.data().data(), "half", 4);
+    char one = 1;
+    if (write(ready[1], &one, 1) != 1) return 1;
+    pause();  // killed here, loan in hand
+    return 0;
+  });
+  char byte;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  kill(child, SIGKILL);
+  EXPECT_EQ(wait_exit(child), 128 + SIGKILL);
+
+  auto first = sub.next(1s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->text(), "before");
+  // The dead claim blocks the ring until the daemon pads over it (after the process exit).
+  auto bus = Bus::connect(daemon.options());
+  bus.publish("jobs", "after");
+  auto second = sub.next(3s);
+  ASSERT_TRUE(second) << "the daemon did not repair the dead publisher's frame";
+  EXPECT_EQ(second->text(), "after");
+  EXPECT_EQ(second->lost_before, 1u);
+  auto stats = StatsReader::open(daemon.options()).read("jobs");
+  ASSERT_EQ(stats.channels.size(), 1u);
+  EXPECT_EQ(stats.channels[0].repaired_frames, 1u);
+  close(ready[0]);
+  close(ready[1]);
+}
+
+TEST(BusProcesses, KilledSubscriberLeavesNoSubscriptionBehind) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = spawn([&] {
+    auto sub = Subscription::open(daemon.options());
+    sub.subscribe({"presence"});
+    sub.psubscribe({"pres*"});
+    char one = 1;
+    if (write(ready[1], &one, 1) != 1) return 1;
+    pause();
+    return 0;
+  });
+  char byte;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  EXPECT_EQ(bus.publish("presence", "x"), 2u);
+  const std::vector<std::string> names{"presence"};
+  EXPECT_EQ(bus.numsub(names)[0].subscribers, 1u);
+  kill(child, SIGKILL);
+  wait_exit(child);
+  EXPECT_TRUE(eventually([&] { return bus.publish("presence", "y") == 0; }));
+  EXPECT_EQ(bus.numsub(names)[0].subscribers, 0u);
+  EXPECT_EQ(bus.numpat(), 0u);
+  EXPECT_EQ(StatsReader::open(daemon.options()).read("presence").channels.at(0).subscribers, 0u);
+  close(ready[0]);
+  close(ready[1]);
+}
+
+TEST(BusProcesses, BackPressureChannelDoesNotStallOnADeadSubscriber) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  ChannelOptions reliable;
+  reliable.ring_bytes = 4096;
+  reliable.back_pressure = true;
+  reliable.publish_wait = 100ms;
+  auto channel = bus.channel("orders", reliable);
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = spawn([&] {
+    auto sub = Subscription::open(daemon.options());
+    sub.subscribe({"orders"});
+    char one = 1;
+    if (write(ready[1], &one, 1) != 1) return 1;
+    pause();  // never reads
+    return 0;
+  });
+  char byte;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  const std::string payload(200, 'o');
+  // A live subscriber that does not read holds the publisher back...
+  int published = 0;
+  PublishResult r;
+  while ((r = channel.try_publish(std::as_bytes(std::span(payload)), 0ns)).ok()) ++published;
+  EXPECT_EQ(r.status, PublishStatus::kWouldBlock);
+  EXPECT_GT(published, 5);
+  // ...and its death releases it.
+  kill(child, SIGKILL);
+  wait_exit(child);
+  EXPECT_TRUE(eventually(
+      [&] { return channel.try_publish(std::as_bytes(std::span(payload)), 0ns).ok(); }));
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(channel.publish(payload), 0u);
+  close(ready[0]);
+  close(ready[1]);
+}
+
+TEST(BusProcesses, SubscriberInAnotherProcessGetsEveryMessageInOrder) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  ChannelOptions reliable;
+  reliable.back_pressure = true;  // no loss even if the reader is descheduled
+  auto channel = bus.channel("stream", reliable);
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  constexpr int kMessages = 20000;
+  const pid_t child = spawn([&] {
+    auto sub = Subscription::open(daemon.options());
+    sub.subscribe({"stream"});
+    char one = 1;
+    if (write(ready[1], &one, 1) != 1) return 1;
+    for (int i = 0; i < kMessages; ++i) {
+      auto m = sub.next(5s);
+      if (!m) return 2;
+      if (m->sequence != static_cast<uint64_t>(i) || m->lost_before != 0) return 3;
+      if (m->text() != std::to_string(i)) return 4;
+    }
+    return sub.next(0ns) ? 5 : 0;
+  });
+  char byte;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  for (int i = 0; i < kMessages; ++i) ASSERT_EQ(channel.publish(std::to_string(i)), 1u);
+  EXPECT_EQ(wait_exit(child), 0);
+  close(ready[0]);
+  close(ready[1]);
+}
+
+TEST(BusProcesses, PollableFdTurnsReadableOnPublish) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"events"});
+  sub.psubscribe({"ev*"});
+  pollfd pfd{sub.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&pfd, 1, 50), 0) << "readable with nothing published";
+  auto bus = Bus::connect(daemon.options());
+  bus.publish("events", "1");
+  ASSERT_EQ(poll(&pfd, 1, 2000), 1);
+  int deliveries = 0;
+  while (sub.next(0ns)) ++deliveries;
+  EXPECT_EQ(deliveries, 2);
+  pfd.revents = 0;
+  EXPECT_EQ(poll(&pfd, 1, 50), 0) << "still readable after draining";
+  // A channel created later, matching the pattern, wakes it too.
+  bus.publish("evening", "2");
+  ASSERT_EQ(poll(&pfd, 1, 2000), 1);
+  auto m = sub.next(0ns);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->channel, "evening");
+}
+
+TEST(BusProcesses, IdleChannelsAreReclaimedAndComeBackWhole) {
+  auto config = test::small_test_config();
+  config.idle_ttl = std::chrono::seconds(1);
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.psubscribe({"tmp:*"});
+  {
+    auto bus = Bus::connect(daemon.options());
+    EXPECT_EQ(bus.publish("tmp:1", "a"), 1u);
+  }  // the publisher is gone; only the pattern subscriber reads tmp:1
+  auto m = sub.next(1s);
+  ASSERT_TRUE(m);
+  auto stats = StatsReader::open(daemon.options());
+  // Reclaiming needs the subscriber to let go of the ring: it does so in next().
+  bool reclaimed = false;
+  for (int i = 0; i < 60 && !reclaimed; ++i) {
+    sub.next(50ms);
+    reclaimed = stats.read("tmp:*").channels.empty();
+  }
+  EXPECT_TRUE(reclaimed);
+  // Created anew: the pattern subscriber gets its first message again.
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.publish("tmp:1", "b"), 1u);
+  m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "b");
+  EXPECT_EQ(m->sequence, 0u);
+}
+
+}  // namespace
+}  // namespace shmbus

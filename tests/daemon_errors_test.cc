@@ -1,0 +1,349 @@
+// Every refusal a user can meet, checked by its message: it must name the limit (or the
+// resource) and the way out, and nothing else may be lost because of it.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "daemon_support.hpp"
+#include "protocol.hpp"
+#include "shmbus/shmbus.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestDaemon;
+
+// Runs `fn`, expects shmbus::Error with `code`, and returns its message.
+template <typename Fn>
+std::string error_of(Fn&& fn, Errc code) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    EXPECT_EQ(static_cast<int>(e.code()), static_cast<int>(code)) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no shmbus::Error thrown";
+  return {};
+}
+
+#define EXPECT_MENTIONS(text, part) \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) << "message: " << (text)
+
+// A raw connection to the daemon's socket, for sending what no library would.
+int raw_connect(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  return fd;
+}
+
+// True if the daemon closes the connection within a second.
+bool closed_by_daemon(int fd) {
+  timeval tv{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) return true;
+    if (n < 0) return errno == ECONNRESET;
+  }
+}
+
+void send_raw(int fd, const void* data, size_t bytes) {
+  ASSERT_EQ(send(fd, data, bytes, MSG_NOSIGNAL), static_cast<ssize_t>(bytes));
+}
+
+TEST(DaemonErrors, NoDaemonNamesTheSocketAndHowToStartOne) {
+  ConnectOptions options{"nodaemon", "/tmp/shmbus-no-such-dir/bus.sock", ""};
+  const std::string message = error_of([&] { Bus::connect(options); }, Errc::kNoDaemon);
+  EXPECT_MENTIONS(message, "/tmp/shmbus-no-such-dir/bus.sock");
+  EXPECT_MENTIONS(message, "shmbusd --bus nodaemon");
+  EXPECT_MENTIONS(message, "SHMBUS_SOCKET");
+  error_of([&] { Subscription::open(options); }, Errc::kNoDaemon);
+}
+
+TEST(DaemonErrors, InvalidBusNameIsRefusedBeforeConnecting) {
+  const std::string message =
+      error_of([] { Bus::connect({"../etc", "", ""}); }, Errc::kInvalidArgument);
+  EXPECT_MENTIONS(message, "'../etc'");
+  EXPECT_MENTIONS(message, "A-Z a-z 0-9");
+}
+
+TEST(DaemonErrors, SecondDaemonForTheSameBusRefusesToStart) {
+  TestDaemon first;
+  daemon::DaemonOptions options;
+  options.bus = first.bus();
+  options.socket_path = first.socket_path() + ".other";
+  options.logger = std::make_shared<spdlog::logger>(
+      "second", std::make_shared<spdlog::sinks::null_sink_mt>());
+  try {
+    daemon::Daemon second(options);
+    FAIL() << "a second daemon started for bus " << first.bus();
+  } catch (const std::runtime_error& e) {
+    EXPECT_MENTIONS(e.what(), "already serves bus '" + first.bus() + "'");
+    EXPECT_MENTIONS(e.what(), "pid " + std::to_string(getpid()));
+    EXPECT_MENTIONS(e.what(), "--bus");
+  }
+  // The first one is untouched.
+  auto bus = Bus::connect(first.options());
+  EXPECT_EQ(bus.publish("still", "works"), 0u);
+}
+
+TEST(DaemonErrors, GarbageOnTheSocketDropsOnlyThatConnection) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"ok"});
+  auto bus = Bus::connect(daemon.options());
+
+  const int http = raw_connect(daemon.socket_path());
+  const char request[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  send_raw(http, request, sizeof(request) - 1);
+  EXPECT_TRUE(closed_by_daemon(http));
+  close(http);
+
+  // A length prefix announcing 2 GiB: refused as soon as the prefix arrives.
+  const int huge = raw_connect(daemon.socket_path());
+  const uint8_t prefix[] = {0xff, 0xff, 0xff, 0x7f};
+  send_raw(huge, prefix, sizeof(prefix));
+  EXPECT_TRUE(closed_by_daemon(huge));
+  close(huge);
+
+  // A HELLO whose string runs past the end of the message.
+  const int lying = raw_connect(daemon.socket_path());
+  protocol::Writer hello(protocol::Type::kHello, 1);
+  hello.u32(protocol::kProtocolMagic).u16(1).u16(1).u32(1000);  // name "of 1000 bytes"
+  const auto& frame = hello.frame();
+  send_raw(lying, frame.data(), frame.size());
+  EXPECT_TRUE(closed_by_daemon(lying));
+  close(lying);
+
+  // A request before HELLO.
+  const int rude = raw_connect(daemon.socket_path());
+  protocol::Writer ping(protocol::Type::kPing, 1);
+  send_raw(rude, ping.frame().data(), ping.frame().size());
+  EXPECT_TRUE(closed_by_daemon(rude));
+  close(rude);
+
+  // Everyone else is served as before.
+  EXPECT_EQ(bus.publish("ok", "still here"), 1u);
+  auto m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "still here");
+}
+
+TEST(DaemonErrors, ProtocolVersionMismatchIsExplained) {
+  TestDaemon daemon;
+  const int fd = raw_connect(daemon.socket_path());
+  protocol::Writer hello(protocol::Type::kHello, 1);
+  hello.u32(protocol::kProtocolMagic).u16(7).u16(9).str("future").u8(0);
+  send_raw(fd, hello.frame().data(), hello.frame().size());
+  std::vector<std::byte> buf(4096);
+  const ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+  ASSERT_GT(n, 10);
+  protocol::FrameAssembler in;
+  in.feed(std::span<const std::byte>(buf.data(), static_cast<size_t>(n)));
+  std::span<const std::byte> body;
+  ASSERT_TRUE(in.next(body));
+  const auto reply = protocol::Frame::parse(body);
+  ASSERT_EQ(reply.type, protocol::Type::kError);
+  protocol::Parser p(reply.fields);
+  EXPECT_EQ(p.u16(), static_cast<uint16_t>(Errc::kProtocol));
+  const std::string message(p.str(4096, "error"));
+  EXPECT_MENTIONS(message, "versions 7..9");
+  EXPECT_MENTIONS(message, "speaks 1");
+  close(fd);
+}
+
+TEST(DaemonErrors, BadChannelNamesNameTheLimit) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_MENTIONS(error_of([&] { bus.publish("", "x"); }, Errc::kInvalidArgument), "empty");
+  const std::string long_name(1025, 'n');
+  const std::string message =
+      error_of([&] { bus.publish(long_name, "x"); }, Errc::kInvalidArgument);
+  EXPECT_MENTIONS(message, "1025 bytes");
+  EXPECT_MENTIONS(message, "limit is 1024");
+  auto sub = Subscription::open(daemon.options());
+  error_of([&] { sub.subscribe({long_name}); }, Errc::kInvalidArgument);
+  error_of([&] { sub.psubscribe({""}); }, Errc::kInvalidArgument);
+  // Binary names are fine.
+  const std::string binary("a\0b\xff", 4);
+  EXPECT_EQ(bus.publish(binary, "x"), 0u);
+}
+
+TEST(DaemonErrors, OversizedMessageNamesChannelLimitRingAndRule) {
+  auto config = test::small_test_config();
+  config.rules.push_back({"video:*", 4096, std::nullopt, std::nullopt, std::nullopt});
+  TestDaemon daemon(config);
+  auto bus = Bus::connect(daemon.options());
+  const std::string big(5000, 'x');
+  const std::string message = error_of([&] { bus.publish("video:cam1", big); }, Errc::kTooLarge);
+  EXPECT_MENTIONS(message, "message of 5000 bytes exceeds channel 'video:cam1' limit of 2016");
+  EXPECT_MENTIONS(message, "ring 4 KiB");
+  EXPECT_MENTIONS(message, "[[channel]] rule in shmbusd.toml");
+  // Nothing else is lost: the channel still takes messages that fit.
+  auto channel = bus.channel("video:cam1");
+  EXPECT_EQ(channel.max_message_bytes(), 2016u);
+  EXPECT_EQ(channel.try_publish(std::as_bytes(std::span(big))).status, PublishStatus::kTooLarge);
+  EXPECT_EQ(bus.publish("video:cam1", std::string(2016, 'y')), 0u);
+}
+
+TEST(DaemonErrors, ChannelLimitNamesTheConfigKey) {
+  auto config = test::small_test_config();
+  config.max_channels = 3;
+  TestDaemon daemon(config);
+  auto bus = Bus::connect(daemon.options());
+  for (int i = 0; i < 3; ++i) bus.publish("c" + std::to_string(i), "x");
+  const std::string message = error_of([&] { bus.publish("c3", "x"); }, Errc::kLimit);
+  EXPECT_MENTIONS(message, "max_channels = 3");
+  EXPECT_MENTIONS(message, "[limits]");
+  EXPECT_EQ(bus.publish("c0", "existing channels still work"), 0u);
+}
+
+TEST(DaemonErrors, SubscriptionLimitsNameTheConfigKey) {
+  auto config = test::small_test_config();
+  config.max_subscriptions_per_client = 2;
+  config.defaults.max_subscribers = 1;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"a"});
+  sub.psubscribe({"p*"});
+  std::string message = error_of([&] { sub.subscribe({"b"}); }, Errc::kLimit);
+  EXPECT_MENTIONS(message, "max_subscriptions_per_client = 2");
+  EXPECT_EQ(sub.count(), 2u);
+  // Per channel: one subscriber slot in this config.
+  auto other = Subscription::open(daemon.options());
+  message = error_of([&] { other.subscribe({"a"}); }, Errc::kLimit);
+  EXPECT_MENTIONS(message, "channel 'a' already has 1 subscribers");
+  EXPECT_MENTIONS(message, "max_subscribers");
+  EXPECT_EQ(other.count(), 0u);
+}
+
+TEST(DaemonErrors, SharedMemoryLimitNamesTheConfigKey) {
+  auto config = test::small_test_config();
+  config.max_shared_memory = 8u << 20;
+  config.defaults.ring_bytes = 1u << 20;
+  config.max_subscriptions_per_client = 64;
+  TestDaemon daemon(config);
+  auto bus = Bus::connect(daemon.options());
+  std::string message;
+  for (int i = 0; i < 16 && message.empty(); ++i) {
+    try {
+      bus.publish("big" + std::to_string(i), "x");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kLimit);
+      message = e.what();
+    }
+  }
+  EXPECT_MENTIONS(message, "max_shared_memory = 8 MiB");
+  EXPECT_MENTIONS(message, "smaller rings with a [[channel]] rule");
+}
+
+TEST(DaemonErrors, ConflictingChannelSettingsAreRefused) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  ChannelOptions small;
+  small.ring_bytes = 4096;
+  auto first = bus.channel("shared", small);
+  EXPECT_EQ(first.ring_bytes(), 4096u);
+  ChannelOptions other;
+  other.ring_bytes = 8192;
+  const std::string message =
+      error_of([&] { bus.channel("shared", other); }, Errc::kInvalidArgument);
+  EXPECT_MENTIONS(message, "exists with ring 4 KiB");
+  EXPECT_MENTIONS(message, "[[channel]] rule");
+  ChannelOptions bad;
+  bad.ring_bytes = 5000;
+  EXPECT_MENTIONS(error_of([&] { bus.channel("odd", bad); }, Errc::kInvalidArgument),
+                  "power of two");
+}
+
+TEST(DaemonErrors, DeadDaemonDataPathGoesOnControlPathExplains) {
+  auto daemon = std::make_unique<TestDaemon>();
+  auto sub = Subscription::open(daemon->options());
+  sub.subscribe({"live"});
+  auto bus = Bus::connect(daemon->options());
+  auto channel = bus.channel("live");
+  const std::string socket = daemon->socket_path();
+  daemon->stop();
+  // Open channels keep working through shared memory without the daemon...
+  EXPECT_EQ(channel.publish("after the daemon"), 1u);
+  auto m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "after the daemon");
+  // ...while anything that needs it says what happened.
+  const std::string message = error_of([&] { bus.publish("new", "x"); }, Errc::kDaemonGone);
+  EXPECT_MENTIONS(message, socket);
+  EXPECT_MENTIONS(message, "reconnect");
+  error_of([&] { sub.subscribe({"other"}); }, Errc::kDaemonGone);
+}
+
+TEST(DaemonErrors, StoppedDaemonRemovesItsSharedMemory) {
+  std::string bus_name;
+  {
+    TestDaemon daemon;
+    bus_name = daemon.bus();
+    Bus::connect(daemon.options()).publish("x", "y");
+    EXPECT_TRUE(std::filesystem::exists("/dev/shm/shmbus." + bus_name + ".0"));
+    EXPECT_TRUE(std::filesystem::exists("/dev/shm/shmbus." + bus_name + ".1"));
+  }
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
+    EXPECT_EQ(entry.path().filename().string().find("shmbus." + bus_name + "."),
+              std::string::npos)
+        << entry.path();
+}
+
+// A full /dev/shm is a clean error for the publisher that needed a new channel, and the
+// bus goes on serving existing ones. The child mounts a small tmpfs over /dev/shm in its
+// own mount namespace.
+TEST(DaemonErrors, FullDevShmRefusesTheChannelNotTheBus) {
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (unshare(CLONE_NEWNS) != 0) _exit(77);
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(77);
+    if (mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=2m") != 0) _exit(77);
+    try {
+      auto config = test::small_test_config();
+      config.max_channels = 64;
+      config.max_subscriptions_per_client = 64;
+      config.defaults.ring_bytes = 256 * 1024;
+      TestDaemon daemon(config);
+      auto bus = Bus::connect(daemon.options());
+      bus.publish("small", "x");
+      std::string message;
+      for (int i = 0; i < 16 && message.empty(); ++i) {
+        try {
+          bus.publish("fill" + std::to_string(i), "x");
+        } catch (const Error& e) {
+          if (e.code() != Errc::kLimit) _exit(2);
+          message = e.what();
+        }
+      }
+      if (message.find("/dev/shm") == std::string::npos) _exit(3);
+      if (bus.publish("small", "still works") != 0) _exit(4);
+      _exit(0);
+    } catch (...) {
+      _exit(5);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died by signal " << WTERMSIG(status);
+  if (WEXITSTATUS(status) == 77)
+    GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs in a private namespace";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the child's exit code in the test";
+}
+
+}  // namespace
+}  // namespace shmbus
