@@ -37,6 +37,7 @@ struct OpenChannel {
   ~OpenChannel() {
     try {
       std::lock_guard<std::mutex> lock(core->mutex);
+      if (core->closing) return;
       Writer close = core->connection.next_request(Type::kCloseChannel);
       close.u32(id);
       core->connection.request(close);
@@ -249,12 +250,11 @@ Bus::Bus(Bus&&) noexcept = default;
 Bus& Bus::operator=(Bus&&) noexcept = default;
 Bus::~Bus() {
   if (!state_) return;
-  state_->cache.clear();  // closes every channel
-  try {
+  {
     std::lock_guard<std::mutex> lock(state_->core->mutex);
-    state_->core->connection.goodbye();
-  } catch (const Error&) {
+    state_->core->closing = true;
   }
+  state_->cache.clear();
 }
 
 Bus Bus::connect(const ConnectOptions& options) {

@@ -96,12 +96,23 @@ class BusMemory {
 };
 
 // What a Bus and its Channels share: one connection (guarded) and the mapped memory.
+// The last owner to let go says goodbye, so the daemon knows no frame was left unfinished.
 struct ClientCore {
   ClientCore(const Endpoint& endpoint, bool wants_doorbell)
       : connection(endpoint, wants_doorbell), memory(endpoint.bus, Arena::Access::kReadWrite) {}
+  ~ClientCore() {
+    try {
+      connection.goodbye();
+    } catch (const std::exception&) {
+      // The daemon is gone: nobody to tell.
+    }
+  }
   std::mutex mutex;  // guards `connection`
   ControlConnection connection;
   BusMemory memory;
+  // Set when the Bus goes: open channels then skip their CLOSE round trips, because the
+  // daemon drops every hold of a connection that says goodbye and closes.
+  bool closing = false;
 };
 
 // The program's name, for the daemon's log ("client 12 (pid 345, 'shmbus')").
