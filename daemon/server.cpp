@@ -271,8 +271,15 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
 Daemon::Impl::~Impl() { cleanup(); }
 
 void Daemon::Impl::cleanup() {
-  for (auto& [id, c] : clients)
+  for (auto& [id, c] : clients) {
     if (c->fd >= 0) ::close(c->fd);
+    if (c->doorbell != nullptr) {
+      // A subscriber asleep on its doorbell would not notice the socket closing: ring its
+      // control bit so it reads the socket, finds it closed and reports the daemon gone.
+      full_fence();
+      doorbell::ring_doorbell(c->doorbell, kControlBit);
+    }
+  }
   clients.clear();
   for (auto& [fd, dead] : dead_publishers) ::close(fd);
   dead_publishers.clear();

@@ -286,6 +286,8 @@ TEST(DaemonErrors, DeadDaemonDataPathGoesOnControlPathExplains) {
   EXPECT_MENTIONS(message, socket);
   EXPECT_MENTIONS(message, "reconnect");
   error_of([&] { sub.subscribe({"other"}); }, Errc::kDaemonGone);
+  // A subscriber waiting for messages learns it too, once nothing is left to deliver.
+  EXPECT_MENTIONS(error_of([&] { sub.next(1s); }, Errc::kDaemonGone), socket);
 }
 
 TEST(DaemonErrors, StoppedDaemonRemovesItsSharedMemory) {

@@ -71,8 +71,8 @@ Arena Arena::attach(const std::string& name, Access access) {
   } catch (const bip::interprocess_exception& e) {
     throw std::system_error(e.get_native_error() ? e.get_native_error() : EIO,
                             std::generic_category(),
-                            "attaching shared memory arena '" + name + "': " + e.what() +
-                                " (is the daemon for this bus running?)");
+                            "attaching shared memory arena '/dev/shm/" + name +
+                                "' (is shmbusd running for this bus?)");
   }
   if (arena.size() < layout::kPageSize)
     throw std::runtime_error("arena '" + name + "' is smaller than its header page");

@@ -89,11 +89,13 @@ PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
                          std::chrono::nanoseconds wait) {
   PublishMeta meta;
   meta.publish_unix_ns = unix_time_ns();
-  const Status s = ch.publisher.publish(payload, meta, wait);
+  // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
+  // subscriber may take the message and unsubscribe before we could look.
   PublishResult result;
+  result.receivers = ch.ring.header()->receivers.load(std::memory_order_relaxed);
+  const Status s = ch.publisher.publish(payload, meta, wait);
   result.status = to_publish_status(s);
-  if (s == Status::kOk)
-    result.receivers = ch.ring.header()->receivers.load(std::memory_order_relaxed);
+  if (s != Status::kOk) result.receivers = 0;
   return result;
 }
 
@@ -156,9 +158,9 @@ uint32_t Loan::commit(std::size_t bytes) {
                                             std::to_string(state_->loan.capacity));
   PublishMeta meta;
   meta.publish_unix_ns = unix_time_ns();
-  state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
-  const uint32_t receivers =
+  const uint32_t receivers =  // before the commit: see publish_on
       state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
+  state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
   state_.reset();
   return receivers;
 }

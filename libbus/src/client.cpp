@@ -65,7 +65,7 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbe
   hello.u32(kProtocolMagic)
       .u16(kProtocolVersion)
       .u16(kProtocolVersion)
-      .str(program_name())
+      .str(endpoint_.client_name.empty() ? program_name() : endpoint_.client_name.substr(0, 256))
       .u8(wants_doorbell ? 1 : 0);
   const OwnedFrame reply = request(hello);
   if (reply.type != Type::kWelcome)
@@ -210,9 +210,7 @@ std::byte* BusMemory::base(uint32_t arena_id) {
       arenas_[arena_id] = std::make_unique<Arena>(Arena::attach(name, access_));
     } catch (const std::exception& e) {
       throw Error(arena_id == 0 ? Errc::kNoDaemon : Errc::kSystem,
-                  "cannot map shared memory '/dev/shm/" + name + "' of bus '" + bus_ +
-                      "': " + e.what() + (arena_id == 0 ? "; is shmbusd running for this bus?"
-                                                        : ""));
+                  "cannot map the shared memory of bus '" + bus_ + "': " + e.what());
     }
     table_.add(arena_id, arenas_[arena_id]->base());
   }

@@ -19,6 +19,7 @@ Endpoint resolve_endpoint(const ConnectOptions& options) {
     e.bus = env != nullptr && *env != '\0' ? env : std::string(kDefaultBus);
   }
   validate_bus_name(e.bus);
+  e.client_name = options.client_name;
   e.socket_path = options.socket_path;
   if (e.socket_path.empty()) {
     const char* env = std::getenv("SHMBUS_SOCKET");

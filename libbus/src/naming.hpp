@@ -18,6 +18,7 @@ inline constexpr std::string_view kDefaultRuntimeDir = "/run/shmbus";
 struct Endpoint {
   std::string bus;
   std::string socket_path;
+  std::string client_name;  // for the daemon's log; the program name if not given
 };
 
 // Fills what `options` leaves empty: bus from $SHMBUS_BUS or "default", socket from

@@ -18,12 +18,17 @@ StatsReader& StatsReader::operator=(StatsReader&&) noexcept = default;
 StatsReader::~StatsReader() = default;
 
 StatsReader StatsReader::open(const ConnectOptions& options) {
-  const Endpoint endpoint = resolve_endpoint(options);
+  // One HELLO to learn which bus answers on the socket (the caller may have given only the
+  // socket) and to fail with the socket's name if nothing does; counters are then read
+  // from shared memory only.
+  const std::string bus = ControlConnection(resolve_endpoint(options), false).welcome().bus;
   auto state = std::make_unique<State>();
-  state->memory = std::make_unique<BusMemory>(endpoint.bus, Arena::Access::kReadOnly);
+  state->memory = std::make_unique<BusMemory>(bus, Arena::Access::kReadOnly);
   open_directory(*state->memory);  // fails now, with a clear message, if there is no bus
   return StatsReader(std::move(state));
 }
+
+const std::string& StatsReader::bus_name() const { return state_->memory->bus(); }
 
 BusStats StatsReader::read(std::string_view pattern) {
   BusStats stats;

@@ -76,6 +76,7 @@ struct Subscription::State {
   std::vector<std::string> patterns;              // psubscribe order (pmessage order)
   std::deque<uint32_t> ready;
   bool control_pending = false;
+  std::string daemon_gone;  // why the control connection ended, if it did
 
   // Deliveries fixed before a subscription change: messages published before the change
   // keep the reasons they had then (a Redis server would have sent them already).
@@ -217,7 +218,14 @@ struct Subscription::State {
 
   void poll_control() {
     control_pending = false;
-    connection->poll_events();
+    try {
+      connection->poll_events();
+    } catch (const Error& e) {
+      if (e.code() != Errc::kDaemonGone) throw;
+      // Keep delivering what is already in the rings; next() reports this once they are
+      // drained (publishers with open channels may go on through shared memory meanwhile).
+      daemon_gone = e.what();
+    }
     apply_events();
   }
 
@@ -498,6 +506,7 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
     });
     if (taken > 0) continue;
     // 5. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
+    if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
     const auto now = std::chrono::steady_clock::now();
     if (!forever && now >= deadline) {
       s.rearm_notifier();

@@ -36,11 +36,14 @@ struct BusStats {
 
 class StatsReader {
  public:
-  // Maps the bus's shared memory read-only; throws Error(kNoDaemon) if the bus is not there.
+  // Asks the daemon once which bus it serves, then maps that bus's shared memory
+  // read-only; throws Error(kNoDaemon) naming the socket if no daemon answers.
   static StatsReader open(const ConnectOptions& options = {});
   StatsReader(StatsReader&&) noexcept;
   StatsReader& operator=(StatsReader&&) noexcept;
   ~StatsReader();
+
+  const std::string& bus_name() const;
 
   // A snapshot of every live channel (optionally only those matching a glob pattern).
   BusStats read(std::string_view pattern = {});

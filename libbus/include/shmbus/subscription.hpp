@@ -93,7 +93,8 @@ class Subscription {
 
   // The next message, waiting up to `timeout` (zero: poll; negative: forever). Returns
   // nullopt on timeout. Spins about 20 us before sleeping, so a busy channel is served
-  // with sub-microsecond latency and an idle subscriber uses no CPU.
+  // with sub-microsecond latency and an idle subscriber uses no CPU. Once the daemon has
+  // stopped, delivers what the rings still hold, then throws Error(kDaemonGone).
   std::optional<Message> next(std::chrono::nanoseconds timeout);
 
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
