@@ -1,6 +1,7 @@
 #include "server.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -67,10 +68,10 @@ uint64_t unix_now_ns() {
 struct Attachment {
   uint32_t slot = 0;
   uint32_t bit = 0;
-  bool by_name = false;          // the subscription holds the channel itself
-  uint32_t pattern_matches = 0;  // patterns of the subscription that match the channel
-  bool needed() const { return by_name || pattern_matches > 0; }
-  uint32_t receivers() const { return (by_name ? 1 : 0) + pattern_matches; }
+  bool by_name = false;               // the subscription holds the channel itself
+  std::vector<std::string> patterns;  // patterns of the subscription counted for it
+  bool needed() const { return by_name || !patterns.empty(); }
+  uint32_t receivers() const { return (by_name ? 1 : 0) + static_cast<uint32_t>(patterns.size()); }
 };
 
 struct ChannelState {
@@ -99,6 +100,7 @@ struct Client {
   FrameAssembler in;
   std::vector<std::byte> out;  // bytes not yet written to the socket
   bool want_write = false;
+  bool doomed = false;        // to be closed once the current event is handled
   bool event_queued = false;  // `out` holds an event the client has not been rung for
 
   // Subscriptions (a client that asked for a doorbell in HELLO).
@@ -117,14 +119,14 @@ struct Client {
   std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
 };
 
-// A client that vanished without saying goodbye while holding channels open for publishing:
-// its frames are repaired once its process has exited (a live process might still write).
-struct DeadPublisher {
-  int pidfd = -1;
-  int32_t pid = 0;
-  uint16_t publisher_id = 0;
-  std::vector<uint32_t> channels;
-};
+// epoll tokens: fixed ones for the daemon's own fds, client ids for connections, and the
+// top bit for departing clients (their pidfd). Never raw fds: a number closed and reused
+// within one epoll batch would be mistaken for another source.
+constexpr uint64_t kStopToken = 1;
+constexpr uint64_t kListenToken = 2;
+constexpr uint64_t kTimerToken = 3;
+constexpr uint64_t kFirstClientId = 16;
+constexpr uint64_t kDepartingBit = uint64_t{1} << 63;
 
 [[noreturn]] void refuse(Errc code, const std::string& message) { throw Error(code, message); }
 
@@ -167,8 +169,11 @@ struct Daemon::Impl {
   void flush(Client& c);
   void send(Client& c, Writer& w);
   void close_client(uint64_t id, const char* reason);
+  void finish_client(Client& c);
+  void repair_and_finish(Client& c);  // for a client that ended without a goodbye
+  void reap_doomed();
   void on_tick();
-  void on_publisher_exit(int pidfd);
+  void on_departed(uint64_t token);
 
   // ---- requests ----
   void dispatch(Client& c, const Frame& f);
@@ -189,8 +194,11 @@ struct Daemon::Impl {
   // Registers (or finds) the client's slot in `ch`; `start` is the slot's position.
   Attachment& attach(Client& c, ChannelState& ch, uint64_t start, uint64_t* start_sequence,
                      bool* added);
-  void write_attachment(Writer& w, const ChannelState& ch, const Attachment& a,
-                        uint64_t start_position, uint64_t start_sequence);
+  protocol::Attachment describe(const ChannelState& ch, const Attachment& a,
+                                uint64_t start_position, uint64_t start_sequence);
+  void send_subscribed(Client& c, uint32_t request,
+                       const std::vector<protocol::Attachment>& attachments, Errc error_code,
+                       const std::string& error);
   // Drops `a` if nothing needs it any more; true if it was dropped (the client gives the
   // slot back).
   bool detach_if_unneeded(Client& c, ChannelState& ch);
@@ -229,11 +237,19 @@ struct Daemon::Impl {
   std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
 
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients;
-  std::unordered_map<int, uint64_t> client_by_fd;
-  uint64_t next_client_id = 1;
+  uint64_t next_client_id = kFirstClientId;
+  std::vector<uint64_t> doomed;
+  // Clients whose connection ended without a goodbye, until their process exits: its
+  // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
+  // since a live process may still read and write them.
+  struct Departing {
+    int pidfd = -1;
+    std::unique_ptr<Client> client;
+  };
+  std::unordered_map<uint64_t, Departing> departing;  // by token
+  uint64_t next_departing = 1;
   std::vector<uint16_t> free_publisher_ids;
   uint32_t next_publisher_id = 1;
-  std::unordered_map<int, DeadPublisher> dead_publishers;  // by pidfd
   bool barrier_due = false;
 };
 
@@ -253,10 +269,11 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
                          "timerfd_create");
     const itimerspec tick{{kTick.count(), 0}, {kTick.count(), 0}};
     check_sys([&] { return timerfd_settime(timer_fd, 0, &tick, nullptr); }, "timerfd_settime");
-    for (int fd : {listen_fd, stop_fd, timer_fd}) {
+    for (auto [fd, token] : {std::pair{listen_fd, kListenToken}, std::pair{stop_fd, kStopToken},
+                             std::pair{timer_fd, kTimerToken}}) {
       epoll_event ev{};
       ev.events = EPOLLIN;
-      ev.data.fd = fd;
+      ev.data.u64 = token;
       check_sys([&] { return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev); }, "epoll_ctl");
     }
   } catch (...) {
@@ -281,8 +298,8 @@ void Daemon::Impl::cleanup() {
     }
   }
   clients.clear();
-  for (auto& [fd, dead] : dead_publishers) ::close(fd);
-  dead_publishers.clear();
+  for (auto& [token, d] : departing) ::close(d.pidfd);
+  departing.clear();
   for (int* fd : {&timer_fd, &stop_fd, &epoll_fd, &listen_fd})
     if (*fd >= 0) {
       ::close(*fd);
@@ -414,23 +431,23 @@ void Daemon::Impl::run() {
       throw_sys_error(errno, "epoll_wait");
     }
     for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd == stop_fd) {
+      const uint64_t token = events[i].data.u64;
+      if (token == kStopToken) {
         log->info("stopping: {} client(s), {} channel(s)", clients.size(), live_channels);
         return;
       }
-      if (fd == listen_fd) {
+      if (token == kListenToken) {
         accept_clients();
-      } else if (fd == timer_fd) {
+      } else if (token == kTimerToken) {
         uint64_t expirations;
         [[maybe_unused]] ssize_t r = ::read(timer_fd, &expirations, sizeof(expirations));
         on_tick();
-      } else if (dead_publishers.count(fd)) {
-        on_publisher_exit(fd);
-      } else if (auto it = client_by_fd.find(fd); it != client_by_fd.end()) {
-        auto client = clients.find(it->second);
-        if (client != clients.end()) on_client_event(*client->second, events[i].events);
+      } else if (token & kDepartingBit) {
+        on_departed(token);
+      } else if (auto client = clients.find(token); client != clients.end()) {
+        on_client_event(*client->second, events[i].events);
       }
+      reap_doomed();
     }
   }
 }
@@ -470,13 +487,12 @@ void Daemon::Impl::accept_clients() {
     }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.fd = fd;
+    ev.data.u64 = c->id;
     if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
       log->warn("epoll_ctl: {}", std::strerror(errno));
       ::close(fd);
       continue;
     }
-    client_by_fd[fd] = c->id;
     directory->clients.fetch_add(1, std::memory_order_relaxed);
     clients.emplace(c->id, std::move(c));
   }
@@ -509,13 +525,7 @@ void Daemon::Impl::read_from(Client& c) {
       std::span<const std::byte> body;
       while (c.in.next(body)) {
         dispatch(c, Frame::parse(body));
-        if (!clients.count(id)) return;
-        if (barrier_due) {
-          // Reader slots linked to rings with publishers: make the links visible to them
-          // before the subscriber, told by our reply, relies on them (ring.hpp).
-          process_wide_barrier();
-          barrier_due = false;
-        }
+        if (!clients.count(id) || c.doomed) return;
       }
     } catch (const ProtocolError& e) {
       log->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection",
@@ -527,15 +537,34 @@ void Daemon::Impl::read_from(Client& c) {
 }
 
 void Daemon::Impl::send(Client& c, Writer& w) {
+  if (c.doomed) return;
+  if (barrier_due) {
+    // Reader slots were linked to rings that publishers use: make the links visible to
+    // them before the subscriber, told by this reply, relies on them (ring.hpp).
+    process_wide_barrier();
+    barrier_due = false;
+  }
   const auto& frame = w.frame();
   c.out.insert(c.out.end(), frame.begin(), frame.end());
   if (c.out.size() > kMaxPendingOutput) {
     log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it",
               c.id, c.cred.pid, c.name, human_bytes(c.out.size()));
-    close_client(c.id, "not reading");
+    // Closed after the current event: callers up the stack still use `c` and may be
+    // iterating over the sets closing it would change.
+    c.doomed = true;
+    c.out.clear();
+    doomed.push_back(c.id);
     return;
   }
   flush(c);
+}
+
+void Daemon::Impl::reap_doomed() {
+  while (!doomed.empty()) {
+    const uint64_t id = doomed.back();
+    doomed.pop_back();
+    close_client(id, "not reading its socket");
+  }
 }
 
 void Daemon::Impl::flush(Client& c) {
@@ -564,7 +593,7 @@ void Daemon::Impl::flush(Client& c) {
   if (want_write != c.want_write) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u);
-    ev.data.fd = c.fd;
+    ev.data.u64 = c.id;
     epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c.fd, &ev);
     c.want_write = want_write;
   }
@@ -577,51 +606,68 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   clients.erase(it);
   Client& c = *owned;
   epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c.fd, nullptr);
-  client_by_fd.erase(c.fd);
   ::close(c.fd);
+  c.fd = -1;
   directory->clients.fetch_sub(1, std::memory_order_relaxed);
-  release_subscriptions(c);
+  if (c.said_bye) {
+    log->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
+    finish_client(c);
+    return;
+  }
+  // No goodbye: crashed, or dropped by us while it may still run. Its slots, doorbell,
+  // holds and unfinished frames are released only once the process has exited.
+  const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
+  if (pidfd < 0) {
+    // ESRCH: already gone (and reaped). Otherwise we cannot tell when it exits.
+    if (c.cred.pid > 0 && errno != ESRCH)
+      log->warn("cannot watch pid {} of client {} ({}); releasing its resources now",
+                c.cred.pid, id, std::strerror(errno));
+    repair_and_finish(c);
+    return;
+  }
+  if (c.doorbell != nullptr) {
+    // A live subscriber asleep on its doorbell: make it read the socket and see it closed.
+    full_fence();
+    doorbell::ring_doorbell(c.doorbell, kControlBit);
+  }
+  const uint64_t token = kDepartingBit | next_departing++;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = token;
+  epoll_ctl(epoll_fd, EPOLL_CTL_ADD, static_cast<int>(pidfd), &ev);
+  log->info("client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
+            "process exits",
+            id, c.cred.pid, c.name, reason);
+  departing[token] = Departing{static_cast<int>(pidfd), std::move(owned)};
+}
 
+void Daemon::Impl::on_departed(uint64_t token) {
+  auto it = departing.find(token);
+  if (it == departing.end()) return;
+  pollfd exited{it->second.pidfd, POLLIN, 0};
+  if (::poll(&exited, 1, 0) != 1) return;  // spurious: still running
+  Departing d = std::move(it->second);
+  departing.erase(it);
+  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, d.pidfd, nullptr);
+  ::close(d.pidfd);
+  repair_and_finish(*d.client);
+}
+
+void Daemon::Impl::repair_and_finish(Client& c) {
   std::vector<uint32_t> held;
   for (auto& [channel_id, handles] : c.open_channels) held.push_back(channel_id);
-  const bool crashed = !c.said_bye && !held.empty();
-  if (crashed) {
-    // Frames it left half-written must be padded over, but only once the process has
-    // exited: a live process might still be writing them.
-    const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
-    if (pidfd >= 0) {
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.fd = static_cast<int>(pidfd);
-      epoll_ctl(epoll_fd, EPOLL_CTL_ADD, static_cast<int>(pidfd), &ev);
-      dead_publishers[static_cast<int>(pidfd)] =
-          DeadPublisher{static_cast<int>(pidfd), c.cred.pid, c.publisher_id, held};
-      log->info("client {} (pid {}, '{}') {} without goodbye while publishing on {} channel(s); "
-                "repairing its frames when the process exits",
-                id, c.cred.pid, c.name, reason, held.size());
-      return;  // holds and publisher id stay until the repair
-    }
-    repair_publisher(c.publisher_id, held);
-  } else {
-    log->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
-  }
+  repair_publisher(c.publisher_id, held);
+  finish_client(c);
+}
+
+void Daemon::Impl::finish_client(Client& c) {
+  release_subscriptions(c);
   for (auto& [channel_id, handles] : c.open_channels)
     if (channel_id < channels.size() && channels[channel_id])
       channels[channel_id]->publisher_holds -= handles;
+  c.open_channels.clear();
   if (c.publisher_id != 0) free_publisher_ids.push_back(c.publisher_id);
-}
-
-void Daemon::Impl::on_publisher_exit(int pidfd) {
-  auto it = dead_publishers.find(pidfd);
-  DeadPublisher dead = std::move(it->second);
-  dead_publishers.erase(it);
-  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, pidfd, nullptr);
-  ::close(pidfd);
-  repair_publisher(dead.publisher_id, dead.channels);
-  for (uint32_t channel_id : dead.channels)
-    if (channel_id < channels.size() && channels[channel_id])
-      --channels[channel_id]->publisher_holds;
-  free_publisher_ids.push_back(dead.publisher_id);
+  c.publisher_id = 0;
 }
 
 void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& held) {
@@ -648,6 +694,8 @@ void Daemon::Impl::reply_error(Client& c, uint32_t request, Errc code,
 void Daemon::Impl::dispatch(Client& c, const Frame& f) {
   if (!c.greeted && f.type != Type::kHello)
     throw ProtocolError(std::string("first message must be HELLO, got ") + type_name(f.type));
+  // A goodbye vouches for the frames written so far; anything after it needs a new one.
+  if (f.type != Type::kBye) c.said_bye = false;
   try {
     switch (f.type) {
       case Type::kHello: return on_hello(c, f);
@@ -884,17 +932,17 @@ void Daemon::Impl::match_new_channel(ChannelState& ch) {
     if (!glob_match(pattern, ch.name)) continue;
     for (uint64_t client_id : subscribers) {
       auto it = clients.find(client_id);
-      if (it == clients.end()) continue;
+      if (it == clients.end() || it->second->doomed) continue;
       Client& c = *it->second;
       bool added = false;
       uint64_t start_sequence = 0;
       try {
         Attachment& a = attach(c, ch, 0, &start_sequence, &added);
-        ++a.pattern_matches;
+        a.patterns.push_back(pattern);
         set_receivers(ch, +1);
         if (added) {
           Writer w(Type::kAttach, 0);
-          write_attachment(w, ch, a, 0, start_sequence);
+          describe(ch, a, 0, start_sequence).write(w);
           c.event_queued = true;
           send(c, w);
         }
@@ -957,15 +1005,37 @@ Attachment& Daemon::Impl::attach(Client& c, ChannelState& ch, uint64_t start,
   return a;
 }
 
-void Daemon::Impl::write_attachment(Writer& w, const ChannelState& ch, const Attachment& a,
-                                    uint64_t start_position, uint64_t start_sequence) {
-  protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
-                       ch.name,
-                       a.slot,
-                       a.bit,
-                       start_position,
-                       start_sequence}
-      .write(w);
+protocol::Attachment Daemon::Impl::describe(const ChannelState& ch, const Attachment& a,
+                                            uint64_t start_position, uint64_t start_sequence) {
+  return protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
+                              ch.name,
+                              a.slot,
+                              a.bit,
+                              start_position,
+                              start_sequence};
+}
+
+void Daemon::Impl::send_subscribed(Client& c, uint32_t request,
+                                   const std::vector<protocol::Attachment>& attachments,
+                                   Errc error_code, const std::string& error) {
+  // A pattern over 100,000 channels attaches them all at once: the reply goes in frames of
+  // at most half the frame limit, the last one flagged final.
+  size_t next = 0;
+  do {
+    size_t end = next, bytes = 64;
+    while (end < attachments.size() && bytes < kMaxFrameBytes / 2)
+      bytes += 64 + attachments[end++].channel.size();
+    const bool final = end == attachments.size();
+    Writer w(Type::kSubscribed, request);
+    w.u8(final ? 1 : 0).u32(static_cast<uint32_t>(end - next));
+    for (size_t i = next; i < end; ++i) attachments[i].write(w);
+    if (final)
+      w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()))
+          .u16(error.empty() ? 0 : static_cast<uint16_t>(error_code))
+          .str(error);
+    send(c, w);
+    next = end;
+  } while (next < attachments.size());
 }
 
 void Daemon::Impl::set_receivers(ChannelState& ch, int32_t delta) {
@@ -1077,7 +1147,6 @@ void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
   for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
   check_subscription_limit(c, adding, "channel");
 
-  Writer w(Type::kSubscribed, f.request);
   std::vector<std::pair<ChannelState*, Attachment*>> attached;
   std::vector<std::pair<uint64_t, uint64_t>> starts;
   std::string error;
@@ -1117,13 +1186,11 @@ void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
       break;  // what succeeded stands; the client learns both
     }
   }
-  w.u32(static_cast<uint32_t>(attached.size()));
+  std::vector<protocol::Attachment> reply;
   for (size_t i = 0; i < attached.size(); ++i)
-    write_attachment(w, *attached[i].first, *attached[i].second, starts[i].first,
-                     starts[i].second);
-  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
-  w.u16(error.empty() ? 0 : static_cast<uint16_t>(error_code)).str(error);
-  send(c, w);
+    reply.push_back(describe(*attached[i].first, *attached[i].second, starts[i].first,
+                             starts[i].second));
+  send_subscribed(c, f.request, reply, error_code, error);
 }
 
 void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
@@ -1155,7 +1222,7 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
         bool added = false;
         uint64_t start_sequence = 0;
         Attachment& a = attach(c, *ch, kAtLatest, &start_sequence, &added);
-        ++a.pattern_matches;
+        a.patterns.push_back(pattern);
         set_receivers(*ch, +1);
         if (added) {
           attached.emplace_back(ch.get(), &a);
@@ -1167,17 +1234,15 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
       }
     }
   }
-  Writer w(Type::kSubscribed, f.request);
-  w.u32(static_cast<uint32_t>(attached.size()));
+  std::vector<protocol::Attachment> reply;
   for (size_t i = 0; i < attached.size(); ++i) {
     const Attachment& a = *attached[i].second;
-    write_attachment(w, *attached[i].first, a,
-                     attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
-                     start_sequences[i]);
+    reply.push_back(describe(
+        *attached[i].first, a,
+        attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
+        start_sequences[i]));
   }
-  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
-  w.u16(error.empty() ? 0 : static_cast<uint16_t>(error_code)).str(error);
-  send(c, w);
+  send_subscribed(c, f.request, reply, error_code, error);
 }
 
 void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
@@ -1204,8 +1269,8 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
       for (uint32_t channel_id : ids) {
         ChannelState& ch = *channels[channel_id];
-        if (!glob_match(name, ch.name)) continue;
-        --c.attached[channel_id].pattern_matches;
+        // Only where this pattern was counted (an attach may have failed for it).
+        if (std::erase(c.attached[channel_id].patterns, name) == 0) continue;
         set_receivers(ch, -1);
         if (detach_if_unneeded(c, ch)) detached.push_back(channel_id);
       }
@@ -1238,21 +1303,22 @@ void Daemon::Impl::release_subscriptions(Client& c) {
   }
   directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
                             std::memory_order_relaxed);
-  for (auto& [channel_id, a] : c.attached) {
-    ChannelState* ch = channel_id < channels.size() ? channels[channel_id].get() : nullptr;
-    if (ch == nullptr) continue;
-    release_reader_slot(ch->ring, a.slot, c.id);
-    if (a.by_name) --ch->channel_subscribers;
-    set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
-    ch->attached.erase(c.id);
-    ch->last_active = Clock::now();
-  }
+  // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
   auto find_any = [&](uint32_t channel_id) -> ChannelState* {
     if (channel_id < channels.size() && channels[channel_id]) return channels[channel_id].get();
     for (auto& r : reclaiming)
       if (r->id == channel_id) return r.get();
     return nullptr;
   };
+  for (auto& [channel_id, a] : c.attached) {
+    ChannelState* ch = find_any(channel_id);
+    if (ch == nullptr) continue;
+    release_reader_slot(ch->ring, a.slot, c.id);
+    if (!ch->attached.erase(c.id)) continue;  // already reclaimed: counts are gone with it
+    if (a.by_name) --ch->channel_subscribers;
+    set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
+    ch->last_active = Clock::now();
+  }
   for (auto [channel_id, slot] : c.returned_slots)
     if (ChannelState* ch = find_any(channel_id)) release_reader_slot(ch->ring, slot, c.id);
   c.attached.clear();

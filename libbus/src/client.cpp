@@ -146,12 +146,22 @@ OwnedFrame ControlConnection::request(Writer& request) {
   const auto type = static_cast<Type>(header.u16());
   const uint32_t id = header.u32();
   send_all(frame);
+  return next_reply(id, type);
+}
+
+OwnedFrame ControlConnection::next_reply(uint32_t id, Type type) {
   for (;;) {
     std::span<const std::byte> body;
     try {
       while (in_.next(body)) {
         const Frame f = Frame::parse(body);
         OwnedFrame owned{f.type, f.request, {f.fields.begin(), f.fields.end()}};
+        if (f.request == 0 && f.type == Type::kError) {
+          // Refused before HELLO was read (e.g. max_clients): say why, not just "closed".
+          Parser p = owned.parser();
+          const auto code = static_cast<Errc>(p.u16());
+          throw Error(code, std::string(p.str(kMaxErrorBytes, "error")));
+        }
         if (f.request == 0) {
           events_.push_back(std::move(owned));
           continue;

@@ -50,6 +50,8 @@ class ControlConnection {
   // apply events and reply in the daemon's order. A kError reply throws Error.
   protocol::Writer next_request(protocol::Type type);
   OwnedFrame request(protocol::Writer& request);
+  // The next frame answering request `id` (a reply in several frames).
+  OwnedFrame next_reply(uint32_t id, protocol::Type waiting_for);
   // Reads whatever arrived without blocking and queues complete events.
   void poll_events();
   std::deque<OwnedFrame>& events() { return events_; }

@@ -52,6 +52,22 @@ struct RingReader {
   size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
 };
 
+// Splits a long list of names into runs that fit in one control message each.
+std::vector<std::span<const std::string>> batches(std::span<const std::string> names) {
+  std::vector<std::span<const std::string>> runs;
+  size_t start = 0, bytes = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (i > start && bytes + names[i].size() + 8 > kMaxFrameBytes / 2) {
+      runs.push_back(names.subspan(start, i - start));
+      start = i;
+      bytes = 0;
+    }
+    bytes += names[i].size() + 8;
+  }
+  runs.push_back(names.subspan(start));
+  return runs;
+}
+
 Writer& write_names(Writer& w, std::span<const std::string> names) {
   w.u32(static_cast<uint32_t>(names.size()));
   for (const auto& name : names) w.str(name);
@@ -209,6 +225,9 @@ struct Subscription::State {
       } else if (event.type == Type::kDetach) {
         const uint32_t channel_id = p.u32();
         p.end();
+        // The daemon frees the ring only after we let go: read what is left first, so
+        // every message is still delivered or reported lost.
+        settle([&](const RingReader& rr) { return rr.channel_id == channel_id; });
         drop_reader(channel_id);
       } else {
         throw Error(Errc::kProtocol, std::string("unexpected event ") + type_name(event.type));
@@ -237,17 +256,27 @@ struct Subscription::State {
     return reply;
   }
 
-  void apply_subscribed(const OwnedFrame& reply, StartAt start) {
-    Parser p = reply.parser();
-    const uint32_t n = p.count(kMaxNamesPerRequest * 4u, 40, "attachments");
-    std::vector<Attachment> attachments;
-    for (uint32_t i = 0; i < n; ++i) attachments.push_back(Attachment::read(p));
-    p.u32();  // subscription count (we keep our own)
-    const auto code = static_cast<Errc>(p.u16());
-    const std::string error(p.str(kMaxErrorBytes, "error"));
-    p.end();
-    for (const auto& a : attachments) add_reader(a, start);
-    if (!error.empty()) throw Error(code, error);
+  // Applies a kSubscribed reply, which may come in several frames (the last one final).
+  void apply_subscribed(OwnedFrame reply, StartAt start) {
+    for (;;) {
+      Parser p = reply.parser();
+      const bool final = p.u8() != 0;
+      const uint32_t n = p.count(kMaxFrameBytes, 40, "attachments");
+      std::vector<Attachment> attachments;
+      for (uint32_t i = 0; i < n; ++i) attachments.push_back(Attachment::read(p));
+      std::string error;
+      auto code = Errc::kLimit;
+      if (final) {
+        p.u32();  // subscription count (we keep our own)
+        code = static_cast<Errc>(p.u16());
+        error = std::string(p.str(kMaxErrorBytes, "error"));
+      }
+      p.end();
+      for (const auto& a : attachments) add_reader(a, start);
+      if (!error.empty()) throw Error(code, error);
+      if (final) return;
+      reply = connection->next_reply(reply.request, Type::kSubscribed);
+    }
   }
 
   void apply_unsubscribed(const OwnedFrame& reply) {
@@ -273,7 +302,10 @@ struct Subscription::State {
     MessageInfo message;
     for (auto& [bit, rr] : by_bit) {
       if (!affected(rr)) continue;
-      while (rr.reader->try_read_copy(bytes, message) == Status::kOk)
+      // Only what was published before now: a fast publisher must not keep us here.
+      const uint64_t stop = rr.ring.load_claim().position;
+      while (rr.reader->position() < stop &&
+             rr.reader->try_read_copy(bytes, message) == Status::kOk)
         for (size_t i = 0; i < rr.deliveries(); ++i)
           settled.push_back(delivery(rr, i, bytes, message));
     }
@@ -346,6 +378,10 @@ Subscription Subscription::open(const ConnectOptions& options) {
 }
 
 void Subscription::subscribe(std::span<const std::string> channels, StartAt start) {
+  if (const auto runs = batches(channels); runs.size() > 1) {
+    for (auto run : runs) subscribe(run, start);
+    return;
+  }
   State& s = *state_;
   for (const auto& name : channels) validate_channel_name(name);
   s.settle([&](const RingReader& rr) {
@@ -376,6 +412,10 @@ void Subscription::subscribe(std::initializer_list<std::string_view> channels, S
 }
 
 void Subscription::psubscribe(std::span<const std::string> patterns) {
+  if (const auto runs = batches(patterns); runs.size() > 1) {
+    for (auto run : runs) psubscribe(run);
+    return;
+  }
   State& s = *state_;
   for (const auto& pattern : patterns) validate_pattern(pattern);
   s.settle([&](const RingReader& rr) {
@@ -396,6 +436,10 @@ void Subscription::psubscribe(std::initializer_list<std::string_view> patterns) 
 }
 
 void Subscription::unsubscribe(std::span<const std::string> channels) {
+  if (const auto runs = batches(channels); runs.size() > 1) {
+    for (auto run : runs) unsubscribe(run);
+    return;
+  }
   State& s = *state_;
   Writer w = s.connection->next_request(Type::kUnsubscribe);
   const OwnedFrame reply = s.request(write_names(w, channels));
@@ -416,6 +460,10 @@ void Subscription::unsubscribe(std::initializer_list<std::string_view> channels)
 }
 
 void Subscription::punsubscribe(std::span<const std::string> patterns) {
+  if (const auto runs = batches(patterns); runs.size() > 1) {
+    for (auto run : runs) punsubscribe(run);
+    return;
+  }
   State& s = *state_;
   Writer w = s.connection->next_request(Type::kPunsubscribe);
   const OwnedFrame reply = s.request(write_names(w, patterns));

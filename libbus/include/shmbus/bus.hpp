@@ -52,7 +52,8 @@ struct PublishResult {
 };
 
 // A message being written in place in the ring (zero-copy). Fill data(), then commit(n);
-// destroying an uncommitted loan abandons it (subscribers count it as lost).
+// destroying an uncommitted loan abandons it (subscribers count it as lost). A Loan must not
+// outlive the Channel it came from.
 class Loan {
  public:
   Loan(Loan&&) noexcept;

@@ -20,7 +20,8 @@
 // - Each subscribe() call is confirmed by the daemon before it returns; there are no
 //   separate "subscribe" replies to read.
 //
-// Thread safety: one thread at a time, except fd(), which may be polled from anywhere.
+// Thread safety: one thread at a time. The descriptor fd() returns may be polled from any
+// thread; fd() itself belongs to the owning thread like every other call.
 // A Subscription has its own connection to the daemon; destroying it (or the process
 // dying) removes all its subscriptions.
 #pragma once
