@@ -23,12 +23,17 @@
 #include <string>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "arena.hpp"
 #include "doorbell.hpp"
 #include "ring.hpp"
 
 namespace shmbus {
 namespace {
+
+using shmbus::bench::percentiles;
+using shmbus::bench::Percentiles;
+using shmbus::bench::pin_to_cpu;
 
 using namespace std::chrono_literals;
 
@@ -43,25 +48,6 @@ void calibrate_tsc() {
   const auto t1 = std::chrono::steady_clock::now();
   g_ticks_per_ns = static_cast<double>(c1 - c0) /
                    static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
-}
-
-void pin_to_cpu(int cpu) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
-struct Percentiles {
-  double p50, p90, p99, p999, max;
-};
-Percentiles percentiles(std::vector<double> samples) {
-  std::sort(samples.begin(), samples.end());
-  auto at = [&](double q) {
-    return samples[std::min(samples.size() - 1, static_cast<size_t>(q * samples.size()))];
-  };
-  return {at(0.50), at(0.90), at(0.99), at(0.999), samples.back()};
 }
 
 constexpr int kMaxSamples = 400'000;

@@ -51,6 +51,7 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "bench_support.hpp"
 #include "config.hpp"
 #include "ring.hpp"
 #include "server.hpp"
@@ -58,6 +59,10 @@
 #include "shmbus/subscription.hpp"
 
 namespace {
+
+using shmbus::bench::percentiles;
+using shmbus::bench::Percentiles;
+using shmbus::bench::pin_to_cpu;
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -71,35 +76,6 @@ int64_t mono_ns() {
 }
 
 double seconds_since(int64_t t0) { return static_cast<double>(mono_ns() - t0) / 1e9; }
-
-void pin_to_cpu(int cpu) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
-struct Percentiles {
-  double p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;
-  size_t n = 0;
-};
-// Nearest-rank percentiles of individual samples.
-Percentiles percentiles(std::vector<double> samples) {
-  Percentiles p;
-  p.n = samples.size();
-  if (samples.empty()) return p;
-  std::sort(samples.begin(), samples.end());
-  auto at = [&](double q) {
-    return samples[std::min(samples.size() - 1, static_cast<size_t>(q * static_cast<double>(samples.size())))];
-  };
-  p.p50 = at(0.50);
-  p.p90 = at(0.90);
-  p.p99 = at(0.99);
-  p.p999 = at(0.999);
-  p.max = samples.back();
-  return p;
-}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
