@@ -2,8 +2,6 @@
 
 #include <gtest/gtest.h>
 #include <sched.h>
-#include <sys/mount.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -106,34 +104,22 @@ TEST(Arena, ReadOnlyAttachMapsWithoutWriteAccess) {
 // A full /dev/shm must be a clean error in the allocating process, never a SIGBUS in a
 // client. The child mounts a 1 MiB tmpfs over /dev/shm in its own mount namespace.
 TEST(Arena, FullDevShmIsAnAllocationErrorNotSigbus) {
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (unshare(CLONE_NEWNS) != 0) _exit(77);
-    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(77);
-    if (mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=1m") != 0) _exit(77);
+  const int code = test::run_with_small_dev_shm("1m", [] {
+    // A 64 MiB arena on a 1 MiB tmpfs: creation is sparse and succeeds...
+    Arena arena = Arena::create("shmbus-test.full", 64 << 20, 1);
+    (void)arena.allocate(512 << 10);  // fits
     try {
-      // A 64 MiB arena on a 1 MiB tmpfs: creation is sparse and succeeds...
-      Arena arena = Arena::create("shmbus-test.full", 64 << 20, 1);
-      (void)arena.allocate(512 << 10);  // fits
-      try {
-        (void)arena.allocate(1 << 20);  // does not: /dev/shm is full
-        _exit(2);
-      } catch (const std::system_error& e) {
-        if (e.code().value() != ENOSPC) _exit(3);
-        if (std::string(e.what()).find("/dev/shm") == std::string::npos) _exit(4);
-      }
-      _exit(0);
-    } catch (...) {
-      _exit(5);
+      (void)arena.allocate(1 << 20);  // does not: /dev/shm is full
+      return 2;
+    } catch (const std::system_error& e) {
+      if (e.code().value() != ENOSPC) return 3;
+      if (std::string(e.what()).find("/dev/shm") == std::string::npos) return 4;
     }
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "child died by signal " << WTERMSIG(status);
-  if (WEXITSTATUS(status) == 77)
+    return 0;
+  });
+  if (code == test::kNoPrivateDevShm)
     GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs in a private namespace";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the child's exit code in the test";
+  EXPECT_EQ(code, 0) << "see the child's exit code in the test";
 }
 
 }  // namespace

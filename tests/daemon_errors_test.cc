@@ -1,10 +1,8 @@
 // Every refusal a user can meet, checked by its message: it must name the limit (or the
 // resource) and the way out, and nothing else may be lost because of it.
 #include <gtest/gtest.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 
 #include <chrono>
 #include <cstring>
@@ -13,6 +11,7 @@
 
 #include "daemon_support.hpp"
 #include "protocol.hpp"
+#include "test_support.hpp"
 #include "shmbus/shmbus.hpp"
 
 namespace shmbus {
@@ -309,42 +308,30 @@ TEST(DaemonErrors, StoppedDaemonRemovesItsSharedMemory) {
 // bus goes on serving existing ones. The child mounts a small tmpfs over /dev/shm in its
 // own mount namespace.
 TEST(DaemonErrors, FullDevShmRefusesTheChannelNotTheBus) {
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (unshare(CLONE_NEWNS) != 0) _exit(77);
-    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(77);
-    if (mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=2m") != 0) _exit(77);
-    try {
-      auto config = test::small_test_config();
-      config.max_channels = 64;
-      config.max_subscriptions_per_client = 64;
-      config.defaults.ring_bytes = 256 * 1024;
-      TestDaemon daemon(config);
-      auto bus = Bus::connect(daemon.options());
-      bus.publish("small", "x");
-      std::string message;
-      for (int i = 0; i < 16 && message.empty(); ++i) {
-        try {
-          bus.publish("fill" + std::to_string(i), "x");
-        } catch (const Error& e) {
-          if (e.code() != Errc::kLimit) _exit(2);
-          message = e.what();
-        }
+  const int code = test::run_with_small_dev_shm("2m", [] {
+    auto config = test::small_test_config();
+    config.max_channels = 64;
+    config.max_subscriptions_per_client = 64;
+    config.defaults.ring_bytes = 256 * 1024;
+    TestDaemon daemon(config);
+    auto bus = Bus::connect(daemon.options());
+    bus.publish("small", "x");
+    std::string message;
+    for (int i = 0; i < 16 && message.empty(); ++i) {
+      try {
+        bus.publish("fill" + std::to_string(i), "x");
+      } catch (const Error& e) {
+        if (e.code() != Errc::kLimit) return 2;
+        message = e.what();
       }
-      if (message.find("/dev/shm") == std::string::npos) _exit(3);
-      if (bus.publish("small", "still works") != 0) _exit(4);
-      _exit(0);
-    } catch (...) {
-      _exit(5);
     }
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "child died by signal " << WTERMSIG(status);
-  if (WEXITSTATUS(status) == 77)
+    if (message.find("/dev/shm") == std::string::npos) return 3;
+    if (bus.publish("small", "still works") != 0) return 4;
+    return 0;
+  });
+  if (code == test::kNoPrivateDevShm)
     GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs in a private namespace";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the child's exit code in the test";
+  EXPECT_EQ(code, 0) << "see the child's exit code in the test";
 }
 
 }  // namespace

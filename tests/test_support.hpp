@@ -2,6 +2,9 @@
 // and payloads that carry their own checksum.
 #pragma once
 
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +19,34 @@
 #include "ring.hpp"
 
 namespace shmbus::test {
+
+// Exit code of a child that could not set up its private /dev/shm (no CAP_SYS_ADMIN).
+inline constexpr int kNoPrivateDevShm = 77;
+
+// Runs `fn` in a forked child that sees a tmpfs of `size` (e.g. "2m") as /dev/shm, in a
+// mount namespace of its own, so a test can fill /dev/shm without touching the host's.
+// Returns the child's exit code: fn's return value, kNoPrivateDevShm if the mount was not
+// allowed, 98 if fn threw, 128 + signal if it died.
+template <typename Fn>
+int run_with_small_dev_shm(const char* size, Fn&& fn) {
+  const pid_t child = fork();
+  if (child < 0) return -1;
+  if (child == 0) {
+    if (unshare(CLONE_NEWNS) != 0) _exit(kNoPrivateDevShm);
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(kNoPrivateDevShm);
+    const std::string options = std::string("size=") + size;
+    if (mount("tmpfs", "/dev/shm", "tmpfs", 0, options.c_str()) != 0) _exit(kNoPrivateDevShm);
+    int code = 98;
+    try {
+      code = fn();
+    } catch (...) {
+    }
+    _exit(code);
+  }
+  int status = 0;
+  if (waitpid(child, &status, 0) != child) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 inline std::string unique_arena_name(const char* tag) {
   static std::atomic<uint32_t> counter{0};
