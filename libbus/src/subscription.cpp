@@ -50,6 +50,12 @@ struct RingReader {
   std::vector<std::string> patterns;  // the subscription's patterns that match `channel`
   bool queued = false;
   size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
+  // The pattern of delivery `index` of a message: the channel delivery (empty) first, as
+  // Redis sends "message" before "pmessage".
+  const std::string& pattern_of(size_t index) const {
+    static const std::string kNone;
+    return by_name && index == 0 ? kNone : patterns[index - (by_name ? 1 : 0)];
+  }
 };
 
 // Splits a long list of names into runs that fit in one control message each.
@@ -66,6 +72,19 @@ std::vector<std::span<const std::string>> batches(std::span<const std::string> n
   }
   runs.push_back(names.subspan(start));
   return runs;
+}
+
+Message make_message(std::string_view channel, std::string_view pattern,
+                     std::span<const std::byte> payload, const MessageInfo& info) {
+  Message m;
+  m.channel = channel;
+  m.pattern = pattern;
+  m.payload = payload;
+  m.sequence = info.sequence;
+  m.publish_unix_ns = info.publish_unix_ns;
+  m.lost_before = info.lost_before;
+  m.origin = info.origin;
+  return m;
 }
 
 Writer& write_names(Writer& w, std::span<const std::string> names) {
@@ -313,10 +332,7 @@ struct Subscription::State {
 
   static Settled delivery(const RingReader& rr, size_t index, const std::vector<std::byte>& bytes,
                           const MessageInfo& message) {
-    const bool channel_delivery = rr.by_name && index == 0;
-    return Settled{rr.channel,
-                   channel_delivery ? std::string() : rr.patterns[index - (rr.by_name ? 1 : 0)],
-                   bytes, message};
+    return Settled{rr.channel, rr.pattern_of(index), bytes, message};
   }
 
   void rearm_notifier() {
@@ -494,15 +510,7 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       s.settled_current = std::move(s.settled.front());
       s.settled.pop_front();
       const State::Settled& d = s.settled_current;
-      Message m;
-      m.channel = d.channel;
-      m.pattern = d.pattern;
-      m.payload = d.payload;
-      m.sequence = d.info.sequence;
-      m.publish_unix_ns = d.info.publish_unix_ns;
-      m.lost_before = d.info.lost_before;
-      m.origin = d.info.origin;
-      return m;
+      return make_message(d.channel, d.pattern, d.payload, d.info);
     }
     // 1. The rest of the current message's deliveries (message, then each pmessage).
     if (s.next_delivery < s.delivery_count) {
@@ -510,19 +518,9 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       if (it != s.by_bit.end() && s.next_delivery < it->second.deliveries()) {
         const RingReader& rr = it->second;
         const size_t index = s.next_delivery++;
-        const bool channel_delivery = rr.by_name && index == 0;
         s.current_channel = rr.channel;
-        s.current_pattern = channel_delivery ? std::string()
-                                             : rr.patterns[index - (rr.by_name ? 1 : 0)];
-        Message m;
-        m.channel = s.current_channel;
-        m.pattern = s.current_pattern;
-        m.payload = s.payload;
-        m.sequence = s.info.sequence;
-        m.publish_unix_ns = s.info.publish_unix_ns;
-        m.lost_before = s.info.lost_before;
-        m.origin = s.info.origin;
-        return m;
+        s.current_pattern = rr.pattern_of(index);
+        return make_message(s.current_channel, s.current_pattern, s.payload, s.info);
       }
       s.next_delivery = s.delivery_count = 0;
     }
