@@ -35,6 +35,34 @@ pid_t spawn(Fn&& fn) {
   return pid;
 }
 
+// A child process that says when it is ready: `fn(ready)` runs in the child and calls
+// ready() once it is set up (subscribed, holding a loan...); start() returns after that.
+class ReadyChild {
+ public:
+  template <typename Fn>
+  explicit ReadyChild(Fn&& fn) {
+    if (pipe(pipe_) != 0) throw std::runtime_error("pipe failed");
+    pid_ = spawn([&] {
+      auto ready = [this] {
+        const char one = 1;
+        if (write(pipe_[1], &one, 1) != 1) _exit(97);
+      };
+      return fn(ready);
+    });
+    char byte;
+    if (read(pipe_[0], &byte, 1) != 1) throw std::runtime_error("child died before ready");
+  }
+  ~ReadyChild() {
+    close(pipe_[0]);
+    close(pipe_[1]);
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  int pipe_[2];
+  pid_t pid_ = 0;
+};
+
 int wait_exit(pid_t pid) {
   int status = 0;
   waitpid(pid, &status, 0);
@@ -55,23 +83,18 @@ TEST(BusProcesses, CrashedPublisherMidMessageIsRepairedAndCountedLost) {
   TestDaemon daemon;
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"jobs"});
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  const pid_t child = spawn([&] {
+  ReadyChild child([&](auto ready) {
     auto bus = Bus::connect(daemon.options());
     auto channel = bus.channel("jobs");
     channel.publish("before");
     auto loan = channel.loan(64);  // claimed, never committed
     std::memcpy(loan.data().data(), "half", 4);
-    char one = 1;
-    if (write(ready[1], &one, 1) != 1) return 1;
+    ready();
     pause();  // killed here, loan in hand
     return 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
-  kill(child, SIGKILL);
-  EXPECT_EQ(wait_exit(child), 128 + SIGKILL);
+  kill(child.pid(), SIGKILL);
+  EXPECT_EQ(wait_exit(child.pid()), 128 + SIGKILL);
 
   auto first = sub.next(1s);
   ASSERT_TRUE(first);
@@ -86,37 +109,28 @@ TEST(BusProcesses, CrashedPublisherMidMessageIsRepairedAndCountedLost) {
   auto stats = StatsReader::open(daemon.options()).read("jobs");
   ASSERT_EQ(stats.channels.size(), 1u);
   EXPECT_EQ(stats.channels[0].repaired_frames, 1u);
-  close(ready[0]);
-  close(ready[1]);
 }
 
 TEST(BusProcesses, KilledSubscriberLeavesNoSubscriptionBehind) {
   TestDaemon daemon;
   auto bus = Bus::connect(daemon.options());
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  const pid_t child = spawn([&] {
+  ReadyChild child([&](auto ready) {
     auto sub = Subscription::open(daemon.options());
     sub.subscribe({"presence"});
     sub.psubscribe({"pres*"});
-    char one = 1;
-    if (write(ready[1], &one, 1) != 1) return 1;
+    ready();
     pause();
     return 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
   EXPECT_EQ(bus.publish("presence", "x"), 2u);
   const std::vector<std::string> names{"presence"};
   EXPECT_EQ(bus.numsub(names)[0].subscribers, 1u);
-  kill(child, SIGKILL);
-  wait_exit(child);
+  kill(child.pid(), SIGKILL);
+  wait_exit(child.pid());
   EXPECT_TRUE(eventually([&] { return bus.publish("presence", "y") == 0; }));
   EXPECT_EQ(bus.numsub(names)[0].subscribers, 0u);
   EXPECT_EQ(bus.numpat(), 0u);
   EXPECT_EQ(StatsReader::open(daemon.options()).read("presence").channels.at(0).subscribers, 0u);
-  close(ready[0]);
-  close(ready[1]);
 }
 
 TEST(BusProcesses, BackPressureChannelDoesNotStallOnADeadSubscriber) {
@@ -127,18 +141,13 @@ TEST(BusProcesses, BackPressureChannelDoesNotStallOnADeadSubscriber) {
   reliable.back_pressure = true;
   reliable.publish_wait = 100ms;
   auto channel = bus.channel("orders", reliable);
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
-  const pid_t child = spawn([&] {
+  ReadyChild child([&](auto ready) {
     auto sub = Subscription::open(daemon.options());
     sub.subscribe({"orders"});
-    char one = 1;
-    if (write(ready[1], &one, 1) != 1) return 1;
+    ready();
     pause();  // never reads
     return 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
   const std::string payload(200, 'o');
   // A live subscriber that does not read holds the publisher back...
   int published = 0;
@@ -147,13 +156,11 @@ TEST(BusProcesses, BackPressureChannelDoesNotStallOnADeadSubscriber) {
   EXPECT_EQ(r.status, PublishStatus::kWouldBlock);
   EXPECT_GT(published, 5);
   // ...and its death releases it.
-  kill(child, SIGKILL);
-  wait_exit(child);
+  kill(child.pid(), SIGKILL);
+  wait_exit(child.pid());
   EXPECT_TRUE(eventually(
       [&] { return channel.try_publish(std::as_bytes(std::span(payload)), 0ns).ok(); }));
   for (int i = 0; i < 100; ++i) EXPECT_EQ(channel.publish(payload), 0u);
-  close(ready[0]);
-  close(ready[1]);
 }
 
 TEST(BusProcesses, SubscriberInAnotherProcessGetsEveryMessageInOrder) {
@@ -162,14 +169,11 @@ TEST(BusProcesses, SubscriberInAnotherProcessGetsEveryMessageInOrder) {
   ChannelOptions reliable;
   reliable.back_pressure = true;  // no loss even if the reader is descheduled
   auto channel = bus.channel("stream", reliable);
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
   constexpr int kMessages = 20000;
-  const pid_t child = spawn([&] {
+  ReadyChild child([&](auto ready) {
     auto sub = Subscription::open(daemon.options());
     sub.subscribe({"stream"});
-    char one = 1;
-    if (write(ready[1], &one, 1) != 1) return 1;
+    ready();
     for (int i = 0; i < kMessages; ++i) {
       auto m = sub.next(5s);
       if (!m) return 2;
@@ -178,12 +182,8 @@ TEST(BusProcesses, SubscriberInAnotherProcessGetsEveryMessageInOrder) {
     }
     return sub.next(0ns) ? 5 : 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
   for (int i = 0; i < kMessages; ++i) ASSERT_EQ(channel.publish(std::to_string(i)), 1u);
-  EXPECT_EQ(wait_exit(child), 0);
-  close(ready[0]);
-  close(ready[1]);
+  EXPECT_EQ(wait_exit(child.pid()), 0);
 }
 
 TEST(BusProcesses, PollableFdTurnsReadableOnPublish) {
