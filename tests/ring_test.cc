@@ -352,6 +352,21 @@ TEST_F(RingTest, LoanCommitShorterThanClaimedLeavesPaddingReadersSkip) {
   EXPECT_EQ(info.lost_before, 0u);
 }
 
+// Regression: a commit shorter than the loan but within the same 32-byte frame left the
+// claimed length in the header, so readers got the unused tail as payload.
+TEST_F(RingTest, LoanCommitShorterWithinTheSameFrameSizeDeliversOnlyTheCommittedBytes) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Reader reader(ring);
+  Publisher publisher(ring, 1, &arena_.table());
+  RingLoan loan;
+  ASSERT_EQ(publisher.claim(10, loan), Status::kOk);  // 32 + 10 and 32 + 3 both take 64
+  std::memcpy(loan.payload, "abcXXXXXXX", 10);
+  publisher.commit(loan, 3);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "abc");
+  EXPECT_EQ(info.length, 3u);
+}
+
 TEST_F(RingTest, AbandonedLoanIsReportedLostSoEveryNumberIsAccountedFor) {
   RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);

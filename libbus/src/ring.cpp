@@ -274,8 +274,12 @@ void Publisher::commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta
                         static_cast<uint32_t>(claimed - used - kFrameHeaderBytes), publisher_id_);
     pad->state.store((loan.position + used) | kFrameCommitted | kFramePadding,
                      std::memory_order_release);
-    f->payload_length.store(payload_bytes, std::memory_order_relaxed);
   }
+  // A shorter commit shortens the length; the frame's extent stays what it was claimed as
+  // (the padding above covers the rest, or the frame size did not change), so I5's promise
+  // to repair and the retire sweep holds.
+  if (payload_bytes != loan.capacity)
+    f->payload_length.store(payload_bytes, std::memory_order_relaxed);
   f->publish_unix_ns.store(meta.publish_unix_ns, std::memory_order_relaxed);
   f->origin.store(meta.origin, std::memory_order_relaxed);
   // SYNC POINT (commit): release - a reader that loads this state with acquire sees the
