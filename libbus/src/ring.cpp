@@ -195,6 +195,7 @@ RingRef RingRef::open(std::byte* block, uint64_t available) {
   ring.readers_ = reinterpret_cast<ReaderTableHeader*>(table);
   ring.notify_ = reinterpret_cast<std::atomic<uint64_t>*>(table + notify_array_offset());
   ring.slots_ = reinterpret_cast<ReaderSlot*>(table + slots_offset(h->reader_capacity));
+  ring.reader_capacity_ = h->reader_capacity;
   return ring;
 }
 
@@ -328,7 +329,7 @@ void Publisher::notify_readers() {
   // No doorbell linked: nobody can be asleep on this ring, no fence, no syscall. A reader
   // linking one concurrently runs a process-wide barrier before it checks the ring, so
   // either it sees our commit or we see its link (asymmetric Dekker, see futex.hpp).
-  if (ring_.readers()->notify_high_water.load(std::memory_order_relaxed) == 0) return;
+  if (ring_.notify_high_water() == 0) return;
   // SYNC POINT: orders the commit store before the doorbell loads (store->load needs a full
   // fence); pairs with the seq_cst operations of Waiter.
   full_fence();
@@ -337,7 +338,7 @@ void Publisher::notify_readers() {
 
 void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas) {
   if (arenas == nullptr) return;
-  const uint32_t links = ring.readers()->notify_high_water.load(std::memory_order_relaxed);
+  const uint32_t links = ring.notify_high_water();
   std::atomic<uint64_t>* notify = ring.notify();
   for (uint32_t i = 0; i < links; ++i) {
     const uint64_t ref = notify[i].load(std::memory_order_acquire);
@@ -416,8 +417,7 @@ Status Publisher::retire_until(uint64_t need, uint64_t want) {
 }
 
 uint64_t Publisher::min_gating_position() {
-  const ReaderTableHeader* table = ring_.readers();
-  const uint32_t slots = table->slot_high_water.load(std::memory_order_acquire);
+  const uint32_t slots = ring_.slot_high_water();
   uint64_t minimum = ~uint64_t{0};
   for (uint32_t i = 0; i < slots; ++i) {
     const ReaderSlot* s = ring_.slot(i);
@@ -433,7 +433,7 @@ void Publisher::release_dead_gating_readers() {
   // A gating reader whose process died must not stall publishers forever. The daemon
   // frees such slots when the client's socket closes; this catches the case where no
   // daemon watches (tests, or a daemon restart).
-  const uint32_t slots = ring_.readers()->slot_high_water.load(std::memory_order_acquire);
+  const uint32_t slots = ring_.slot_high_water();
   bool released = false;
   for (uint32_t i = 0; i < slots; ++i) {
     ReaderSlot* s = ring_.slot(i);
@@ -523,6 +523,7 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
                              std::to_string(ring_.reader_capacity()) +
                              " readers); raise reader_capacity for this channel");
   slot_ = slot;
+  slot_owner_ = 0;  // claimed above with owner token 0
   if (doorbell_ref != ShmRef::kNone) {
     doorbell_ = doorbell;
     doorbell_bit_ = ShmRef::bit(doorbell_ref);
@@ -544,6 +545,7 @@ void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, uint32_t doorbe
   doorbell_ = doorbell;
   doorbell_bit_ = doorbell_bit;
   ReaderSlot* s = ring_.slot(slot);
+  slot_owner_ = s->owner.load(std::memory_order_relaxed);
   if (from_slot) {
     position_ = s->position.load(std::memory_order_acquire);
     next_sequence_ = sequence;
@@ -560,9 +562,14 @@ void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, uint32_t doorbe
 void Reader::unregister() {
   if (slot_ < 0) return;
   ReaderSlot* s = ring_.slot(static_cast<uint32_t>(slot_));
-  ring_.notify()[slot_].store(ShmRef::kNone, std::memory_order_release);
-  s->state.store(kSlotFree, std::memory_order_release);
-  ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  // Only while the slot is still ours: had the daemon freed it (it thought us dead) and
+  // given it to another reader, clearing it would silently unsubscribe that reader.
+  if (s->state.load(std::memory_order_acquire) != kSlotFree &&
+      s->owner.load(std::memory_order_relaxed) == slot_owner_) {
+    ring_.notify()[slot_].store(ShmRef::kNone, std::memory_order_release);
+    s->state.store(kSlotFree, std::memory_order_release);
+    ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  }
   slot_ = -1;
   doorbell_ = nullptr;
 }
@@ -831,6 +838,10 @@ std::optional<uint64_t> first_unfinished_frame(RingRef ring) {
   return stop;
 }
 
+bool frame_has_header(RingRef ring, uint64_t position) {
+  return frame_tag(ring.frame_at(position)->state.load(std::memory_order_acquire)) == position;
+}
+
 bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas) {
   // Walk up to `position`, learning the sequence number the claim there must carry.
   std::optional<uint64_t> expected_sequence;
@@ -886,7 +897,7 @@ bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* are
 
 uint32_t release_reader_slots_of(RingRef ring, int32_t pid) {
   uint32_t released = 0;
-  const uint32_t slots = ring.readers()->slot_high_water.load(std::memory_order_acquire);
+  const uint32_t slots = ring.slot_high_water();
   for (uint32_t i = 0; i < slots; ++i) {
     ReaderSlot* s = ring.slot(i);
     if (s->state.load(std::memory_order_acquire) == kSlotFree ||
@@ -949,7 +960,7 @@ bool release_reader_slot(RingRef ring, uint32_t slot, uint64_t owner) {
 
 uint32_t reader_slots_in_use(RingRef ring) {
   uint32_t in_use = 0;
-  const uint32_t slots = ring.readers()->slot_high_water.load(std::memory_order_acquire);
+  const uint32_t slots = ring.slot_high_water();
   for (uint32_t i = 0; i < slots; ++i)
     if (ring.slot(i)->state.load(std::memory_order_acquire) != kSlotFree) ++in_use;
   return in_use;

@@ -27,6 +27,7 @@
 // threads and processes at once.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -94,7 +95,16 @@ class RingRef {
   uint64_t capacity() const { return header_->capacity; }
   uint32_t max_payload() const { return header_->max_payload; }
   bool back_pressure() const { return (header_->flags & layout::kRingBackPressure) != 0; }
-  uint32_t reader_capacity() const { return header_->reader_capacity; }
+  // Cached when the ring was opened (validated against the block then): every process may
+  // write the header, so loops over slots never take their bound from it afterwards.
+  uint32_t reader_capacity() const { return reader_capacity_; }
+  // Slots ever used / ever linked to a doorbell, clamped to the table: bounds for scans.
+  uint32_t slot_high_water() const {
+    return std::min(readers_->slot_high_water.load(std::memory_order_acquire), reader_capacity_);
+  }
+  uint32_t notify_high_water() const {
+    return std::min(readers_->notify_high_water.load(std::memory_order_relaxed), reader_capacity_);
+  }
 
   layout::FrameHeader* frame_at(uint64_t position) const {
     return reinterpret_cast<layout::FrameHeader*>(data_ + (position & mask_));
@@ -126,6 +136,7 @@ class RingRef {
   layout::ReaderTableHeader* readers_ = nullptr;
   std::atomic<uint64_t>* notify_ = nullptr;
   layout::ReaderSlot* slots_ = nullptr;
+  uint32_t reader_capacity_ = 0;
 };
 
 struct PublishMeta {
@@ -273,6 +284,7 @@ class Reader {
   uint64_t delivered_at_last_lap_ = 0;
   uint32_t empty_polls_ = 0;
   int32_t slot_ = -1;
+  uint64_t slot_owner_ = 0;  // the slot's owner token when we took it
   uint32_t doorbell_bit_ = 0;
   layout::DoorbellHeader* doorbell_ = nullptr;
 };
@@ -293,6 +305,9 @@ uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaT
 // The oldest frame that is claimed but not committed, if any: where readers and, one lap
 // later, publishers are held up.
 std::optional<uint64_t> first_unfinished_frame(RingRef ring);
+// True if the frame at `position` carries its header (tagged with its own position): a
+// claim without one is a publisher between its claim and its header, or one that died there.
+bool frame_has_header(RingRef ring, uint64_t position);
 
 // Pads over the unfinished frame at `position` - including a claim whose publisher died
 // before writing any header, whose extent is found by scanning for the next frame; that case

@@ -48,9 +48,7 @@ BusStats StatsReader::read(std::string_view pattern) {
     c.max_message_bytes = e.ring.max_payload();
     c.back_pressure = e.ring.back_pressure();
     c.repaired_frames = h->repaired_frames.load(std::memory_order_relaxed);
-    const uint32_t slots = std::min(
-        e.ring.readers()->slot_high_water.load(std::memory_order_acquire),
-        e.ring.reader_capacity());
+    const uint32_t slots = e.ring.slot_high_water();
     for (uint32_t i = 0; i < slots; ++i) {
       const layout::ReaderSlot* slot = e.ring.slot(i);
       if (slot->state.load(std::memory_order_acquire) == layout::kSlotFree) continue;
