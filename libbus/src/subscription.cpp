@@ -525,7 +525,12 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       s.next_delivery = s.delivery_count = 0;
     }
     // 2. Control events (new channels for our patterns, reclaimed channels).
-    if (s.control_pending) s.poll_control();
+    if (s.control_pending) {
+      s.poll_control();
+      // A detach settles the channel's last messages into `settled`: deliver them now, not
+      // after the next wake-up (which may never come for a channel that is gone).
+      if (!s.settled.empty()) continue;
+    }
     // 3. Rings known to have news, round robin.
     while (!s.ready.empty()) {
       const uint32_t bit = s.ready.front();
