@@ -1,5 +1,6 @@
 // shmbusd: command line, logging sinks and signals around the Daemon (server.hpp).
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -65,6 +66,22 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& level) {
   return logger;
 }
 
+// Each client costs a socket, and a crashed one a pidfd until its process is gone: take the
+// whole hard limit rather than the soft 1024 a shell or service usually starts with.
+void raise_open_file_limit(uint32_t max_clients, spdlog::logger& logger) {
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) != 0) return;
+  if (files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
+  constexpr rlim_t kOwnDescriptors = 64;  // socket, epoll, timers, arenas, log
+  if (files.rlim_cur != RLIM_INFINITY && files.rlim_cur < 2 * rlim_t{max_clients} + kOwnDescriptors)
+    logger.warn("open file limit {} is low for max_clients = {} (a client may need two); "
+                "clients beyond it wait to connect. Raise LimitNOFILE= (systemd) or ulimit -n",
+                files.rlim_cur, max_clients);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -92,6 +109,7 @@ int main(int argc, char** argv) {
       std::cout << options.config.source << ": OK\n";
       return 0;
     }
+    raise_open_file_limit(options.config.max_clients, *logger);
     shmbus::daemon::Daemon daemon(std::move(options));
     g_daemon = &daemon;
     struct sigaction sa {};

@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -86,7 +87,7 @@ struct ChannelState {
   uint32_t channel_subscribers = 0;  // subscriptions holding the name
   uint32_t receivers = 0;
   uint64_t last_published = 0;
-  Clock::time_point last_active;
+  Clock::time_point last_active;  // reclaiming: when it was reclaimed
 };
 
 struct Client {
@@ -101,6 +102,7 @@ struct Client {
   std::vector<std::byte> out;  // bytes not yet written to the socket
   bool want_write = false;
   bool doomed = false;        // to be closed once the current event is handled
+  bool warned_holding = false;  // logged as holding reclaimed rings (until it lets go)
   bool event_queued = false;  // `out` holds an event the client has not been rung for
 
   // Subscriptions (a client that asked for a doorbell in HELLO).
@@ -207,6 +209,17 @@ struct Daemon::Impl {
   void release_subscriptions(Client& c);
   void match_new_channel(ChannelState& ch);
   void free_channel(std::unique_ptr<ChannelState> ch);
+  // A live or reclaimed channel by id, or nullptr if the id is free.
+  ChannelState* find_any(uint32_t channel_id);
+  // Who keeps reclaimed rings from being freed: "client 17 (pid 42, 'worker') holds 3 of
+  // them"; empty if none is held.
+  std::unordered_map<uint64_t, uint32_t> reclaim_holders(Clock::time_point reclaimed_before);
+  std::string describe_reclaim_holders(Clock::time_point reclaimed_before);
+  std::string describe_client(uint64_t id);
+  void warn_about_reclaim_holders(Clock::time_point now);
+  void retry_stalled_rings();
+  void pause_accepting(int error);
+  void resume_accepting();
   uint32_t allocate_bit(Client& c, const ChannelState& ch);
   void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
 
@@ -232,7 +245,8 @@ struct Daemon::Impl {
   std::vector<std::unique_ptr<ChannelState>> channels;  // index = channel id
   std::unordered_map<std::string, uint32_t> channel_ids;
   std::vector<uint32_t> free_channel_ids;
-  std::vector<std::unique_ptr<ChannelState>> reclaiming;  // waiting for slots to be freed
+  // Reclaimed channels whose rings wait for their reader slots to be freed, by id.
+  std::unordered_map<uint32_t, std::unique_ptr<ChannelState>> reclaiming;
   uint32_t live_channels = 0;
   std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
 
@@ -251,6 +265,16 @@ struct Daemon::Impl {
   std::vector<uint16_t> free_publisher_ids;
   uint32_t next_publisher_id = 1;
   bool barrier_due = false;
+  bool accept_paused = false;  // out of file descriptors: the listening socket is unwatched
+
+  // Rings held up, after a publisher died, by a claim without a header: the dead one may
+  // have died between its claim and its header, which repair by publisher id cannot find.
+  // Retried on each tick (see retry_stalled_rings).
+  struct StalledRing {
+    uint32_t channel_id = 0;
+    std::optional<uint64_t> headerless_at;  // seen on the previous tick
+  };
+  std::vector<StalledRing> stalled_rings;
 };
 
 // ---- setup --------------------------------------------------------------------------------
@@ -463,6 +487,10 @@ void Daemon::Impl::accept_clients() {
     const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        pause_accepting(errno);
+        return;
+      }
       if (errno != EAGAIN && errno != EWOULDBLOCK) log->warn("accept: {}", std::strerror(errno));
       return;
     }
@@ -496,6 +524,31 @@ void Daemon::Impl::accept_clients() {
     directory->clients.fetch_add(1, std::memory_order_relaxed);
     clients.emplace(c->id, std::move(c));
   }
+}
+
+void Daemon::Impl::pause_accepting(int error) {
+  // The listening socket is level-triggered: left in epoll, the waiting connection would
+  // wake us again at once, forever. Unwatch it until a descriptor is freed or a tick passes.
+  if (accept_paused) return;
+  accept_paused = true;
+  epoll_event ev{};
+  ev.data.u64 = kListenToken;
+  epoll_ctl(epoll_fd, EPOLL_CTL_MOD, listen_fd, &ev);
+  rlimit limit{};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  log->warn("cannot accept clients: {} ({} clients connected, open file limit {}); new "
+            "clients wait until one disconnects. Raise the limit (LimitNOFILE= in the service, "
+            "ulimit -n) or lower max_clients in [limits] of {}",
+            std::strerror(error), clients.size(), limit.rlim_cur, options.config.source);
+}
+
+void Daemon::Impl::resume_accepting() {
+  if (!accept_paused) return;
+  accept_paused = false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenToken;
+  epoll_ctl(epoll_fd, EPOLL_CTL_MOD, listen_fd, &ev);
 }
 
 void Daemon::Impl::on_client_event(Client& c, uint32_t events) {
@@ -608,8 +661,15 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c.fd, nullptr);
   ::close(c.fd);
   c.fd = -1;
+  resume_accepting();  // a descriptor is free again
   directory->clients.fetch_sub(1, std::memory_order_relaxed);
-  if (c.said_bye) {
+  // A goodbye vouches that nothing is left half-written; a client that never published or
+  // subscribed holds nothing to wait for. Waiting on their pids would cost a descriptor
+  // per connection, which a loop of bare connects could exhaust.
+  // (Its publisher id marks frames only in channels it opened.)
+  const bool holds_nothing = c.open_channels.empty() && c.attached.empty() &&
+                             c.returned_slots.empty() && !c.doorbell_block;
+  if (c.said_bye || holds_nothing) {
     log->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
     finish_client(c);
     return;
@@ -674,7 +734,12 @@ void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uin
   uint32_t repaired = 0;
   for (uint32_t channel_id : held) {
     if (channel_id >= channels.size() || !channels[channel_id]) continue;
-    repaired += repair_dead_publisher(channels[channel_id]->ring, publisher_id, &arena_table);
+    const RingRef ring = channels[channel_id]->ring;
+    repaired += repair_dead_publisher(ring, publisher_id, &arena_table);
+    if (first_unfinished_frame(ring) &&
+        std::none_of(stalled_rings.begin(), stalled_rings.end(),
+                     [&](const StalledRing& r) { return r.channel_id == channel_id; }))
+      stalled_rings.push_back(StalledRing{channel_id, std::nullopt});
   }
   if (repaired > 0)
     log->warn("padded over {} frame(s) a crashed publisher (id {}) left unfinished; subscribers "
@@ -874,9 +939,10 @@ ChannelState& Daemon::Impl::find_or_create(std::string_view name,
     if (id >= cfg.max_channels)
       refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " +
                                std::to_string(reclaiming.size()) +
-                               " reclaimed channels still wait for subscribers to let go, and "
-                               "max_channels = " + std::to_string(cfg.max_channels) +
-                               " in [limits] of " + cfg.source + " is reached");
+                               " reclaimed channels still wait for subscribers to let go (" +
+                               describe_reclaim_holders(Clock::now()) + "), and max_channels = " +
+                               std::to_string(cfg.max_channels) + " in [limits] of " +
+                               cfg.source + " is reached");
     channels.emplace_back();
   }
   rc.channel_id = id;
@@ -1049,8 +1115,8 @@ void Daemon::Impl::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
   // does not grow this list without bound.
   if (c.returned_slots.size() >= 256) {
     std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
-      const ChannelState* owner = r.first < channels.size() ? channels[r.first].get() : nullptr;
-      if (owner == nullptr) return false;  // reclaiming: keep until the client dies or frees
+      const ChannelState* owner = find_any(r.first);
+      if (owner == nullptr) return true;  // freed: only a ring without slots in use is
       const layout::ReaderSlot* s = owner->ring.slot(r.second);
       return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
              s->owner.load(std::memory_order_relaxed) != c.id;
@@ -1304,12 +1370,6 @@ void Daemon::Impl::release_subscriptions(Client& c) {
   directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
                             std::memory_order_relaxed);
   // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
-  auto find_any = [&](uint32_t channel_id) -> ChannelState* {
-    if (channel_id < channels.size() && channels[channel_id]) return channels[channel_id].get();
-    for (auto& r : reclaiming)
-      if (r->id == channel_id) return r.get();
-    return nullptr;
-  };
   for (auto& [channel_id, a] : c.attached) {
     ChannelState* ch = find_any(channel_id);
     if (ch == nullptr) continue;
@@ -1372,18 +1432,120 @@ void Daemon::Impl::on_tick() {
     channel_ids.erase(ch.name);
     --live_channels;
     log->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
-    reclaiming.push_back(std::move(owned));
+    ch.last_active = now;
+    const uint32_t id = ch.id;
+    reclaiming.emplace(id, std::move(owned));
   }
   // Free rings whose readers have all let go (a reader still reading would see its bytes
   // change under it).
   for (auto it = reclaiming.begin(); it != reclaiming.end();) {
-    if (reader_slots_in_use((*it)->ring) == 0) {
-      free_channel(std::move(*it));
+    if (reader_slots_in_use(it->second->ring) == 0) {
+      free_channel(std::move(it->second));
       it = reclaiming.erase(it);
     } else {
       ++it;
     }
   }
+  warn_about_reclaim_holders(now);
+  retry_stalled_rings();
+  resume_accepting();  // try again each second: other processes may have freed descriptors
+}
+
+ChannelState* Daemon::Impl::find_any(uint32_t channel_id) {
+  if (channel_id < channels.size() && channels[channel_id]) return channels[channel_id].get();
+  auto it = reclaiming.find(channel_id);
+  return it == reclaiming.end() ? nullptr : it->second.get();
+}
+
+// How long a subscription may leave a detach unread before the daemon names it in its log.
+constexpr auto kReclaimHoldWarning = std::chrono::seconds(10);
+
+std::unordered_map<uint64_t, uint32_t> Daemon::Impl::reclaim_holders(
+    Clock::time_point reclaimed_before) {
+  std::unordered_map<uint64_t, uint32_t> held;  // client id -> reclaimed rings it holds
+  for (const auto& [id, ch] : reclaiming) {
+    if (ch->last_active > reclaimed_before) continue;
+    const uint32_t slots = ch->ring.slot_high_water();
+    for (uint32_t i = 0; i < slots; ++i) {
+      const layout::ReaderSlot* s = ch->ring.slot(i);
+      if (s->state.load(std::memory_order_acquire) != layout::kSlotFree)
+        ++held[s->owner.load(std::memory_order_relaxed)];
+    }
+  }
+  return held;
+}
+
+std::string Daemon::Impl::describe_client(uint64_t id) {
+  const Client* c = nullptr;
+  if (auto it = clients.find(id); it != clients.end()) c = it->second.get();
+  for (const auto& [token, d] : departing)
+    if (c == nullptr && d.client->id == id) c = d.client.get();
+  if (c == nullptr) return "client " + std::to_string(id);
+  return "client " + std::to_string(id) + " (pid " + std::to_string(c->cred.pid) + ", '" +
+         c->name + "')";
+}
+
+std::string Daemon::Impl::describe_reclaim_holders(Clock::time_point reclaimed_before) {
+  std::string text;
+  for (const auto& [owner, count] : reclaim_holders(reclaimed_before)) {
+    if (!text.empty()) text += "; ";
+    text += describe_client(owner) + " holds " + std::to_string(count);
+  }
+  return text;
+}
+
+void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
+  // A subscription frees its slot in a reclaimed ring when it next reads (a detach event
+  // tells it to). One that never reads holds the ring - its memory and its channel id -
+  // until its process exits: the ring cannot be reused under a reader that may still look.
+  // Name such clients once, so an operator can find the stuck process.
+  if (reclaiming.empty()) {
+    for (auto& [id, client] : clients) client->warned_holding = false;
+    return;
+  }
+  const auto held = reclaim_holders(now - kReclaimHoldWarning);
+  for (auto& [id, client] : clients) {
+    Client& c = *client;
+    auto it = held.find(id);
+    if (it == held.end()) {
+      c.warned_holding = false;
+      continue;
+    }
+    if (c.warned_holding) continue;
+    c.warned_holding = true;
+    log->warn("{} has not read its subscription for {} s and holds {} reclaimed channel(s): "
+              "their memory and ids are freed when it reads or exits",
+              describe_client(id), kReclaimHoldWarning.count(), it->second);
+  }
+}
+
+void Daemon::Impl::retry_stalled_rings() {
+  // A ring a dead publisher held, still held up by an unfinished frame. If that frame has
+  // no header on two ticks in a row (a second apart), it is taken to be the dead
+  // publisher's claim: a live one spends nanoseconds between its claim and its header.
+  // repair_stalled_frame refuses when the gap could hold a second (live) claim. A frame
+  // with a header belongs to a live publisher (the dead one's were padded at its exit):
+  // wait for it.
+  std::erase_if(stalled_rings, [&](StalledRing& r) {
+    ChannelState* ch = r.channel_id < channels.size() ? channels[r.channel_id].get() : nullptr;
+    if (ch == nullptr) return true;
+    const std::optional<uint64_t> unfinished = first_unfinished_frame(ch->ring);
+    if (!unfinished) return true;
+    if (frame_has_header(ch->ring, *unfinished)) {
+      r.headerless_at.reset();
+      return false;
+    }
+    if (r.headerless_at != unfinished) {
+      r.headerless_at = unfinished;
+      return false;
+    }
+    if (repair_stalled_frame(ch->ring, *unfinished, &arena_table))
+      log->warn("channel {}: padded over a claim a crashed publisher left without a header; "
+                "subscribers count it as lost",
+                printable(ch->name));
+    r.headerless_at.reset();
+    return !first_unfinished_frame(ch->ring);
+  });
 }
 
 void Daemon::Impl::free_channel(std::unique_ptr<ChannelState> ch) {

@@ -10,7 +10,10 @@
 #include <string>
 #include <thread>
 
+#include "client.hpp"
 #include "daemon_support.hpp"
+#include "directory.hpp"
+#include "ring_faults.hpp"
 #include "shmbus/shmbus.hpp"
 
 namespace shmbus {
@@ -69,14 +72,40 @@ int wait_exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-// Polls `condition` for up to two seconds.
+// Polls `condition` every 10 ms for up to `limit`.
 template <typename Condition>
-bool eventually(Condition&& condition) {
-  for (int i = 0; i < 200; ++i) {
+bool eventually_within(std::chrono::milliseconds limit, Condition&& condition) {
+  for (auto waited = 0ms; waited < limit; waited += 10ms) {
     if (condition()) return true;
     std::this_thread::sleep_for(10ms);
   }
   return condition();
+}
+
+template <typename Condition>
+bool eventually(Condition&& condition) {
+  return eventually_within(2s, std::forward<Condition>(condition));
+}
+
+// Kills `publisher`, which published "before" to "jobs" and then left a frame unfinished;
+// publishes "after" and checks that the subscriber gets it once the daemon has padded over
+// the dead frame (within `limit`), with that frame counted as lost.
+void expect_repaired_after_kill(const TestDaemon& daemon, Subscription& sub, pid_t publisher,
+                                std::chrono::seconds limit) {
+  kill(publisher, SIGKILL);
+  EXPECT_EQ(wait_exit(publisher), 128 + SIGKILL);
+  auto first = sub.next(1s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->text(), "before");
+  auto bus = Bus::connect(daemon.options());
+  bus.publish("jobs", "after");
+  auto second = sub.next(limit);
+  ASSERT_TRUE(second) << "the daemon never repaired the dead publisher's frame";
+  EXPECT_EQ(second->text(), "after");
+  EXPECT_EQ(second->lost_before, 1u);
+  auto stats = StatsReader::open(daemon.options()).read("jobs");
+  ASSERT_EQ(stats.channels.size(), 1u);
+  EXPECT_EQ(stats.channels[0].repaired_frames, 1u);
 }
 
 TEST(BusProcesses, CrashedPublisherMidMessageIsRepairedAndCountedLost) {
@@ -93,22 +122,8 @@ TEST(BusProcesses, CrashedPublisherMidMessageIsRepairedAndCountedLost) {
     pause();  // killed here, loan in hand
     return 0;
   });
-  kill(child.pid(), SIGKILL);
-  EXPECT_EQ(wait_exit(child.pid()), 128 + SIGKILL);
-
-  auto first = sub.next(1s);
-  ASSERT_TRUE(first);
-  EXPECT_EQ(first->text(), "before");
   // The dead claim blocks the ring until the daemon pads over it (after the process exit).
-  auto bus = Bus::connect(daemon.options());
-  bus.publish("jobs", "after");
-  auto second = sub.next(3s);
-  ASSERT_TRUE(second) << "the daemon did not repair the dead publisher's frame";
-  EXPECT_EQ(second->text(), "after");
-  EXPECT_EQ(second->lost_before, 1u);
-  auto stats = StatsReader::open(daemon.options()).read("jobs");
-  ASSERT_EQ(stats.channels.size(), 1u);
-  EXPECT_EQ(stats.channels[0].repaired_frames, 1u);
+  expect_repaired_after_kill(daemon, sub, child.pid(), 3s);
 }
 
 TEST(BusProcesses, KilledSubscriberLeavesNoSubscriptionBehind) {
@@ -236,6 +251,73 @@ TEST(BusProcesses, IdleChannelsAreReclaimedAndComeBackWhole) {
   ASSERT_TRUE(m);
   EXPECT_EQ(m->text(), "b");
   EXPECT_EQ(m->sequence, 0u);
+}
+
+TEST(BusProcesses, PublisherKilledBetweenClaimAndHeaderIsRepairedOnTheTick) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"jobs"});
+  ReadyChild child([&](auto ready) {
+    auto bus = Bus::connect(daemon.options());
+    auto channel = bus.channel("jobs");
+    channel.publish("before");
+    // Die the way a publisher preempted right after its claim CAS and killed would: a claim
+    // with no header, so nothing names its publisher.
+    BusMemory memory(daemon.bus(), Arena::Access::kReadWrite);
+    bool claimed = false;
+    for_each_channel(memory, [&](const DirectoryEntry& e) {
+      if (e.name == "jobs") claimed = test::fake_headerless_claim(e.ring, 64) > 0;
+    });
+    if (!claimed) return 3;
+    ready();
+    pause();
+    return 0;
+  });
+  // Repaired once the claim has stayed headerless from one tick (1 s) to the next.
+  expect_repaired_after_kill(daemon, sub, child.pid(), 5s);
+}
+
+TEST(BusProcesses, ASubscriberThatNeverReadsIsNamedWhenItsReclaimedRingsRunOut) {
+  auto config = test::small_test_config();
+  config.idle_ttl = std::chrono::seconds(1);
+  config.max_channels = 3;
+  TestDaemon daemon(config);
+  auto options = daemon.options();
+  options.client_name = "stuck-worker";
+  auto stuck = Subscription::open(options);
+  stuck.psubscribe({"tmp:*"});
+  {
+    auto first_publisher = Bus::connect(daemon.options());
+    for (const char* name : {"tmp:1", "tmp:2", "tmp:3"})
+      EXPECT_EQ(first_publisher.publish(name, "x"), 1u);
+  }  // its holds on the channels go with it
+  auto bus = Bus::connect(daemon.options());
+  // Reclaimed after the TTL; `stuck` never reads the detach, so the rings stay held.
+  auto stats = StatsReader::open(daemon.options());
+  ASSERT_TRUE(eventually_within(5s, [&] { return stats.read("tmp:*").channels.empty(); }));
+  try {
+    bus.publish("tmp:4", "y");
+    ADD_FAILURE() << "created a fourth channel with max_channels = 3";
+  } catch (const Error& e) {
+    const std::string text = e.what();
+    EXPECT_NE(text.find("max_channels = 3"), std::string::npos) << text;
+    EXPECT_NE(text.find("(pid " + std::to_string(getpid()) + ", 'stuck-worker') holds 3"),
+              std::string::npos)
+        << text;
+  }
+  // Once it reads, the rings are freed on the next tick and the channel can be made.
+  for (int i = 0; i < 3; ++i) {
+    auto m = stuck.next(1s);
+    EXPECT_TRUE(m) << i;
+  }
+  EXPECT_TRUE(eventually_within(5s, [&] {
+    stuck.next(10ms);
+    try {
+      return bus.publish("tmp:4", "y") == 1u;
+    } catch (const Error&) {
+      return false;
+    }
+  }));
 }
 
 }  // namespace

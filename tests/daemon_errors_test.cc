@@ -1,13 +1,19 @@
 // Every refusal a user can meet, checked by its message: it must name the limit (or the
 // resource) and the way out, and nothing else may be lost because of it.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include "daemon_support.hpp"
 #include "protocol.hpp"
@@ -332,6 +338,82 @@ TEST(DaemonErrors, FullDevShmRefusesTheChannelNotTheBus) {
   if (code == test::kNoPrivateDevShm)
     GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs in a private namespace";
   EXPECT_EQ(code, 0) << "see the child's exit code in the test";
+}
+
+// CPU time (user + system, in clock ticks) a process has used so far.
+long cpu_ticks_of(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  std::istringstream fields(line.substr(line.rfind(')') + 2));  // after "pid (comm) "
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; fields >> field; ++i) {  // field 3 is the state
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) {
+      stime = std::stol(field);
+      break;
+    }
+  }
+  return utime + stime;
+}
+
+size_t open_descriptors() {
+  return static_cast<size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                           std::filesystem::directory_iterator{}));
+}
+
+daemon::Daemon* g_emfile_daemon = nullptr;
+
+TEST(DaemonErrors, OutOfDescriptorsMakesClientsWaitWithoutSpinning) {
+  const std::string bus = "emfile" + std::to_string(getpid());
+  const auto dir = std::filesystem::temp_directory_path() / ("shmbus-" + bus);
+  std::filesystem::create_directories(dir);
+  const std::string socket_path = (dir / "bus.sock").string();
+  const pid_t child = fork();
+  if (child == 0) {
+    // A daemon with room for its own descriptors and a few clients only.
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = open_descriptors() + 12;
+    setrlimit(RLIMIT_NOFILE, &limit);
+    daemon::DaemonOptions options;
+    options.bus = bus;
+    options.socket_path = socket_path;
+    options.config = test::small_test_config();
+    options.logger = std::make_shared<spdlog::logger>(
+        "emfile", std::make_shared<spdlog::sinks::null_sink_mt>());
+    try {
+      daemon::Daemon d(std::move(options));
+      g_emfile_daemon = &d;
+      signal(SIGTERM, [](int) { g_emfile_daemon->stop(); });
+      d.run();
+    } catch (const std::exception& e) {
+      fprintf(stderr, "daemon: %s\n", e.what());
+      _exit(1);
+    }
+    _exit(0);
+  }
+  ConnectOptions options{bus, socket_path, "after-the-flood"};
+  for (int i = 0; i < 200 && !std::filesystem::exists(socket_path); ++i)
+    std::this_thread::sleep_for(10ms);
+  // More connections than the daemon has descriptors for: the rest wait in the backlog.
+  std::vector<int> flood;
+  for (int i = 0; i < 30; ++i) flood.push_back(raw_connect(socket_path));
+  std::this_thread::sleep_for(200ms);
+  const long before = cpu_ticks_of(child);
+  std::this_thread::sleep_for(1s);
+  const long used = cpu_ticks_of(child) - before;
+  EXPECT_LT(used, sysconf(_SC_CLK_TCK) / 4) << "the daemon spun on accept() while out of descriptors";
+  // As connections close, waiting clients are taken in.
+  for (int fd : flood) close(fd);
+  auto client = Bus::connect(options);
+  EXPECT_GE(client.ping().count(), 0);
+  kill(child, SIGTERM);
+  int status = 0;
+  waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -12,11 +12,13 @@
 #include <thread>
 #include <vector>
 
+#include "ring_faults.hpp"
 #include "test_support.hpp"
 
 namespace shmbus {
 namespace {
 
+using test::fake_headerless_claim;
 using namespace std::chrono_literals;
 using test::as_bytes;
 using test::as_string;
@@ -37,17 +39,6 @@ std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
   if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
   if (info_out) *info_out = info;
   return as_string(buffer.data(), buffer.size());
-}
-
-// Moves the claim word as a publisher that died right after its claim CAS would have left
-// it: `bytes` claimed, one sequence number taken, no header written. Returns the position.
-uint64_t fake_headerless_claim(RingRef ring, uint64_t bytes) {
-  __extension__ typedef unsigned __int128 u128;
-  const layout::ClaimWord before = ring.load_claim();
-  auto* claim = reinterpret_cast<u128*>(&ring.header()->claim);
-  __atomic_store_n(claim, (static_cast<u128>(before.sequence + 1) << 64) | (before.position + bytes),
-                   __ATOMIC_SEQ_CST);
-  return before.position;
 }
 
 // Starts `act` on another thread after `delay`, waits on `reader`, and checks the wait
