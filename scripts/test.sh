@@ -2,7 +2,8 @@
 # Builds and runs every test suite the way CI does:
 #   1. a normal build (debugoptimized), all suites;
 #   2. an address+undefined sanitizer build, all suites;
-#   3. a thread sanitizer build, the concurrent core (suite 'ring').
+#   3. a thread sanitizer build: the concurrent core (suite 'ring') and the bus end to end
+#      (suite 'daemon': daemon thread, subscription notifier thread, many processes).
 # Installs missing Debian packages first (scripts/install-deps.sh). Build folders:
 # build-ci/, build-asan/, build-tsan/ (reused between runs).
 set -euo pipefail
@@ -36,6 +37,6 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
 run_suites build-ci -Dbuildtype=debugoptimized
 run_suites build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
-run_suites build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false -- --suite ring
+run_suites build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false -- --suite ring --suite daemon
 
 echo "=== all test suites passed (normal, address+undefined, thread)"
