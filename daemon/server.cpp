@@ -185,6 +185,7 @@ struct Daemon::Impl {
   void on_subscribe(Client& c, const Frame& f);
   void on_psubscribe(Client& c, const Frame& f);
   void on_unsubscribe(Client& c, const Frame& f, bool patterns);
+  void on_patterns(Client& c, const Frame& f);
   void reply_error(Client& c, uint32_t request, Errc code, const std::string& message);
   void check_subscription_limit(const Client& c, size_t adding, const char* kind);
 
@@ -770,6 +771,7 @@ void Daemon::Impl::dispatch(Client& c, const Frame& f) {
       case Type::kPsubscribe: return on_psubscribe(c, f);
       case Type::kUnsubscribe: return on_unsubscribe(c, f, false);
       case Type::kPunsubscribe: return on_unsubscribe(c, f, true);
+      case Type::kPatterns: return on_patterns(c, f);
       case Type::kPing: {
         Parser p(f.fields);
         p.end();
@@ -804,10 +806,13 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
   p.end();
   if (magic != kProtocolMagic) throw ProtocolError("HELLO without the shmbus magic");
   if (c.greeted) throw ProtocolError("second HELLO on one connection");
-  if (kProtocolVersion < min_version || kProtocolVersion > max_version) {
+  // The highest version both speak: older clients keep working against a newer daemon.
+  const uint16_t version = std::min(max_version, kProtocolVersion);
+  if (version < min_version || version < kMinProtocolVersion) {
     reply_error(c, f.request, Errc::kProtocol,
                 "client speaks protocol versions " + std::to_string(min_version) + ".." +
                     std::to_string(max_version) + ", this shmbusd speaks " +
+                    std::to_string(kMinProtocolVersion) + ".." +
                     std::to_string(kProtocolVersion) + "; use matching libshmbus and shmbusd");
     return;
   }
@@ -846,7 +851,7 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
   log->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid,
              c.cred.uid, c.name, c.publisher_id);
   Writer w(Type::kWelcome, f.request);
-  w.u16(kProtocolVersion)
+  w.u16(version)
       .u16(c.publisher_id)
       .u64(c.id)
       .str(endpoint.bus)
@@ -1309,6 +1314,29 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
         start_sequences[i]));
   }
   send_subscribed(c, f.request, reply, error_code, error);
+}
+
+void Daemon::Impl::on_patterns(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::string filter(p.str(kMaxPatternBytes, "pattern filter"));
+  p.end();
+  if (!filter.empty()) validate_pattern(filter);
+  // Like send_subscribed: frames of at most half the frame limit, the last flagged final, so
+  // 10,000 patterns of 1 KiB each still fit the protocol.
+  auto it = pattern_index.begin();
+  do {
+    std::vector<std::pair<const std::string*, uint32_t>> batch;
+    size_t bytes = 64;
+    for (; it != pattern_index.end() && bytes < kMaxFrameBytes / 2; ++it) {
+      if (!filter.empty() && !glob_match(filter, it->first)) continue;
+      batch.emplace_back(&it->first, static_cast<uint32_t>(it->second.size()));
+      bytes += 8 + it->first.size();
+    }
+    Writer w(Type::kPatternList, f.request);
+    w.u8(it == pattern_index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
+    for (const auto& [pattern, subscribers] : batch) w.str(*pattern).u32(subscribers);
+    send(c, w);
+  } while (it != pattern_index.end());
 }
 
 void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {

@@ -148,6 +148,68 @@ TEST(Bus, IntrospectionLikePubsub) {
   EXPECT_GT(bus.ping().count(), 0);
 }
 
+TEST(Bus, PatternsListsEachDistinctPatternWithItsSubscribers) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_TRUE(bus.patterns().empty());
+  auto first = Subscription::open(daemon.options());
+  first.psubscribe({"chat:*", "user:?"});
+  {
+    auto second = Subscription::open(daemon.options());
+    second.psubscribe({"chat:*"});
+    second.subscribe({"chat:1"});  // a channel is no pattern
+    const auto all = bus.patterns();
+    ASSERT_EQ(all.size(), 2u);
+    EXPECT_EQ(all[0].pattern, "chat:*");
+    EXPECT_EQ(all[0].subscribers, 2u);
+    EXPECT_EQ(all[1].pattern, "user:?");
+    EXPECT_EQ(all[1].subscribers, 1u);
+    const auto chat = bus.patterns("chat:*");  // the filter matches patterns as strings
+    ASSERT_EQ(chat.size(), 1u);
+    EXPECT_EQ(chat[0].pattern, "chat:*");
+  }
+  const auto after = bus.patterns();  // the second subscription closed
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[0].subscribers, 1u);
+  first.punsubscribe({"user:?"});
+  ASSERT_EQ(bus.patterns().size(), 1u);
+  EXPECT_EQ(bus.numpat(), 1u);
+}
+
+TEST(Bus, PatternsAnswersInSeveralFramesWhenLarge) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  // 1,500 patterns of 1,000 bytes: past one protocol frame (1 MiB).
+  std::vector<std::string> patterns;
+  for (int i = 0; i < 1500; ++i) {
+    std::string p = std::to_string(i) + ":";
+    patterns.push_back(p + std::string(1000 - p.size() - 1, 'x') + "*");
+  }
+  for (size_t i = 0; i < patterns.size(); i += 500)
+    sub.psubscribe(std::span<const std::string>(patterns).subspan(i, 500));
+  auto bus = Bus::connect(daemon.options());
+  const auto listed = bus.patterns();
+  ASSERT_EQ(listed.size(), patterns.size());
+  for (const auto& p : listed) EXPECT_EQ(p.subscribers, 1u);
+}
+
+TEST(Bus, TryPublishWithOriginMarksRelayedMessages) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"chat:1"});
+  auto bus = Bus::connect(daemon.options());
+  auto channel = bus.channel("chat:1");
+  const std::string text = "relayed";
+  ASSERT_TRUE(channel.try_publish(std::as_bytes(std::span(text)), 0ns, 7).ok());
+  ASSERT_TRUE(channel.try_publish(std::as_bytes(std::span(text)), 0ns).ok());
+  auto relayed = sub.next(2s);
+  ASSERT_TRUE(relayed);
+  EXPECT_EQ(relayed->origin, 7u);
+  auto local = sub.next(2s);
+  ASSERT_TRUE(local);
+  EXPECT_EQ(local->origin, 0u);
+}
+
 TEST(Bus, SubscriptionClosedOrDeadLeavesNoOrphans) {
   TestDaemon daemon;
   auto bus = Bus::connect(daemon.options());

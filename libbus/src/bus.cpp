@@ -86,9 +86,10 @@ PublishStatus to_publish_status(Status s) {
 }
 
 PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
-                         std::chrono::nanoseconds wait) {
+                         std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
   meta.publish_unix_ns = unix_time_ns();
+  meta.origin = origin;
   // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
   // subscriber may take the message and unsubscribe before we could look.
   PublishResult result;
@@ -190,6 +191,11 @@ bool Channel::back_pressure() const { return state_->open->ring.back_pressure();
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
                                    std::chrono::nanoseconds wait) {
   return publish_on(*state_->open, payload, wait);
+}
+
+PublishResult Channel::try_publish(std::span<const std::byte> payload,
+                                   std::chrono::nanoseconds wait, uint16_t origin) {
+  return publish_on(*state_->open, payload, wait, origin);
 }
 
 uint32_t Channel::publish(std::span<const std::byte> payload) {
@@ -312,6 +318,34 @@ std::vector<NumSub> Bus::numsub(std::span<const std::string> channels) {
 
 uint64_t Bus::numpat() {
   return open_directory(state_->core->memory)->patterns.load(std::memory_order_relaxed);
+}
+
+std::vector<PatternInterest> Bus::patterns(std::string_view filter) {
+  if (!filter.empty()) validate_pattern(filter);
+  std::lock_guard<std::mutex> lock(state_->core->mutex);
+  ControlConnection& connection = state_->core->connection;
+  if (connection.welcome().version < 2)
+    throw Error(Errc::kProtocol, "this shmbusd speaks protocol version " +
+                                     std::to_string(connection.welcome().version) +
+                                     ", listing patterns needs version 2; upgrade shmbusd");
+  Writer request = connection.next_request(Type::kPatterns);
+  request.str(filter);
+  OwnedFrame reply = connection.request(request);
+  std::vector<PatternInterest> result;
+  for (;;) {
+    Parser p = reply.parser();
+    const bool final = p.u8() != 0;
+    const uint32_t n = p.count(kMaxFrameBytes, 8, "patterns");
+    for (uint32_t i = 0; i < n; ++i) {
+      PatternInterest interest;
+      interest.pattern = std::string(p.str(kMaxPatternBytes, "pattern"));
+      interest.subscribers = p.u32();
+      result.push_back(std::move(interest));
+    }
+    p.end();
+    if (final) return result;
+    reply = connection.next_reply(reply.request, Type::kPatternList);
+  }
 }
 
 std::chrono::nanoseconds Bus::ping() {

@@ -63,7 +63,7 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbe
   }
   Writer hello = next_request(Type::kHello);
   hello.u32(kProtocolMagic)
-      .u16(kProtocolVersion)
+      .u16(kMinProtocolVersion)
       .u16(kProtocolVersion)
       .str(endpoint_.client_name.empty() ? program_name() : endpoint_.client_name.substr(0, 256))
       .u8(wants_doorbell ? 1 : 0);

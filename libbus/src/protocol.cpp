@@ -20,6 +20,7 @@ const char* type_name(Type type) {
     case Type::kPunsubscribe: return "PUNSUBSCRIBE";
     case Type::kPing: return "PING";
     case Type::kBye: return "BYE";
+    case Type::kPatterns: return "PATTERNS";
     case Type::kWelcome: return "WELCOME";
     case Type::kOk: return "OK";
     case Type::kError: return "ERROR";
@@ -27,6 +28,7 @@ const char* type_name(Type type) {
     case Type::kSubscribed: return "SUBSCRIBED";
     case Type::kUnsubscribed: return "UNSUBSCRIBED";
     case Type::kPong: return "PONG";
+    case Type::kPatternList: return "PATTERN_LIST";
     case Type::kAttach: return "ATTACH";
     case Type::kDetach: return "DETACH";
   }

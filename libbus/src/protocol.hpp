@@ -30,7 +30,10 @@
 namespace shmbus::protocol {
 
 inline constexpr uint32_t kProtocolMagic = 0x53424d43;  // "CMBS"
-inline constexpr uint16_t kProtocolVersion = 1;
+// Version 2 added kPatterns. A daemon speaks every version from kMinProtocolVersion up and
+// answers HELLO with the highest one both sides speak.
+inline constexpr uint16_t kProtocolVersion = 2;
+inline constexpr uint16_t kMinProtocolVersion = 1;
 inline constexpr uint32_t kMaxFrameBytes = 1u << 20;    // requests and replies alike
 inline constexpr uint32_t kMaxNamesPerRequest = 65536;
 
@@ -45,6 +48,7 @@ enum class Type : uint16_t {
   kPunsubscribe = 7,
   kPing = 8,
   kBye = 9,
+  kPatterns = 10,  // v2: the bus's subscribed patterns (optionally matching a glob)
   // daemon -> client: replies
   kWelcome = 100,
   kOk = 101,
@@ -53,6 +57,7 @@ enum class Type : uint16_t {
   kSubscribed = 104,
   kUnsubscribed = 105,
   kPong = 106,
+  kPatternList = 107,  // v2: answers kPatterns, in several frames (the last flagged final)
   // daemon -> client: events (request id 0)
   kAttach = 200,  // a channel created now matches a pattern: start reading it
   kDetach = 201,  // a channel is being reclaimed: stop reading it

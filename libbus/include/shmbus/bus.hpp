@@ -88,6 +88,12 @@ class Channel {
   // back-pressure channel that is full (zero: never wait; negative: without limit).
   PublishResult try_publish(std::span<const std::byte> payload,
                             std::chrono::nanoseconds wait = std::chrono::nanoseconds{-1});
+  // The same, marking the message as relayed from another host: subscribers see `origin`
+  // in Message::origin (0, the default above, means published on this host). This is for
+  // relays such as shmbus-bridge, which never export a message whose origin is not 0, so
+  // what one bridge imports is never sent back out.
+  PublishResult try_publish(std::span<const std::byte> payload, std::chrono::nanoseconds wait,
+                            uint16_t origin);
   // Like try_publish but throws shmbus::Error (kTooLarge, kTimedOut...) naming the channel,
   // the limit and the config key that raises it. Returns the receivers.
   uint32_t publish(std::span<const std::byte> payload);
@@ -119,6 +125,12 @@ struct NumSub {
   uint64_t subscribers = 0;  // subscriptions holding the channel by name (not patterns)
 };
 
+// A pattern subscribed somewhere on the bus, and by how many subscriptions.
+struct PatternInterest {
+  std::string pattern;
+  uint64_t subscribers = 0;
+};
+
 class Bus {
  public:
   // Connects, or throws Error(kNoDaemon) naming the socket path and how to start a daemon.
@@ -142,6 +154,11 @@ class Bus {
   std::vector<std::string> channels(std::string_view pattern = {});
   std::vector<NumSub> numsub(std::span<const std::string> channels);
   uint64_t numpat();
+  // The distinct patterns subscribed bus-wide (optionally only those matching the glob
+  // `filter`, compared as strings), sorted, each with its number of subscriptions. Redis has
+  // no such command; relays use it to learn what local subscribers want. Asks the daemon
+  // (needs shmbusd of protocol version 2; an older one throws Error(kProtocol)).
+  std::vector<PatternInterest> patterns(std::string_view filter = {});
   // Round trip to the daemon; returns its reply time.
   std::chrono::nanoseconds ping();
 
