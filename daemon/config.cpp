@@ -126,8 +126,8 @@ std::string render(const toml::node& node) {
   return type_name(node);
 }
 
-// "512B", "64KiB", "1 MiB": digits, at most one space, a case-sensitive binary unit.
-// nullopt for anything else; `overflow` tells a well-formed but too large value apart.
+}  // namespace
+
 std::optional<uint64_t> parse_byte_size(std::string_view text, bool& overflow) {
   overflow = false;
   size_t i = 0;
@@ -157,6 +157,8 @@ std::optional<uint64_t> parse_byte_size(std::string_view text, bool& overflow) {
   }
   return number * scale;
 }
+
+namespace {
 
 // Where each ring key of [defaults] or one [[channel]] was written, so cross-checks done
 // after the whole file is read still point at the right line.

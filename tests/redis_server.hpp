@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
@@ -39,33 +40,66 @@ inline int free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
+struct RedisServerOptions {
+  // Keep an append-only file (fsync every write) in a private directory, so a killed and
+  // restarted server still holds its streams: for durable tests.
+  bool append_only = false;
+};
+
 class RedisServer {
  public:
   // Starts redis-server; `ok()` is false (and `error()` says why) if it could not.
-  RedisServer() {
+  explicit RedisServer(RedisServerOptions options = {}) : options_(options) {
     const auto binary = find_redis_server();
     if (!binary) {
       error_ = "redis-server is not installed (apt-get install redis-server)";
       return;
     }
+    binary_ = *binary;
+    if (options_.append_only) {
+      char dir[] = "/tmp/shmbus-redis-XXXXXX";
+      if (mkdtemp(dir) != nullptr) dir_ = dir;
+    }
     for (int attempt = 0; attempt < 5 && pid_ <= 0; ++attempt) {
       port_ = free_loopback_port();
-      const std::string port = std::to_string(port_);
-      pid_ = fork();
-      if (pid_ == 0) {
-        execl(binary->c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "no", "--loglevel", "warning", nullptr);
-        _exit(127);
-      }
-      if (!wait_ready()) stop();
+      if (!start()) stop();
     }
     if (pid_ <= 0) error_ = "redis-server did not start on a loopback port";
   }
-  ~RedisServer() { stop(); }
+  ~RedisServer() {
+    stop();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  // SIGKILL, as a crash: no goodbye to clients, nothing flushed beyond what was written.
+  void kill_hard() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    pid_ = -1;
+  }
+  // Starts again on the same port (and the same append-only file); false if it could not.
+  bool restart() {
+    stop();
+    return start();
+  }
   RedisServer(const RedisServer&) = delete;
   RedisServer& operator=(const RedisServer&) = delete;
 
   bool ok() const { return pid_ > 0; }
+  // One command on a fresh connection; nullptr if the server does not answer.
+  template <typename... Args>
+  redisReply* command(const char* format, Args... args) const {
+    redisContext* c = connect();
+    if (c == nullptr || c->err) {
+      if (c) redisFree(c);
+      return nullptr;
+    }
+    auto* reply = static_cast<redisReply*>(redisCommand(c, format, args...));
+    redisFree(c);
+    return reply;
+  }
   const std::string& error() const { return error_; }
   int port() const { return port_; }
   redisContext* connect() const {
@@ -95,6 +129,21 @@ class RedisServer {
     }
     return false;
   }
+  bool start() {
+    const std::string port = std::to_string(port_);
+    pid_ = fork();
+    if (pid_ == 0) {
+      if (options_.append_only)
+        execl(binary_.c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
+              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir",
+              dir_.c_str(), "--loglevel", "warning", nullptr);
+      else
+        execl(binary_.c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
+              "--save", "", "--appendonly", "no", "--loglevel", "warning", nullptr);
+      _exit(127);
+    }
+    return wait_ready();
+  }
   void stop() {
     if (pid_ > 0) {
       kill(pid_, SIGTERM);
@@ -103,6 +152,9 @@ class RedisServer {
     pid_ = -1;
   }
 
+  RedisServerOptions options_;
+  std::string binary_;
+  std::string dir_;  // append-only file, when asked for
   pid_t pid_ = -1;
   int port_ = 0;
   std::string error_;

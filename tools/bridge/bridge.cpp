@@ -1,0 +1,1133 @@
+#include "bridge.hpp"
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "envelope.hpp"
+#include "glob.hpp"
+#include "redis_connection.hpp"
+#include "shmbus/subscription.hpp"
+
+namespace shmbus::bridge {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+const char* drop_name(Drop reason) {
+  switch (reason) {
+    case Drop::kQueueFull: return "queue_full";
+    case Drop::kInFlight: return "in_flight_at_disconnect";
+    case Drop::kLocalLapped: return "local_lapped";
+    case Drop::kRedisError: return "redis_error";
+    case Drop::kOversized: return "oversized";
+    case Drop::kCorruptEnvelope: return "corrupt_envelope";
+    case Drop::kBadChannel: return "bad_channel";
+    case Drop::kNotImported: return "not_imported";
+    case Drop::kLocalRefused: return "local_refused";
+    case Drop::kCount: break;
+  }
+  return "unknown";
+}
+
+uint64_t CounterSnapshot::dropped_total() const {
+  uint64_t total = 0;
+  for (uint64_t d : dropped) total += d;
+  return total;
+}
+
+namespace {
+
+// At most this many commands wait for their reply on the publishing connection: enough to
+// keep Redis busy (pipelining), little enough that a broken connection loses few.
+constexpr size_t kMaxInFlight = 4096;
+// How often the durable read positions are written to the state file.
+constexpr auto kStateSaveInterval = 1s;
+// XREAD blocks this long at most, so new stream keys are picked up promptly.
+constexpr auto kXreadBlock = 100ms;
+constexpr uint32_t kXreadCount = 512;
+// Local channels the bridge keeps open for importing; past this the cache starts over.
+constexpr size_t kMaxOpenImportChannels = 4096;
+
+uint64_t unix_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+std::span<const std::byte> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+std::string_view text_of(std::span<const std::byte> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+// FNV-1a: tells our own raw payloads apart from others'; collisions only matter between
+// payloads on the same channel within one heartbeat interval.
+uint64_t payload_hash(std::string_view s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  return h ^ s.size();
+}
+
+// ---- glob reasoning for interest ---------------------------------------------------------
+
+bool is_glob_special(char c) { return c == '*' || c == '?' || c == '[' || c == '\\'; }
+
+std::string_view literal_prefix(std::string_view glob) {
+  size_t i = 0;
+  while (i < glob.size() && !is_glob_special(glob[i])) ++i;
+  return glob.substr(0, i);
+}
+
+// "chat:*": a literal prefix and one trailing star, matching exactly the names that start
+// with the prefix.
+bool is_prefix_form(std::string_view glob) {
+  const auto prefix = literal_prefix(glob);
+  return glob.size() == prefix.size() + 1 && glob.back() == '*';
+}
+
+// True only when every name `inner` matches is provably matched by `outer`.
+bool provably_contains(std::string_view outer, std::string_view inner) {
+  if (outer == inner) return true;
+  return is_prefix_form(outer) && literal_prefix(inner).starts_with(literal_prefix(outer));
+}
+
+// False only when no name can match both (their literal prefixes disagree).
+bool may_overlap(std::string_view a, std::string_view b) {
+  const auto pa = literal_prefix(a), pb = literal_prefix(b);
+  return pa.starts_with(pb) || pb.starts_with(pa);
+}
+
+// The Redis prefix as a literal inside a Redis glob.
+std::string escape_glob(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (is_glob_special(c) || c == ']') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+// What local subscribers want, in Redis names.
+struct Interest {
+  std::set<std::string> channels;  // SUBSCRIBE
+  std::set<std::string> patterns;  // PSUBSCRIBE
+  std::set<std::string> streams;   // XREAD (durable rules)
+};
+
+// One message waiting to go to Redis.
+struct Outbound {
+  std::string key;   // Redis channel or stream key
+  std::string body;  // envelope or raw payload (durable: the payload)
+  const Rule* rule = nullptr;
+  uint64_t sequence = 0;
+  uint64_t publish_unix_ns = 0;
+};
+
+// What a command on the publishing connection was, for its reply.
+struct Sent {
+  enum class Kind { kPublish, kXadd, kHeartbeat } kind = Kind::kPublish;
+  std::optional<Outbound> resend;  // durable: sent again if the connection breaks first
+};
+
+// Per (channel, origin): the last envelope sequence imported, to count gaps and to drop
+// durable entries read twice.
+struct SequenceState {
+  uint64_t sequence = 0;
+  uint64_t publish_unix_ns = 0;
+};
+
+struct RawEcho {
+  uint64_t hash;
+  uint64_t heartbeat;  // heartbeats sent before this publish
+};
+
+}  // namespace
+
+struct Bridge::Impl {
+  Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
+      : config(std::move(config_in)),
+        local(std::move(local_in)),
+        log(logger ? std::move(logger) : spdlog::default_logger()),
+        import_bus(Bus::connect(local)),
+        interest_bus(Bus::connect(local)),
+        export_sub(Subscription::open(local)) {
+    validate_bridge_config(config);
+    wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    std::random_device seed;
+    rng.seed(seed());
+    heartbeat_channel = config.redis_prefix + std::string(kStatsChannelPrefix) + "heartbeat:" +
+                        std::to_string(config.host_id) + ":" + std::to_string(getpid()) + ":" +
+                        std::to_string(rng());
+    pattern_prefix = escape_glob(config.redis_prefix);
+    for (const auto& rule : config.exports) own_export_patterns.insert(rule.pattern);
+    if (!config.exports.empty()) {
+      std::vector<std::string> patterns;
+      for (const auto& p : own_export_patterns) patterns.push_back(p);
+      export_sub.psubscribe(patterns);
+    }
+    load_state();
+    redis_thread = std::thread([this] { redis_main(); });
+    local_thread = std::thread([this] { local_main(); });
+  }
+
+  ~Impl() {
+    stop();
+    if (wake_fd >= 0) close(wake_fd);
+  }
+
+  void stop() {
+    if (stopping.exchange(true)) return;
+    wake();
+    if (local_thread.joinable()) local_thread.join();
+    if (redis_thread.joinable()) redis_thread.join();
+    save_state();
+  }
+
+  // ---- shared state ---------------------------------------------------------------------
+
+  BridgeConfig config;
+  ConnectOptions local;
+  std::shared_ptr<spdlog::logger> log;
+  Bus import_bus;    // Redis thread: publishes imports
+  Bus interest_bus;  // local thread: reads interest, publishes counters
+  Subscription export_sub;  // local thread
+  std::set<std::string> own_export_patterns;
+  std::string heartbeat_channel;  // Redis name, under the reserved prefix
+  std::string pattern_prefix;     // the Redis prefix, glob-escaped
+  int wake_fd = -1;
+  std::atomic<bool> stopping{false};
+  std::thread redis_thread, local_thread;
+  std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
+
+  std::mutex mutex;  // guards queue, queue_bytes, interest, interest_generation
+  std::deque<Outbound> queue;
+  uint64_t queued_bytes = 0;
+  Interest interest;
+  uint64_t interest_generation = 0;
+
+  struct Counters {
+    std::atomic<uint64_t> exported{0}, imported{0}, echoes{0}, duplicates{0}, lost_in_transit{0},
+        reconnects{0}, heartbeat_timeouts{0}, subscribe_commands{0}, unsubscribe_commands{0},
+        redis_subscriptions{0}, streams_read{0}, queue_depth{0}, queue_bytes{0}, lag_last{0},
+        lag_max{0};
+    std::atomic<uint64_t> dropped[static_cast<int>(Drop::kCount)] = {};
+    std::atomic<bool> connected{false};
+  } counters;
+
+  void wake() {
+    const uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+  }
+
+  // Counts a drop and logs it, at most once a second per reason (a flood of bad input must
+  // not become a flood of log lines).
+  std::array<std::atomic<int64_t>, static_cast<int>(Drop::kCount)> last_drop_log{};
+  void drop(Drop reason, uint64_t n, std::string_view detail) {
+    counters.dropped[static_cast<int>(reason)].fetch_add(n, std::memory_order_relaxed);
+    const int64_t now = Clock::now().time_since_epoch().count();
+    auto& last = last_drop_log[static_cast<int>(reason)];
+    int64_t previous = last.load(std::memory_order_relaxed);
+    if (now - previous < std::chrono::nanoseconds(1s).count()) return;
+    if (!last.compare_exchange_strong(previous, now)) return;
+    log->warn("dropped {} message(s): {}: {} (total {})", n, drop_name(reason), detail,
+              counters.dropped[static_cast<int>(reason)].load());
+  }
+
+  CounterSnapshot snapshot() const {
+    CounterSnapshot s;
+    s.exported = counters.exported;
+    s.imported = counters.imported;
+    s.echoes_suppressed = counters.echoes;
+    s.duplicates_dropped = counters.duplicates;
+    s.lost_in_transit = counters.lost_in_transit;
+    for (int i = 0; i < static_cast<int>(Drop::kCount); ++i) s.dropped[i] = counters.dropped[i];
+    s.reconnects = counters.reconnects;
+    s.heartbeat_timeouts = counters.heartbeat_timeouts;
+    s.subscribe_commands = counters.subscribe_commands;
+    s.unsubscribe_commands = counters.unsubscribe_commands;
+    s.redis_subscriptions = counters.redis_subscriptions;
+    s.streams_read = counters.streams_read;
+    s.queue_depth = counters.queue_depth;
+    s.queue_bytes = counters.queue_bytes;
+    s.lag_last_ns = counters.lag_last;
+    s.lag_max_ns = counters.lag_max;
+    s.connected = counters.connected;
+    return s;
+  }
+
+  std::string json() const {
+    const CounterSnapshot s = snapshot();
+    nlohmann::json j;
+    j["host_id"] = config.host_id;
+    j["redis"] = config.redis_host + ":" + std::to_string(config.redis_port);
+    j["connected"] = s.connected;
+    j["exported"] = s.exported;
+    j["imported"] = s.imported;
+    j["echoes_suppressed"] = s.echoes_suppressed;
+    j["duplicates_dropped"] = s.duplicates_dropped;
+    j["lost_in_transit"] = s.lost_in_transit;
+    nlohmann::json dropped = nlohmann::json::object();
+    for (int i = 0; i < static_cast<int>(Drop::kCount); ++i)
+      dropped[drop_name(static_cast<Drop>(i))] = s.dropped[i];
+    j["dropped"] = dropped;
+    j["reconnects"] = s.reconnects;
+    j["heartbeat_timeouts"] = s.heartbeat_timeouts;
+    j["subscribe_commands"] = s.subscribe_commands;
+    j["unsubscribe_commands"] = s.unsubscribe_commands;
+    j["redis_subscriptions"] = s.redis_subscriptions;
+    j["streams_read"] = s.streams_read;
+    j["queue_depth"] = s.queue_depth;
+    j["queue_bytes"] = s.queue_bytes;
+    j["lag_last_us"] = s.lag_last_ns / 1000;
+    j["lag_max_us"] = s.lag_max_ns / 1000;
+    j["unix_ms"] = unix_ns() / 1'000'000;
+    return j.dump();
+  }
+
+  std::string stats_channel() const {
+    return std::string(kStatsChannelPrefix) + std::to_string(config.host_id);
+  }
+
+  // ---- the local thread: exports, interest, counters ------------------------------------
+
+  void local_main() {
+    auto next_interest = Clock::now();
+    auto next_stats = Clock::now() + config.stats_interval;
+    std::optional<Channel> stats_out;
+    std::string body;
+    while (!stopping.load(std::memory_order_relaxed)) {
+      try {
+        const auto now = Clock::now();
+        if (now >= next_interest) {
+          publish_interest(read_interest());
+          next_interest = now + config.interest_interval;
+        }
+        if (now >= next_stats) {
+          const std::string report = json();
+          log->info("counters {}", report);
+          if (!stats_out) {
+            // A small ring of its own keeps the latest reports for `shmbus stats`, which
+            // reads it from the earliest message still held.
+            ChannelOptions options;
+            options.ring_bytes = 16 * 1024;
+            stats_out.emplace(interest_bus.channel(stats_channel(), options));
+          }
+          // Our own origin: never exported, even under an export rule such as "*".
+          stats_out->try_publish(bytes_of(report), 0ns, config.host_id);
+          counters.lag_max.store(0, std::memory_order_relaxed);
+          next_stats = now + config.stats_interval;
+        }
+        const auto until = std::min(next_interest, next_stats);
+        auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
+        wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
+        if (config.exports.empty()) {
+          std::this_thread::sleep_for(wait);
+          continue;
+        }
+        // Drain a batch before looking at the clock again.
+        for (int i = 0; i < 256; ++i) {
+          auto m = export_sub.next(i == 0 ? wait : 0ns);
+          if (!m) break;
+          export_message(*m, body);
+        }
+      } catch (const Error& e) {
+        if (e.code() == Errc::kDaemonGone) {
+          log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
+          return;
+        }
+        log->error("local bus: {}", e.what());
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+  }
+
+  void export_message(const Message& m, std::string& body) {
+    if (m.lost_before > 0)
+      drop(Drop::kLocalLapped, m.lost_before,
+           "the export subscriber was lapped on '" + std::string(m.channel) +
+               "'; give the channel a larger ring_bytes in shmbusd.toml");
+    // Imported messages (and our counters) are never sent back out: no loops.
+    if (m.origin != 0) return;
+    if (m.channel.starts_with(kReservedPrefix)) return;
+    const Rule* rule = BridgeConfig::first_match(config.exports, m.channel);
+    // A channel matching several export patterns is delivered once per pattern: keep one.
+    if (rule == nullptr || rule->pattern != m.pattern) return;
+    if (m.payload.size() > config.max_payload_bytes) {
+      drop(Drop::kOversized, 1,
+           std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
+               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes) +
+               "; raise it in [bridge]");
+      return;
+    }
+    Outbound out;
+    out.key = config.redis_prefix + std::string(m.channel);
+    out.rule = rule;
+    out.sequence = m.sequence;
+    out.publish_unix_ns = m.publish_unix_ns;
+    if (rule->mode == Mode::kEnvelope && !rule->durable) {
+      encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload, body);
+      out.body = body;
+    } else {
+      out.body.assign(text_of(m.payload));
+    }
+    enqueue(std::move(out));
+  }
+
+  void enqueue(Outbound out) {
+    bool was_empty;
+    uint64_t dropped = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      was_empty = queue.empty();
+      queued_bytes += out.body.size() + out.key.size();
+      queue.push_back(std::move(out));
+      // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
+      while (queue.size() > config.queue_messages ||
+             (queued_bytes > config.queue_bytes && queue.size() > 1)) {
+        queued_bytes -= queue.front().body.size() + queue.front().key.size();
+        queue.pop_front();
+        ++dropped;
+      }
+      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
+      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
+    }
+    if (dropped)
+      drop(Drop::kQueueFull, dropped,
+           "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
+               ", queue_bytes = " + std::to_string(config.queue_bytes) +
+               "); Redis is down or slower than the local publishers");
+    if (was_empty) wake();
+  }
+
+  Interest read_interest() {
+    Interest in;
+    std::set<std::string> local_channels;
+    for (const auto& rule : config.imports) {
+      for (auto& ch : interest_bus.channels(rule.pattern)) {
+        if (ch.starts_with(kReservedPrefix)) continue;
+        if (BridgeConfig::first_match(config.imports, ch) != &rule) continue;
+        (rule.durable ? in.streams : in.channels).insert(config.redis_prefix + ch);
+      }
+    }
+    for (const auto& p : interest_bus.patterns()) {
+      // Our own export subscription is no local interest.
+      const uint64_t ours = own_export_patterns.count(p.pattern) ? 1 : 0;
+      if (p.subscribers <= ours) continue;
+      if (!glob_has_wildcards(p.pattern)) {
+        const Rule* rule = BridgeConfig::first_match(config.imports, p.pattern);
+        if (rule && !p.pattern.starts_with(kReservedPrefix))
+          (rule->durable ? in.streams : in.channels).insert(config.redis_prefix + p.pattern);
+        continue;
+      }
+      for (const auto& rule : config.imports) {
+        // Durable rules are read by stream key: only named channels are followed.
+        if (rule.durable) continue;
+        if (provably_contains(p.pattern, rule.pattern))
+          in.patterns.insert(pattern_prefix + rule.pattern);  // all the rule allows
+        else if (may_overlap(p.pattern, rule.pattern))
+          in.patterns.insert(pattern_prefix + p.pattern);  // filtered by the rules on arrival
+      }
+    }
+    // A channel a pattern already covers would only arrive twice.
+    std::erase_if(in.channels, [&](const std::string& ch) {
+      return std::any_of(in.patterns.begin(), in.patterns.end(),
+                         [&](const std::string& p) { return glob_match(p, ch); });
+    });
+    return in;
+  }
+
+  void publish_interest(Interest in) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (in.channels == interest.channels && in.patterns == interest.patterns &&
+          in.streams == interest.streams)
+        return;
+      interest = std::move(in);
+      ++interest_generation;
+    }
+    wake();
+  }
+
+  // ---- the Redis thread -----------------------------------------------------------------
+
+  std::unique_ptr<RedisConnection> pub, sub, streams;
+  bool ever_connected = false;
+  int failed_attempts = 0;
+  Clock::time_point next_connect{};
+  Clock::time_point connected_at{}, last_heartbeat_seen{}, next_heartbeat{};
+  uint64_t heartbeats_sent = 0;
+  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
+
+  // Subscriptions: what we asked for (sent_*), and what Redis confirmed, in the order of
+  // the reply stream (confirmed_*; see "No duplicates" in the header).
+  Interest wanted;
+  uint64_t wanted_generation = ~uint64_t{0};
+  std::set<std::string> sent_channels, sent_patterns;
+  std::set<std::string> confirmed_channels, confirmed_patterns;
+  std::unordered_map<std::string, Clock::time_point> unwanted_since;
+  std::unordered_map<std::string, std::deque<RawEcho>> raw_echoes;
+  std::unordered_map<std::string, std::vector<std::pair<uint16_t, SequenceState>>> sequences;
+
+  // Durable reads.
+  std::map<std::string, std::string> stream_positions;  // key -> last id read
+  std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
+  bool stream_command_in_flight = false;
+  bool state_dirty = false;
+  Clock::time_point next_state_save{};
+
+  std::unordered_map<std::string, Channel> import_channels;
+
+  RedisEndpoint endpoint() const {
+    return {config.redis_host, config.redis_port, config.redis_user, config.redis_password,
+            config.redis_db, config.connect_timeout};
+  }
+
+  bool needs_stream_connection() const {
+    return std::any_of(config.imports.begin(), config.imports.end(),
+                       [](const Rule& r) { return r.durable; });
+  }
+
+  void connect() {
+    try {
+      auto new_pub = std::make_unique<RedisConnection>(endpoint());
+      auto new_sub = std::make_unique<RedisConnection>(endpoint());
+      std::unique_ptr<RedisConnection> new_streams;
+      if (needs_stream_connection()) new_streams = std::make_unique<RedisConnection>(endpoint());
+      pub = std::move(new_pub);
+      sub = std::move(new_sub);
+      streams = std::move(new_streams);
+    } catch (const std::exception& e) {
+      ++failed_attempts;
+      // Capped exponential backoff with jitter: bridges that lost the same Redis do not all
+      // come back in the same millisecond.
+      const double base = std::min<double>(
+          static_cast<double>(config.backoff_max.count()),
+          static_cast<double>(config.backoff_initial.count()) *
+              std::pow(2.0, std::min(failed_attempts - 1, 30)));
+      const double jittered = base * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+      next_connect = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(jittered));
+      if (failed_attempts == 1 || failed_attempts % 10 == 0)
+        log->warn("{} (attempt {}); retrying in {} ms", e.what(), failed_attempts,
+                  static_cast<int64_t>(jittered));
+      return;
+    }
+    if (ever_connected) counters.reconnects.fetch_add(1, std::memory_order_relaxed);
+    log->info("connected to redis {}:{}{}", config.redis_host, config.redis_port,
+              failed_attempts ? " after " + std::to_string(failed_attempts) + " failed attempt(s)"
+                              : std::string());
+    ever_connected = true;
+    failed_attempts = 0;
+    connected_at = last_heartbeat_seen = Clock::now();
+    next_heartbeat = connected_at;
+    counters.connected = true;
+    sub->append({"SUBSCRIBE", heartbeat_channel});
+    sent_channels.insert(heartbeat_channel);
+    // Re-subscribe from our own registry (wanted), not from whatever the old connection held.
+    wanted_generation = ~uint64_t{0};
+  }
+
+  void disconnect(const std::string& why) {
+    log->warn("redis connection lost: {}; reconnecting", why);
+    uint64_t uncertain = 0;
+    std::deque<Outbound> resend;
+    for (auto& s : in_flight) {
+      if (s.resend) resend.push_back(std::move(*s.resend));
+      else if (s.kind == Sent::Kind::kPublish) ++uncertain;
+    }
+    in_flight.clear();
+    if (uncertain)
+      drop(Drop::kInFlight, uncertain,
+           "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
+    if (!resend.empty()) {
+      // Durable: XADD again, first in line; readers drop the copy if the first one landed.
+      std::lock_guard<std::mutex> lock(mutex);
+      for (auto it = resend.rbegin(); it != resend.rend(); ++it) {
+        queued_bytes += it->body.size() + it->key.size();
+        queue.push_front(std::move(*it));
+      }
+    }
+    pub.reset();
+    sub.reset();
+    streams.reset();
+    counters.connected = false;
+    sent_channels.clear();
+    sent_patterns.clear();
+    confirmed_channels.clear();
+    confirmed_patterns.clear();
+    unwanted_since.clear();
+    raw_echoes.clear();
+    stream_command_in_flight = false;
+    stream_waiting_for.clear();
+    counters.redis_subscriptions = 0;
+    next_connect = Clock::now() + config.backoff_initial;
+  }
+
+  void redis_main() {
+    // hiredis writes with write(): on a connection Redis closed, that raises SIGPIPE, which
+    // would kill the whole process. Blocked in this thread, it stays pending and write()
+    // fails with EPIPE instead, without touching the host program's signal handling.
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+    while (!stopping.load(std::memory_order_relaxed)) {
+      try {
+        redis_step();
+      } catch (const std::exception& e) {
+        disconnect(e.what());
+      }
+    }
+  }
+
+  void redis_step() {
+    const auto now = Clock::now();
+    if (!pub) {
+      if (now >= next_connect) connect();
+    }
+    if (pub) {
+      apply_interest(now);
+      if (now >= next_heartbeat) {
+        ++heartbeats_sent;
+        const std::string n = std::to_string(heartbeats_sent);
+        pub->append({"PUBLISH", heartbeat_channel, n});
+        in_flight.push_back({Sent::Kind::kHeartbeat, std::nullopt});
+        next_heartbeat = now + config.heartbeat_interval;
+      }
+      if (now - last_heartbeat_seen > config.heartbeat_timeout) {
+        counters.heartbeat_timeouts.fetch_add(1, std::memory_order_relaxed);
+        throw std::runtime_error("no heartbeat came back for " +
+                                 std::to_string(config.heartbeat_timeout.count()) +
+                                 " ms (heartbeat_timeout_ms): the connection is dead or Redis "
+                                 "is stalled");
+      }
+      send_queued();
+      send_stream_command();
+      pub->flush();
+      sub->flush();
+      if (streams) streams->flush();
+    }
+    if (now >= next_state_save) {
+      save_state();
+      next_state_save = now + kStateSaveInterval;
+    }
+
+    pollfd fds[4];
+    int n = 0;
+    fds[n++] = {wake_fd, POLLIN, 0};
+    RedisConnection* conns[3] = {pub.get(), sub.get(), streams.get()};
+    for (auto* c : conns) {
+      if (!c) continue;
+      fds[n++] = {c->fd(), static_cast<short>(POLLIN | (c->output_pending() ? POLLOUT : 0)), 0};
+    }
+    auto deadline = now + 50ms;
+    if (!pub) deadline = std::min(deadline, std::max(next_connect, now));
+    else deadline = std::min(deadline, next_heartbeat);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      // Queued work we could send right now: do not sleep on it.
+      if (pub && !queue.empty() && in_flight.size() < kMaxInFlight) deadline = now;
+    }
+    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+    if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
+        0) {
+      if (errno == EINTR) return;
+      throw std::system_error(errno, std::generic_category(), "poll");
+    }
+    if (fds[0].revents & POLLIN) {
+      uint64_t value;
+      [[maybe_unused]] auto r = ::read(wake_fd, &value, sizeof value);
+    }
+    int i = 1;
+    for (auto* c : conns) {
+      if (!c) continue;
+      const short revents = fds[i++].revents;
+      if (revents & (POLLIN | POLLERR | POLLHUP)) {
+        c->read();
+        while (Reply r = c->next_reply()) {
+          if (c == pub.get()) on_pub_reply(r.get());
+          else if (c == sub.get()) on_sub_reply(r.get());
+          else on_stream_reply(r.get());
+          if (!pub) return;  // a reply handler disconnected
+        }
+      }
+    }
+  }
+
+  // ---- subscriptions ----
+
+  void apply_interest(Clock::time_point now) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (interest_generation != wanted_generation) {
+        wanted = interest;
+        wanted_generation = interest_generation;
+      }
+    }
+    diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
+    diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
+    counters.streams_read.store(wanted.streams.size(), std::memory_order_relaxed);
+  }
+
+  // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
+  // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
+  // nothing. Each round is one command however many names change.
+  void diff_and_send(const std::set<std::string>& want, std::set<std::string>& sent,
+                     const char* subscribe, const char* unsubscribe, Clock::time_point now) {
+    std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
+    for (const auto& name : want) {
+      if (sent.insert(name).second) add.push_back(name);
+      unwanted_since.erase(name);
+    }
+    for (auto it = sent.begin(); it != sent.end();) {
+      if (*it == heartbeat_channel || want.count(*it)) {
+        ++it;
+        continue;
+      }
+      auto [since, fresh] = unwanted_since.try_emplace(*it, now);
+      if (!fresh && now - since->second >= config.unsubscribe_linger) {
+        remove.push_back(*it);  // views into `sent`, erased only after the command is built
+        unwanted_since.erase(since);
+      }
+      ++it;
+    }
+    if (add.size() > 1) {
+      sub->append(add);
+      counters.subscribe_commands.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (remove.size() > 1) {
+      sub->append(remove);
+      counters.unsubscribe_commands.fetch_add(1, std::memory_order_relaxed);
+      std::vector<std::string> names(remove.begin() + 1, remove.end());
+      for (const auto& name : names) sent.erase(name);
+    }
+  }
+
+  bool covered_by_sent(const std::string& channel) const {
+    if (sent_channels.count(channel)) return true;
+    return std::any_of(sent_patterns.begin(), sent_patterns.end(),
+                       [&](const std::string& p) { return glob_match(p, channel); });
+  }
+
+  // ---- sending ----
+
+  void send_queued() {
+    std::deque<Outbound> batch;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      while (!queue.empty() && in_flight.size() + batch.size() < kMaxInFlight) {
+        queued_bytes -= queue.front().body.size() + queue.front().key.size();
+        batch.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
+      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
+    }
+    for (auto& out : batch) {
+      if (out.rule->durable) {
+        const std::string maxlen = std::to_string(out.rule->stream_maxlen);
+        const std::string origin = std::to_string(config.host_id);
+        const std::string seq = std::to_string(out.sequence);
+        const std::string ts = std::to_string(out.publish_unix_ns);
+        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
+                     origin, "seq", seq, "ts", ts});
+        in_flight.push_back({Sent::Kind::kXadd, std::move(out)});
+        continue;
+      }
+      if (out.rule->mode == Mode::kRaw && covered_by_sent(out.key))
+        raw_echoes[out.key].push_back({payload_hash(out.body), heartbeats_sent});
+      pub->append({"PUBLISH", out.key, out.body});
+      in_flight.push_back({Sent::Kind::kPublish, std::nullopt});
+    }
+  }
+
+  void on_pub_reply(const redisReply* r) {
+    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
+    Sent sent = std::move(in_flight.front());
+    in_flight.pop_front();
+    if (r->type == REDIS_REPLY_ERROR) {
+      if (sent.kind == Sent::Kind::kHeartbeat)
+        throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
+      drop(Drop::kRedisError, 1, "Redis refused: " + std::string(reply_text(r)));
+      return;
+    }
+    if (sent.kind != Sent::Kind::kHeartbeat)
+      counters.exported.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // ---- receiving ----
+
+  void on_sub_reply(const redisReply* r) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
+      if (r->type == REDIS_REPLY_ERROR)
+        throw std::runtime_error("subscriber connection: " + std::string(reply_text(r)));
+      return;
+    }
+    const std::string_view kind = reply_text(r->element[0]);
+    const std::string name(reply_text(r->element[1]));
+    if (kind == "message") {
+      on_delivery(name, {}, r->element[2]);
+    } else if (kind == "pmessage" && r->elements >= 4) {
+      on_delivery(std::string(reply_text(r->element[2])), name, r->element[3]);
+    } else if (kind == "subscribe") {
+      confirmed_channels.insert(name);
+    } else if (kind == "psubscribe") {
+      confirmed_patterns.insert(name);
+    } else if (kind == "unsubscribe" || kind == "punsubscribe") {
+      (kind == "unsubscribe" ? confirmed_channels : confirmed_patterns).erase(name);
+      // Sequences restart when a channel is followed again: what was published while we
+      // did not listen is not lost in transit.
+      std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+      std::erase_if(raw_echoes, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+    }
+    counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
+                                       std::memory_order_relaxed);
+  }
+
+  bool confirmed_covers(const std::string& channel) const {
+    if (confirmed_channels.count(channel)) return true;
+    return std::any_of(confirmed_patterns.begin(), confirmed_patterns.end(),
+                       [&](const std::string& p) { return glob_match(p, channel); });
+  }
+
+  // Exactly one of the copies Redis sends for one PUBLISH is imported (see the header).
+  bool designated(const std::string& channel, std::string_view pattern) const {
+    if (pattern.empty()) return true;
+    if (confirmed_channels.count(channel)) return false;
+    for (const auto& p : confirmed_patterns)
+      if (glob_match(p, channel)) return p == pattern;
+    return false;
+  }
+
+  void on_delivery(const std::string& channel, std::string_view pattern,
+                   const redisReply* payload_reply) {
+    if (!designated(channel, pattern)) return;
+    if (channel == heartbeat_channel) {
+      if (!pattern.empty()) return;
+      on_heartbeat(reply_text(payload_reply));
+      return;
+    }
+    if (payload_reply->type != REDIS_REPLY_STRING) {
+      drop(Drop::kCorruptEnvelope, 1, "a message on '" + channel + "' without a string payload");
+      return;
+    }
+    const std::string_view payload = reply_text(payload_reply);
+    if (!channel.starts_with(config.redis_prefix)) {
+      drop(Drop::kBadChannel, 1, "channel '" + channel.substr(0, 128) + "' lacks the prefix '" +
+                                     config.redis_prefix + "'");
+      return;
+    }
+    const std::string name = channel.substr(config.redis_prefix.size());
+    if (name.starts_with(kReservedPrefix)) return;  // other bridges' heartbeats
+    if (name.empty() || name.size() > kMaxChannelNameBytes) {
+      drop(Drop::kBadChannel, 1,
+           "channel name of " + std::to_string(name.size()) +
+               " bytes; local channel names are 1 to 1024 bytes");
+      return;
+    }
+    const Rule* rule = BridgeConfig::first_match(config.imports, name);
+    if (rule == nullptr || rule->durable) {
+      drop(Drop::kNotImported, 1, "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule");
+      return;
+    }
+    if (payload.size() > config.max_payload_bytes + (rule->mode == Mode::kEnvelope
+                                                         ? kEnvelopeHeaderBytes
+                                                         : 0)) {
+      drop(Drop::kOversized, 1,
+           std::to_string(payload.size()) + " bytes on '" + name.substr(0, 128) +
+               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes));
+      return;
+    }
+    if (rule->mode == Mode::kRaw) {
+      if (is_raw_echo(channel, payload)) {
+        counters.echoes.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      publish_local(name, bytes_of(payload), kUnknownOrigin);
+      return;
+    }
+    std::string why;
+    auto envelope = decode_envelope(bytes_of(payload), why);
+    if (!envelope) {
+      drop(Drop::kCorruptEnvelope, 1, "on '" + name.substr(0, 128) + "': " + why);
+      return;
+    }
+    if (envelope->header.origin == config.host_id) {
+      counters.echoes.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (!accept_sequence(channel, envelope->header.origin, envelope->header.sequence,
+                         envelope->header.publish_unix_ns, false))
+      return;
+    note_lag(envelope->header.publish_unix_ns);
+    publish_local(name, envelope->payload, envelope->header.origin);
+  }
+
+  void on_heartbeat(std::string_view payload) {
+    uint64_t n = 0;
+    for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
+    last_heartbeat_seen = Clock::now();
+    // Raw exports sent before heartbeat n were answered by now if they ever will be.
+    for (auto it = raw_echoes.begin(); it != raw_echoes.end();) {
+      auto& pending = it->second;
+      while (!pending.empty() && pending.front().heartbeat < n) pending.pop_front();
+      it = pending.empty() ? raw_echoes.erase(it) : std::next(it);
+    }
+  }
+
+  bool is_raw_echo(const std::string& channel, std::string_view payload) {
+    auto it = raw_echoes.find(channel);
+    if (it == raw_echoes.end()) return false;
+    const uint64_t hash = payload_hash(payload);
+    auto& pending = it->second;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      if (pending[i].hash != hash) continue;
+      // Our own publishes come back in order: older entries were not echoed and never will.
+      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+      if (pending.empty()) raw_echoes.erase(it);
+      return true;
+    }
+    return false;
+  }
+
+  // Counts gaps (pub/sub) and refuses entries already imported (durable resends). Returns
+  // whether to import.
+  bool accept_sequence(const std::string& key, uint16_t origin, uint64_t sequence,
+                       uint64_t publish_unix_ns, bool durable) {
+    auto& states = sequences[key];
+    auto it = std::find_if(states.begin(), states.end(),
+                           [&](const auto& s) { return s.first == origin; });
+    if (it == states.end()) {
+      states.push_back({origin, {sequence, publish_unix_ns}});
+      return true;
+    }
+    SequenceState& last = it->second;
+    if (std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence)) {
+      if (durable) {
+        counters.duplicates.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      // Pub/sub never repeats; an older stamp means the origin's channel restarted.
+      last = {sequence, publish_unix_ns};
+      return true;
+    }
+    if (sequence > last.sequence + 1)
+      counters.lost_in_transit.fetch_add(sequence - last.sequence - 1, std::memory_order_relaxed);
+    last = {sequence, publish_unix_ns};
+    return true;
+  }
+
+  void note_lag(uint64_t publish_unix_ns) {
+    const uint64_t now = unix_ns();
+    const uint64_t lag = now > publish_unix_ns ? now - publish_unix_ns : 0;
+    counters.lag_last.store(lag, std::memory_order_relaxed);
+    uint64_t max = counters.lag_max.load(std::memory_order_relaxed);
+    while (lag > max && !counters.lag_max.compare_exchange_weak(max, lag)) {
+    }
+  }
+
+  void publish_local(const std::string& name, std::span<const std::byte> payload,
+                     uint16_t origin) {
+    auto it = import_channels.find(name);
+    if (it == import_channels.end()) {
+      if (import_channels.size() >= kMaxOpenImportChannels) import_channels.clear();
+      try {
+        it = import_channels.emplace(name, import_bus.channel(name)).first;
+      } catch (const Error& e) {
+        if (e.code() == Errc::kDaemonGone || e.code() == Errc::kNoDaemon) throw;
+        drop(Drop::kLocalRefused, 1, e.what());
+        return;
+      }
+    }
+    const PublishResult r = it->second.try_publish(payload, 0ns, origin);
+    if (r.ok()) {
+      counters.imported.fetch_add(1, std::memory_order_relaxed);
+    } else if (r.status == PublishStatus::kTooLarge) {
+      drop(Drop::kOversized, 1,
+           std::to_string(payload.size()) + " bytes exceed local channel '" + name.substr(0, 128) +
+               "' limit of " + std::to_string(it->second.max_message_bytes()) +
+               "; raise it with a [[channel]] rule in shmbusd.toml");
+    } else {
+      drop(Drop::kLocalRefused, 1,
+           "back-pressure channel '" + name.substr(0, 128) + "' is full; the bridge never waits");
+    }
+  }
+
+  // ---- durable: streams ----
+
+  void send_stream_command() {
+    if (!streams || stream_command_in_flight) return;
+    for (const auto& key : wanted.streams) {
+      if (stream_positions.count(key)) continue;
+      // First interest in this stream: start after its newest entry (XREAD with "$" would
+      // lose what is added between two calls).
+      streams->append({"XREVRANGE", key, "+", "-", "COUNT", "1"});
+      stream_waiting_for = key;
+      stream_command_in_flight = true;
+      return;
+    }
+    if (wanted.streams.empty()) return;
+    const std::string count = std::to_string(kXreadCount);
+    const std::string block = std::to_string(kXreadBlock.count());
+    std::vector<std::string_view> args{"XREAD", "COUNT", count, "BLOCK", block, "STREAMS"};
+    for (const auto& key : wanted.streams) args.push_back(key);
+    for (const auto& key : wanted.streams) args.push_back(stream_positions[key]);
+    streams->append(args);
+    stream_waiting_for.clear();
+    stream_command_in_flight = true;
+  }
+
+  void on_stream_reply(const redisReply* r) {
+    stream_command_in_flight = false;
+    if (r->type == REDIS_REPLY_ERROR)
+      throw std::runtime_error("stream read refused: " + std::string(reply_text(r)));
+    if (!stream_waiting_for.empty()) {
+      std::string id = "0-0";
+      if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+          r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 1)
+        id = std::string(reply_text(r->element[0]->element[0]));
+      stream_positions[stream_waiting_for] = id;
+      state_dirty = true;
+      return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) return;  // nil: BLOCK timed out
+    for (size_t s = 0; s < r->elements; ++s) {
+      const redisReply* stream = r->element[s];
+      if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
+      const std::string key(reply_text(stream->element[0]));
+      const redisReply* entries = stream->element[1];
+      for (size_t e = 0; e < entries->elements; ++e) {
+        const redisReply* entry = entries->element[e];
+        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
+        on_stream_entry(key, entry->element[1]);
+        stream_positions[key] = std::string(reply_text(entry->element[0]));
+        state_dirty = true;
+      }
+    }
+  }
+
+  void on_stream_entry(const std::string& key, const redisReply* fields) {
+    std::optional<std::string_view> payload;
+    uint64_t origin = kUnknownOrigin, seq = 0, ts = 0;
+    bool has_sequence = false;
+    auto number = [](std::string_view s, uint64_t& out) {
+      if (s.empty() || s.size() > 20) return false;
+      uint64_t v = 0;
+      for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        v = v * 10 + static_cast<uint64_t>(c - '0');
+      }
+      out = v;
+      return true;
+    };
+    bool well_formed = fields->type == REDIS_REPLY_ARRAY && fields->elements % 2 == 0;
+    for (size_t i = 0; well_formed && i + 1 < fields->elements; i += 2) {
+      const std::string_view f = reply_text(fields->element[i]);
+      const std::string_view v = reply_text(fields->element[i + 1]);
+      if (f == "payload") payload = v;
+      else if (f == "origin") well_formed = number(v, origin) && origin != 0 && origin <= 0xffff;
+      else if (f == "seq") well_formed = (has_sequence = number(v, seq));
+      else if (f == "ts") well_formed = number(v, ts);
+    }
+    const std::string name = key.substr(std::min(key.size(), config.redis_prefix.size()));
+    if (!well_formed || !payload) {
+      drop(Drop::kCorruptEnvelope, 1, "stream entry on '" + name.substr(0, 128) +
+                                          "' without a payload field or with bad origin/seq/ts");
+      return;
+    }
+    if (payload->size() > config.max_payload_bytes) {
+      drop(Drop::kOversized, 1, std::to_string(payload->size()) + " bytes on stream '" +
+                                    name.substr(0, 128) + "' exceed max_payload_bytes");
+      return;
+    }
+    if (origin == config.host_id) {
+      counters.echoes.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (has_sequence && !accept_sequence(key, static_cast<uint16_t>(origin), seq, ts, true)) return;
+    if (ts) note_lag(ts);
+    publish_local(name, bytes_of(*payload), static_cast<uint16_t>(origin));
+  }
+
+  // The state file: one line per stream, "<last id> <key as hex>". Written to a temporary
+  // file and renamed, so a crash leaves the old or the new file, never half of one.
+  void save_state() {
+    if (config.state_file.empty() || !state_dirty) return;
+    const std::string tmp = config.state_file + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      static constexpr char kHex[] = "0123456789abcdef";
+      for (const auto& [key, id] : stream_positions) {
+        out << id << ' ';
+        for (unsigned char c : key) out << kHex[c >> 4] << kHex[c & 15];
+        out << '\n';
+      }
+      if (!out) {
+        log->error("cannot write the state file {}: durable positions are not saved", tmp);
+        return;
+      }
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, config.state_file, ec);
+    if (ec) log->error("cannot replace the state file {}: {}", config.state_file, ec.message());
+    else state_dirty = false;
+  }
+
+  void load_state() {
+    if (config.state_file.empty()) return;
+    std::ifstream in(config.state_file);
+    std::string id, hex;
+    size_t line = 0;
+    while (in >> id >> hex) {
+      ++line;
+      std::string key;
+      bool ok = hex.size() % 2 == 0;
+      auto nibble = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        ok = false;
+        return 0;
+      };
+      for (size_t i = 0; ok && i < hex.size(); i += 2)
+        key.push_back(static_cast<char>(nibble(hex[i]) * 16 + nibble(hex[i + 1])));
+      if (!ok) {
+        log->warn("state file {} line {}: not '<id> <hex key>'; ignored", config.state_file, line);
+        continue;
+      }
+      stream_positions[key] = id;
+    }
+    if (line) log->info("resuming {} stream(s) from {}", stream_positions.size(), config.state_file);
+  }
+};
+
+Bridge::Bridge(BridgeConfig config, ConnectOptions local, std::shared_ptr<spdlog::logger> logger)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(local), std::move(logger))) {}
+Bridge::~Bridge() = default;
+void Bridge::stop() { impl_->stop(); }
+CounterSnapshot Bridge::counters() const { return impl_->snapshot(); }
+std::string Bridge::counters_json() const { return impl_->json(); }
+std::string Bridge::stats_channel() const { return impl_->stats_channel(); }
+
+}  // namespace shmbus::bridge

@@ -1,0 +1,76 @@
+// One connection to Redis over hiredis 0.14's plain (synchronous) context, driven
+// non-blockingly by the caller's poll() loop.
+//
+// Why not hiredis's async API: 0.14 mis-dispatches PING replies on subscribed connections,
+// asserts on commands sent between UNSUBSCRIBE and its reply, and ignores timeouts in pub/sub
+// (research/redis.md §4). Here hiredis only frames commands and parses replies; this class and
+// its owner decide what every reply means, so none of those code paths is used.
+//
+// Connecting (TCP connect, AUTH, SELECT) blocks for at most the connect timeout; afterwards the
+// socket is non-blocking and the context's REDIS_BLOCK flag is cleared, so read() and flush()
+// treat EAGAIN as "later" instead of a fatal error.
+//
+// Thread safety: one thread at a time (the bridge's Redis thread).
+#pragma once
+
+#include <hiredis/hiredis.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shmbus::bridge {
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
+inline std::string_view reply_text(const redisReply* r) {
+  return r && r->str ? std::string_view(r->str, r->len) : std::string_view();
+}
+
+struct RedisEndpoint {
+  std::string host;
+  int port = 6379;
+  std::string user;
+  std::string password;
+  int db = 0;
+  std::chrono::milliseconds connect_timeout{1000};
+};
+
+class RedisConnection {
+ public:
+  // Connects, authenticates and selects the database; throws std::runtime_error naming the
+  // server and what failed.
+  explicit RedisConnection(const RedisEndpoint& endpoint);
+  ~RedisConnection();
+  RedisConnection(const RedisConnection&) = delete;
+  RedisConnection& operator=(const RedisConnection&) = delete;
+
+  int fd() const { return context_->fd; }
+  // Queues one command (binary-safe arguments) in the output buffer.
+  void append(const std::vector<std::string_view>& args);
+  // Writes what it can without blocking. Returns true when the output buffer is empty;
+  // throws std::runtime_error when the connection is broken.
+  bool flush();
+  bool output_pending() const { return output_pending_; }
+  // Reads what arrived without blocking; throws std::runtime_error on EOF or error.
+  void read();
+  // The next complete reply already read, if any.
+  Reply next_reply();
+
+ private:
+  // Frees the context and throws, naming the server, `what` and hiredis's reason.
+  [[noreturn]] void fail(const std::string& what);
+  std::string name_;
+  redisContext* context_ = nullptr;
+  bool output_pending_ = false;
+  std::vector<const char*> argv_;
+  std::vector<size_t> argv_lengths_;
+};
+
+}  // namespace shmbus::bridge
