@@ -41,7 +41,9 @@ bool wait_until(Pred pred, std::chrono::milliseconds timeout = 10s) {
   return pred();
 }
 
+// Bridges log nowhere, unless SHMBUS_TEST_LOG is set (to debug a failing test).
 std::shared_ptr<spdlog::logger> quiet_logger() {
+  if (std::getenv("SHMBUS_TEST_LOG") != nullptr) return spdlog::default_logger();
   return std::make_shared<spdlog::logger>("bridge-test",
                                           std::make_shared<spdlog::sinks::null_sink_mt>());
 }
@@ -444,6 +446,155 @@ TEST(Bridge, RedisKilledAndRestartedPubSubLosesOnlyWhatItReports) {
   std::cout << "sent " << sent << ", received " << collector.numbers.size() << ", lost "
             << cb.lost_in_transit << " (exporter: in flight " << ca.dropped_by(Drop::kInFlight)
             << ")\n";
+}
+
+TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
+  RedisServer redis(test::RedisServerOptions{.append_only = true});
+  REQUIRE_REDIS(redis);
+  const auto state_dir = std::filesystem::temp_directory_path() /
+                         ("shmbus-bridge-state-" + std::to_string(getpid()));
+  std::filesystem::create_directories(state_dir);
+  BridgeConfig exporter = fast_config(redis.port(), 1);
+  exporter.exports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
+  BridgeConfig importer = fast_config(redis.port(), 2);
+  importer.imports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
+  importer.state_file = (state_dir / "positions").string();
+  Host a(exporter);
+  Host b(importer);
+  Collector collector(b.daemon.options(), "orders:1");
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  SteadyPublisher publisher(a.daemon.options(), "orders:1", 1000);
+  ASSERT_TRUE(wait_until([&] { return collector.count() > 300; }));
+
+  redis.kill_hard();  // with appendfsync always: every acknowledged XADD survives
+  std::this_thread::sleep_for(400ms);
+  ASSERT_TRUE(redis.restart());
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().reconnects >= 1; }));
+  const size_t before_bridge_restart = collector.count();
+  ASSERT_TRUE(wait_until([&] { return collector.count() > before_bridge_restart + 200; }));
+
+  b.bridge.reset();  // stops and saves its read position; the stream keeps filling meanwhile
+  std::this_thread::sleep_for(400ms);
+  b.start(importer);
+  const size_t after_bridge_restart = collector.count();
+  ASSERT_TRUE(wait_until([&] { return collector.count() > after_bridge_restart + 200; }));
+  publisher.finish();
+  const uint64_t sent = publisher.sent;
+  ASSERT_TRUE(wait_until([&] { return collector.count() >= sent; }, 15s))
+      << "received " << collector.count() << " of " << sent;
+  std::this_thread::sleep_for(200ms);  // a duplicate would arrive now
+  collector.finish();
+  ASSERT_EQ(collector.numbers.size(), sent);
+  expect_no_duplicates_in_order(collector.numbers);
+  EXPECT_EQ(collector.numbers.front(), 0u);
+  EXPECT_EQ(collector.numbers.back(), sent - 1);
+  EXPECT_GE(a.bridge->counters().reconnects, 1u);
+  std::filesystem::remove_all(state_dir);
+}
+
+// ---- observability -----------------------------------------------------------------------
+
+TEST(Bridge, CountersArePublishedLocallyAndShownByShmbusStats) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  Host host(chat_config(redis.port(), 7, Mode::kEnvelope));
+  auto bus = Bus::connect(host.daemon.options());
+  bus.publish("chat:x", "counted");
+  ASSERT_TRUE(wait_until([&] { return host.bridge->counters().exported == 1; }));
+  std::string report;
+  ASSERT_TRUE(wait_until([&] {
+    auto sub = Subscription::open(host.daemon.options());
+    sub.subscribe({host.bridge->stats_channel()}, StartAt::earliest());
+    while (auto m = sub.next(0ns)) report = std::string(m->text());
+    return report.find("\"exported\":1") != std::string::npos;
+  })) << report;
+  EXPECT_NE(report.find("\"host_id\":7"), std::string::npos) << report;
+  EXPECT_NE(report.find("\"queue_full\":0"), std::string::npos) << report;
+
+  const char* cli = std::getenv("SHMBUS_CLI");
+  if (cli == nullptr) GTEST_SKIP() << "SKIPPED: SHMBUS_CLI (the shmbus binary) is not set";
+  const std::string command = std::string(cli) + " --bus " + host.daemon.bus() + " --socket " +
+                              host.daemon.socket_path() + " stats";
+  FILE* out = popen(command.c_str(), "r");
+  ASSERT_NE(out, nullptr);
+  std::string text;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, out)) text.append(buffer, n);
+  EXPECT_EQ(pclose(out), 0) << text;
+  EXPECT_NE(text.find("bridge host 7 -> 127.0.0.1:" + std::to_string(redis.port()) +
+                      ": connected, exported 1"),
+            std::string::npos)
+      << text;
+}
+
+// ---- config and envelope (no Redis needed) -----------------------------------------------
+
+TEST(BridgeConfig, ExampleFileParses) {
+  const auto config = load_bridge_config(SHMBUS_SOURCE_DIR "/tools/bridge/shmbus-bridge.toml");
+  EXPECT_EQ(config.host_id, 1);
+  ASSERT_EQ(config.exports.size(), 1u);
+  EXPECT_EQ(config.exports[0].pattern, "chat:*");
+  EXPECT_EQ(config.queue_bytes, 64ull << 20);
+}
+
+TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
+  auto error_of = [](const std::string& text) {
+    try {
+      parse_bridge_config(text, "b.toml");
+    } catch (const BridgeConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string rule = "[[export]]\npattern = \"chat:*\"\n";
+  EXPECT_NE(error_of(rule).find("bridge.host_id must be set"), std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nhostid = 2\n" + rule).find("b.toml:3:1: unknown key 'bridge.hostid'"),
+            std::string::npos)
+      << error_of("[bridge]\nhost_id = 1\nhostid = 2\n" + rule);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 70000\n" + rule).find("accepted: an integer from 1 to 65534"),
+            std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[import]]\npattern = \"o:*\"\ndurable = true\n")
+                .find("needs bridge.state_file"),
+            std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[import]]\npattern = \"o:*\"\nmode = \"json\"\n")
+                .find("accepted: \"envelope\" or \"raw\""),
+            std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nqueue_bytes = \"lots\"\n" + rule).find("not a positive byte size"),
+            std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n").find("no [[export]] or [[import]] rule"),
+            std::string::npos);
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n").find("reserved prefix"),
+            std::string::npos);
+}
+
+TEST(Envelope, RoundTripsAndRefusesWhatIsNotVersionOne) {
+  std::string bytes;
+  encode_envelope({3, 41, 1234567}, bytes_of(std::string("payload")), bytes);
+  ASSERT_EQ(bytes.size(), kEnvelopeHeaderBytes + 7);
+  std::string why;
+  auto d = decode_envelope(bytes_of(bytes), why);
+  ASSERT_TRUE(d) << why;
+  EXPECT_EQ(d->header.origin, 3);
+  EXPECT_EQ(d->header.sequence, 41u);
+  EXPECT_EQ(d->header.publish_unix_ns, 1234567u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(d->payload.data()), d->payload.size()),
+            "payload");
+  auto refused = [&](std::string b, const char* expected) {
+    std::string reason;
+    EXPECT_FALSE(decode_envelope(bytes_of(b), reason));
+    EXPECT_NE(reason.find(expected), std::string::npos) << reason;
+  };
+  refused(bytes.substr(0, 23), "shorter than its 24-byte header");
+  std::string bad = bytes;
+  bad[0] = 'X';
+  refused(bad, "no envelope magic");
+  bad = bytes;
+  bad[6] = 1;  // flags
+  refused(bad, "flags 1");
+  bad = bytes;
+  bad[4] = 0;  // origin 0
+  bad[5] = 0;
+  refused(bad, "origin 0 is not a host id");
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "shmbus/stats.hpp"
+#include "shmbus/subscription.hpp"
 
 namespace shmbus::cli {
 
@@ -91,6 +92,44 @@ Json channel_json(const ChannelStats& c) {
   return j;
 }
 
+// shmbus-bridge publishes its counters as one JSON object on "__shmbus:bridge:<host id>",
+// a small ring that keeps the latest reports; the newest of each is summed up here.
+constexpr std::string_view kBridgeStatsPattern = "__shmbus:bridge:*";
+
+std::string bridge_section(const GlobalOptions& global, StatsReader& reader) {
+  std::string out;
+  for (const auto& c : reader.read(kBridgeStatsPattern).channels) {
+    auto sub = Subscription::open(global.connect);
+    sub.subscribe({c.channel}, StartAt::earliest());
+    std::string latest;
+    while (auto m = sub.next(std::chrono::nanoseconds(0))) latest = std::string(m->text());
+    if (latest.empty()) continue;
+    const Json j = Json::parse(latest, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) continue;
+    uint64_t dropped = 0;
+    std::string reasons;
+    const Json by_reason = j.value("dropped", Json::object());
+    for (const auto& [reason, n] : by_reason.items()) {
+      if (!n.is_number_unsigned() || n.get<uint64_t>() == 0) continue;
+      dropped += n.get<uint64_t>();
+      reasons += (reasons.empty() ? " (" : ", ") + reason + " " + std::to_string(n.get<uint64_t>());
+    }
+    if (!reasons.empty()) reasons += ")";
+    out += "bridge host " + std::to_string(j.value("host_id", 0)) + " -> " +
+           j.value("redis", std::string("?")) + ": " +
+           (j.value("connected", false) ? "connected" : "DISCONNECTED") + ", exported " +
+           std::to_string(j.value("exported", uint64_t{0})) + ", imported " +
+           std::to_string(j.value("imported", uint64_t{0})) + ", dropped " +
+           std::to_string(dropped) + reasons + ", lost in transit " +
+           std::to_string(j.value("lost_in_transit", uint64_t{0})) + ", reconnects " +
+           std::to_string(j.value("reconnects", uint64_t{0})) + ", queue " +
+           std::to_string(j.value("queue_depth", uint64_t{0})) + ", lag " +
+           std::to_string(j.value("lag_last_us", uint64_t{0})) + " us (max " +
+           std::to_string(j.value("lag_max_us", uint64_t{0})) + " us)\n";
+  }
+  return out;
+}
+
 int print_snapshot(const GlobalOptions& global, const StatsOptions& options) {
   StatsReader reader = StatsReader::open(global.connect);
   BusStats stats = reader.read(options.pattern);
@@ -116,6 +155,7 @@ int print_snapshot(const GlobalOptions& global, const StatsOptions& options) {
                     std::to_string(stats.daemon_pid) + ", " +
                     std::to_string(stats.channels.size()) + " channel(s)\n";
   out += stats.channels.empty() ? "(no channels)\n" : render_table(rows);
+  if (options.pattern.empty()) out += bridge_section(global, reader);
   write_stdout(out);
   flush_stdout();
   return 0;

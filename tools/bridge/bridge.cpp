@@ -129,6 +129,13 @@ std::string escape_glob(std::string_view s) {
   return out;
 }
 
+// Errors after which the same command succeeds later (see Redis's shared error replies).
+bool is_transient_error(std::string_view error) {
+  for (std::string_view prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"})
+    if (error.starts_with(prefix)) return true;
+  return false;
+}
+
 // What local subscribers want, in Redis names.
 struct Interest {
   std::set<std::string> channels;  // SUBSCRIBE
@@ -328,13 +335,10 @@ struct Bridge::Impl {
         if (now >= next_stats) {
           const std::string report = json();
           log->info("counters {}", report);
-          if (!stats_out) {
-            // A small ring of its own keeps the latest reports for `shmbus stats`, which
-            // reads it from the earliest message still held.
-            ChannelOptions options;
-            options.ring_bytes = 16 * 1024;
-            stats_out.emplace(interest_bus.channel(stats_channel(), options));
-          }
+          // The channel's ring keeps the latest reports for `shmbus stats`, which reads it
+          // from the earliest message still held. Opened without settings: a reader may
+          // have created it first, with the daemon's defaults.
+          if (!stats_out) stats_out.emplace(interest_bus.channel(stats_channel()));
           // Our own origin: never exported, even under an export rule such as "*".
           stats_out->try_publish(bytes_of(report), 0ns, config.host_id);
           counters.lag_max.store(0, std::memory_order_relaxed);
@@ -688,7 +692,11 @@ struct Bridge::Impl {
     }
     diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
     diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
-    counters.streams_read.store(wanted.streams.size(), std::memory_order_relaxed);
+    // Streams followed: those with a read position (set once the first XREVRANGE answered).
+    counters.streams_read.store(
+        std::count_if(wanted.streams.begin(), wanted.streams.end(),
+                      [&](const std::string& key) { return stream_positions.count(key) != 0; }),
+        std::memory_order_relaxed);
   }
 
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
@@ -768,6 +776,13 @@ struct Bridge::Impl {
     Sent sent = std::move(in_flight.front());
     in_flight.pop_front();
     if (r->type == REDIS_REPLY_ERROR) {
+      const std::string_view error = reply_text(r);
+      // A Redis that is loading its data after a restart (or otherwise briefly unable to
+      // write) refuses XADD; a durable message is kept for the next connection instead.
+      if (sent.resend && is_transient_error(error)) {
+        in_flight.push_front(std::move(sent));
+        throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
+      }
       if (sent.kind == Sent::Kind::kHeartbeat)
         throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
       drop(Drop::kRedisError, 1, "Redis refused: " + std::string(reply_text(r)));

@@ -80,7 +80,7 @@ struct CounterSnapshot {
   uint64_t subscribe_commands = 0;    // SUBSCRIBE / PSUBSCRIBE commands sent
   uint64_t unsubscribe_commands = 0;  // UNSUBSCRIBE / PUNSUBSCRIBE commands sent
   uint64_t redis_subscriptions = 0;   // channels + patterns held on Redis now
-  uint64_t streams_read = 0;          // durable stream keys followed now
+  uint64_t streams_read = 0;          // durable streams followed now (read position known)
   uint64_t queue_depth = 0;
   uint64_t queue_bytes = 0;
   uint64_t lag_last_ns = 0;  // origin publish -> local publish, last imported envelope
