@@ -1,5 +1,5 @@
-// Helpers every cross-process benchmark here uses: CPU pinning and nearest-rank
-// percentiles of individual samples (latencies are never reported as a mean alone).
+// Helpers every cross-process benchmark here uses: CPU pinning, nearest-rank percentiles of
+// individual samples (latencies are never reported as a mean alone), and count formatting.
 #pragma once
 
 #include <sched.h>
@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <vector>
 
 namespace shmbus::bench {
@@ -42,6 +44,17 @@ inline Percentiles percentiles(std::vector<double> samples) {
   p.p999 = at(0.999);
   p.max = samples.back();
   return p;
+}
+
+// 1234567 -> "1,234,567", for counts in printed tables.
+inline std::string with_commas(uint64_t v) {
+  const std::string digits = std::to_string(v);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
 }
 
 }  // namespace shmbus::bench

@@ -63,6 +63,7 @@ namespace {
 using shmbus::bench::percentiles;
 using shmbus::bench::Percentiles;
 using shmbus::bench::pin_to_cpu;
+using shmbus::bench::with_commas;
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -81,16 +82,6 @@ double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
-std::string with_commas(uint64_t v) {
-  const std::string digits = std::to_string(v);
-  std::string out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
 }
 
 std::string us(double ns) {

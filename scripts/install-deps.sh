@@ -17,8 +17,9 @@ packages=(
   libhiredis-dev redis-server
   # systemd integration (sd_notify, unit checks)
   libsystemd-dev systemd
-  # peers for comparison benchmarks
-  libzmq3-dev
+  # peers of the comparison harness (bench/compare): ZeroMQ, iceoryx (iox-roudi and the
+  # C++ API), and matplotlib for its charts
+  libzmq3-dev iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev python3-matplotlib
 )
 
 missing=()
