@@ -47,4 +47,8 @@ struct StatsOptions {
 };
 int run_stats(const GlobalOptions& global, const StatsOptions& options);
 
+// Replaces this process with the comparison harness, passing it `harness_args`; returns only
+// by throwing when the harness cannot be found or run.
+int run_bench_compare(const std::vector<std::string>& harness_args);
+
 }  // namespace shmbus::cli

@@ -120,6 +120,18 @@ int run(int argc, char** argv) {
                         "Exit after N refreshes of --watch (default: until Ctrl-C)")
       ->check(CLI::PositiveNumber);
 
+  bool bench_compare = false;
+  auto* bench_cmd = app.add_subcommand(
+      "bench",
+      "Benchmarks: --compare runs shmbus side by side with iceoryx, Redis, ZeroMQ and Unix "
+      "sockets; what follows --compare goes to the harness (--quick, --runs N, --json FILE, "
+      "--systems, --workloads; --help lists them)");
+  bench_cmd->add_flag("--compare", bench_compare, "Run the comparison harness (bench/compare)");
+  // Everything after --compare is the harness's, --help and --json included.
+  bench_cmd->prefix_command();
+  bench_cmd->fallthrough(false);
+  bench_cmd->set_help_flag();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -157,6 +169,13 @@ int run(int argc, char** argv) {
   if (command == numpat_cmd) return run_numpat(global);
   if (command == ping_cmd) return run_ping(global);
   if (command == stats_cmd) return run_stats(global, stats);
+  if (command == bench_cmd) {
+    if (!bench_compare) {
+      print_error("bench needs --compare first: 'shmbus bench --compare [--quick] [--json FILE]'");
+      return kExitUsage;
+    }
+    return run_bench_compare(bench_cmd->remaining());
+  }
   print_error("unknown command " + command->get_name());
   return kExitUsage;
 }
