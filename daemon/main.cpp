@@ -3,11 +3,15 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/base_sink.h>
@@ -15,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "config.hpp"
+#include "naming.hpp"
 #include "server.hpp"
 #include "shmbus/error.hpp"
 
@@ -82,6 +87,44 @@ void raise_open_file_limit(uint32_t max_clients, spdlog::logger& logger) {
                 files.rlim_cur, max_clients);
 }
 
+#ifdef SHMBUS_HAVE_SYSTEMD
+// Under systemd: take the listening socket of a .socket unit (socket activation), and
+// report STATUS= each second and WATCHDOG=1 at half the watchdog interval, both from the
+// event loop, so a wedged loop stops the pings and systemd restarts the daemon.
+void supervise_with_systemd(shmbus::daemon::DaemonOptions& options, spdlog::logger& logger) {
+  const int passed = sd_listen_fds(1);  // 1: unset LISTEN_FDS, so children don't inherit it
+  if (passed < 0)
+    throw std::runtime_error(std::string("LISTEN_FDS is set but its socket is unusable: ") +
+                             std::strerror(-passed) +
+                             "; check the .socket unit (ListenStream=/run/shmbus/<bus>.sock)");
+  if (passed > 1)
+    throw std::runtime_error("systemd passed " + std::to_string(passed) +
+                             " sockets; shmbusd serves one bus on one socket (one "
+                             "ListenStream= per .socket unit)");
+  if (passed == 1) {
+    options.listen_fd = SD_LISTEN_FDS_START;
+    logger.info("serving the socket passed by systemd (socket activation)");
+  }
+  uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(1, &watchdog_usec) > 0 && watchdog_usec > 0;
+  if (watchdog)
+    options.status_interval = std::min<std::chrono::milliseconds>(
+        std::chrono::milliseconds(1000), std::chrono::milliseconds(watchdog_usec / 2000));
+  if (std::getenv("NOTIFY_SOCKET") == nullptr) return;
+  options.on_status = [watchdog, last = std::string()](
+                          const shmbus::daemon::DaemonStatus& s) mutable {
+    std::string status = "STATUS=" + std::to_string(s.channels) + " channels, " +
+                         std::to_string(s.clients) + " clients, " +
+                         std::to_string(s.patterns) + " patterns, " +
+                         shmbus::human_bytes(s.reserved_bytes) + " of shared memory";
+    if (status == last && !watchdog) return;  // unchanged: nothing to say
+    last = status;
+    if (watchdog) status += "\nWATCHDOG=1";
+    sd_notify(0, status.c_str());
+  };
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,6 +153,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     raise_open_file_limit(options.config.max_clients, *logger);
+#ifdef SHMBUS_HAVE_SYSTEMD
+    supervise_with_systemd(options, *logger);
+#endif
     shmbus::daemon::Daemon daemon(std::move(options));
     g_daemon = &daemon;
     struct sigaction sa {};

@@ -162,6 +162,8 @@ struct Daemon::Impl {
   void take_bus_lock();
   void remove_leftovers();
   void listen_on_socket();
+  void adopt_listening_socket(int fd);
+  void report_status();
   void create_directory_arena();
 
   // ---- event loop ----
@@ -267,6 +269,7 @@ struct Daemon::Impl {
   uint32_t next_publisher_id = 1;
   bool barrier_due = false;
   bool accept_paused = false;  // out of file descriptors: the listening socket is unwatched
+  Clock::time_point last_maintenance = Clock::now();
 
   // Rings held up, after a publisher died, by a claim without a header: the dead one may
   // have died between its claim and its header, which repair by publisher id cannot find.
@@ -292,8 +295,15 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
     stop_fd = check_sys([] { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }, "eventfd");
     timer_fd = check_sys([] { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); },
                          "timerfd_create");
-    const itimerspec tick{{kTick.count(), 0}, {kTick.count(), 0}};
-    check_sys([&] { return timerfd_settime(timer_fd, 0, &tick, nullptr); }, "timerfd_settime");
+    // The timer runs at the status interval when a supervisor wants reports more often than
+    // the 1 s maintenance tick (a watchdog of under 2 s); maintenance still runs each second.
+    const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::clamp<std::chrono::milliseconds>(options.status_interval,
+                                              std::chrono::milliseconds(10), kTick));
+    const timespec every{static_cast<time_t>(period.count() / 1'000'000'000),
+                         static_cast<long>(period.count() % 1'000'000'000)};
+    const itimerspec timer{every, every};
+    check_sys([&] { return timerfd_settime(timer_fd, 0, &timer, nullptr); }, "timerfd_settime");
     for (auto [fd, token] : {std::pair{listen_fd, kListenToken}, std::pair{stop_fd, kStopToken},
                              std::pair{timer_fd, kTimerToken}}) {
       epoll_event ev{};
@@ -387,7 +397,38 @@ void Daemon::Impl::remove_leftovers() {
               removed, endpoint.bus);
 }
 
+void Daemon::Impl::adopt_listening_socket(int fd) {
+  // Accept only what a .socket unit with ListenStream=/path gives: a listening Unix stream
+  // socket. Anything else is a unit file mistake worth a clear error.
+  int type = 0, domain = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+  if (type != SOCK_STREAM || domain != AF_UNIX || !listening) {
+    ::close(fd);
+    throw std::runtime_error(
+        "the socket passed by systemd (LISTEN_FDS) is not a listening Unix stream socket; "
+        "use ListenStream=/run/shmbus/<bus>.sock in the .socket unit");
+  }
+  listen_fd = fd;
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  sockaddr_un addr{};
+  socklen_t addr_len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addr_len) == 0 && addr.sun_path[0] != 0)
+    endpoint.socket_path = addr.sun_path;  // what clients reach, whatever --socket said
+  listening_socket_created = false;  // the .socket unit owns the file
+}
+
 void Daemon::Impl::listen_on_socket() {
+  if (options.listen_fd >= 0) {
+    adopt_listening_socket(options.listen_fd);
+    options.listen_fd = -1;
+    return;
+  }
   const std::filesystem::path path(endpoint.socket_path);
   if (path.has_parent_path() && !std::filesystem::exists(path.parent_path())) {
     std::error_code ec;
@@ -412,9 +453,9 @@ void Daemon::Impl::listen_on_socket() {
                                                 "directory you own"
                                               : ""));
   listening_socket_created = true;
-  // Access control by channel is future work; any local user may connect, as with Redis
-  // bound to localhost. The mode is the operator's to tighten (systemd RuntimeDirectoryMode).
-  ::chmod(endpoint.socket_path.c_str(), 0666);
+  // The same users who may map the bus's shared memory (arenas are 0660, in the daemon's
+  // group) may connect: under systemd, members of the shmbus group.
+  ::chmod(endpoint.socket_path.c_str(), 0660);
   check_sys([&] { return ::listen(listen_fd, 256); }, "listen");
 }
 
@@ -466,7 +507,11 @@ void Daemon::Impl::run() {
       } else if (token == kTimerToken) {
         uint64_t expirations;
         [[maybe_unused]] ssize_t r = ::read(timer_fd, &expirations, sizeof(expirations));
-        on_tick();
+        if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
+          last_maintenance = Clock::now();
+          on_tick();
+        }
+        report_status();
       } else if (token & kDepartingBit) {
         on_departed(token);
       } else if (auto client = clients.find(token); client != clients.end()) {
@@ -1477,6 +1522,16 @@ void Daemon::Impl::on_tick() {
   warn_about_reclaim_holders(now);
   retry_stalled_rings();
   resume_accepting();  // try again each second: other processes may have freed descriptors
+}
+
+void Daemon::Impl::report_status() {
+  if (!options.on_status) return;
+  DaemonStatus status;
+  status.clients = clients.size();
+  status.channels = live_channels;
+  status.patterns = pattern_index.size();
+  status.reserved_bytes = reserved_bytes;
+  options.on_status(status);
 }
 
 ChannelState* Daemon::Impl::find_any(uint32_t channel_id) {

@@ -11,6 +11,9 @@
 // from any thread or a signal handler. Everything else is private to the run() thread.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -20,11 +23,27 @@
 
 namespace shmbus::daemon {
 
+// What the daemon reports to its supervisor (systemd STATUS=) on each status tick.
+struct DaemonStatus {
+  uint64_t clients = 0;
+  uint64_t channels = 0;
+  uint64_t patterns = 0;
+  uint64_t reserved_bytes = 0;  // /dev/shm reserved for rings and doorbells
+};
+
 struct DaemonOptions {
   std::string bus;          // empty: $SHMBUS_BUS or "default"
   std::string socket_path;  // empty: $SHMBUS_SOCKET or /run/shmbus/<bus>.sock
+  // A socket already bound and listening (systemd socket activation): served as it is and
+  // never unlinked, since its owner (the .socket unit) keeps it across daemon restarts.
+  // The daemon takes ownership of the descriptor. -1: create socket_path.
+  int listen_fd = -1;
   Config config;
   std::shared_ptr<spdlog::logger> logger;  // null: spdlog's default logger
+  // Called on the run() thread every status_interval while the event loop turns (so a
+  // wedged loop stops calling it: a watchdog ping belongs here).
+  std::function<void(const DaemonStatus&)> on_status;
+  std::chrono::milliseconds status_interval{1000};
 };
 
 class Daemon {
