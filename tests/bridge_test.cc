@@ -448,6 +448,64 @@ TEST(Bridge, RedisKilledAndRestartedPubSubLosesOnlyWhatItReports) {
             << ")\n";
 }
 
+TEST(Bridge, SilentRedisIsFoundByHeartbeatAndTheLocalBusCarriesOn) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  Host a(chat_config(redis.port(), 1, Mode::kEnvelope));
+  Host b(chat_config(redis.port(), 2, Mode::kEnvelope));
+  auto local = Subscription::open(a.daemon.options());
+  local.subscribe({"chat:room"});
+  auto remote = Subscription::open(b.daemon.options());
+  remote.subscribe({"chat:room"});
+  ASSERT_TRUE(subscribed(*a.bridge, 2));
+  ASSERT_TRUE(subscribed(*b.bridge, 2));
+  auto bus = Bus::connect(a.daemon.options());
+
+  redis.pause();  // connections stay open; nothing answers
+  // The local bus does not wait for Redis: publish and receive right away.
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) bus.publish("chat:room", "during " + std::to_string(i));
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(local.next(1s));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 500ms);
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().heartbeat_timeouts >= 1; }, 5s));
+  EXPECT_FALSE(a.bridge->counters().connected);
+
+  redis.resume();
+  ASSERT_TRUE(wait_until([&] {
+    const auto c = a.bridge->counters();
+    return c.connected && c.redis_subscriptions == 2 && c.queue_depth == 0;
+  }));
+  ASSERT_TRUE(subscribed(*b.bridge, 2));
+  drain(remote, 300ms);  // whatever of the 100 made it
+  bus.publish("chat:room", "after");
+  auto m = remote.next(5s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(std::string(m->text()), "after");
+}
+
+TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  BridgeConfig config = chat_config(redis.port(), 1, Mode::kEnvelope);
+  config.queue_messages = 100;
+  Host a(config);
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  redis.kill_hard();
+  ASSERT_TRUE(wait_until([&] { return !a.bridge->counters().connected; }));
+  auto bus = Bus::connect(a.daemon.options());
+  for (int i = 0; i < 250; ++i) bus.publish("chat:queued", std::to_string(i));
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().queue_depth == 100; }));
+  EXPECT_EQ(a.bridge->counters().dropped_by(Drop::kQueueFull), 150u);
+
+  ASSERT_TRUE(redis.restart());
+  // The newest 100 go out once Redis is back; the 150 oldest were dropped and counted.
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().exported == 100; }));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(a.bridge->counters().exported, 100u);
+  EXPECT_EQ(a.bridge->counters().dropped_by(Drop::kQueueFull), 150u);
+  EXPECT_EQ(a.bridge->counters().queue_depth, 0u);
+}
+
 TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
   RedisServer redis(test::RedisServerOptions{.append_only = true});
   REQUIRE_REDIS(redis);

@@ -79,6 +79,10 @@ class RedisServer {
     }
     pid_ = -1;
   }
+  // SIGSTOP / SIGCONT: a server that keeps its connections open but answers nothing, as
+  // behind a dead network path.
+  void pause() const { kill(pid_, SIGSTOP); }
+  void resume() const { kill(pid_, SIGCONT); }
   // Starts again on the same port (and the same append-only file); false if it could not.
   bool restart() {
     stop();
@@ -146,6 +150,7 @@ class RedisServer {
   }
   void stop() {
     if (pid_ > 0) {
+      kill(pid_, SIGCONT);  // a paused server cannot act on SIGTERM
       kill(pid_, SIGTERM);
       waitpid(pid_, nullptr, 0);
     }
