@@ -1,14 +1,14 @@
 // bench/compare: the same workloads on shmbus and on every peer found at build time
 // (iceoryx, Redis Pub/Sub, ZeroMQ ipc://, Unix domain sockets), side by side.
 //
-//   compare [--quick] [--runs N] [--json FILE] [--systems shmbus,redis,...]
-//           [--workloads latency,throughput,patterns,late]
+//   shmbus-compare [--quick] [--runs N] [--json FILE] [--systems shmbus,redis,...]
+//                  [--workloads latency,throughput,patterns,late]
 //   shmbus bench --compare ...           (the same, through the CLI)
 //
-// The harness starts each peer's server once (an in-process shmbusd, iox-roudi, redis-server),
-// then runs every cell `--runs` times, interleaved (run 1 of everything, then run 2...), each
-// in fresh child processes (this program re-executed with --child) pinned to their own CPUs
-// where there are enough. It prints Markdown tables with shmbus's ratio to each peer and,
+// Every cell runs `--runs` times, interleaved (run 1 of everything, then run 2...). Each run
+// starts the peers' servers afresh (an in-process shmbusd, iox-roudi, redis-server) and runs
+// each cell in new child processes (this program re-executed with --child), pinned to their
+// own CPUs where there are enough. It prints Markdown tables with shmbus's ratio to each peer and,
 // with --json, every raw figure for bench/compare/charts.py. A peer that is missing or fails
 // is reported, never fatal; the exit status is non-zero only if shmbus itself failed.
 #include <unistd.h>
@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <CLI/CLI.hpp>
 
@@ -343,40 +344,49 @@ int run_harness(const Settings& settings, const std::string& command) {
   report.cells = make_plan(settings);
   const int64_t started = mono_ns();
 
-  // Servers first, for the whole session; each one that fails takes only its system out.
-  std::vector<std::unique_ptr<Server>> servers;
+  // Systems this run compares; a peer whose server fails at the first start is out.
   for (const System& system : all_systems()) {
     if (!wanted(settings.systems, system.id)) continue;
     SystemStatus status;
     status.system = &system;
-    if (!system.built) {
-      status.status = "not built (" + system.not_built + ")";
-    } else {
-      status.version = system.version();
-      try {
-        servers.push_back(system.start(session));
-        status.ran = true;
-        status.status = "ran";
-      } catch (const std::exception& e) {
-        status.status = std::string("failed to start: ") + e.what();
-      }
-    }
-    std::fprintf(stderr, "%s: %s\n", system.label.c_str(), status.status.c_str());
+    status.ran = system.built;
+    if (!system.built) status.status = "not built (" + system.not_built + ")";
+    else status.version = system.version();
     report.systems.push_back(status);
   }
 
   int number = 0;
   bool shmbus_failed = false;
   for (int run = 1; run <= settings.runs && !interrupted(); ++run) {
+    // Fresh servers for every run, so no run inherits what an earlier one left in a server:
+    // a redis-server that once held 10,000 patterns publishes 30x slower after they are
+    // gone, for example. A server that does not start takes only its system out.
+    std::map<std::string, std::unique_ptr<Server>> servers;
+    for (SystemStatus& status : report.systems) {
+      if (!status.ran) continue;
+      try {
+        servers[status.system->id] = status.system->start(session);
+        if (run == 1) status.status = "ran";
+      } catch (const std::exception& e) {
+        if (run == 1) {
+          status.ran = false;
+          status.status = std::string("failed to start: ") + e.what();
+        }
+        servers[status.system->id] = nullptr;
+      }
+      if (run == 1) std::fprintf(stderr, "%s: %s\n", status.system->label.c_str(), status.status.c_str());
+    }
     for (const Cell& cell : report.cells) {
-      size_t server_index = 0;
       for (const SystemStatus& status : report.systems) {
         if (interrupted()) break;
         if (!status.ran) continue;
-        const Server& server = *servers[server_index++];
         if (cell.workload == Workload::kPatterns && !status.system->has_patterns) continue;
-        const CellContext ctx{session, settings, *status.system, server, ++number};
-        const Outcome outcome = run_cell(cell, ctx);
+        Outcome outcome;
+        if (const Server* server = servers[status.system->id].get()) {
+          outcome = run_cell(cell, CellContext{session, settings, *status.system, *server, ++number});
+        } else {
+          outcome.error = "its server did not start for run " + std::to_string(run);
+        }
         if (interrupted()) break;  // a cell cut short is no figure
         shmbus_failed |= !outcome.ok && status.system->id == "shmbus";
         std::fprintf(stderr, "[run %d/%d] %-36s %-13s %s\n", run, settings.runs, cell.label.c_str(),
@@ -384,8 +394,8 @@ int run_harness(const Settings& settings, const std::string& command) {
         report.outcomes[cell.key][status.system->id].push_back(outcome);
       }
     }
+    servers.clear();  // stopped before the next run starts them again
   }
-  servers.clear();  // stop them before reporting: the report must not wait on a stuck server
   std::error_code ec;
   std::filesystem::remove_all(session.dir, ec);
 
