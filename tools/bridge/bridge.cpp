@@ -572,6 +572,8 @@ struct Bridge::Impl {
         queued_bytes += it->body.size() + it->key.size();
         queue.push_front(std::move(*it));
       }
+      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
+      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
     }
     pub.reset();
     sub.reset();
