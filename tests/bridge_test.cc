@@ -589,6 +589,17 @@ TEST(Bridge, CountersArePublishedLocallyAndShownByShmbusStats) {
       << text;
 }
 
+TEST(Bridge, StopsRelayingWhenTheLocalDaemonGoesAway) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  Host host(chat_config(redis.port(), 1, Mode::kEnvelope));
+  ASSERT_TRUE(wait_until([&] { return host.bridge->counters().connected; }));
+  EXPECT_FALSE(host.bridge->local_bus_gone());
+  host.daemon.stop();
+  ASSERT_TRUE(wait_until([&] { return host.bridge->local_bus_gone(); }));
+  host.bridge->stop();  // returns: neither thread is stuck on the missing daemon
+}
+
 // ---- config and envelope (no Redis needed) -----------------------------------------------
 
 TEST(BridgeConfig, ExampleFileParses) {

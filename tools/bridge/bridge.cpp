@@ -226,6 +226,8 @@ struct Bridge::Impl {
   std::string pattern_prefix;     // the Redis prefix, glob-escaped
   int wake_fd = -1;
   std::atomic<bool> stopping{false};
+  // Set by either thread when the local daemon is gone: nothing left to relay to or from.
+  std::atomic<bool> local_bus_gone{false};
   std::thread redis_thread, local_thread;
   std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
 
@@ -360,6 +362,7 @@ struct Bridge::Impl {
       } catch (const Error& e) {
         if (e.code() == Errc::kDaemonGone) {
           log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
+          local_bus_gone = true;
           return;
         }
         log->error("local bus: {}", e.what());
@@ -599,9 +602,13 @@ struct Bridge::Impl {
     sigemptyset(&pipe_signal);
     sigaddset(&pipe_signal, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
-    while (!stopping.load(std::memory_order_relaxed)) {
+    while (!stopping.load(std::memory_order_relaxed) && !local_bus_gone) {
       try {
         redis_step();
+      } catch (const Error& e) {
+        if (e.code() != Errc::kDaemonGone && e.code() != Errc::kNoDaemon) throw;
+        log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
+        local_bus_gone = true;
       } catch (const std::exception& e) {
         disconnect(e.what());
       }
@@ -1146,5 +1153,6 @@ void Bridge::stop() { impl_->stop(); }
 CounterSnapshot Bridge::counters() const { return impl_->snapshot(); }
 std::string Bridge::counters_json() const { return impl_->json(); }
 std::string Bridge::stats_channel() const { return impl_->stats_channel(); }
+bool Bridge::local_bus_gone() const { return impl_->local_bus_gone; }
 
 }  // namespace shmbus::bridge

@@ -107,6 +107,9 @@ class Bridge {
   std::string counters_json() const;
   // The local channel where the counters are published every stats_interval.
   std::string stats_channel() const;
+  // True once the local shmbusd has gone away: the bridge relays nothing more (its owner
+  // should stop it and exit, so that a service manager restarts it with the daemon).
+  bool local_bus_gone() const;
 
   struct Impl;
 

@@ -44,12 +44,15 @@ int main(int argc, char** argv) {
     shmbus::bridge::Bridge bridge(std::move(config), {bus, socket_path, "shmbus-bridge"}, logger);
     logger->info("relaying; counters every stats_interval_ms on local channel '{}'",
                  bridge.stats_channel());
-    int signal_number = 0;
-    sigwait(&stop_signals, &signal_number);
-    logger->info("signal {}: stopping", signal_number);
+    // Wait for a stop signal, looking once a second whether the local daemon went away.
+    const timespec second{1, 0};
+    int signal_number = -1;
+    while (signal_number < 0 && !bridge.local_bus_gone())
+      signal_number = sigtimedwait(&stop_signals, nullptr, &second);
+    if (signal_number > 0) logger->info("signal {}: stopping", signal_number);
     bridge.stop();
     logger->info("stopped: {}", bridge.counters_json());
-    return 0;
+    return bridge.local_bus_gone() ? 1 : 0;
   } catch (const std::exception& e) {
     logger->error("{}", e.what());
     return 1;
