@@ -503,7 +503,9 @@ void Subscription::punsubscribe(std::initializer_list<std::string_view> patterns
 std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
   State& s = *state_;
   const bool forever = timeout.count() < 0;
-  const auto deadline = std::chrono::steady_clock::now() + (forever ? std::chrono::nanoseconds(0) : timeout);
+  // The clock is read only once there is nothing to deliver: a message already waiting
+  // costs no clock read (~20 ns, as much as the ring read itself).
+  std::optional<std::chrono::steady_clock::time_point> deadline;
   for (;;) {
     // 0. Deliveries settled by a subscription change come first: they were published first.
     if (!s.settled.empty()) {
@@ -559,12 +561,13 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
     // 5. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
     if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
     const auto now = std::chrono::steady_clock::now();
-    if (!forever && now >= deadline) {
+    if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
+    if (!forever && now >= *deadline) {
       s.rearm_notifier();
       return std::nullopt;
     }
     s.rearm_notifier();
-    if (s.waiter->wait(forever ? std::chrono::nanoseconds(-1) : deadline - now) ==
+    if (s.waiter->wait(forever ? std::chrono::nanoseconds(-1) : *deadline - now) ==
         Status::kTimedOut)
       return std::nullopt;
   }
