@@ -1582,10 +1582,6 @@ void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
   // tells it to). One that never reads holds the ring - its memory and its channel id -
   // until its process exits: the ring cannot be reused under a reader that may still look.
   // Name such clients once, so an operator can find the stuck process.
-  if (reclaiming.empty()) {
-    for (auto& [id, client] : clients) client->warned_holding = false;
-    return;
-  }
   const auto held = reclaim_holders(now - kReclaimHoldWarning);
   for (auto& [id, client] : clients) {
     Client& c = *client;
