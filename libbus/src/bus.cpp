@@ -189,11 +189,6 @@ std::size_t Channel::ring_bytes() const { return state_->open->ring.capacity(); 
 bool Channel::back_pressure() const { return state_->open->ring.back_pressure(); }
 
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
-                                   std::chrono::nanoseconds wait) {
-  return publish_on(*state_->open, payload, wait);
-}
-
-PublishResult Channel::try_publish(std::span<const std::byte> payload,
                                    std::chrono::nanoseconds wait, uint16_t origin) {
   return publish_on(*state_->open, payload, wait, origin);
 }

@@ -86,14 +86,13 @@ class Channel {
 
   // Copies `payload` into the ring. Never throws; waits up to `wait` only on a
   // back-pressure channel that is full (zero: never wait; negative: without limit).
+  // `origin` marks a message relayed from another host: subscribers see it in
+  // Message::origin (0, the default, means published on this host). It is for relays such
+  // as shmbus-bridge, which never export a message whose origin is not 0, so what one
+  // bridge imports is never sent back out.
   PublishResult try_publish(std::span<const std::byte> payload,
-                            std::chrono::nanoseconds wait = std::chrono::nanoseconds{-1});
-  // The same, marking the message as relayed from another host: subscribers see `origin`
-  // in Message::origin (0, the default above, means published on this host). This is for
-  // relays such as shmbus-bridge, which never export a message whose origin is not 0, so
-  // what one bridge imports is never sent back out.
-  PublishResult try_publish(std::span<const std::byte> payload, std::chrono::nanoseconds wait,
-                            uint16_t origin);
+                            std::chrono::nanoseconds wait = std::chrono::nanoseconds{-1},
+                            uint16_t origin = 0);
   // Like try_publish but throws shmbus::Error (kTooLarge, kTimedOut...) naming the channel,
   // the limit and the config key that raises it. Returns the receivers.
   uint32_t publish(std::span<const std::byte> payload);
