@@ -37,6 +37,10 @@ inline void cpu_relax() {
 #endif
 }
 
+// How long a waiter spins on its condition before it parks on the futex: long enough to
+// catch the next message of a burst without a system call, short enough to leave the core.
+inline constexpr std::chrono::nanoseconds kSpinBeforePark = std::chrono::microseconds(20);
+
 namespace doorbell {
 
 inline std::atomic<uint64_t>* summary_words(layout::DoorbellHeader* d) {
@@ -93,11 +97,16 @@ class Waiter {
   }
 
   bool any_ready() const;
+  // True if `bit` is pending (a look, without taking it).
+  bool is_set(uint32_t bit) const {
+    return (doorbell::leaf_words(d_)[bit / 64].load(std::memory_order_relaxed) &
+            (uint64_t{1} << (bit % 64))) != 0;
+  }
 
   // Waits until some bit is pending or `timeout` passes (negative: forever). Spins for
   // `spin` first (no system call, ~100 ns wake-up), then parks on the futex.
   Status wait(std::chrono::nanoseconds timeout,
-              std::chrono::nanoseconds spin = std::chrono::microseconds(20));
+              std::chrono::nanoseconds spin = kSpinBeforePark);
 
   // Single-ring use: clear `bit` so the next publisher to that ring rings the bell.
   void disarm_bit(uint32_t bit);

@@ -256,7 +256,7 @@ class Reader {
   // Waits until has_data() or `timeout` (negative: forever): spins for `spin`, then parks
   // on the registered doorbell (or sleeps in short steps if none is registered).
   Status wait(std::chrono::nanoseconds timeout,
-              std::chrono::nanoseconds spin = std::chrono::microseconds(20));
+              std::chrono::nanoseconds spin = kSpinBeforePark);
 
   uint64_t position() const { return position_; }
   uint64_t next_sequence() const { return next_sequence_; }

@@ -8,9 +8,17 @@
 // control events (a new channel matches a pattern, a channel is reclaimed) wait on the
 // socket.
 //
+// A subscription over a few rings (kDirectPollRings) also looks at the rings themselves
+// before the doorbell, while busy and while spinning: a message is then seen through the one
+// cache line the publisher wrote (the frame's state), not through the doorbell's leaf and
+// summary words first; and while the subscriber keeps up, the bits it does not take stay
+// set, so publishers find them set and write nothing to the doorbell. Bits are hints, never
+// the only way to a message, so reading a ring without taking its bit loses nothing: the
+// bit is taken (and the ring found empty, or drained) before the subscriber parks.
+//
 // Invariants
-//   I1 by_bit and bit_of describe the same readers; each reader holds the slot the daemon
-//      gave it until it is dropped (Reader's destructor frees it).
+//   I1 by_bit, bit_of and readers describe the same readers; each reader holds the slot the
+//      daemon gave it until it is dropped (Reader's destructor frees it).
 //   I2 Events and replies are applied in the order the daemon sent them (request() stops
 //      reading at the reply), so a bit the daemon reuses is never held by two readers.
 //   I3 A ring is in `ready` at most once (RingReader::queued).
@@ -22,6 +30,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <thread>
 #include <unordered_map>
 
@@ -39,6 +48,9 @@ using namespace protocol;
 namespace {
 
 constexpr uint32_t kControlBit = 0;
+// Up to this many rings, next() polls the rings directly (see the header comment); beyond
+// it, a poll of every ring would cost more than the doorbell saves.
+constexpr size_t kDirectPollRings = 8;
 
 struct RingReader {
   uint32_t channel_id = 0;
@@ -56,6 +68,34 @@ struct RingReader {
     static const std::string kNone;
     return by_name && index == 0 ? kNone : patterns[index - (by_name ? 1 : 0)];
   }
+};
+
+// Rings with news, in arrival order (round robin: a ring that still holds messages after
+// one was read goes to the back). A vector with a read index: no allocation per message
+// once warm, unlike a deque.
+class ReadyQueue {
+ public:
+  bool empty() const { return head_ == bits_.size(); }
+  void push(uint32_t bit) {
+    if (empty()) {
+      bits_.clear();
+      head_ = 0;
+    } else if (head_ >= 64 && head_ * 2 >= bits_.size()) {
+      // Never empty while many rings stay busy: drop the consumed front now and then.
+      bits_.erase(bits_.begin(), bits_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    bits_.push_back(bit);
+  }
+  uint32_t pop() { return bits_[head_++]; }
+  void remove(uint32_t bit) {
+    bits_.erase(std::remove(bits_.begin() + static_cast<std::ptrdiff_t>(head_), bits_.end(), bit),
+                bits_.end());
+  }
+
+ private:
+  std::vector<uint32_t> bits_;
+  size_t head_ = 0;
 };
 
 // Splits a long list of names into runs that fit in one control message each.
@@ -105,11 +145,15 @@ struct Subscription::State {
   layout::DoorbellHeader* doorbell = nullptr;
   std::unique_ptr<Waiter> waiter;
 
-  std::unordered_map<uint32_t, RingReader> by_bit;
+  // Readers by doorbell bit (null: no reader holds the bit), so the bit a publisher set
+  // finds its ring by index. The daemon hands out low bits first, so the vector stays about
+  // as long as the number of channels read.
+  std::vector<std::unique_ptr<RingReader>> by_bit;
+  std::vector<RingReader*> readers;               // every reader, dense (direct polling)
   std::unordered_map<uint32_t, uint32_t> bit_of;  // channel id -> bit
   std::vector<std::string> channels;              // subscribe order
   std::vector<std::string> patterns;              // psubscribe order (pmessage order)
-  std::deque<uint32_t> ready;
+  ReadyQueue ready;
   bool control_pending = false;
   std::string daemon_gone;  // why the control connection ended, if it did
 
@@ -130,8 +174,6 @@ struct Subscription::State {
   uint32_t current_bit = 0;
   size_t next_delivery = 0;
   size_t delivery_count = 0;
-  std::string current_channel;
-  std::string current_pattern;
 
   // fd(): an eventfd a helper thread signals when the doorbell rings while armed.
   int event_fd = -1;
@@ -143,6 +185,7 @@ struct Subscription::State {
 
   ~State() {
     stop_notifier();
+    readers.clear();
     by_bit.clear();  // readers free their slots before the connection closes
     if (connection) {
       try {
@@ -178,22 +221,60 @@ struct Subscription::State {
       if (glob_match(p, rr.channel)) rr.patterns.push_back(p);
   }
 
+  RingReader* reader_at(uint32_t bit) const {
+    return bit < by_bit.size() ? by_bit[bit].get() : nullptr;
+  }
+
   void enqueue(uint32_t bit) {
-    auto it = by_bit.find(bit);
-    if (it == by_bit.end() || it->second.queued) return;
-    it->second.queued = true;
-    ready.push_back(bit);
+    RingReader* rr = reader_at(bit);
+    if (rr == nullptr || rr->queued) return;
+    rr->queued = true;
+    ready.push(bit);
+  }
+
+  // Small subscriptions: queues every ring that has something to read, without the
+  // doorbell. Returns true if it queued any.
+  bool poll_rings_directly() {
+    // A pending control event (a new channel for a pattern, a channel reclaimed) goes
+    // through take_ready(): busy rings must not keep it waiting.
+    if (readers.size() > kDirectPollRings || waiter->is_set(kControlBit)) return false;
+    bool found = false;
+    for (RingReader* rr : readers) {
+      if (rr->queued || !rr->reader->has_data()) continue;
+      enqueue(rr->bit);
+      found = true;
+    }
+    return found;
+  }
+
+  // True if a small subscription's ring, or any doorbell bit, has news.
+  bool news() {
+    if (waiter->any_ready()) return true;
+    if (readers.size() > kDirectPollRings) return false;
+    return std::any_of(readers.begin(), readers.end(),
+                       [](const RingReader* rr) { return rr->reader->has_data(); });
+  }
+
+  // Spins on news() (rings and doorbell), then parks on the doorbell alone: every bit was
+  // taken before we got here, so any publish from now on sets one and sees us asleep.
+  Status wait_for_news(std::chrono::nanoseconds timeout) {
+    WaitPlan plan;
+    if (spin_until_ready([this] { return news(); }, timeout, kSpinBeforePark, plan))
+      return Status::kOk;
+    return waiter->park_until([this] { return waiter->any_ready(); }, plan.deadline,
+                              plan.forever);
   }
 
   void add_reader(const Attachment& a, StartAt start) {
     if (auto known = bit_of.find(a.ring.channel_id); known != bit_of.end()) {
-      refresh_reasons(by_bit.at(known->second));
+      refresh_reasons(*by_bit[known->second]);
       return;
     }
-    if (a.bit == kControlBit || a.bit >= doorbell->bit_capacity || by_bit.count(a.bit))
+    if (a.bit == kControlBit || a.bit >= doorbell->bit_capacity || reader_at(a.bit) != nullptr)
       throw Error(Errc::kProtocol, "shmbusd assigned doorbell bit " + std::to_string(a.bit) +
                                        " that is invalid or taken");
-    RingReader rr;
+    auto owned = std::make_unique<RingReader>();
+    RingReader& rr = *owned;
     rr.channel_id = a.ring.channel_id;
     rr.bit = a.bit;
     rr.channel = a.channel;
@@ -216,7 +297,9 @@ struct Subscription::State {
     refresh_reasons(rr);
     bit_of[rr.channel_id] = rr.bit;
     const uint32_t bit = rr.bit;
-    by_bit.emplace(bit, std::move(rr));
+    if (by_bit.size() <= bit) by_bit.resize(bit + 1);
+    readers.push_back(owned.get());
+    by_bit[bit] = std::move(owned);
     enqueue(bit);  // messages may already wait (published between registration and now)
   }
 
@@ -225,8 +308,9 @@ struct Subscription::State {
     if (it == bit_of.end()) return;
     const uint32_t bit = it->second;
     bit_of.erase(it);
-    by_bit.erase(bit);  // the Reader frees its slot
-    std::erase(ready, bit);
+    std::erase(readers, by_bit[bit].get());
+    by_bit[bit].reset();  // the Reader frees its slot
+    ready.remove(bit);
     if (current_bit == bit) next_delivery = delivery_count;  // drop the rest of its deliveries
   }
 
@@ -311,15 +395,16 @@ struct Subscription::State {
   // change adds reasons and just after the daemon confirmed one that removes them.
   template <typename Affected>
   void settle(Affected&& affected) {
-    auto current = by_bit.find(current_bit);
-    if (next_delivery < delivery_count && current != by_bit.end()) {
-      for (size_t i = next_delivery; i < current->second.deliveries(); ++i)
-        settled.push_back(delivery(current->second, i, payload, info));
+    const RingReader* current = reader_at(current_bit);
+    if (next_delivery < delivery_count && current != nullptr) {
+      for (size_t i = next_delivery; i < current->deliveries(); ++i)
+        settled.push_back(delivery(*current, i, payload, info));
     }
     next_delivery = delivery_count = 0;
     std::vector<std::byte> bytes;
     MessageInfo message;
-    for (auto& [bit, rr] : by_bit) {
+    for (RingReader* r : readers) {
+      RingReader& rr = *r;
       if (!affected(rr)) continue;
       // Only what was published before now: a fast publisher must not keep us here.
       const uint64_t stop = rr.ring.load_claim().position;
@@ -330,9 +415,9 @@ struct Subscription::State {
     }
   }
 
-  static Settled delivery(const RingReader& rr, size_t index, const std::vector<std::byte>& bytes,
+  static Settled delivery(const RingReader& rr, size_t index, std::span<const std::byte> bytes,
                           const MessageInfo& message) {
-    return Settled{rr.channel, rr.pattern_of(index), bytes, message};
+    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message};
   }
 
   void rearm_notifier() {
@@ -414,11 +499,11 @@ void Subscription::subscribe(std::span<const std::string> channels, StartAt star
   } catch (const Error&) {
     // The daemon stopped at the first failure: keep only what it confirmed.
     std::erase_if(s.channels, [&](const std::string& name) {
-      for (auto& [bit, rr] : s.by_bit)
-        if (rr.channel == name) return false;
+      for (const RingReader* rr : s.readers)
+        if (rr->channel == name) return false;
       return true;
     });
-    for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+    for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
     throw;
   }
 }
@@ -443,7 +528,7 @@ void Subscription::psubscribe(std::span<const std::string> patterns) {
   for (const auto& pattern : patterns)
     if (std::find(s.patterns.begin(), s.patterns.end(), pattern) == s.patterns.end())
       s.patterns.push_back(pattern);
-  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);  // channels already read
+  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);  // channels already read
   s.apply_subscribed(reply, StartAt::latest());
 }
 
@@ -467,7 +552,7 @@ void Subscription::unsubscribe(std::span<const std::string> channels) {
     s.channels.clear();
   else
     for (const auto& name : channels) std::erase(s.channels, name);
-  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
 
@@ -492,7 +577,7 @@ void Subscription::punsubscribe(std::span<const std::string> patterns) {
     s.patterns.clear();
   else
     for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
-  for (auto& [bit, rr] : s.by_bit) s.refresh_reasons(rr);
+  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
 
@@ -516,13 +601,12 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
     }
     // 1. The rest of the current message's deliveries (message, then each pmessage).
     if (s.next_delivery < s.delivery_count) {
-      auto it = s.by_bit.find(s.current_bit);
-      if (it != s.by_bit.end() && s.next_delivery < it->second.deliveries()) {
-        const RingReader& rr = it->second;
+      const RingReader* rr = s.reader_at(s.current_bit);
+      if (rr != nullptr && s.next_delivery < rr->deliveries()) {
+        // Views of the reader's own names: they change only with the subscription, and a
+        // Message is valid only until then.
         const size_t index = s.next_delivery++;
-        s.current_channel = rr.channel;
-        s.current_pattern = rr.pattern_of(index);
-        return make_message(s.current_channel, s.current_pattern, s.payload, s.info);
+        return make_message(rr->channel, rr->pattern_of(index), s.payload, s.info);
       }
       s.next_delivery = s.delivery_count = 0;
     }
@@ -535,11 +619,10 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
     }
     // 3. Rings known to have news, round robin.
     while (!s.ready.empty()) {
-      const uint32_t bit = s.ready.front();
-      s.ready.pop_front();
-      auto it = s.by_bit.find(bit);
-      if (it == s.by_bit.end()) continue;
-      RingReader& rr = it->second;
+      const uint32_t bit = s.ready.pop();
+      RingReader* ring = s.reader_at(bit);
+      if (ring == nullptr) continue;
+      RingReader& rr = *ring;
       rr.queued = false;
       if (rr.reader->try_read_copy(s.payload, s.info) != Status::kOk) continue;
       s.enqueue(bit);  // it may hold more; others go first
@@ -550,7 +633,9 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       break;
     }
     if (s.next_delivery < s.delivery_count) continue;
-    // 4. Take the bits publishers set since we last looked.
+    // 4. Small subscriptions: the rings themselves, before the doorbell.
+    if (s.poll_rings_directly()) continue;
+    // 5. Take the bits publishers set since we last looked.
     const uint32_t taken = s.waiter->take_ready([&](uint32_t bit) {
       if (bit == kControlBit)
         s.control_pending = true;
@@ -558,7 +643,7 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
         s.enqueue(bit);
     });
     if (taken > 0) continue;
-    // 5. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
+    // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
     if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
     const auto now = std::chrono::steady_clock::now();
     if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
@@ -567,7 +652,7 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       return std::nullopt;
     }
     s.rearm_notifier();
-    if (s.waiter->wait(forever ? std::chrono::nanoseconds(-1) : *deadline - now) ==
+    if (s.wait_for_news(forever ? std::chrono::nanoseconds(-1) : *deadline - now) ==
         Status::kTimedOut)
       return std::nullopt;
   }
