@@ -1,5 +1,5 @@
 // What the public API adds to the ring (Google Benchmark, one thread): Channel::publish
-// followed by Subscription::next on the same channel, against an in-process
+// followed by Subscription::next / next_view on the same channel, against an in-process
 // shmbusd. ring_bench's BM_PublishAndReadCopy is the same round without the API, so the
 // difference between the two is the library's own cost per message.
 #include <benchmark/benchmark.h>
@@ -33,13 +33,15 @@ struct ApiFixture {
   std::optional<Channel> channel;
 };
 
-void publish_and_receive(benchmark::State& state) {
+// `zero_copy`: next_view() hands out the ring's bytes; otherwise next() copies them.
+void publish_and_receive(benchmark::State& state, bool zero_copy) {
   ApiFixture f;
   std::vector<std::byte> payload(static_cast<size_t>(state.range(0)), std::byte{7});
   uint64_t checksum = 0;
   for (auto _ : state) {
     f.channel->publish(payload);
-    auto m = f.subscription->next(nanoseconds(0));
+    auto m = zero_copy ? f.subscription->next_view(nanoseconds(0))
+                       : f.subscription->next(nanoseconds(0));
     if (!m) {
       state.SkipWithError("published message not received");
       break;
@@ -52,8 +54,10 @@ void publish_and_receive(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * state.range(0));
 }
 
-void BM_PublishNext(benchmark::State& state) { publish_and_receive(state); }
+void BM_PublishNext(benchmark::State& state) { publish_and_receive(state, false); }
+void BM_PublishNextView(benchmark::State& state) { publish_and_receive(state, true); }
 BENCHMARK(BM_PublishNext)->Arg(64)->Arg(4096)->Arg(65536)->Repetitions(3)->ReportAggregatesOnly(true);
+BENCHMARK(BM_PublishNextView)->Arg(64)->Arg(4096)->Arg(65536)->Repetitions(3)->ReportAggregatesOnly(true);
 
 }  // namespace
 }  // namespace shmbus

@@ -274,6 +274,125 @@ TEST(Bus, LappedSubscriberLearnsHowManyItLost) {
   EXPECT_EQ(last_sequence, 99u);
 }
 
+// next_view(): the payload is the ring's own bytes, held until the next call.
+TEST(Bus, ViewOnABackPressureChannelIsStableUntilTheNextCall) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  config.defaults.back_pressure = true;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"bp"});
+  sub.psubscribe({"b*"});
+  auto bus = Bus::connect(daemon.options());
+  ChannelOptions no_wait;
+  no_wait.publish_wait = 0ns;
+  auto channel = bus.channel("bp", no_wait);
+  const std::string first(1000, 'a');
+  ASSERT_EQ(channel.publish(first), 2u);
+  auto m = sub.next_view(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), first);
+  // The held frame gates publishers: the ring fills up behind it and never overwrites it.
+  uint32_t accepted = 0;
+  const std::string other(1000, 'z');
+  while (channel.try_publish(std::as_bytes(std::span(other)), 0ns).ok()) ++accepted;
+  EXPECT_GT(accepted, 0u);
+  EXPECT_LT(accepted, 4u);
+  EXPECT_EQ(payload_of(*m), first);
+  EXPECT_TRUE(sub.intact());
+  // The pmessage of the same message comes from the same frame.
+  auto p = sub.next_view(1s);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->pattern, "b*");
+  EXPECT_EQ(payload_of(*p), first);
+  uint64_t lost = 0, delivered = 0;
+  while (auto n = sub.next_view(100ms)) {
+    lost += n->lost_before;
+    ++delivered;
+    EXPECT_EQ(payload_of(*n), other);
+  }
+  EXPECT_EQ(lost, 0u);
+  EXPECT_EQ(delivered, 2u * accepted);  // message + pmessage each
+}
+
+// On a lossy ring a view can be overwritten while held: intact() says so, and the message
+// counts as lost, so every sequence number is still delivered or reported lost once.
+TEST(Bus, OverwrittenViewIsNotIntactAndCountsAsLost) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"fast"});
+  auto bus = Bus::connect(daemon.options());
+  const std::string payload(200, 'p');
+  bus.publish("fast", "first");
+  auto m = sub.next_view(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "first");
+  EXPECT_TRUE(sub.intact());
+  for (int i = 0; i < 99; ++i) bus.publish("fast", payload);  // laps the 4 KiB ring
+  EXPECT_FALSE(sub.intact());
+  uint64_t delivered = 0, lost = 0, last_sequence = 0;
+  while (auto n = sub.next_view(100ms)) {
+    EXPECT_EQ(payload_of(*n), payload);
+    ASSERT_TRUE(sub.intact());
+    ++delivered;
+    lost += n->lost_before;
+    last_sequence = n->sequence;
+  }
+  EXPECT_EQ(last_sequence, 99u);
+  EXPECT_GT(lost, 1u);
+  EXPECT_EQ(delivered + lost, 100u);  // "first" is among the lost: intact() said false
+}
+
+// A view the caller found intact counts as delivered even if it is overwritten afterwards.
+TEST(Bus, ViewFoundIntactCountsAsDeliveredWhateverHappensAfter) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"fast"});
+  auto bus = Bus::connect(daemon.options());
+  bus.publish("fast", "first");
+  auto m = sub.next_view(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "first");
+  ASSERT_TRUE(sub.intact());
+  const std::string payload(200, 'p');
+  for (int i = 0; i < 99; ++i) bus.publish("fast", payload);
+  uint64_t delivered = 1, lost = 0;
+  while (auto n = sub.next(100ms)) {
+    ++delivered;
+    lost += n->lost_before;
+  }
+  EXPECT_GT(lost, 0u);
+  EXPECT_EQ(delivered + lost, 100u);
+}
+
+// A subscription change while a view with deliveries to go is held copies them out first.
+TEST(Bus, SubscriptionChangeWhileHoldingAViewKeepsItsPmessages) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"foo"});
+  sub.psubscribe({"f*"});
+  auto bus = Bus::connect(daemon.options());
+  ASSERT_EQ(bus.publish("foo", "payload"), 2u);
+  auto m = sub.next_view(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->pattern, "");
+  sub.subscribe({"other"});  // releases the frame; the pmessage must survive
+  ASSERT_EQ(bus.publish("foo", "later"), 2u);
+  auto p = sub.next(1s);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->pattern, "f*");
+  EXPECT_EQ(payload_of(*p), "payload");
+  EXPECT_EQ(p->sequence, 0u);
+  auto later = sub.next_view(1s);
+  ASSERT_TRUE(later);
+  EXPECT_EQ(payload_of(*later), "later");
+  EXPECT_EQ(later->lost_before, 0u);
+}
+
 TEST(Bus, LoanPublishesInPlace) {
   TestDaemon daemon;
   auto sub = Subscription::open(daemon.options());

@@ -1,5 +1,6 @@
 // shmbus through its public API only: Bus/Channel to publish (Channel::loan, zero-copy, from
-// 64 KiB), Subscription to receive. The daemon runs in the harness process on a private bus.
+// 64 KiB), Subscription::next_view to receive (in place in the ring, as iceoryx's take()).
+// The daemon runs in the harness process on a private bus.
 #include <chrono>
 #include <optional>
 #include <vector>
@@ -83,19 +84,27 @@ class ShmbusSubscriber {
                             spec.history ? StartAt::earliest() : StartAt::latest());
   }
 
-  // Busy: next(0) never sleeps. Blocking: next(timeout) spins about 20 us, then parks.
+  // Busy: next_view(0) never sleeps. Blocking: next_view(timeout) spins about 20 us, then
+  // parks.
   std::optional<std::span<const std::byte>> receive(Wait wait, int64_t timeout_ns) {
     if (wait == Wait::kBusy) {
       Patience patience(timeout_ns);
       for (uint32_t i = 1;; ++i) {
-        if (auto m = subscription_.next(std::chrono::nanoseconds(0))) return m->payload;
+        if (auto m = subscription_.next_view(std::chrono::nanoseconds(0))) return m->payload;
         if ((i & 255) == 0 && patience.exhausted()) return std::nullopt;
       }
     }
-    if (auto m = subscription_.next(std::chrono::nanoseconds(timeout_ns))) return m->payload;
+    if (auto m = subscription_.next_view(std::chrono::nanoseconds(timeout_ns)))
+      return m->payload;
     return std::nullopt;
   }
-  void release() {}
+  // The workloads read the payload before release(): check that no publisher overwrote it
+  // meanwhile. Throughput channels are back-pressure and latency channels see one message
+  // at a time, so this never fails unless the harness itself is wrong.
+  void release() {
+    if (!subscription_.intact())
+      throw Failure("a message was overwritten while it was read (the subscriber was lapped)");
+  }
 
  private:
   Subscription subscription_;

@@ -665,14 +665,31 @@ Status Reader::try_read(MessageView& view) {
   }
 }
 
-bool Reader::consume(const MessageView& view) {
+bool Reader::intact(const MessageView& view) const {
   // SYNC POINT (validate): the acquire fence orders every read of the view before this
   // re-read of the state; a publisher retires the frame (changing the state) before it
   // writes a byte of it, so an unchanged state proves the bytes were intact.
-  if (reload_after_reads(ring_.frame_at(view.position)->state) != view.observed_state) {
+  return reload_after_reads(ring_.frame_at(view.position)->state) == view.observed_state;
+}
+
+bool Reader::consume(const MessageView& view) {
+  if (!intact(view)) {
     jump_after_lap();
     return false;
   }
+  advance_past(view);
+  return true;
+}
+
+void Reader::accept(const MessageView& view) {
+  const bool still_in_place = intact(view);
+  advance_past(view);
+  // Overwritten after the caller's check: the frames after it may be gone too. The jump
+  // never goes backwards, and next_sequence_ now counts what follows this message.
+  if (!still_in_place) jump_after_lap();
+}
+
+void Reader::advance_past(const MessageView& view) {
   lost_ += view.lost_before;
   unreported_lost_ = 0;
   next_sequence_ = view.sequence + 1;
@@ -683,7 +700,6 @@ bool Reader::consume(const MessageView& view) {
   if (view.length >= kPageSize) __builtin_prefetch(ring_.frame_at(position_), 0, 3);
   ++delivered_;
   if (slot_ >= 0) publish_slot_stats();
-  return true;
 }
 
 void Reader::publish_slot_stats() {

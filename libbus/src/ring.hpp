@@ -248,6 +248,12 @@ class Reader {
   // Accepts a view from try_read: true if its bytes were intact throughout (the message
   // counts as delivered), false if it was overwritten (it counts as lost).
   bool consume(const MessageView& view);
+  // True while the view's frame is unchanged: every byte read from it before this call was
+  // intact (seqlock check; no side effect).
+  bool intact(const MessageView& view) const;
+  // Delivers a view the caller already found intact(), whatever happened to the frame
+  // since: it counts as delivered, and a lap since then is handled as in consume().
+  void accept(const MessageView& view);
   // try_read + copy into `buffer` (resized) + consume; returns only intact messages.
   Status try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info);
 
@@ -266,6 +272,8 @@ class Reader {
 
  private:
   void jump_after_lap();
+  // Records `view` as delivered and moves past its frame.
+  void advance_past(const MessageView& view);
   // Jumps if the frontier has passed this reader's position; true if it did.
   bool jump_if_lapped();
   void seek_sequence(uint64_t first_wanted);

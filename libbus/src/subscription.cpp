@@ -169,11 +169,20 @@ struct Subscription::State {
   Settled settled_current;  // what next() last returned from `settled`
 
   // The message being delivered (once per reason: channel, then each matching pattern).
+  // Its bytes: `payload` (next() copies), or in place in the ring while `held` (next_view).
   std::vector<std::byte> payload;
+  std::span<const std::byte> current_payload;
   MessageInfo info;
   uint32_t current_bit = 0;
   size_t next_delivery = 0;
   size_t delivery_count = 0;
+
+  // next_view(): the frame behind the current message stays unconsumed (its reader's slot
+  // does not move past it, so a back-pressure ring cannot overwrite it) until the next call
+  // of next()/next_view() or a subscription change releases it.
+  bool held = false;
+  MessageView held_view;
+  bool held_found_intact = false;  // what the caller's latest intact() said
 
   // fd(): an eventfd a helper thread signals when the doorbell rings while armed.
   int event_fd = -1;
@@ -307,6 +316,7 @@ struct Subscription::State {
     auto it = bit_of.find(channel_id);
     if (it == bit_of.end()) return;
     const uint32_t bit = it->second;
+    if (held && current_bit == bit) release_view(true);
     bit_of.erase(it);
     std::erase(readers, by_bit[bit].get());
     by_bit[bit].reset();  // the Reader frees its slot
@@ -395,10 +405,11 @@ struct Subscription::State {
   // change adds reasons and just after the daemon confirmed one that removes them.
   template <typename Affected>
   void settle(Affected&& affected) {
+    release_view(true);
     const RingReader* current = reader_at(current_bit);
     if (next_delivery < delivery_count && current != nullptr) {
       for (size_t i = next_delivery; i < current->deliveries(); ++i)
-        settled.push_back(delivery(*current, i, payload, info));
+        settled.push_back(delivery(*current, i, current_payload, info));
     }
     next_delivery = delivery_count = 0;
     std::vector<std::byte> bytes;
@@ -419,6 +430,45 @@ struct Subscription::State {
                           const MessageInfo& message) {
     return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message};
   }
+
+  // Ends the hold on the current message's frame (next_view), if any. With `keep_rest`, the
+  // deliveries still to go (its pmessages) are copied out first, so they can go out later;
+  // if the frame turns out overwritten, they are dropped instead and the message counts as
+  // lost, like any torn read.
+  void release_view(bool keep_rest) {
+    if (!held) return;
+    held = false;
+    RingReader* rr = reader_at(current_bit);
+    if (rr == nullptr) return;  // dropped: its Reader (and slot) are gone already
+    const bool more = keep_rest && next_delivery < delivery_count;
+    if (more) {
+      payload.assign(current_payload.begin(), current_payload.end());
+      current_payload = payload;
+    }
+    if (held_found_intact) {
+      rr->reader->accept(held_view);
+    } else if (!rr->reader->consume(held_view)) {
+      next_delivery = delivery_count = 0;
+    }
+  }
+
+  // Reads the next message of `rr`: a copy, or (zero_copy) a view held until released.
+  bool read_ring(RingReader& rr, bool zero_copy) {
+    if (!zero_copy) {
+      if (rr.reader->try_read_copy(payload, info) != Status::kOk) return false;
+      current_payload = payload;
+      return true;
+    }
+    if (rr.reader->try_read(held_view) != Status::kOk) return false;
+    held = true;
+    held_found_intact = false;
+    info = held_view;
+    current_payload = {held_view.payload, held_view.length};
+    return true;
+  }
+
+  // next() and next_view(): the next delivery, copied or (zero_copy) in place.
+  std::optional<Message> next(std::chrono::nanoseconds timeout, bool zero_copy);
 
   void rearm_notifier() {
     if (event_fd < 0) return;
@@ -586,7 +636,26 @@ void Subscription::punsubscribe(std::initializer_list<std::string_view> patterns
 }
 
 std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
+  // A view still held from next_view() becomes a copy: next() promises private bytes.
+  state_->release_view(true);
+  return state_->next(timeout, false);
+}
+
+std::optional<Message> Subscription::next_view(std::chrono::nanoseconds timeout) {
+  return state_->next(timeout, true);
+}
+
+bool Subscription::intact() {
   State& s = *state_;
+  if (!s.held) return true;
+  const RingReader* rr = s.reader_at(s.current_bit);
+  s.held_found_intact = rr != nullptr && rr->reader->intact(s.held_view);
+  return s.held_found_intact;
+}
+
+std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeout,
+                                                 bool zero_copy) {
+  State& s = *this;
   const bool forever = timeout.count() < 0;
   // The clock is read only once there is nothing to deliver: a message already waiting
   // costs no clock read (~20 ns, as much as the ring read itself).
@@ -606,10 +675,12 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
         // Views of the reader's own names: they change only with the subscription, and a
         // Message is valid only until then.
         const size_t index = s.next_delivery++;
-        return make_message(rr->channel, rr->pattern_of(index), s.payload, s.info);
+        return make_message(rr->channel, rr->pattern_of(index), s.current_payload, s.info);
       }
       s.next_delivery = s.delivery_count = 0;
     }
+    // Every delivery of the held message is out: let its frame go before reading more.
+    s.release_view(false);
     // 2. Control events (new channels for our patterns, reclaimed channels).
     if (s.control_pending) {
       s.poll_control();
@@ -624,10 +695,13 @@ std::optional<Message> Subscription::next(std::chrono::nanoseconds timeout) {
       if (ring == nullptr) continue;
       RingReader& rr = *ring;
       rr.queued = false;
-      if (rr.reader->try_read_copy(s.payload, s.info) != Status::kOk) continue;
-      s.enqueue(bit);  // it may hold more; others go first
-      if (rr.deliveries() == 0) continue;  // held for no reason any more (being dropped)
+      if (!s.read_ring(rr, zero_copy)) continue;
       s.current_bit = bit;
+      s.enqueue(bit);  // it may hold more; others go first
+      if (rr.deliveries() == 0) {  // read for no reason any more (being dropped)
+        s.release_view(false);
+        continue;
+      }
       s.next_delivery = 0;
       s.delivery_count = rr.deliveries();
       break;

@@ -58,7 +58,7 @@ struct StartAt {
 struct Message {
   std::string_view channel;
   std::string_view pattern;            // the matching pattern; empty for a channel delivery
-  std::span<const std::byte> payload;  // a private copy: never changes under you
+  std::span<const std::byte> payload;  // next(): a private copy; next_view(): in the ring
   uint64_t sequence = 0;               // per channel, from 0, no gaps in what is published
   uint64_t publish_unix_ns = 0;        // publisher's CLOCK_REALTIME at publish
   uint64_t lost_before = 0;            // messages of this channel missed just before this one
@@ -97,6 +97,26 @@ class Subscription {
   // with sub-microsecond latency and an idle subscriber uses no CPU. Once the daemon has
   // stopped, delivers what the rings still hold, then throws Error(kDaemonGone).
   std::optional<Message> next(std::chrono::nanoseconds timeout);
+
+  // Zero-copy receive: as next(), but the payload is the message in place in the channel's
+  // shared-memory ring, not a copy, so a 1 MiB message costs what a 64 B one does. Valid
+  // until the next call on this Subscription.
+  // - On a back-pressure channel nothing can change it meanwhile: publishers wait for it.
+  // - On a lossy channel a publisher that laps this subscriber may overwrite it while you
+  //   read. Read what you need, then call intact(): false means the bytes may have changed
+  //   under you; discard what you made of them. The message then counts as lost (in the
+  //   next message's lost_before), exactly as if it had been lapped before you saw it.
+  //   (next() does that check for you, at the cost of a copy.)
+  //
+  //   while (auto m = sub.next_view(timeout)) {
+  //     Event e = parse(m->payload);
+  //     if (sub.intact()) handle(e);
+  //   }
+  std::optional<Message> next_view(std::chrono::nanoseconds timeout);
+  // For the message next_view() returned last: true if its bytes were intact throughout
+  // every read made before this call. True for next()'s copies, and for messages
+  // delivered from a subscription change.
+  bool intact();
 
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
   // epoll/poll/select event loops. Drain with next(0) until it returns nullopt, then poll
