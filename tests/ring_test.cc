@@ -579,7 +579,26 @@ TEST_F(RingTest, PublishWithoutSleepersDoesNotTouchTheFutex) {
   for (int i = 0; i < 100; ++i) ASSERT_EQ(publisher.publish(as_bytes("x")), Status::kOk);
   // The futex word changes only when a waker saw a sleeper; nobody slept.
   EXPECT_EQ(doorbell->futex_word.load(), 0u);
-  EXPECT_EQ(doorbell->sleepers.load(), 0u);
+  EXPECT_EQ(doorbell->wake_armed.load(), 0u);
+}
+
+TEST_F(RingTest, AParkedWaiterIsWokenOnceHoweverManyPublishesComeBeforeItRuns) {
+  RingRef ring = arena_.make_ring(small_ring());
+  uint64_t doorbell_ref = 0;
+  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+  Reader reader(ring);
+  reader.register_slot(false, doorbell_ref, doorbell);
+  Publisher publisher(ring, 1, &arena_.table());
+  // What Waiter::park_until leaves behind a waiter that is asleep (or about to be).
+  doorbell->wake_armed.store(1);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(publisher.publish(as_bytes("x")), Status::kOk);
+  // The first publish disarmed it and woke the futex; the other 99 made no system call.
+  EXPECT_EQ(doorbell->futex_word.load(), 1u);
+  EXPECT_EQ(doorbell->wake_armed.load(), 0u);
+  // Parking again re-arms it: the next publish wakes again.
+  doorbell->wake_armed.store(1);
+  ASSERT_EQ(publisher.publish(as_bytes("y")), Status::kOk);
+  EXPECT_EQ(doorbell->futex_word.load(), 2u);
 }
 
 }  // namespace

@@ -43,7 +43,9 @@ void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit) {
     leaf_word.fetch_or(mask, std::memory_order_seq_cst);
     summary_words(d)[leaf / 64].fetch_or(uint64_t{1} << (leaf % 64), std::memory_order_seq_cst);
   }
-  if (d->sleepers.load(std::memory_order_seq_cst) != 0) {
+  // Look before the exchange: while nobody is armed, no write to a line waiters read.
+  if (d->wake_armed.load(std::memory_order_seq_cst) != 0 &&
+      d->wake_armed.exchange(0, std::memory_order_seq_cst) != 0) {
     // Change the word first so a waiter between its check and FUTEX_WAIT returns at once.
     d->futex_word.fetch_add(1, std::memory_order_release);
     futex_wake_all(&d->futex_word);

@@ -2,19 +2,26 @@
 // futex wait and learns which rings have news without scanning them all.
 //
 // Publisher side (ring_doorbell): after committing a frame and a full fence, set the ring's
-// leaf bit and its summary bit unless the leaf bit is already set, then FUTEX_WAKE only if
-// `sleepers` is non-zero. While nobody sleeps a publish makes no system call; while the
-// waiter has not yet taken the bit, a publish makes no write to the doorbell at all.
+// leaf bit and its summary bit unless the leaf bit is already set, then, if `wake_armed` is
+// set, exchange it to 0 and FUTEX_WAKE. Only the publisher that disarms it makes the system
+// call: one wake per sleep, not one per publish until the sleeper runs (a parked subscriber
+// of a busy channel used to get a FUTEX_WAKE from every publish in the 20-40 us it takes a
+// vCPU to wake). While nobody sleeps a publish makes no system call; while the waiter has
+// not yet taken the bit, a publish makes no write to the doorbell at all.
 //
 // Waiter side (Waiter): exchange summary words to zero, then the leaf words they point at,
-// and drain each ring found. To sleep: read futex_word, increment sleepers, re-check the
-// summary, FUTEX_WAIT on the value read.
+// and drain each ring found. To sleep: read futex_word, set wake_armed, re-check the
+// summary, FUTEX_WAIT on the value read. A waiter that returns without being woken leaves
+// the flag set (clearing it could disarm another waiter on the same doorbell); the next
+// publish then makes one wake nobody needed, and disarms it.
 //
 // Why no wakeup is lost: the publisher's (fence; load leaf; fetch_or summary; load
-// sleepers) and the waiter's (fetch_add sleepers; load summary) are sequentially consistent,
-// so either the publisher sees the sleeper or the waiter sees the summary bit (Dekker).
-// FUTEX_WAIT compares futex_word under the kernel's lock, so a wake between the waiter's
-// check and its sleep turns the wait into an immediate return.
+// wake_armed) and the waiter's (store wake_armed; load summary) are sequentially
+// consistent, so either the publisher sees the flag or the waiter sees the summary bit
+// (Dekker). The publisher that takes the flag bumps futex_word before FUTEX_WAKE, and
+// FUTEX_WAIT compares futex_word under the kernel's lock, so a waiter between its check and
+// its sleep returns at once; a second waiter parking after that bump re-arms the flag and
+// re-checks the summary itself. Every wake wakes all waiters of the doorbell.
 //
 // Thread safety: ring_doorbell may run in any number of publishers at once. A Waiter is used
 // by one thread at a time.
@@ -153,14 +160,10 @@ Status Waiter::park_until(Ready&& ready, std::chrono::steady_clock::time_point d
                           bool forever) {
   for (;;) {
     const uint32_t seen = d_->futex_word.load(std::memory_order_acquire);
-    // seq_cst: pairs with the publisher's load of `sleepers` after its fence.
-    d_->sleepers.fetch_add(1, std::memory_order_seq_cst);
-    if (ready()) {
-      d_->sleepers.fetch_sub(1, std::memory_order_relaxed);
-      return Status::kOk;
-    }
+    // seq_cst: pairs with the publisher's load of `wake_armed` after its fence.
+    d_->wake_armed.store(1, std::memory_order_seq_cst);
+    if (ready()) return Status::kOk;
     const Status parked = park_once(d_, seen, deadline, forever);
-    d_->sleepers.fetch_sub(1, std::memory_order_relaxed);
     if (ready()) return Status::kOk;
     if (parked == Status::kTimedOut) return Status::kTimedOut;
   }

@@ -58,7 +58,7 @@
 //
 //   0                         64                        64 + 8*summary_words
 //   +-------------------------+-------------------------+---------------------------+
-//   | futex_word | sleepers   | summary bits            | leaf bits (one per ring)  |
+//   | futex_word | wake_armed | summary bits            | leaf bits (one per ring)  |
 //   +-------------------------+-------------------------+---------------------------+
 #pragma once
 
@@ -68,7 +68,7 @@
 
 namespace shmbus::layout {
 
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;  // 2: doorbell wake_armed (was sleepers)
 inline constexpr uint32_t kArenaMagic = 0x53484d41;     // "SHMA"
 inline constexpr uint32_t kRingMagic = 0x53484d52;      // "SHMR"
 inline constexpr uint32_t kDoorbellMagic = 0x53484d44;  // "SHMD"
@@ -324,14 +324,14 @@ static_assert(reader_table_inline(16) && !reader_table_inline(64));
 // ---------------------------------------------------------------------------------------
 // Doorbell: how one waiter sleeps on many rings.
 // A publisher that commits to a ring linked to a doorbell sets the ring's leaf bit (and
-// the summary bit above it) unless already set, then wakes the futex if anyone sleeps. The
+// the summary bit above it) unless already set, then wakes the futex if a waiter armed it. The
 // waiter exchanges summary words to find leaf words, and leaf words to find rings, so it
 // never scans rings that have nothing new.
 // ---------------------------------------------------------------------------------------
 
 struct DoorbellHeader {
   std::atomic<uint32_t> futex_word;  // bumped by a waker before FUTEX_WAKE
-  std::atomic<uint32_t> sleepers;    // waiters parked or about to park
+  std::atomic<uint32_t> wake_armed;  // 1: a waiter parked (or is parking) since the last wake
   uint32_t magic;
   uint32_t bit_capacity;             // rings this doorbell can tell apart
   uint32_t summary_words;            // each summary bit covers one leaf word (64 rings)
@@ -339,7 +339,7 @@ struct DoorbellHeader {
   uint8_t pad[kCacheLine - 24];
 };
 static_assert(offsetof(DoorbellHeader, futex_word) == 0);
-static_assert(offsetof(DoorbellHeader, sleepers) == 4);
+static_assert(offsetof(DoorbellHeader, wake_armed) == 4);
 static_assert(sizeof(DoorbellHeader) == kCacheLine);
 
 constexpr uint32_t doorbell_leaf_words(uint32_t bits) { return (bits + 63) / 64; }

@@ -745,7 +745,7 @@ Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds s
     return Status::kOk;
   }
   Waiter waiter(doorbell_);
-  // Clear our bit so the next publisher sets it and checks for sleepers (doorbell.hpp).
+  // Clear our bit so the next publisher sets it and checks for a parked waiter (doorbell.hpp).
   waiter.disarm_bit(doorbell_bit_);
   return waiter.park_until([this] { return has_data(); }, plan.deadline, plan.forever);
 }
