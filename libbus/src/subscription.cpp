@@ -154,6 +154,7 @@ struct Subscription::State {
   std::vector<std::string> channels;              // subscribe order
   std::vector<std::string> patterns;              // psubscribe order (pmessage order)
   ReadyQueue ready;
+  size_t direct_cursor = 0;  // read_rings_directly(): where the round robin stands
   bool control_pending = false;
   std::string daemon_gone;  // why the control connection ended, if it did
 
@@ -241,19 +242,33 @@ struct Subscription::State {
     ready.push(bit);
   }
 
-  // Small subscriptions: queues every ring that has something to read, without the
-  // doorbell. Returns true if it queued any.
-  bool poll_rings_directly() {
+  // Makes the message just read from `rr` the current one; false if the ring is read for
+  // no reason any more (being dropped), and the message is let go.
+  bool begin_delivery(RingReader& rr) {
+    current_bit = rr.bit;
+    if (rr.deliveries() == 0) {
+      release_view(false);
+      return false;
+    }
+    next_delivery = 0;
+    delivery_count = rr.deliveries();
+    return true;
+  }
+
+  // Small subscriptions: reads the next message straight from the rings (round robin),
+  // without the doorbell. Returns true if one became the current message.
+  bool read_rings_directly(bool zero_copy) {
+    const size_t n = readers.size();
     // A pending control event (a new channel for a pattern, a channel reclaimed) goes
     // through take_ready(): busy rings must not keep it waiting.
-    if (readers.size() > kDirectPollRings || waiter->is_set(kControlBit)) return false;
-    bool found = false;
-    for (RingReader* rr : readers) {
-      if (rr->queued || !rr->reader->has_data()) continue;
-      enqueue(rr->bit);
-      found = true;
+    if (n == 0 || n > kDirectPollRings || waiter->is_set(kControlBit)) return false;
+    for (size_t k = 0; k < n; ++k) {
+      if (++direct_cursor >= n) direct_cursor = 0;
+      RingReader& rr = *readers[direct_cursor];
+      if (rr.queued) continue;  // its bit was taken: step 3 reads it, in its turn
+      if (read_ring(rr, zero_copy) && begin_delivery(rr)) return true;
     }
-    return found;
+    return false;
   }
 
   // True if a small subscription's ring, or any doorbell bit, has news.
@@ -693,22 +708,15 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       const uint32_t bit = s.ready.pop();
       RingReader* ring = s.reader_at(bit);
       if (ring == nullptr) continue;
-      RingReader& rr = *ring;
-      rr.queued = false;
-      if (!s.read_ring(rr, zero_copy)) continue;
-      s.current_bit = bit;
-      s.enqueue(bit);  // it may hold more; others go first
-      if (rr.deliveries() == 0) {  // read for no reason any more (being dropped)
-        s.release_view(false);
-        continue;
-      }
-      s.next_delivery = 0;
-      s.delivery_count = rr.deliveries();
-      break;
+      ring->queued = false;
+      if (!s.read_ring(*ring, zero_copy)) continue;
+      // It may hold more; others go first. (Small subscriptions find it again in step 4.)
+      if (s.readers.size() > kDirectPollRings) s.enqueue(bit);
+      if (s.begin_delivery(*ring)) break;
     }
     if (s.next_delivery < s.delivery_count) continue;
     // 4. Small subscriptions: the rings themselves, before the doorbell.
-    if (s.poll_rings_directly()) continue;
+    if (s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
     const uint32_t taken = s.waiter->take_ready([&](uint32_t bit) {
       if (bit == kControlBit)
@@ -719,6 +727,10 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     if (taken > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
     if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
+    if (timeout.count() == 0) {  // a poll: no clock read, it costs as much as the poll
+      s.rearm_notifier();
+      return std::nullopt;
+    }
     const auto now = std::chrono::steady_clock::now();
     if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
     if (!forever && now >= *deadline) {
