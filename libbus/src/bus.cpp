@@ -7,6 +7,7 @@
 #include "directory.hpp"
 #include "glob.hpp"
 #include "naming.hpp"
+#include "publish_clock.hpp"
 #include "shmbus/bus.hpp"
 
 namespace shmbus {
@@ -54,6 +55,7 @@ struct OpenChannel {
   RingRef ring;
   std::string rule;  // which config rule sized the ring, for error messages
   Publisher publisher;
+  PublishClock clock;  // publish stamps (used by the one thread that uses this channel)
   uint64_t last_use = 0;
 };
 
@@ -88,7 +90,7 @@ PublishStatus to_publish_status(Status s) {
 PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
                          std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
-  meta.publish_unix_ns = unix_time_ns();
+  meta.publish_unix_ns = ch.clock.now_ns();
   meta.origin = origin;
   // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
   // subscriber may take the message and unsubscribe before we could look.
@@ -158,7 +160,7 @@ uint32_t Loan::commit(std::size_t bytes) {
                                             " bytes on a loan of " +
                                             std::to_string(state_->loan.capacity));
   PublishMeta meta;
-  meta.publish_unix_ns = unix_time_ns();
+  meta.publish_unix_ns = state_->channel->clock.now_ns();
   const uint32_t receivers =  // before the commit: see publish_on
       state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
   state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);

@@ -30,12 +30,6 @@ std::string program_name() {
   return name.empty() ? "libshmbus" : name;
 }
 
-uint64_t unix_time_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 // ---- ControlConnection --------------------------------------------------------------------
 
 ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbell)

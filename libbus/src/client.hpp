@@ -120,7 +120,4 @@ struct ClientCore {
 // The program's name, for the daemon's log ("client 12 (pid 345, 'shmbus')").
 std::string program_name();
 
-// CLOCK_REALTIME in nanoseconds, the stamp publishers put on messages.
-uint64_t unix_time_ns();
-
 }  // namespace shmbus

@@ -1,0 +1,70 @@
+#include "publish_clock.hpp"
+
+#include <time.h>
+
+#include <cmath>
+#include <fstream>
+#include <string>
+
+namespace shmbus {
+
+namespace {
+
+constexpr uint64_t kReanchorNs = 1'000'000;  // a clock_gettime at least every 1 ms of ticks
+constexpr double kAgreement = 1e-3;          // two rate measurements within 0.1%
+
+}  // namespace
+
+uint64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+bool PublishClock::kernel_keeps_time_with_tsc() {
+#if defined(__x86_64__)
+  static const bool tsc = [] {
+    std::ifstream in("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+    std::string name;
+    return static_cast<bool>(in >> name) && name == "tsc";
+  }();
+  return tsc;
+#else
+  return false;
+#endif
+}
+
+PublishClock::PublishClock() : use_tsc_(kernel_keeps_time_with_tsc()) {}
+
+uint64_t PublishClock::reanchor() {
+  const uint64_t ns = realtime_ns();
+#if defined(__x86_64__)
+  if (!use_tsc_) return ns;
+  const uint64_t ticks = __rdtsc();
+  if (anchor_ns_ != 0 && (ns < anchor_ns_ + kReanchorNs || ticks <= anchor_ticks_)) {
+    // Not calibrated yet and less than 1 ms since the anchor (or a clock step backwards):
+    // keep the anchor until the interval is long enough to measure the rate on.
+    if (ns >= anchor_ns_ && ticks > anchor_ticks_) return ns;
+    trusted_ = false;
+    anchor_ns_ = ns;
+    anchor_ticks_ = ticks;
+    return ns;
+  }
+  if (anchor_ns_ != 0) {
+    const double rate =
+        static_cast<double>(ns - anchor_ns_) / static_cast<double>(ticks - anchor_ticks_);
+    trusted_ = last_rate_ > 0 && std::fabs(rate - last_rate_) <= kAgreement * last_rate_ &&
+               rate < 1e3;
+    last_rate_ = rate;
+    if (trusted_) {
+      ns_per_tick_q32_ = static_cast<uint64_t>(std::ldexp(rate, 32));
+      reanchor_ticks_ = static_cast<uint64_t>(static_cast<double>(kReanchorNs) / rate);
+    }
+  }
+  anchor_ns_ = ns;
+  anchor_ticks_ = ticks;
+#endif
+  return ns;
+}
+
+}  // namespace shmbus

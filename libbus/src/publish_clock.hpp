@@ -1,0 +1,65 @@
+// PublishClock: CLOCK_REALTIME for publish stamps at the cost of one rdtsc instead of one
+// clock_gettime (9.8 ns against 23 ns on the reference machine, where the stamp was 40% of
+// what a 64 B publish cost the publishing thread).
+//
+// A stamp is the last clock_gettime reading (the anchor) plus the TSC ticks since, at the
+// tick rate measured between the last two anchors. Once 1 ms of ticks has passed, the next
+// stamp is a clock_gettime again and becomes the new anchor, so stamps follow
+// CLOCK_REALTIME - NTP slewing included - to within the rate's error over 1 ms (the kernel
+// slews by at most 500 ppm: 0.5 us); a step of the clock shows within 1 ms.
+//
+// The rate is trusted only when two consecutive measurements agree within 0.1%; a clock
+// step between two anchors makes one measurement wrong, and until the next pair agrees every
+// stamp is a clock_gettime. The TSC is used only where the kernel keeps time with it
+// (clocksource "tsc": invariant and synchronized across CPUs, as the vDSO's own rdtsc
+// requires); anywhere else, and off x86-64, every stamp is a clock_gettime.
+//
+// Not thread-safe: one per OpenChannel, which a Bus or a Channel uses from one thread at a
+// time.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+namespace shmbus {
+
+uint64_t realtime_ns();  // clock_gettime(CLOCK_REALTIME) in ns
+
+class PublishClock {
+ public:
+  PublishClock();
+
+  uint64_t now_ns() {
+#if defined(__x86_64__)
+    if (trusted_) {
+      // Unsigned: a TSC read below the anchor (never expected) is huge and re-anchors.
+      const uint64_t ticks = __rdtsc() - anchor_ticks_;
+      // ticks < ~1 ms of ticks and the rate < 2^32 per ns: the product fits in 64 bits.
+      if (ticks < reanchor_ticks_) return anchor_ns_ + ((ticks * ns_per_tick_q32_) >> 32);
+    }
+#endif
+    return reanchor();
+  }
+
+  bool uses_tsc() const { return use_tsc_; }
+  bool trusted() const { return trusted_; }  // stamps come from the TSC now
+
+  // Whether the kernel's clocksource is the TSC (read once per process).
+  static bool kernel_keeps_time_with_tsc();
+
+ private:
+  uint64_t reanchor();
+
+  bool use_tsc_ = false;
+  bool trusted_ = false;
+  uint64_t anchor_ns_ = 0;
+  uint64_t anchor_ticks_ = 0;
+  uint64_t ns_per_tick_q32_ = 0;  // ns per tick, fixed point (32 fraction bits)
+  uint64_t reanchor_ticks_ = 0;   // ticks in kReanchorNs at that rate
+  double last_rate_ = 0;          // ns per tick, the previous measurement
+};
+
+}  // namespace shmbus
