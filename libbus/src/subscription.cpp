@@ -154,7 +154,10 @@ struct Subscription::State {
   std::vector<std::string> channels;              // subscribe order
   std::vector<std::string> patterns;              // psubscribe order (pmessage order)
   ReadyQueue ready;
-  size_t direct_cursor = 0;  // read_rings_directly(): where the round robin stands
+  size_t direct_cursor = 0;    // read_rings_directly(): where the round robin stands
+  uint64_t direct_reads = 0;   // read_rings_directly() calls (control bit: every 64th)
+  uint32_t polls_since_take = 0;
+  bool doorbell_rang = false;  // something saw a bit set that take_bits() has not taken
   bool control_pending = false;
   std::string daemon_gone;  // why the control connection ended, if it did
 
@@ -259,9 +262,14 @@ struct Subscription::State {
   // without the doorbell. Returns true if one became the current message.
   bool read_rings_directly(bool zero_copy) {
     const size_t n = readers.size();
+    if (n == 0 || n > kDirectPollRings) return false;
     // A pending control event (a new channel for a pattern, a channel reclaimed) goes
-    // through take_ready(): busy rings must not keep it waiting.
-    if (n == 0 || n > kDirectPollRings || waiter->is_set(kControlBit)) return false;
+    // through take_bits(): busy rings must not keep it waiting. Looked at every 64th read
+    // only: the control bit shares its word with ring bits publishers set.
+    if (++direct_reads % 64 == 0 && waiter->is_set(kControlBit)) {
+      doorbell_rang = true;
+      return false;
+    }
     for (size_t k = 0; k < n; ++k) {
       if (++direct_cursor >= n) direct_cursor = 0;
       RingReader& rr = *readers[direct_cursor];
@@ -271,22 +279,56 @@ struct Subscription::State {
     return false;
   }
 
-  // True if a small subscription's ring, or any doorbell bit, has news.
-  bool news() {
-    if (waiter->any_ready()) return true;
-    if (readers.size() > kDirectPollRings) return false;
-    return std::any_of(readers.begin(), readers.end(),
-                       [](const RingReader* rr) { return rr->reader->has_data(); });
+  bool reads_rings_directly() const {
+    return !readers.empty() && readers.size() <= kDirectPollRings;
   }
 
-  // Spins on news() (rings and doorbell), then parks on the doorbell alone: every bit was
-  // taken before we got here, so any publish from now on sets one and sees us asleep.
+  // Takes every pending doorbell bit: rings to read, and control events.
+  uint32_t take_bits() {
+    polls_since_take = 0;
+    doorbell_rang = false;
+    return waiter->take_ready([this](uint32_t bit) {
+      if (bit == kControlBit)
+        control_pending = true;
+      else
+        enqueue(bit);
+    });
+  }
+
+  // Step 5 of next(): whether to look at the doorbell now. A subscription that reads its
+  // rings directly does so only now and then while polling: the summary and leaf words are
+  // lines publishers write on every message the subscriber took the bit of, and reading
+  // them on every poll puts a second cache miss in front of the message. Always when the
+  // doorbell rang, when an fd() notifier waits on it (it must see the bits taken), and
+  // before any wait (wait_for_news takes them before it parks).
+  bool must_take_bits() {
+    return !reads_rings_directly() || doorbell_rang || event_fd >= 0 ||
+           ++polls_since_take >= 64;
+  }
+
+  // Spins on the rings (small subscriptions) and on the doorbell, then takes every bit and
+  // parks on the doorbell alone: from then on any publish sets a bit and sees us asleep.
   Status wait_for_news(std::chrono::nanoseconds timeout) {
+    const bool direct = reads_rings_directly();
+    uint32_t spins = 0;
+    auto news = [&] {
+      if (direct) {
+        for (const RingReader* rr : readers)
+          if (rr->reader->has_data()) return true;
+        // The doorbell only for control events (and rings it may know of first): rarely.
+        if (++spins % 16 != 0) return false;
+      }
+      if (!waiter->any_ready()) return false;
+      doorbell_rang = true;
+      return true;
+    };
     WaitPlan plan;
-    if (spin_until_ready([this] { return news(); }, timeout, kSpinBeforePark, plan))
-      return Status::kOk;
-    return waiter->park_until([this] { return waiter->any_ready(); }, plan.deadline,
-                              plan.forever);
+    if (spin_until_ready(news, timeout, kSpinBeforePark, plan)) return Status::kOk;
+    if (take_bits() > 0 || control_pending) return Status::kOk;
+    const Status parked = waiter->park_until([this] { return waiter->any_ready(); },
+                                             plan.deadline, plan.forever);
+    doorbell_rang = true;
+    return parked;
   }
 
   void add_reader(const Attachment& a, StartAt start) {
@@ -718,13 +760,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     // 4. Small subscriptions: the rings themselves, before the doorbell.
     if (s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
-    const uint32_t taken = s.waiter->take_ready([&](uint32_t bit) {
-      if (bit == kControlBit)
-        s.control_pending = true;
-      else
-        s.enqueue(bit);
-    });
-    if (taken > 0) continue;
+    if (s.must_take_bits() && s.take_bits() > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
     if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
     if (timeout.count() == 0) {  // a poll: no clock read, it costs as much as the poll
