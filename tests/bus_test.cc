@@ -393,6 +393,34 @@ TEST(Bus, SubscriptionChangeWhileHoldingAViewKeepsItsPmessages) {
   EXPECT_EQ(later->lost_before, 0u);
 }
 
+// Loans reuse their bookkeeping once committed; two outstanding at once must not share it.
+TEST(Bus, OverlappingLoansOnOneChannelStayApart) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"frames"});
+  auto bus = Bus::connect(daemon.options());
+  auto channel = bus.channel("frames");
+  for (int round = 0; round < 3; ++round) {
+    auto first = channel.loan(8);
+    auto second = channel.loan(8);
+    ASSERT_NE(first.data().data(), second.data().data());
+    std::memcpy(second.data().data(), "second", 6);
+    std::memcpy(first.data().data(), "first", 5);
+    EXPECT_EQ(second.commit(6), 1u);  // out of claim order: delivered when first is done
+    EXPECT_EQ(first.commit(5), 1u);
+    EXPECT_TRUE(first.data().empty());
+  }
+  for (int round = 0; round < 3; ++round) {
+    auto m = sub.next(1s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(payload_of(*m), "first");
+    m = sub.next(1s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(payload_of(*m), "second");
+  }
+  EXPECT_FALSE(sub.next(0ns));
+}
+
 TEST(Bus, LoanPublishesInPlace) {
   TestDaemon daemon;
   auto sub = Subscription::open(daemon.options());

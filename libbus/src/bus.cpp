@@ -134,6 +134,10 @@ PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
 struct Loan::State {
   OpenChannel* channel;
   RingLoan loan;
+  // Where the state goes back once committed or abandoned (the Channel's spare), so a
+  // loan per message costs no allocation. Valid as long as `channel` is: a Loan must not
+  // outlive its Channel either way.
+  std::unique_ptr<State>* home = nullptr;
 };
 
 Loan::Loan(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -164,13 +168,17 @@ uint32_t Loan::commit(std::size_t bytes) {
   const uint32_t receivers =  // before the commit: see publish_on
       state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
   state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
-  state_.reset();
+  abandon();  // the loan is no longer active: this only hands the state back
   return receivers;
 }
 
 void Loan::abandon() {
-  if (state_ && state_->loan.active) state_->channel->publisher.abandon(state_->loan);
-  state_.reset();
+  if (!state_) return;
+  if (state_->loan.active) state_->channel->publisher.abandon(state_->loan);
+  if (state_->home != nullptr && !*state_->home)
+    *state_->home = std::move(state_);
+  else
+    state_.reset();
 }
 
 // ---- Channel ------------------------------------------------------------------------------
@@ -178,6 +186,7 @@ void Loan::abandon() {
 struct Channel::State {
   std::unique_ptr<OpenChannel> open;
   ChannelOptions options;
+  std::unique_ptr<Loan::State> spare_loan;  // see Loan::State::home
 };
 
 Channel::Channel(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -208,8 +217,11 @@ uint32_t Channel::publish(std::string_view text) {
 
 Loan Channel::loan(std::size_t bytes) {
   OpenChannel& ch = *state_->open;
-  auto state = std::make_unique<Loan::State>();
+  std::unique_ptr<Loan::State> state = std::move(state_->spare_loan);
+  if (!state) state = std::make_unique<Loan::State>();
   state->channel = &ch;
+  state->loan = RingLoan{};
+  state->home = &state_->spare_loan;
   const Status s =
       bytes > 0xffffffffu
           ? Status::kTooLarge
