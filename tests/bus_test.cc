@@ -3,8 +3,11 @@
 // race) plus shmbus's own promises (start positions, loss reports, zero-copy loans).
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include "daemon_support.hpp"
 #include "shmbus/shmbus.hpp"
@@ -419,6 +422,32 @@ TEST(Bus, OverlappingLoansOnOneChannelStayApart) {
     EXPECT_EQ(payload_of(*m), "second");
   }
   EXPECT_FALSE(sub.next(0ns));
+}
+
+// set_spin(0): next() sleeps at once, yet still wakes for a message.
+TEST(Bus, SubscriberWithoutSpinSleepsAndStillWakes) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"quiet"});
+  sub.set_spin(0ns);
+  rusage before{}, after{};
+  getrusage(RUSAGE_THREAD, &before);
+  EXPECT_FALSE(sub.next(200ms));
+  getrusage(RUSAGE_THREAD, &after);
+  const auto cpu_us = [](const rusage& r) {
+    return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1'000'000L + r.ru_utime.tv_usec +
+           r.ru_stime.tv_usec;
+  };
+  EXPECT_LT(cpu_us(after) - cpu_us(before), 20'000) << "waited 200 ms: it should have slept";
+  auto bus = Bus::connect(daemon.options());
+  std::thread later([&] {
+    std::this_thread::sleep_for(50ms);
+    bus.publish("quiet", "wake up");
+  });
+  auto m = sub.next(5s);
+  later.join();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "wake up");
 }
 
 TEST(Bus, LoanPublishesInPlace) {

@@ -157,6 +157,7 @@ struct Subscription::State {
   size_t direct_cursor = 0;    // read_rings_directly(): where the round robin stands
   uint64_t direct_reads = 0;   // read_rings_directly() calls (control bit: every 64th)
   uint32_t polls_since_take = 0;
+  std::chrono::nanoseconds spin = kSpinBeforePark;  // set_spin()
   bool doorbell_rang = false;  // something saw a bit set that take_bits() has not taken
   bool control_pending = false;
   std::string daemon_gone;  // why the control connection ended, if it did
@@ -323,7 +324,7 @@ struct Subscription::State {
       return true;
     };
     WaitPlan plan;
-    if (spin_until_ready(news, timeout, kSpinBeforePark, plan)) return Status::kOk;
+    if (spin_until_ready(news, timeout, spin, plan)) return Status::kOk;
     if (take_bits() > 0 || control_pending) return Status::kOk;
     const Status parked = waiter->park_until([this] { return waiter->any_ready(); },
                                              plan.deadline, plan.forever);
@@ -778,6 +779,10 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
         Status::kTimedOut)
       return std::nullopt;
   }
+}
+
+void Subscription::set_spin(std::chrono::nanoseconds spin) {
+  state_->spin = std::max(spin, std::chrono::nanoseconds(0));
 }
 
 int Subscription::fd() {

@@ -118,6 +118,13 @@ class Subscription {
   // delivered from a subscription change.
   bool intact();
 
+  // How long next()/next_view() spin before they sleep when nothing is waiting (default
+  // 20 us, which serves a busy channel without a system call). Zero sleeps at once: for a
+  // subscriber that shares its CPU with the threads it waits on (on a small machine a
+  // woken thread often runs on the waker's CPU, and a spinning waker keeps it waiting),
+  // or one that must not burn CPU between messages.
+  void set_spin(std::chrono::nanoseconds spin);
+
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
   // epoll/poll/select event loops. Drain with next(0) until it returns nullopt, then poll
   // again. Created on first call (it costs one helper thread); owned by the Subscription.
