@@ -194,6 +194,10 @@ struct Bridge::Impl {
       std::vector<std::string> patterns;
       for (const auto& p : own_export_patterns) patterns.push_back(p);
       export_sub.psubscribe(patterns);
+      // The export thread sleeps as soon as the ring is empty. Its PUBLISH wakes Redis, and
+      // Redis's reply wakes the Redis thread; on a small machine those often run on this
+      // thread's CPU, where a 20 us spin would hold each of them up by as much.
+      export_sub.set_spin(std::chrono::nanoseconds(0));
     }
     load_state();
     redis_thread = std::thread([this] { redis_main(); });
