@@ -450,6 +450,34 @@ TEST(Bus, SubscriberWithoutSpinSleepsAndStillWakes) {
   EXPECT_EQ(payload_of(*m), "wake up");
 }
 
+// set_local_only(): a bridge's exporter gets what was published here, never what a
+// bridge imported (Channel::try_publish with an origin).
+TEST(Bus, LocalOnlySubscriberSkipsImportedMessages) {
+  TestDaemon daemon;
+  auto exporter = Subscription::open(daemon.options());
+  exporter.psubscribe({"chat:*"});
+  exporter.set_local_only(true);
+  auto everyone = Subscription::open(daemon.options());
+  everyone.psubscribe({"chat:*"});
+  auto bus = Bus::connect(daemon.options());
+  auto channel = bus.channel("chat:1");
+  const auto bytes = [](std::string_view text) {
+    return std::as_bytes(std::span<const char>(text.data(), text.size()));
+  };
+  ASSERT_TRUE(channel.try_publish(bytes("imported 1"), 0ns, 7).ok());
+  ASSERT_TRUE(channel.try_publish(bytes("local"), 0ns).ok());
+  ASSERT_TRUE(channel.try_publish(bytes("imported 2"), 0ns, 7).ok());
+  auto m = exporter.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "local");
+  EXPECT_EQ(m->origin, 0u);
+  EXPECT_EQ(m->lost_before, 0u);  // skipped is not lost
+  EXPECT_FALSE(exporter.next(50ms));
+  int seen = 0;
+  while (everyone.next(100ms)) ++seen;
+  EXPECT_EQ(seen, 3);
+}
+
 TEST(Bus, LoanPublishesInPlace) {
   TestDaemon daemon;
   auto sub = Subscription::open(daemon.options());

@@ -582,6 +582,31 @@ TEST_F(RingTest, PublishWithoutSleepersDoesNotTouchTheFutex) {
   EXPECT_EQ(doorbell->wake_armed.load(), 0u);
 }
 
+// A local-only doorbell (a bridge's exporter) is not rung for imported messages (origin
+// != 0) on a lossy ring; it is for local ones, and on a back-pressure ring for both.
+TEST_F(RingTest, ImportedMessagesDoNotRingALocalOnlyDoorbellOnALossyRing) {
+  for (const bool back_pressure : {false, true}) {
+    RingConfig config = small_ring();
+    config.back_pressure = back_pressure;
+    RingRef ring = arena_.make_ring(config);
+    uint64_t doorbell_ref = 0;
+    layout::DoorbellHeader* doorbell = arena_.make_doorbell(8, doorbell_ref);
+    doorbell->local_only.store(1);
+    Reader reader(ring);
+    reader.register_slot(back_pressure, doorbell_ref, doorbell);
+    Publisher publisher(ring, 1, &arena_.table());
+    Waiter waiter(doorbell);
+    doorbell->wake_armed.store(1);  // a waiter asleep
+    ASSERT_EQ(publisher.publish(as_bytes("imported"), PublishMeta{1, 7}), Status::kOk);
+    EXPECT_EQ(waiter.any_ready(), back_pressure);
+    EXPECT_EQ(doorbell->futex_word.load(), back_pressure ? 1u : 0u);
+    doorbell->wake_armed.store(1);
+    ASSERT_EQ(publisher.publish(as_bytes("local"), PublishMeta{1, 0}), Status::kOk);
+    EXPECT_TRUE(waiter.any_ready());
+    EXPECT_EQ(doorbell->futex_word.load(), back_pressure ? 2u : 1u);
+  }
+}
+
 TEST_F(RingTest, AParkedWaiterIsWokenOnceHoweverManyPublishesComeBeforeItRuns) {
   RingRef ring = arena_.make_ring(small_ring());
   uint64_t doorbell_ref = 0;

@@ -336,7 +336,11 @@ struct DoorbellHeader {
   uint32_t bit_capacity;             // rings this doorbell can tell apart
   uint32_t summary_words;            // each summary bit covers one leaf word (64 rings)
   uint32_t leaf_words;
-  uint8_t pad[kCacheLine - 24];
+  // 1: the waiter takes only messages published on this host (origin 0), so a message a
+  // bridge imported (origin != 0) need not wake it - unless its ring is back-pressure,
+  // where the reader must read it for publishers to go on. Set by the waiter.
+  std::atomic<uint32_t> local_only;
+  uint8_t pad[kCacheLine - 28];
 };
 static_assert(offsetof(DoorbellHeader, futex_word) == 0);
 static_assert(offsetof(DoorbellHeader, wake_armed) == 4);

@@ -287,7 +287,7 @@ void Publisher::commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta
   // header fields and every payload byte written before it.
   f->state.store(loan.position | kFrameCommitted, std::memory_order_release);
   loan.active = false;
-  notify_readers();
+  notify_readers(meta.origin);
   // Counters for tools, after the readers were told: relaxed, nobody orders on them.
   RingHeader* h = ring_.header();
   h->payload_bytes.fetch_add(payload_bytes, std::memory_order_relaxed);
@@ -325,7 +325,7 @@ Status Publisher::publish(std::span<const std::byte> payload, const PublishMeta&
   return Status::kOk;
 }
 
-void Publisher::notify_readers() {
+void Publisher::notify_readers(uint16_t origin) {
   // No doorbell linked: nobody can be asleep on this ring, no fence, no syscall. A reader
   // linking one concurrently runs a process-wide barrier before it checks the ring, so
   // either it sees our commit or we see its link (asymmetric Dekker, see futex.hpp).
@@ -333,17 +333,24 @@ void Publisher::notify_readers() {
   // SYNC POINT: orders the commit store before the doorbell loads (store->load needs a full
   // fence); pairs with the seq_cst operations of Waiter.
   full_fence();
-  ring_linked_doorbells(ring_, arenas_);
+  ring_linked_doorbells(ring_, arenas_, origin);
 }
 
-void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas) {
+void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas, uint16_t origin) {
   if (arenas == nullptr) return;
+  // An imported message is of no use to a local-only waiter (a bridge's exporter, which
+  // would wake only to skip it); a back-pressure ring still wakes it, since publishers wait
+  // for it to read past the message.
+  const bool skip_local_only = origin != 0 && !ring.back_pressure();
   const uint32_t links = ring.notify_high_water();
   std::atomic<uint64_t>* notify = ring.notify();
   for (uint32_t i = 0; i < links; ++i) {
     const uint64_t ref = notify[i].load(std::memory_order_acquire);
     if (ref == ShmRef::kNone) continue;
-    if (auto* d = arenas->resolve<DoorbellHeader>(ref)) doorbell::ring_doorbell(d, ShmRef::bit(ref));
+    auto* d = arenas->resolve<DoorbellHeader>(ref);
+    if (d == nullptr) continue;
+    if (skip_local_only && d->local_only.load(std::memory_order_relaxed) != 0) continue;
+    doorbell::ring_doorbell(d, ShmRef::bit(ref));
   }
 }
 

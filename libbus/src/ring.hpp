@@ -189,7 +189,7 @@ class Publisher {
   Status retire_until(uint64_t need, uint64_t want);
   uint64_t min_gating_position();
   void release_dead_gating_readers();
-  void notify_readers();
+  void notify_readers(uint16_t origin = 0);
 
   RingRef ring_;
   uint16_t publisher_id_;
@@ -297,9 +297,10 @@ class Reader {
   layout::DoorbellHeader* doorbell_ = nullptr;
 };
 
-// Rings every doorbell linked to `ring` (arenas resolves them; nullptr: none rung).
+// Rings every doorbell linked to `ring` (arenas resolves them; nullptr: none rung), except,
+// for a message with a non-zero `origin` on a lossy ring, local-only doorbells.
 // REQUIRES: a full fence after the state change being announced.
-void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas);
+void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas, uint16_t origin = 0);
 
 // ---- Owner-side maintenance (the daemon) -----------------------------------------------
 // Each repair wakes readers parked on the ring's doorbells (resolved through `arenas`), so

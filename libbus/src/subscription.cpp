@@ -158,6 +158,7 @@ struct Subscription::State {
   uint64_t direct_reads = 0;   // read_rings_directly() calls (control bit: every 64th)
   uint32_t polls_since_take = 0;
   std::chrono::nanoseconds spin = kSpinBeforePark;  // set_spin()
+  bool local_only = false;                          // set_local_only()
   bool doorbell_rang = false;  // something saw a bit set that take_bits() has not taken
   bool control_pending = false;
   std::string daemon_gone;  // why the control connection ended, if it did
@@ -247,10 +248,11 @@ struct Subscription::State {
   }
 
   // Makes the message just read from `rr` the current one; false if the ring is read for
-  // no reason any more (being dropped), and the message is let go.
+  // no reason any more (being dropped) or the message is imported and we are local only:
+  // the message is then let go.
   bool begin_delivery(RingReader& rr) {
     current_bit = rr.bit;
-    if (rr.deliveries() == 0) {
+    if (rr.deliveries() == 0 || (local_only && info.origin != 0)) {
       release_view(false);
       return false;
     }
@@ -479,7 +481,7 @@ struct Subscription::State {
       const uint64_t stop = rr.ring.load_claim().position;
       while (rr.reader->position() < stop &&
              rr.reader->try_read_copy(bytes, message) == Status::kOk)
-        for (size_t i = 0; i < rr.deliveries(); ++i)
+        for (size_t i = 0; i < rr.deliveries() && !(local_only && message.origin != 0); ++i)
           settled.push_back(delivery(rr, i, bytes, message));
     }
   }
@@ -779,6 +781,12 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
         Status::kTimedOut)
       return std::nullopt;
   }
+}
+
+void Subscription::set_local_only(bool local_only) {
+  state_->local_only = local_only;
+  // Publishers read it without ordering: one that misses the change wakes us once more.
+  state_->doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_relaxed);
 }
 
 void Subscription::set_spin(std::chrono::nanoseconds spin) {

@@ -125,6 +125,11 @@ class Subscription {
   // or one that must not burn CPU between messages.
   void set_spin(std::chrono::nanoseconds spin);
 
+  // Local only: messages published with a non-zero origin (imported by a bridge) are
+  // skipped, not delivered, and on lossy channels they do not wake this subscriber. For a
+  // bridge's exporter, which must never send an imported message out again.
+  void set_local_only(bool local_only);
+
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
   // epoll/poll/select event loops. Drain with next(0) until it returns nullopt, then poll
   // again. Created on first call (it costs one helper thread); owned by the Subscription.
