@@ -198,6 +198,9 @@ struct Bridge::Impl {
       // Redis's reply wakes the Redis thread; on a small machine those often run on this
       // thread's CPU, where a 20 us spin would hold each of them up by as much.
       export_sub.set_spin(std::chrono::nanoseconds(0));
+      // Imported messages are never exported (origin != 0, see "No echoes" in the header):
+      // do not even wake for them.
+      export_sub.set_local_only(true);
     }
     load_state();
     redis_thread = std::thread([this] { redis_main(); });
