@@ -143,6 +143,7 @@ bool spin_until_ready(Ready&& ready, std::chrono::nanoseconds timeout,
   const auto start = std::chrono::steady_clock::now();
   plan.deadline = plan.forever ? start : start + timeout;
   const auto spin_until = start + (plan.forever || spin < timeout ? spin : timeout);
+  if (spin.count() <= 0) return ready();  // no spin: one look
   // Re-read the clock only every 64 polls: a clock read costs ~20 ns here.
   for (uint32_t polls = 1;; ++polls) {
     if (ready()) return true;
