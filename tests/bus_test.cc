@@ -478,6 +478,97 @@ TEST(Bus, LocalOnlySubscriberSkipsImportedMessages) {
   EXPECT_EQ(seen, 3);
 }
 
+// A ninth ring ends direct reads: what the first eight still hold must not wait for their
+// next publish.
+TEST(Bus, GrowingPastEightRingsStrandsNoBacklog) {
+  TestDaemon daemon;
+  auto bus = Bus::connect(daemon.options());
+  std::vector<std::string> names;
+  for (int i = 0; i < 8; ++i) {
+    names.push_back("backlog:" + std::to_string(i));
+    bus.publish(names.back(), "one");
+    bus.publish(names.back(), "two");
+  }
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe(names, StartAt::earliest());
+  for (int i = 0; i < 8; ++i) {
+    auto m = sub.next(1s);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(payload_of(*m), "one");
+  }
+  sub.subscribe({"backlog:8"});
+  for (int i = 0; i < 8; ++i) {
+    auto m = sub.next(1s);
+    ASSERT_TRUE(m) << "backlog message " << i << " stranded";
+    EXPECT_EQ(payload_of(*m), "two");
+  }
+  EXPECT_FALSE(sub.next(0ns));
+}
+
+// Losses reported on an imported message a local-only subscriber skips go with the next
+// message it delivers.
+TEST(Bus, LocalOnlySubscriberKeepsTheLossesOfSkippedMessages) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  TestDaemon daemon(config);
+  auto exporter = Subscription::open(daemon.options());
+  exporter.subscribe({"chat:1"});
+  exporter.set_local_only(true);
+  auto bus = Bus::connect(daemon.options());
+  auto channel = bus.channel("chat:1");
+  const std::string imported(200, 'i');
+  ASSERT_TRUE(channel.try_publish(std::as_bytes(std::span(std::string_view("L1"))), 0ns).ok());
+  for (int i = 0; i < 100; ++i)  // laps "L1" in the 4 KiB ring, without waking the exporter
+    ASSERT_TRUE(channel.try_publish(std::as_bytes(std::span(imported)), 0ns, 7).ok());
+  ASSERT_TRUE(channel.try_publish(std::as_bytes(std::span(std::string_view("L2"))), 0ns).ok());
+  auto m = exporter.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(payload_of(*m), "L2");
+  EXPECT_GE(m->lost_before, 1u);  // at least "L1"
+  EXPECT_FALSE(exporter.next(0ns));
+}
+
+// The pmessage of a held view that was overwritten is not handed out torn by next().
+TEST(Bus, OverwrittenHeldViewDropsItsRemainingDeliveries) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  TestDaemon daemon(config);
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"foo"});
+  sub.psubscribe({"f*"});
+  auto bus = Bus::connect(daemon.options());
+  bus.publish("foo", "first");
+  auto m = sub.next_view(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->pattern, "");
+  ASSERT_TRUE(sub.intact());
+  const std::string filler(200, 'f');
+  for (int i = 0; i < 100; ++i) bus.publish("foo", filler);  // laps "first"
+  auto next = sub.next(1s);
+  ASSERT_TRUE(next);
+  EXPECT_GT(next->sequence, 0u);  // not the torn pmessage of "first"
+  EXPECT_EQ(payload_of(*next), filler);
+}
+
+// A subscription polled now and then sees a new pattern channel at its next poll, not after
+// 64 of them.
+TEST(Bus, OccasionalPollerSeesANewPatternChannelAtOnce) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  sub.subscribe({"a"});
+  sub.psubscribe({"user:*"});
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_FALSE(sub.next(0ns));
+  ASSERT_EQ(bus.publish("user:1", "hello"), 1u);
+  std::optional<Message> m;
+  for (int poll = 0; poll < 5 && !m; ++poll) {
+    m = sub.next(0ns);
+    if (!m) std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->channel, "user:1");
+}
+
 TEST(Bus, LoanPublishesInPlace) {
   TestDaemon daemon;
   auto sub = Subscription::open(daemon.options());

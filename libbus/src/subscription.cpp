@@ -33,6 +33,7 @@
 #include <memory>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "client.hpp"
 #include "doorbell.hpp"
@@ -55,6 +56,9 @@ constexpr size_t kDirectPollRings = 8;
 struct RingReader {
   uint32_t channel_id = 0;
   uint32_t bit = 0;
+  // Losses reported on messages this subscription skipped (imported ones, when local only):
+  // they belong to the next message delivered from this ring.
+  uint64_t pending_lost = 0;
   std::string channel;
   RingRef ring;
   std::unique_ptr<Reader> reader;
@@ -253,9 +257,12 @@ struct Subscription::State {
   bool begin_delivery(RingReader& rr) {
     current_bit = rr.bit;
     if (rr.deliveries() == 0 || (local_only && info.origin != 0)) {
+      rr.pending_lost += info.lost_before;
       release_view(false);
       return false;
     }
+    info.lost_before += rr.pending_lost;
+    rr.pending_lost = 0;
     next_delivery = 0;
     delivery_count = rr.deliveries();
     return true;
@@ -302,11 +309,13 @@ struct Subscription::State {
   // rings directly does so only now and then while polling: the summary and leaf words are
   // lines publishers write on every message the subscriber took the bit of, and reading
   // them on every poll puts a second cache miss in front of the message. Always when the
-  // doorbell rang, when an fd() notifier waits on it (it must see the bits taken), and
-  // before any wait (wait_for_news takes them before it parks).
+  // doorbell rang, when an fd() notifier waits on it (it must see the bits taken), when the
+  // control bit is set (a look at one word, which publishers leave alone while the ring
+  // bits sharing it stay set), and before any wait (wait_for_news takes them before it
+  // parks).
   bool must_take_bits() {
     return !reads_rings_directly() || doorbell_rang || event_fd >= 0 ||
-           ++polls_since_take >= 64;
+           ++polls_since_take >= 64 || waiter->is_set(kControlBit);
   }
 
   // Spins on the rings (small subscriptions) and on the doorbell, then takes every bit and
@@ -368,6 +377,10 @@ struct Subscription::State {
     const uint32_t bit = rr.bit;
     if (by_bit.size() <= bit) by_bit.resize(bit + 1);
     readers.push_back(owned.get());
+    // Past kDirectPollRings nobody reads rings directly any more: a ring with messages left
+    // and its bit already taken would wait for its next publish. Queue them all once.
+    if (readers.size() == kDirectPollRings + 1)
+      for (RingReader* other : readers) enqueue(other->bit);
     by_bit[bit] = std::move(owned);
     enqueue(bit);  // messages may already wait (published between registration and now)
   }
@@ -480,9 +493,15 @@ struct Subscription::State {
       // Only what was published before now: a fast publisher must not keep us here.
       const uint64_t stop = rr.ring.load_claim().position;
       while (rr.reader->position() < stop &&
-             rr.reader->try_read_copy(bytes, message) == Status::kOk)
-        for (size_t i = 0; i < rr.deliveries() && !(local_only && message.origin != 0); ++i)
+             rr.reader->try_read_copy(bytes, message) == Status::kOk) {
+        if (local_only && message.origin != 0) {
+          rr.pending_lost += message.lost_before;
+          continue;
+        }
+        message.lost_before += std::exchange(rr.pending_lost, 0);
+        for (size_t i = 0; i < rr.deliveries(); ++i)
           settled.push_back(delivery(rr, i, bytes, message));
+      }
     }
   }
 
@@ -504,6 +523,9 @@ struct Subscription::State {
     if (more) {
       payload.assign(current_payload.begin(), current_payload.end());
       current_payload = payload;
+      // Overwritten before or while we copied: the deliveries still to go would be torn.
+      // (One the caller already checked with intact() stays delivered, below.)
+      if (!rr->reader->intact(held_view)) next_delivery = delivery_count = 0;
     }
     if (held_found_intact) {
       rr->reader->accept(held_view);
@@ -784,9 +806,16 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
 }
 
 void Subscription::set_local_only(bool local_only) {
-  state_->local_only = local_only;
-  // Publishers read it without ordering: one that misses the change wakes us once more.
-  state_->doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_relaxed);
+  State& s = *state_;
+  s.local_only = local_only;
+  s.doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_seq_cst);
+  if (local_only) return;  // a publisher that missed it wakes us once more: harmless
+  // Turned off: a publisher that still saw it set may have skipped ringing for an imported
+  // message. After the fence every later publish rings; look at every ring once for the
+  // ones before.
+  full_fence();
+  for (RingReader* rr : s.readers) s.enqueue(rr->bit);
+  s.doorbell_rang = true;
 }
 
 void Subscription::set_spin(std::chrono::nanoseconds spin) {
