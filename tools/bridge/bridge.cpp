@@ -61,6 +61,13 @@ namespace {
 // At most this many commands wait for their reply on the publishing connection: enough to
 // keep Redis busy (pipelining), little enough that a broken connection loses few.
 constexpr size_t kMaxInFlight = 4096;
+// Messages the export thread takes from the ring before it writes them to Redis.
+constexpr size_t kExportBatch = 256;
+// While replies are due, the export thread reads them at least this often.
+constexpr auto kReplyCheck = 1ms;
+// While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
+// the socket at most this long before draining the ring into the queue again.
+constexpr auto kRedisBoundWait = 200us;
 // How often the durable read positions are written to the state file.
 constexpr auto kStateSaveInterval = 1s;
 // XREAD blocks this long at most, so new stream keys are picked up promptly.
@@ -204,7 +211,7 @@ struct Bridge::Impl {
     }
     load_state();
     redis_thread = std::thread([this] { redis_main(); });
-    local_thread = std::thread([this] { local_main(); });
+    export_thread = std::thread([this] { export_main(); });
   }
 
   ~Impl() {
@@ -215,7 +222,7 @@ struct Bridge::Impl {
   void stop() {
     if (stopping.exchange(true)) return;
     wake();
-    if (local_thread.joinable()) local_thread.join();
+    if (export_thread.joinable()) export_thread.join();
     if (redis_thread.joinable()) redis_thread.join();
     save_state();
   }
@@ -226,23 +233,51 @@ struct Bridge::Impl {
   ConnectOptions local;
   std::shared_ptr<spdlog::logger> log;
   Bus import_bus;    // Redis thread: publishes imports
-  Bus interest_bus;  // local thread: reads interest, publishes counters
-  Subscription export_sub;  // local thread
+  Bus interest_bus;  // export thread: reads interest, publishes counters
+  Subscription export_sub;  // export thread
   std::set<std::string> own_export_patterns;
   std::string heartbeat_channel;  // Redis name, under the reserved prefix
   std::string pattern_prefix;     // the Redis prefix, glob-escaped
-  int wake_fd = -1;
+  int wake_fd = -1;               // wakes the Redis thread's poll()
   std::atomic<bool> stopping{false};
   // Set by either thread when the local daemon is gone: nothing left to relay to or from.
   std::atomic<bool> local_bus_gone{false};
-  std::thread redis_thread, local_thread;
+  std::thread redis_thread, export_thread;
   std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
 
-  std::mutex mutex;  // guards queue, queue_bytes, interest, interest_generation
-  std::deque<Outbound> queue;
-  uint64_t queued_bytes = 0;
+  std::mutex mutex;  // guards interest, interest_generation
   Interest interest;
   uint64_t interest_generation = 0;
+
+  // The link: one set of Redis connections, shared by the two threads.
+  //   - The Redis thread connects (blocking up to connect_timeout, which the export thread
+  //     must never do: it would stop draining the local ring) and decides when the link is
+  //     dead (its connections fail, or heartbeats stop coming back). Every connect and every
+  //     disconnect bumps link_generation.
+  //   - The publishing connection goes to the export thread through `handoff`, tagged with
+  //     its generation. The export thread adopts it while the tag is current and retires it
+  //     (settling what was in flight on it) as soon as the generation moves on. The Redis
+  //     thread bumps the generation before it clears `connected`, so whoever saw the bridge
+  //     disconnected sees the export thread queue from then on.
+  //   - A failure the export thread meets on `pub` is reported through failed_generation
+  //     (and pub_failure); the Redis thread then disconnects the whole link and reconnects
+  //     with backoff, as for a failure of its own.
+  std::atomic<uint64_t> link_generation{0};
+  std::atomic<uint64_t> failed_generation{0};
+  std::mutex link_mutex;  // guards handoff, handoff_generation, pub_failure
+  std::unique_ptr<RedisConnection> handoff;
+  uint64_t handoff_generation = 0;
+  std::string pub_failure;
+
+  // Raw-mode echo suppression spans both threads: the export thread remembers a raw payload
+  // when it PUBLISHes it on a channel the subscriber connection covers (sent_*, kept by the
+  // Redis thread), and the Redis thread recognises and forgets it when it comes back on
+  // `sub`. Remembering happens before the PUBLISH is written, so an echo can never arrive
+  // before its entry. echo_mutex guards sent_channels and sent_patterns (written only by the
+  // Redis thread, which may read them without it) and raw_echoes.
+  std::mutex echo_mutex;
+  std::set<std::string> sent_channels, sent_patterns;
+  std::unordered_map<std::string, std::deque<RawEcho>> raw_echoes;
 
   struct Counters {
     std::atomic<uint64_t> exported{0}, imported{0}, echoes{0}, duplicates{0}, lost_in_transit{0},
@@ -327,13 +362,32 @@ struct Bridge::Impl {
     return std::string(kStatsChannelPrefix) + std::to_string(config.host_id);
   }
 
-  // ---- the local thread: exports, interest, counters ------------------------------------
 
-  void local_main() {
+  // ---- the export thread: local ring -> Redis socket, interest, counters ----------------
+  //
+  // One thread carries an exported message from the ring to Redis: it drains the export
+  // Subscription, appends each PUBLISH / XADD to the publishing connection it owns (`pub`)
+  // and writes the batch itself, so no hand-off and no wake-up of another thread sits on
+  // the export path. It parks on the bus's futex (a local publish wakes it directly), or on
+  // `pub`'s socket while Redis is what holds it up. It also sends the heartbeats on `pub`:
+  // they must share the connection with the raw exports to be their echo barrier.
+
+  std::unique_ptr<RedisConnection> pub;  // adopted from `handoff`
+  uint64_t pub_generation = 0;
+  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
+  uint64_t heartbeats_sent = 0;
+  Clock::time_point next_heartbeat{};
+  // Messages waiting for `pub` (none adopted, or kMaxInFlight reached). While it is empty
+  // and `pub` has room, messages go straight into pub's output buffer instead.
+  std::deque<Outbound> queue;
+  uint64_t queued_bytes = 0;
+  std::string key_buffer, body_buffer;  // reused per message
+
+  void export_main() {
+    block_sigpipe();
     auto next_interest = Clock::now();
     auto next_stats = Clock::now() + config.stats_interval;
     std::optional<Channel> stats_out;
-    std::string body;
     while (!stopping.load(std::memory_order_relaxed)) {
       try {
         const auto now = Clock::now();
@@ -353,19 +407,21 @@ struct Bridge::Impl {
           counters.lag_max.store(0, std::memory_order_relaxed);
           next_stats = now + config.stats_interval;
         }
-        const auto until = std::min(next_interest, next_stats);
-        auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
-        wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
-        if (config.exports.empty()) {
-          std::this_thread::sleep_for(wait);
-          continue;
+        follow_link();
+        if (pub && now >= next_heartbeat) send_heartbeat(now);
+        // Drain a batch, then write it with one write() before looking at the clock again.
+        size_t drained = 0;
+        if (!config.exports.empty()) {
+          for (; drained < kExportBatch; ++drained) {
+            auto m = export_sub.next(0ns);
+            if (!m) break;
+            export_message(*m);
+          }
         }
-        // Drain a batch before looking at the clock again.
-        for (int i = 0; i < 256; ++i) {
-          auto m = export_sub.next(i == 0 ? wait : 0ns);
-          if (!m) break;
-          export_message(*m, body);
-        }
+        send_queued();
+        service_pub();
+        if (drained == kExportBatch) continue;  // the ring may hold more: no waiting
+        wait_for_work(std::min(next_interest, next_stats));
       } catch (const Error& e) {
         if (e.code() == Errc::kDaemonGone) {
           log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
@@ -378,7 +434,97 @@ struct Bridge::Impl {
     }
   }
 
-  void export_message(const Message& m, std::string& body) {
+  // Parks until there is work: a message on the ring (on the bus futex, woken by the
+  // publisher itself), Redis making room or answering when it is what holds us up, or the
+  // next timer. Replies are read on the next pass; while some are due, at most
+  // kReplyCheck passes between two reads, so in_flight and `exported` stay current.
+  void wait_for_work(Clock::time_point until) {
+    if (pub) until = std::min(until, next_heartbeat);
+    auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
+    wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
+    if (pub && !in_flight.empty()) wait = std::min<std::chrono::nanoseconds>(wait, kReplyCheck);
+    const bool redis_bound =
+        pub && (pub->output_pending() || (!queue.empty() && in_flight.size() >= kMaxInFlight));
+    if (redis_bound || (pub && config.exports.empty())) {
+      // Redis, not the ring, is what we wait for: its socket says when to go on. Short
+      // while exporting, so the ring is drained into the queue meanwhile.
+      if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
+      pollfd fd{pub->fd(), static_cast<short>(POLLIN | (pub->output_pending() ? POLLOUT : 0)), 0};
+      const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
+                        static_cast<long>(wait.count() % 1'000'000'000)};
+      ppoll(&fd, 1, &ts, nullptr);  // EINTR or a timeout: the next pass looks again
+      return;
+    }
+    if (config.exports.empty()) {
+      std::this_thread::sleep_for(wait);
+      return;
+    }
+    if (auto m = export_sub.next(wait)) export_message(*m);
+  }
+
+  // Adopts the publishing connection of the current link generation, and retires one
+  // whose generation has passed (the Redis thread found the link dead).
+  void follow_link() {
+    const uint64_t generation = link_generation.load(std::memory_order_acquire);
+    if (pub && pub_generation == generation) return;
+    if (pub) retire_pub();
+    std::lock_guard<std::mutex> lock(link_mutex);
+    if (handoff && handoff_generation == generation) {
+      pub = std::move(handoff);
+      pub_generation = generation;
+      next_heartbeat = Clock::now();
+    }
+  }
+
+  // `pub` may take a message now: adopted, of the current link, and with room in flight.
+  bool pub_ready() const {
+    return pub && pub_generation == link_generation.load(std::memory_order_acquire) &&
+           in_flight.size() < kMaxInFlight;
+  }
+
+  // `pub` is gone (broken here, or its link retired by the Redis thread): settles what was
+  // in flight on it.
+  void retire_pub() {
+    uint64_t uncertain = 0;
+    std::deque<Outbound> resend;
+    for (auto& s : in_flight) {
+      if (s.resend) resend.push_back(std::move(*s.resend));
+      else if (s.kind == Sent::Kind::kPublish) ++uncertain;
+    }
+    in_flight.clear();
+    if (uncertain)
+      drop(Drop::kInFlight, uncertain,
+           "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
+    // Durable: XADD again, first in line; readers drop the copy if the first one landed.
+    for (auto it = resend.rbegin(); it != resend.rend(); ++it) {
+      queued_bytes += it->body.size() + it->key.size();
+      queue.push_front(std::move(*it));
+    }
+    note_queue();
+    pub.reset();
+  }
+
+  // A failure met on `pub`: retire it and have the Redis thread take the link down.
+  void pub_failed(const std::string& why) {
+    const uint64_t generation = pub_generation;
+    retire_pub();
+    {
+      std::lock_guard<std::mutex> lock(link_mutex);
+      pub_failure = why;
+    }
+    failed_generation.store(generation, std::memory_order_release);
+    wake();
+  }
+
+  void send_heartbeat(Clock::time_point now) {
+    ++heartbeats_sent;
+    const std::string n = std::to_string(heartbeats_sent);
+    pub->append({"PUBLISH", heartbeat_channel, n});
+    in_flight.push_back({Sent::Kind::kHeartbeat, std::nullopt});
+    next_heartbeat = now + config.heartbeat_interval;
+  }
+
+  void export_message(const Message& m) {
     if (m.lost_before > 0)
       drop(Drop::kLocalLapped, m.lost_before,
            "the export subscriber was lapped on '" + std::string(m.channel) +
@@ -396,45 +542,116 @@ struct Bridge::Impl {
                "; raise it in [bridge]");
       return;
     }
-    Outbound out;
-    out.key = config.redis_prefix + std::string(m.channel);
-    out.rule = rule;
-    out.sequence = m.sequence;
-    out.publish_unix_ns = m.publish_unix_ns;
-    if (rule->mode == Mode::kEnvelope && !rule->durable) {
-      encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload, body);
-      out.body = body;
-    } else {
-      out.body.assign(text_of(m.payload));
+    key_buffer.assign(config.redis_prefix).append(m.channel);
+    const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
+    if (envelope) encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload,
+                                  body_buffer);
+    const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
+    // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
+    // Durable messages always take the queue: the Outbound is kept for a resend.
+    if (!rule->durable && queue.empty() && pub_ready()) {
+      publish(key_buffer, body, rule->mode);
+      return;
     }
-    enqueue(std::move(out));
+    enqueue({key_buffer, std::string(body), rule, m.sequence, m.publish_unix_ns});
   }
 
   void enqueue(Outbound out) {
-    bool was_empty;
     uint64_t dropped = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      was_empty = queue.empty();
-      queued_bytes += out.body.size() + out.key.size();
-      queue.push_back(std::move(out));
-      // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
-      while (queue.size() > config.queue_messages ||
-             (queued_bytes > config.queue_bytes && queue.size() > 1)) {
-        queued_bytes -= queue.front().body.size() + queue.front().key.size();
-        queue.pop_front();
-        ++dropped;
-      }
-      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
-      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
+    queued_bytes += out.body.size() + out.key.size();
+    queue.push_back(std::move(out));
+    // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
+    while (queue.size() > config.queue_messages ||
+           (queued_bytes > config.queue_bytes && queue.size() > 1)) {
+      queued_bytes -= queue.front().body.size() + queue.front().key.size();
+      queue.pop_front();
+      ++dropped;
     }
+    note_queue();
     if (dropped)
       drop(Drop::kQueueFull, dropped,
            "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
                ", queue_bytes = " + std::to_string(config.queue_bytes) +
                "); Redis is down or slower than the local publishers");
-    if (was_empty) wake();
   }
+
+  void note_queue() {
+    counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
+    counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
+  }
+
+  // Moves what the queue holds into pub's output buffer, as far as kMaxInFlight allows.
+  void send_queued() {
+    if (queue.empty()) return;
+    while (!queue.empty() && pub_ready()) {
+      Outbound out = std::move(queue.front());
+      queue.pop_front();
+      queued_bytes -= out.body.size() + out.key.size();
+      if (out.rule->durable) {
+        const std::string maxlen = std::to_string(out.rule->stream_maxlen);
+        const std::string origin = std::to_string(config.host_id);
+        const std::string seq = std::to_string(out.sequence);
+        const std::string ts = std::to_string(out.publish_unix_ns);
+        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
+                     origin, "seq", seq, "ts", ts});
+        in_flight.push_back({Sent::Kind::kXadd, std::move(out)});
+        continue;
+      }
+      publish(out.key, out.body, out.rule->mode);
+    }
+    note_queue();
+  }
+
+  void publish(std::string_view key, std::string_view body, Mode mode) {
+    if (mode == Mode::kRaw) remember_raw(key, body);
+    pub->append({"PUBLISH", key, body});
+    in_flight.push_back({Sent::Kind::kPublish, std::nullopt});
+  }
+
+  // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
+  // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
+  // already sent, so the next heartbeat to come back forgets it if it does not.
+  void remember_raw(std::string_view key, std::string_view body) {
+    const std::string channel(key);
+    std::lock_guard<std::mutex> lock(echo_mutex);
+    if (covered_by_sent(channel))
+      raw_echoes[channel].push_back({payload_hash(body), heartbeats_sent});
+  }
+
+  // Writes what `pub` holds and reads what Redis answered, without blocking.
+  void service_pub() {
+    if (!pub) return;
+    try {
+      if (pub->output_pending()) pub->flush();
+      if (in_flight.empty()) return;
+      pub->read();
+      while (Reply r = pub->next_reply()) on_pub_reply(r.get());
+    } catch (const std::exception& e) {
+      pub_failed(e.what());
+    }
+  }
+
+  void on_pub_reply(const redisReply* r) {
+    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
+    Sent sent = std::move(in_flight.front());
+    in_flight.pop_front();
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string_view error = reply_text(r);
+      // A Redis that is loading its data after a restart (or otherwise briefly unable to
+      // write) refuses XADD; a durable message is kept for the next connection instead.
+      if (sent.resend && is_transient_error(error)) {
+        in_flight.push_front(std::move(sent));
+        throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
+      }
+      if (sent.kind == Sent::Kind::kHeartbeat)
+        throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
+      drop(Drop::kRedisError, 1, "Redis refused: " + std::string(reply_text(r)));
+      return;
+    }
+    if (sent.kind != Sent::Kind::kHeartbeat)
+      counters.exported.fetch_add(1, std::memory_order_relaxed);
+  }
+
 
   Interest read_interest() {
     Interest in;
@@ -485,24 +702,22 @@ struct Bridge::Impl {
     wake();
   }
 
-  // ---- the Redis thread -----------------------------------------------------------------
 
-  std::unique_ptr<RedisConnection> pub, sub, streams;
+  // ---- the Redis thread: the link, subscriptions, imports -------------------------------
+
+  std::unique_ptr<RedisConnection> sub, streams;
   bool ever_connected = false;
   int failed_attempts = 0;
   Clock::time_point next_connect{};
-  Clock::time_point connected_at{}, last_heartbeat_seen{}, next_heartbeat{};
-  uint64_t heartbeats_sent = 0;
-  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
+  Clock::time_point connected_at{}, last_heartbeat_seen{};
 
-  // Subscriptions: what we asked for (sent_*), and what Redis confirmed, in the order of
-  // the reply stream (confirmed_*; see "No duplicates" in the header).
+  // Subscriptions: what we asked for (sent_*, shared: see echo_mutex), and what Redis
+  // confirmed, in the order of the reply stream (confirmed_*; see "No duplicates" in the
+  // header).
   Interest wanted;
   uint64_t wanted_generation = ~uint64_t{0};
-  std::set<std::string> sent_channels, sent_patterns;
   std::set<std::string> confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
-  std::unordered_map<std::string, std::deque<RawEcho>> raw_echoes;
   std::unordered_map<std::string, std::vector<std::pair<uint16_t, SequenceState>>> sequences;
 
   // Durable reads.
@@ -525,12 +740,12 @@ struct Bridge::Impl {
   }
 
   void connect() {
+    std::unique_ptr<RedisConnection> new_pub;
     try {
-      auto new_pub = std::make_unique<RedisConnection>(endpoint());
+      new_pub = std::make_unique<RedisConnection>(endpoint());
       auto new_sub = std::make_unique<RedisConnection>(endpoint());
       std::unique_ptr<RedisConnection> new_streams;
       if (needs_stream_connection()) new_streams = std::make_unique<RedisConnection>(endpoint());
-      pub = std::move(new_pub);
       sub = std::move(new_sub);
       streams = std::move(new_streams);
     } catch (const std::exception& e) {
@@ -555,60 +770,63 @@ struct Bridge::Impl {
     ever_connected = true;
     failed_attempts = 0;
     connected_at = last_heartbeat_seen = Clock::now();
-    next_heartbeat = connected_at;
+    {
+      // A new link generation; the export thread adopts `pub` on its next pass.
+      std::lock_guard<std::mutex> lock(link_mutex);
+      handoff = std::move(new_pub);
+      handoff_generation = link_generation.load(std::memory_order_relaxed) + 1;
+      link_generation.store(handoff_generation, std::memory_order_release);
+    }
     counters.connected = true;
     sub->append({"SUBSCRIBE", heartbeat_channel});
-    sent_channels.insert(heartbeat_channel);
+    {
+      std::lock_guard<std::mutex> lock(echo_mutex);
+      sent_channels.insert(heartbeat_channel);
+    }
     // Re-subscribe from our own registry (wanted), not from whatever the old connection held.
     wanted_generation = ~uint64_t{0};
   }
 
   void disconnect(const std::string& why) {
     log->warn("redis connection lost: {}; reconnecting", why);
-    uint64_t uncertain = 0;
-    std::deque<Outbound> resend;
-    for (auto& s : in_flight) {
-      if (s.resend) resend.push_back(std::move(*s.resend));
-      else if (s.kind == Sent::Kind::kPublish) ++uncertain;
+    {
+      // Retires `pub` (the export thread settles its in-flight commands) before `connected`
+      // goes false: see "The link" above.
+      std::lock_guard<std::mutex> lock(link_mutex);
+      handoff.reset();
+      link_generation.fetch_add(1, std::memory_order_acq_rel);
     }
-    in_flight.clear();
-    if (uncertain)
-      drop(Drop::kInFlight, uncertain,
-           "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
-    if (!resend.empty()) {
-      // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-      std::lock_guard<std::mutex> lock(mutex);
-      for (auto it = resend.rbegin(); it != resend.rend(); ++it) {
-        queued_bytes += it->body.size() + it->key.size();
-        queue.push_front(std::move(*it));
-      }
-      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
-      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
-    }
-    pub.reset();
     sub.reset();
     streams.reset();
     counters.connected = false;
-    sent_channels.clear();
-    sent_patterns.clear();
+    {
+      std::lock_guard<std::mutex> lock(echo_mutex);
+      sent_channels.clear();
+      sent_patterns.clear();
+      raw_echoes.clear();
+    }
     confirmed_channels.clear();
     confirmed_patterns.clear();
     unwanted_since.clear();
-    raw_echoes.clear();
     stream_command_in_flight = false;
     stream_waiting_for.clear();
     counters.redis_subscriptions = 0;
     next_connect = Clock::now() + config.backoff_initial;
   }
 
-  void redis_main() {
-    // hiredis writes with write(): on a connection Redis closed, that raises SIGPIPE, which
-    // would kill the whole process. Blocked in this thread, it stays pending and write()
-    // fails with EPIPE instead, without touching the host program's signal handling.
+  // hiredis writes with write(): on a connection Redis closed, that raises SIGPIPE, which
+  // would kill the whole process. Blocked in the threads that write to Redis, it stays
+  // pending and write() fails with EPIPE instead, without touching the host program's
+  // signal handling.
+  static void block_sigpipe() {
     sigset_t pipe_signal;
     sigemptyset(&pipe_signal);
     sigaddset(&pipe_signal, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+  }
+
+  void redis_main() {
+    block_sigpipe();
     while (!stopping.load(std::memory_order_relaxed) && !local_bus_gone) {
       try {
         redis_step();
@@ -624,18 +842,18 @@ struct Bridge::Impl {
 
   void redis_step() {
     const auto now = Clock::now();
-    if (!pub) {
+    if (!sub) {
       if (now >= next_connect) connect();
     }
-    if (pub) {
-      apply_interest(now);
-      if (now >= next_heartbeat) {
-        ++heartbeats_sent;
-        const std::string n = std::to_string(heartbeats_sent);
-        pub->append({"PUBLISH", heartbeat_channel, n});
-        in_flight.push_back({Sent::Kind::kHeartbeat, std::nullopt});
-        next_heartbeat = now + config.heartbeat_interval;
+    if (sub) {
+      if (failed_generation.load(std::memory_order_acquire) ==
+          link_generation.load(std::memory_order_relaxed)) {
+        std::lock_guard<std::mutex> lock(link_mutex);
+        throw std::runtime_error(pub_failure);
       }
+      apply_interest(now);
+      // The export thread PUBLISHes a heartbeat every heartbeat_interval on `pub`; this
+      // thread receives it on `sub`.
       if (now - last_heartbeat_seen > config.heartbeat_timeout) {
         counters.heartbeat_timeouts.fetch_add(1, std::memory_order_relaxed);
         throw std::runtime_error("no heartbeat came back for " +
@@ -643,9 +861,7 @@ struct Bridge::Impl {
                                  " ms (heartbeat_timeout_ms): the connection is dead or Redis "
                                  "is stalled");
       }
-      send_queued();
       send_stream_command();
-      pub->flush();
       sub->flush();
       if (streams) streams->flush();
     }
@@ -654,22 +870,17 @@ struct Bridge::Impl {
       next_state_save = now + kStateSaveInterval;
     }
 
-    pollfd fds[4];
+    pollfd fds[3];
     int n = 0;
     fds[n++] = {wake_fd, POLLIN, 0};
-    RedisConnection* conns[3] = {pub.get(), sub.get(), streams.get()};
+    RedisConnection* conns[2] = {sub.get(), streams.get()};
     for (auto* c : conns) {
       if (!c) continue;
       fds[n++] = {c->fd(), static_cast<short>(POLLIN | (c->output_pending() ? POLLOUT : 0)), 0};
     }
     auto deadline = now + 50ms;
-    if (!pub) deadline = std::min(deadline, std::max(next_connect, now));
-    else deadline = std::min(deadline, next_heartbeat);
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      // Queued work we could send right now: do not sleep on it.
-      if (pub && !queue.empty() && in_flight.size() < kMaxInFlight) deadline = now;
-    }
+    if (!sub) deadline = std::min(deadline, std::max(next_connect, now));
+    else deadline = std::min(deadline, last_heartbeat_seen + config.heartbeat_timeout + 1ms);
     const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
     if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
         0) {
@@ -687,10 +898,9 @@ struct Bridge::Impl {
       if (revents & (POLLIN | POLLERR | POLLHUP)) {
         c->read();
         while (Reply r = c->next_reply()) {
-          if (c == pub.get()) on_pub_reply(r.get());
-          else if (c == sub.get()) on_sub_reply(r.get());
+          if (c == sub.get()) on_sub_reply(r.get());
           else on_stream_reply(r.get());
-          if (!pub) return;  // a reply handler disconnected
+          if (!sub) return;  // a reply handler disconnected
         }
       }
     }
@@ -706,8 +916,12 @@ struct Bridge::Impl {
         wanted_generation = interest_generation;
       }
     }
-    diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
-    diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
+    {
+      // sent_* change here; the export thread reads them (remember_raw).
+      std::lock_guard<std::mutex> lock(echo_mutex);
+      diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
+      diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
+    }
     // Streams followed: those with a read position (set once the first XREVRANGE answered).
     counters.streams_read.store(
         std::count_if(wanted.streams.begin(), wanted.streams.end(),
@@ -749,64 +963,13 @@ struct Bridge::Impl {
     }
   }
 
+  // Either thread, under echo_mutex (the Redis thread may also call it without).
   bool covered_by_sent(const std::string& channel) const {
     if (sent_channels.count(channel)) return true;
     return std::any_of(sent_patterns.begin(), sent_patterns.end(),
                        [&](const std::string& p) { return glob_match(p, channel); });
   }
 
-  // ---- sending ----
-
-  void send_queued() {
-    std::deque<Outbound> batch;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      while (!queue.empty() && in_flight.size() + batch.size() < kMaxInFlight) {
-        queued_bytes -= queue.front().body.size() + queue.front().key.size();
-        batch.push_back(std::move(queue.front()));
-        queue.pop_front();
-      }
-      counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
-      counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
-    }
-    for (auto& out : batch) {
-      if (out.rule->durable) {
-        const std::string maxlen = std::to_string(out.rule->stream_maxlen);
-        const std::string origin = std::to_string(config.host_id);
-        const std::string seq = std::to_string(out.sequence);
-        const std::string ts = std::to_string(out.publish_unix_ns);
-        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
-                     origin, "seq", seq, "ts", ts});
-        in_flight.push_back({Sent::Kind::kXadd, std::move(out)});
-        continue;
-      }
-      if (out.rule->mode == Mode::kRaw && covered_by_sent(out.key))
-        raw_echoes[out.key].push_back({payload_hash(out.body), heartbeats_sent});
-      pub->append({"PUBLISH", out.key, out.body});
-      in_flight.push_back({Sent::Kind::kPublish, std::nullopt});
-    }
-  }
-
-  void on_pub_reply(const redisReply* r) {
-    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
-    Sent sent = std::move(in_flight.front());
-    in_flight.pop_front();
-    if (r->type == REDIS_REPLY_ERROR) {
-      const std::string_view error = reply_text(r);
-      // A Redis that is loading its data after a restart (or otherwise briefly unable to
-      // write) refuses XADD; a durable message is kept for the next connection instead.
-      if (sent.resend && is_transient_error(error)) {
-        in_flight.push_front(std::move(sent));
-        throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
-      }
-      if (sent.kind == Sent::Kind::kHeartbeat)
-        throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
-      drop(Drop::kRedisError, 1, "Redis refused: " + std::string(reply_text(r)));
-      return;
-    }
-    if (sent.kind != Sent::Kind::kHeartbeat)
-      counters.exported.fetch_add(1, std::memory_order_relaxed);
-  }
 
   // ---- receiving ----
 
@@ -831,6 +994,7 @@ struct Bridge::Impl {
       // Sequences restart when a channel is followed again: what was published while we
       // did not listen is not lost in transit.
       std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+      std::lock_guard<std::mutex> lock(echo_mutex);
       std::erase_if(raw_echoes, [&](const auto& entry) { return !confirmed_covers(entry.first); });
     }
     counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
@@ -921,6 +1085,7 @@ struct Bridge::Impl {
     for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
     last_heartbeat_seen = Clock::now();
     // Raw exports sent before heartbeat n were answered by now if they ever will be.
+    std::lock_guard<std::mutex> lock(echo_mutex);
     for (auto it = raw_echoes.begin(); it != raw_echoes.end();) {
       auto& pending = it->second;
       while (!pending.empty() && pending.front().heartbeat < n) pending.pop_front();
@@ -929,6 +1094,7 @@ struct Bridge::Impl {
   }
 
   bool is_raw_echo(const std::string& channel, std::string_view payload) {
+    std::lock_guard<std::mutex> lock(echo_mutex);
     auto it = raw_echoes.find(channel);
     if (it == raw_echoes.end()) return false;
     const uint64_t hash = payload_hash(payload);

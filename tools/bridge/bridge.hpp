@@ -6,7 +6,9 @@
 // Data flow
 //   export: a local Subscription psubscribes the [[export]] patterns; each message published
 //           on this host (Message::origin == 0) is wrapped (envelope mode) or kept as is (raw)
-//           and queued; the Redis thread PUBLISHes it (or XADDs it, durable rules).
+//           and PUBLISHed (XADDed, durable rules) by the same thread that read it, on the
+//           publishing connection it owns; it waits in the outbound queue only while that
+//           connection is away or has kMaxInFlight commands unanswered.
 //   import: the Redis thread SUBSCRIBEs / PSUBSCRIBEs only what local subscribers want within
 //           the [[import]] rules (and XREADs the streams of durable rules), checks what
 //           arrives, and publishes it locally with Message::origin = the sender's host id.
@@ -33,10 +35,17 @@
 //     subscribe/unsubscribe confirmations in the same reply stream as the messages, so this
 //     choice agrees with what Redis actually sent, even while subscriptions change.
 //
-// Threading: two threads. The local thread owns the export Subscription and a Bus used to
-// read local interest and publish the bridge's counters. The Redis thread owns every Redis
-// connection and the Bus that publishes imports. They share the outbound queue and the
-// interest snapshot (under mutex_), and the counters (atomics).
+// Threading: two threads, each message handled by one of them from end to end.
+//   - The export thread owns the export Subscription, the publishing Redis connection
+//     (`pub`: exports and heartbeats, replies read for the in-flight bookkeeping), the
+//     outbound queue, and a Bus used to read local interest and publish the counters.
+//   - The Redis thread owns the link's life (connect with backoff, heartbeat timeout,
+//     disconnect), the subscriber and stream connections, and the Bus that publishes
+//     imports. It hands each new `pub` to the export thread, which retires it when the
+//     link's generation moves on (bridge.cpp, "The link").
+// They share the interest snapshot (under a mutex), the raw-mode echo bookkeeping (under
+// another: PUBLISHed on one thread, echoed back on the other), the link hand-off, and the
+// counters (atomics).
 #pragma once
 
 #include <atomic>
