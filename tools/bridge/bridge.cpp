@@ -61,8 +61,9 @@ namespace {
 // At most this many commands wait for their reply on the publishing connection: enough to
 // keep Redis busy (pipelining), little enough that a broken connection loses few.
 constexpr size_t kMaxInFlight = 4096;
-// Messages the export thread takes from the ring before it writes them to Redis.
-constexpr size_t kExportBatch = 256;
+// Messages the export thread takes from the ring before it writes them to Redis: a quarter
+// of kMaxInFlight, so a burst goes out in few write()s (256 cost ~10% of the throughput).
+constexpr size_t kExportBatch = 1024;
 // While replies are due, the export thread reads them at least this often.
 constexpr auto kReplyCheck = 1ms;
 // While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
