@@ -211,8 +211,14 @@ struct Bridge::Impl {
       export_sub.set_local_only(true);
     }
     load_state();
-    redis_thread = std::thread([this] { redis_main(); });
-    export_thread = std::thread([this] { export_main(); });
+    redis_thread = std::thread([this] {
+      pthread_setname_np(pthread_self(), "bridge-redis");  // for top -H, perf and gdb
+      redis_main();
+    });
+    export_thread = std::thread([this] {
+      pthread_setname_np(pthread_self(), "bridge-export");
+      export_main();
+    });
   }
 
   ~Impl() {
