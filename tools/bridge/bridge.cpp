@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -271,6 +272,15 @@ struct Bridge::Impl {
   //     with backoff, as for a failure of its own.
   std::atomic<uint64_t> link_generation{0};
   std::atomic<uint64_t> failed_generation{0};
+  // The newest heartbeat the export thread put on a `pub` (under link_mutex). The Redis
+  // thread times a link out only on a heartbeat sent on that link that did not come back:
+  // an export thread held up by the local bus sends none, which says nothing about Redis.
+  struct HeartbeatSent {
+    uint64_t generation = 0;
+    uint64_t number = 0;
+    Clock::time_point at{};
+  };
+  HeartbeatSent newest_heartbeat;
   std::mutex link_mutex;  // guards handoff, handoff_generation, pub_failure
   std::unique_ptr<RedisConnection> handoff;
   uint64_t handoff_generation = 0;
@@ -508,6 +518,10 @@ struct Bridge::Impl {
       queue.push_front(std::move(*it));
     }
     note_queue();
+    // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
+    // link the Redis thread has already replaced.
+    const linger discard{1, 0};
+    setsockopt(pub->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
     pub.reset();
   }
 
@@ -524,11 +538,15 @@ struct Bridge::Impl {
   }
 
   void send_heartbeat(Clock::time_point now) {
+    // A link retired since follow_link(): its heartbeat could never come back.
+    if (pub_generation != link_generation.load(std::memory_order_acquire)) return;
     ++heartbeats_sent;
     const std::string n = std::to_string(heartbeats_sent);
     pub->append({"PUBLISH", heartbeat_channel, n});
     in_flight.push_back({Sent::Kind::kHeartbeat, std::nullopt});
     next_heartbeat = now + config.heartbeat_interval;
+    std::lock_guard<std::mutex> lock(link_mutex);
+    newest_heartbeat = {pub_generation, heartbeats_sent, now};
   }
 
   void export_message(const Message& m) {
@@ -628,9 +646,16 @@ struct Bridge::Impl {
   // Writes what `pub` holds and reads what Redis answered, without blocking.
   void service_pub() {
     if (!pub) return;
+    // Retired by the Redis thread since follow_link(): what is still unsent must not go out
+    // on it (its echoes would reach the new link's subscriber with no record to match).
+    if (pub_generation != link_generation.load(std::memory_order_acquire)) {
+      retire_pub();
+      return;
+    }
     try {
       if (pub->output_pending()) pub->flush();
-      if (in_flight.empty()) return;
+      // Read even with nothing in flight: an EOF (Redis closed the connection) must be seen
+      // now, not by the next heartbeat, or an import-only bridge's poll spins on it.
       pub->read();
       while (Reply r = pub->next_reply()) on_pub_reply(r.get());
     } catch (const std::exception& e) {
@@ -716,7 +741,11 @@ struct Bridge::Impl {
   bool ever_connected = false;
   int failed_attempts = 0;
   Clock::time_point next_connect{};
-  Clock::time_point connected_at{}, last_heartbeat_seen{};
+  Clock::time_point connected_at{};
+  uint64_t newest_heartbeat_seen = 0;  // the highest heartbeat number received on `sub`
+  uint64_t awaited_heartbeat = 0;      // the unanswered heartbeat being timed, if above
+  Clock::time_point awaited_since{};   // ... and when it was sent
+  bool export_stall_logged = false;
 
   // Subscriptions: what we asked for (sent_*, shared: see echo_mutex), and what Redis
   // confirmed, in the order of the reply stream (confirmed_*; see "No duplicates" in the
@@ -776,7 +805,9 @@ struct Bridge::Impl {
                               : std::string());
     ever_connected = true;
     failed_attempts = 0;
-    connected_at = last_heartbeat_seen = Clock::now();
+    connected_at = Clock::now();
+    export_stall_logged = false;
+    awaited_heartbeat = 0;
     {
       // A new link generation; the export thread adopts `pub` on its next pass.
       std::lock_guard<std::mutex> lock(link_mutex);
@@ -861,7 +892,7 @@ struct Bridge::Impl {
       apply_interest(now);
       // The export thread PUBLISHes a heartbeat every heartbeat_interval on `pub`; this
       // thread receives it on `sub`.
-      if (now - last_heartbeat_seen > config.heartbeat_timeout) {
+      if (heartbeat_overdue(now)) {
         counters.heartbeat_timeouts.fetch_add(1, std::memory_order_relaxed);
         throw std::runtime_error("no heartbeat came back for " +
                                  std::to_string(config.heartbeat_timeout.count()) +
@@ -887,7 +918,7 @@ struct Bridge::Impl {
     }
     auto deadline = now + 50ms;
     if (!sub) deadline = std::min(deadline, std::max(next_connect, now));
-    else deadline = std::min(deadline, last_heartbeat_seen + config.heartbeat_timeout + 1ms);
+    else deadline = heartbeat_deadline(deadline);
     const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
     if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
         0) {
@@ -1087,10 +1118,47 @@ struct Bridge::Impl {
     publish_local(name, envelope->payload, envelope->header.origin);
   }
 
+  // A heartbeat sent on this link has been out longer than heartbeat_timeout (timed from
+  // the send of the first one this thread saw unanswered, so detection may take up to one
+  // heartbeat_interval longer than the oldest would). The export thread not sending at all
+  // is its own stall, logged, not a dead link.
+  bool heartbeat_overdue(Clock::time_point now) {
+    HeartbeatSent newest;
+    {
+      std::lock_guard<std::mutex> lock(link_mutex);
+      newest = newest_heartbeat;
+    }
+    const bool this_link = newest.generation == link_generation.load(std::memory_order_relaxed);
+    if (this_link && newest.number > newest_heartbeat_seen) {
+      export_stall_logged = false;
+      // Timed from the first unanswered heartbeat we noticed; later ones do not restart it.
+      if (awaited_heartbeat <= newest_heartbeat_seen) {
+        awaited_heartbeat = newest.number;
+        awaited_since = newest.at;
+      }
+      return now - awaited_since > config.heartbeat_timeout;
+    }
+    const auto quiet = now - (this_link ? newest.at : connected_at);
+    if (quiet > 2 * config.heartbeat_timeout && !export_stall_logged) {
+      log->warn("the export thread has sent no heartbeat for {} ms: it is held up by the local "
+                "bus (shmbusd slow to answer?), not by Redis",
+                std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
+      export_stall_logged = true;
+    }
+    return false;
+  }
+
+  // When heartbeat_overdue() may turn true: the newest heartbeat of this link, if it has
+  // not come back.
+  Clock::time_point heartbeat_deadline(Clock::time_point otherwise) {
+    if (awaited_heartbeat <= newest_heartbeat_seen) return otherwise;
+    return std::min(otherwise, awaited_since + config.heartbeat_timeout + 1ms);
+  }
+
   void on_heartbeat(std::string_view payload) {
     uint64_t n = 0;
     for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
-    last_heartbeat_seen = Clock::now();
+    newest_heartbeat_seen = std::max(newest_heartbeat_seen, n);
     // Raw exports sent before heartbeat n were answered by now if they ever will be.
     std::lock_guard<std::mutex> lock(echo_mutex);
     for (auto it = raw_echoes.begin(); it != raw_echoes.end();) {
