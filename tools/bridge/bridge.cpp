@@ -46,6 +46,7 @@ const char* drop_name(Drop reason) {
     case Drop::kBadChannel: return "bad_channel";
     case Drop::kNotImported: return "not_imported";
     case Drop::kLocalRefused: return "local_refused";
+    case Drop::kStopped: return "stopped";
     case Drop::kCount: break;
   }
   return "unknown";
@@ -65,6 +66,8 @@ constexpr size_t kMaxInFlight = 4096;
 // Messages the export thread takes from the ring before it writes them to Redis: a quarter
 // of kMaxInFlight, so a burst goes out in few write()s (256 cost ~10% of the throughput).
 constexpr size_t kExportBatch = 1024;
+// stop() waits this long at most for what the export thread holds to reach Redis.
+constexpr auto kDrainOnStop = 2s;
 // While replies are due, the export thread reads them at least this often.
 constexpr auto kReplyCheck = 1ms;
 // While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
@@ -448,6 +451,34 @@ struct Bridge::Impl {
         log->error("local bus: {}", e.what());
         std::this_thread::sleep_for(100ms);
       }
+    }
+    drain_on_stop();
+  }
+
+  // stop(): what was already taken from the ring goes out to Redis (and is acknowledged)
+  // before the thread ends, for up to kDrainOnStop; what cannot is counted, never lost
+  // silently. Durable XADDs are what matters most here: the local ring will not give them
+  // again after a restart.
+  void drain_on_stop() {
+    const auto until = Clock::now() + kDrainOnStop;
+    follow_link();  // a link the Redis thread made that this thread had not taken up yet
+    while (pub && (!queue.empty() || !in_flight.empty()) && Clock::now() < until) {
+      send_queued();
+      service_pub();
+      if (!pub) break;
+      pollfd fd{pub->fd(), static_cast<short>(POLLIN | (pub->output_pending() ? POLLOUT : 0)), 0};
+      poll(&fd, 1, 10);
+    }
+    if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
+    if (!queue.empty()) {
+      drop(Drop::kStopped, queue.size(),
+           "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
+               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop)
+                                  .count()) +
+               " ms)");
+      queue.clear();
+      queued_bytes = 0;
+      note_queue();
     }
   }
 

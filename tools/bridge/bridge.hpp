@@ -72,6 +72,7 @@ enum class Drop : int {
   kBadChannel,       // channel name outside the prefix, empty or over 1024 bytes
   kNotImported,      // matched a Redis subscription but no [[import]] rule
   kLocalRefused,     // the local bus refused the channel or the back-pressure ring was full
+  kStopped,          // still queued (or an XADD unacknowledged) when the bridge stopped
   kCount,
 };
 const char* drop_name(Drop reason);
