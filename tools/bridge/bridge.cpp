@@ -1064,7 +1064,11 @@ struct Bridge::Impl {
       // did not listen is not lost in transit.
       std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
       std::lock_guard<std::mutex> lock(echo_mutex);
-      std::erase_if(raw_echoes, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+      // Only entries no subscription covers any more, confirmed or still on its way: a
+      // PUBLISH sent after a SUBSCRIBE we have not seen confirmed yet may well come back.
+      std::erase_if(raw_echoes, [&](const auto& entry) {
+        return !confirmed_covers(entry.first) && !covered_by_sent(entry.first);
+      });
     }
     counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
                                        std::memory_order_relaxed);
