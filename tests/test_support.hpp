@@ -48,10 +48,14 @@ int run_with_small_dev_shm(const char* size, Fn&& fn) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// A name no live process uses: it carries our pid. A segment already there under it was
+// left by a killed run whose process had the same pid, and is removed.
 inline std::string unique_arena_name(const char* tag) {
   static std::atomic<uint32_t> counter{0};
-  return std::string("shmbus-test.") + tag + "." + std::to_string(getpid()) + "." +
-         std::to_string(counter.fetch_add(1));
+  std::string name = std::string("shmbus-test.") + tag + "." + std::to_string(getpid()) + "." +
+                     std::to_string(counter.fetch_add(1));
+  Arena::remove(name);
+  return name;
 }
 
 // An arena that exists for one test and is unlinked afterwards.
