@@ -586,6 +586,40 @@ TEST(Bridge, StopFlushesWhatTheExporterHolds) {
   EXPECT_GT(c.exported, 0u);
 }
 
+// A durable entry resent after later ones (its first XADD refused for a moment while the
+// ones pipelined behind it were taken) is imported; a true duplicate is not.
+TEST(Bridge, DurableLateResendIsImportedAndARepeatIsNot) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const auto state_dir = std::filesystem::temp_directory_path() /
+                         ("shmbus-bridge-resend-" + std::to_string(getpid()));
+  std::filesystem::create_directories(state_dir);
+  BridgeConfig importer = fast_config(redis.port(), 2);
+  importer.imports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
+  importer.state_file = (state_dir / "positions").string();
+  Host b(importer);
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  // Origin 9's entries as a pipeline with a transient refusal leaves them: 0, 2, 3, then the
+  // resent 1, then 2 again (a resend whose first XADD had in fact landed).
+  for (const int seq : {0, 2, 3, 1, 2}) {
+    const std::string payload = "order " + std::to_string(seq);
+    auto* reply = redis.command("XADD orders:1 * payload %s origin 9 seq %d ts %d",
+                                payload.c_str(), seq, 1000 + seq);
+    ASSERT_NE(reply, nullptr);
+    freeReplyObject(reply);
+  }
+  std::vector<std::string> got;
+  while (auto m = sub.next(1s)) got.emplace_back(m->text());
+  EXPECT_EQ(got, (std::vector<std::string>{"order 0", "order 2", "order 3", "order 1"}));
+  const auto c = b.bridge->counters();
+  EXPECT_EQ(c.duplicates_dropped, 1u);
+  EXPECT_EQ(c.lost_in_transit, 0u);  // the gap 1 opened was filled
+  b.bridge.reset();
+  std::filesystem::remove_all(state_dir);
+}
+
 // ---- observability -----------------------------------------------------------------------
 
 TEST(Bridge, CountersArePublishedLocallyAndShownByShmbusStats) {

@@ -175,7 +175,14 @@ struct Sent {
 struct SequenceState {
   uint64_t sequence = 0;
   uint64_t publish_unix_ns = 0;
+  // Durable only: sequences below `sequence` not seen yet, within kResendWindow of it. A
+  // resend can land after later entries (an XADD refused for a moment while the ones
+  // pipelined behind it were taken): it fills its gap instead of passing for a duplicate.
+  std::set<uint64_t> missing;
 };
+
+// How far below the newest sequence a late durable entry is still recognised as new.
+constexpr uint64_t kResendWindow = 4096;
 
 struct RawEcho {
   uint64_t hash;
@@ -1227,22 +1234,37 @@ struct Bridge::Impl {
     auto it = std::find_if(states.begin(), states.end(),
                            [&](const auto& s) { return s.first == origin; });
     if (it == states.end()) {
-      states.push_back({origin, {sequence, publish_unix_ns}});
+      states.push_back({origin, {sequence, publish_unix_ns, {}}});
       return true;
     }
     SequenceState& last = it->second;
     if (std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence)) {
       if (durable) {
+        if (last.missing.erase(sequence) != 0) {
+          // A late resend: counted as lost in transit when the gap opened, it arrived.
+          counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
+          return true;
+        }
         counters.duplicates.fetch_add(1, std::memory_order_relaxed);
         return false;
       }
       // Pub/sub never repeats; an older stamp means the origin's channel restarted.
-      last = {sequence, publish_unix_ns};
+      last.sequence = sequence;
+      last.publish_unix_ns = publish_unix_ns;
       return true;
     }
-    if (sequence > last.sequence + 1)
+    if (sequence > last.sequence + 1) {
       counters.lost_in_transit.fetch_add(sequence - last.sequence - 1, std::memory_order_relaxed);
-    last = {sequence, publish_unix_ns};
+      if (durable) {
+        const uint64_t from = std::max(last.sequence + 1, sequence - std::min(sequence, kResendWindow));
+        for (uint64_t s = from; s < sequence; ++s) last.missing.insert(s);
+      }
+    }
+    last.sequence = sequence;
+    last.publish_unix_ns = publish_unix_ns;
+    // Forget gaps too far behind to be resends.
+    while (!last.missing.empty() && *last.missing.begin() + kResendWindow < sequence)
+      last.missing.erase(last.missing.begin());
     return true;
   }
 
