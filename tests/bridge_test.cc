@@ -509,6 +509,31 @@ TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
   EXPECT_EQ(a.bridge->counters().queue_depth, 0u);
 }
 
+// Large messages count by size toward what waits for a stalled Redis: past 8 MiB unwritten
+// they wait in the (bounded) queue, not all in hiredis's buffer ahead of the heartbeats.
+TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  Host a(chat_config(redis.port(), 1, Mode::kRaw));
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  auto bus = Bus::connect(a.daemon.options());
+  ChannelOptions big;
+  big.back_pressure = true;  // the exporter reads everything; nothing lapped locally
+  big.ring_bytes = 16 << 20;
+  big.max_message_bytes = 1 << 20;
+  auto channel = bus.channel("chat:big", big);
+  redis.pause();  // nothing is read from the sockets any more
+  const std::string payload(512 << 10, 'x');
+  constexpr uint64_t kMessages = 64;  // 32 MiB
+  for (uint64_t i = 0; i < kMessages; ++i) channel.publish(payload);
+  EXPECT_TRUE(wait_until([&] { return a.bridge->counters().queue_depth >= kMessages / 2; }, 5s))
+      << "queue depth " << a.bridge->counters().queue_depth;
+  redis.resume();
+  EXPECT_TRUE(wait_until([&] { return a.bridge->counters().exported >= kMessages; }, 10s))
+      << "exported " << a.bridge->counters().exported;
+  EXPECT_EQ(a.bridge->counters().dropped_total(), 0u);
+}
+
 TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
   RedisServer redis(test::RedisServerOptions{.append_only = true});
   REQUIRE_REDIS(redis);

@@ -63,6 +63,10 @@ namespace {
 // At most this many commands wait for their reply on the publishing connection: enough to
 // keep Redis busy (pipelining), little enough that a broken connection loses few.
 constexpr size_t kMaxInFlight = 4096;
+// At most this many bytes wait unwritten in the publishing connection's buffer: large
+// messages count by size, not by command (4,096 of 1 MiB would be 4 GiB in hiredis's
+// buffer, ahead of every heartbeat). Beyond it, exports wait in the bounded queue.
+constexpr size_t kMaxUnwrittenBytes = 8u << 20;
 // Messages the export thread takes from the ring before it writes them to Redis: a quarter
 // of kMaxInFlight, so a burst goes out in few write()s (256 cost ~10% of the throughput).
 constexpr size_t kExportBatch = 1024;
@@ -404,7 +408,8 @@ struct Bridge::Impl {
   std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
   uint64_t heartbeats_sent = 0;
   Clock::time_point next_heartbeat{};
-  // Messages waiting for `pub` (none adopted, or kMaxInFlight reached). While it is empty
+  // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
+  // While it is empty
   // and `pub` has room, messages go straight into pub's output buffer instead.
   std::deque<Outbound> queue;
   uint64_t queued_bytes = 0;
@@ -531,10 +536,11 @@ struct Bridge::Impl {
     }
   }
 
-  // `pub` may take a message now: adopted, of the current link, and with room in flight.
+  // `pub` may take a message now: adopted, of the current link, with room in flight, and
+  // little enough unwritten that a heartbeat appended now goes out soon.
   bool pub_ready() const {
     return pub && pub_generation == link_generation.load(std::memory_order_acquire) &&
-           in_flight.size() < kMaxInFlight;
+           in_flight.size() < kMaxInFlight && pub->output_bytes() < kMaxUnwrittenBytes;
   }
 
   // `pub` is gone (broken here, or its link retired by the Redis thread): settles what was
@@ -643,7 +649,7 @@ struct Bridge::Impl {
     counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
   }
 
-  // Moves what the queue holds into pub's output buffer, as far as kMaxInFlight allows.
+  // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.
   void send_queued() {
     if (queue.empty()) return;
     while (!queue.empty() && pub_ready()) {

@@ -1,5 +1,7 @@
 #include "redis_connection.hpp"
 
+#include <hiredis/sds.h>
+
 #include <fcntl.h>
 
 #include <stdexcept>
@@ -90,6 +92,8 @@ bool RedisConnection::flush() {
   output_pending_ = !done;
   return done != 0;
 }
+
+size_t RedisConnection::output_bytes() const { return sdslen(context_->obuf); }
 
 void RedisConnection::read() {
   if (redisBufferRead(context_) != REDIS_OK)

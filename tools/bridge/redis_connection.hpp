@@ -58,6 +58,8 @@ class RedisConnection {
   // throws std::runtime_error when the connection is broken.
   bool flush();
   bool output_pending() const { return output_pending_; }
+  // Bytes appended and not yet written to the socket.
+  size_t output_bytes() const;
   // Reads what arrived without blocking; throws std::runtime_error on EOF or error.
   void read();
   // The next complete reply already read, if any.
