@@ -71,14 +71,24 @@ void RedisConnection::fail(const std::string& what) {
 }
 
 void RedisConnection::append(const std::vector<std::string_view>& args) {
-  argv_.clear();
-  argv_lengths_.clear();
+  // The command in RESP (an array of bulk strings), formatted here into a reused buffer
+  // and handed over as is: hiredis's own formatting (redisAppendCommandArgv) allocates an
+  // sds and runs sdscatfmt per command, a measurable share of the export thread's time at
+  // a million PUBLISHes a second.
+  resp_.clear();
+  const auto header = [this](char kind, size_t n) {
+    resp_ += kind;
+    resp_ += std::to_string(n);
+    resp_ += "\r\n";
+  };
+  header('*', args.size());
   for (auto a : args) {
-    argv_.push_back(a.data());
-    argv_lengths_.push_back(a.size());
+    header('$', a.size());
+    resp_.append(a.data(), a.size());
+    resp_ += "\r\n";
   }
-  redisAppendCommandArgv(context_, static_cast<int>(argv_.size()), argv_.data(),
-                         argv_lengths_.data());
+  if (redisAppendFormattedCommand(context_, resp_.data(), resp_.size()) != REDIS_OK)
+    throw std::runtime_error(name_ + ": out of memory appending a command");
   output_pending_ = true;
 }
 

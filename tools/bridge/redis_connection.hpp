@@ -71,8 +71,7 @@ class RedisConnection {
   std::string name_;
   redisContext* context_ = nullptr;
   bool output_pending_ = false;
-  std::vector<const char*> argv_;
-  std::vector<size_t> argv_lengths_;
+  std::string resp_;  // append(): the command being formatted (reused)
 };
 
 }  // namespace shmbus::bridge
