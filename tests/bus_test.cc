@@ -20,6 +20,14 @@ using test::TestDaemon;
 
 std::string payload_of(const Message& m) { return std::string(m.text()); }
 
+// A daemon whose rings hold 4 KiB: a few hundred bytes a message lap them quickly.
+daemon::Config tiny_rings(bool back_pressure = false) {
+  auto config = test::small_test_config();
+  config.defaults.ring_bytes = 4096;
+  config.defaults.back_pressure = back_pressure;
+  return config;
+}
+
 TEST(Bus, PublishReturnsZeroWithoutSubscribersAndCreatesTheChannel) {
   TestDaemon daemon;
   auto bus = Bus::connect(daemon.options());
@@ -258,9 +266,7 @@ TEST(Bus, StartEarliestAndAfterSequenceReadHistory) {
 }
 
 TEST(Bus, LappedSubscriberLearnsHowManyItLost) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings());
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"fast"});
   auto bus = Bus::connect(daemon.options());
@@ -279,10 +285,7 @@ TEST(Bus, LappedSubscriberLearnsHowManyItLost) {
 
 // next_view(): the payload is the ring's own bytes, held until the next call.
 TEST(Bus, ViewOnABackPressureChannelIsStableUntilTheNextCall) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  config.defaults.back_pressure = true;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings(true));
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"bp"});
   sub.psubscribe({"b*"});
@@ -321,9 +324,7 @@ TEST(Bus, ViewOnABackPressureChannelIsStableUntilTheNextCall) {
 // On a lossy ring a view can be overwritten while held: intact() says so, and the message
 // counts as lost, so every sequence number is still delivered or reported lost once.
 TEST(Bus, OverwrittenViewIsNotIntactAndCountsAsLost) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings());
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"fast"});
   auto bus = Bus::connect(daemon.options());
@@ -350,9 +351,7 @@ TEST(Bus, OverwrittenViewIsNotIntactAndCountsAsLost) {
 
 // A view the caller found intact counts as delivered even if it is overwritten afterwards.
 TEST(Bus, ViewFoundIntactCountsAsDeliveredWhateverHappensAfter) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings());
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"fast"});
   auto bus = Bus::connect(daemon.options());
@@ -508,9 +507,7 @@ TEST(Bus, GrowingPastEightRingsStrandsNoBacklog) {
 // Losses reported on an imported message a local-only subscriber skips go with the next
 // message it delivers.
 TEST(Bus, LocalOnlySubscriberKeepsTheLossesOfSkippedMessages) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings());
   auto exporter = Subscription::open(daemon.options());
   exporter.subscribe({"chat:1"});
   exporter.set_local_only(true);
@@ -530,9 +527,7 @@ TEST(Bus, LocalOnlySubscriberKeepsTheLossesOfSkippedMessages) {
 
 // The pmessage of a held view that was overwritten is not handed out torn by next().
 TEST(Bus, OverwrittenHeldViewDropsItsRemainingDeliveries) {
-  auto config = test::small_test_config();
-  config.defaults.ring_bytes = 4096;
-  TestDaemon daemon(config);
+  TestDaemon daemon(tiny_rings());
   auto sub = Subscription::open(daemon.options());
   sub.subscribe({"foo"});
   sub.psubscribe({"f*"});

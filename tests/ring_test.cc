@@ -65,6 +65,14 @@ pid_t pid_of_exited_process() {
 
 class RingTest : public ::testing::Test {
  protected:
+  // A one-bit doorbell with `reader` registered on its ring and linked to it, as a
+  // subscriber that may park.
+  layout::DoorbellHeader* link_doorbell(Reader& reader) {
+    uint64_t doorbell_ref = 0;
+    layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
+    reader.register_slot(false, doorbell_ref, doorbell);
+    return doorbell;
+  }
   TestArena arena_{16 << 20};
 };
 
@@ -442,10 +450,8 @@ TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
 // dead frame slept on (and in a back-pressure ring, everyone waited on it forever).
 TEST_F(RingTest, RepairWakesAReaderParkedBehindTheDeadFrame) {
   RingRef ring = arena_.make_ring(small_ring());
-  uint64_t doorbell_ref = 0;
-  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
   Reader reader(ring);
-  reader.register_slot(false, doorbell_ref, doorbell);
+  link_doorbell(reader);
   Publisher dead(ring, 7, &arena_.table());
   Publisher alive(ring, 8, &arena_.table());
   RingLoan loan;
@@ -558,10 +564,8 @@ TEST_F(RingTest, ReaderSlotsRunOutWithAClearErrorAndAreReleasedForDeadPids) {
 
 TEST_F(RingTest, WaitWakesOnPublishAndTimesOutWithout) {
   RingRef ring = arena_.make_ring(small_ring());
-  uint64_t doorbell_ref = 0;
-  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
   Reader reader(ring);
-  reader.register_slot(false, doorbell_ref, doorbell);
+  link_doorbell(reader);
   Publisher publisher(ring, 1, &arena_.table());
 
   EXPECT_EQ(reader.wait(20ms, 1us), Status::kTimedOut);
@@ -571,10 +575,8 @@ TEST_F(RingTest, WaitWakesOnPublishAndTimesOutWithout) {
 
 TEST_F(RingTest, PublishWithoutSleepersDoesNotTouchTheFutex) {
   RingRef ring = arena_.make_ring(small_ring());
-  uint64_t doorbell_ref = 0;
-  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
   Reader reader(ring);
-  reader.register_slot(false, doorbell_ref, doorbell);
+  layout::DoorbellHeader* doorbell = link_doorbell(reader);
   Publisher publisher(ring, 1, &arena_.table());
   for (int i = 0; i < 100; ++i) ASSERT_EQ(publisher.publish(as_bytes("x")), Status::kOk);
   // The futex word changes only when a waker saw a sleeper; nobody slept.
@@ -609,10 +611,8 @@ TEST_F(RingTest, ImportedMessagesDoNotRingALocalOnlyDoorbellOnALossyRing) {
 
 TEST_F(RingTest, AParkedWaiterIsWokenOnceHoweverManyPublishesComeBeforeItRuns) {
   RingRef ring = arena_.make_ring(small_ring());
-  uint64_t doorbell_ref = 0;
-  layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
   Reader reader(ring);
-  reader.register_slot(false, doorbell_ref, doorbell);
+  layout::DoorbellHeader* doorbell = link_doorbell(reader);
   Publisher publisher(ring, 1, &arena_.table());
   // What Waiter::park_until leaves behind a waiter that is asleep (or about to be).
   doorbell->wake_armed.store(1);
