@@ -10,20 +10,14 @@
 #include <cerrno>
 #include <climits>
 
+#include "doorbell.hpp"  // cpu_relax
+
 namespace shmbus::compare {
 
 int64_t mono_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
 }
 
 namespace {

@@ -23,8 +23,6 @@ namespace shmbus::compare {
 // by a publisher can be compared with the subscriber's reading.
 int64_t mono_ns();
 
-void cpu_relax();
-
 // A counter in the control page that one process advances and others wait on: spinning for
 // a while (so a fast partner is seen at once), then sleeping on a futex (so a waiting process
 // leaves its CPU to the system under test).
@@ -52,7 +50,6 @@ struct ControlPage {
   Signal finished;   // throughput: publishers that have sent their last message
   Signal published;  // late subscriber: the publisher has published everything
   Signal stop;       // everyone may exit (set by the harness or the latency sender)
-  std::atomic<int64_t> measure_start_ns[kMaxPublishers];
   // Throughput: the sequence of a publisher's last message, stored before it is sent, so
   // a subscriber knows the last one when it arrives; 0 while the publisher is running.
   std::atomic<uint64_t> last_sequence[kMaxPublishers];

@@ -23,6 +23,7 @@
 #include "bench_support.hpp"
 #include "harness.hpp"
 #include "machine.hpp"
+#include "naming.hpp"
 #include "process.hpp"
 #include "report.hpp"
 #include "systems.hpp"
@@ -77,12 +78,6 @@ constexpr int64_t kSparseGapNs = kMillisecond;
 // slower one gets the sender's CPU back for its server or I/O threads.
 constexpr int64_t kAckSpinNs = 50'000;
 
-std::string size_text(uint64_t bytes) {
-  if (bytes >= (1 << 20)) return std::to_string(bytes >> 20) + " MiB";
-  if (bytes >= 1024) return std::to_string(bytes >> 10) + " KiB";
-  return std::to_string(bytes) + " B";
-}
-
 bool wanted(const std::vector<std::string>& filter, const std::string& name) {
   return filter.empty() || std::find(filter.begin(), filter.end(), name) != filter.end();
 }
@@ -97,7 +92,7 @@ std::vector<Cell> make_plan(const Settings& settings) {
         c.mode = mode;
         c.bytes = bytes;
         c.key = "latency/" + mode + "/" + std::to_string(bytes);
-        c.label = "latency, " + mode + ", " + size_text(bytes);
+        c.label = "latency, " + mode + ", " + human_bytes(bytes);
         cells.push_back(c);
       }
     Cell sparse;
@@ -118,7 +113,7 @@ std::vector<Cell> make_plan(const Settings& settings) {
         const std::string fan = std::to_string(publishers) + "x" + std::to_string(subscribers);
         c.key = "throughput/" + fan + "/" + std::to_string(bytes);
         c.label = "throughput, " + std::to_string(publishers) + " → " +
-                  std::to_string(subscribers) + ", " + size_text(bytes);
+                  std::to_string(subscribers) + ", " + human_bytes(bytes);
         cells.push_back(c);
       }
   if (wanted(settings.workloads, "patterns"))

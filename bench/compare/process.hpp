@@ -38,7 +38,6 @@ class ServerProcess {
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
 
-  pid_t pid() const { return pid_; }
   const std::string& log_path() const { return log_path_; }
   bool running();
   // SIGTERM, up to `grace` to exit, then SIGKILL. True if it exited on SIGTERM.

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "bench_support.hpp"
+#include "naming.hpp"
 
 namespace shmbus::compare {
 namespace {
@@ -77,12 +78,6 @@ std::string format_ratio(double r) {
   return with_commas(static_cast<uint64_t>(std::llround(r))) + "×";
 }
 
-std::string size_label(uint64_t bytes) {
-  if (bytes >= (1 << 20) && bytes % (1 << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
-  if (bytes >= 1024 && bytes % 1024 == 0) return std::to_string(bytes >> 10) + " KiB";
-  return std::to_string(bytes) + " B";
-}
-
 // One line of a table: a figure of one cell, for every system.
 struct Row {
   std::string label;
@@ -99,14 +94,14 @@ std::vector<Row> latency_rows(const Report& r, const std::string& mode) {
     if (cell.workload != Workload::kLatency || cell.mode != mode) continue;
     for (const auto& [name, metric] : {std::pair{"p50", "p50_ns"}, std::pair{"p90", "p90_ns"},
                                        std::pair{"p99", "p99_ns"}, std::pair{"p99.9", "p999_ns"}})
-      rows.push_back({size_label(cell.bytes) + " " + name, cell.key, metric});
+      rows.push_back({human_bytes(cell.bytes) + " " + name, cell.key, metric});
   }
   return rows;
 }
 
 std::string fan_label(const Cell& cell) {
   return std::to_string(cell.publishers) + " → " + std::to_string(cell.subscribers) + ", " +
-         size_label(cell.bytes);
+         human_bytes(cell.bytes);
 }
 
 std::vector<Row> throughput_rows(const Report& r, bool losses) {

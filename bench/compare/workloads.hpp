@@ -222,7 +222,6 @@ nlohmann::json throughput_publisher(const ChildSpec& spec, ControlPage& page, Pu
                                     mono_ns() + kGiveUpNs))
     throw Failure("the other publishers did not start within 60 s");
   const int64_t start = mono_ns();
-  page.measure_start_ns[me].store(start, std::memory_order_relaxed);
   const uint64_t measured_tag = tag(Kind::kMeasured, me);
   const int64_t end = start + spec.duration_ns;
   uint64_t seq = 0;
