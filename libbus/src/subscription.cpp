@@ -204,7 +204,6 @@ struct Subscription::State {
 
   ~State() {
     stop_notifier();
-    readers.clear();
     by_bit.clear();  // readers free their slots before the connection closes
     if (connection) {
       try {
@@ -389,7 +388,7 @@ struct Subscription::State {
     auto it = bit_of.find(channel_id);
     if (it == bit_of.end()) return;
     const uint32_t bit = it->second;
-    if (held && current_bit == bit) release_view(true);
+    // No view is held here: every caller settled (which releases it) or released it first.
     bit_of.erase(it);
     std::erase(readers, by_bit[bit].get());
     by_bit[bit].reset();  // the Reader frees its slot
@@ -788,17 +787,11 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     if (s.must_take_bits() && s.take_bits() > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
     if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
-    if (timeout.count() == 0) {  // a poll: no clock read, it costs as much as the poll
-      s.rearm_notifier();
-      return std::nullopt;
-    }
+    s.rearm_notifier();
+    if (timeout.count() == 0) return std::nullopt;  // a poll: no clock read, it costs as much
     const auto now = std::chrono::steady_clock::now();
     if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
-    if (!forever && now >= *deadline) {
-      s.rearm_notifier();
-      return std::nullopt;
-    }
-    s.rearm_notifier();
+    if (!forever && now >= *deadline) return std::nullopt;
     if (s.wait_for_news(forever ? std::chrono::nanoseconds(-1) : *deadline - now) ==
         Status::kTimedOut)
       return std::nullopt;
