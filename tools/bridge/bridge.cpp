@@ -671,7 +671,7 @@ struct Bridge::Impl {
     note_queue();
   }
 
-  void publish(std::string_view key, std::string_view body, Mode mode) {
+  void publish(const std::string& key, std::string_view body, Mode mode) {
     if (mode == Mode::kRaw) remember_raw(key, body);
     pub->append({"PUBLISH", key, body});
     in_flight.push_back({Sent::Kind::kPublish, std::nullopt});
@@ -680,8 +680,7 @@ struct Bridge::Impl {
   // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
   // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
   // already sent, so the next heartbeat to come back forgets it if it does not.
-  void remember_raw(std::string_view key, std::string_view body) {
-    const std::string channel(key);
+  void remember_raw(const std::string& channel, std::string_view body) {
     std::lock_guard<std::mutex> lock(echo_mutex);
     if (covered_by_sent(channel))
       raw_echoes[channel].push_back({payload_hash(body), heartbeats_sent});
