@@ -70,7 +70,7 @@ void RedisConnection::fail(const std::string& what) {
   throw std::runtime_error(name_ + ": " + what + ": " + why);
 }
 
-void RedisConnection::append(const std::vector<std::string_view>& args) {
+void RedisConnection::append(std::span<const std::string_view> args) {
   // The command in RESP (an array of bulk strings), formatted here into a reused buffer
   // and handed over as is: hiredis's own formatting (redisAppendCommandArgv) allocates an
   // sds and runs sdscatfmt per command, a measurable share of the export thread's time at

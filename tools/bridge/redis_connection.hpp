@@ -16,8 +16,10 @@
 #include <hiredis/hiredis.h>
 
 #include <chrono>
+#include <initializer_list>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,7 +55,12 @@ class RedisConnection {
 
   int fd() const { return context_->fd; }
   // Queues one command (binary-safe arguments) in the output buffer.
-  void append(const std::vector<std::string_view>& args);
+  void append(std::span<const std::string_view> args);
+  // The same for a braced list, without building a vector for it (once per exported
+  // message on the export path).
+  void append(std::initializer_list<std::string_view> args) {
+    append(std::span<const std::string_view>(args.begin(), args.size()));
+  }
   // Writes what it can without blocking. Returns true when the output buffer is empty;
   // throws std::runtime_error when the connection is broken.
   bool flush();
