@@ -1,7 +1,10 @@
 // bridge_bench: bus A -> shmbus-bridge -> Redis -> shmbus-bridge -> bus B, next to a plain
 // hiredis publisher/subscriber pair on the same redis-server, in the same run.
 //
-//   build/bench/bridge_bench [--messages N] [--samples N] [--payload BYTES]
+//   build/bench/bridge_bench [--messages N] [--samples N] [--payload BYTES] [--only plain|bridged]
+//
+// --only runs one of the two paths (the other's row prints zeros): for a profiler, whose
+// record should hold one path alone.
 //
 // Throughput: N messages published as fast as the path takes them (the local channel is a
 // back-pressure one, so nothing is lost before the bridge), counted at the far subscriber.
@@ -226,13 +229,20 @@ int main(int argc, char** argv) {
   uint64_t messages = 200'000;
   int samples = 5000;
   size_t payload = 64;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--messages") messages = std::stoull(argv[i + 1]);
     else if (flag == "--samples") samples = std::stoi(argv[i + 1]);
     else if (flag == "--payload") payload = std::stoul(argv[i + 1]);
+    else if (flag == "--only" && (std::string(argv[i + 1]) == "plain" ||
+                                  std::string(argv[i + 1]) == "bridged"))
+      only = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: %s [--messages N] [--samples N] [--payload BYTES]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--messages N] [--samples N] [--payload BYTES] "
+                   "[--only plain|bridged]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -241,13 +251,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "SKIPPED: %s\n", redis.error().c_str());
     return 77;
   }
-  const Result plain_t = plain_throughput(redis, messages, payload);
-  const Result plain_l = plain_latency(redis, samples, payload);
-  BridgedPair pair(redis.port());
-  // The bridged payload is an envelope: 24 bytes more on the wire than the plain pair's.
-  const Result bridged_t = bridged_throughput(pair, messages, payload);
-  const Result bridged_l = bridged_latency(pair, samples, payload);
-  for (auto& b : pair.bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
+  Result plain_t, plain_l, bridged_t, bridged_l;
+  if (only != "bridged") {
+    plain_t = plain_throughput(redis, messages, payload);
+    plain_l = plain_latency(redis, samples, payload);
+  }
+  if (only != "plain") {
+    BridgedPair pair(redis.port());
+    // The bridged payload is an envelope: 24 bytes more on the wire than the plain pair's.
+    bridged_t = bridged_throughput(pair, messages, payload);
+    bridged_l = bridged_latency(pair, samples, payload);
+    for (auto& b : pair.bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
+  }
 
   std::printf("%zu-byte payloads, %llu messages, %d latency samples\n", payload,
               static_cast<unsigned long long>(messages), samples);
@@ -264,5 +279,6 @@ int main(int argc, char** argv) {
                   ? 100.0 * bridged_t.messages_per_second / plain_t.messages_per_second
                   : 0.0,
               bridged_l.p50_us - plain_l.p50_us);
-  return bridged_t.received == messages ? 0 : 1;
+  const Result& checked = only == "plain" ? plain_t : bridged_t;
+  return checked.received == messages ? 0 : 1;
 }
