@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <poll.h>
 #include <memory>
 #include <set>
 #include <string>
@@ -18,6 +19,7 @@
 #include "bridge.hpp"
 #include "daemon_support.hpp"
 #include "envelope.hpp"
+#include "redis_connection.hpp"
 #include "redis_server.hpp"
 #include "shmbus/shmbus.hpp"
 
@@ -736,6 +738,127 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
             std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n").find("reserved prefix"),
             std::string::npos);
+}
+
+// ---- the connection's own buffers and reply arena ------------------------------------------
+
+RedisEndpoint local_endpoint(const RedisServer& redis) {
+  RedisEndpoint e;
+  e.host = "127.0.0.1";
+  e.port = redis.port();
+  return e;
+}
+
+// Every reply shape hiredis parses, pipelined so replies span reads and feed slices: a 1 MiB
+// binary string, nil, an integer, an error, a nested XREAD reply, an array of 50,000 that
+// spans reads, and 20,000 small ones.
+TEST(RedisConnection, ParsesEveryReplyShapeThroughItsOwnBuffersAndArena) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  RedisConnection c(local_endpoint(redis));
+  std::string big(1 << 20, 'b');
+  big[7] = '\0';
+  big.replace(1000, 2, "\r\n");  // binary-safe: a NUL and a CRLF inside the value
+  c.append({"SET", "big", big});
+  c.append({"GET", "big"});
+  c.append({"GET", "missing"});
+  c.append({"INCRBY", "n", "41"});
+  c.append({"LPUSH", "big", "x"});  // WRONGTYPE
+  c.append({"XADD", "s", "1-1", "field", "value"});
+  c.append({"XREAD", "COUNT", "10", "STREAMS", "s", "0"});
+  // An array far longer than one read: it is built across next_reply() calls.
+  constexpr int kListLength = 50000;
+  std::vector<std::string> numbers;
+  for (int i = 0; i < kListLength; ++i) numbers.push_back(std::to_string(i));
+  std::vector<std::string_view> rpush{"RPUSH", "list"};
+  rpush.insert(rpush.end(), numbers.begin(), numbers.end());
+  c.append(rpush);
+  c.append({"LRANGE", "list", "0", "-1"});
+  constexpr int kPings = 20000;
+  for (int i = 0; i < kPings; ++i) c.append({"ECHO", numbers[i]});
+
+  std::vector<std::string> seen;  // one line per reply, copied before the next is read
+  auto describe = [](const redisReply* r) {
+    switch (r->type) {
+      case REDIS_REPLY_STRING: return "string " + std::to_string(r->len);
+      case REDIS_REPLY_STATUS: return "status " + std::string(reply_text(r));
+      case REDIS_REPLY_ERROR: return "error " + std::string(reply_text(r)).substr(0, 9);
+      case REDIS_REPLY_INTEGER: return "integer " + std::to_string(r->integer);
+      case REDIS_REPLY_NIL: return std::string("nil");
+      default: return "array " + std::to_string(r->elements);
+    }
+  };
+  const size_t expected = 9 + kPings;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (seen.size() < expected && std::chrono::steady_clock::now() < deadline) {
+    if (c.output_pending()) c.flush();
+    pollfd fd{c.fd(), static_cast<short>(POLLIN | (c.output_pending() ? POLLOUT : 0)), 0};
+    poll(&fd, 1, 100);
+    c.read();
+    while (const redisReply* r = c.next_reply()) {
+      if (seen.size() == 1) {
+        ASSERT_EQ(r->type, REDIS_REPLY_STRING);
+        EXPECT_TRUE(reply_text(r) == big) << "the 1 MiB value came back changed";
+      }
+      if (seen.size() == 6) {  // [[s, [[1-1, [field, value]]]]]
+        ASSERT_EQ(r->type, REDIS_REPLY_ARRAY);
+        ASSERT_EQ(r->elements, 1u);
+        const redisReply* stream = r->element[0];
+        ASSERT_EQ(stream->elements, 2u);
+        EXPECT_EQ(reply_text(stream->element[0]), "s");
+        const redisReply* entry = stream->element[1]->element[0];
+        EXPECT_EQ(reply_text(entry->element[0]), "1-1");
+        EXPECT_EQ(reply_text(entry->element[1]->element[0]), "field");
+        EXPECT_EQ(reply_text(entry->element[1]->element[1]), "value");
+      }
+      if (seen.size() == 8) {
+        ASSERT_EQ(r->type, REDIS_REPLY_ARRAY);
+        ASSERT_EQ(r->elements, size_t{kListLength});
+        for (int i = 0; i < kListLength; ++i)
+          ASSERT_EQ(reply_text(r->element[i]), numbers[i]) << "element " << i;
+      }
+      if (seen.size() >= 9) {
+        EXPECT_EQ(reply_text(r), numbers[seen.size() - 9]) << "replies out of order";
+        EXPECT_EQ(r->str[r->len], '\0') << "NUL-terminated, as hiredis's own";
+      }
+      seen.push_back(describe(r));
+    }
+  }
+  ASSERT_EQ(seen.size(), expected);
+  EXPECT_EQ(seen[0], "status OK");
+  EXPECT_EQ(seen[1], "string 1048576");
+  EXPECT_EQ(seen[2], "nil");
+  EXPECT_EQ(seen[3], "integer 41");
+  EXPECT_EQ(seen[4], "error WRONGTYPE");
+  EXPECT_EQ(seen[5], "string 3");  // the XADD's id
+  EXPECT_EQ(seen[6], "array 1");
+  EXPECT_EQ(seen[7], "integer " + std::to_string(kListLength));
+  EXPECT_EQ(seen[8], "array " + std::to_string(kListLength));
+  EXPECT_EQ(c.output_bytes(), 0u);
+}
+
+// A closed connection is an error from read(), not a silent stop.
+TEST(RedisConnection, ReadOnAClosedConnectionThrows) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  RedisConnection c(local_endpoint(redis));
+  c.append({"QUIT"});
+  while (!c.flush()) std::this_thread::sleep_for(1ms);
+  bool closed = false;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!closed && std::chrono::steady_clock::now() < deadline) {
+    pollfd fd{c.fd(), POLLIN, 0};
+    poll(&fd, 1, 100);
+    try {
+      c.read();
+      while (c.next_reply()) {
+      }
+    } catch (const std::runtime_error& e) {
+      closed = std::string(e.what()).find("connection closed") != std::string::npos;
+      ASSERT_TRUE(closed) << e.what();
+    }
+  }
+  EXPECT_TRUE(closed);
 }
 
 TEST(Envelope, RoundTripsAndRefusesWhatIsNotVersionOne) {

@@ -700,7 +700,7 @@ struct Bridge::Impl {
       // Read even with nothing in flight: an EOF (Redis closed the connection) must be seen
       // now, not by the next heartbeat, or an import-only bridge's poll spins on it.
       pub->read();
-      while (Reply r = pub->next_reply()) on_pub_reply(r.get());
+      while (const redisReply* r = pub->next_reply()) on_pub_reply(r);
     } catch (const std::exception& e) {
       pub_failed(e.what());
     }
@@ -978,9 +978,9 @@ struct Bridge::Impl {
       const short revents = fds[i++].revents;
       if (revents & (POLLIN | POLLERR | POLLHUP)) {
         c->read();
-        while (Reply r = c->next_reply()) {
-          if (c == sub.get()) on_sub_reply(r.get());
-          else on_stream_reply(r.get());
+        while (const redisReply* r = c->next_reply()) {
+          if (c == sub.get()) on_sub_reply(r);
+          else on_stream_reply(r);
           if (!sub) return;  // a reply handler disconnected
         }
       }

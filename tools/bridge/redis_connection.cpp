@@ -1,14 +1,24 @@
 #include "redis_connection.hpp"
 
-#include <hiredis/sds.h>
-
 #include <fcntl.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
 
 #include <stdexcept>
 
 namespace shmbus::bridge {
 
 namespace {
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
 Reply command(redisContext* c, const std::vector<std::string_view>& args) {
   std::vector<const char*> argv;
   std::vector<size_t> lengths;
@@ -19,7 +29,97 @@ Reply command(redisContext* c, const std::vector<std::string_view>& args) {
   return Reply(static_cast<redisReply*>(
       redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lengths.data())));
 }
+// hiredis's reader hands each value it parses to these, with the connection's arena as
+// the task's privdata (the reader copies its own privdata into every task). They build
+// the same redisReply tree as hiredis's defaults, in the arena instead of the heap.
+using ReplyArena = RedisConnection::ReplyArena;
+
+redisReply* new_reply(const redisReadTask* task, int type) {
+  auto* arena = static_cast<ReplyArena*>(task->privdata);
+  auto* reply = static_cast<redisReply*>(arena->allocate(sizeof(redisReply)));
+  reply->type = type;
+  if (task->parent != nullptr) {
+    // An element: hiredis created the parent array with room for it at task->idx.
+    auto* parent = static_cast<redisReply*>(task->parent->obj);
+    parent->element[task->idx] = reply;
+  }
+  return reply;
+}
+
+void* create_string(const redisReadTask* task, char* str, size_t len) {
+  redisReply* reply = new_reply(task, task->type);  // STRING, STATUS or ERROR
+  auto* copy = static_cast<char*>(static_cast<ReplyArena*>(task->privdata)->allocate(len + 1));
+  std::memcpy(copy, str, len);  // the arena zeroed copy[len]: NUL-terminated like hiredis's
+  reply->str = copy;
+  reply->len = len;
+  return reply;
+}
+
+void* create_array(const redisReadTask* task, int elements) {
+  redisReply* reply = new_reply(task, REDIS_REPLY_ARRAY);
+  if (elements > 0) {
+    reply->element = static_cast<redisReply**>(static_cast<ReplyArena*>(task->privdata)->allocate(
+        static_cast<size_t>(elements) * sizeof(redisReply*)));
+    reply->elements = static_cast<size_t>(elements);
+  }
+  return reply;
+}
+
+void* create_integer(const redisReadTask* task, long long value) {
+  redisReply* reply = new_reply(task, REDIS_REPLY_INTEGER);
+  reply->integer = value;
+  return reply;
+}
+
+void* create_nil(const redisReadTask* task) { return new_reply(task, REDIS_REPLY_NIL); }
+
+// The reader frees a half-built reply on a protocol error and at redisFree(): the arena
+// owns that memory, so there is nothing to do.
+void free_in_arena(void*) {}
+
+redisReplyObjectFunctions arena_functions = {create_string, create_array, create_integer,
+                                             create_nil, free_in_arena};
+
+// Reads and feeds: a slice fed at a time keeps hiredis's reader buffer near 1 KiB, so the
+// unread bytes it moves to the front after each reply stay few. A reply larger than a
+// slice doubles the slice while it is incomplete, so a 1 MiB payload is fed in ~10 steps.
+constexpr size_t kReadChunk = 64 << 10;
+constexpr size_t kFeedSlice = 1 << 10;
+// Kept between bursts: larger output buffers are released once written out.
+constexpr size_t kKeptOutputCapacity = 1 << 20;
+
 }  // namespace
+
+void* RedisConnection::ReplyArena::allocate(size_t bytes) {
+  constexpr size_t kAlign = alignof(std::max_align_t);
+  constexpr size_t kChunkBytes = 64 << 10;
+  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+  while (current_ < chunks_.size() && used_ + bytes > chunks_[current_].size) {
+    ++current_;
+    used_ = 0;
+  }
+  if (current_ == chunks_.size()) {
+    const size_t size = std::max(bytes, kChunkBytes);
+    chunks_.push_back({std::unique_ptr<std::byte[]>(new std::byte[size]), size});
+    used_ = 0;
+  }
+  std::byte* at = chunks_[current_].bytes.get() + used_;
+  used_ += bytes;
+  std::memset(at, 0, bytes);  // as hiredis's calloc()ed replies are
+  return at;
+}
+
+void RedisConnection::ReplyArena::reset() {
+  // Only one reply lives here at a time. A chunk larger than the usual held a very large
+  // string, and chunks past the first few held a very long array (XREAD of many entries):
+  // give those back rather than keep the largest reply ever seen.
+  constexpr size_t kChunkBytes = 64 << 10;
+  constexpr size_t kKeptChunks = 4;
+  std::erase_if(chunks_, [](const Chunk& c) { return c.size > kChunkBytes; });
+  if (chunks_.size() > kKeptChunks) chunks_.resize(kKeptChunks);
+  current_ = 0;
+  used_ = 0;
+}
 
 RedisConnection::RedisConnection(const RedisEndpoint& endpoint)
     : name_("redis " + endpoint.host + ":" + std::to_string(endpoint.port)) {
@@ -53,10 +153,14 @@ RedisConnection::RedisConnection(const RedisEndpoint& endpoint)
     }
   }
   redisEnableKeepAlive(context_);
-  // From here on the caller's poll loop drives the socket (see the header).
+  // From here on the caller's poll loop drives the socket, and this class its bytes (see
+  // the header); hiredis's reader only parses, into the arena.
   const int flags = fcntl(context_->fd, F_GETFL);
   fcntl(context_->fd, F_SETFL, flags | O_NONBLOCK);
   context_->flags &= ~REDIS_BLOCK;
+  context_->reader->fn = &arena_functions;
+  context_->reader->privdata = &arena_;
+  in_.resize(kReadChunk);
 }
 
 RedisConnection::~RedisConnection() {
@@ -71,51 +175,90 @@ void RedisConnection::fail(const std::string& what) {
 }
 
 void RedisConnection::append(std::span<const std::string_view> args) {
-  // The command in RESP (an array of bulk strings), formatted here into a reused buffer
-  // and handed over as is: hiredis's own formatting (redisAppendCommandArgv) allocates an
-  // sds and runs sdscatfmt per command, a measurable share of the export thread's time at
-  // a million PUBLISHes a second.
-  resp_.clear();
+  // RESP: an array of bulk strings, formatted straight after what is still unwritten.
   const auto header = [this](char kind, size_t n) {
-    resp_ += kind;
-    resp_ += std::to_string(n);
-    resp_ += "\r\n";
+    out_ += kind;
+    out_ += std::to_string(n);
+    out_ += "\r\n";
   };
   header('*', args.size());
   for (auto a : args) {
     header('$', a.size());
-    resp_.append(a.data(), a.size());
-    resp_ += "\r\n";
+    out_.append(a.data(), a.size());
+    out_ += "\r\n";
   }
-  if (redisAppendFormattedCommand(context_, resp_.data(), resp_.size()) != REDIS_OK)
-    throw std::runtime_error(name_ + ": out of memory appending a command");
   output_pending_ = true;
 }
 
 bool RedisConnection::flush() {
-  // Each call writes once; a few calls drain a large pipeline, and a socket that stays full
-  // (EAGAIN) leaves done at 0 so the caller polls for POLLOUT.
-  int done = 0;
-  for (int attempt = 0; attempt < 16 && !done; ++attempt)
-    if (redisBufferWrite(context_, &done) != REDIS_OK)
-      throw std::runtime_error(name_ + ": write failed: " + context_->errstr);
-  output_pending_ = !done;
-  return done != 0;
+  while (out_sent_ < out_.size()) {
+    const ssize_t n = ::send(context_->fd, out_.data() + out_sent_, out_.size() - out_sent_,
+                             MSG_NOSIGNAL);
+    if (n > 0) {
+      out_sent_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;  // POLLOUT, then again
+    throw std::runtime_error(name_ + ": write failed: " +
+                             (n < 0 ? std::strerror(errno) : "connection closed"));
+  }
+  if (out_sent_ == out_.size()) {
+    out_.clear();
+    out_sent_ = 0;
+    if (out_.capacity() > kKeptOutputCapacity) out_.shrink_to_fit();
+    output_pending_ = false;
+    return true;
+  }
+  // A socket that stays full: drop the written front once it is most of the buffer, so
+  // appends behind it do not grow the buffer without end.
+  if (out_sent_ >= out_.size() / 2) {
+    out_.erase(0, out_sent_);
+    out_sent_ = 0;
+  }
+  return false;
 }
 
-size_t RedisConnection::output_bytes() const { return sdslen(context_->obuf); }
+size_t RedisConnection::output_bytes() const { return out_.size() - out_sent_; }
 
 void RedisConnection::read() {
-  if (redisBufferRead(context_) != REDIS_OK)
-    throw std::runtime_error(name_ + ": " +
-                             (context_->errstr[0] ? context_->errstr : "connection closed"));
+  if (in_fed_ == in_read_) {
+    in_fed_ = in_read_ = 0;
+  } else if (in_fed_ > 0) {  // a caller that stopped taking replies: keep the rest
+    std::memmove(in_.data(), in_.data() + in_fed_, in_read_ - in_fed_);
+    in_read_ -= in_fed_;
+    in_fed_ = 0;
+  }
+  if (in_read_ == in_.size()) return;  // full: next_reply() must take some first
+  for (;;) {
+    const ssize_t n = ::recv(context_->fd, in_.data() + in_read_, in_.size() - in_read_, 0);
+    if (n > 0) {
+      in_read_ += static_cast<size_t>(n);
+      return;
+    }
+    if (n == 0) throw std::runtime_error(name_ + ": connection closed");
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    throw std::runtime_error(name_ + ": read failed: " + std::strerror(errno));
+  }
 }
 
-Reply RedisConnection::next_reply() {
-  void* reply = nullptr;
-  if (redisGetReplyFromReader(context_, &reply) != REDIS_OK)
-    throw std::runtime_error(name_ + ": bad reply: " + context_->errstr);
-  return Reply(static_cast<redisReply*>(reply));
+const redisReply* RedisConnection::next_reply() {
+  redisReader* reader = context_->reader;
+  // Between replies (no half-built one in the arena), the previous one is done with.
+  if (reader->ridx == -1) arena_.reset();
+  for (;;) {
+    void* reply = nullptr;
+    if (redisReaderGetReply(reader, &reply) != REDIS_OK)
+      throw std::runtime_error(name_ + ": bad reply: " + reader->errstr);
+    if (reply != nullptr) return static_cast<const redisReply*>(reply);
+    if (in_fed_ == in_read_) return nullptr;
+    const size_t buffered = reader->len - reader->pos;  // an incomplete reply's bytes
+    const size_t slice = std::min(std::max(kFeedSlice, buffered), in_read_ - in_fed_);
+    if (redisReaderFeed(reader, in_.data() + in_fed_, slice) != REDIS_OK)
+      throw std::runtime_error(name_ + ": out of memory reading a reply");
+    in_fed_ += slice;
+  }
 }
 
 }  // namespace shmbus::bridge

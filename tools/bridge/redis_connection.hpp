@@ -1,6 +1,15 @@
 // One connection to Redis over hiredis 0.14's plain (synchronous) context, driven
 // non-blockingly by the caller's poll() loop.
 //
+// After connecting, hiredis is the parser only: this class owns the bytes in both directions.
+// Commands are formatted into a buffer it reuses and written with send(); replies are
+// read into a buffer of its own, fed to hiredis's reader a slice at a time, and built in an
+// arena that the next reply reuses. At a million messages a second, hiredis's own buffers
+// cost more than the rest of a relay: its output buffer is freed and regrown after every
+// complete write, its reader moves the unread bytes to the front after each reply once 1 KiB
+// is consumed (so a 16 KiB read is moved about eight times over), and each reply is
+// several calloc()s and free()s (a pub/sub message is eight).
+//
 // Why not hiredis's async API: 0.14 mis-dispatches PING replies on subscribed connections,
 // asserts on commands sent between UNSUBSCRIBE and its reply, and ignores timeouts in pub/sub
 // (research/redis.md §4). Here hiredis only frames commands and parses replies; this class and
@@ -10,7 +19,7 @@
 // socket is non-blocking and the context's REDIS_BLOCK flag is cleared, so read() and flush()
 // treat EAGAIN as "later" instead of a fatal error.
 //
-// Thread safety: one thread at a time (the bridge's Redis thread).
+// Thread safety: one thread at a time (the thread that holds the connection).
 #pragma once
 
 #include <hiredis/hiredis.h>
@@ -25,11 +34,6 @@
 #include <vector>
 
 namespace shmbus::bridge {
-
-struct ReplyDeleter {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
 
 inline std::string_view reply_text(const redisReply* r) {
   return r && r->str ? std::string_view(r->str, r->len) : std::string_view();
@@ -69,8 +73,27 @@ class RedisConnection {
   size_t output_bytes() const;
   // Reads what arrived without blocking; throws std::runtime_error on EOF or error.
   void read();
-  // The next complete reply already read, if any.
-  Reply next_reply();
+  // The next complete reply already read, if any. It stays valid until the next call to
+  // next_reply() (its memory is reused then) or the connection's end.
+  const redisReply* next_reply();
+
+  // Where next_reply() builds its replies: bump allocation from chunks that are kept and
+  // reused, so a reply costs no malloc() once the first few have been read.
+  class ReplyArena {
+   public:
+    void* allocate(size_t bytes);  // zeroed, aligned for redisReply
+    // Forgets every reply built so far; keeps the ordinary chunks for the next ones.
+    void reset();
+
+   private:
+    struct Chunk {
+      std::unique_ptr<std::byte[]> bytes;
+      size_t size;
+    };
+    std::vector<Chunk> chunks_;
+    size_t current_ = 0;  // chunk being filled
+    size_t used_ = 0;     // bytes of it handed out
+  };
 
  private:
   // Frees the context and throws, naming the server, `what` and hiredis's reason.
@@ -78,7 +101,11 @@ class RedisConnection {
   std::string name_;
   redisContext* context_ = nullptr;
   bool output_pending_ = false;
-  std::string resp_;  // append(): the command being formatted (reused)
+  std::string out_;      // formatted commands; [out_sent_, size) not yet written
+  size_t out_sent_ = 0;
+  std::vector<char> in_;  // bytes read; [in_fed_, in_read_) not yet given to the reader
+  size_t in_fed_ = 0, in_read_ = 0;
+  ReplyArena arena_;
 };
 
 }  // namespace shmbus::bridge
