@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -135,8 +136,13 @@ class RedisServer {
   }
   bool start() {
     const std::string port = std::to_string(port_);
+    const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
+      // A test that crashes must not leave its server running: it would hold the test's
+      // output pipe open, and meson would wait on it until the suite's timeout.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);  // the test died before prctl took effect
       if (options_.append_only)
         execl(binary_.c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir",
