@@ -378,9 +378,11 @@ struct SteadyPublisher {
 
 // Collects the numbers a subscription receives, on its own thread.
 struct Collector {
-  Collector(const ConnectOptions& options, std::string channel)
+  enum class By { kName, kPattern };
+  Collector(const ConnectOptions& options, std::string channel, By by = By::kName)
       : sub(Subscription::open(options)) {
-    sub.subscribe({channel});
+    if (by == By::kName) sub.subscribe({channel});
+    else sub.psubscribe({channel});
     thread = std::thread([this] {
       while (!stop) {
         if (auto m = sub.next(20ms)) {
@@ -399,6 +401,13 @@ struct Collector {
   size_t count() {
     std::lock_guard<std::mutex> lock(mutex);
     return numbers.size();
+  }
+  // Whether the numbers run one by one: none lost, none twice.
+  bool consecutive() {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (size_t i = 1; i < numbers.size(); ++i)
+      if (numbers[i] != numbers[i - 1] + 1) return false;
+    return true;
   }
   Subscription sub;
   std::atomic<bool> stop{false};
@@ -451,6 +460,43 @@ TEST(Bridge, RedisKilledAndRestartedPubSubLosesOnlyWhatItReports) {
   std::cout << "sent " << sent << ", received " << collector.numbers.size() << ", lost "
             << cb.lost_in_transit << ", lapped locally " << collector.lapped
             << " (exporter: in flight " << ca.dropped_by(Drop::kInFlight) << ")\n";
+}
+
+// Which of Redis's copies of a message is imported changes with the subscriptions while
+// messages flow: by name; by name and pattern together (two copies of each, while the
+// by-name one lingers); pattern only; both again; by name only. Each message is
+// imported once throughout.
+TEST(Bridge, DesignatedCopyFollowsSubscriptionChangesMidStream) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  Host a(chat_config(redis.port(), 1, Mode::kEnvelope));
+  Host b(chat_config(redis.port(), 2, Mode::kEnvelope));
+  Collector by_name(b.daemon.options(), "chat:room");
+  ASSERT_TRUE(subscribed(*b.bridge, 2));  // heartbeat, chat:room
+  SteadyPublisher publisher(a.daemon.options(), "chat:room", 2000);
+  auto arrived = [&](size_t more) {
+    const size_t target = by_name.count() + more;
+    return wait_until([&] { return by_name.count() >= target; });
+  };
+  ASSERT_TRUE(arrived(100));
+  auto by_pattern =
+      std::make_unique<Collector>(b.daemon.options(), "chat:*", Collector::By::kPattern);
+  ASSERT_TRUE(subscribed(*b.bridge, 3));  // + chat:*, chat:room lingering
+  ASSERT_TRUE(subscribed(*b.bridge, 2));  // heartbeat, chat:* (it covers chat:room)
+  ASSERT_TRUE(arrived(200));
+  by_pattern.reset();
+  ASSERT_TRUE(subscribed(*b.bridge, 3));  // chat:room again, chat:* lingering
+  ASSERT_TRUE(subscribed(*b.bridge, 2));  // heartbeat, chat:room
+  ASSERT_TRUE(arrived(200));
+  publisher.finish();
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard<std::mutex> lock(by_name.mutex);
+    return !by_name.numbers.empty() && by_name.numbers.back() + 1 == publisher.sent;
+  })) << "the last message never arrived";
+  by_name.finish();
+  EXPECT_TRUE(by_name.consecutive()) << "a message lost or imported twice";
+  EXPECT_EQ(b.bridge->counters().imported, publisher.sent - by_name.numbers.front());
+  EXPECT_EQ(b.bridge->counters().lost_in_transit, 0u);
 }
 
 TEST(Bridge, SilentRedisIsFoundByHeartbeatAndTheLocalBusCarriesOn) {

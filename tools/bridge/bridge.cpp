@@ -168,6 +168,13 @@ struct Outbound {
   uint64_t publish_unix_ns = 0;
 };
 
+// Hashes a channel name held as std::string or looked up by string_view (no copy per
+// message to look one up).
+struct NameHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
 // What a command on the publishing connection was, for its reply. One byte: a million
 // are sent a second, and a deque of them allocates one block per 512 (an Outbound in
 // each, as before, made that one per four).
@@ -307,7 +314,7 @@ struct Bridge::Impl {
   // Redis thread, which may read them without it) and raw_echoes.
   std::mutex echo_mutex;
   std::set<std::string> sent_channels, sent_patterns;
-  std::unordered_map<std::string, std::deque<RawEcho>> raw_echoes;
+  std::unordered_map<std::string, std::deque<RawEcho>, NameHash, std::equal_to<>> raw_echoes;
 
   struct Counters {
     std::atomic<uint64_t> exported{0}, imported{0}, echoes{0}, duplicates{0}, lost_in_transit{0},
@@ -797,9 +804,25 @@ struct Bridge::Impl {
   // header).
   Interest wanted;
   uint64_t wanted_generation = ~uint64_t{0};
-  std::set<std::string> confirmed_channels, confirmed_patterns;
+  std::set<std::string, std::less<>> confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
-  std::unordered_map<std::string, std::vector<std::pair<uint16_t, SequenceState>>> sequences;
+  using OriginSequences = std::vector<std::pair<uint16_t, SequenceState>>;
+  std::unordered_map<std::string, OriginSequences> sequences;  // by Redis channel or stream key
+
+  // What on_delivery() worked out for a Redis channel it imports from: which of Redis's
+  // copies of a message to take, the rule, and where the message goes. Every part depends
+  // only on the channel's name, the rules, the confirmed subscriptions and the open import
+  // channels, so a route is kept until one of those changes (forget_routes()); a message
+  // that finds its route skips the name checks, the rule and pattern matching and three
+  // lookups by name.
+  struct ImportRoute {
+    std::optional<std::string> designated_pattern;  // nullopt: only the by-name copy
+    const Rule* rule = nullptr;
+    std::string local_name;
+    Channel* channel = nullptr;                // in import_channels
+    OriginSequences* sequences = nullptr;      // in `sequences`
+  };
+  std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
 
   // Durable reads.
   std::map<std::string, std::string> stream_positions;  // key -> last id read
@@ -808,7 +831,9 @@ struct Bridge::Impl {
   bool state_dirty = false;
   Clock::time_point next_state_save{};
 
-  std::unordered_map<std::string, Channel> import_channels;
+  std::unordered_map<std::string, Channel> import_channels;  // by local name
+
+  void forget_routes() { routes.clear(); }
 
   RedisEndpoint endpoint() const {
     return {config.redis_host, config.redis_port, config.redis_user, config.redis_password,
@@ -890,6 +915,7 @@ struct Bridge::Impl {
     }
     confirmed_channels.clear();
     confirmed_patterns.clear();
+    forget_routes();
     unwanted_since.clear();
     stream_command_in_flight = false;
     stream_waiting_for.clear();
@@ -1063,12 +1089,19 @@ struct Bridge::Impl {
       return;
     }
     const std::string_view kind = reply_text(r->element[0]);
-    const std::string name(reply_text(r->element[1]));
     if (kind == "message") {
-      on_delivery(name, {}, r->element[2]);
-    } else if (kind == "pmessage" && r->elements >= 4) {
-      on_delivery(std::string(reply_text(r->element[2])), name, r->element[3]);
-    } else if (kind == "subscribe") {
+      on_delivery(reply_text(r->element[1]), {}, r->element[2]);
+      return;
+    }
+    if (kind == "pmessage" && r->elements >= 4) {
+      on_delivery(reply_text(r->element[2]), reply_text(r->element[1]), r->element[3]);
+      return;
+    }
+    const std::string name(reply_text(r->element[1]));
+    // Each confirmation may change which copy of a message is designated, and which
+    // sequences are kept: routes are worked out again.
+    forget_routes();
+    if (kind == "subscribe") {
       confirmed_channels.insert(name);
     } else if (kind == "psubscribe") {
       confirmed_patterns.insert(name);
@@ -1095,76 +1128,106 @@ struct Bridge::Impl {
   }
 
   // Exactly one of the copies Redis sends for one PUBLISH is imported (see the header).
-  bool designated(const std::string& channel, std::string_view pattern) const {
+  bool designated(std::string_view channel, std::string_view pattern) const {
     if (pattern.empty()) return true;
-    if (confirmed_channels.count(channel)) return false;
-    for (const auto& p : confirmed_patterns)
-      if (glob_match(p, channel)) return p == pattern;
-    return false;
+    return designated_pattern(channel) == pattern;
   }
 
-  void on_delivery(const std::string& channel, std::string_view pattern,
+  // The pattern whose copy of a message on `channel` is imported: none while a by-name
+  // subscription covers the channel (that copy is), else the first confirmed pattern
+  // matching it.
+  std::optional<std::string> designated_pattern(std::string_view channel) const {
+    if (confirmed_channels.count(channel)) return std::nullopt;
+    for (const auto& p : confirmed_patterns)
+      if (glob_match(p, channel)) return p;
+    return std::nullopt;
+  }
+
+  void on_delivery(std::string_view channel, std::string_view pattern,
                    const redisReply* payload_reply) {
-    if (!designated(channel, pattern)) return;
-    if (channel == heartbeat_channel) {
-      if (!pattern.empty()) return;
-      on_heartbeat(reply_text(payload_reply));
-      return;
+    auto known = routes.find(channel);
+    ImportRoute* route = known != routes.end() ? &known->second : nullptr;
+    if (route == nullptr) {
+      if (!designated(channel, pattern)) return;
+      if (channel == heartbeat_channel) {
+        if (pattern.empty()) on_heartbeat(reply_text(payload_reply));
+        return;
+      }
+      route = make_route(channel);
+      if (route == nullptr) return;  // dropped and counted, or another bridge's heartbeat
     }
+    if (!pattern.empty() && route->designated_pattern != pattern) return;
     if (payload_reply->type != REDIS_REPLY_STRING) {
-      drop(Drop::kCorruptEnvelope, 1, "a message on '" + channel + "' without a string payload");
+      drop(Drop::kCorruptEnvelope, 1,
+           "a message on '" + route->local_name.substr(0, 128) + "' without a string payload");
       return;
     }
     const std::string_view payload = reply_text(payload_reply);
-    if (!channel.starts_with(config.redis_prefix)) {
-      drop(Drop::kBadChannel, 1, "channel '" + channel.substr(0, 128) + "' lacks the prefix '" +
-                                     config.redis_prefix + "'");
-      return;
-    }
-    const std::string name = channel.substr(config.redis_prefix.size());
-    if (name.starts_with(kReservedPrefix)) return;  // other bridges' heartbeats
-    if (name.empty() || name.size() > kMaxChannelNameBytes) {
-      drop(Drop::kBadChannel, 1,
-           "channel name of " + std::to_string(name.size()) +
-               " bytes; local channel names are 1 to 1024 bytes");
-      return;
-    }
-    const Rule* rule = BridgeConfig::first_match(config.imports, name);
-    if (rule == nullptr || rule->durable) {
-      drop(Drop::kNotImported, 1, "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule");
-      return;
-    }
-    if (payload.size() > config.max_payload_bytes + (rule->mode == Mode::kEnvelope
-                                                         ? kEnvelopeHeaderBytes
-                                                         : 0)) {
+    const Rule& rule = *route->rule;
+    if (payload.size() >
+        config.max_payload_bytes + (rule.mode == Mode::kEnvelope ? kEnvelopeHeaderBytes : 0)) {
       drop(Drop::kOversized, 1,
-           std::to_string(payload.size()) + " bytes on '" + name.substr(0, 128) +
+           std::to_string(payload.size()) + " bytes on '" + route->local_name.substr(0, 128) +
                "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes));
       return;
     }
-    if (rule->mode == Mode::kRaw) {
+    if (rule.mode == Mode::kRaw) {
       if (is_raw_echo(channel, payload)) {
         counters.echoes.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      publish_local(name, bytes_of(payload), kUnknownOrigin);
+      publish_local(*route->channel, route->local_name, bytes_of(payload), kUnknownOrigin);
       return;
     }
     std::string why;
     auto envelope = decode_envelope(bytes_of(payload), why);
     if (!envelope) {
-      drop(Drop::kCorruptEnvelope, 1, "on '" + name.substr(0, 128) + "': " + why);
+      drop(Drop::kCorruptEnvelope, 1, "on '" + route->local_name.substr(0, 128) + "': " + why);
       return;
     }
     if (envelope->header.origin == config.host_id) {
       counters.echoes.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (!accept_sequence(channel, envelope->header.origin, envelope->header.sequence,
+    if (!accept_sequence(*route->sequences, envelope->header.origin, envelope->header.sequence,
                          envelope->header.publish_unix_ns, false))
       return;
     note_lag(envelope->header.publish_unix_ns);
-    publish_local(name, envelope->payload, envelope->header.origin);
+    publish_local(*route->channel, route->local_name, envelope->payload, envelope->header.origin);
+  }
+
+  // The first message on a Redis channel: checks its name against the prefix, the limits
+  // and the import rules (counting a drop for each message refused; those get no route)
+  // and opens its local channel.
+  ImportRoute* make_route(std::string_view channel) {
+    if (!channel.starts_with(config.redis_prefix)) {
+      drop(Drop::kBadChannel, 1,
+           "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
+               config.redis_prefix + "'");
+      return nullptr;
+    }
+    const std::string name(channel.substr(config.redis_prefix.size()));
+    if (name.starts_with(kReservedPrefix)) return nullptr;  // other bridges' heartbeats
+    if (name.empty() || name.size() > kMaxChannelNameBytes) {
+      drop(Drop::kBadChannel, 1,
+           "channel name of " + std::to_string(name.size()) +
+               " bytes; local channel names are 1 to 1024 bytes");
+      return nullptr;
+    }
+    const Rule* rule = BridgeConfig::first_match(config.imports, name);
+    if (rule == nullptr || rule->durable) {
+      drop(Drop::kNotImported, 1, "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule");
+      return nullptr;
+    }
+    Channel* local = import_channel(name);  // may forget every route: before the insert
+    if (local == nullptr) return nullptr;
+    ImportRoute& route = routes[std::string(channel)];
+    route.designated_pattern = designated_pattern(channel);
+    route.rule = rule;
+    route.local_name = name;
+    route.channel = local;
+    route.sequences = &sequences[std::string(channel)];
+    return &route;
   }
 
   // A heartbeat sent on this link has been out longer than heartbeat_timeout (timed from
@@ -1217,7 +1280,7 @@ struct Bridge::Impl {
     }
   }
 
-  bool is_raw_echo(const std::string& channel, std::string_view payload) {
+  bool is_raw_echo(std::string_view channel, std::string_view payload) {
     std::lock_guard<std::mutex> lock(echo_mutex);
     auto it = raw_echoes.find(channel);
     if (it == raw_echoes.end()) return false;
@@ -1235,9 +1298,8 @@ struct Bridge::Impl {
 
   // Counts gaps (pub/sub) and refuses entries already imported (durable resends). Returns
   // whether to import.
-  bool accept_sequence(const std::string& key, uint16_t origin, uint64_t sequence,
+  bool accept_sequence(OriginSequences& states, uint16_t origin, uint64_t sequence,
                        uint64_t publish_unix_ns, bool durable) {
-    auto& states = sequences[key];
     auto it = std::find_if(states.begin(), states.end(),
                            [&](const auto& s) { return s.first == origin; });
     if (it == states.end()) {
@@ -1284,26 +1346,33 @@ struct Bridge::Impl {
     }
   }
 
-  void publish_local(const std::string& name, std::span<const std::byte> payload,
-                     uint16_t origin) {
+  // The local channel `name` (opened on first use), or nullptr when shmbusd refuses it
+  // (counted). Too many open: all are closed, and with them every route that held one.
+  Channel* import_channel(const std::string& name) {
     auto it = import_channels.find(name);
-    if (it == import_channels.end()) {
-      if (import_channels.size() >= kMaxOpenImportChannels) import_channels.clear();
-      try {
-        it = import_channels.emplace(name, import_bus.channel(name)).first;
-      } catch (const Error& e) {
-        if (e.code() == Errc::kDaemonGone || e.code() == Errc::kNoDaemon) throw;
-        drop(Drop::kLocalRefused, 1, e.what());
-        return;
-      }
+    if (it != import_channels.end()) return &it->second;
+    if (import_channels.size() >= kMaxOpenImportChannels) {
+      forget_routes();
+      import_channels.clear();
     }
-    const PublishResult r = it->second.try_publish(payload, 0ns, origin);
+    try {
+      return &import_channels.emplace(name, import_bus.channel(name)).first->second;
+    } catch (const Error& e) {
+      if (e.code() == Errc::kDaemonGone || e.code() == Errc::kNoDaemon) throw;
+      drop(Drop::kLocalRefused, 1, e.what());
+      return nullptr;
+    }
+  }
+
+  void publish_local(Channel& channel, const std::string& name, std::span<const std::byte> payload,
+                     uint16_t origin) {
+    const PublishResult r = channel.try_publish(payload, 0ns, origin);
     if (r.ok()) {
       counters.imported.fetch_add(1, std::memory_order_relaxed);
     } else if (r.status == PublishStatus::kTooLarge) {
       drop(Drop::kOversized, 1,
            std::to_string(payload.size()) + " bytes exceed local channel '" + name.substr(0, 128) +
-               "' limit of " + std::to_string(it->second.max_message_bytes()) +
+               "' limit of " + std::to_string(channel.max_message_bytes()) +
                "; raise it with a [[channel]] rule in shmbusd.toml");
     } else {
       drop(Drop::kLocalRefused, 1,
@@ -1402,9 +1471,12 @@ struct Bridge::Impl {
       counters.echoes.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (has_sequence && !accept_sequence(key, static_cast<uint16_t>(origin), seq, ts, true)) return;
+    if (has_sequence &&
+        !accept_sequence(sequences[key], static_cast<uint16_t>(origin), seq, ts, true))
+      return;
     if (ts) note_lag(ts);
-    publish_local(name, bytes_of(*payload), static_cast<uint16_t>(origin));
+    if (Channel* local = import_channel(name))
+      publish_local(*local, name, bytes_of(*payload), static_cast<uint16_t>(origin));
   }
 
   // The state file: one line per stream, "<last id> <key as hex>". Written to a temporary
