@@ -12,7 +12,7 @@
 //
 // Throughput: N messages published as fast as the path takes them (the local channel is a
 // back-pressure one, so nothing is lost before the bridge), counted at the far subscriber.
-// The plain pair pipelines PUBLISH the way the bridge does (up to 4096 in flight).
+// The plain pair pipelines PUBLISH the way the bridge does (up to 16384 in flight).
 // Latency: one message at a time, the next sent when the previous arrived; the payload
 // carries CLOCK_MONOTONIC at publish; percentiles of publish -> receive.
 //
@@ -91,7 +91,7 @@ Result plain_throughput(const shmbus::test::RedisServer& redis, uint64_t message
   });
   redisContext* pub = redis.connect();
   const std::string body(payload, 'p');
-  constexpr uint64_t kWindow = 4096;
+  constexpr uint64_t kWindow = 16384;
   uint64_t sent = 0, acked = 0;
   while (acked < messages) {
     while (sent < messages && sent - acked < kWindow) {
