@@ -1,23 +1,24 @@
-// bridge_bench: bus A -> shmbus-bridge -> Redis -> shmbus-bridge -> bus B, next to a plain
-// hiredis publisher/subscriber pair on the same redis-server, in the same run.
+// bridge_bench: bus A -> shmbus-bridge -> Redis -> shmbus-bridge -> bus B, next to two plain
+// publisher/subscriber pairs on the same redis-server, in the same run.
 //
 //   build/bench/bridge_bench [--messages N] [--runs N] [--samples N] [--payload BYTES]
-//                            [--only plain|bridged]
+//                            [--only hiredis|lean|bridged]
 //
-// Throughput is measured --runs times (default 5) for each path, the two alternating, so
-// a slow spell of the machine falls on both; min, median and max are printed, and the
-// ratio is of the medians.
-// --only runs one of the two paths (the other's row prints zeros): for a profiler, whose
-// record should hold one path alone.
+// Throughput is measured --runs times (default 5) for each path, the paths alternating, so
+// a slow spell of the machine falls on all; min, median and max are printed, and the
+// ratios are of the medians. --only runs one path (the others' rows print zeros): for a
+// profiler, whose record should hold one path alone.
 //
 // Throughput: N messages published as fast as the path takes them (the local channel is a
 // back-pressure one, so nothing is lost before the bridge), counted at the far subscriber.
-// The plain pair pipelines PUBLISH the way the bridge does (up to 16384 in flight).
+// Both plain pairs pipeline PUBLISH the way the bridge does (up to 16384 in flight).
 // Latency: one message at a time, the next sent when the previous arrived; the payload
 // carries CLOCK_MONOTONIC at publish; percentiles of publish -> receive.
 //
 // Everything runs in this process except redis-server (in-process daemons and bridges):
 // on 2 vCPUs every thread competes with Redis itself, as it would on one small host.
+#include <poll.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -31,6 +32,7 @@
 #include <spdlog/sinks/null_sink.h>
 
 #include "bridge.hpp"
+#include "redis_connection.hpp"
 #include "daemon_support.hpp"
 #include "redis_server.hpp"
 #include "shmbus/shmbus.hpp"
@@ -71,12 +73,18 @@ uint64_t stamp_of(const char* p) {
   return t;
 }
 
-// ---- plain Redis pair ----
+// ---- plain Redis pairs ----
+//
+// Two publisher/subscriber pairs on the same redis-server, as a yardstick for the bridge.
+// The hiredis pair is an ordinary client: hiredis's formatting, buffers and reply objects,
+// as most applications use it. The lean pair uses the bridge's own RedisConnection (its own
+// buffers, replies built in an arena), so Redis, not the client's malloc, sets its pace:
+// it is the measure of what Redis itself carries, and the one the goal is judged on.
 
-Result plain_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
+Result hiredis_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
   Result result;
   redisContext* sub = redis.connect();
-  freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:plain"));
+  freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:hiredis"));
   std::atomic<uint64_t> received{0};
   Clock::time_point first{}, last{};
   std::thread reader([&] {
@@ -95,7 +103,7 @@ Result plain_throughput(const shmbus::test::RedisServer& redis, uint64_t message
   uint64_t sent = 0, acked = 0;
   while (acked < messages) {
     while (sent < messages && sent - acked < kWindow) {
-      redisAppendCommand(pub, "PUBLISH bench:plain %b", body.data(), body.size());
+      redisAppendCommand(pub, "PUBLISH bench:hiredis %b", body.data(), body.size());
       ++sent;
     }
     void* reply = nullptr;
@@ -112,15 +120,15 @@ Result plain_throughput(const shmbus::test::RedisServer& redis, uint64_t message
   return result;
 }
 
-Result plain_latency(const shmbus::test::RedisServer& redis, int samples, size_t payload) {
+Result hiredis_latency(const shmbus::test::RedisServer& redis, int samples, size_t payload) {
   Result result;
   redisContext* sub = redis.connect();
-  freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:plain:lat"));
+  freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:hiredis:lat"));
   redisContext* pub = redis.connect();
   std::vector<uint64_t> ns;
   for (int i = 0; i < samples; ++i) {
     const std::string body = stamped(payload);
-    redisAppendCommand(pub, "PUBLISH bench:plain:lat %b", body.data(), body.size());
+    redisAppendCommand(pub, "PUBLISH bench:hiredis:lat %b", body.data(), body.size());
     int done = 0;
     while (!done) redisBufferWrite(pub, &done);
     redisReply* r = nullptr;
@@ -136,6 +144,94 @@ Result plain_latency(const shmbus::test::RedisServer& redis, int samples, size_t
   percentiles(ns, result);
   redisFree(pub);
   redisFree(sub);
+  return result;
+}
+
+using shmbus::bridge::RedisConnection;
+
+RedisConnection connect_to(const shmbus::test::RedisServer& redis) {
+  shmbus::bridge::RedisEndpoint endpoint;
+  endpoint.host = "127.0.0.1";
+  endpoint.port = redis.port();
+  return RedisConnection(endpoint);
+}
+
+// Writes what `c` holds and waits up to `timeout` for the socket to have more to read.
+// False when nothing came.
+bool exchange(RedisConnection& c, std::chrono::milliseconds timeout) {
+  if (c.output_pending()) c.flush();
+  pollfd fd{c.fd(), static_cast<short>(POLLIN | (c.output_pending() ? POLLOUT : 0)), 0};
+  if (poll(&fd, 1, static_cast<int>(timeout.count())) <= 0) return false;
+  c.read();
+  return true;
+}
+
+// The next reply on `c`, waiting for it up to 2 s; nullptr if none came.
+const redisReply* await_reply(RedisConnection& c) {
+  const auto deadline = Clock::now() + 2s;
+  for (;;) {
+    if (const redisReply* r = c.next_reply()) return r;
+    if (Clock::now() >= deadline) return nullptr;
+    exchange(c, 100ms);
+  }
+}
+
+Result lean_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
+  Result result;
+  RedisConnection sub = connect_to(redis);
+  sub.append({"SUBSCRIBE", "bench:plain"});
+  if (!await_reply(sub)) return result;
+  std::atomic<uint64_t> received{0};
+  Clock::time_point first{}, last{};
+  std::thread reader([&] {
+    uint64_t n = 0;
+    while (n < messages && exchange(sub, 2000ms)) {
+      while (sub.next_reply()) {
+        last = Clock::now();
+        if (n == 0) first = last;
+        ++n;
+      }
+      received.store(n, std::memory_order_relaxed);
+    }
+  });
+  RedisConnection pub = connect_to(redis);
+  const std::string body(payload, 'p');
+  constexpr uint64_t kWindow = 16384;
+  uint64_t sent = 0, acked = 0;
+  while (acked < messages) {
+    while (sent < messages && sent - acked < kWindow) {
+      pub.append({"PUBLISH", "bench:plain", body});
+      ++sent;
+    }
+    if (!exchange(pub, 2000ms)) break;
+    while (pub.next_reply()) ++acked;
+  }
+  reader.join();
+  result.received = received;
+  const double seconds = std::chrono::duration<double>(last - first).count();
+  if (seconds > 0) result.messages_per_second = static_cast<double>(result.received - 1) / seconds;
+  return result;
+}
+
+Result lean_latency(const shmbus::test::RedisServer& redis, int samples, size_t payload) {
+  Result result;
+  RedisConnection sub = connect_to(redis);
+  sub.append({"SUBSCRIBE", "bench:plain:lat"});
+  if (!await_reply(sub)) return result;
+  RedisConnection pub = connect_to(redis);
+  std::vector<uint64_t> ns;
+  for (int i = 0; i < samples; ++i) {
+    const std::string body = stamped(payload);
+    pub.append({"PUBLISH", "bench:plain:lat", body});
+    pub.flush();
+    const redisReply* r = await_reply(sub);
+    if (r == nullptr || r->elements < 3) break;
+    ns.push_back(now_ns() - stamp_of(r->element[2]->str));
+    if (!await_reply(pub)) break;
+    std::this_thread::sleep_for(200us);
+  }
+  result.received = ns.size();
+  percentiles(ns, result);
   return result;
 }
 
@@ -162,13 +258,19 @@ struct BridgedPair {
   std::vector<std::unique_ptr<shmbus::bridge::Bridge>> bridges;
 };
 
-bool wait_subscribed(shmbus::bridge::Bridge& bridge, uint64_t n) {
+// Publishes probes on `channel` until one reaches `sub` through both bridges (so bridge 2
+// follows the channel on Redis), then drains the probes still on their way. Counting the
+// bridge's Redis subscriptions instead depends on which earlier ones still linger.
+bool path_ready(shmbus::Channel& channel, shmbus::Subscription& sub) {
   const auto deadline = Clock::now() + 10s;
-  while (Clock::now() < deadline) {
-    if (bridge.counters().redis_subscriptions == n) return true;
-    std::this_thread::sleep_for(5ms);
+  bool arrived = false;
+  while (!arrived && Clock::now() < deadline) {
+    channel.publish("probe");
+    arrived = sub.next(20ms).has_value();
   }
-  return false;
+  while (sub.next(100ms)) {
+  }
+  return arrived;
 }
 
 Result bridged_throughput(BridgedPair& pair, uint64_t messages, size_t payload) {
@@ -181,12 +283,12 @@ Result bridged_throughput(BridgedPair& pair, uint64_t messages, size_t payload) 
   auto receiving_ring = receiving_bus.channel("bench:tput", big);
   auto sub = shmbus::Subscription::open(pair.b.options());
   sub.subscribe({"bench:tput"});
-  if (!wait_subscribed(*pair.bridges[1], 2)) return result;
   auto bus = shmbus::Bus::connect(pair.a.options());
   shmbus::ChannelOptions options;
   options.back_pressure = true;  // the export subscriber is never lapped
   options.ring_bytes = 16 << 20;
   auto channel = bus.channel("bench:tput", options);
+  if (!path_ready(channel, sub)) return result;
   std::thread publisher([&] {
     const std::string body(payload, 'b');
     for (uint64_t i = 0; i < messages; ++i) channel.publish(body);
@@ -212,9 +314,9 @@ Result bridged_latency(BridgedPair& pair, int samples, size_t payload) {
   // Sleeps at once, as the plain pair's subscriber blocks in read(): spinning here would
   // hold the CPU that the bridge's export thread, woken by our publish, is placed on.
   sub.set_spin(0ns);
-  if (!wait_subscribed(*pair.bridges[1], 3)) return result;  // heartbeat, tput, lat (lingering)
   auto bus = shmbus::Bus::connect(pair.a.options());
   auto channel = bus.channel("bench:lat");
+  if (!path_ready(channel, sub)) return result;
   std::vector<uint64_t> ns;
   for (int i = 0; i < samples; ++i) {
     channel.publish(stamped(payload));
@@ -242,13 +344,14 @@ int main(int argc, char** argv) {
     else if (flag == "--samples") samples = std::stoi(argv[i + 1]);
     else if (flag == "--runs") runs = std::max(1, std::stoi(argv[i + 1]));
     else if (flag == "--payload") payload = std::stoul(argv[i + 1]);
-    else if (flag == "--only" && (std::string(argv[i + 1]) == "plain" ||
+    else if (flag == "--only" && (std::string(argv[i + 1]) == "hiredis" ||
+                                  std::string(argv[i + 1]) == "lean" ||
                                   std::string(argv[i + 1]) == "bridged"))
       only = argv[i + 1];
     else {
       std::fprintf(stderr,
                    "usage: %s [--messages N] [--runs N] [--samples N] [--payload BYTES] "
-                   "[--only plain|bridged]\n",
+                   "[--only hiredis|lean|bridged]\n",
                    argv[0]);
       return 2;
     }
@@ -258,17 +361,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "SKIPPED: %s\n", redis.error().c_str());
     return 77;
   }
-  const bool plain = only != "bridged", bridged = only != "plain";
+  const bool hiredis = only.empty() || only == "hiredis";
+  const bool lean = only.empty() || only == "lean";
+  const bool bridged = only.empty() || only == "bridged";
   std::optional<BridgedPair> pair;
   if (bridged) pair.emplace(redis.port());
-  std::vector<Result> plain_t, bridged_t;
+  std::vector<Result> hiredis_t, lean_t, bridged_t;
   for (int r = 0; r < runs; ++r) {
-    if (plain) plain_t.push_back(plain_throughput(redis, messages, payload));
-    // The bridged payload is an envelope: 24 bytes more on the wire than the plain pair's.
+    if (hiredis) hiredis_t.push_back(hiredis_throughput(redis, messages, payload));
+    if (lean) lean_t.push_back(lean_throughput(redis, messages, payload));
+    // The bridged payload is an envelope: 24 bytes more on the wire than the plain pairs'.
     if (bridged) bridged_t.push_back(bridged_throughput(*pair, messages, payload));
   }
-  Result plain_l, bridged_l;
-  if (plain) plain_l = plain_latency(redis, samples, payload);
+  Result hiredis_l, lean_l, bridged_l;
+  if (hiredis) hiredis_l = hiredis_latency(redis, samples, payload);
+  if (lean) lean_l = lean_latency(redis, samples, payload);
   if (bridged) {
     bridged_l = bridged_latency(*pair, samples, payload);
     for (auto& b : pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
@@ -289,31 +396,34 @@ int main(int argc, char** argv) {
     s.median = n % 2 ? rates[n / 2] : (rates[n / 2 - 1] + rates[n / 2]) / 2;
     return s;
   };
-  const Spread plain_s = spread(plain_t), bridged_s = spread(bridged_t);
+  const Spread hiredis_s = spread(hiredis_t), lean_s = spread(lean_t),
+               bridged_s = spread(bridged_t);
   std::printf("%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
               "%d latency samples\n",
               payload, static_cast<unsigned long long>(messages), runs, samples);
-  std::printf("%-34s %10s %10s %10s %9s %9s %9s\n", "path", "min msg/s", "median", "max",
+  std::printf("%-38s %10s %10s %10s %9s %9s %9s\n", "path", "min msg/s", "median", "max",
               "p50 us", "p90 us", "p99 us");
   auto row = [](const char* name, const Spread& t, const Result& l) {
-    std::printf("%-34s %10.0f %10.0f %10.0f %9.1f %9.1f %9.1f\n", name, t.min, t.median, t.max,
+    std::printf("%-38s %10.0f %10.0f %10.0f %9.1f %9.1f %9.1f\n", name, t.min, t.median, t.max,
                 l.p50_us, l.p90_us, l.p99_us);
   };
-  row("plain hiredis PUBLISH -> SUBSCRIBE", plain_s, plain_l);
+  row("plain pair, hiredis client", hiredis_s, hiredis_l);
+  row("plain pair, lean client", lean_s, lean_l);
   row("bus A -> bridge -> Redis -> bus B", bridged_s, bridged_l);
-  if (plain && bridged) {
-    std::printf("bridged / plain, run by run:");
+  auto percent = [](double a, double b) { return b > 0 ? 100.0 * a / b : 0.0; };
+  if (lean && bridged) {
+    std::printf("bridged / lean pair, run by run:");
     for (int r = 0; r < runs; ++r)
-      std::printf(" %.0f %%", plain_t[r].messages_per_second > 0
-                                  ? 100.0 * bridged_t[r].messages_per_second /
-                                        plain_t[r].messages_per_second
-                                  : 0.0);
+      std::printf(" %.0f %%", percent(bridged_t[r].messages_per_second,
+                                      lean_t[r].messages_per_second));
     std::printf("\n");
   }
-  std::printf("bridged / plain throughput (medians): %.0f %%; added p50 latency: %.1f us\n",
-              plain_s.median > 0 ? 100.0 * bridged_s.median / plain_s.median : 0.0,
-              bridged_l.p50_us - plain_l.p50_us);
-  for (const auto* results : {&plain_t, &bridged_t})
+  std::printf("bridged throughput (medians): %.0f %% of the lean pair, %.0f %% of the hiredis "
+              "pair\n",
+              percent(bridged_s.median, lean_s.median), percent(bridged_s.median, hiredis_s.median));
+  std::printf("added p50 latency: %.1f us over the lean pair, %.1f us over the hiredis pair\n",
+              bridged_l.p50_us - lean_l.p50_us, bridged_l.p50_us - hiredis_l.p50_us);
+  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t})
     for (const auto& r : *results)
       if (r.received != messages) return 1;  // a run lost messages: no figure to trust
   return 0;
