@@ -564,6 +564,68 @@ TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
   EXPECT_EQ(a.bridge->counters().queue_depth, 0u);
 }
 
+// A stalled Redis: what fits in flight goes out first, then the queue's newest, in order and
+// intact, the oldest of the overflow dropped and counted. Thousands queued: the queue's
+// packed buffer is reused and compacted while it drains.
+TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
+  config.queue_messages = 10000;
+  Host a(config);
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  redisContext* listener = redis.connect();
+  ASSERT_TRUE(listener && !listener->err);
+  freeReplyObject(redisCommand(listener, "SUBSCRIBE chat:q"));
+  auto bus = Bus::connect(a.daemon.options());
+  ChannelOptions options;
+  options.back_pressure = true;  // the exporter reads everything; nothing lapped locally
+  options.ring_bytes = 16 << 20;
+  auto channel = bus.channel("chat:q", options);
+  redis.pause();
+  constexpr uint64_t kMessages = 40000;
+  for (uint64_t i = 0; i < kMessages; ++i) channel.publish("message " + std::to_string(i));
+  // Until the exporter has taken all 40,000 from the ring: the queue full and no more drops.
+  uint64_t drops_seen = ~uint64_t{0};
+  ASSERT_TRUE(wait_until([&] {
+    const auto c = a.bridge->counters();
+    const bool settled = c.queue_depth == 10000 && c.dropped_by(Drop::kQueueFull) == drops_seen;
+    drops_seen = c.dropped_by(Drop::kQueueFull);
+    if (!settled) std::this_thread::sleep_for(300ms);
+    return settled;
+  }, 30s));
+  redis.resume();
+  ASSERT_TRUE(wait_until([&] {
+    const auto c = a.bridge->counters();
+    return c.exported + c.dropped_total() == kMessages && c.queue_depth == 0;
+  }, 20s)) << "exported " << a.bridge->counters().exported;
+  const auto c = a.bridge->counters();
+  EXPECT_EQ(c.dropped_total(), c.dropped_by(Drop::kQueueFull));
+  // In Redis's order: first those that went out before the stall was felt, then the
+  // newest 10,000.
+  std::vector<uint64_t> got;
+  for (uint64_t i = 0; i < c.exported; ++i) {
+    redisReply* r = nullptr;
+    ASSERT_EQ(redisGetReply(listener, reinterpret_cast<void**>(&r)), REDIS_OK);
+    const std::string text(r->element[2]->str, r->element[2]->len);
+    freeReplyObject(r);
+    ASSERT_TRUE(text.starts_with("message ")) << text;
+    got.push_back(std::stoull(text.substr(8)));
+  }
+  redisFree(listener);
+  ASSERT_EQ(got.size(), c.exported);
+  size_t gap = 0;  // where the dropped run was
+  for (size_t i = 1; i < got.size(); ++i) {
+    if (got[i] == got[i - 1] + 1) continue;
+    ASSERT_EQ(gap, 0u) << "a second gap at " << i << ": " << got[i - 1] << " then " << got[i];
+    gap = i;
+    EXPECT_EQ(got[i] - got[i - 1] - 1, c.dropped_by(Drop::kQueueFull));
+  }
+  EXPECT_EQ(got.front(), 0u);
+  EXPECT_EQ(got.back(), kMessages - 1);
+  EXPECT_EQ(got.size() - gap, 10000u) << "the queue's 10,000 went out last";
+}
+
 // Large messages count by size toward what waits for a stalled Redis: past 8 MiB unwritten
 // they wait in the (bounded) queue, not all in hiredis's buffer ahead of the heartbeats.
 TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {

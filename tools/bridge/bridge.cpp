@@ -157,10 +157,13 @@ bool is_transient_error(std::string_view error) {
 }
 
 // What local subscribers want, in Redis names.
+// Redis channel, pattern or stream names; looked up by string_view too.
+using NameSet = std::set<std::string, std::less<>>;
+
 struct Interest {
-  std::set<std::string> channels;  // SUBSCRIBE
-  std::set<std::string> patterns;  // PSUBSCRIBE
-  std::set<std::string> streams;   // XREAD (durable rules)
+  NameSet channels;  // SUBSCRIBE
+  NameSet patterns;  // PSUBSCRIBE
+  NameSet streams;   // XREAD (durable rules)
 };
 
 // One message waiting to go to Redis.
@@ -170,6 +173,91 @@ struct Outbound {
   const Rule* rule = nullptr;
   uint64_t sequence = 0;
   uint64_t publish_unix_ns = 0;
+};
+
+// Messages waiting for the publishing connection, oldest first. Keys and bodies are packed
+// into one buffer that is reused: a burst that outruns Redis goes through here a message at
+// a time, and a std::string each (a malloc and a free, from a queue thousands long, so
+// malloc's per-thread cache never held them) was ~20 % of the export thread in perf.
+class OutboundQueue {
+ public:
+  struct Item {
+    std::string_view key, body;  // into the queue: valid until it next changes
+    const Rule* rule;
+    uint64_t sequence, publish_unix_ns;
+  };
+
+  bool empty() const { return resends_.empty() && head_ == packed_.size(); }
+  size_t size() const { return resends_.size() + (packed_.size() - head_); }
+  uint64_t bytes() const { return bytes_; }  // keys and bodies
+
+  void push_back(const Item& item) {
+    packed_.push_back({item.rule, item.sequence, item.publish_unix_ns, item.key.size(),
+                       item.body.size()});
+    buffer_.append(item.key).append(item.body);
+    bytes_ += item.key.size() + item.body.size();
+  }
+  // A durable message whose XADD was in flight on a broken link: first in line again.
+  void push_front(Outbound out) {
+    bytes_ += out.key.size() + out.body.size();
+    resends_.push_front(std::move(out));
+  }
+  Item front() const {
+    if (!resends_.empty()) {
+      const Outbound& o = resends_.front();
+      return {o.key, o.body, o.rule, o.sequence, o.publish_unix_ns};
+    }
+    const Packed& p = packed_[head_];
+    const std::string_view at(buffer_.data() + buffer_head_, p.key_bytes + p.body_bytes);
+    return {at.substr(0, p.key_bytes), at.substr(p.key_bytes), p.rule, p.sequence,
+            p.publish_unix_ns};
+  }
+  void pop_front() {
+    if (!resends_.empty()) {
+      bytes_ -= resends_.front().key.size() + resends_.front().body.size();
+      resends_.pop_front();
+      return;
+    }
+    const Packed& p = packed_[head_++];
+    buffer_head_ += p.key_bytes + p.body_bytes;
+    bytes_ -= p.key_bytes + p.body_bytes;
+    if (head_ == packed_.size()) {
+      clear_packed();
+    } else if (head_ >= 4096 && 2 * head_ >= packed_.size()) {
+      // Half of it taken: move the rest to the front (amortized O(1) a message).
+      packed_.erase(packed_.begin(), packed_.begin() + static_cast<std::ptrdiff_t>(head_));
+      buffer_.erase(0, buffer_head_);
+      head_ = buffer_head_ = 0;
+    }
+  }
+  void clear() {
+    resends_.clear();
+    clear_packed();
+    bytes_ = 0;
+  }
+
+ private:
+  struct Packed {
+    const Rule* rule;
+    uint64_t sequence, publish_unix_ns;
+    size_t key_bytes, body_bytes;
+  };
+  void clear_packed() {
+    packed_.clear();
+    buffer_.clear();
+    head_ = buffer_head_ = 0;
+    // After a long outage the buffer may have grown to queue_bytes: not kept for good.
+    if (buffer_.capacity() > kKeptQueueCapacity) {
+      buffer_.shrink_to_fit();
+      packed_.shrink_to_fit();
+    }
+  }
+  static constexpr size_t kKeptQueueCapacity = 4u << 20;
+  std::deque<Outbound> resends_;  // ahead of everything packed
+  std::vector<Packed> packed_;
+  std::string buffer_;  // packed_[i]'s key then body, in order
+  size_t head_ = 0, buffer_head_ = 0;
+  uint64_t bytes_ = 0;
 };
 
 // Hashes a channel name held as std::string or looked up by string_view (no copy per
@@ -317,7 +405,7 @@ struct Bridge::Impl {
   // before its entry. echo_mutex guards sent_channels and sent_patterns (written only by the
   // Redis thread, which may read them without it) and raw_echoes.
   std::mutex echo_mutex;
-  std::set<std::string> sent_channels, sent_patterns;
+  NameSet sent_channels, sent_patterns;
   std::unordered_map<std::string, std::deque<RawEcho>, NameHash, std::equal_to<>> raw_echoes;
 
   struct Counters {
@@ -424,8 +512,7 @@ struct Bridge::Impl {
   // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
   // While it is empty
   // and `pub` has room, messages go straight into pub's output buffer instead.
-  std::deque<Outbound> queue;
-  uint64_t queued_bytes = 0;
+  OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
 
   void export_main() {
@@ -502,7 +589,6 @@ struct Bridge::Impl {
                                   .count()) +
                " ms)");
       queue.clear();
-      queued_bytes = 0;
       note_queue();
     }
   }
@@ -568,10 +654,7 @@ struct Bridge::Impl {
       drop(Drop::kInFlight, uncertain,
            "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
     // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-    for (auto it = resend.rbegin(); it != resend.rend(); ++it) {
-      queued_bytes += it->body.size() + it->key.size();
-      queue.push_front(std::move(*it));
-    }
+    for (auto it = resend.rbegin(); it != resend.rend(); ++it) queue.push_front(std::move(*it));
     note_queue();
     // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
     // link the Redis thread has already replaced.
@@ -633,17 +716,15 @@ struct Bridge::Impl {
       publish(key_buffer, body, rule->mode);
       return;
     }
-    enqueue({key_buffer, std::string(body), rule, m.sequence, m.publish_unix_ns});
+    enqueue({key_buffer, body, rule, m.sequence, m.publish_unix_ns});
   }
 
-  void enqueue(Outbound out) {
+  void enqueue(const OutboundQueue::Item& item) {
     uint64_t dropped = 0;
-    queued_bytes += out.body.size() + out.key.size();
-    queue.push_back(std::move(out));
+    queue.push_back(item);
     // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
     while (queue.size() > config.queue_messages ||
-           (queued_bytes > config.queue_bytes && queue.size() > 1)) {
-      queued_bytes -= queue.front().body.size() + queue.front().key.size();
+           (queue.bytes() > config.queue_bytes && queue.size() > 1)) {
       queue.pop_front();
       ++dropped;
     }
@@ -657,16 +738,14 @@ struct Bridge::Impl {
 
   void note_queue() {
     counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
-    counters.queue_bytes.store(queued_bytes, std::memory_order_relaxed);
+    counters.queue_bytes.store(queue.bytes(), std::memory_order_relaxed);
   }
 
   // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.
   void send_queued() {
     if (queue.empty()) return;
     while (!queue.empty() && pub_ready()) {
-      Outbound out = std::move(queue.front());
-      queue.pop_front();
-      queued_bytes -= out.body.size() + out.key.size();
+      const OutboundQueue::Item out = queue.front();
       if (out.rule->durable) {
         const std::string maxlen = std::to_string(out.rule->stream_maxlen);
         const std::string origin = std::to_string(config.host_id);
@@ -675,15 +754,17 @@ struct Bridge::Impl {
         pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
                      origin, "seq", seq, "ts", ts});
         in_flight.push_back(Sent::kXadd);
-        xadds_in_flight.push_back(std::move(out));
-        continue;
+        xadds_in_flight.push_back({std::string(out.key), std::string(out.body), out.rule,
+                                   out.sequence, out.publish_unix_ns});
+      } else {
+        publish(out.key, out.body, out.rule->mode);
       }
-      publish(out.key, out.body, out.rule->mode);
+      queue.pop_front();  // last: `out` views into the queue
     }
     note_queue();
   }
 
-  void publish(const std::string& key, std::string_view body, Mode mode) {
+  void publish(std::string_view key, std::string_view body, Mode mode) {
     if (mode == Mode::kRaw) remember_raw(key, body);
     pub->append({"PUBLISH", key, body});
     in_flight.push_back(Sent::kPublish);
@@ -692,10 +773,12 @@ struct Bridge::Impl {
   // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
   // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
   // already sent, so the next heartbeat to come back forgets it if it does not.
-  void remember_raw(const std::string& channel, std::string_view body) {
+  void remember_raw(std::string_view channel, std::string_view body) {
     std::lock_guard<std::mutex> lock(echo_mutex);
-    if (covered_by_sent(channel))
-      raw_echoes[channel].push_back({payload_hash(body), heartbeats_sent});
+    if (!covered_by_sent(channel)) return;
+    auto it = raw_echoes.find(channel);
+    if (it == raw_echoes.end()) it = raw_echoes.emplace(std::string(channel), std::deque<RawEcho>()).first;
+    it->second.push_back({payload_hash(body), heartbeats_sent});
   }
 
   // Writes what `pub` holds and reads what Redis answered, without blocking.
@@ -808,7 +891,7 @@ struct Bridge::Impl {
   // header).
   Interest wanted;
   uint64_t wanted_generation = ~uint64_t{0};
-  std::set<std::string, std::less<>> confirmed_channels, confirmed_patterns;
+  NameSet confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   using OriginSequences = std::vector<std::pair<uint16_t, SequenceState>>;
   std::unordered_map<std::string, OriginSequences> sequences;  // by Redis channel or stream key
@@ -1045,7 +1128,7 @@ struct Bridge::Impl {
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
   // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
   // nothing. Each round is one command however many names change.
-  void diff_and_send(const std::set<std::string>& want, std::set<std::string>& sent,
+  void diff_and_send(const NameSet& want, NameSet& sent,
                      const char* subscribe, const char* unsubscribe, Clock::time_point now) {
     std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
     for (const auto& name : want) {
@@ -1077,7 +1160,7 @@ struct Bridge::Impl {
   }
 
   // Either thread, under echo_mutex (the Redis thread may also call it without).
-  bool covered_by_sent(const std::string& channel) const {
+  bool covered_by_sent(std::string_view channel) const {
     if (sent_channels.count(channel)) return true;
     return std::any_of(sent_patterns.begin(), sent_patterns.end(),
                        [&](const std::string& p) { return glob_match(p, channel); });
