@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include <stdexcept>
 
@@ -37,6 +39,7 @@ using ReplyArena = RedisConnection::ReplyArena;
 redisReply* new_reply(const redisReadTask* task, int type) {
   auto* arena = static_cast<ReplyArena*>(task->privdata);
   auto* reply = static_cast<redisReply*>(arena->allocate(sizeof(redisReply)));
+  if (reply == nullptr) return nullptr;
   reply->type = type;
   if (task->parent != nullptr) {
     // An element: hiredis created the parent array with room for it at task->idx.
@@ -48,7 +51,9 @@ redisReply* new_reply(const redisReadTask* task, int type) {
 
 void* create_string(const redisReadTask* task, char* str, size_t len) {
   redisReply* reply = new_reply(task, task->type);  // STRING, STATUS or ERROR
+  if (reply == nullptr) return nullptr;
   auto* copy = static_cast<char*>(static_cast<ReplyArena*>(task->privdata)->allocate(len + 1));
+  if (copy == nullptr) return nullptr;
   std::memcpy(copy, str, len);  // the arena zeroed copy[len]: NUL-terminated like hiredis's
   reply->str = copy;
   reply->len = len;
@@ -57,9 +62,11 @@ void* create_string(const redisReadTask* task, char* str, size_t len) {
 
 void* create_array(const redisReadTask* task, int elements) {
   redisReply* reply = new_reply(task, REDIS_REPLY_ARRAY);
+  if (reply == nullptr) return nullptr;
   if (elements > 0) {
     reply->element = static_cast<redisReply**>(static_cast<ReplyArena*>(task->privdata)->allocate(
         static_cast<size_t>(elements) * sizeof(redisReply*)));
+    if (reply->element == nullptr) return nullptr;
     reply->elements = static_cast<size_t>(elements);
   }
   return reply;
@@ -67,6 +74,7 @@ void* create_array(const redisReadTask* task, int elements) {
 
 void* create_integer(const redisReadTask* task, long long value) {
   redisReply* reply = new_reply(task, REDIS_REPLY_INTEGER);
+  if (reply == nullptr) return nullptr;
   reply->integer = value;
   return reply;
 }
@@ -99,13 +107,28 @@ void* RedisConnection::ReplyArena::allocate(size_t bytes) {
     used_ = 0;
   }
   if (current_ == chunks_.size()) {
+    // No exception may cross hiredis's C frames: a reply too large for memory (a corrupt
+    // or hostile length) is a nullptr, which hiredis turns into an out-of-memory error
+    // that next_reply() reports. calloc(): a huge chunk costs pages only as it is used.
     const size_t size = std::max(bytes, kChunkBytes);
-    chunks_.push_back({std::unique_ptr<std::byte[]>(new std::byte[size]), size});
+    Chunk chunk{std::unique_ptr<std::byte, FreeDeleter>(
+                    static_cast<std::byte*>(std::calloc(1, size))),
+                size, 0};
+    if (!chunk.bytes) return nullptr;
+    try {
+      chunks_.push_back(std::move(chunk));
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
     used_ = 0;
   }
-  std::byte* at = chunks_[current_].bytes.get() + used_;
+  Chunk& chunk = chunks_[current_];
+  std::byte* at = chunk.bytes.get() + used_;
+  // Zeroed, as hiredis's calloc()ed replies are: what an earlier reply used is cleared,
+  // what no reply has used yet is still calloc()'s zeros.
+  if (used_ < chunk.dirty) std::memset(at, 0, std::min(bytes, chunk.dirty - used_));
   used_ += bytes;
-  std::memset(at, 0, bytes);  // as hiredis's calloc()ed replies are
+  chunk.dirty = std::max(chunk.dirty, used_);
   return at;
 }
 
@@ -210,7 +233,7 @@ bool RedisConnection::flush() {
     output_pending_ = false;
     return true;
   }
-  // A socket that stays full: drop the written front once it is most of the buffer, so
+  // A socket that stays full: drop the written front once it is half of the buffer, so
   // appends behind it do not grow the buffer without end.
   if (out_sent_ >= out_.size() / 2) {
     out_.erase(0, out_sent_);
