@@ -626,6 +626,50 @@ TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
   EXPECT_EQ(got.size() - gap, 10000u) << "the queue's 10,000 went out last";
 }
 
+// While Redis is away, the queue's memory stays near queue_bytes however its messages are
+// dropped: 128 of 512 KiB through a 4 MiB queue.
+TEST(Bridge, QueueMemoryStaysNearItsByteCap) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
+  config.queue_bytes = 4 << 20;
+  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
+  Host a(config);
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  auto bus = Bus::connect(a.daemon.options());
+  ChannelOptions big;
+  big.back_pressure = true;  // the exporter reads everything; nothing lapped locally
+  big.ring_bytes = 16 << 20;
+  big.max_message_bytes = 1 << 20;
+  auto channel = bus.channel("chat:big", big);
+  redis.pause();
+  const std::string payload(512 << 10, 'x');
+  constexpr uint64_t kMessages = 128;  // 64 MiB
+  std::atomic<bool> published{false};
+  std::thread publisher([&] {
+    for (uint64_t i = 0; i < kMessages; ++i) channel.publish(payload);
+    published = true;
+  });
+  // The queue's memory, sampled while the burst goes through it (it is given back once the
+  // queue empties).
+  uint64_t held_max = 0;
+  while (!published) {
+    held_max = std::max(held_max, a.bridge->counters().queue_held_bytes);
+    std::this_thread::sleep_for(1ms);
+  }
+  publisher.join();
+  ASSERT_TRUE(wait_until([&] {
+    return a.bridge->counters().dropped_by(Drop::kQueueFull) > 0;
+  })) << "the test needs the queue to overflow";
+  redis.resume();
+  EXPECT_LE(held_max, 4 * config.queue_bytes + (1 << 20)) << "held " << held_max;
+  EXPECT_TRUE(wait_until([&] {
+    const auto c = a.bridge->counters();
+    return c.exported + c.dropped_total() == kMessages;
+  }, 20s)) << a.bridge->counters_json();
+  EXPECT_EQ(a.bridge->counters().heartbeat_timeouts, 0u);
+}
+
 // Large messages count by size toward what waits for a stalled Redis: past 8 MiB unwritten
 // they wait in the (bounded) queue, not all in hiredis's buffer ahead of the heartbeats.
 TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {

@@ -190,6 +190,14 @@ class OutboundQueue {
   bool empty() const { return resends_.empty() && head_ == packed_.size(); }
   size_t size() const { return resends_.size() + (packed_.size() - head_); }
   uint64_t bytes() const { return bytes_; }  // keys and bodies
+  // Memory held: the buffers' capacity. Within about four times bytes() (compaction at
+  // half, then a string's doubling) plus the first 64 KiB, and given back when the queue
+  // empties if above kKeptQueueCapacity.
+  uint64_t held_bytes() const {
+    uint64_t resent = 0;
+    for (const auto& o : resends_) resent += o.key.capacity() + o.body.capacity();
+    return buffer_.capacity() + packed_.capacity() * sizeof(Packed) + resent;
+  }
 
   void push_back(const Item& item) {
     packed_.push_back({item.rule, item.sequence, item.publish_unix_ns, item.key.size(),
@@ -223,11 +231,20 @@ class OutboundQueue {
     bytes_ -= p.key_bytes + p.body_bytes;
     if (head_ == packed_.size()) {
       clear_packed();
-    } else if (head_ >= 4096 && 2 * head_ >= packed_.size()) {
-      // Half of it taken: move the rest to the front (amortized O(1) a message).
+      return;
+    }
+    // Half of either taken: move the rest to the front, so each byte and entry is moved
+    // about once (amortized O(1)). By bytes too: 64 queued messages of 1 MiB must not
+    // leave gigabytes of dropped ones in front of them before 4,096 entries have gone.
+    if (head_ >= 4096 && 2 * head_ >= packed_.size()) {
       packed_.erase(packed_.begin(), packed_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    if (buffer_head_ >= (64u << 10) && 2 * buffer_head_ >= buffer_.size()) {
       buffer_.erase(0, buffer_head_);
-      head_ = buffer_head_ = 0;
+      buffer_head_ = 0;
+      if (buffer_.capacity() > kKeptQueueCapacity && buffer_.capacity() > 4 * buffer_.size())
+        buffer_.shrink_to_fit();
     }
   }
   void clear() {
@@ -411,8 +428,8 @@ struct Bridge::Impl {
   struct Counters {
     std::atomic<uint64_t> exported{0}, imported{0}, echoes{0}, duplicates{0}, lost_in_transit{0},
         reconnects{0}, heartbeat_timeouts{0}, subscribe_commands{0}, unsubscribe_commands{0},
-        redis_subscriptions{0}, streams_read{0}, queue_depth{0}, queue_bytes{0}, lag_last{0},
-        lag_max{0};
+        redis_subscriptions{0}, streams_read{0}, queue_depth{0}, queue_bytes{0},
+        queue_held_bytes{0}, lag_last{0}, lag_max{0};
     std::atomic<uint64_t> dropped[static_cast<int>(Drop::kCount)] = {};
     std::atomic<bool> connected{false};
   } counters;
@@ -452,6 +469,7 @@ struct Bridge::Impl {
     s.streams_read = counters.streams_read;
     s.queue_depth = counters.queue_depth;
     s.queue_bytes = counters.queue_bytes;
+    s.queue_held_bytes = counters.queue_held_bytes;
     s.lag_last_ns = counters.lag_last;
     s.lag_max_ns = counters.lag_max;
     s.connected = counters.connected;
@@ -481,6 +499,7 @@ struct Bridge::Impl {
     j["streams_read"] = s.streams_read;
     j["queue_depth"] = s.queue_depth;
     j["queue_bytes"] = s.queue_bytes;
+    j["queue_held_bytes"] = s.queue_held_bytes;
     j["lag_last_us"] = s.lag_last_ns / 1000;
     j["lag_max_us"] = s.lag_max_ns / 1000;
     j["unix_ms"] = unix_ns() / 1'000'000;
@@ -739,6 +758,7 @@ struct Bridge::Impl {
   void note_queue() {
     counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
     counters.queue_bytes.store(queue.bytes(), std::memory_order_relaxed);
+    counters.queue_held_bytes.store(queue.held_bytes(), std::memory_order_relaxed);
   }
 
   // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.

@@ -92,7 +92,8 @@ struct CounterSnapshot {
   uint64_t redis_subscriptions = 0;   // channels + patterns held on Redis now
   uint64_t streams_read = 0;          // durable streams followed now (read position known)
   uint64_t queue_depth = 0;
-  uint64_t queue_bytes = 0;
+  uint64_t queue_bytes = 0;       // keys and bodies queued
+  uint64_t queue_held_bytes = 0;  // memory the queue holds for them (its buffers' capacity)
   uint64_t lag_last_ns = 0;  // origin publish -> local publish, last imported envelope
   uint64_t lag_max_ns = 0;   // the largest since the previous stats report
   bool connected = false;
