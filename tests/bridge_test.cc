@@ -572,6 +572,7 @@ TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
   REQUIRE_REDIS(redis);
   BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
   config.queue_messages = 10000;
+  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
   Host a(config);
   ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
   redisContext* listener = redis.connect();
@@ -600,6 +601,7 @@ TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
     return c.exported + c.dropped_total() == kMessages && c.queue_depth == 0;
   }, 20s)) << "exported " << a.bridge->counters().exported;
   const auto c = a.bridge->counters();
+  ASSERT_EQ(c.heartbeat_timeouts, 0u) << "the stall outlasted the heartbeat timeout";
   EXPECT_EQ(c.dropped_total(), c.dropped_by(Drop::kQueueFull));
   // In Redis's order: first those that went out before the stall was felt, then the
   // newest 10,000.
@@ -675,7 +677,9 @@ TEST(Bridge, QueueMemoryStaysNearItsByteCap) {
 TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  Host a(chat_config(redis.port(), 1, Mode::kRaw));
+  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
+  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
+  Host a(config);
   ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
   auto bus = Bus::connect(a.daemon.options());
   ChannelOptions big;
