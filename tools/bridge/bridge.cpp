@@ -68,7 +68,7 @@ namespace {
 // counted as in_flight_at_disconnect: at most ~12 ms of traffic at 1.3 M msg/s.
 constexpr size_t kMaxInFlight = 16384;
 // At most this many bytes wait unwritten in the publishing connection's buffer: large
-// messages count by size, not by command (4,096 of 1 MiB would be 4 GiB in hiredis's
+// messages count by size, not by command (16,384 of 1 MiB would be 16 GiB in its output
 // buffer, ahead of every heartbeat). Beyond it, exports wait in the bounded queue.
 constexpr size_t kMaxUnwrittenBytes = 8u << 20;
 // Messages the export thread takes from the ring before it writes them to Redis, so a
@@ -730,7 +730,8 @@ struct Bridge::Impl {
                                   body_buffer);
     const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
     // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
-    // Durable messages always take the queue: the Outbound is kept for a resend.
+    // Durable messages always take the queue: send_queued() keeps a copy of each for a
+    // resend.
     if (!rule->durable && queue.empty() && pub_ready()) {
       publish(key_buffer, body, rule->mode);
       return;
@@ -1030,7 +1031,8 @@ struct Bridge::Impl {
     next_connect = Clock::now() + config.backoff_initial;
   }
 
-  // hiredis writes with write(): on a connection Redis closed, that raises SIGPIPE, which
+  // RedisConnection sends with MSG_NOSIGNAL, but hiredis writes AUTH and SELECT with
+  // write() while connecting: on a connection Redis closed, that raises SIGPIPE, which
   // would kill the whole process. Blocked in the threads that write to Redis, it stays
   // pending and write() fails with EPIPE instead, without touching the host program's
   // signal handling.
