@@ -140,7 +140,9 @@ class RedisServer {
     pid_ = fork();
     if (pid_ == 0) {
       // A test that crashes must not leave its server running: it would hold the test's
-      // output pipe open, and meson would wait on it until the suite's timeout.
+      // output pipe open, and meson would wait on it until the suite's timeout. The signal
+      // comes when the *thread* that forked ends: start() and restart() are called from the
+      // test's main thread, which lives as long as the server should.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);  // the test died before prctl took effect
       if (options_.append_only)
