@@ -55,7 +55,6 @@ struct OpenChannel {
   RingRef ring;
   std::string rule;  // which config rule sized the ring, for error messages
   Publisher publisher;
-  PublishClock clock;  // publish stamps (used by the one thread that uses this channel)
   uint64_t last_use = 0;
 };
 
@@ -87,10 +86,11 @@ PublishStatus to_publish_status(Status s) {
   }
 }
 
-PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
-                         std::chrono::nanoseconds wait, uint16_t origin = 0) {
+PublishResult publish_on(OpenChannel& ch, PublishClock& clock,
+                         std::span<const std::byte> payload, std::chrono::nanoseconds wait,
+                         uint16_t origin = 0) {
   PublishMeta meta;
-  meta.publish_unix_ns = ch.clock.now_ns();
+  meta.publish_unix_ns = clock.now_ns();
   meta.origin = origin;
   // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
   // subscriber may take the message and unsubscribe before we could look.
@@ -133,6 +133,7 @@ PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
 
 struct Loan::State {
   OpenChannel* channel;
+  PublishClock* clock;  // the Channel's
   RingLoan loan;
   // Where the state goes back once committed or abandoned (the Channel's spare), so a
   // loan per message costs no allocation. Valid as long as `channel` is: a Loan must not
@@ -164,7 +165,7 @@ uint32_t Loan::commit(std::size_t bytes) {
                                             " bytes on a loan of " +
                                             std::to_string(state_->loan.capacity));
   PublishMeta meta;
-  meta.publish_unix_ns = state_->channel->clock.now_ns();
+  meta.publish_unix_ns = state_->clock->now_ns();
   const uint32_t receivers =  // before the commit: see publish_on
       state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
   state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
@@ -186,6 +187,11 @@ void Loan::abandon() {
 struct Channel::State {
   std::unique_ptr<OpenChannel> open;
   ChannelOptions options;
+  // Publish stamps. One per Channel and one per Bus (each used by one thread at a time),
+  // not one per ring: the clock stays on the TSC only while it is read at least once per
+  // re-anchoring period, which a Bus publishing to many quiet channels in turn does,
+  // while each channel's own clock would re-anchor on every stamp.
+  PublishClock clock;
   std::unique_ptr<Loan::State> spare_loan;  // see Loan::State::home
 };
 
@@ -201,11 +207,12 @@ bool Channel::back_pressure() const { return state_->open->ring.back_pressure();
 
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
                                    std::chrono::nanoseconds wait, uint16_t origin) {
-  return publish_on(*state_->open, payload, wait, origin);
+  return publish_on(*state_->open, state_->clock, payload, wait, origin);
 }
 
 uint32_t Channel::publish(std::span<const std::byte> payload) {
-  const PublishResult r = publish_on(*state_->open, payload, state_->options.publish_wait);
+  const PublishResult r =
+      publish_on(*state_->open, state_->clock, payload, state_->options.publish_wait);
   if (!r.ok()) throw_publish_error(*state_->open, r.status, payload.size(),
                                    state_->options.publish_wait);
   return r.receivers;
@@ -220,6 +227,7 @@ Loan Channel::loan(std::size_t bytes) {
   std::unique_ptr<Loan::State> state = std::move(state_->spare_loan);
   if (!state) state = std::make_unique<Loan::State>();
   state->channel = &ch;
+  state->clock = &state_->clock;
   state->loan = RingLoan{};
   state->home = &state_->spare_loan;
   const Status s =
@@ -239,6 +247,7 @@ struct Bus::State {
   std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>>
       cache;
   uint64_t uses = 0;
+  PublishClock clock;  // see Channel::State::clock
 
   OpenChannel& cached(std::string_view name) {
     auto it = cache.find(name);
@@ -285,7 +294,7 @@ Bus Bus::connect(const ConnectOptions& options) {
 uint32_t Bus::publish(std::string_view channel, std::span<const std::byte> payload) {
   OpenChannel& ch = state_->cached(channel);
   constexpr auto kWait = std::chrono::seconds(5);
-  const PublishResult r = publish_on(ch, payload, kWait);
+  const PublishResult r = publish_on(ch, state_->clock, payload, kWait);
   if (!r.ok()) throw_publish_error(ch, r.status, payload.size(), kWait);
   return r.receivers;
 }
