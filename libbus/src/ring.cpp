@@ -717,13 +717,17 @@ void Reader::publish_slot_stats() {
   s->position.store(position_, std::memory_order_release);
 }
 
+void Reader::copy_payload(const MessageView& view, std::vector<std::byte>& buffer) {
+  buffer.resize(view.length);
+  copy_out_of_ring(buffer.data(), view.payload, view.length);
+}
+
 Status Reader::try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info) {
   for (;;) {
     MessageView view;
     const Status status = try_read(view);
     if (status != Status::kOk) return status;
-    buffer.resize(view.length);
-    copy_out_of_ring(buffer.data(), view.payload, view.length);
+    copy_payload(view, buffer);
     if (consume(view)) {
       info = view;
       return Status::kOk;

@@ -254,7 +254,11 @@ class Reader {
   // Delivers a view the caller already found intact(), whatever happened to the frame
   // since: it counts as delivered, and a lap since then is handled as in consume().
   void accept(const MessageView& view);
-  // try_read + copy into `buffer` (resized) + consume; returns only intact messages.
+  // Copies a view's payload into `buffer` (resized). On a lossy ring a publisher may be
+  // overwriting it meanwhile: check intact() or consume() after (the copy is marked for
+  // ThreadSanitizer as such a seqlock read).
+  static void copy_payload(const MessageView& view, std::vector<std::byte>& buffer);
+  // try_read + copy_payload + consume; returns only intact messages.
   Status try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info);
 
   // True if try_read may have something to do (a frame, padding, or being lapped).
