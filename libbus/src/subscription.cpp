@@ -255,15 +255,28 @@ struct Subscription::State {
   // the message is then let go.
   bool begin_delivery(RingReader& rr) {
     current_bit = rr.bit;
-    if (rr.deliveries() == 0 || (local_only && info.origin != 0)) {
+    if (rr.deliveries() == 0) {  // being dropped: read for no reason any more
       rr.pending_lost += info.lost_before;
       release_view(false);
       return false;
     }
-    info.lost_before += rr.pending_lost;
-    rr.pending_lost = 0;
+    if (!admit(rr, info)) {
+      release_view(false);
+      return false;
+    }
     next_delivery = 0;
     delivery_count = rr.deliveries();
+    return true;
+  }
+
+  // Whether a message read from `rr` goes out: not an imported one while we are local
+  // only. The losses reported with a message let go are carried to the next one that goes.
+  bool admit(RingReader& rr, MessageInfo& message) {
+    if (local_only && message.origin != 0) {
+      rr.pending_lost += message.lost_before;
+      return false;
+    }
+    message.lost_before += std::exchange(rr.pending_lost, 0);
     return true;
   }
 
@@ -493,11 +506,7 @@ struct Subscription::State {
       const uint64_t stop = rr.ring.load_claim().position;
       while (rr.reader->position() < stop &&
              rr.reader->try_read_copy(bytes, message) == Status::kOk) {
-        if (local_only && message.origin != 0) {
-          rr.pending_lost += message.lost_before;
-          continue;
-        }
-        message.lost_before += std::exchange(rr.pending_lost, 0);
+        if (!admit(rr, message)) continue;
         for (size_t i = 0; i < rr.deliveries(); ++i)
           settled.push_back(delivery(rr, i, bytes, message));
       }
