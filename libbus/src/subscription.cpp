@@ -283,8 +283,8 @@ struct Subscription::State {
   // Small subscriptions: reads the next message straight from the rings (round robin),
   // without the doorbell. Returns true if one became the current message.
   bool read_rings_directly(bool zero_copy) {
+    if (!reads_rings_directly()) return false;
     const size_t n = readers.size();
-    if (n == 0 || n > kDirectPollRings) return false;
     // A pending control event (a new channel for a pattern, a channel reclaimed) goes
     // through take_bits(): busy rings must not keep it waiting. Looked at every 64th read
     // only: the control bit shares its word with ring bits publishers set.
@@ -786,7 +786,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       ring->queued = false;
       if (!s.read_ring(*ring, zero_copy)) continue;
       // It may hold more; others go first. (Small subscriptions find it again in step 4.)
-      if (s.readers.size() > kDirectPollRings) s.enqueue(bit);
+      if (!s.reads_rings_directly()) s.enqueue(bit);
       if (s.begin_delivery(*ring)) break;
     }
     if (s.next_delivery < s.delivery_count) continue;
