@@ -442,14 +442,22 @@ struct Bridge::Impl {
   // Counts a drop and logs it, at most once a second per reason (a flood of bad input must
   // not become a flood of log lines).
   std::array<std::atomic<int64_t>, static_cast<int>(Drop::kCount)> last_drop_log{};
-  void drop(Drop reason, uint64_t n, std::string_view detail) {
+  // Counts `n` drops and logs them at most once a second per reason. `detail` is a string,
+  // or a callable that builds one: it runs only when the line is logged, so a drop per
+  // message (a full queue while Redis is away) builds no string.
+  template <typename Detail>
+  void drop(Drop reason, uint64_t n, Detail&& detail) {
     counters.dropped[static_cast<int>(reason)].fetch_add(n, std::memory_order_relaxed);
     const int64_t now = Clock::now().time_since_epoch().count();
     auto& last = last_drop_log[static_cast<int>(reason)];
     int64_t previous = last.load(std::memory_order_relaxed);
     if (now - previous < std::chrono::nanoseconds(1s).count()) return;
     if (!last.compare_exchange_strong(previous, now)) return;
-    log->warn("dropped {} message(s): {}: {} (total {})", n, drop_name(reason), detail,
+    const auto text = [&]() -> std::string {
+      if constexpr (std::is_invocable_v<Detail>) return detail();
+      else return std::string(detail);
+    };
+    log->warn("dropped {} message(s): {}: {} (total {})", n, drop_name(reason), text(),
               counters.dropped[static_cast<int>(reason)].load());
   }
 
@@ -602,11 +610,10 @@ struct Bridge::Impl {
     }
     if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
     if (!queue.empty()) {
-      drop(Drop::kStopped, queue.size(),
-           "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
+      drop(Drop::kStopped, queue.size(), [&] { return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
                std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop)
                                   .count()) +
-               " ms)");
+               " ms)"; });
       queue.clear();
       note_queue();
     }
@@ -708,9 +715,8 @@ struct Bridge::Impl {
 
   void export_message(const Message& m) {
     if (m.lost_before > 0)
-      drop(Drop::kLocalLapped, m.lost_before,
-           "the export subscriber was lapped on '" + std::string(m.channel) +
-               "'; give the channel a larger ring_bytes in shmbusd.toml");
+      drop(Drop::kLocalLapped, m.lost_before, [&] { return "the export subscriber was lapped on '" + std::string(m.channel) +
+               "'; give the channel a larger ring_bytes in shmbusd.toml"; });
     // Imported messages (and our counters) are never sent back out: no loops.
     if (m.origin != 0) return;
     if (m.channel.starts_with(kReservedPrefix)) return;
@@ -718,10 +724,9 @@ struct Bridge::Impl {
     // A channel matching several export patterns is delivered once per pattern: keep one.
     if (rule == nullptr || rule->pattern != m.pattern) return;
     if (m.payload.size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1,
-           std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
+      drop(Drop::kOversized, 1, [&] { return std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
                "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes) +
-               "; raise it in [bridge]");
+               "; raise it in [bridge]"; });
       return;
     }
     key_buffer.assign(config.redis_prefix).append(m.channel);
@@ -750,10 +755,9 @@ struct Bridge::Impl {
     }
     note_queue();
     if (dropped)
-      drop(Drop::kQueueFull, dropped,
-           "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
+      drop(Drop::kQueueFull, dropped, [&] { return "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
                ", queue_bytes = " + std::to_string(config.queue_bytes) +
-               "); Redis is down or slower than the local publishers");
+               "); Redis is down or slower than the local publishers"; });
   }
 
   void note_queue() {
@@ -836,7 +840,7 @@ struct Bridge::Impl {
       if (sent == Sent::kXadd) xadds_in_flight.pop_front();
       if (sent == Sent::kHeartbeat)
         throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
-      drop(Drop::kRedisError, 1, "Redis refused: " + std::string(reply_text(r)));
+      drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(reply_text(r)); });
       return;
     }
     in_flight.pop_front();
@@ -1267,17 +1271,15 @@ struct Bridge::Impl {
     }
     if (!pattern.empty() && route->designated_pattern != pattern) return;
     if (payload_reply->type != REDIS_REPLY_STRING) {
-      drop(Drop::kCorruptEnvelope, 1,
-           "a message on '" + route->local_name.substr(0, 128) + "' without a string payload");
+      drop(Drop::kCorruptEnvelope, 1, [&] { return "a message on '" + route->local_name.substr(0, 128) + "' without a string payload"; });
       return;
     }
     const std::string_view payload = reply_text(payload_reply);
     const Rule& rule = *route->rule;
     if (payload.size() >
         config.max_payload_bytes + (rule.mode == Mode::kEnvelope ? kEnvelopeHeaderBytes : 0)) {
-      drop(Drop::kOversized, 1,
-           std::to_string(payload.size()) + " bytes on '" + route->local_name.substr(0, 128) +
-               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes));
+      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes on '" + route->local_name.substr(0, 128) +
+               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes); });
       return;
     }
     if (rule.mode == Mode::kRaw) {
@@ -1291,7 +1293,7 @@ struct Bridge::Impl {
     std::string why;
     auto envelope = decode_envelope(bytes_of(payload), why);
     if (!envelope) {
-      drop(Drop::kCorruptEnvelope, 1, "on '" + route->local_name.substr(0, 128) + "': " + why);
+      drop(Drop::kCorruptEnvelope, 1, [&] { return "on '" + route->local_name.substr(0, 128) + "': " + why; });
       return;
     }
     if (envelope->header.origin == config.host_id) {
@@ -1310,22 +1312,20 @@ struct Bridge::Impl {
   // and opens its local channel.
   ImportRoute* make_route(std::string_view channel) {
     if (!channel.starts_with(config.redis_prefix)) {
-      drop(Drop::kBadChannel, 1,
-           "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
-               config.redis_prefix + "'");
+      drop(Drop::kBadChannel, 1, [&] { return "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
+               config.redis_prefix + "'"; });
       return nullptr;
     }
     const std::string name(channel.substr(config.redis_prefix.size()));
     if (name.starts_with(kReservedPrefix)) return nullptr;  // other bridges' heartbeats
     if (name.empty() || name.size() > kMaxChannelNameBytes) {
-      drop(Drop::kBadChannel, 1,
-           "channel name of " + std::to_string(name.size()) +
-               " bytes; local channel names are 1 to 1024 bytes");
+      drop(Drop::kBadChannel, 1, [&] { return "channel name of " + std::to_string(name.size()) +
+               " bytes; local channel names are 1 to 1024 bytes"; });
       return nullptr;
     }
     const Rule* rule = BridgeConfig::first_match(config.imports, name);
     if (rule == nullptr || rule->durable) {
-      drop(Drop::kNotImported, 1, "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule");
+      drop(Drop::kNotImported, 1, [&] { return "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule"; });
       return nullptr;
     }
     Channel* local = import_channel(name);  // may forget every route: before the insert
@@ -1479,13 +1479,11 @@ struct Bridge::Impl {
     if (r.ok()) {
       counters.imported.fetch_add(1, std::memory_order_relaxed);
     } else if (r.status == PublishStatus::kTooLarge) {
-      drop(Drop::kOversized, 1,
-           std::to_string(payload.size()) + " bytes exceed local channel '" + name.substr(0, 128) +
+      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes exceed local channel '" + name.substr(0, 128) +
                "' limit of " + std::to_string(channel.max_message_bytes()) +
-               "; raise it with a [[channel]] rule in shmbusd.toml");
+               "; raise it with a [[channel]] rule in shmbusd.toml"; });
     } else {
-      drop(Drop::kLocalRefused, 1,
-           "back-pressure channel '" + name.substr(0, 128) + "' is full; the bridge never waits");
+      drop(Drop::kLocalRefused, 1, [&] { return "back-pressure channel '" + name.substr(0, 128) + "' is full; the bridge never waits"; });
     }
   }
 
@@ -1567,13 +1565,13 @@ struct Bridge::Impl {
     }
     const std::string name = key.substr(std::min(key.size(), config.redis_prefix.size()));
     if (!well_formed || !payload) {
-      drop(Drop::kCorruptEnvelope, 1, "stream entry on '" + name.substr(0, 128) +
-                                          "' without a payload field or with bad origin/seq/ts");
+      drop(Drop::kCorruptEnvelope, 1, [&] { return "stream entry on '" + name.substr(0, 128) +
+                                          "' without a payload field or with bad origin/seq/ts"; });
       return;
     }
     if (payload->size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1, std::to_string(payload->size()) + " bytes on stream '" +
-                                    name.substr(0, 128) + "' exceed max_payload_bytes");
+      drop(Drop::kOversized, 1, [&] { return std::to_string(payload->size()) + " bytes on stream '" +
+                                    name.substr(0, 128) + "' exceed max_payload_bytes"; });
       return;
     }
     if (origin == config.host_id) {
