@@ -166,71 +166,51 @@ struct Interest {
   NameSet streams;   // XREAD (durable rules)
 };
 
-// One message waiting to go to Redis.
-struct Outbound {
-  std::string key;   // Redis channel or stream key
-  std::string body;  // envelope or raw payload (durable: the payload)
-  const Rule* rule = nullptr;
-  uint64_t sequence = 0;
-  uint64_t publish_unix_ns = 0;
-};
-
 // Messages waiting for the publishing connection, oldest first. Keys and bodies are packed
 // into one buffer that is reused: a burst that outruns Redis goes through here a message at
 // a time, and a std::string each (a malloc and a free, from a queue thousands long, so
 // malloc's per-thread cache never held them) was ~20 % of the export thread in perf.
+// Also what durable messages are kept in while their XADD is in flight.
 class OutboundQueue {
  public:
   struct Item {
-    std::string_view key, body;  // into the queue: valid until it next changes
+    std::string_view key;   // Redis channel or stream key
+    std::string_view body;  // envelope or raw payload (durable: the payload)
     const Rule* rule;
     uint64_t sequence, publish_unix_ns;
-  };
+  };  // key and body view the queue: valid until it next changes
 
-  bool empty() const { return resends_.empty() && head_ == packed_.size(); }
-  size_t size() const { return resends_.size() + (packed_.size() - head_); }
-  uint64_t bytes() const { return bytes_; }  // keys and bodies
+  bool empty() const { return head_ == packed_.size(); }
+  size_t size() const { return packed_.size() - head_; }
+  uint64_t bytes() const { return buffer_.size() - buffer_head_; }  // keys and bodies
   // Memory held: the buffers' capacity. Within about four times bytes() (compaction at
   // half, then a string's doubling) plus the first 64 KiB, and given back when the queue
   // empties if above kKeptQueueCapacity.
-  uint64_t held_bytes() const {
-    uint64_t resent = 0;
-    for (const auto& o : resends_) resent += o.key.capacity() + o.body.capacity();
-    return buffer_.capacity() + packed_.capacity() * sizeof(Packed) + resent;
-  }
+  uint64_t held_bytes() const { return buffer_.capacity() + packed_.capacity() * sizeof(Packed); }
 
   void push_back(const Item& item) {
     packed_.push_back({item.rule, item.sequence, item.publish_unix_ns, item.key.size(),
                        item.body.size()});
     buffer_.append(item.key).append(item.body);
-    bytes_ += item.key.size() + item.body.size();
   }
-  // A durable message whose XADD was in flight on a broken link: first in line again.
-  void push_front(Outbound out) {
-    bytes_ += out.key.size() + out.body.size();
-    resends_.push_front(std::move(out));
+  // Puts `first` (durable messages whose XADD was in flight on a broken link) ahead of
+  // everything queued, in their order.
+  void put_first(OutboundQueue&& first) {
+    for (; !empty(); pop_front()) first.push_back(front());
+    std::swap(*this, first);
+    first.clear();
   }
   Item front() const {
-    if (!resends_.empty()) {
-      const Outbound& o = resends_.front();
-      return {o.key, o.body, o.rule, o.sequence, o.publish_unix_ns};
-    }
     const Packed& p = packed_[head_];
     const std::string_view at(buffer_.data() + buffer_head_, p.key_bytes + p.body_bytes);
     return {at.substr(0, p.key_bytes), at.substr(p.key_bytes), p.rule, p.sequence,
             p.publish_unix_ns};
   }
   void pop_front() {
-    if (!resends_.empty()) {
-      bytes_ -= resends_.front().key.size() + resends_.front().body.size();
-      resends_.pop_front();
-      return;
-    }
     const Packed& p = packed_[head_++];
     buffer_head_ += p.key_bytes + p.body_bytes;
-    bytes_ -= p.key_bytes + p.body_bytes;
     if (head_ == packed_.size()) {
-      clear_packed();
+      clear();
       return;
     }
     // Half of either taken: move the rest to the front, so each byte and entry is moved
@@ -248,18 +228,6 @@ class OutboundQueue {
     }
   }
   void clear() {
-    resends_.clear();
-    clear_packed();
-    bytes_ = 0;
-  }
-
- private:
-  struct Packed {
-    const Rule* rule;
-    uint64_t sequence, publish_unix_ns;
-    size_t key_bytes, body_bytes;
-  };
-  void clear_packed() {
     packed_.clear();
     buffer_.clear();
     head_ = buffer_head_ = 0;
@@ -269,12 +237,17 @@ class OutboundQueue {
       packed_.shrink_to_fit();
     }
   }
+
+ private:
+  struct Packed {
+    const Rule* rule;
+    uint64_t sequence, publish_unix_ns;
+    size_t key_bytes, body_bytes;
+  };
   static constexpr size_t kKeptQueueCapacity = 4u << 20;
-  std::deque<Outbound> resends_;  // ahead of everything packed
   std::vector<Packed> packed_;
   std::string buffer_;  // packed_[i]'s key then body, in order
   size_t head_ = 0, buffer_head_ = 0;
-  uint64_t bytes_ = 0;
 };
 
 // Hashes a channel name held as std::string or looked up by string_view (no copy per
@@ -285,7 +258,7 @@ struct NameHash {
 };
 
 // What a command on the publishing connection was, for its reply. One byte: a million
-// are sent a second, and a deque of them allocates one block per 512 (an Outbound in
+// are sent a second, and a deque of them allocates one block per 512 (a message kept in
 // each, as before, made that one per four).
 enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
 
@@ -533,7 +506,7 @@ struct Bridge::Impl {
   std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
   // The messages of the kXadd entries of in_flight, in the same order: a durable message
   // is sent again if the connection breaks before its XADD is acknowledged.
-  std::deque<Outbound> xadds_in_flight;
+  OutboundQueue xadds_in_flight;
   uint64_t heartbeats_sent = 0;
   Clock::time_point next_heartbeat{};
   // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
@@ -673,14 +646,12 @@ struct Bridge::Impl {
   void retire_pub() {
     const auto uncertain =
         static_cast<uint64_t>(std::count(in_flight.begin(), in_flight.end(), Sent::kPublish));
-    std::deque<Outbound> resend = std::move(xadds_in_flight);
-    xadds_in_flight.clear();
     in_flight.clear();
     if (uncertain)
       drop(Drop::kInFlight, uncertain,
            "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
     // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-    for (auto it = resend.rbegin(); it != resend.rend(); ++it) queue.push_front(std::move(*it));
+    queue.put_first(std::move(xadds_in_flight));
     note_queue();
     // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
     // link the Redis thread has already replaced.
@@ -779,8 +750,7 @@ struct Bridge::Impl {
         pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
                      origin, "seq", seq, "ts", ts});
         in_flight.push_back(Sent::kXadd);
-        xadds_in_flight.push_back({std::string(out.key), std::string(out.body), out.rule,
-                                   out.sequence, out.publish_unix_ns});
+        xadds_in_flight.push_back(out);
       } else {
         publish(out.key, out.body, out.rule->mode);
       }
