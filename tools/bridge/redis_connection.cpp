@@ -33,13 +33,16 @@ Reply command(redisContext* c, const std::vector<std::string_view>& args) {
 }
 // hiredis's reader hands each value it parses to these, with the connection's arena as
 // the task's privdata (the reader copies its own privdata into every task). They build
-// the same redisReply tree as hiredis's defaults, in the arena instead of the heap.
+// the same redisReply tree as hiredis's defaults, in the arena instead of the heap. The
+// arena's memory is not zeroed: each field is written here. An array's element slots are
+// filled by hiredis as it parses them, and a reply is only handed out once complete.
 using ReplyArena = RedisConnection::ReplyArena;
 
 redisReply* new_reply(const redisReadTask* task, int type) {
   auto* arena = static_cast<ReplyArena*>(task->privdata);
   auto* reply = static_cast<redisReply*>(arena->allocate(sizeof(redisReply)));
   if (reply == nullptr) return nullptr;
+  *reply = redisReply{};
   reply->type = type;
   if (task->parent != nullptr) {
     // An element: hiredis created the parent array with room for it at task->idx.
@@ -54,7 +57,8 @@ void* create_string(const redisReadTask* task, char* str, size_t len) {
   if (reply == nullptr) return nullptr;
   auto* copy = static_cast<char*>(static_cast<ReplyArena*>(task->privdata)->allocate(len + 1));
   if (copy == nullptr) return nullptr;
-  std::memcpy(copy, str, len);  // the arena zeroed copy[len]: NUL-terminated like hiredis's
+  std::memcpy(copy, str, len);
+  copy[len] = '\0';  // NUL-terminated, like hiredis's own
   reply->str = copy;
   reply->len = len;
   return reply;
@@ -100,7 +104,6 @@ constexpr size_t kKeptOutputCapacity = 1 << 20;
 
 void* RedisConnection::ReplyArena::allocate(size_t bytes) {
   constexpr size_t kAlign = alignof(std::max_align_t);
-  constexpr size_t kChunkBytes = 64 << 10;
   bytes = (bytes + kAlign - 1) / kAlign * kAlign;
   while (current_ < chunks_.size() && used_ + bytes > chunks_[current_].size) {
     ++current_;
@@ -109,11 +112,12 @@ void* RedisConnection::ReplyArena::allocate(size_t bytes) {
   if (current_ == chunks_.size()) {
     // No exception may cross hiredis's C frames: a reply too large for memory (a corrupt
     // or hostile length) is a nullptr, which hiredis turns into an out-of-memory error
-    // that next_reply() reports. calloc(): a huge chunk costs pages only as it is used.
+    // that next_reply() reports. Never zeroed here: a huge chunk costs pages only as
+    // they are used.
     const size_t size = std::max(bytes, kChunkBytes);
     Chunk chunk{std::unique_ptr<std::byte, FreeDeleter>(
-                    static_cast<std::byte*>(std::calloc(1, size))),
-                size, 0};
+                    static_cast<std::byte*>(std::malloc(size))),
+                size};
     if (!chunk.bytes) return nullptr;
     try {
       chunks_.push_back(std::move(chunk));
@@ -122,13 +126,8 @@ void* RedisConnection::ReplyArena::allocate(size_t bytes) {
     }
     used_ = 0;
   }
-  Chunk& chunk = chunks_[current_];
-  std::byte* at = chunk.bytes.get() + used_;
-  // Zeroed, as hiredis's calloc()ed replies are: what an earlier reply used is cleared,
-  // what no reply has used yet is still calloc()'s zeros.
-  if (used_ < chunk.dirty) std::memset(at, 0, std::min(bytes, chunk.dirty - used_));
+  std::byte* at = chunks_[current_].bytes.get() + used_;
   used_ += bytes;
-  chunk.dirty = std::max(chunk.dirty, used_);
   return at;
 }
 
@@ -136,7 +135,6 @@ void RedisConnection::ReplyArena::reset() {
   // Only one reply lives here at a time. A chunk larger than the usual held a very large
   // string, and chunks past the first few held a very long array (XREAD of many entries):
   // give those back rather than keep the largest reply ever seen.
-  constexpr size_t kChunkBytes = 64 << 10;
   constexpr size_t kKeptChunks = 4;
   std::erase_if(chunks_, [](const Chunk& c) { return c.size > kChunkBytes; });
   if (chunks_.size() > kKeptChunks) chunks_.resize(kKeptChunks);

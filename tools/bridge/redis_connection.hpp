@@ -82,18 +82,18 @@ class RedisConnection {
   // reused, so a reply costs no malloc() once the first few have been read.
   class ReplyArena {
    public:
-    void* allocate(size_t bytes);  // zeroed, aligned for redisReply; nullptr if out of memory
+    void* allocate(size_t bytes);  // aligned for redisReply, not zeroed; nullptr if out of memory
     // Forgets every reply built so far; keeps the ordinary chunks for the next ones.
     void reset();
 
    private:
+    static constexpr size_t kChunkBytes = 64 << 10;  // one chunk, unless a reply needs more
     struct FreeDeleter {
       void operator()(std::byte* p) const { std::free(p); }
     };
     struct Chunk {
-      std::unique_ptr<std::byte, FreeDeleter> bytes;  // from calloc()
+      std::unique_ptr<std::byte, FreeDeleter> bytes;  // from malloc(): see allocate()
       size_t size;
-      size_t dirty;  // bytes handed out at some time: past them, still calloc()'s zeros
     };
     std::vector<Chunk> chunks_;
     size_t current_ = 0;  // chunk being filled
