@@ -1368,8 +1368,9 @@ struct Bridge::Impl {
     for (size_t i = 0; i < pending.size(); ++i) {
       if (pending[i].hash != hash) continue;
       // Our own publishes come back in order: older entries were not echoed and never will.
+      // An emptied list stays until the next heartbeat sweeps it: the next raw export on
+      // the channel reuses it instead of a new key string and deque.
       pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(i) + 1);
-      if (pending.empty()) raw_echoes.erase(it);
       return true;
     }
     return false;
