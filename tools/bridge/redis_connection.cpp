@@ -208,7 +208,6 @@ void RedisConnection::append(std::span<const std::string_view> args) {
     out_.append(a.data(), a.size());
     out_ += "\r\n";
   }
-  output_pending_ = true;
 }
 
 bool RedisConnection::flush() {
@@ -228,7 +227,6 @@ bool RedisConnection::flush() {
     out_.clear();
     out_sent_ = 0;
     if (out_.capacity() > kKeptOutputCapacity) out_.shrink_to_fit();
-    output_pending_ = false;
     return true;
   }
   // A socket that stays full: drop the written front once it is half of the buffer, so

@@ -69,7 +69,7 @@ class RedisConnection {
   // Writes what it can without blocking. Returns true when the output buffer is empty;
   // throws std::runtime_error when the connection is broken.
   bool flush();
-  bool output_pending() const { return output_pending_; }
+  bool output_pending() const { return out_sent_ < out_.size(); }
   // Bytes appended and not yet written to the socket.
   size_t output_bytes() const;
   // Reads what arrived without blocking; throws std::runtime_error on EOF or error.
@@ -105,7 +105,6 @@ class RedisConnection {
   [[noreturn]] void fail(const std::string& what);
   std::string name_;
   redisContext* context_ = nullptr;
-  bool output_pending_ = false;
   std::string out_;      // formatted commands; [out_sent_, size) not yet written
   size_t out_sent_ = 0;
   std::vector<char> in_;  // bytes read; [in_fed_, in_read_) not yet given to the reader
