@@ -160,7 +160,7 @@ RedisConnection connect_to(const shmbus::test::RedisServer& redis) {
 // False when nothing came.
 bool exchange(RedisConnection& c, std::chrono::milliseconds timeout) {
   if (c.output_pending()) c.flush();
-  pollfd fd{c.fd(), static_cast<short>(POLLIN | (c.output_pending() ? POLLOUT : 0)), 0};
+  pollfd fd = c.poll_entry();
   if (poll(&fd, 1, static_cast<int>(timeout.count())) <= 0) return false;
   c.read();
   return true;

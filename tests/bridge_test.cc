@@ -948,7 +948,7 @@ TEST(RedisConnection, ParsesEveryReplyShapeThroughItsOwnBuffersAndArena) {
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   while (seen.size() < expected && std::chrono::steady_clock::now() < deadline) {
     if (c.output_pending()) c.flush();
-    pollfd fd{c.fd(), static_cast<short>(POLLIN | (c.output_pending() ? POLLOUT : 0)), 0};
+    pollfd fd = c.poll_entry();
     poll(&fd, 1, 100);
     c.read();
     while (const redisReply* r = c.next_reply()) {

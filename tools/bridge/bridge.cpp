@@ -578,7 +578,7 @@ struct Bridge::Impl {
       send_queued();
       service_pub();
       if (!pub) break;
-      pollfd fd{pub->fd(), static_cast<short>(POLLIN | (pub->output_pending() ? POLLOUT : 0)), 0};
+      pollfd fd = pub->poll_entry();
       poll(&fd, 1, 10);
     }
     if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
@@ -607,7 +607,7 @@ struct Bridge::Impl {
       // Redis, not the ring, is what we wait for: its socket says when to go on. Short
       // while exporting, so the ring is drained into the queue meanwhile.
       if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
-      pollfd fd{pub->fd(), static_cast<short>(POLLIN | (pub->output_pending() ? POLLOUT : 0)), 0};
+      pollfd fd = pub->poll_entry();
       const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
                         static_cast<long>(wait.count() % 1'000'000'000)};
       ppoll(&fd, 1, &ts, nullptr);  // EINTR or a timeout: the next pass looks again
@@ -1068,7 +1068,7 @@ struct Bridge::Impl {
     RedisConnection* conns[2] = {sub.get(), streams.get()};
     for (auto* c : conns) {
       if (!c) continue;
-      fds[n++] = {c->fd(), static_cast<short>(POLLIN | (c->output_pending() ? POLLOUT : 0)), 0};
+      fds[n++] = c->poll_entry();
     }
     auto deadline = now + 50ms;
     if (!sub) deadline = std::min(deadline, std::max(next_connect, now));

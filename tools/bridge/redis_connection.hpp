@@ -23,6 +23,7 @@
 #pragma once
 
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -70,6 +71,10 @@ class RedisConnection {
   // throws std::runtime_error when the connection is broken.
   bool flush();
   bool output_pending() const { return out_sent_ < out_.size(); }
+  // The poll() entry for its socket: replies to read, and room to write while output waits.
+  pollfd poll_entry() const {
+    return {fd(), static_cast<short>(POLLIN | (output_pending() ? POLLOUT : 0)), 0};
+  }
   // Bytes appended and not yet written to the socket.
   size_t output_bytes() const;
   // Reads what arrived without blocking; throws std::runtime_error on EOF or error.
