@@ -900,7 +900,6 @@ struct Bridge::Impl {
   struct ImportRoute {
     std::optional<std::string> designated_pattern;  // nullopt: only the by-name copy
     const Rule* rule = nullptr;
-    std::string local_name;
     Channel* channel = nullptr;                // in import_channels
     OriginSequences* sequences = nullptr;      // in `sequences`
   };
@@ -1241,14 +1240,14 @@ struct Bridge::Impl {
     }
     if (!pattern.empty() && route->designated_pattern != pattern) return;
     if (payload_reply->type != REDIS_REPLY_STRING) {
-      drop(Drop::kCorruptEnvelope, 1, [&] { return "a message on '" + route->local_name.substr(0, 128) + "' without a string payload"; });
+      drop(Drop::kCorruptEnvelope, 1, [&] { return "a message on '" + route->channel->name().substr(0, 128) + "' without a string payload"; });
       return;
     }
     const std::string_view payload = reply_text(payload_reply);
     const Rule& rule = *route->rule;
     if (payload.size() >
         config.max_payload_bytes + (rule.mode == Mode::kEnvelope ? kEnvelopeHeaderBytes : 0)) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes on '" + route->local_name.substr(0, 128) +
+      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes on '" + route->channel->name().substr(0, 128) +
                "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes); });
       return;
     }
@@ -1257,13 +1256,13 @@ struct Bridge::Impl {
         counters.echoes.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      publish_local(*route->channel, route->local_name, bytes_of(payload), kUnknownOrigin);
+      publish_local(*route->channel, bytes_of(payload), kUnknownOrigin);
       return;
     }
     std::string why;
     auto envelope = decode_envelope(bytes_of(payload), why);
     if (!envelope) {
-      drop(Drop::kCorruptEnvelope, 1, [&] { return "on '" + route->local_name.substr(0, 128) + "': " + why; });
+      drop(Drop::kCorruptEnvelope, 1, [&] { return "on '" + route->channel->name().substr(0, 128) + "': " + why; });
       return;
     }
     if (envelope->header.origin == config.host_id) {
@@ -1274,7 +1273,7 @@ struct Bridge::Impl {
                          envelope->header.publish_unix_ns, false))
       return;
     note_lag(envelope->header.publish_unix_ns);
-    publish_local(*route->channel, route->local_name, envelope->payload, envelope->header.origin);
+    publish_local(*route->channel, envelope->payload, envelope->header.origin);
   }
 
   // The first message on a Redis channel: checks its name against the prefix, the limits
@@ -1303,7 +1302,6 @@ struct Bridge::Impl {
     ImportRoute& route = routes[std::string(channel)];
     route.designated_pattern = designated_pattern(channel);
     route.rule = rule;
-    route.local_name = name;
     route.channel = local;
     route.sequences = &sequences[std::string(channel)];
     return &route;
@@ -1444,17 +1442,17 @@ struct Bridge::Impl {
     }
   }
 
-  void publish_local(Channel& channel, const std::string& name, std::span<const std::byte> payload,
+  void publish_local(Channel& channel, std::span<const std::byte> payload,
                      uint16_t origin) {
     const PublishResult r = channel.try_publish(payload, 0ns, origin);
     if (r.ok()) {
       counters.imported.fetch_add(1, std::memory_order_relaxed);
     } else if (r.status == PublishStatus::kTooLarge) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes exceed local channel '" + name.substr(0, 128) +
+      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes exceed local channel '" + channel.name().substr(0, 128) +
                "' limit of " + std::to_string(channel.max_message_bytes()) +
                "; raise it with a [[channel]] rule in shmbusd.toml"; });
     } else {
-      drop(Drop::kLocalRefused, 1, [&] { return "back-pressure channel '" + name.substr(0, 128) + "' is full; the bridge never waits"; });
+      drop(Drop::kLocalRefused, 1, [&] { return "back-pressure channel '" + channel.name().substr(0, 128) + "' is full; the bridge never waits"; });
     }
   }
 
@@ -1554,7 +1552,7 @@ struct Bridge::Impl {
       return;
     if (ts) note_lag(ts);
     if (Channel* local = import_channel(name))
-      publish_local(*local, name, bytes_of(*payload), static_cast<uint16_t>(origin));
+      publish_local(*local, bytes_of(*payload), static_cast<uint16_t>(origin));
   }
 
   // The state file: one line per stream, "<last id> <key as hex>". Written to a temporary
