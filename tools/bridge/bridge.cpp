@@ -427,8 +427,10 @@ struct Bridge::Impl {
     if (now - previous < std::chrono::nanoseconds(1s).count()) return;
     if (!last.compare_exchange_strong(previous, now)) return;
     const auto text = [&]() -> std::string {
-      if constexpr (std::is_invocable_v<Detail>) return detail();
-      else return std::string(detail);
+      if constexpr (std::is_invocable_v<Detail>)
+        return detail();
+      else
+        return std::string(detail);
     };
     log->warn("dropped {} message(s): {}: {} (total {})", n, drop_name(reason), text(),
               counters.dropped[static_cast<int>(reason)].load());
@@ -583,10 +585,12 @@ struct Bridge::Impl {
     }
     if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
     if (!queue.empty()) {
-      drop(Drop::kStopped, queue.size(), [&] { return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
-               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop)
-                                  .count()) +
-               " ms)"; });
+      drop(Drop::kStopped, queue.size(), [&] {
+        return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
+               std::to_string(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop).count()) +
+               " ms)";
+      });
       queue.clear();
       note_queue();
     }
@@ -686,8 +690,10 @@ struct Bridge::Impl {
 
   void export_message(const Message& m) {
     if (m.lost_before > 0)
-      drop(Drop::kLocalLapped, m.lost_before, [&] { return "the export subscriber was lapped on '" + std::string(m.channel) +
-               "'; give the channel a larger ring_bytes in shmbusd.toml"; });
+      drop(Drop::kLocalLapped, m.lost_before, [&] {
+        return "the export subscriber was lapped on '" + std::string(m.channel) +
+               "'; give the channel a larger ring_bytes in shmbusd.toml";
+      });
     // Imported messages (and our counters) are never sent back out: no loops.
     if (m.origin != 0) return;
     if (m.channel.starts_with(kReservedPrefix)) return;
@@ -695,9 +701,11 @@ struct Bridge::Impl {
     // A channel matching several export patterns is delivered once per pattern: keep one.
     if (rule == nullptr || rule->pattern != m.pattern) return;
     if (m.payload.size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
+      drop(Drop::kOversized, 1, [&] {
+        return std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
                "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes) +
-               "; raise it in [bridge]"; });
+               "; raise it in [bridge]";
+      });
       return;
     }
     key_buffer.assign(config.redis_prefix).append(m.channel);
@@ -726,9 +734,11 @@ struct Bridge::Impl {
     }
     note_queue();
     if (dropped)
-      drop(Drop::kQueueFull, dropped, [&] { return "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
+      drop(Drop::kQueueFull, dropped, [&] {
+        return "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
                ", queue_bytes = " + std::to_string(config.queue_bytes) +
-               "); Redis is down or slower than the local publishers"; });
+               "); Redis is down or slower than the local publishers";
+      });
   }
 
   void note_queue() {
@@ -772,7 +782,8 @@ struct Bridge::Impl {
     std::lock_guard<std::mutex> lock(echo_mutex);
     if (!covered_by_sent(channel)) return;
     auto it = raw_echoes.find(channel);
-    if (it == raw_echoes.end()) it = raw_echoes.emplace(std::string(channel), std::deque<RawEcho>()).first;
+    if (it == raw_echoes.end())
+      it = raw_echoes.emplace(std::string(channel), std::deque<RawEcho>()).first;
     it->second.push_back({payload_hash(body), heartbeats_sent});
   }
 
@@ -1240,15 +1251,21 @@ struct Bridge::Impl {
     }
     if (!pattern.empty() && route->designated_pattern != pattern) return;
     if (payload_reply->type != REDIS_REPLY_STRING) {
-      drop(Drop::kCorruptEnvelope, 1, [&] { return "a message on '" + route->channel->name().substr(0, 128) + "' without a string payload"; });
+      drop(Drop::kCorruptEnvelope, 1, [&] {
+        return "a message on '" + route->channel->name().substr(0, 128) +
+               "' without a string payload";
+      });
       return;
     }
     const std::string_view payload = reply_text(payload_reply);
     const Rule& rule = *route->rule;
     if (payload.size() >
         config.max_payload_bytes + (rule.mode == Mode::kEnvelope ? kEnvelopeHeaderBytes : 0)) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes on '" + route->channel->name().substr(0, 128) +
-               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes); });
+      drop(Drop::kOversized, 1, [&] {
+        return std::to_string(payload.size()) + " bytes on '" +
+               route->channel->name().substr(0, 128) +
+               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes);
+      });
       return;
     }
     if (rule.mode == Mode::kRaw) {
@@ -1262,7 +1279,8 @@ struct Bridge::Impl {
     std::string why;
     auto envelope = decode_envelope(bytes_of(payload), why);
     if (!envelope) {
-      drop(Drop::kCorruptEnvelope, 1, [&] { return "on '" + route->channel->name().substr(0, 128) + "': " + why; });
+      drop(Drop::kCorruptEnvelope, 1,
+           [&] { return "on '" + route->channel->name().substr(0, 128) + "': " + why; });
       return;
     }
     if (envelope->header.origin == config.host_id) {
@@ -1281,20 +1299,25 @@ struct Bridge::Impl {
   // and opens its local channel.
   ImportRoute* make_route(std::string_view channel) {
     if (!channel.starts_with(config.redis_prefix)) {
-      drop(Drop::kBadChannel, 1, [&] { return "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
-               config.redis_prefix + "'"; });
+      drop(Drop::kBadChannel, 1, [&] {
+        return "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
+               config.redis_prefix + "'";
+      });
       return nullptr;
     }
     const std::string name(channel.substr(config.redis_prefix.size()));
     if (name.starts_with(kReservedPrefix)) return nullptr;  // other bridges' heartbeats
     if (name.empty() || name.size() > kMaxChannelNameBytes) {
-      drop(Drop::kBadChannel, 1, [&] { return "channel name of " + std::to_string(name.size()) +
-               " bytes; local channel names are 1 to 1024 bytes"; });
+      drop(Drop::kBadChannel, 1, [&] {
+        return "channel name of " + std::to_string(name.size()) +
+               " bytes; local channel names are 1 to 1024 bytes";
+      });
       return nullptr;
     }
     const Rule* rule = BridgeConfig::first_match(config.imports, name);
     if (rule == nullptr || rule->durable) {
-      drop(Drop::kNotImported, 1, [&] { return "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule"; });
+      drop(Drop::kNotImported, 1,
+           [&] { return "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule"; });
       return nullptr;
     }
     Channel* local = import_channel(name);  // may forget every route: before the insert
@@ -1403,7 +1426,8 @@ struct Bridge::Impl {
     if (sequence > last.sequence + 1) {
       counters.lost_in_transit.fetch_add(sequence - last.sequence - 1, std::memory_order_relaxed);
       if (durable) {
-        const uint64_t from = std::max(last.sequence + 1, sequence - std::min(sequence, kResendWindow));
+        const uint64_t from =
+            std::max(last.sequence + 1, sequence - std::min(sequence, kResendWindow));
         for (uint64_t s = from; s < sequence; ++s) last.missing.insert(s);
       }
     }
@@ -1442,17 +1466,22 @@ struct Bridge::Impl {
     }
   }
 
-  void publish_local(Channel& channel, std::span<const std::byte> payload,
-                     uint16_t origin) {
+  void publish_local(Channel& channel, std::span<const std::byte> payload, uint16_t origin) {
     const PublishResult r = channel.try_publish(payload, 0ns, origin);
     if (r.ok()) {
       counters.imported.fetch_add(1, std::memory_order_relaxed);
     } else if (r.status == PublishStatus::kTooLarge) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(payload.size()) + " bytes exceed local channel '" + channel.name().substr(0, 128) +
-               "' limit of " + std::to_string(channel.max_message_bytes()) +
-               "; raise it with a [[channel]] rule in shmbusd.toml"; });
+      drop(Drop::kOversized, 1, [&] {
+        return std::to_string(payload.size()) + " bytes exceed local channel '" +
+               channel.name().substr(0, 128) + "' limit of " +
+               std::to_string(channel.max_message_bytes()) +
+               "; raise it with a [[channel]] rule in shmbusd.toml";
+      });
     } else {
-      drop(Drop::kLocalRefused, 1, [&] { return "back-pressure channel '" + channel.name().substr(0, 128) + "' is full; the bridge never waits"; });
+      drop(Drop::kLocalRefused, 1, [&] {
+        return "back-pressure channel '" + channel.name().substr(0, 128) +
+               "' is full; the bridge never waits";
+      });
     }
   }
 
@@ -1534,13 +1563,17 @@ struct Bridge::Impl {
     }
     const std::string name = key.substr(std::min(key.size(), config.redis_prefix.size()));
     if (!well_formed || !payload) {
-      drop(Drop::kCorruptEnvelope, 1, [&] { return "stream entry on '" + name.substr(0, 128) +
-                                          "' without a payload field or with bad origin/seq/ts"; });
+      drop(Drop::kCorruptEnvelope, 1, [&] {
+        return "stream entry on '" + name.substr(0, 128) +
+               "' without a payload field or with bad origin/seq/ts";
+      });
       return;
     }
     if (payload->size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1, [&] { return std::to_string(payload->size()) + " bytes on stream '" +
-                                    name.substr(0, 128) + "' exceed max_payload_bytes"; });
+      drop(Drop::kOversized, 1, [&] {
+        return std::to_string(payload->size()) + " bytes on stream '" + name.substr(0, 128) +
+               "' exceed max_payload_bytes";
+      });
       return;
     }
     if (origin == config.host_id) {
