@@ -810,29 +810,26 @@ struct Bridge::Impl {
   void on_pub_reply(const redisReply* r) {
     if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
     const Sent sent = in_flight.front();
-    if (r->type == REDIS_REPLY_ERROR) {
-      const std::string_view error = reply_text(r);
-      // A Redis that is loading its data after a restart (or otherwise briefly unable to
-      // write) refuses XADD; a durable message stays in flight, and retire_pub() (which
-      // the throw leads to) sends it again on the next connection.
-      if (sent == Sent::kXadd && is_transient_error(error))
-        throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
-      in_flight.pop_front();
-      if (sent == Sent::kXadd) xadds_in_flight.pop_front();
-      if (sent == Sent::kHeartbeat)
-        throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(reply_text(r)));
-      drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(reply_text(r)); });
-      return;
-    }
+    const bool refused = r->type == REDIS_REPLY_ERROR;
+    const std::string_view error = reply_text(r);
+    // A Redis that is loading its data after a restart (or otherwise briefly unable to
+    // write) refuses XADD; a durable message stays in flight, and retire_pub() (which the
+    // throw leads to) sends it again on the next connection.
+    if (refused && sent == Sent::kXadd && is_transient_error(error))
+      throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
     in_flight.pop_front();
     if (sent == Sent::kXadd) xadds_in_flight.pop_front();
-    if (sent != Sent::kHeartbeat) counters.exported.fetch_add(1, std::memory_order_relaxed);
+    if (!refused) {
+      if (sent != Sent::kHeartbeat) counters.exported.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (sent == Sent::kHeartbeat)
+      throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
+    drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
   }
-
 
   Interest read_interest() {
     Interest in;
-    std::set<std::string> local_channels;
     for (const auto& rule : config.imports) {
       for (auto& ch : interest_bus.channels(rule.pattern)) {
         if (ch.starts_with(kReservedPrefix)) continue;
