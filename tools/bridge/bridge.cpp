@@ -364,9 +364,10 @@ struct Bridge::Impl {
   //     must never do: it would stop draining the local ring) and decides when the link is
   //     dead (its connections fail, or heartbeats stop coming back). Every connect and every
   //     disconnect bumps link_generation.
-  //   - The publishing connection goes to the export thread through `handoff`, tagged with
-  //     its generation. The export thread adopts it while the tag is current and retires it
-  //     (settling what was in flight on it) as soon as the generation moves on. The Redis
+  //   - The publishing connection goes to the export thread through `handoff`, set with a
+  //     new generation and dropped when the generation moves on (both under link_mutex).
+  //     The export thread adopts it and retires it (settling what was in flight on it) as
+  //     soon as the generation moves on. The Redis
   //     thread bumps the generation before it clears `connected`, so whoever saw the bridge
   //     disconnected sees the export thread queue from then on.
   //   - A failure the export thread meets on `pub` is reported through failed_generation
@@ -383,9 +384,8 @@ struct Bridge::Impl {
     Clock::time_point at{};
   };
   HeartbeatSent newest_heartbeat;
-  std::mutex link_mutex;  // guards handoff, handoff_generation, pub_failure
+  std::mutex link_mutex;  // guards handoff, pub_failure, and link_generation's writes
   std::unique_ptr<RedisConnection> handoff;
-  uint64_t handoff_generation = 0;
   std::string pub_failure;
 
   // Raw-mode echo suppression spans both threads: the export thread remembers a raw payload
@@ -631,9 +631,11 @@ struct Bridge::Impl {
     if (pub && pub_generation == generation) return;
     if (pub) retire_pub();
     std::lock_guard<std::mutex> lock(link_mutex);
-    if (handoff && handoff_generation == generation) {
+    // Under link_mutex a waiting `handoff` always belongs to the current generation: the
+    // Redis thread sets the two together and drops `handoff` when it moves the generation.
+    if (handoff) {
       pub = std::move(handoff);
-      pub_generation = generation;
+      pub_generation = link_generation.load(std::memory_order_relaxed);
       next_heartbeat = Clock::now();
     }
   }
@@ -971,8 +973,7 @@ struct Bridge::Impl {
       // A new link generation; the export thread adopts `pub` on its next pass.
       std::lock_guard<std::mutex> lock(link_mutex);
       handoff = std::move(new_pub);
-      handoff_generation = link_generation.load(std::memory_order_relaxed) + 1;
-      link_generation.store(handoff_generation, std::memory_order_release);
+      link_generation.fetch_add(1, std::memory_order_release);
     }
     counters.connected = true;
     sub->append({"SUBSCRIBE", heartbeat_channel});
