@@ -73,11 +73,32 @@ BridgeConfig chat_config(int port, uint16_t host_id, Mode mode) {
   return c;
 }
 
+// For tests that stop Redis on purpose (SIGSTOP): raw mode, and a heartbeat timeout the
+// link outlives the stall with (the stall is ours, not a dead Redis).
+BridgeConfig stall_config(int port) {
+  BridgeConfig c = chat_config(port, 1, Mode::kRaw);
+  c.heartbeat_timeout = 10s;
+  return c;
+}
+
+// A back-pressure channel: the exporter reads everything, nothing is lapped before it.
+ChannelOptions lossless_channel(uint64_t ring_bytes, uint32_t max_message_bytes = 0) {
+  ChannelOptions o;
+  o.back_pressure = true;
+  o.ring_bytes = ring_bytes;
+  o.max_message_bytes = max_message_bytes;
+  return o;
+}
+
 // One "host": a daemon on a private bus and its bridge.
 struct Host {
   explicit Host(BridgeConfig config) { start(std::move(config)); }
   void start(BridgeConfig config) {
     bridge = std::make_unique<Bridge>(std::move(config), daemon.options(), quiet_logger());
+  }
+  // Waits until the bridge is connected to Redis.
+  bool connected() const {
+    return wait_until([&] { return bridge->counters().connected; });
   }
   TestDaemon daemon;
   std::unique_ptr<Bridge> bridge;
@@ -540,7 +561,7 @@ TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
   BridgeConfig config = chat_config(redis.port(), 1, Mode::kEnvelope);
   config.queue_messages = 100;
   Host a(config);
-  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  ASSERT_TRUE(a.connected());
   redis.kill_hard();
   ASSERT_TRUE(wait_until([&] { return !a.bridge->counters().connected; }));
   auto bus = Bus::connect(a.daemon.options());
@@ -570,19 +591,15 @@ TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
 TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
+  BridgeConfig config = stall_config(redis.port());
   config.queue_messages = 10000;
-  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
   Host a(config);
-  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  ASSERT_TRUE(a.connected());
   redisContext* listener = redis.connect();
   ASSERT_TRUE(listener && !listener->err);
   freeReplyObject(redisCommand(listener, "SUBSCRIBE chat:q"));
   auto bus = Bus::connect(a.daemon.options());
-  ChannelOptions options;
-  options.back_pressure = true;  // the exporter reads everything; nothing lapped locally
-  options.ring_bytes = 16 << 20;
-  auto channel = bus.channel("chat:q", options);
+  auto channel = bus.channel("chat:q", lossless_channel(16 << 20));
   redis.pause();
   constexpr uint64_t kMessages = 40000;
   for (uint64_t i = 0; i < kMessages; ++i) channel.publish("message " + std::to_string(i));
@@ -633,17 +650,12 @@ TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
 TEST(Bridge, QueueMemoryStaysNearItsByteCap) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
+  BridgeConfig config = stall_config(redis.port());
   config.queue_bytes = 4 << 20;
-  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
   Host a(config);
-  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  ASSERT_TRUE(a.connected());
   auto bus = Bus::connect(a.daemon.options());
-  ChannelOptions big;
-  big.back_pressure = true;  // the exporter reads everything; nothing lapped locally
-  big.ring_bytes = 16 << 20;
-  big.max_message_bytes = 1 << 20;
-  auto channel = bus.channel("chat:big", big);
+  auto channel = bus.channel("chat:big", lossless_channel(16 << 20, 1 << 20));
   redis.pause();
   const std::string payload(512 << 10, 'x');
   constexpr uint64_t kMessages = 128;  // 64 MiB
@@ -677,16 +689,10 @@ TEST(Bridge, QueueMemoryStaysNearItsByteCap) {
 TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  BridgeConfig config = chat_config(redis.port(), 1, Mode::kRaw);
-  config.heartbeat_timeout = 10s;  // the stall is ours: the link must outlive it
-  Host a(config);
-  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  Host a(stall_config(redis.port()));
+  ASSERT_TRUE(a.connected());
   auto bus = Bus::connect(a.daemon.options());
-  ChannelOptions big;
-  big.back_pressure = true;  // the exporter reads everything; nothing lapped locally
-  big.ring_bytes = 16 << 20;
-  big.max_message_bytes = 1 << 20;
-  auto channel = bus.channel("chat:big", big);
+  auto channel = bus.channel("chat:big", lossless_channel(16 << 20, 1 << 20));
   redis.pause();  // nothing is read from the sockets any more
   const std::string payload(512 << 10, 'x');
   constexpr uint64_t kMessages = 64;  // 32 MiB
@@ -752,12 +758,9 @@ TEST(Bridge, StopFlushesWhatTheExporterHolds) {
   BridgeConfig exporter = fast_config(redis.port(), 1);
   exporter.exports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
   Host a(exporter);
-  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().connected; }));
+  ASSERT_TRUE(a.connected());
   auto bus = Bus::connect(a.daemon.options());
-  ChannelOptions lossless;
-  lossless.back_pressure = true;  // nothing lost before the bridge reads it
-  lossless.ring_bytes = 4 << 20;
-  auto channel = bus.channel("orders:1", lossless);
+  auto channel = bus.channel("orders:1", lossless_channel(4 << 20));
   constexpr uint64_t kMessages = 20000;
   for (uint64_t i = 0; i < kMessages; ++i) channel.publish("order " + std::to_string(i));
   // Stop as soon as the exporter is under way: XADDs are still queued or on their way.
@@ -849,7 +852,7 @@ TEST(Bridge, StopsRelayingWhenTheLocalDaemonGoesAway) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
   Host host(chat_config(redis.port(), 1, Mode::kEnvelope));
-  ASSERT_TRUE(wait_until([&] { return host.bridge->counters().connected; }));
+  ASSERT_TRUE(host.connected());
   EXPECT_FALSE(host.bridge->local_bus_gone());
   host.daemon.stop();
   ASSERT_TRUE(wait_until([&] { return host.bridge->local_bus_gone(); }));
