@@ -90,6 +90,17 @@ ChannelOptions lossless_channel(uint64_t ring_bytes, uint32_t max_message_bytes 
   return o;
 }
 
+// A directory for a bridge's state file, removed when the test ends, failed or not.
+// Declared before the Host that writes into it, so the bridge has stopped by then.
+struct TempDir {
+  explicit TempDir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(getpid()))) {
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path path;
+};
+
 // One "host": a daemon on a private bus and its bridge.
 struct Host {
   explicit Host(BridgeConfig config) { start(std::move(config)); }
@@ -708,14 +719,12 @@ TEST(Bridge, LargeExportsWaitInTheQueueNotInTheConnectionBuffer) {
 TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
   RedisServer redis(test::RedisServerOptions{.append_only = true});
   REQUIRE_REDIS(redis);
-  const auto state_dir = std::filesystem::temp_directory_path() /
-                         ("shmbus-bridge-state-" + std::to_string(getpid()));
-  std::filesystem::create_directories(state_dir);
+  const TempDir state_dir("shmbus-bridge-state");
   BridgeConfig exporter = fast_config(redis.port(), 1);
   exporter.exports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
   BridgeConfig importer = fast_config(redis.port(), 2);
   importer.imports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
-  importer.state_file = (state_dir / "positions").string();
+  importer.state_file = (state_dir.path / "positions").string();
   Host a(exporter);
   Host b(importer);
   Collector collector(b.daemon.options(), "orders:1");
@@ -747,7 +756,6 @@ TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
   EXPECT_EQ(collector.numbers.front(), 0u);
   EXPECT_EQ(collector.numbers.back(), sent - 1);
   EXPECT_GE(a.bridge->counters().reconnects, 1u);
-  std::filesystem::remove_all(state_dir);
 }
 
 // stop() sends what the export thread already took from the ring before it ends: durable
@@ -784,12 +792,10 @@ TEST(Bridge, StopFlushesWhatTheExporterHolds) {
 TEST(Bridge, DurableLateResendIsImportedAndARepeatIsNot) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  const auto state_dir = std::filesystem::temp_directory_path() /
-                         ("shmbus-bridge-resend-" + std::to_string(getpid()));
-  std::filesystem::create_directories(state_dir);
+  const TempDir state_dir("shmbus-bridge-resend");
   BridgeConfig importer = fast_config(redis.port(), 2);
   importer.imports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
-  importer.state_file = (state_dir / "positions").string();
+  importer.state_file = (state_dir.path / "positions").string();
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
@@ -809,8 +815,6 @@ TEST(Bridge, DurableLateResendIsImportedAndARepeatIsNot) {
   const auto c = b.bridge->counters();
   EXPECT_EQ(c.duplicates_dropped, 1u);
   EXPECT_EQ(c.lost_in_transit, 0u);  // the gap 1 opened was filled
-  b.bridge.reset();
-  std::filesystem::remove_all(state_dir);
 }
 
 // ---- observability -----------------------------------------------------------------------
