@@ -5,7 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
-#include <cstring>
+#include <optional>
 #include <vector>
 
 #include "daemon_support.hpp"
