@@ -52,6 +52,24 @@ struct Result {
   double p50_us = 0, p90_us = 0, p99_us = 0;
 };
 
+// Arrivals at a path's far end: the rate is of the messages after the first, over the
+// span from the first arrival to the last.
+struct Arrivals {
+  Clock::time_point first{}, last{};
+  uint64_t count = 0;
+  void arrived() {
+    last = Clock::now();
+    if (count++ == 0) first = last;
+  }
+  Result result() const {
+    Result r;
+    r.received = count;
+    const double seconds = std::chrono::duration<double>(last - first).count();
+    if (seconds > 0) r.messages_per_second = static_cast<double>(count - 1) / seconds;
+    return r;
+  }
+};
+
 void percentiles(std::vector<uint64_t>& ns, Result& r) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
@@ -82,19 +100,15 @@ uint64_t stamp_of(const char* p) {
 // it is the measure of what Redis itself carries, and the one the goal is judged on.
 
 Result hiredis_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
-  Result result;
   redisContext* sub = redis.connect();
   freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:hiredis"));
-  std::atomic<uint64_t> received{0};
-  Clock::time_point first{}, last{};
+  Arrivals arrivals;  // the reader's; read after it joined
   std::thread reader([&] {
-    for (uint64_t i = 0; i < messages; ++i) {
+    while (arrivals.count < messages) {
       void* reply = nullptr;
       if (redisGetReply(sub, &reply) != REDIS_OK) break;
       freeReplyObject(reply);
-      last = Clock::now();
-      if (i == 0) first = last;
-      received.store(i + 1, std::memory_order_relaxed);
+      arrivals.arrived();
     }
   });
   redisContext* pub = redis.connect();
@@ -112,12 +126,9 @@ Result hiredis_throughput(const shmbus::test::RedisServer& redis, uint64_t messa
     ++acked;
   }
   reader.join();
-  result.received = received;
-  const double seconds = std::chrono::duration<double>(last - first).count();
-  if (seconds > 0) result.messages_per_second = static_cast<double>(result.received - 1) / seconds;
   redisFree(pub);
   redisFree(sub);
-  return result;
+  return arrivals.result();
 }
 
 Result hiredis_latency(const shmbus::test::RedisServer& redis, int samples, size_t payload) {
@@ -177,22 +188,13 @@ const redisReply* await_reply(RedisConnection& c) {
 }
 
 Result lean_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
-  Result result;
   RedisConnection sub = connect_to(redis);
   sub.append({"SUBSCRIBE", "bench:plain"});
-  if (!await_reply(sub)) return result;
-  std::atomic<uint64_t> received{0};
-  Clock::time_point first{}, last{};
+  if (!await_reply(sub)) return {};
+  Arrivals arrivals;  // the reader's; read after it joined
   std::thread reader([&] {
-    uint64_t n = 0;
-    while (n < messages && exchange(sub, 2000ms)) {
-      while (sub.next_reply()) {
-        last = Clock::now();
-        if (n == 0) first = last;
-        ++n;
-      }
-      received.store(n, std::memory_order_relaxed);
-    }
+    while (arrivals.count < messages && exchange(sub, 2000ms))
+      while (sub.next_reply()) arrivals.arrived();
   });
   RedisConnection pub = connect_to(redis);
   const std::string body(payload, 'p');
@@ -207,10 +209,7 @@ Result lean_throughput(const shmbus::test::RedisServer& redis, uint64_t messages
     while (pub.next_reply()) ++acked;
   }
   reader.join();
-  result.received = received;
-  const double seconds = std::chrono::duration<double>(last - first).count();
-  if (seconds > 0) result.messages_per_second = static_cast<double>(result.received - 1) / seconds;
-  return result;
+  return arrivals.result();
 }
 
 Result lean_latency(const shmbus::test::RedisServer& redis, int samples, size_t payload) {
@@ -274,7 +273,6 @@ bool path_ready(shmbus::Channel& channel, shmbus::Subscription& sub) {
 }
 
 Result bridged_throughput(BridgedPair& pair, uint64_t messages, size_t payload) {
-  Result result;
   // Rings large enough for a burst on both buses: the figure is the path's, not a lapped
   // subscriber's.
   shmbus::ChannelOptions big;
@@ -288,23 +286,15 @@ Result bridged_throughput(BridgedPair& pair, uint64_t messages, size_t payload) 
   options.back_pressure = true;  // the export subscriber is never lapped
   options.ring_bytes = 16 << 20;
   auto channel = bus.channel("bench:tput", options);
-  if (!path_ready(channel, sub)) return result;
+  if (!path_ready(channel, sub)) return {};
   std::thread publisher([&] {
     const std::string body(payload, 'b');
     for (uint64_t i = 0; i < messages; ++i) channel.publish(body);
   });
-  Clock::time_point first{}, last{};
-  while (result.received < messages) {
-    auto m = sub.next(2s);
-    if (!m) break;
-    last = Clock::now();
-    if (result.received == 0) first = last;
-    ++result.received;
-  }
+  Arrivals arrivals;
+  while (arrivals.count < messages && sub.next(2s)) arrivals.arrived();
   publisher.join();
-  const double seconds = std::chrono::duration<double>(last - first).count();
-  if (seconds > 0) result.messages_per_second = static_cast<double>(result.received - 1) / seconds;
-  return result;
+  return arrivals.result();
 }
 
 Result bridged_latency(BridgedPair& pair, int samples, size_t payload) {
