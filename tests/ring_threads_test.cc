@@ -94,16 +94,11 @@ void run(bool back_pressure, int publishers, int readers, int per_publisher,
   }
 }
 
-// Built twice (see tests/meson.build): with SHMBUS_LOSSY_THREADS the lossy run, whose
-// ThreadSanitizer pass suppresses the by-design race at the validated speculative reads
-// (tests/tsan-lossy.supp); without it the back-pressure run, checked with no suppressions.
-#if defined(SHMBUS_LOSSY_THREADS)
 TEST(RingThreads, LossyThreePublishersThreeReaders) { run(false, 3, 3, 20000, 8192); }
-#else
+
 TEST(RingThreads, BackPressureThreePublishersThreeReadersLoseNothing) {
   run(true, 3, 3, 20000, 8192);
 }
-#endif
 
 }  // namespace
 }  // namespace shmbus
