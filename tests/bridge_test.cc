@@ -817,6 +817,39 @@ TEST(Bridge, DurableLateResendIsImportedAndARepeatIsNot) {
   EXPECT_EQ(c.lost_in_transit, 0u);  // the gap 1 opened was filled
 }
 
+// Leaving a pub/sub channel forgets its sequences, and only its: the durable ones stay, so
+// a repeat read from the stream afterwards is still known for one.
+TEST(Bridge, DurableRepeatsAreRecognisedAfterAPubSubUnsubscribe) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-unsubscribe");
+  BridgeConfig importer = fast_config(redis.port(), 2);
+  importer.imports.push_back({"orders:*", Mode::kEnvelope, true, 100000});
+  importer.imports.push_back({"chat:*", Mode::kEnvelope, false, 0});
+  importer.state_file = (state_dir.path / "positions").string();
+  Host b(importer);
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1", "chat:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(subscribed(*b.bridge, 2));  // heartbeat, chat:1
+  auto xadd_from_origin_9 = [&](int seq) {
+    auto* reply = redis.command("XADD orders:1 * payload order-%d origin 9 seq %d ts %d", seq,
+                                seq, 1000 + seq);
+    ASSERT_NE(reply, nullptr);
+    freeReplyObject(reply);
+  };
+  xadd_from_origin_9(0);
+  ASSERT_TRUE(sub.next(5s).has_value());
+  sub.unsubscribe({"chat:1"});
+  ASSERT_TRUE(subscribed(*b.bridge, 1));  // UNSUBSCRIBE chat:1 confirmed
+  xadd_from_origin_9(0);  // a repeat
+  xadd_from_origin_9(1);
+  std::vector<std::string> got;
+  while (auto m = sub.next(1s)) got.emplace_back(m->text());
+  EXPECT_EQ(got, std::vector<std::string>{"order-1"});
+  EXPECT_EQ(b.bridge->counters().duplicates_dropped, 1u);
+}
+
 // ---- observability -----------------------------------------------------------------------
 
 TEST(Bridge, CountersArePublishedLocallyAndShownByShmbusStats) {

@@ -899,7 +899,7 @@ struct Bridge::Impl {
   NameSet confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   using OriginSequences = std::vector<std::pair<uint16_t, SequenceState>>;
-  std::unordered_map<std::string, OriginSequences> sequences;  // by Redis channel or stream key
+  std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
 
   // What on_delivery() worked out for a Redis channel it imports from: which of Redis's
   // copies of a message to take, the rule, and where the message goes. Every part depends
@@ -917,6 +917,9 @@ struct Bridge::Impl {
 
   // Durable reads.
   std::map<std::string, std::string> stream_positions;  // key -> last id read
+  // Per stream key, what was imported from each origin. Apart from `sequences`, which
+  // forgets a channel when it is unsubscribed: a stream is read by key, never subscribed.
+  std::map<std::string, OriginSequences> stream_sequences;
   std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
   bool stream_command_in_flight = false;
   bool state_dirty = false;
@@ -1579,7 +1582,7 @@ struct Bridge::Impl {
       return;
     }
     if (has_sequence &&
-        !accept_sequence(sequences[key], static_cast<uint16_t>(origin), seq, ts, true))
+        !accept_sequence(stream_sequences[key], static_cast<uint16_t>(origin), seq, ts, true))
       return;
     if (ts) note_lag(ts);
     if (Channel* local = import_channel(name))
