@@ -18,6 +18,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -271,10 +272,43 @@ struct SequenceState {
   // resend can land after later entries (an XADD refused for a moment while the ones
   // pipelined behind it were taken): it fills its gap instead of passing for a duplicate.
   std::set<uint64_t> missing;
+  // Missing sequences up to this one were restored from the state file: an earlier run of
+  // the bridge counted them in its lost_in_transit, so filling them leaves ours alone.
+  uint64_t restored_upto = 0;
 };
 
 // How far below the newest sequence a late durable entry is still recognised as new.
 constexpr uint64_t kResendWindow = 4096;
+
+// Stream keys in the state file: any bytes, written as lowercase hex.
+std::string to_hex(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(bytes.size() * 2);
+  for (const unsigned char c : bytes) {
+    hex.push_back(kHex[c >> 4]);
+    hex.push_back(kHex[c & 15]);
+  }
+  return hex;
+}
+
+// nullopt unless `hex` is a non-empty even run of lowercase hex digits.
+std::optional<std::string> from_hex(std::string_view hex) {
+  if (hex.empty() || hex.size() % 2 != 0) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string bytes;
+  bytes.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int high = nibble(hex[i]), low = nibble(hex[i + 1]);
+    if (high < 0 || low < 0) return std::nullopt;
+    bytes.push_back(static_cast<char>(high * 16 + low));
+  }
+  return bytes;
+}
 
 struct RawEcho {
   uint64_t hash;
@@ -917,8 +951,8 @@ struct Bridge::Impl {
 
   // Durable reads.
   std::map<std::string, std::string> stream_positions;  // key -> last id read
-  // Per stream key, what was imported from each origin. Apart from `sequences`, which
-  // forgets a channel when it is unsubscribed: a stream is read by key, never subscribed.
+  // Per stream key, what was imported from each origin: saved with the positions, so a
+  // resend that lands after a bridge restart is still recognised as one.
   std::map<std::string, OriginSequences> stream_sequences;
   std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
   bool stream_command_in_flight = false;
@@ -1413,7 +1447,8 @@ struct Bridge::Impl {
       if (durable) {
         if (last.missing.erase(sequence) != 0) {
           // A late resend: counted as lost in transit when the gap opened, it arrived.
-          counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
+          if (sequence > last.restored_upto)
+            counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
           return true;
         }
         counters.duplicates.fetch_add(1, std::memory_order_relaxed);
@@ -1589,18 +1624,25 @@ struct Bridge::Impl {
       publish_local(*local, bytes_of(*payload), static_cast<uint16_t>(origin));
   }
 
-  // The state file: one line per stream, "<last id> <key as hex>". Written to a temporary
-  // file and renamed, so a crash leaves the old or the new file, never half of one.
+  // The state file, one line each:
+  //   <last id> <key as hex>                 the read position in a stream
+  //   seq <key as hex> <origin> <sequence> <publish ns> [<missing sequence>...]
+  //                                          what was imported from an origin (SequenceState)
+  // Written to a temporary file and renamed, so a crash leaves the old or the new file,
+  // never half of one; positions and sequences in it are always from the same moment.
   void save_state() {
     if (config.state_file.empty() || !state_dirty) return;
     const std::string tmp = config.state_file + ".tmp";
     {
       std::ofstream out(tmp, std::ios::trunc);
-      static constexpr char kHex[] = "0123456789abcdef";
-      for (const auto& [key, id] : stream_positions) {
-        out << id << ' ';
-        for (unsigned char c : key) out << kHex[c >> 4] << kHex[c & 15];
-        out << '\n';
+      for (const auto& [key, id] : stream_positions) out << id << ' ' << to_hex(key) << '\n';
+      for (const auto& [key, origins] : stream_sequences) {
+        for (const auto& [origin, state] : origins) {
+          out << "seq " << to_hex(key) << ' ' << origin << ' ' << state.sequence << ' '
+              << state.publish_unix_ns;
+          for (const uint64_t missing : state.missing) out << ' ' << missing;
+          out << '\n';
+        }
       }
       if (!out) {
         log->error("cannot write the state file {}: durable positions are not saved", tmp);
@@ -1616,27 +1658,39 @@ struct Bridge::Impl {
   void load_state() {
     if (config.state_file.empty()) return;
     std::ifstream in(config.state_file);
-    std::string id, hex;
-    size_t line = 0;
-    while (in >> id >> hex) {
+    std::string text;
+    size_t line = 0, sequence_lines = 0;
+    while (std::getline(in, text)) {
       ++line;
-      std::string key;
-      bool ok = hex.size() % 2 == 0;
-      auto nibble = [&](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        ok = false;
-        return 0;
-      };
-      for (size_t i = 0; ok && i < hex.size(); i += 2)
-        key.push_back(static_cast<char>(nibble(hex[i]) * 16 + nibble(hex[i + 1])));
-      if (!ok) {
-        log->warn("state file {} line {}: not '<id> <hex key>'; ignored", config.state_file, line);
-        continue;
+      std::istringstream fields(text);
+      std::string first, hex;
+      fields >> first >> hex;
+      std::optional<std::string> key = from_hex(hex);
+      bool ok = key.has_value();
+      if (ok && first == "seq") {
+        uint32_t origin = 0;
+        SequenceState state;
+        ok = static_cast<bool>(fields >> origin >> state.sequence >> state.publish_unix_ns) &&
+             origin != 0 && origin <= 0xffff;
+        for (uint64_t missing; ok && fields >> missing;) state.missing.insert(missing);
+        state.restored_upto = state.sequence;
+        ok = ok && fields.eof();
+        if (ok) {
+          stream_sequences[*key].push_back({static_cast<uint16_t>(origin), std::move(state)});
+          ++sequence_lines;
+        }
+      } else if (ok) {
+        stream_positions[*key] = first;
       }
-      stream_positions[key] = id;
+      if (!ok)
+        log->warn(
+            "state file {} line {}: not '<id> <hex key>' or 'seq <hex key> <origin> "
+            "<sequence> <ns> [<missing>...]'; ignored",
+            config.state_file, line);
     }
-    if (line) log->info("resuming {} stream(s) from {}", stream_positions.size(), config.state_file);
+    if (line)
+      log->info("resuming {} stream(s) ({} origin sequences) from {}", stream_positions.size(),
+                sequence_lines, config.state_file);
   }
 };
 
