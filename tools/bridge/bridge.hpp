@@ -110,7 +110,7 @@ class Bridge {
   Bridge(const Bridge&) = delete;
   Bridge& operator=(const Bridge&) = delete;
 
-  // Stops both threads and saves the durable read positions. Idempotent.
+  // Stops both threads and saves the durable read positions and sequences. Idempotent.
   void stop();
 
   CounterSnapshot counters() const;

@@ -66,7 +66,8 @@ struct BridgeConfig {
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{5000};
   std::chrono::milliseconds stats_interval{1000};
-  std::string state_file;  // durable read positions; required when a durable import exists
+  std::string state_file;  // durable read positions and per-origin sequences; required when a
+                           // durable import exists
   std::vector<Rule> exports;
   std::vector<Rule> imports;
 
