@@ -885,6 +885,33 @@ TEST(Bridge, DurableRepeatsAreRecognisedAfterAPubSubUnsubscribe) {
   EXPECT_EQ(b.bridge->counters().duplicates_dropped, 1u);
 }
 
+// A durable import into a back-pressure channel waits for a slow subscriber instead of
+// dropping: the entries stay in the stream until the channel has room.
+TEST(Bridge, DurableImportWaitsForAFullBackPressureChannel) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-full");
+  Host b(durable_orders_importer(redis.port(), state_dir));
+  auto bus = Bus::connect(b.daemon.options());
+  auto channel = bus.channel("orders:1", lossless_channel(16 << 10));  // ~300 messages
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  constexpr int kEntries = 3000;
+  for (int seq = 0; seq < kEntries; ++seq) xadd_order(redis, 9, seq);
+  // The subscriber has not read yet: the channel fills and the bridge holds back.
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().imported > 0; }));
+  std::this_thread::sleep_for(300ms);
+  EXPECT_LT(b.bridge->counters().imported, static_cast<uint64_t>(kEntries));
+  std::vector<std::string> got = payloads_until_quiet(sub);
+  ASSERT_EQ(got.size(), static_cast<size_t>(kEntries)) << b.bridge->counters_json();
+  for (int seq = 0; seq < kEntries; ++seq) ASSERT_EQ(got[seq], "order " + std::to_string(seq));
+  const auto c = b.bridge->counters();
+  EXPECT_EQ(c.imported, static_cast<uint64_t>(kEntries));
+  EXPECT_EQ(c.dropped_total(), 0u) << b.bridge->counters_json();
+  EXPECT_EQ(c.duplicates_dropped, 0u);
+}
+
 // ---- observability -----------------------------------------------------------------------
 
 TEST(Bridge, CountersArePublishedLocallyAndShownByShmbusStats) {

@@ -87,6 +87,9 @@ constexpr auto kStateSaveInterval = 1s;
 // XREAD blocks this long at most, so new stream keys are picked up promptly.
 constexpr auto kXreadBlock = 100ms;
 constexpr uint32_t kXreadCount = 512;
+// A durable import held back by a full back-pressure channel reads its stream again after
+// this pause (the entries wait in Redis, not in the bridge).
+constexpr auto kLocalFullRetry = 5ms;
 // Local channels the bridge keeps open for importing; past this the cache starts over.
 constexpr size_t kMaxOpenImportChannels = 4096;
 
@@ -956,6 +959,8 @@ struct Bridge::Impl {
   std::map<std::string, OriginSequences> stream_sequences;
   std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
   bool stream_command_in_flight = false;
+  Clock::time_point next_stream_read{};  // later than now while a local channel is full
+  Clock::time_point next_full_log{};
   bool state_dirty = false;
   Clock::time_point next_state_save{};
 
@@ -1118,6 +1123,8 @@ struct Bridge::Impl {
     auto deadline = now + 50ms;
     if (!sub) deadline = std::min(deadline, std::max(next_connect, now));
     else deadline = heartbeat_deadline(deadline);
+    if (streams && !stream_command_in_flight && next_stream_read > now)
+      deadline = std::min(deadline, next_stream_read);
     const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
     if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
         0) {
@@ -1432,6 +1439,18 @@ struct Bridge::Impl {
     return false;
   }
 
+  // True if a durable entry was imported already: at or below the newest taken from its
+  // origin, and not one of the gaps a late resend may fill.
+  static bool durable_repeat(const OriginSequences& states, uint16_t origin, uint64_t sequence,
+                             uint64_t publish_unix_ns) {
+    auto it = std::find_if(states.begin(), states.end(),
+                           [&](const auto& s) { return s.first == origin; });
+    if (it == states.end()) return false;
+    const SequenceState& last = it->second;
+    return std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence) &&
+           last.missing.count(sequence) == 0;
+  }
+
   // Counts gaps (pub/sub) and refuses entries already imported (durable resends). Returns
   // whether to import.
   bool accept_sequence(OriginSequences& states, uint16_t origin, uint64_t sequence,
@@ -1502,10 +1521,15 @@ struct Bridge::Impl {
     }
   }
 
-  void publish_local(Channel& channel, std::span<const std::byte> payload, uint16_t origin) {
+  // Publishes an import without waiting. A full back-pressure channel drops the message
+  // (counted), unless `can_retry` (the stream still holds it): then it is left to the caller.
+  PublishStatus publish_local(Channel& channel, std::span<const std::byte> payload, uint16_t origin,
+                              bool can_retry = false) {
     const PublishResult r = channel.try_publish(payload, 0ns, origin);
     if (r.ok()) {
       counters.imported.fetch_add(1, std::memory_order_relaxed);
+    } else if (r.status == PublishStatus::kWouldBlock && can_retry) {
+      // the caller reads it again
     } else if (r.status == PublishStatus::kTooLarge) {
       drop(Drop::kOversized, 1, [&] {
         return std::to_string(payload.size()) + " bytes exceed local channel '" +
@@ -1519,12 +1543,13 @@ struct Bridge::Impl {
                "' is full; the bridge never waits";
       });
     }
+    return r.status;
   }
 
   // ---- durable: streams ----
 
   void send_stream_command() {
-    if (!streams || stream_command_in_flight) return;
+    if (!streams || stream_command_in_flight || Clock::now() < next_stream_read) return;
     for (const auto& key : wanted.streams) {
       if (stream_positions.count(key)) continue;
       // First interest in this stream: start after its newest entry (XREAD with "$" would
@@ -1567,14 +1592,32 @@ struct Bridge::Impl {
       for (size_t e = 0; e < entries->elements; ++e) {
         const redisReply* entry = entries->element[e];
         if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
-        on_stream_entry(key, entry->element[1]);
+        if (!on_stream_entry(key, entry->element[1])) {
+          // The local channel is full: the position stays before this entry, which is read
+          // again after a pause, so a slow subscriber of a back-pressure channel delays a
+          // durable import instead of losing from it.
+          hold_stream_reads(key);
+          break;
+        }
         stream_positions[key] = std::string(reply_text(entry->element[0]));
         state_dirty = true;
       }
     }
   }
 
-  void on_stream_entry(const std::string& key, const redisReply* fields) {
+  void hold_stream_reads(std::string_view key) {
+    const auto now = Clock::now();
+    next_stream_read = now + kLocalFullRetry;
+    if (now < next_full_log) return;
+    next_full_log = now + 1s;
+    const std::string_view name = key.substr(std::min(key.size(), config.redis_prefix.size()));
+    log->info("durable import of '{}' waits: its local back-pressure channel is full",
+              name.substr(0, 128));
+  }
+
+  // Imports one stream entry. False if the local channel was full: the entry is to be read
+  // again. Anything else (imported, repeat, or dropped and counted) is done with.
+  bool on_stream_entry(const std::string& key, const redisReply* fields) {
     std::optional<std::string_view> payload;
     uint64_t origin = kUnknownOrigin, seq = 0, ts = 0;
     bool has_sequence = false;
@@ -1603,25 +1646,33 @@ struct Bridge::Impl {
         return "stream entry on '" + name.substr(0, 128) +
                "' without a payload field or with bad origin/seq/ts";
       });
-      return;
+      return true;
     }
     if (payload->size() > config.max_payload_bytes) {
       drop(Drop::kOversized, 1, [&] {
         return std::to_string(payload->size()) + " bytes on stream '" + name.substr(0, 128) +
                "' exceed max_payload_bytes";
       });
-      return;
+      return true;
     }
     if (origin == config.host_id) {
       counters.echoes.fetch_add(1, std::memory_order_relaxed);
-      return;
+      return true;
     }
-    if (has_sequence &&
-        !accept_sequence(stream_sequences[key], static_cast<uint16_t>(origin), seq, ts, true))
-      return;
+    OriginSequences& states = stream_sequences[key];
+    const auto from = static_cast<uint16_t>(origin);
+    if (has_sequence && durable_repeat(states, from, seq, ts)) {
+      counters.duplicates.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
     if (ts) note_lag(ts);
-    if (Channel* local = import_channel(name))
-      publish_local(*local, bytes_of(*payload), static_cast<uint16_t>(origin));
+    if (Channel* local = import_channel(name)) {
+      const auto status = publish_local(*local, bytes_of(*payload), from, /*can_retry=*/true);
+      if (status == PublishStatus::kWouldBlock) return false;
+    }
+    // Taken (or dropped and counted): recorded, so a repeat of it is known for one.
+    if (has_sequence) accept_sequence(states, from, seq, ts, true);
+    return true;
   }
 
   // The state file, one line each:
