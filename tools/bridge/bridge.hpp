@@ -71,7 +71,8 @@ enum class Drop : int {
   kCorruptEnvelope,  // not a version-1 envelope on an envelope rule
   kBadChannel,       // channel name outside the prefix, empty or over 1024 bytes
   kNotImported,      // matched a Redis subscription but no [[import]] rule
-  kLocalRefused,     // the local bus refused the channel or the back-pressure ring was full
+  kLocalRefused,     // the local bus refused the channel, or a pub/sub import found the
+                     // back-pressure ring full (durable imports wait instead)
   kStopped,          // still queued (or an XADD unacknowledged) when the bridge stopped
   kCount,
 };
