@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <poll.h>
 #include <memory>
@@ -748,13 +749,16 @@ std::vector<std::string> payloads_until_quiet(Subscription& sub) {
   return got;
 }
 
-// XADDs "order <seq>" to the stream orders:1 as the bridge of host `origin` does.
-void xadd_order(RedisServer& redis, int origin, int seq) {
+// XADDs "order <seq>" to the stream orders:1 as the bridge of host `origin` does, stamped
+// `ts` (by default 1000 + seq); returns the entry's id.
+std::string xadd_order(RedisServer& redis, int origin, int seq, int ts = -1) {
   const std::string payload = "order " + std::to_string(seq);
   auto* reply = redis.command("XADD orders:1 * payload %s origin %d seq %d ts %d", payload.c_str(),
-                              origin, seq, 1000 + seq);
-  ASSERT_NE(reply, nullptr);
-  freeReplyObject(reply);
+                              origin, seq, ts < 0 ? 1000 + seq : ts);
+  EXPECT_TRUE(reply != nullptr && reply->type == REDIS_REPLY_STRING);
+  std::string id = reply && reply->type == REDIS_REPLY_STRING ? reply->str : "";
+  if (reply) freeReplyObject(reply);
+  return id;
 }
 
 TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
@@ -936,6 +940,40 @@ TEST(Bridge, DurableImportWaitsForAFullBackPressureChannel) {
   EXPECT_EQ(c.imported, static_cast<uint64_t>(kEntries));
   EXPECT_EQ(c.dropped_total(), 0u) << b.bridge->counters_json();
   EXPECT_EQ(c.duplicates_dropped, 0u);
+}
+
+// The state file is read line by line; a line that does not parse is ignored (and logged),
+// the others still count.
+TEST(Bridge, StateFileLinesThatDoNotParseAreIgnored) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-bad-state");
+  const BridgeConfig importer = durable_orders_importer(redis.port(), state_dir);
+  std::string resume_after;
+  for (int seq = 0; seq < 4; ++seq) {
+    const std::string id = xadd_order(redis, 9, seq);
+    if (seq == 1) resume_after = id;
+  }
+  const std::string key_hex = "6f72646572733a31";  // orders:1
+  {
+    std::ofstream state(importer.state_file);
+    state << "garbage\n"
+          << "1-x " << key_hex << "\n"
+          << "1-1 " << key_hex << " trailing\n"
+          << resume_after << " " << key_hex << "\n"
+          << "seq " << key_hex << " 9 -1 5\n"    // a sign would read as 2^64 - 1
+          << "seq " << key_hex << " 0 3 1003\n"  // origin 0 is no bridge
+          << "seq " << key_hex << " 9 3 1003\n"
+          << "seq zz 9 3 1003\n";
+  }
+  Host b(importer);
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  xadd_order(redis, 9, 4);
+  // Resumed after 1; 2 and 3 were taken already (the saved sequence says 3); 4 is new.
+  EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 4"});
+  EXPECT_EQ(b.bridge->counters().duplicates_dropped, 2u);
 }
 
 // ---- observability -----------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <deque>
@@ -18,7 +19,6 @@
 #include <optional>
 #include <random>
 #include <set>
-#include <sstream>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -1713,35 +1713,61 @@ struct Bridge::Impl {
     size_t line = 0, sequence_lines = 0;
     while (std::getline(in, text)) {
       ++line;
-      std::istringstream fields(text);
-      std::string first, hex;
-      fields >> first >> hex;
-      std::optional<std::string> key = from_hex(hex);
-      bool ok = key.has_value();
-      if (ok && first == "seq") {
-        uint32_t origin = 0;
-        SequenceState state;
-        ok = static_cast<bool>(fields >> origin >> state.sequence >> state.publish_unix_ns) &&
-             origin != 0 && origin <= 0xffff;
-        for (uint64_t missing; ok && fields >> missing;) state.missing.insert(missing);
-        state.restored_upto = state.sequence;
-        ok = ok && fields.eof();
-        if (ok) {
-          stream_sequences[*key].push_back({static_cast<uint16_t>(origin), std::move(state)});
-          ++sequence_lines;
-        }
-      } else if (ok) {
-        stream_positions[*key] = first;
-      }
-      if (!ok)
+      if (!load_state_line(text, sequence_lines))
         log->warn(
-            "state file {} line {}: not '<id> <hex key>' or 'seq <hex key> <origin> "
+            "state file {} line {}: not '<ms>-<seq> <hex key>' or 'seq <hex key> <origin> "
             "<sequence> <ns> [<missing>...]'; ignored",
             config.state_file, line);
     }
     if (line)
       log->info("resuming {} stream(s) ({} origin sequences) from {}", stream_positions.size(),
                 sequence_lines, config.state_file);
+  }
+
+  // One line of the state file (see save_state); false, and nothing taken, if malformed.
+  bool load_state_line(std::string_view text, size_t& sequence_lines) {
+    std::vector<std::string_view> words;
+    for (size_t at = 0; at < text.size();) {
+      const size_t end = std::min(text.find(' ', at), text.size());
+      if (end > at) words.push_back(text.substr(at, end - at));
+      at = end + 1;
+    }
+    // Unsigned decimal, the whole word (from_chars refuses a sign).
+    auto number = [](std::string_view word, uint64_t& out) {
+      const auto [end, error] = std::from_chars(word.data(), word.data() + word.size(), out);
+      return error == std::errc{} && end == word.data() + word.size();
+    };
+    if (words.size() < 2) return false;
+    const std::optional<std::string> key = from_hex(words[1]);
+    if (!key) return false;
+    if (words[0] != "seq") {
+      // A stream entry id: <ms>-<seq>.
+      const size_t dash = words[0].find('-');
+      uint64_t ms = 0, in_ms = 0;
+      if (words.size() != 2 || dash == std::string_view::npos ||
+          !number(words[0].substr(0, dash), ms) || !number(words[0].substr(dash + 1), in_ms))
+        return false;
+      stream_positions[*key] = std::string(words[0]);
+      return true;
+    }
+    uint64_t origin = 0;
+    SequenceState state;
+    if (words.size() < 5 || !number(words[2], origin) || origin == 0 || origin > 0xffff ||
+        !number(words[3], state.sequence) || !number(words[4], state.publish_unix_ns))
+      return false;
+    for (size_t w = 5; w < words.size(); ++w) {
+      uint64_t missing = 0;
+      if (!number(words[w], missing) || missing >= state.sequence) return false;
+      state.missing.insert(missing);
+    }
+    state.restored_upto = state.sequence;
+    OriginSequences& origins = stream_sequences[*key];
+    if (std::any_of(origins.begin(), origins.end(),
+                    [&](const auto& o) { return o.first == origin; }))
+      return false;  // a second line for the same origin
+    origins.push_back({static_cast<uint16_t>(origin), std::move(state)});
+    ++sequence_lines;
+    return true;
   }
 };
 
