@@ -942,6 +942,26 @@ TEST(Bridge, DurableImportWaitsForAFullBackPressureChannel) {
   EXPECT_EQ(c.duplicates_dropped, 0u);
 }
 
+// An origin whose channel restarted numbers from 0 again, with newer stamps: the gaps of
+// its old numbering are forgotten, so a repeat of a new number is still known for one.
+TEST(Bridge, DurableGapsAreForgottenWhenTheOriginRestartsItsNumbering) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-renumber");
+  Host b(durable_orders_importer(redis.port(), state_dir));
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  xadd_order(redis, 9, 0);
+  xadd_order(redis, 9, 2);        // 1 missing
+  xadd_order(redis, 9, 0, 2000);  // restarted
+  xadd_order(redis, 9, 1, 2001);
+  xadd_order(redis, 9, 1, 2001);  // a repeat of the new 1
+  EXPECT_EQ(payloads_until_quiet(sub),
+            (std::vector<std::string>{"order 0", "order 2", "order 0", "order 1"}));
+  EXPECT_EQ(b.bridge->counters().duplicates_dropped, 1u);
+}
+
 // The state file is read line by line; a line that does not parse is ignored (and logged),
 // the others still count.
 TEST(Bridge, StateFileLinesThatDoNotParseAreIgnored) {

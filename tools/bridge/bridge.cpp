@@ -1478,6 +1478,13 @@ struct Bridge::Impl {
       last.publish_unix_ns = publish_unix_ns;
       return true;
     }
+    if (durable && sequence <= last.sequence) {
+      // A newer stamp with a lower number: the origin's channel restarted its numbering.
+      // The old gaps can never be filled now; kept, they would let a repeat of a new
+      // number through.
+      last.missing.clear();
+      last.restored_upto = 0;
+    }
     if (sequence > last.sequence + 1) {
       counters.lost_in_transit.fetch_add(sequence - last.sequence - 1, std::memory_order_relaxed);
       if (durable) {
