@@ -88,8 +88,10 @@ constexpr auto kStateSaveInterval = 1s;
 constexpr auto kXreadBlock = 100ms;
 constexpr uint32_t kXreadCount = 512;
 // A durable import held back by a full back-pressure channel reads its stream again after
-// this pause (the entries wait in Redis, not in the bridge).
+// a pause (the entries wait in Redis, not in the bridge): 5 ms, doubling while the channel
+// stays full, up to 160 ms, so a stuck subscriber costs Redis a few reads a second.
 constexpr auto kLocalFullRetry = 5ms;
+constexpr int kLocalFullRetryDoublings = 5;
 // Local channels the bridge keeps open for importing; past this the cache starts over.
 constexpr size_t kMaxOpenImportChannels = 4096;
 
@@ -960,6 +962,7 @@ struct Bridge::Impl {
   std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
   bool stream_command_in_flight = false;
   Clock::time_point next_stream_read{};  // later than now while a local channel is full
+  int held_reads = 0;                    // consecutive reads held back by a full channel
   Clock::time_point next_full_log{};
   bool state_dirty = false;
   Clock::time_point next_state_save{};
@@ -1125,7 +1128,8 @@ struct Bridge::Impl {
     else deadline = heartbeat_deadline(deadline);
     if (streams && !stream_command_in_flight && next_stream_read > now)
       deadline = std::min(deadline, next_stream_read);
-    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+    // Rounded up: rounded down, poll would wake just before the deadline and spin until it.
+    const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
     if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
         0) {
       if (errno == EINTR) return;
@@ -1591,6 +1595,7 @@ struct Bridge::Impl {
       return;
     }
     if (r->type != REDIS_REPLY_ARRAY) return;  // nil: BLOCK timed out
+    bool held = false, took_any = false;
     for (size_t s = 0; s < r->elements; ++s) {
       const redisReply* stream = r->element[s];
       if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
@@ -1603,18 +1608,25 @@ struct Bridge::Impl {
           // The local channel is full: the position stays before this entry, which is read
           // again after a pause, so a slow subscriber of a back-pressure channel delays a
           // durable import instead of losing from it.
-          hold_stream_reads(key);
+          log_held_stream(key);
+          held = true;
           break;
         }
         stream_positions[key] = std::string(reply_text(entry->element[0]));
         state_dirty = true;
+        took_any = true;
       }
     }
+    // The pause grows only while nothing at all could be taken: a subscriber that drains
+    // its channel, however slowly, is fed again 5 ms after each fill.
+    held_reads = held && !took_any ? held_reads + 1 : 0;
+    if (held)
+      next_stream_read =
+          Clock::now() + kLocalFullRetry * (1 << std::min(held_reads, kLocalFullRetryDoublings));
   }
 
-  void hold_stream_reads(std::string_view key) {
+  void log_held_stream(std::string_view key) {
     const auto now = Clock::now();
-    next_stream_read = now + kLocalFullRetry;
     if (now < next_full_log) return;
     next_full_log = now + 1s;
     const std::string_view name = key.substr(std::min(key.size(), config.redis_prefix.size()));
