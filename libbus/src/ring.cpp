@@ -101,9 +101,11 @@ class SeqlockReadScope {
 #endif
 };
 
-inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes) {
+// `may_be_overwritten`: the frame may be reused under the reader (see SeqlockReadScope).
+inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes,
+                             bool may_be_overwritten) {
   if (bytes == 0) return;  // dst may be null for an empty buffer
-  const SeqlockReadScope validated_afterwards;
+  const SeqlockReadScope validated_afterwards(may_be_overwritten);
   std::memcpy(dst, src, bytes);
 }
 
@@ -507,6 +509,9 @@ Reader::Reader(RingRef ring, Start start, uint64_t after_sequence) : ring_(ring)
 Reader::~Reader() { unregister(); }
 
 void Reader::seek_sequence(uint64_t first_wanted) {
+  // Walks frames from the frontier, which publishers may retire and overwrite meanwhile
+  // (this reader gates nobody yet); every value read is re-checked.
+  const SeqlockReadScope frames_may_move;
   const ClaimWord claim = ring_.load_claim();
   if (first_wanted >= claim.sequence) {
     // Nothing that new yet (or the ring was recreated with lower numbers): start at the head.
@@ -557,6 +562,7 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
                              " readers); raise reader_capacity for this channel");
   slot_ = slot;
   slot_owner_ = 0;  // claimed above with owner token 0
+  lappable_ = !(gating && ring_.back_pressure());
   if (doorbell_ref != ShmRef::kNone) {
     doorbell_ = doorbell;
     doorbell_bit_ = ShmRef::bit(doorbell_ref);
@@ -579,6 +585,7 @@ void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, uint32_t doorbe
   doorbell_bit_ = doorbell_bit;
   ReaderSlot* s = ring_.slot(slot);
   slot_owner_ = s->owner.load(std::memory_order_relaxed);
+  lappable_ = !(s->state.load(std::memory_order_relaxed) == kSlotGating && ring_.back_pressure());
   if (from_slot) {
     position_ = s->position.load(std::memory_order_acquire);
     next_sequence_ = sequence;
@@ -625,10 +632,11 @@ void Reader::jump_after_lap() {
 }
 
 Status Reader::try_read(MessageView& view) {
-  // On a lossy ring the header at our position may be a lap newer than we think; every
-  // value is re-checked against the state before it is used. Back-pressure rings are never
-  // overwritten under a gating reader, so there every access stays checked.
-  const SeqlockReadScope may_be_lapped(!ring_.back_pressure());
+  // A reader that can be lapped may find the header at its position a lap newer than it
+  // thinks; every value is re-checked against the state before it is used. A gating reader
+  // of a back-pressure ring is never overwritten under, so there every access (and the
+  // payload copy, see view.may_be_overwritten) stays checked.
+  const SeqlockReadScope may_be_lapped(lappable_);
   for (;;) {
     FrameHeader* f = ring_.frame_at(position_);
     // SYNC POINT (read): acquire pairs with the publisher's release commit.
@@ -695,6 +703,7 @@ Status Reader::try_read(MessageView& view) {
     view.origin = f->origin.load(std::memory_order_relaxed);
     view.payload = reinterpret_cast<const std::byte*>(f) + kFrameHeaderBytes;
     view.observed_state = state;
+    view.may_be_overwritten = lappable_;
     uint64_t gap = 0;
     if (sequence_known_ && sequence > next_sequence_) gap = sequence - next_sequence_;
     view.lost_before = unreported_lost_ + gap;
@@ -706,7 +715,7 @@ bool Reader::intact(const MessageView& view) const {
   // SYNC POINT (validate): the acquire fence orders every read of the view before this
   // re-read of the state; a publisher retires the frame (changing the state) before it
   // writes a byte of it, so an unchanged state proves the bytes were intact.
-  const SeqlockReadScope may_be_lapped(!ring_.back_pressure());
+  const SeqlockReadScope may_be_lapped(lappable_);
   return reload_after_reads(ring_.frame_at(view.position)->state) == view.observed_state;
 }
 
@@ -750,7 +759,7 @@ void Reader::publish_slot_stats() {
 
 void Reader::copy_payload(const MessageView& view, std::vector<std::byte>& buffer) {
   buffer.resize(view.length);
-  copy_out_of_ring(buffer.data(), view.payload, view.length);
+  copy_out_of_ring(buffer.data(), view.payload, view.length, view.may_be_overwritten);
 }
 
 Status Reader::try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info) {
@@ -767,7 +776,7 @@ Status Reader::try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info) 
 }
 
 bool Reader::has_data() const {
-  const SeqlockReadScope may_be_lapped(!ring_.back_pressure());
+  const SeqlockReadScope may_be_lapped(lappable_);
   const FrameHeader* f = ring_.frame_at(position_);
   // seq_cst: the re-check after announcing a sleeper (Waiter::park_until).
   const uint64_t state = f->state.load(std::memory_order_seq_cst);
@@ -800,6 +809,7 @@ namespace {
 // Moves the frontier over frames that are retired but not yet passed - left so by a
 // publisher that stopped or died between its retire CAS and its frontier CAS.
 void advance_frontier_over_retired(RingRef ring) {
+  const SeqlockReadScope frames_may_move;  // the size read is checked by the frontier CAS
   RingHeader* h = ring.header();
   for (;;) {
     uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
@@ -819,6 +829,9 @@ void advance_frontier_over_retired(RingRef ring) {
 // position, a frame claimed without a header, or where on_frame said stop.
 template <typename OnFrame>
 uint64_t walk_frames(RingRef ring, OnFrame&& on_frame) {
+  // Frames ahead of the frontier may be retired and overwritten while we walk; each header
+  // is re-checked against its state. (on_frame's own accesses are atomics on that header.)
+  const SeqlockReadScope frames_may_move;
   advance_frontier_over_retired(ring);
   for (;;) {
     const uint64_t tail = ring.load_claim().position;

@@ -217,6 +217,7 @@ struct MessageInfo {
 struct MessageView : MessageInfo {
   const std::byte* payload = nullptr;
   uint64_t observed_state = 0;
+  bool may_be_overwritten = true;  // read by a reader that can be lapped (see intact())
 };
 
 class Reader {
@@ -295,6 +296,9 @@ class Reader {
   uint64_t lapped_ = 0;
   uint64_t delivered_at_last_lap_ = 0;
   uint32_t empty_polls_ = 0;
+  // False only for a gating reader of a back-pressure ring: no publisher overwrites a frame
+  // it has not read, so its reads are not speculative (ThreadSanitizer checks them all).
+  bool lappable_ = true;
   int32_t slot_ = -1;
   uint64_t slot_owner_ = 0;  // the slot's owner token when we took it
   uint32_t doorbell_bit_ = 0;
