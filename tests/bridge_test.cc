@@ -64,6 +64,7 @@ BridgeConfig fast_config(int port, uint16_t host_id) {
   c.backoff_max = 200ms;
   c.connect_timeout = 200ms;
   c.stats_interval = 200ms;
+  c.stream_scan_interval = 100ms;
   return c;
 }
 
@@ -749,12 +750,13 @@ std::vector<std::string> payloads_until_quiet(Subscription& sub) {
   return got;
 }
 
-// XADDs "order <seq>" to the stream orders:1 as the bridge of host `origin` does, stamped
-// `ts` (by default 1000 + seq); returns the entry's id.
-std::string xadd_order(RedisServer& redis, int origin, int seq, int ts = -1) {
+// XADDs "order <seq>" to `stream` as the bridge of host `origin` does, stamped `ts` (by
+// default 1000 + seq); returns the entry's id.
+std::string xadd_order(RedisServer& redis, int origin, int seq, int ts = -1,
+                       const char* stream = "orders:1") {
   const std::string payload = "order " + std::to_string(seq);
-  auto* reply = redis.command("XADD orders:1 * payload %s origin %d seq %d ts %d", payload.c_str(),
-                              origin, seq, ts < 0 ? 1000 + seq : ts);
+  auto* reply = redis.command("XADD %s * payload %s origin %d seq %d ts %d", stream,
+                              payload.c_str(), origin, seq, ts < 0 ? 1000 + seq : ts);
   EXPECT_TRUE(reply != nullptr && reply->type == REDIS_REPLY_STRING);
   std::string id = reply && reply->type == REDIS_REPLY_STRING ? reply->str : "";
   if (reply) freeReplyObject(reply);
@@ -994,6 +996,47 @@ TEST(Bridge, StateFileLinesThatDoNotParseAreIgnored) {
   // Resumed after 1; 2 and 3 were taken already (the saved sequence says 3); 4 is new.
   EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 4"});
   EXPECT_EQ(b.bridge->counters().duplicates_dropped, 2u);
+}
+
+// A pattern subscriber under a durable rule: the streams its pattern matches are found by
+// SCAN. One there before the subscriber is read from its newest entry on; one that appears
+// later is read from its start, so its first messages are not lost to the scan interval -
+// also when it appears while the bridge is down.
+TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-scan");
+  const BridgeConfig importer = durable_orders_importer(redis.port(), state_dir);
+  xadd_order(redis, 9, 0);  // history: before anyone's interest
+  auto* set = redis.command("SET orders:x %s", "not a stream");  // SCAN TYPE stream skips it
+  ASSERT_NE(set, nullptr);
+  freeReplyObject(set);
+  Host b(importer);
+  auto sub = Subscription::open(b.daemon.options());
+  sub.psubscribe({"orders:*"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));  // orders:1
+  xadd_order(redis, 9, 1);
+  for (int seq = 0; seq < 3; ++seq) xadd_order(redis, 7, seq, -1, "orders:2");
+  std::map<std::string, std::vector<std::string>> got;
+  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  EXPECT_EQ(got["orders:1"], std::vector<std::string>{"order 1"});
+  EXPECT_EQ(got["orders:2"], (std::vector<std::string>{"order 0", "order 1", "order 2"}));
+  EXPECT_EQ(got.size(), 2u);
+  EXPECT_EQ(b.bridge->counters().streams_read, 2u);
+  EXPECT_EQ(b.bridge->counters().dropped_total(), 0u);
+
+  b.bridge.reset();
+  for (int seq = 0; seq < 2; ++seq) xadd_order(redis, 7, seq, -1, "orders:3");
+  b.start(importer);
+  got.clear();
+  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  EXPECT_EQ(got["orders:3"], (std::vector<std::string>{"order 0", "order 1"}));
+  EXPECT_EQ(got.size(), 1u) << "nothing again from orders:1 or orders:2";
+  EXPECT_EQ(b.bridge->counters().streams_read, 3u);
+
+  // Interest gone: the streams are no longer read.
+  sub.punsubscribe({"orders:*"});
+  EXPECT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 0; }));
 }
 
 // ---- observability -----------------------------------------------------------------------

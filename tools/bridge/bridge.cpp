@@ -167,9 +167,10 @@ bool is_transient_error(std::string_view error) {
 using NameSet = std::set<std::string, std::less<>>;
 
 struct Interest {
-  NameSet channels;  // SUBSCRIBE
-  NameSet patterns;  // PSUBSCRIBE
-  NameSet streams;   // XREAD (durable rules)
+  NameSet channels;         // SUBSCRIBE
+  NameSet patterns;         // PSUBSCRIBE
+  NameSet streams;          // XREAD (durable rules)
+  NameSet stream_patterns;  // SCAN MATCH, then XREAD what it finds (durable rules)
 };
 
 // Messages waiting for the publishing connection, oldest first. Keys and bodies are packed
@@ -889,12 +890,13 @@ struct Bridge::Impl {
         continue;
       }
       for (const auto& rule : config.imports) {
-        // Durable rules are read by stream key: only named channels are followed.
-        if (rule.durable) continue;
+        // Durable rules are read by stream key: the streams a pattern matches are found by
+        // SCAN (send_stream_command), and checked against the rules when found.
+        NameSet& to = rule.durable ? in.stream_patterns : in.patterns;
         if (provably_contains(p.pattern, rule.pattern))
-          in.patterns.insert(pattern_prefix + rule.pattern);  // all the rule allows
+          to.insert(pattern_prefix + rule.pattern);  // all the rule allows
         else if (may_overlap(p.pattern, rule.pattern))
-          in.patterns.insert(pattern_prefix + p.pattern);  // filtered by the rules on arrival
+          to.insert(pattern_prefix + p.pattern);  // filtered by the rules on arrival
       }
     }
     // A channel a pattern already covers would only arrive twice.
@@ -909,7 +911,7 @@ struct Bridge::Impl {
     {
       std::lock_guard<std::mutex> lock(mutex);
       if (in.channels == interest.channels && in.patterns == interest.patterns &&
-          in.streams == interest.streams)
+          in.streams == interest.streams && in.stream_patterns == interest.stream_patterns)
         return;
       interest = std::move(in);
       ++interest_generation;
@@ -959,8 +961,21 @@ struct Bridge::Impl {
   // Per stream key, what was imported from each origin: saved with the positions, so a
   // resend that lands after a bridge restart is still recognised as one.
   std::map<std::string, OriginSequences> stream_sequences;
-  std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD)
+  std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD or SCAN)
   bool stream_command_in_flight = false;
+  bool scan_in_flight = false;
+  // Streams found for local pattern subscribers (wanted.stream_patterns) by the last
+  // complete round of SCANs; read like wanted.streams. A round SCANs each pattern in turn.
+  NameSet scanned_streams;
+  NameSet scan_round_found;
+  std::vector<std::string> scan_round_patterns;  // this round's, in order
+  size_t scan_pattern_index = 0;
+  std::string scan_cursor = "0";
+  // Patterns a complete round has covered (saved in the state file, so streams that
+  // appear while the bridge is down are read from their start too).
+  NameSet patterns_scanned_once;
+  Clock::time_point next_scan{};
+  bool xread_turn = false;               // during a round: an XREAD goes next
   Clock::time_point next_stream_read{};  // later than now while a local channel is full
   int held_reads = 0;                    // consecutive reads held back by a full channel
   Clock::time_point next_full_log{};
@@ -1054,6 +1069,9 @@ struct Bridge::Impl {
     unwanted_since.clear();
     stream_command_in_flight = false;
     stream_waiting_for.clear();
+    scan_in_flight = false;
+    scan_round_patterns.clear();  // the round starts over on the next link
+    next_scan = {};
     counters.redis_subscriptions = 0;
     next_connect = Clock::now() + config.backoff_initial;
   }
@@ -1162,6 +1180,7 @@ struct Bridge::Impl {
       if (interest_generation != wanted_generation) {
         wanted = interest;
         wanted_generation = interest_generation;
+        forget_unwanted_scans();
       }
     }
     {
@@ -1171,10 +1190,9 @@ struct Bridge::Impl {
       diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
     }
     // Streams followed: those with a read position (set once the first XREVRANGE answered).
-    counters.streams_read.store(
-        std::count_if(wanted.streams.begin(), wanted.streams.end(),
-                      [&](const std::string& key) { return stream_positions.count(key) != 0; }),
-        std::memory_order_relaxed);
+    uint64_t followed = 0;
+    for_each_stream_read([&](const std::string& key) { followed += stream_positions.count(key); });
+    counters.streams_read.store(followed, std::memory_order_relaxed);
   }
 
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
@@ -1559,32 +1577,144 @@ struct Bridge::Impl {
 
   // ---- durable: streams ----
 
+  // Every stream to XREAD: those wanted by name, and those found for patterns (not also
+  // wanted by name).
+  template <typename F>
+  void for_each_stream_read(F&& f) const {
+    for (const auto& key : wanted.streams) f(key);
+    for (const auto& key : scanned_streams)
+      if (!wanted.streams.count(key)) f(key);
+  }
+
+  // A pattern no longer wanted takes its streams along; a stream another pattern still
+  // matches stays until the next round says otherwise.
+  void forget_unwanted_scans() {
+    std::erase_if(scanned_streams, [&](const std::string& key) {
+      return std::none_of(wanted.stream_patterns.begin(), wanted.stream_patterns.end(),
+                          [&](const std::string& p) { return glob_match(p, key); });
+    });
+    // Not before the interest was first worked out: the patterns restored from the state
+    // file wait for the local subscriptions to be read.
+    if (wanted_generation == 0) return;
+    if (std::erase_if(patterns_scanned_once,
+                      [&](const std::string& p) { return !wanted.stream_patterns.count(p); }))
+      state_dirty = true;
+  }
+
+  // One command at a time on `streams`: an XREVRANGE for a stream followed for the first
+  // time, else a SCAN when a round is due, else the XREAD of everything followed.
   void send_stream_command() {
     if (!streams || stream_command_in_flight || Clock::now() < next_stream_read) return;
-    for (const auto& key : wanted.streams) {
-      if (stream_positions.count(key)) continue;
+    bool have_streams = false;
+    std::string_view first_time;
+    for_each_stream_read([&](const std::string& key) {
+      have_streams = true;
+      if (first_time.empty() && !stream_positions.count(key)) first_time = key;
+    });
+    if (!first_time.empty()) {
       // First interest in this stream: start after its newest entry (XREAD with "$" would
       // lose what is added between two calls).
-      streams->append({"XREVRANGE", key, "+", "-", "COUNT", "1"});
-      stream_waiting_for = key;
+      streams->append({"XREVRANGE", first_time, "+", "-", "COUNT", "1"});
+      stream_waiting_for = std::string(first_time);
       stream_command_in_flight = true;
       return;
     }
-    if (wanted.streams.empty()) return;
+    // A round of SCANs (one per thousand keys in Redis) alternates with XREADs that do not
+    // block, so streams already followed are not held up by a large keyspace.
+    if (!scan_round_patterns.empty() && xread_turn && have_streams) {
+      xread_turn = false;
+      send_xread(/*block=*/false);
+      return;
+    }
+    if (send_scan()) {
+      xread_turn = true;
+      return;
+    }
+    if (have_streams) send_xread(/*block=*/true);
+  }
+
+  void send_xread(bool block) {
     const std::string count = std::to_string(kXreadCount);
-    const std::string block = std::to_string(kXreadBlock.count());
-    std::vector<std::string_view> args{"XREAD", "COUNT", count, "BLOCK", block, "STREAMS"};
-    for (const auto& key : wanted.streams) args.push_back(key);
-    for (const auto& key : wanted.streams) args.push_back(stream_positions[key]);
+    const std::string block_ms = std::to_string(kXreadBlock.count());
+    std::vector<std::string_view> args{"XREAD", "COUNT", count};
+    if (block) args.insert(args.end(), {"BLOCK", block_ms});
+    args.push_back("STREAMS");
+    const size_t first_key = args.size();
+    for_each_stream_read([&](const std::string& key) { args.push_back(key); });
+    const size_t keys = args.size() - first_key;
+    // Every followed stream has a position here (send_stream_command XREVRANGEs it first);
+    // the map's strings stay where they are while args points at them.
+    for (size_t k = 0; k < keys; ++k)
+      args.push_back(stream_positions.find(std::string(args[first_key + k]))->second);
     streams->append(args);
     stream_waiting_for.clear();
     stream_command_in_flight = true;
+  }
+
+  // The next SCAN of the current round, starting a round when one is due. False if none.
+  bool send_scan() {
+    if (scan_round_patterns.empty()) {
+      if (wanted.stream_patterns.empty() || Clock::now() < next_scan) return false;
+      scan_round_patterns.assign(wanted.stream_patterns.begin(), wanted.stream_patterns.end());
+      scan_pattern_index = 0;
+      scan_cursor = "0";
+      scan_round_found.clear();
+    }
+    streams->append({"SCAN", scan_cursor, "MATCH", scan_round_patterns[scan_pattern_index], "COUNT",
+                     "1000", "TYPE", "stream"});
+    stream_waiting_for.clear();
+    stream_command_in_flight = true;
+    scan_in_flight = true;
+    return true;
+  }
+
+  void on_scan_reply(const redisReply* r) {
+    scan_in_flight = false;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+      throw std::runtime_error("unexpected SCAN reply");
+    for (size_t k = 0; k < r->element[1]->elements; ++k) {
+      const std::string_view key = reply_text(r->element[1]->element[k]);
+      const std::string_view name = key.substr(std::min(key.size(), config.redis_prefix.size()));
+      if (!key.starts_with(config.redis_prefix) || name.starts_with(kReservedPrefix)) continue;
+      const Rule* rule = BridgeConfig::first_match(config.imports, name);
+      if (rule != nullptr && rule->durable) scan_round_found.insert(std::string(key));
+    }
+    scan_cursor = std::string(reply_text(r->element[0]));
+    if (scan_cursor != "0") return;
+    if (++scan_pattern_index < scan_round_patterns.size()) return;
+    // The round is complete. A stream that a pattern covered by an earlier round did not
+    // show then has appeared since: all its entries are new, read it from the start. The
+    // others (first round of their pattern) start after their newest entry, as a stream
+    // followed by name does.
+    for (const auto& key : scan_round_found) {
+      if (stream_positions.count(key) || scanned_streams.count(key)) continue;
+      const bool appeared_since =
+          std::any_of(patterns_scanned_once.begin(), patterns_scanned_once.end(),
+                      [&](const std::string& p) { return glob_match(p, key); });
+      if (appeared_since) {
+        stream_positions[key] = "0-0";
+        state_dirty = true;
+      }
+    }
+    for (const auto& p : scan_round_patterns)
+      if (wanted.stream_patterns.count(p) && patterns_scanned_once.insert(p).second)
+        state_dirty = true;
+    scanned_streams = std::move(scan_round_found);
+    scan_round_found.clear();
+    forget_unwanted_scans();  // interest may have changed during the round
+    scan_round_patterns.clear();
+    next_scan = Clock::now() + config.stream_scan_interval;
   }
 
   void on_stream_reply(const redisReply* r) {
     stream_command_in_flight = false;
     if (r->type == REDIS_REPLY_ERROR)
       throw std::runtime_error("stream read refused: " + std::string(reply_text(r)));
+    if (scan_in_flight) {
+      on_scan_reply(r);
+      return;
+    }
     if (!stream_waiting_for.empty()) {
       std::string id = "0-0";
       if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
@@ -1698,6 +1828,7 @@ struct Bridge::Impl {
   //   <last id> <key as hex>                 the read position in a stream
   //   seq <key as hex> <origin> <sequence> <publish ns> [<missing sequence>...]
   //                                          what was imported from an origin (SequenceState)
+  //   scanned <pattern as hex>               a pattern SCANned for streams (send_scan)
   // Written to a temporary file and renamed, so a crash leaves the old or the new file,
   // never half of one; positions and sequences in it are always from the same moment.
   void save_state() {
@@ -1706,6 +1837,8 @@ struct Bridge::Impl {
     {
       std::ofstream out(tmp, std::ios::trunc);
       for (const auto& [key, id] : stream_positions) out << id << ' ' << to_hex(key) << '\n';
+      for (const auto& pattern : patterns_scanned_once)
+        out << "scanned " << to_hex(pattern) << '\n';
       for (const auto& [key, origins] : stream_sequences) {
         for (const auto& [origin, state] : origins) {
           out << "seq " << to_hex(key) << ' ' << origin << ' ' << state.sequence << ' '
@@ -1734,8 +1867,8 @@ struct Bridge::Impl {
       ++line;
       if (!load_state_line(text, sequence_lines))
         log->warn(
-            "state file {} line {}: not '<ms>-<seq> <hex key>' or 'seq <hex key> <origin> "
-            "<sequence> <ns> [<missing>...]'; ignored",
+            "state file {} line {}: not '<ms>-<seq> <hex key>', 'seq <hex key> <origin> "
+            "<sequence> <ns> [<missing>...]' or 'scanned <hex pattern>'; ignored",
             config.state_file, line);
     }
     if (line)
@@ -1759,6 +1892,11 @@ struct Bridge::Impl {
     if (words.size() < 2) return false;
     const std::optional<std::string> key = from_hex(words[1]);
     if (!key) return false;
+    if (words[0] == "scanned") {
+      if (words.size() != 2) return false;
+      patterns_scanned_once.insert(*key);
+      return true;
+    }
     if (words[0] != "seq") {
       // A stream entry id: <ms>-<seq>.
       const size_t dash = words[0].find('-');

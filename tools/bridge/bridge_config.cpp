@@ -26,7 +26,7 @@ constexpr std::string_view kRedisKeys =
 constexpr std::string_view kBridgeKeys =
     "host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms, "
     "unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms, backoff_initial_ms, "
-    "backoff_max_ms, stats_interval_ms, state_file";
+    "backoff_max_ms, stats_interval_ms, stream_scan_interval_ms, state_file";
 constexpr std::string_view kRuleKeys = "pattern, mode, durable, stream_maxlen";
 constexpr std::string_view kTables = "[redis], [bridge], [[export]], [[import]]";
 
@@ -148,6 +148,7 @@ class Parser {
     else if (name == "backoff_initial_ms") c.backoff_initial = millis(v, key);
     else if (name == "backoff_max_ms") c.backoff_max = millis(v, key);
     else if (name == "stats_interval_ms") c.stats_interval = millis(v, key);
+    else if (name == "stream_scan_interval_ms") c.stream_scan_interval = millis(v, key);
     else if (name == "state_file") c.state_file = string(v, key);
     else fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kBridgeKeys));
   }

@@ -4,7 +4,8 @@
 //   [redis]   host, port, user, password, db, prefix, connect_timeout_ms
 //   [bridge]  host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms,
 //             unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms,
-//             backoff_initial_ms, backoff_max_ms, stats_interval_ms, state_file
+//             backoff_initial_ms, backoff_max_ms, stats_interval_ms, stream_scan_interval_ms,
+//             state_file
 //   [[export]] / [[import]]  pattern, mode ("envelope" | "raw"), durable, stream_maxlen
 //
 // As with shmbusd.toml, unknown keys are errors and every error names the file position, the
@@ -66,6 +67,9 @@ struct BridgeConfig {
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{5000};
   std::chrono::milliseconds stats_interval{1000};
+  // Durable imports for local pattern subscribers: how often Redis is SCANned for the
+  // streams the patterns match (a stream is read by key; it cannot be subscribed by pattern).
+  std::chrono::milliseconds stream_scan_interval{1000};
   std::string state_file;  // durable read positions and per-origin sequences; required when a
                            // durable import exists
   std::vector<Rule> exports;
