@@ -1017,6 +1017,7 @@ TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
   ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));  // orders:1
   xadd_order(redis, 9, 1);
   for (int seq = 0; seq < 3; ++seq) xadd_order(redis, 7, seq, -1, "orders:2");
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 2; }));
   std::map<std::string, std::vector<std::string>> got;
   for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
   EXPECT_EQ(got["orders:1"], std::vector<std::string>{"order 1"});
@@ -1028,6 +1029,7 @@ TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
   b.bridge.reset();
   for (int seq = 0; seq < 2; ++seq) xadd_order(redis, 7, seq, -1, "orders:3");
   b.start(importer);
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 3; }));
   got.clear();
   for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
   EXPECT_EQ(got["orders:3"], (std::vector<std::string>{"order 0", "order 1"}));
@@ -1037,6 +1039,63 @@ TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
   // Interest gone: the streams are no longer read.
   sub.punsubscribe({"orders:*"});
   EXPECT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 0; }));
+}
+
+// A stream nobody has wanted for unsubscribe_linger is forgotten (its position too): a
+// subscriber that comes back later starts at the newest entry, not with the backlog of its
+// absence.
+TEST(Bridge, DurableInterestThatComesBackLaterStartsAtTheNewestEntry) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-forget");
+  Host b(durable_orders_importer(redis.port(), state_dir));  // linger 300 ms
+  {
+    auto sub = Subscription::open(b.daemon.options());
+    sub.subscribe({"orders:1"});
+    ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+    xadd_order(redis, 9, 0);
+    EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 0"});
+  }
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 0; }));
+  std::this_thread::sleep_for(300ms);   // the last XREAD that included orders:1 has ended
+  xadd_order(redis, 9, 1);              // while nobody here wants orders:1
+  std::this_thread::sleep_for(2500ms);  // the linger, and the once-a-second sweep
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:1"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  xadd_order(redis, 9, 2);
+  EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 2"})
+      << b.bridge->counters_json();
+}
+
+// A key a durable rule follows that is not a stream (someone SET it) is left out, with a
+// log line; the link and the other streams carry on.
+TEST(Bridge, DurableKeysThatAreNotStreamsAreLeftOut) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  const TempDir state_dir("shmbus-bridge-wrongtype");
+  Host b(durable_orders_importer(redis.port(), state_dir));
+  auto command = [&](const char* text) {
+    auto* reply = redis.command(text);
+    ASSERT_NE(reply, nullptr);
+    freeReplyObject(reply);
+  };
+  command("SET orders:0 not-a-stream");  // refused at its first read (XREVRANGE)
+  xadd_order(redis, 9, 0);               // orders:1, a stream at first
+  auto sub = Subscription::open(b.daemon.options());
+  sub.subscribe({"orders:0", "orders:1", "orders:2"});
+  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 2; }));
+  command("DEL orders:1");
+  command("SET orders:1 not-a-stream-either");  // refused by an XREAD of all three
+  for (int seq = 0; seq < 3; ++seq) xadd_order(redis, 7, seq, -1, "orders:2");
+  std::map<std::string, std::vector<std::string>> got;
+  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  EXPECT_EQ(got["orders:2"], (std::vector<std::string>{"order 0", "order 1", "order 2"}));
+  EXPECT_EQ(got.size(), 1u);
+  const auto c = b.bridge->counters();
+  EXPECT_EQ(c.reconnects, 0u);
+  EXPECT_TRUE(c.connected);
+  EXPECT_EQ(c.streams_read, 1u);  // orders:2
 }
 
 // ---- observability -----------------------------------------------------------------------

@@ -92,6 +92,8 @@ constexpr uint32_t kXreadCount = 512;
 // stays full, up to 160 ms, so a stuck subscriber costs Redis a few reads a second.
 constexpr auto kLocalFullRetry = 5ms;
 constexpr int kLocalFullRetryDoublings = 5;
+// A key a durable rule follows that turned out not to be a stream is tried again after this.
+constexpr auto kUnreadableStreamRetry = 10s;
 // Local channels the bridge keeps open for importing; past this the cache starts over.
 constexpr size_t kMaxOpenImportChannels = 4096;
 
@@ -398,6 +400,7 @@ struct Bridge::Impl {
   std::mutex mutex;  // guards interest, interest_generation
   Interest interest;
   uint64_t interest_generation = 0;
+  bool interest_read = false;  // the interest thread has published at least once
 
   // The link: one set of Redis connections, shared by the two threads.
   //   - The Redis thread connects (blocking up to connect_timeout, which the export thread
@@ -910,6 +913,7 @@ struct Bridge::Impl {
   void publish_interest(Interest in) {
     {
       std::lock_guard<std::mutex> lock(mutex);
+      interest_read = true;
       if (in.channels == interest.channels && in.patterns == interest.patterns &&
           in.streams == interest.streams && in.stream_patterns == interest.stream_patterns)
         return;
@@ -937,6 +941,7 @@ struct Bridge::Impl {
   // header).
   Interest wanted;
   uint64_t wanted_generation = ~uint64_t{0};
+  bool wanted_read = false;  // `wanted` reflects local subscriptions read at least once
   NameSet confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   using OriginSequences = std::vector<std::pair<uint16_t, SequenceState>>;
@@ -961,9 +966,18 @@ struct Bridge::Impl {
   // Per stream key, what was imported from each origin: saved with the positions, so a
   // resend that lands after a bridge restart is still recognised as one.
   std::map<std::string, OriginSequences> stream_sequences;
-  std::string stream_waiting_for;  // key of an XREVRANGE in flight ("" for XREAD or SCAN)
-  bool stream_command_in_flight = false;
-  bool scan_in_flight = false;
+  // The one command in flight on `streams`, and the key it is about (kNewest, kType).
+  enum class StreamCommand : uint8_t { kNone, kNewest, kScan, kType, kRead };
+  StreamCommand stream_command = StreamCommand::kNone;
+  std::string stream_command_key;
+  // Keys an XREAD or XREVRANGE found not to be streams (WRONGTYPE: someone SET the key),
+  // left out of reads until the time given, then tried again. type_checks: the keys still
+  // to ask TYPE of, after an XREAD of many keys was refused.
+  std::unordered_map<std::string, Clock::time_point> unreadable_streams;
+  std::vector<std::string> type_checks;
+  // Streams and patterns no local subscriber has wanted since then: forgotten (position,
+  // sequences) after unsubscribe_linger, so interest that comes back starts afresh.
+  std::unordered_map<std::string, Clock::time_point> stream_unwanted_since;
   // Streams found for local pattern subscribers (wanted.stream_patterns) by the last
   // complete round of SCANs; read like wanted.streams. A round SCANs each pattern in turn.
   NameSet scanned_streams;
@@ -974,6 +988,10 @@ struct Bridge::Impl {
   // Patterns a complete round has covered (saved in the state file, so streams that
   // appear while the bridge is down are read from their start too).
   NameSet patterns_scanned_once;
+  // Patterns whose first round is complete but whose streams do not all have a position
+  // yet; they join patterns_scanned_once when they do (a restart before then would take
+  // those streams for new ones and read their whole history).
+  NameSet patterns_first_round_done;
   Clock::time_point next_scan{};
   bool xread_turn = false;               // during a round: an XREAD goes next
   Clock::time_point next_stream_read{};  // later than now while a local channel is full
@@ -1067,9 +1085,8 @@ struct Bridge::Impl {
     confirmed_patterns.clear();
     forget_routes();
     unwanted_since.clear();
-    stream_command_in_flight = false;
-    stream_waiting_for.clear();
-    scan_in_flight = false;
+    stream_command = StreamCommand::kNone;
+    type_checks.clear();
     scan_round_patterns.clear();  // the round starts over on the next link
     next_scan = {};
     counters.redis_subscriptions = 0;
@@ -1129,6 +1146,7 @@ struct Bridge::Impl {
       if (streams) streams->flush();
     }
     if (now >= next_state_save) {
+      forget_unfollowed_streams(now);
       save_state();
       next_state_save = now + kStateSaveInterval;
     }
@@ -1144,7 +1162,7 @@ struct Bridge::Impl {
     auto deadline = now + 50ms;
     if (!sub) deadline = std::min(deadline, std::max(next_connect, now));
     else deadline = heartbeat_deadline(deadline);
-    if (streams && !stream_command_in_flight && next_stream_read > now)
+    if (streams && stream_command == StreamCommand::kNone && next_stream_read > now)
       deadline = std::min(deadline, next_stream_read);
     // Rounded up: rounded down, poll would wake just before the deadline and spin until it.
     const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
@@ -1182,6 +1200,7 @@ struct Bridge::Impl {
         wanted_generation = interest_generation;
         forget_unwanted_scans();
       }
+      wanted_read = interest_read;
     }
     {
       // sent_* change here; the export thread reads them (remember_raw).
@@ -1581,9 +1600,18 @@ struct Bridge::Impl {
   // wanted by name).
   template <typename F>
   void for_each_stream_read(F&& f) const {
-    for (const auto& key : wanted.streams) f(key);
+    for (const auto& key : wanted.streams)
+      if (!unreadable_streams.count(key)) f(key);
     for (const auto& key : scanned_streams)
-      if (!wanted.streams.count(key)) f(key);
+      if (!wanted.streams.count(key) && !unreadable_streams.count(key)) f(key);
+  }
+
+  // Wanted by name, or by a pattern (whether or not a SCAN round has found it yet: after a
+  // restart, the first round may take longer than the linger in a large keyspace).
+  bool stream_followed(const std::string& key) const {
+    return wanted.streams.count(key) ||
+           std::any_of(wanted.stream_patterns.begin(), wanted.stream_patterns.end(),
+                       [&](const std::string& p) { return glob_match(p, key); });
   }
 
   // A pattern no longer wanted takes its streams along; a stream another pattern still
@@ -1593,18 +1621,56 @@ struct Bridge::Impl {
       return std::none_of(wanted.stream_patterns.begin(), wanted.stream_patterns.end(),
                           [&](const std::string& p) { return glob_match(p, key); });
     });
-    // Not before the interest was first worked out: the patterns restored from the state
-    // file wait for the local subscriptions to be read.
-    if (wanted_generation == 0) return;
-    if (std::erase_if(patterns_scanned_once,
-                      [&](const std::string& p) { return !wanted.stream_patterns.count(p); }))
-      state_dirty = true;
+    std::erase_if(patterns_first_round_done,
+                  [&](const std::string& p) { return !wanted.stream_patterns.count(p); });
   }
 
-  // One command at a time on `streams`: an XREVRANGE for a stream followed for the first
-  // time, else a SCAN when a round is due, else the XREAD of everything followed.
+  // Read positions, sequences and scanned patterns that no local subscriber has wanted for
+  // unsubscribe_linger are forgotten: interest that comes back later starts at the newest
+  // entry, as a new subscriber of Redis pub/sub would, instead of receiving the backlog of
+  // its absence (and the state file does not grow with every stream ever read). Only once
+  // the local interest has been read: the state restored at start waits for it.
+  void forget_unfollowed_streams(Clock::time_point now) {
+    if (!wanted_read) return;
+    auto lingered = [&](const std::string& name, bool wanted_now) {
+      if (wanted_now) {
+        stream_unwanted_since.erase(name);
+        return false;
+      }
+      auto [since, fresh] = stream_unwanted_since.try_emplace(name, now);
+      if (fresh || now - since->second < config.unsubscribe_linger) return false;
+      stream_unwanted_since.erase(since);
+      state_dirty = true;
+      return true;
+    };
+    for (auto it = stream_positions.begin(); it != stream_positions.end();) {
+      if (lingered(it->first, stream_followed(it->first))) {
+        stream_sequences.erase(it->first);
+        it = stream_positions.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::erase_if(patterns_scanned_once, [&](const std::string& p) {
+      return lingered(p, wanted.stream_patterns.count(p) != 0);
+    });
+    for (auto it = unreadable_streams.begin(); it != unreadable_streams.end();)
+      it = now >= it->second ? unreadable_streams.erase(it) : std::next(it);
+  }
+
+  // One command at a time on `streams`: TYPE checks after a refused XREAD, else an
+  // XREVRANGE for a stream followed for the first time, else a SCAN when a round is due,
+  // else the XREAD of everything followed.
   void send_stream_command() {
-    if (!streams || stream_command_in_flight || Clock::now() < next_stream_read) return;
+    if (!streams || stream_command != StreamCommand::kNone || Clock::now() < next_stream_read)
+      return;
+    if (!type_checks.empty()) {
+      stream_command_key = std::move(type_checks.back());
+      type_checks.pop_back();
+      streams->append({"TYPE", stream_command_key});
+      stream_command = StreamCommand::kType;
+      return;
+    }
     bool have_streams = false;
     std::string_view first_time;
     for_each_stream_read([&](const std::string& key) {
@@ -1614,10 +1680,16 @@ struct Bridge::Impl {
     if (!first_time.empty()) {
       // First interest in this stream: start after its newest entry (XREAD with "$" would
       // lose what is added between two calls).
-      streams->append({"XREVRANGE", first_time, "+", "-", "COUNT", "1"});
-      stream_waiting_for = std::string(first_time);
-      stream_command_in_flight = true;
+      stream_command_key = std::string(first_time);
+      streams->append({"XREVRANGE", stream_command_key, "+", "-", "COUNT", "1"});
+      stream_command = StreamCommand::kNewest;
       return;
+    }
+    // Every stream read has a position now: first rounds are complete for good.
+    if (!patterns_first_round_done.empty()) {
+      patterns_scanned_once.merge(patterns_first_round_done);
+      patterns_first_round_done.clear();
+      state_dirty = true;
     }
     // A round of SCANs (one per thousand keys in Redis) alternates with XREADs that do not
     // block, so streams already followed are not held up by a large keyspace.
@@ -1647,8 +1719,7 @@ struct Bridge::Impl {
     for (size_t k = 0; k < keys; ++k)
       args.push_back(stream_positions.find(std::string(args[first_key + k]))->second);
     streams->append(args);
-    stream_waiting_for.clear();
-    stream_command_in_flight = true;
+    stream_command = StreamCommand::kRead;
   }
 
   // The next SCAN of the current round, starting a round when one is due. False if none.
@@ -1662,14 +1733,11 @@ struct Bridge::Impl {
     }
     streams->append({"SCAN", scan_cursor, "MATCH", scan_round_patterns[scan_pattern_index], "COUNT",
                      "1000", "TYPE", "stream"});
-    stream_waiting_for.clear();
-    stream_command_in_flight = true;
-    scan_in_flight = true;
+    stream_command = StreamCommand::kScan;
     return true;
   }
 
   void on_scan_reply(const redisReply* r) {
-    scan_in_flight = false;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[1]->type != REDIS_REPLY_ARRAY)
       throw std::runtime_error("unexpected SCAN reply");
@@ -1698,8 +1766,8 @@ struct Bridge::Impl {
       }
     }
     for (const auto& p : scan_round_patterns)
-      if (wanted.stream_patterns.count(p) && patterns_scanned_once.insert(p).second)
-        state_dirty = true;
+      if (wanted.stream_patterns.count(p) && !patterns_scanned_once.count(p))
+        patterns_first_round_done.insert(p);
     scanned_streams = std::move(scan_round_found);
     scan_round_found.clear();
     forget_unwanted_scans();  // interest may have changed during the round
@@ -1708,19 +1776,37 @@ struct Bridge::Impl {
   }
 
   void on_stream_reply(const redisReply* r) {
-    stream_command_in_flight = false;
-    if (r->type == REDIS_REPLY_ERROR)
-      throw std::runtime_error("stream read refused: " + std::string(reply_text(r)));
-    if (scan_in_flight) {
+    const StreamCommand command = std::exchange(stream_command, StreamCommand::kNone);
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string_view error = reply_text(r);
+      if (!error.starts_with("WRONGTYPE") || command == StreamCommand::kScan)
+        throw std::runtime_error("stream read refused: " + std::string(error));
+      // A key a durable rule follows is not a stream (someone SET it, or it was deleted
+      // and recreated as another type). Leave it out instead of breaking the link over it.
+      if (command == StreamCommand::kRead) {
+        // Which key, Redis does not say: ask each.
+        for_each_stream_read([&](const std::string& key) { type_checks.push_back(key); });
+      } else {
+        mark_unreadable(stream_command_key, "not a stream");
+      }
+      return;
+    }
+    if (command == StreamCommand::kScan) {
       on_scan_reply(r);
       return;
     }
-    if (!stream_waiting_for.empty()) {
+    if (command == StreamCommand::kType) {
+      const std::string_view type = reply_text(r);
+      if (type != "stream" && type != "none")
+        mark_unreadable(stream_command_key, "a " + std::string(type));
+      return;
+    }
+    if (command == StreamCommand::kNewest) {
       std::string id = "0-0";
       if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
           r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 1)
         id = std::string(reply_text(r->element[0]->element[0]));
-      stream_positions[stream_waiting_for] = id;
+      stream_positions[stream_command_key] = id;
       state_dirty = true;
       return;
     }
@@ -1753,6 +1839,13 @@ struct Bridge::Impl {
     if (held)
       next_stream_read =
           Clock::now() + kLocalFullRetry * (1 << std::min(held_reads, kLocalFullRetryDoublings));
+  }
+
+  void mark_unreadable(const std::string& key, const std::string& what) {
+    unreadable_streams[key] = Clock::now() + kUnreadableStreamRetry;
+    log->warn("'{}' is {} in Redis: its durable import is left out for {} s, then tried again",
+              key.substr(0, 128), what,
+              std::chrono::duration_cast<std::chrono::seconds>(kUnreadableStreamRetry).count());
   }
 
   void log_held_stream(std::string_view key) {
