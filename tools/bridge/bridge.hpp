@@ -10,8 +10,9 @@
 //           publishing connection it owns; it waits in the outbound queue only while that
 //           connection is away or has kMaxInFlight commands unanswered.
 //   import: the Redis thread SUBSCRIBEs / PSUBSCRIBEs only what local subscribers want within
-//           the [[import]] rules (and XREADs the streams of durable rules), checks what
-//           arrives, and publishes it locally with Message::origin = the sender's host id.
+//           the [[import]] rules (and XREADs the streams of durable rules: by key for
+//           channels subscribed by name, found by SCAN for patterns), checks what arrives,
+//           and publishes it locally with Message::origin = the sender's host id.
 //
 // No echoes, no loops, no duplicates
 //   - Locally: imported messages carry a non-zero origin and the exporter skips them, so
