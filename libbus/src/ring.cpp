@@ -101,7 +101,8 @@ class SeqlockReadScope {
 #endif
 };
 
-// `may_be_overwritten`: the frame may be reused under the reader (see SeqlockReadScope).
+// `may_be_overwritten`: the frame may be reused under the reader (Reader::lappable_; see
+// SeqlockReadScope).
 inline void copy_out_of_ring(std::byte* dst, const std::byte* src, size_t bytes,
                              bool may_be_overwritten) {
   if (bytes == 0) return;  // dst may be null for an empty buffer
@@ -635,7 +636,7 @@ Status Reader::try_read(MessageView& view) {
   // A reader that can be lapped may find the header at its position a lap newer than it
   // thinks; every value is re-checked against the state before it is used. A gating reader
   // of a back-pressure ring is never overwritten under, so there every access (and the
-  // payload copy, see view.may_be_overwritten) stays checked.
+  // payload copy) stays checked.
   const SeqlockReadScope may_be_lapped(lappable_);
   for (;;) {
     FrameHeader* f = ring_.frame_at(position_);
@@ -703,7 +704,6 @@ Status Reader::try_read(MessageView& view) {
     view.origin = f->origin.load(std::memory_order_relaxed);
     view.payload = reinterpret_cast<const std::byte*>(f) + kFrameHeaderBytes;
     view.observed_state = state;
-    view.may_be_overwritten = lappable_;
     uint64_t gap = 0;
     if (sequence_known_ && sequence > next_sequence_) gap = sequence - next_sequence_;
     view.lost_before = unreported_lost_ + gap;
@@ -757,9 +757,9 @@ void Reader::publish_slot_stats() {
   s->position.store(position_, std::memory_order_release);
 }
 
-void Reader::copy_payload(const MessageView& view, std::vector<std::byte>& buffer) {
+void Reader::copy_payload(const MessageView& view, std::vector<std::byte>& buffer) const {
   buffer.resize(view.length);
-  copy_out_of_ring(buffer.data(), view.payload, view.length, view.may_be_overwritten);
+  copy_out_of_ring(buffer.data(), view.payload, view.length, lappable_);
 }
 
 Status Reader::try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info) {

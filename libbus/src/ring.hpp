@@ -217,7 +217,6 @@ struct MessageInfo {
 struct MessageView : MessageInfo {
   const std::byte* payload = nullptr;
   uint64_t observed_state = 0;
-  bool may_be_overwritten = true;  // read by a reader that can be lapped (see intact())
 };
 
 class Reader {
@@ -258,7 +257,7 @@ class Reader {
   // Copies a view's payload into `buffer` (resized). On a lossy ring a publisher may be
   // overwriting it meanwhile: check intact() or consume() after (the copy is marked for
   // ThreadSanitizer as such a seqlock read).
-  static void copy_payload(const MessageView& view, std::vector<std::byte>& buffer);
+  void copy_payload(const MessageView& view, std::vector<std::byte>& buffer) const;
   // try_read + copy_payload + consume; returns only intact messages.
   Status try_read_copy(std::vector<std::byte>& buffer, MessageInfo& info);
 

@@ -529,7 +529,7 @@ struct Subscription::State {
     if (rr == nullptr) return;  // dropped: its Reader (and slot) are gone already
     const bool more = keep_rest && next_delivery < delivery_count;
     if (more) {
-      Reader::copy_payload(held_view, payload);
+      rr->reader->copy_payload(held_view, payload);
       current_payload = payload;
       // Overwritten before or while we copied: the deliveries still to go would be torn.
       // (One the caller already checked with intact() stays delivered, below.)
