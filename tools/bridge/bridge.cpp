@@ -1370,9 +1370,9 @@ struct Bridge::Impl {
       counters.echoes.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (!accept_sequence(*route->sequences, envelope->header.origin, envelope->header.sequence,
-                         envelope->header.publish_unix_ns, false))
-      return;
+    const uint16_t origin = envelope->header.origin;
+    record_sequence(*route->sequences, origin_state(*route->sequences, origin), origin,
+                    envelope->header.sequence, envelope->header.publish_unix_ns, false);
     note_lag(envelope->header.publish_unix_ns);
     publish_local(*route->channel, envelope->payload, envelope->header.origin);
   }
@@ -1480,66 +1480,65 @@ struct Bridge::Impl {
     return false;
   }
 
-  // True if a durable entry was imported already: at or below the newest taken from its
-  // origin, and not one of the gaps a late resend may fill.
-  static bool durable_repeat(const OriginSequences& states, uint16_t origin, uint64_t sequence,
-                             uint64_t publish_unix_ns) {
+  // What was taken from `origin` so far, or nullptr if nothing yet.
+  static SequenceState* origin_state(OriginSequences& states, uint16_t origin) {
     auto it = std::find_if(states.begin(), states.end(),
                            [&](const auto& s) { return s.first == origin; });
-    if (it == states.end()) return false;
-    const SequenceState& last = it->second;
+    return it == states.end() ? nullptr : &it->second;
+  }
+
+  // True if a durable entry was imported already: at or below the newest taken from its
+  // origin (`last`), and not one of the gaps a late resend may fill.
+  static bool durable_repeat(const SequenceState& last, uint64_t sequence,
+                             uint64_t publish_unix_ns) {
     return std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence) &&
            last.missing.count(sequence) == 0;
   }
 
-  // Counts gaps (pub/sub) and refuses entries already imported (durable resends). Returns
-  // whether to import.
-  bool accept_sequence(OriginSequences& states, uint16_t origin, uint64_t sequence,
-                       uint64_t publish_unix_ns, bool durable) {
-    auto it = std::find_if(states.begin(), states.end(),
-                           [&](const auto& s) { return s.first == origin; });
-    if (it == states.end()) {
+  // Records a message taken from `origin` (`last`: its origin_state, may be null): counts
+  // the gap before it as lost in transit and, for durable entries, remembers the gap's
+  // numbers so a late resend fills it. A durable caller has ruled out repeats
+  // (durable_repeat) before.
+  void record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                       uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
+    if (last == nullptr) {
       states.push_back({origin, {sequence, publish_unix_ns, {}}});
-      return true;
+      return;
     }
-    SequenceState& last = it->second;
-    if (std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence)) {
+    if (std::pair(publish_unix_ns, sequence) <= std::pair(last->publish_unix_ns, last->sequence)) {
       if (durable) {
-        if (last.missing.erase(sequence) != 0) {
-          // A late resend: counted as lost in transit when the gap opened, it arrived.
-          if (sequence > last.restored_upto)
-            counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
-          return true;
-        }
-        counters.duplicates.fetch_add(1, std::memory_order_relaxed);
-        return false;
+        // Not a repeat, so a late resend: counted as lost in transit when its gap opened
+        // (by this run, unless restored from the state file).
+        last->missing.erase(sequence);
+        if (sequence > last->restored_upto)
+          counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
+        return;
       }
       // Pub/sub never repeats; an older stamp means the origin's channel restarted.
-      last.sequence = sequence;
-      last.publish_unix_ns = publish_unix_ns;
-      return true;
+      last->sequence = sequence;
+      last->publish_unix_ns = publish_unix_ns;
+      return;
     }
-    if (durable && sequence <= last.sequence) {
+    if (durable && sequence <= last->sequence) {
       // A newer stamp with a lower number: the origin's channel restarted its numbering.
       // The old gaps can never be filled now; kept, they would let a repeat of a new
       // number through.
-      last.missing.clear();
-      last.restored_upto = 0;
+      last->missing.clear();
+      last->restored_upto = 0;
     }
-    if (sequence > last.sequence + 1) {
-      counters.lost_in_transit.fetch_add(sequence - last.sequence - 1, std::memory_order_relaxed);
+    if (sequence > last->sequence + 1) {
+      counters.lost_in_transit.fetch_add(sequence - last->sequence - 1, std::memory_order_relaxed);
       if (durable) {
         const uint64_t from =
-            std::max(last.sequence + 1, sequence - std::min(sequence, kResendWindow));
-        for (uint64_t s = from; s < sequence; ++s) last.missing.insert(s);
+            std::max(last->sequence + 1, sequence - std::min(sequence, kResendWindow));
+        for (uint64_t s = from; s < sequence; ++s) last->missing.insert(s);
       }
     }
-    last.sequence = sequence;
-    last.publish_unix_ns = publish_unix_ns;
+    last->sequence = sequence;
+    last->publish_unix_ns = publish_unix_ns;
     // Forget gaps too far behind to be resends.
-    while (!last.missing.empty() && *last.missing.begin() + kResendWindow < sequence)
-      last.missing.erase(last.missing.begin());
-    return true;
+    while (!last->missing.empty() && *last->missing.begin() + kResendWindow < sequence)
+      last->missing.erase(last->missing.begin());
   }
 
   void note_lag(uint64_t publish_unix_ns) {
@@ -1903,7 +1902,8 @@ struct Bridge::Impl {
     }
     OriginSequences& states = stream_sequences[key];
     const auto from = static_cast<uint16_t>(origin);
-    if (has_sequence && durable_repeat(states, from, seq, ts)) {
+    SequenceState* last = origin_state(states, from);
+    if (has_sequence && last && durable_repeat(*last, seq, ts)) {
       counters.duplicates.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
@@ -1913,7 +1913,7 @@ struct Bridge::Impl {
       if (status == PublishStatus::kWouldBlock) return false;
     }
     // Taken (or dropped and counted): recorded, so a repeat of it is known for one.
-    if (has_sequence) accept_sequence(states, from, seq, ts, true);
+    if (has_sequence) record_sequence(states, last, from, seq, ts, true);
     return true;
   }
 
@@ -2012,8 +2012,7 @@ struct Bridge::Impl {
     }
     state.restored_upto = state.sequence;
     OriginSequences& origins = stream_sequences[*key];
-    if (std::any_of(origins.begin(), origins.end(),
-                    [&](const auto& o) { return o.first == origin; }))
+    if (origin_state(origins, static_cast<uint16_t>(origin)))
       return false;  // a second line for the same origin
     origins.push_back({static_cast<uint16_t>(origin), std::move(state)});
     ++sequence_lines;
