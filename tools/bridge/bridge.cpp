@@ -1004,6 +1004,11 @@ struct Bridge::Impl {
 
   void forget_routes() { routes.clear(); }
 
+  // The local name of a Redis channel or stream key the bridge made (prefix + name).
+  std::string_view local_name(std::string_view redis_name) const {
+    return redis_name.substr(std::min(redis_name.size(), config.redis_prefix.size()));
+  }
+
   RedisEndpoint endpoint() const {
     return {config.redis_host, config.redis_port, config.redis_user, config.redis_password,
             config.redis_db, config.connect_timeout};
@@ -1710,13 +1715,14 @@ struct Bridge::Impl {
     std::vector<std::string_view> args{"XREAD", "COUNT", count};
     if (block) args.insert(args.end(), {"BLOCK", block_ms});
     args.push_back("STREAMS");
-    const size_t first_key = args.size();
-    for_each_stream_read([&](const std::string& key) { args.push_back(key); });
-    const size_t keys = args.size() - first_key;
     // Every followed stream has a position here (send_stream_command XREVRANGEs it first);
     // the map's strings stay where they are while args points at them.
-    for (size_t k = 0; k < keys; ++k)
-      args.push_back(stream_positions.find(std::string(args[first_key + k]))->second);
+    std::vector<std::string_view> ids;
+    for_each_stream_read([&](const std::string& key) {
+      args.push_back(key);
+      ids.push_back(stream_positions.find(key)->second);
+    });
+    args.insert(args.end(), ids.begin(), ids.end());
     streams->append(args);
     stream_command = StreamCommand::kRead;
   }
@@ -1742,8 +1748,9 @@ struct Bridge::Impl {
       throw std::runtime_error("unexpected SCAN reply");
     for (size_t k = 0; k < r->element[1]->elements; ++k) {
       const std::string_view key = reply_text(r->element[1]->element[k]);
-      const std::string_view name = key.substr(std::min(key.size(), config.redis_prefix.size()));
-      if (!key.starts_with(config.redis_prefix) || name.starts_with(kReservedPrefix)) continue;
+      if (!key.starts_with(config.redis_prefix)) continue;
+      const std::string_view name = local_name(key);
+      if (name.starts_with(kReservedPrefix)) continue;
       const Rule* rule = BridgeConfig::first_match(config.imports, name);
       if (rule != nullptr && rule->durable) scan_round_found.insert(std::string(key));
     }
@@ -1814,20 +1821,24 @@ struct Bridge::Impl {
     for (size_t s = 0; s < r->elements; ++s) {
       const redisReply* stream = r->element[s];
       if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
+      // Worked out once per stream, not per entry.
       const std::string key(reply_text(stream->element[0]));
+      const std::string name(local_name(key));
+      std::string& position = stream_positions[key];
+      OriginSequences& states = stream_sequences[key];
       const redisReply* entries = stream->element[1];
       for (size_t e = 0; e < entries->elements; ++e) {
         const redisReply* entry = entries->element[e];
         if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
-        if (!on_stream_entry(key, entry->element[1])) {
+        if (!on_stream_entry(name, states, entry->element[1])) {
           // The local channel is full: the position stays before this entry, which is read
           // again after a pause, so a slow subscriber of a back-pressure channel delays a
           // durable import instead of losing from it.
-          log_held_stream(key);
+          log_held_stream(name);
           held = true;
           break;
         }
-        stream_positions[key] = std::string(reply_text(entry->element[0]));
+        position.assign(reply_text(entry->element[0]));
         state_dirty = true;
         took_any = true;
       }
@@ -1847,18 +1858,18 @@ struct Bridge::Impl {
               std::chrono::duration_cast<std::chrono::seconds>(kUnreadableStreamRetry).count());
   }
 
-  void log_held_stream(std::string_view key) {
+  void log_held_stream(std::string_view name) {
     const auto now = Clock::now();
     if (now < next_full_log) return;
     next_full_log = now + 1s;
-    const std::string_view name = key.substr(std::min(key.size(), config.redis_prefix.size()));
     log->info("durable import of '{}' waits: its local back-pressure channel is full",
               name.substr(0, 128));
   }
 
   // Imports one stream entry. False if the local channel was full: the entry is to be read
   // again. Anything else (imported, repeat, or dropped and counted) is done with.
-  bool on_stream_entry(const std::string& key, const redisReply* fields) {
+  // `name`: the local channel; `states`: the stream's sequences per origin.
+  bool on_stream_entry(const std::string& name, OriginSequences& states, const redisReply* fields) {
     std::optional<std::string_view> payload;
     uint64_t origin = kUnknownOrigin, seq = 0, ts = 0;
     bool has_sequence = false;
@@ -1881,7 +1892,6 @@ struct Bridge::Impl {
       else if (f == "seq") well_formed = (has_sequence = number(v, seq));
       else if (f == "ts") well_formed = number(v, ts);
     }
-    const std::string name = key.substr(std::min(key.size(), config.redis_prefix.size()));
     if (!well_formed || !payload) {
       drop(Drop::kCorruptEnvelope, 1, [&] {
         return "stream entry on '" + name.substr(0, 128) +
@@ -1900,7 +1910,6 @@ struct Bridge::Impl {
       counters.echoes.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
-    OriginSequences& states = stream_sequences[key];
     const auto from = static_cast<uint16_t>(origin);
     SequenceState* last = origin_state(states, from);
     if (has_sequence && last && durable_repeat(*last, seq, ts)) {
