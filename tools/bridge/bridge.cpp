@@ -168,6 +168,12 @@ bool is_transient_error(std::string_view error) {
 // Redis channel, pattern or stream names; looked up by string_view too.
 using NameSet = std::set<std::string, std::less<>>;
 
+// Whether any of `patterns` (Redis globs) matches `name`.
+bool any_glob_matches(const NameSet& patterns, std::string_view name) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [&](const std::string& p) { return glob_match(p, name); });
+}
+
 struct Interest {
   NameSet channels;         // SUBSCRIBE
   NameSet patterns;         // PSUBSCRIBE
@@ -903,10 +909,8 @@ struct Bridge::Impl {
       }
     }
     // A channel a pattern already covers would only arrive twice.
-    std::erase_if(in.channels, [&](const std::string& ch) {
-      return std::any_of(in.patterns.begin(), in.patterns.end(),
-                         [&](const std::string& p) { return glob_match(p, ch); });
-    });
+    std::erase_if(in.channels,
+                  [&](const std::string& ch) { return any_glob_matches(in.patterns, ch); });
     return in;
   }
 
@@ -1255,9 +1259,7 @@ struct Bridge::Impl {
 
   // Either thread, under echo_mutex (the Redis thread may also call it without).
   bool covered_by_sent(std::string_view channel) const {
-    if (sent_channels.count(channel)) return true;
-    return std::any_of(sent_patterns.begin(), sent_patterns.end(),
-                       [&](const std::string& p) { return glob_match(p, channel); });
+    return sent_channels.count(channel) || any_glob_matches(sent_patterns, channel);
   }
 
 
@@ -1303,9 +1305,7 @@ struct Bridge::Impl {
   }
 
   bool confirmed_covers(const std::string& channel) const {
-    if (confirmed_channels.count(channel)) return true;
-    return std::any_of(confirmed_patterns.begin(), confirmed_patterns.end(),
-                       [&](const std::string& p) { return glob_match(p, channel); });
+    return confirmed_channels.count(channel) || any_glob_matches(confirmed_patterns, channel);
   }
 
   // Exactly one of the copies Redis sends for one PUBLISH is imported (see the header).
@@ -1613,17 +1613,14 @@ struct Bridge::Impl {
   // Wanted by name, or by a pattern (whether or not a SCAN round has found it yet: after a
   // restart, the first round may take longer than the linger in a large keyspace).
   bool stream_followed(const std::string& key) const {
-    return wanted.streams.count(key) ||
-           std::any_of(wanted.stream_patterns.begin(), wanted.stream_patterns.end(),
-                       [&](const std::string& p) { return glob_match(p, key); });
+    return wanted.streams.count(key) || any_glob_matches(wanted.stream_patterns, key);
   }
 
   // A pattern no longer wanted takes its streams along; a stream another pattern still
   // matches stays until the next round says otherwise.
   void forget_unwanted_scans() {
     std::erase_if(scanned_streams, [&](const std::string& key) {
-      return std::none_of(wanted.stream_patterns.begin(), wanted.stream_patterns.end(),
-                          [&](const std::string& p) { return glob_match(p, key); });
+      return !any_glob_matches(wanted.stream_patterns, key);
     });
     std::erase_if(patterns_first_round_done,
                   [&](const std::string& p) { return !wanted.stream_patterns.count(p); });
@@ -1763,10 +1760,7 @@ struct Bridge::Impl {
     // followed by name does.
     for (const auto& key : scan_round_found) {
       if (stream_positions.count(key) || scanned_streams.count(key)) continue;
-      const bool appeared_since =
-          std::any_of(patterns_scanned_once.begin(), patterns_scanned_once.end(),
-                      [&](const std::string& p) { return glob_match(p, key); });
-      if (appeared_since) {
+      if (any_glob_matches(patterns_scanned_once, key)) {  // appeared since
         stream_positions[key] = "0-0";
         state_dirty = true;
       }
