@@ -1223,6 +1223,16 @@ struct Bridge::Impl {
     counters.streams_read.store(followed, std::memory_order_relaxed);
   }
 
+  // Notes `name` as unwanted since `now` unless it was already; true (and the note gone)
+  // once that has lasted unsubscribe_linger. The caller drops the note of a wanted name.
+  bool linger_over(std::unordered_map<std::string, Clock::time_point>& unwanted,
+                   const std::string& name, Clock::time_point now) const {
+    auto [since, fresh] = unwanted.try_emplace(name, now);
+    if (fresh || now - since->second < config.unsubscribe_linger) return false;
+    unwanted.erase(since);
+    return true;
+  }
+
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
   // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
   // nothing. Each round is one command however many names change.
@@ -1238,11 +1248,8 @@ struct Bridge::Impl {
         ++it;
         continue;
       }
-      auto [since, fresh] = unwanted_since.try_emplace(*it, now);
-      if (!fresh && now - since->second >= config.unsubscribe_linger) {
-        remove.push_back(*it);  // views into `sent`, erased only after the command is built
-        unwanted_since.erase(since);
-      }
+      // Views into `sent`, erased only after the command is built.
+      if (linger_over(unwanted_since, *it, now)) remove.push_back(*it);
       ++it;
     }
     if (add.size() > 1) {
@@ -1638,9 +1645,7 @@ struct Bridge::Impl {
         stream_unwanted_since.erase(name);
         return false;
       }
-      auto [since, fresh] = stream_unwanted_since.try_emplace(name, now);
-      if (fresh || now - since->second < config.unsubscribe_linger) return false;
-      stream_unwanted_since.erase(since);
+      if (!linger_over(stream_unwanted_since, name, now)) return false;
       state_dirty = true;
       return true;
     };
