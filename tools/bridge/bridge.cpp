@@ -179,6 +179,7 @@ struct Interest {
   NameSet patterns;         // PSUBSCRIBE
   NameSet streams;          // XREAD (durable rules)
   NameSet stream_patterns;  // SCAN MATCH, then XREAD what it finds (durable rules)
+  bool operator==(const Interest&) const = default;
 };
 
 // Messages waiting for the publishing connection, oldest first. Keys and bodies are packed
@@ -918,9 +919,7 @@ struct Bridge::Impl {
     {
       std::lock_guard<std::mutex> lock(mutex);
       interest_read = true;
-      if (in.channels == interest.channels && in.patterns == interest.patterns &&
-          in.streams == interest.streams && in.stream_patterns == interest.stream_patterns)
-        return;
+      if (in == interest) return;
       interest = std::move(in);
       ++interest_generation;
     }
