@@ -307,6 +307,12 @@ std::string to_hex(std::string_view bytes) {
   return hex;
 }
 
+// An unsigned decimal that is the whole of `text` (no sign, no space, no overflow).
+bool number(std::string_view text, uint64_t& out) {
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return error == std::errc{} && end == text.data() + text.size();
+}
+
 // nullopt unless `hex` is a non-empty even run of lowercase hex digits.
 std::optional<std::string> from_hex(std::string_view hex) {
   if (hex.empty() || hex.size() % 2 != 0) return std::nullopt;
@@ -1871,16 +1877,6 @@ struct Bridge::Impl {
     std::optional<std::string_view> payload;
     uint64_t origin = kUnknownOrigin, seq = 0, ts = 0;
     bool has_sequence = false;
-    auto number = [](std::string_view s, uint64_t& out) {
-      if (s.empty() || s.size() > 20) return false;
-      uint64_t v = 0;
-      for (char c : s) {
-        if (c < '0' || c > '9') return false;
-        v = v * 10 + static_cast<uint64_t>(c - '0');
-      }
-      out = v;
-      return true;
-    };
     bool well_formed = fields->type == REDIS_REPLY_ARRAY && fields->elements % 2 == 0;
     for (size_t i = 0; well_formed && i + 1 < fields->elements; i += 2) {
       const std::string_view f = reply_text(fields->element[i]);
@@ -1985,10 +1981,6 @@ struct Bridge::Impl {
       at = end + 1;
     }
     // Unsigned decimal, the whole word (from_chars refuses a sign).
-    auto number = [](std::string_view word, uint64_t& out) {
-      const auto [end, error] = std::from_chars(word.data(), word.data() + word.size(), out);
-      return error == std::errc{} && end == word.data() + word.size();
-    };
     if (words.size() < 2) return false;
     const std::optional<std::string> key = from_hex(words[1]);
     if (!key) return false;
