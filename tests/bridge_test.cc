@@ -140,6 +140,11 @@ bool subscribed(const Bridge& b, uint64_t n) {
   return wait_until([&] { return b.counters().redis_subscriptions == n; });
 }
 
+// Waits until the bridge reads `n` streams (durable rules), each from a known position.
+bool reading_streams(const Bridge& b, uint64_t n) {
+  return wait_until([&] { return b.counters().streams_read == n; });
+}
+
 // ---- three hosts -------------------------------------------------------------------------
 
 void three_hosts_exactly_once(Mode mode) {
@@ -746,8 +751,23 @@ BridgeConfig durable_orders_importer(int port, const TempDir& state_dir) {
 // The payloads `sub` delivers until nothing comes for a second.
 std::vector<std::string> payloads_until_quiet(Subscription& sub) {
   std::vector<std::string> got;
-  while (auto m = sub.next(1s)) got.emplace_back(m->text());
+  for (auto& m : drain(sub, 1s)) got.push_back(std::move(m.payload));
   return got;
+}
+
+// What `sub` delivers until nothing comes for drain()'s quiet time, by channel.
+std::map<std::string, std::vector<std::string>> payloads_by_channel(Subscription& sub) {
+  std::map<std::string, std::vector<std::string>> got;
+  for (auto& m : drain(sub)) got[m.channel].push_back(std::move(m.payload));
+  return got;
+}
+
+// A Redis command that must succeed: a failure (no reply) fails the test.
+template <typename... Args>
+void redis_ok(const RedisServer& redis, const char* format, Args... args) {
+  auto* reply = redis.command(format, args...);
+  ASSERT_NE(reply, nullptr);
+  freeReplyObject(reply);
 }
 
 // XADDs "order <seq>" to `stream` as the bridge of host `origin` does, stamped `ts` (by
@@ -780,7 +800,7 @@ TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
   auto orders_a = bus_a.channel("orders:1", lossless_channel(1 << 20));
   auto orders_b = bus_b.channel("orders:1", lossless_channel(1 << 20));
   Collector collector(b.daemon.options(), "orders:1");
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   SteadyPublisher publisher(a.daemon.options(), "orders:1", 1000);
   ASSERT_TRUE(wait_until([&] { return collector.count() > 300; }));
 
@@ -851,7 +871,7 @@ TEST(Bridge, DurableLateResendIsImportedAndARepeatIsNot) {
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   // Origin 9's entries as a pipeline with a transient refusal leaves them: 0, 2, 3, then the
   // resent 1, then 2 again (a resend whose first XADD had in fact landed).
   for (const int seq : {0, 2, 3, 1, 2}) xadd_order(redis, 9, seq);
@@ -875,7 +895,7 @@ TEST(Bridge, DurableRepeatsAreRecognisedAcrossABridgeRestart) {
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   // Before the restart: 0, 2 and 3 arrive; 1 is still on its way.
   for (const int seq : {0, 2, 3}) xadd_order(redis, 9, seq);
   EXPECT_EQ(payloads_until_quiet(sub), (std::vector<std::string>{"order 0", "order 2", "order 3"}));
@@ -883,7 +903,7 @@ TEST(Bridge, DurableRepeatsAreRecognisedAcrossABridgeRestart) {
 
   b.bridge.reset();
   b.start(importer);
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   // After it: the resend of 1 fills its gap; 3 again (a resend whose first XADD had landed)
   // is a repeat; 4 is new.
   for (const int seq : {1, 3, 4}) xadd_order(redis, 9, seq);
@@ -905,7 +925,7 @@ TEST(Bridge, DurableRepeatsAreRecognisedAfterAPubSubUnsubscribe) {
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1", "chat:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   ASSERT_TRUE(subscribed(*b.bridge, 2));  // heartbeat, chat:1
   xadd_order(redis, 9, 0);
   ASSERT_TRUE(sub.next(5s).has_value());
@@ -928,7 +948,7 @@ TEST(Bridge, DurableImportWaitsForAFullBackPressureChannel) {
   auto channel = bus.channel("orders:1", lossless_channel(16 << 10));  // ~300 messages
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   constexpr int kEntries = 3000;
   for (int seq = 0; seq < kEntries; ++seq) xadd_order(redis, 9, seq);
   // The subscriber has not read yet: the channel fills and the bridge holds back.
@@ -953,7 +973,7 @@ TEST(Bridge, DurableGapsAreForgottenWhenTheOriginRestartsItsNumbering) {
   Host b(durable_orders_importer(redis.port(), state_dir));
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   xadd_order(redis, 9, 0);
   xadd_order(redis, 9, 2);        // 1 missing
   xadd_order(redis, 9, 0, 2000);  // restarted
@@ -991,7 +1011,7 @@ TEST(Bridge, StateFileLinesThatDoNotParseAreIgnored) {
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   xadd_order(redis, 9, 4);
   // Resumed after 1; 2 and 3 were taken already (the saved sequence says 3); 4 is new.
   EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 4"});
@@ -1008,18 +1028,16 @@ TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
   const TempDir state_dir("shmbus-bridge-scan");
   const BridgeConfig importer = durable_orders_importer(redis.port(), state_dir);
   xadd_order(redis, 9, 0);  // history: before anyone's interest
-  auto* set = redis.command("SET orders:x %s", "not a stream");  // SCAN TYPE stream skips it
-  ASSERT_NE(set, nullptr);
-  freeReplyObject(set);
+  // SCAN TYPE stream skips it.
+  ASSERT_NO_FATAL_FAILURE(redis_ok(redis, "SET orders:x %s", "not a stream"));
   Host b(importer);
   auto sub = Subscription::open(b.daemon.options());
   sub.psubscribe({"orders:*"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));  // orders:1
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));  // orders:1
   xadd_order(redis, 9, 1);
   for (int seq = 0; seq < 3; ++seq) xadd_order(redis, 7, seq, -1, "orders:2");
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 2; }));
-  std::map<std::string, std::vector<std::string>> got;
-  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  ASSERT_TRUE(reading_streams(*b.bridge, 2));
+  auto got = payloads_by_channel(sub);
   EXPECT_EQ(got["orders:1"], std::vector<std::string>{"order 1"});
   EXPECT_EQ(got["orders:2"], (std::vector<std::string>{"order 0", "order 1", "order 2"}));
   EXPECT_EQ(got.size(), 2u);
@@ -1029,16 +1047,15 @@ TEST(Bridge, DurablePatternSubscribersFollowStreamsAsTheyAppear) {
   b.bridge.reset();
   for (int seq = 0; seq < 2; ++seq) xadd_order(redis, 7, seq, -1, "orders:3");
   b.start(importer);
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 3; }));
-  got.clear();
-  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  ASSERT_TRUE(reading_streams(*b.bridge, 3));
+  got = payloads_by_channel(sub);
   EXPECT_EQ(got["orders:3"], (std::vector<std::string>{"order 0", "order 1"}));
   EXPECT_EQ(got.size(), 1u) << "nothing again from orders:1 or orders:2";
   EXPECT_EQ(b.bridge->counters().streams_read, 3u);
 
   // Interest gone: the streams are no longer read.
   sub.punsubscribe({"orders:*"});
-  EXPECT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 0; }));
+  EXPECT_TRUE(reading_streams(*b.bridge, 0));
 }
 
 // A stream nobody has wanted for unsubscribe_linger is forgotten (its position too): a
@@ -1052,17 +1069,17 @@ TEST(Bridge, DurableInterestThatComesBackLaterStartsAtTheNewestEntry) {
   {
     auto sub = Subscription::open(b.daemon.options());
     sub.subscribe({"orders:1"});
-    ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+    ASSERT_TRUE(reading_streams(*b.bridge, 1));
     xadd_order(redis, 9, 0);
     EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 0"});
   }
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 0; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 0));
   std::this_thread::sleep_for(300ms);   // the last XREAD that included orders:1 has ended
   xadd_order(redis, 9, 1);              // while nobody here wants orders:1
   std::this_thread::sleep_for(2500ms);  // the linger, and the once-a-second sweep
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:1"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 1; }));
+  ASSERT_TRUE(reading_streams(*b.bridge, 1));
   xadd_order(redis, 9, 2);
   EXPECT_EQ(payloads_until_quiet(sub), std::vector<std::string>{"order 2"})
       << b.bridge->counters_json();
@@ -1075,21 +1092,15 @@ TEST(Bridge, DurableKeysThatAreNotStreamsAreLeftOut) {
   REQUIRE_REDIS(redis);
   const TempDir state_dir("shmbus-bridge-wrongtype");
   Host b(durable_orders_importer(redis.port(), state_dir));
-  auto command = [&](const char* text) {
-    auto* reply = redis.command(text);
-    ASSERT_NE(reply, nullptr);
-    freeReplyObject(reply);
-  };
-  command("SET orders:0 not-a-stream");  // refused at its first read (XREVRANGE)
+  redis_ok(redis, "SET orders:0 not-a-stream");  // refused at its first read (XREVRANGE)
   xadd_order(redis, 9, 0);               // orders:1, a stream at first
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:0", "orders:1", "orders:2"});
-  ASSERT_TRUE(wait_until([&] { return b.bridge->counters().streams_read == 2; }));
-  command("DEL orders:1");
-  command("SET orders:1 not-a-stream-either");  // refused by an XREAD of all three
+  ASSERT_TRUE(reading_streams(*b.bridge, 2));
+  redis_ok(redis, "DEL orders:1");
+  redis_ok(redis, "SET orders:1 not-a-stream-either");  // refused by an XREAD of all three
   for (int seq = 0; seq < 3; ++seq) xadd_order(redis, 7, seq, -1, "orders:2");
-  std::map<std::string, std::vector<std::string>> got;
-  for (const auto& m : drain(sub)) got[m.channel].push_back(m.payload);
+  auto got = payloads_by_channel(sub);
   EXPECT_EQ(got["orders:2"], (std::vector<std::string>{"order 0", "order 1", "order 2"}));
   EXPECT_EQ(got.size(), 1u);
   const auto c = b.bridge->counters();
