@@ -1222,10 +1222,6 @@ struct Bridge::Impl {
       diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
       diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
     }
-    // Streams followed: those with a read position (set once the first XREVRANGE answered).
-    uint64_t followed = 0;
-    for_each_stream_read([&](const std::string& key) { followed += stream_positions.count(key); });
-    counters.streams_read.store(followed, std::memory_order_relaxed);
   }
 
   // Notes `name` as unwanted since `now` unless it was already; true (and the note gone)
@@ -1684,10 +1680,17 @@ struct Bridge::Impl {
     }
     bool have_streams = false;
     std::string_view first_time;
+    uint64_t positioned = 0;
     for_each_stream_read([&](const std::string& key) {
       have_streams = true;
-      if (first_time.empty() && !stream_positions.count(key)) first_time = key;
+      if (stream_positions.count(key))
+        ++positioned;
+      else if (first_time.empty())
+        first_time = key;
     });
+    // Streams followed: those with a read position (set once the first XREVRANGE answered).
+    // Counted here, where the streams are walked anyway, and only between commands.
+    counters.streams_read.store(positioned, std::memory_order_relaxed);
     if (!first_time.empty()) {
       // First interest in this stream: start after its newest entry (XREAD with "$" would
       // lose what is added between two calls).
