@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -26,8 +27,6 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "arena.hpp"
 #include "doorbell.hpp"
@@ -55,8 +54,8 @@ constexpr uint32_t kMaxClientNameBytes = 256;
 // Control events a client has not read yet; past this it is not reading its socket and is
 // dropped (its subscriptions would otherwise pin daemon memory without bound).
 constexpr size_t kMaxPendingOutput = 16u << 20;
-constexpr uint32_t kControlBit = 0;
-constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message  // doorbell bit 0: "events wait on your socket"
+constexpr uint32_t kControlBit = 0;           // doorbell bit 0: "events wait on your socket"
+constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message
 constexpr auto kTick = std::chrono::seconds(1);
 
 uint64_t unix_now_ns() {
@@ -101,9 +100,9 @@ struct Client {
   FrameAssembler in;
   std::vector<std::byte> out;  // bytes not yet written to the socket
   bool want_write = false;
-  bool doomed = false;        // to be closed once the current event is handled
+  bool doomed = false;          // to be closed once the current event is handled
   bool warned_holding = false;  // logged as holding reclaimed rings (until it lets go)
-  bool event_queued = false;  // `out` holds an event the client has not been rung for
+  bool event_queued = false;    // `out` holds an event the client has not been rung for
 
   // Subscriptions (a client that asked for a doorbell in HELLO).
   std::optional<Arena::Block> doorbell_block;
@@ -130,7 +129,9 @@ constexpr uint64_t kTimerToken = 3;
 constexpr uint64_t kFirstClientId = 16;
 constexpr uint64_t kDepartingBit = uint64_t{1} << 63;
 
-[[noreturn]] void refuse(Errc code, const std::string& message) { throw Error(code, message); }
+[[noreturn]] void refuse(Errc code, const std::string& message) {
+  throw Error(code, message);
+}
 
 // A u32 count and that many strings of at most `max_bytes`.
 std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* what) {
@@ -238,7 +239,7 @@ struct Daemon::Impl {
 
   std::vector<std::unique_ptr<Arena>> arenas;  // index = arena id; 0 holds directory+doorbells
   ArenaTable arena_table;
-  uint64_t reserved_bytes = 0;                 // ring and doorbell blocks allocated
+  uint64_t reserved_bytes = 0;  // ring and doorbell blocks allocated
   DirectoryHeader* directory = nullptr;
   std::atomic<uint64_t>* directory_entries = nullptr;
   uint64_t directory_offset = 0;
@@ -297,9 +298,9 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
                          "timerfd_create");
     // The timer runs at the status interval when a supervisor wants reports more often than
     // the 1 s maintenance tick (a watchdog of under 2 s); maintenance still runs each second.
-    const auto period = std::chrono::duration_cast<std::chrono::nanoseconds>(
-        std::clamp<std::chrono::milliseconds>(options.status_interval,
-                                              std::chrono::milliseconds(10), kTick));
+    const auto period =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::clamp<std::chrono::milliseconds>(
+            options.status_interval, std::chrono::milliseconds(10), kTick));
     const timespec every{static_cast<time_t>(period.count() / 1'000'000'000),
                          static_cast<long>(period.count() % 1'000'000'000)};
     const itimerspec timer{every, every};
@@ -315,12 +316,14 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
     cleanup();  // a throwing constructor gets no destructor: release lock, socket, shm here
     throw;
   }
-  log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})",
-            endpoint.bus, endpoint.socket_path, human_bytes(options.config.arena_bytes),
+  log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
+            endpoint.socket_path, human_bytes(options.config.arena_bytes),
             human_bytes(options.config.max_shared_memory), options.config.source);
 }
 
-Daemon::Impl::~Impl() { cleanup(); }
+Daemon::Impl::~Impl() {
+  cleanup();
+}
 
 void Daemon::Impl::cleanup() {
   for (auto& [id, c] : clients) {
@@ -392,9 +395,10 @@ void Daemon::Impl::remove_leftovers() {
     if (Arena::remove(name)) ++removed;
   }
   if (removed > 0)
-    log->warn("removed {} shared-memory segment(s) a previous shmbusd of bus '{}' left behind; "
-              "clients still attached to them must reconnect",
-              removed, endpoint.bus);
+    log->warn(
+        "removed {} shared-memory segment(s) a previous shmbusd of bus '{}' left behind; "
+        "clients still attached to them must reconnect",
+        removed, endpoint.bus);
 }
 
 void Daemon::Impl::adopt_listening_socket(int fd) {
@@ -420,7 +424,7 @@ void Daemon::Impl::adopt_listening_socket(int fd) {
   socklen_t addr_len = sizeof(addr);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addr_len) == 0 && addr.sun_path[0] != 0)
     endpoint.socket_path = addr.sun_path;  // what clients reach, whatever --socket said
-  listening_socket_created = false;  // the .socket unit owns the file
+  listening_socket_created = false;        // the .socket unit owns the file
 }
 
 void Daemon::Impl::listen_on_socket() {
@@ -439,8 +443,8 @@ void Daemon::Impl::listen_on_socket() {
                                "; run as root (or via systemd), or pass --socket PATH in a "
                                "directory you own (e.g. $XDG_RUNTIME_DIR/shmbus.sock)");
   }
-  listen_fd = check_sys([] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); },
-                        "socket");
+  listen_fd = check_sys(
+      [] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); }, "socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, endpoint.socket_path.c_str(), endpoint.socket_path.size() + 1);
@@ -467,16 +471,16 @@ void Daemon::Impl::create_directory_arena() {
   const uint64_t dir_bytes = layout::directory_bytes(cfg.max_channels);
   const uint64_t arena0_bytes =
       std::max<uint64_t>(cfg.arena_bytes, layout::kPageSize + dir_bytes + 64 * doorbell_bytes);
-  auto arena = std::make_unique<Arena>(
-      Arena::create(arena_shm_name(endpoint.bus, 0), arena0_bytes, 0));
+  auto arena =
+      std::make_unique<Arena>(Arena::create(arena_shm_name(endpoint.bus, 0), arena0_bytes, 0));
   const Arena::Block block = arena->allocate(dir_bytes);
   directory_offset = block.offset;
   if (directory_offset != layout::kDirectoryOffset)  // tools find it there without asking
     throw std::logic_error("bus directory is not the first block of arena 0");
   reserved_bytes += block.bytes;
   directory = arena->at<DirectoryHeader>(block.offset);
-  directory_entries = reinterpret_cast<std::atomic<uint64_t>*>(
-      arena->base() + block.offset + sizeof(DirectoryHeader));
+  directory_entries = reinterpret_cast<std::atomic<uint64_t>*>(arena->base() + block.offset +
+                                                               sizeof(DirectoryHeader));
   directory->version = layout::kLayoutVersion;
   directory->capacity = cfg.max_channels;
   directory->daemon_pid = getpid();
@@ -547,13 +551,12 @@ void Daemon::Impl::accept_clients() {
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0)
       log->warn("SO_PEERCRED: {}", std::strerror(errno));
     if (clients.size() >= options.config.max_clients) {
-      log->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})",
-                c->cred.pid, options.config.max_clients, options.config.source);
+      log->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})", c->cred.pid,
+                options.config.max_clients, options.config.source);
       Writer w(Type::kError, 0);
       w.u16(static_cast<uint16_t>(Errc::kLimit))
           .str("shmbusd has max_clients = " + std::to_string(options.config.max_clients) +
-               " clients connected; raise max_clients in [limits] of " +
-               options.config.source);
+               " clients connected; raise max_clients in [limits] of " + options.config.source);
       const auto& frame = w.frame();
       [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
       ::close(fd);
@@ -582,10 +585,11 @@ void Daemon::Impl::pause_accepting(int error) {
   epoll_ctl(epoll_fd, EPOLL_CTL_MOD, listen_fd, &ev);
   rlimit limit{};
   getrlimit(RLIMIT_NOFILE, &limit);
-  log->warn("cannot accept clients: {} ({} clients connected, open file limit {}); new "
-            "clients wait until one disconnects. Raise the limit (LimitNOFILE= in the service, "
-            "ulimit -n) or lower max_clients in [limits] of {}",
-            std::strerror(error), clients.size(), limit.rlim_cur, options.config.source);
+  log->warn(
+      "cannot accept clients: {} ({} clients connected, open file limit {}); new "
+      "clients wait until one disconnects. Raise the limit (LimitNOFILE= in the service, "
+      "ulimit -n) or lower max_clients in [limits] of {}",
+      std::strerror(error), clients.size(), limit.rlim_cur, options.config.source);
 }
 
 void Daemon::Impl::resume_accepting() {
@@ -627,8 +631,8 @@ void Daemon::Impl::read_from(Client& c) {
         if (!clients.count(id) || c.doomed) return;
       }
     } catch (const ProtocolError& e) {
-      log->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection",
-                id, c.cred.pid, c.name, e.what());
+      log->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection", id,
+                c.cred.pid, c.name, e.what());
       close_client(id, "protocol error");
       return;
     }
@@ -646,8 +650,8 @@ void Daemon::Impl::send(Client& c, Writer& w) {
   const auto& frame = w.frame();
   c.out.insert(c.out.end(), frame.begin(), frame.end());
   if (c.out.size() > kMaxPendingOutput) {
-    log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it",
-              c.id, c.cred.pid, c.name, human_bytes(c.out.size()));
+    log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
+              c.cred.pid, c.name, human_bytes(c.out.size()));
     // Closed after the current event: callers up the stack still use `c` and may be
     // iterating over the sets closing it would change.
     c.doomed = true;
@@ -726,8 +730,8 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   if (pidfd < 0) {
     // ESRCH: already gone (and reaped). Otherwise we cannot tell when it exits.
     if (c.cred.pid > 0 && errno != ESRCH)
-      log->warn("cannot watch pid {} of client {} ({}); releasing its resources now",
-                c.cred.pid, id, std::strerror(errno));
+      log->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid,
+                id, std::strerror(errno));
     repair_and_finish(c);
     return;
   }
@@ -741,9 +745,10 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   ev.events = EPOLLIN;
   ev.data.u64 = token;
   epoll_ctl(epoll_fd, EPOLL_CTL_ADD, static_cast<int>(pidfd), &ev);
-  log->info("client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
-            "process exits",
-            id, c.cred.pid, c.name, reason);
+  log->info(
+      "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
+      "process exits",
+      id, c.cred.pid, c.name, reason);
   departing[token] = Departing{static_cast<int>(pidfd), std::move(owned)};
 }
 
@@ -788,15 +793,15 @@ void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uin
       stalled_rings.push_back(StalledRing{channel_id, std::nullopt});
   }
   if (repaired > 0)
-    log->warn("padded over {} frame(s) a crashed publisher (id {}) left unfinished; subscribers "
-              "count them as lost",
-              repaired, publisher_id);
+    log->warn(
+        "padded over {} frame(s) a crashed publisher (id {}) left unfinished; subscribers "
+        "count them as lost",
+        repaired, publisher_id);
 }
 
 // ---- requests -----------------------------------------------------------------------------
 
-void Daemon::Impl::reply_error(Client& c, uint32_t request, Errc code,
-                               const std::string& message) {
+void Daemon::Impl::reply_error(Client& c, uint32_t request, Errc code, const std::string& message) {
   Writer w(Type::kError, request);
   w.u16(static_cast<uint16_t>(code)).str(message.substr(0, kMaxErrorBytes));
   send(c, w);
@@ -809,14 +814,22 @@ void Daemon::Impl::dispatch(Client& c, const Frame& f) {
   if (f.type != Type::kBye) c.said_bye = false;
   try {
     switch (f.type) {
-      case Type::kHello: return on_hello(c, f);
-      case Type::kOpenChannel: return on_open_channel(c, f);
-      case Type::kCloseChannel: return on_close_channel(c, f);
-      case Type::kSubscribe: return on_subscribe(c, f);
-      case Type::kPsubscribe: return on_psubscribe(c, f);
-      case Type::kUnsubscribe: return on_unsubscribe(c, f, false);
-      case Type::kPunsubscribe: return on_unsubscribe(c, f, true);
-      case Type::kPatterns: return on_patterns(c, f);
+      case Type::kHello:
+        return on_hello(c, f);
+      case Type::kOpenChannel:
+        return on_open_channel(c, f);
+      case Type::kCloseChannel:
+        return on_close_channel(c, f);
+      case Type::kSubscribe:
+        return on_subscribe(c, f);
+      case Type::kPsubscribe:
+        return on_psubscribe(c, f);
+      case Type::kUnsubscribe:
+        return on_unsubscribe(c, f, false);
+      case Type::kPunsubscribe:
+        return on_unsubscribe(c, f, true);
+      case Type::kPatterns:
+        return on_patterns(c, f);
       case Type::kPing: {
         Parser p(f.fields);
         p.end();
@@ -857,8 +870,8 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
     reply_error(c, f.request, Errc::kProtocol,
                 "client speaks protocol versions " + std::to_string(min_version) + ".." +
                     std::to_string(max_version) + ", this shmbusd speaks " +
-                    std::to_string(kMinProtocolVersion) + ".." +
-                    std::to_string(kProtocolVersion) + "; use matching libshmbus and shmbusd");
+                    std::to_string(kMinProtocolVersion) + ".." + std::to_string(kProtocolVersion) +
+                    "; use matching libshmbus and shmbusd");
     return;
   }
   if (free_publisher_ids.empty() && next_publisher_id > 0xffff)
@@ -880,8 +893,9 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
     } else {
       if (reserved_bytes + doorbell_bytes > options.config.max_shared_memory)
         refuse(Errc::kLimit, "shared memory limit reached (max_shared_memory = " +
-                                 human_bytes(options.config.max_shared_memory) + " in [limits] of " +
-                                 options.config.source + "); raise it or reclaim channels");
+                                 human_bytes(options.config.max_shared_memory) +
+                                 " in [limits] of " + options.config.source +
+                                 "); raise it or reclaim channels");
       try {
         block = arenas[0]->allocate(doorbell_bytes);
       } catch (const std::system_error& e) {
@@ -893,8 +907,8 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
     c.doorbell_bits = options.config.max_subscriptions_per_client + 1;
     c.doorbell = doorbell::format(arenas[0]->base() + block.offset, c.doorbell_bits);
   }
-  log->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid,
-             c.cred.uid, c.name, c.publisher_id);
+  log->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid, c.cred.uid,
+             c.name, c.publisher_id);
   Writer w(Type::kWelcome, f.request);
   w.u16(version)
       .u16(c.publisher_id)
@@ -917,15 +931,15 @@ std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t byt
   if (reserved_bytes + bytes > cfg.max_shared_memory)
     refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": its ring needs " +
                              human_bytes(bytes) + " and the bus has reserved " +
-                             human_bytes(reserved_bytes) + " of max_shared_memory = " +
-                             human_bytes(cfg.max_shared_memory) +
+                             human_bytes(reserved_bytes) +
+                             " of max_shared_memory = " + human_bytes(cfg.max_shared_memory) +
                              "; raise max_shared_memory in [limits] of " + cfg.source +
                              ", or give such channels smaller rings with a [[channel]] rule");
   if (bytes + layout::kPageSize > cfg.arena_bytes)
-    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": its ring of " +
-                             human_bytes(bytes) + " does not fit in an arena of arena_bytes = " +
-                             human_bytes(cfg.arena_bytes) + "; raise arena_bytes in [bus] of " +
-                             cfg.source);
+    refuse(Errc::kLimit,
+           "cannot create channel " + printable(name) + ": its ring of " + human_bytes(bytes) +
+               " does not fit in an arena of arena_bytes = " + human_bytes(cfg.arena_bytes) +
+               "; raise arena_bytes in [bus] of " + cfg.source);
   auto take = [&](uint32_t id) -> std::optional<Arena::Block> {
     if (arenas[id]->bytes_free() < bytes) return std::nullopt;
     try {
@@ -943,8 +957,8 @@ std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t byt
       return {id, *block};
     }
   if (arenas.size() > 255)
-    refuse(Errc::kLimit, "all 255 ring arenas are full; raise arena_bytes in [bus] of " +
-                             cfg.source);
+    refuse(Errc::kLimit,
+           "all 255 ring arenas are full; raise arena_bytes in [bus] of " + cfg.source);
   const auto id = static_cast<uint32_t>(arenas.size());
   try {
     arenas.push_back(std::make_unique<Arena>(
@@ -961,8 +975,8 @@ std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t byt
   return {id, *block};
 }
 
-ChannelState& Daemon::Impl::find_or_create(std::string_view name,
-                                           const ChannelSettings* requested, bool* created) {
+ChannelState& Daemon::Impl::find_or_create(std::string_view name, const ChannelSettings* requested,
+                                           bool* created) {
   *created = false;
   if (ChannelState* existing = find(name)) return *existing;
   validate_channel_name(name);
@@ -990,9 +1004,9 @@ ChannelState& Daemon::Impl::find_or_create(std::string_view name,
       refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " +
                                std::to_string(reclaiming.size()) +
                                " reclaimed channels still wait for subscribers to let go (" +
-                               describe_reclaim_holders(Clock::now()) + "), and max_channels = " +
-                               std::to_string(cfg.max_channels) + " in [limits] of " +
-                               cfg.source + " is reached");
+                               describe_reclaim_holders(Clock::now()) +
+                               "), and max_channels = " + std::to_string(cfg.max_channels) +
+                               " in [limits] of " + cfg.source + " is reached");
     channels.emplace_back();
   }
   rc.channel_id = id;
@@ -1063,8 +1077,8 @@ void Daemon::Impl::match_new_channel(ChannelState& ch) {
           send(c, w);
         }
       } catch (const Error& e) {
-        log->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}",
-                  c.id, c.cred.pid, c.name, printable(ch.name), e.what());
+        log->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
+                  c.cred.pid, c.name, printable(ch.name), e.what());
       }
     }
   }
@@ -1105,12 +1119,12 @@ Attachment& Daemon::Impl::attach(Client& c, ChannelState& ch, uint64_t start,
   const int32_t slot = claim_reader_slot(ch.ring, claim);
   if (slot < 0) {
     c.free_bits.push_back(bit);
-    refuse(Errc::kLimit,
-           "channel " + printable(ch.name) + " already has " +
-               std::to_string(ch.settings.max_subscribers) +
-               " subscribers (max_subscribers of rule '" + ch.settings.rule + "' in " +
-               options.config.source + "); raise max_subscribers in [defaults] or a [[channel]] "
-               "rule for it");
+    refuse(Errc::kLimit, "channel " + printable(ch.name) + " already has " +
+                             std::to_string(ch.settings.max_subscribers) +
+                             " subscribers (max_subscribers of rule '" + ch.settings.rule +
+                             "' in " + options.config.source +
+                             "); raise max_subscribers in [defaults] or a [[channel]] "
+                             "rule for it");
   }
   if (ch.publisher_holds > 0 || now.sequence > 0) barrier_due = true;
   ch.attached.insert(c.id);
@@ -1189,11 +1203,11 @@ void Daemon::Impl::check_subscription_limit(const Client& c, size_t adding, cons
   const uint32_t limit = options.config.max_subscriptions_per_client;
   const size_t held = c.channels.size() + c.patterns.size();
   if (held + adding > limit)
-    refuse(Errc::kLimit, "subscribing to " + std::to_string(adding) + " more " + kind +
-                             "(s) would exceed max_subscriptions_per_client = " +
-                             std::to_string(limit) + " (this subscription holds " +
-                             std::to_string(held) + "); raise it in [limits] of " +
-                             options.config.source);
+    refuse(Errc::kLimit,
+           "subscribing to " + std::to_string(adding) + " more " + kind +
+               "(s) would exceed max_subscriptions_per_client = " + std::to_string(limit) +
+               " (this subscription holds " + std::to_string(held) + "); raise it in [limits] of " +
+               options.config.source);
 }
 
 void Daemon::Impl::on_open_channel(Client& c, const Frame& f) {
@@ -1238,8 +1252,8 @@ void Daemon::Impl::on_close_channel(Client& c, const Frame& f) {
   p.end();
   auto it = c.open_channels.find(channel_id);
   if (it == c.open_channels.end())
-    refuse(Errc::kInvalidArgument, "channel id " + std::to_string(channel_id) +
-                                       " is not open on this connection");
+    refuse(Errc::kInvalidArgument,
+           "channel id " + std::to_string(channel_id) + " is not open on this connection");
   if (--it->second == 0) c.open_channels.erase(it);
   if (channels[channel_id]) {
     ChannelState& ch = *channels[channel_id];
@@ -1304,8 +1318,8 @@ void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
   }
   std::vector<protocol::Attachment> reply;
   for (size_t i = 0; i < attached.size(); ++i)
-    reply.push_back(describe(*attached[i].first, *attached[i].second, starts[i].first,
-                             starts[i].second));
+    reply.push_back(
+        describe(*attached[i].first, *attached[i].second, starts[i].first, starts[i].second));
   send_subscribed(c, f.request, reply, error_code, error);
 }
 
@@ -1353,10 +1367,10 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
   std::vector<protocol::Attachment> reply;
   for (size_t i = 0; i < attached.size(); ++i) {
     const Attachment& a = *attached[i].second;
-    reply.push_back(describe(
-        *attached[i].first, a,
-        attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
-        start_sequences[i]));
+    reply.push_back(
+        describe(*attached[i].first, a,
+                 attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
+                 start_sequences[i]));
   }
   send_subscribed(c, f.request, reply, error_code, error);
 }
@@ -1386,8 +1400,8 @@ void Daemon::Impl::on_patterns(Client& c, const Frame& f) {
 
 void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
   Parser p(f.fields);
-  std::vector<std::string> names = read_names(
-      p, patterns ? kMaxPatternBytes : kMaxChannelNameBytes, patterns ? "pattern" : "channel name");
+  std::vector<std::string> names = read_names(p, patterns ? kMaxPatternBytes : kMaxChannelNameBytes,
+                                              patterns ? "pattern" : "channel name");
   p.end();
   if (names.empty()) {  // all, as a bare Redis UNSUBSCRIBE / PUNSUBSCRIBE
     if (patterns)
@@ -1424,8 +1438,7 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       if (detach_if_unneeded(c, *ch)) detached.push_back(ch->id);
     }
   }
-  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                            std::memory_order_relaxed);
+  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()), std::memory_order_relaxed);
   Writer w(Type::kUnsubscribed, f.request);
   w.u32(static_cast<uint32_t>(detached.size()));
   for (uint32_t id : detached) w.u32(id);
@@ -1440,8 +1453,7 @@ void Daemon::Impl::release_subscriptions(Client& c) {
     it->second.erase(c.id);
     if (it->second.empty()) pattern_index.erase(it);
   }
-  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                            std::memory_order_relaxed);
+  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()), std::memory_order_relaxed);
   // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
   for (auto& [channel_id, a] : c.attached) {
     ChannelState* ch = find_any(channel_id);
@@ -1564,8 +1576,8 @@ std::string Daemon::Impl::describe_client(uint64_t id) {
   for (const auto& [token, d] : departing)
     if (c == nullptr && d.client->id == id) c = d.client.get();
   if (c == nullptr) return "client " + std::to_string(id);
-  return "client " + std::to_string(id) + " (pid " + std::to_string(c->cred.pid) + ", '" +
-         c->name + "')";
+  return "client " + std::to_string(id) + " (pid " + std::to_string(c->cred.pid) + ", '" + c->name +
+         "')";
 }
 
 std::string Daemon::Impl::describe_reclaim_holders(Clock::time_point reclaimed_before) {
@@ -1592,9 +1604,10 @@ void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
     }
     if (c.warned_holding) continue;
     c.warned_holding = true;
-    log->warn("{} has not read its subscription for {} s and holds {} reclaimed channel(s): "
-              "their memory and ids are freed when it reads or exits",
-              describe_client(id), kReclaimHoldWarning.count(), it->second);
+    log->warn(
+        "{} has not read its subscription for {} s and holds {} reclaimed channel(s): "
+        "their memory and ids are freed when it reads or exits",
+        describe_client(id), kReclaimHoldWarning.count(), it->second);
   }
 }
 
@@ -1619,9 +1632,10 @@ void Daemon::Impl::retry_stalled_rings() {
       return false;
     }
     if (repair_stalled_frame(ch->ring, *unfinished, &arena_table))
-      log->warn("channel {}: padded over a claim a crashed publisher left without a header; "
-                "subscribers count it as lost",
-                printable(ch->name));
+      log->warn(
+          "channel {}: padded over a claim a crashed publisher left without a header; "
+          "subscribers count it as lost",
+          printable(ch->name));
     r.headerless_at.reset();
     return !first_unfinished_frame(ch->ring);
   });
@@ -1637,9 +1651,17 @@ void Daemon::Impl::free_channel(std::unique_ptr<ChannelState> ch) {
 
 Daemon::Daemon(DaemonOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Daemon::~Daemon() = default;
-void Daemon::run() { impl_->run(); }
-void Daemon::stop() { impl_->stop(); }
-const std::string& Daemon::bus() const { return impl_->endpoint.bus; }
-const std::string& Daemon::socket_path() const { return impl_->endpoint.socket_path; }
+void Daemon::run() {
+  impl_->run();
+}
+void Daemon::stop() {
+  impl_->stop();
+}
+const std::string& Daemon::bus() const {
+  return impl_->endpoint.bus;
+}
+const std::string& Daemon::socket_path() const {
+  return impl_->endpoint.socket_path;
+}
 
 }  // namespace shmbus::daemon

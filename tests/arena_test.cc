@@ -85,8 +85,7 @@ TEST(Arena, ReleaseCoalescesAndReturnsZeroedPages) {
   // The whole free space is one range again: a block as large as all of it fits.
   auto all = arena.allocate(free_at_start);
   EXPECT_EQ(all.offset, a.offset);
-  for (uint64_t i = 0; i < b.bytes; i += 512)
-    ASSERT_EQ(arena.base()[b.offset + i], std::byte{0});
+  for (uint64_t i = 0; i < b.bytes; i += 512) ASSERT_EQ(arena.base()[b.offset + i], std::byte{0});
 }
 
 TEST(Arena, OnlyTheOwnerAllocates) {

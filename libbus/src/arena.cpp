@@ -1,7 +1,5 @@
 #include "arena.hpp"
 
-#include "naming.hpp"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "naming.hpp"
 #include "sys_error.hpp"
 
 namespace shmbus {
@@ -34,7 +33,8 @@ Arena Arena::create(const std::string& name, uint64_t arena_bytes, uint32_t aren
     arena.shm_.truncate(static_cast<bip::offset_t>(arena_bytes));
     arena.region_ = bip::mapped_region(arena.shm_, bip::read_write);
   } catch (const bip::interprocess_exception& e) {
-    if (arena.shm_.get_mapping_handle().handle != -1) bip::shared_memory_object::remove(name.c_str());
+    if (arena.shm_.get_mapping_handle().handle != -1)
+      bip::shared_memory_object::remove(name.c_str());
     throw std::system_error(e.get_native_error() ? e.get_native_error() : EIO,
                             std::generic_category(),
                             "creating shared memory arena '" + name + "' of " +
@@ -51,10 +51,10 @@ Arena Arena::create(const std::string& name, uint64_t arena_bytes, uint32_t aren
   header->first_block = layout::kPageSize;
   header->owner_pid = getpid();
   header->arena_id = arena_id;
-  header->created_unix_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  header->created_unix_ns =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
   // Release: an attacher that sees the magic (acquire) sees every field above.
   header->magic.store(layout::kArenaMagic, std::memory_order_release);
   arena.free_.emplace(layout::kPageSize, arena_bytes - layout::kPageSize);
@@ -69,16 +69,15 @@ Arena Arena::attach(const std::string& name, Access access) {
     arena.shm_ = bip::shared_memory_object(bip::open_only, name.c_str(), mode);
     arena.region_ = bip::mapped_region(arena.shm_, mode);
   } catch (const bip::interprocess_exception& e) {
-    throw std::system_error(e.get_native_error() ? e.get_native_error() : EIO,
-                            std::generic_category(),
-                            "attaching shared memory arena '/dev/shm/" + name +
-                                "' (is shmbusd running for this bus?)");
+    throw std::system_error(
+        e.get_native_error() ? e.get_native_error() : EIO, std::generic_category(),
+        "attaching shared memory arena '/dev/shm/" + name + "' (is shmbusd running for this bus?)");
   }
   if (arena.size() < layout::kPageSize)
     throw std::runtime_error("arena '" + name + "' is smaller than its header page");
   const auto* header = arena.header();
-  const uint32_t magic = const_cast<layout::ArenaHeader*>(header)->magic.load(
-      std::memory_order_acquire);
+  const uint32_t magic =
+      const_cast<layout::ArenaHeader*>(header)->magic.load(std::memory_order_acquire);
   if (magic != layout::kArenaMagic)
     throw std::runtime_error("'" + name + "' is not a shmbus arena (bad magic)");
   if (header->version != layout::kLayoutVersion)
@@ -97,7 +96,9 @@ bool Arena::remove(const std::string& name) {
   return bip::shared_memory_object::remove(name.c_str());
 }
 
-int Arena::fd() const { return shm_.get_mapping_handle().handle; }
+int Arena::fd() const {
+  return shm_.get_mapping_handle().handle;
+}
 
 Arena::Block Arena::allocate(uint64_t bytes) {
   if (!owner_) throw std::logic_error("only the owner of arena '" + name_ + "' may allocate");
@@ -114,8 +115,8 @@ Arena::Block Arena::allocate(uint64_t bytes) {
   const Block block{it->first, bytes};
   // Reserve the pages before anyone can touch them: on a full tmpfs this fails cleanly here
   // instead of raising SIGBUS in whichever client first writes the page.
-  if (int err = posix_fallocate(fd(), static_cast<off_t>(block.offset),
-                                static_cast<off_t>(block.bytes));
+  if (int err =
+          posix_fallocate(fd(), static_cast<off_t>(block.offset), static_cast<off_t>(block.bytes));
       err != 0) {
     throw_sys_error(err, "reserving " + human_bytes(bytes) + " of /dev/shm for arena '" + name_ +
                              "' (check free space with 'df -h /dev/shm')");
@@ -133,8 +134,8 @@ void Arena::release(Block block) {
   if (block.bytes == 0) return;
   // Punch the pages out: memory goes back to the system and the range reads as zero, which
   // is the state a freshly formatted ring or doorbell expects.
-  if (fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(block.offset), static_cast<off_t>(block.bytes)) != 0) {
+  if (fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block.offset),
+                static_cast<off_t>(block.bytes)) != 0) {
     // tmpfs supports hole punching; if some filesystem does not, zero by hand.
     std::memset(base() + block.offset, 0, block.bytes);
   }
