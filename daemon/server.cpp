@@ -944,11 +944,13 @@ std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t byt
     if (arenas[id]->bytes_free() < bytes) return std::nullopt;
     try {
       return arenas[id]->allocate(bytes);
-    } catch (const std::system_error& e) {
-      if (e.code().value() == ENOSPC && arenas[id]->bytes_free() >= bytes &&
-          std::string(e.what()).find("/dev/shm") != std::string::npos)
-        refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
+    } catch (const Arena::NoFreeBlock&) {
       return std::nullopt;  // fragmented: try the next arena
+    } catch (const Arena::ReserveFailed& e) {
+      // A full /dev/shm fails every arena alike; another error may be this arena's own.
+      if (e.code().value() == ENOSPC)
+        refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
+      return std::nullopt;
     }
   };
   for (uint32_t id = 1; id < arenas.size(); ++id)

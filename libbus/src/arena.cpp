@@ -107,19 +107,19 @@ Arena::Block Arena::allocate(uint64_t bytes) {
   auto it = free_.begin();
   while (it != free_.end() && it->second < bytes) ++it;
   if (it == free_.end())
-    throw std::system_error(ENOSPC, std::generic_category(),
-                            "arena '" + name_ + "' has no free block of " + human_bytes(bytes) +
-                                " (" + human_bytes(size()) + " arena, " +
-                                human_bytes(bytes_allocated_) +
-                                " allocated); use smaller rings or more arenas");
+    throw NoFreeBlock(ENOSPC, std::generic_category(),
+                      "arena '" + name_ + "' has no free block of " + human_bytes(bytes) + " (" +
+                          human_bytes(size()) + " arena, " + human_bytes(bytes_allocated_) +
+                          " allocated); use smaller rings or more arenas");
   const Block block{it->first, bytes};
   // Reserve the pages before anyone can touch them: on a full tmpfs this fails cleanly here
   // instead of raising SIGBUS in whichever client first writes the page.
   if (int err =
           posix_fallocate(fd(), static_cast<off_t>(block.offset), static_cast<off_t>(block.bytes));
       err != 0) {
-    throw_sys_error(err, "reserving " + human_bytes(bytes) + " of /dev/shm for arena '" + name_ +
-                             "' (check free space with 'df -h /dev/shm')");
+    throw ReserveFailed(err, std::generic_category(),
+                        "reserving " + human_bytes(bytes) + " of /dev/shm for arena '" + name_ +
+                            "' (check free space with 'df -h /dev/shm')");
   }
   const uint64_t rest = it->second - bytes;
   const uint64_t rest_offset = it->first + bytes;

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <system_error>
 
 #include "layout.hpp"
 
@@ -30,6 +31,21 @@ class Arena {
   };
 
   enum class Access { kReadWrite, kReadOnly };
+
+  // allocate()'s two failures, told apart by type: the owner may try another arena for the
+  // first, while for the second (/dev/shm itself cannot back the pages) no arena does better.
+  // Both are std::system_error, so a caller that only reports them need not care which.
+  // This arena has no free range of the size (full, or fragmented); code() is ENOSPC.
+  class NoFreeBlock : public std::system_error {
+   public:
+    using std::system_error::system_error;
+  };
+  // posix_fallocate could not reserve the block's pages; code() is its errno (ENOSPC when
+  // /dev/shm is full).
+  class ReserveFailed : public std::system_error {
+   public:
+    using std::system_error::system_error;
+  };
 
   // Creates the segment `name` (as in shm_open: no slash, e.g. "shmbus.default.0") of
   // `arena_bytes` (rounded up to pages). The segment is sparse: nothing is reserved until
@@ -61,8 +77,8 @@ class Arena {
 
   // Owner only. Reserves a zero-filled, page-aligned block of at least `bytes`, backed by
   // tmpfs pages reserved now (posix_fallocate), so touching it can never SIGBUS.
-  // Throws std::system_error(ENOSPC) naming the arena and the sizes when the arena has no
-  // room, or when /dev/shm is full.
+  // Throws NoFreeBlock (ENOSPC) naming the arena and the sizes when the arena has no room,
+  // or ReserveFailed when /dev/shm cannot back the block.
   Block allocate(uint64_t bytes);
   // Owner only. Returns the block's pages to the system (they read back as zero) and makes
   // the range available again.
