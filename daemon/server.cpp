@@ -4,13 +4,11 @@
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -30,6 +28,7 @@
 
 #include "arena.hpp"
 #include "doorbell.hpp"
+#include "event_loop.hpp"
 #include "fences.hpp"
 #include "futex.hpp"
 #include "glob.hpp"
@@ -120,15 +119,6 @@ struct Client {
   std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
 };
 
-// epoll tokens: fixed ones for the daemon's own fds, client ids for connections, and the
-// top bit for departing clients (their pidfd). Never raw fds: a number closed and reused
-// within one epoll batch would be mistaken for another source.
-constexpr uint64_t kStopToken = 1;
-constexpr uint64_t kListenToken = 2;
-constexpr uint64_t kTimerToken = 3;
-constexpr uint64_t kFirstClientId = 16;
-constexpr uint64_t kDepartingBit = uint64_t{1} << 63;
-
 [[noreturn]] void refuse(Errc code, const std::string& message) {
   throw Error(code, message);
 }
@@ -176,6 +166,7 @@ struct Daemon::Impl {
   void close_client(uint64_t id, const char* reason);
   void finish_client(Client& c);
   void repair_and_finish(Client& c);  // for a client that ended without a goodbye
+  void doom(Client& c, const char* reason);
   void reap_doomed();
   void on_tick();
   void on_departed(uint64_t token);
@@ -229,12 +220,10 @@ struct Daemon::Impl {
 
   DaemonOptions options;
   std::shared_ptr<spdlog::logger> log;
+  EventLoop loop;
   Endpoint endpoint;
   int lock_fd = -1;
   int listen_fd = -1;
-  int epoll_fd = -1;
-  int stop_fd = -1;
-  int timer_fd = -1;
   bool listening_socket_created = false;
 
   std::vector<std::unique_ptr<Arena>> arenas;  // index = arena id; 0 holds directory+doorbells
@@ -256,7 +245,7 @@ struct Daemon::Impl {
 
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients;
   uint64_t next_client_id = kFirstClientId;
-  std::vector<uint64_t> doomed;
+  std::vector<std::pair<uint64_t, const char*>> doomed;  // client id, why it is closed
   // Clients whose connection ended without a goodbye, until their process exits: its
   // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
   // since a live process may still read and write them.
@@ -284,7 +273,19 @@ struct Daemon::Impl {
 
 // ---- setup --------------------------------------------------------------------------------
 
-Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
+namespace {
+
+// The timer runs at the status interval when a supervisor wants reports more often than
+// the 1 s maintenance tick (a watchdog of under 2 s); maintenance still runs each second.
+std::chrono::nanoseconds timer_period(std::chrono::milliseconds status_interval) {
+  return std::clamp<std::chrono::milliseconds>(status_interval, std::chrono::milliseconds(10),
+                                               kTick);
+}
+
+}  // namespace
+
+Daemon::Impl::Impl(DaemonOptions opts)
+    : options(std::move(opts)), loop(timer_period(options.status_interval)) {
   log = options.logger ? options.logger : spdlog::default_logger();
   endpoint = resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}});
   try {
@@ -292,26 +293,8 @@ Daemon::Impl::Impl(DaemonOptions opts) : options(std::move(opts)) {
     remove_leftovers();
     create_directory_arena();
     listen_on_socket();
-    epoll_fd = check_sys([] { return epoll_create1(EPOLL_CLOEXEC); }, "epoll_create1");
-    stop_fd = check_sys([] { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }, "eventfd");
-    timer_fd = check_sys([] { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); },
-                         "timerfd_create");
-    // The timer runs at the status interval when a supervisor wants reports more often than
-    // the 1 s maintenance tick (a watchdog of under 2 s); maintenance still runs each second.
-    const auto period =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::clamp<std::chrono::milliseconds>(
-            options.status_interval, std::chrono::milliseconds(10), kTick));
-    const timespec every{static_cast<time_t>(period.count() / 1'000'000'000),
-                         static_cast<long>(period.count() % 1'000'000'000)};
-    const itimerspec timer{every, every};
-    check_sys([&] { return timerfd_settime(timer_fd, 0, &timer, nullptr); }, "timerfd_settime");
-    for (auto [fd, token] : {std::pair{listen_fd, kListenToken}, std::pair{stop_fd, kStopToken},
-                             std::pair{timer_fd, kTimerToken}}) {
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.u64 = token;
-      check_sys([&] { return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev); }, "epoll_ctl");
-    }
+    if (const std::error_code ec = loop.add(listen_fd, EPOLLIN, kListenToken))
+      throw_sys_error(ec.value(), "epoll_ctl");
   } catch (...) {
     cleanup();  // a throwing constructor gets no destructor: release lock, socket, shm here
     throw;
@@ -338,11 +321,10 @@ void Daemon::Impl::cleanup() {
   clients.clear();
   for (auto& [token, d] : departing) ::close(d.pidfd);
   departing.clear();
-  for (int* fd : {&timer_fd, &stop_fd, &epoll_fd, &listen_fd})
-    if (*fd >= 0) {
-      ::close(*fd);
-      *fd = -1;
-    }
+  if (listen_fd >= 0) {
+    ::close(listen_fd);
+    listen_fd = -1;
+  }
   if (listening_socket_created) {
     ::unlink(endpoint.socket_path.c_str());
     listening_socket_created = false;
@@ -493,15 +475,10 @@ void Daemon::Impl::create_directory_arena() {
 // ---- event loop ---------------------------------------------------------------------------
 
 void Daemon::Impl::run() {
-  epoll_event events[64];
+  epoll_event buffer[64];
   for (;;) {
-    const int n = epoll_wait(epoll_fd, events, 64, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_sys_error(errno, "epoll_wait");
-    }
-    for (int i = 0; i < n; ++i) {
-      const uint64_t token = events[i].data.u64;
+    for (const epoll_event& event : loop.wait(buffer)) {
+      const uint64_t token = event.data.u64;
       if (token == kStopToken) {
         log->info("stopping: {} client(s), {} channel(s)", clients.size(), live_channels);
         return;
@@ -509,8 +486,7 @@ void Daemon::Impl::run() {
       if (token == kListenToken) {
         accept_clients();
       } else if (token == kTimerToken) {
-        uint64_t expirations;
-        [[maybe_unused]] ssize_t r = ::read(timer_fd, &expirations, sizeof(expirations));
+        loop.drain_timer();
         if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
           last_maintenance = Clock::now();
           on_tick();
@@ -519,7 +495,7 @@ void Daemon::Impl::run() {
       } else if (token & kDepartingBit) {
         on_departed(token);
       } else if (auto client = clients.find(token); client != clients.end()) {
-        on_client_event(*client->second, events[i].events);
+        on_client_event(*client->second, event.events);
       }
       reap_doomed();
     }
@@ -527,9 +503,7 @@ void Daemon::Impl::run() {
 }
 
 void Daemon::Impl::stop() {
-  const uint64_t one = 1;
-  // write() is async-signal-safe; the eventfd wakes epoll_wait.
-  [[maybe_unused]] ssize_t r = ::write(stop_fd, &one, sizeof(one));
+  loop.stop();
 }
 
 void Daemon::Impl::accept_clients() {
@@ -562,11 +536,8 @@ void Daemon::Impl::accept_clients() {
       ::close(fd);
       continue;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = c->id;
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      log->warn("epoll_ctl: {}", std::strerror(errno));
+    if (const std::error_code ec = loop.add(fd, EPOLLIN | EPOLLRDHUP, c->id)) {
+      log->warn("epoll_ctl: {}", ec.message());
       ::close(fd);
       continue;
     }
@@ -579,10 +550,13 @@ void Daemon::Impl::pause_accepting(int error) {
   // The listening socket is level-triggered: left in epoll, the waiting connection would
   // wake us again at once, forever. Unwatch it until a descriptor is freed or a tick passes.
   if (accept_paused) return;
+  if (const std::error_code ec = loop.modify(listen_fd, 0, kListenToken)) {
+    // Still watched: the waiting connection wakes the loop again, which retries.
+    log->warn("cannot accept clients ({}) nor unwatch the listening socket: {}",
+              std::strerror(error), ec.message());
+    return;
+  }
   accept_paused = true;
-  epoll_event ev{};
-  ev.data.u64 = kListenToken;
-  epoll_ctl(epoll_fd, EPOLL_CTL_MOD, listen_fd, &ev);
   rlimit limit{};
   getrlimit(RLIMIT_NOFILE, &limit);
   log->warn(
@@ -594,11 +568,12 @@ void Daemon::Impl::pause_accepting(int error) {
 
 void Daemon::Impl::resume_accepting() {
   if (!accept_paused) return;
+  if (const std::error_code ec = loop.modify(listen_fd, EPOLLIN, kListenToken)) {
+    // Still paused: retried when a client leaves and on every tick.
+    log->warn("cannot watch the listening socket again: {}; new clients wait", ec.message());
+    return;
+  }
   accept_paused = false;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kListenToken;
-  epoll_ctl(epoll_fd, EPOLL_CTL_MOD, listen_fd, &ev);
 }
 
 void Daemon::Impl::on_client_event(Client& c, uint32_t events) {
@@ -652,21 +627,26 @@ void Daemon::Impl::send(Client& c, Writer& w) {
   if (c.out.size() > kMaxPendingOutput) {
     log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
               c.cred.pid, c.name, human_bytes(c.out.size()));
-    // Closed after the current event: callers up the stack still use `c` and may be
-    // iterating over the sets closing it would change.
-    c.doomed = true;
-    c.out.clear();
-    doomed.push_back(c.id);
+    doom(c, "not reading its socket");
     return;
   }
   flush(c);
 }
 
+void Daemon::Impl::doom(Client& c, const char* reason) {
+  if (c.doomed) return;
+  // Closed after the current event: callers up the stack still use `c` and may be
+  // iterating over the sets closing it would change.
+  c.doomed = true;
+  c.out.clear();
+  doomed.emplace_back(c.id, reason);
+}
+
 void Daemon::Impl::reap_doomed() {
   while (!doomed.empty()) {
-    const uint64_t id = doomed.back();
+    const auto [id, reason] = doomed.back();
     doomed.pop_back();
-    close_client(id, "not reading its socket");
+    close_client(id, reason);
   }
 }
 
@@ -694,10 +674,15 @@ void Daemon::Impl::flush(Client& c) {
   }
   const bool want_write = !c.out.empty();
   if (want_write != c.want_write) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u);
-    ev.data.u64 = c.id;
-    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c.fd, &ev);
+    if (const std::error_code ec =
+            loop.modify(c.fd, EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u), c.id)) {
+      // Either way the client would hang: its output never sent, or (EPOLLOUT left on) the
+      // loop woken for it without end.
+      log->warn("client {} (pid {}, '{}'): cannot {} its socket for writing: {}; closing it", c.id,
+                c.cred.pid, c.name, want_write ? "watch" : "unwatch", ec.message());
+      doom(c, "dropped on an epoll error");
+      return;
+    }
     c.want_write = want_write;
   }
 }
@@ -708,7 +693,9 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   std::unique_ptr<Client> owned = std::move(it->second);
   clients.erase(it);
   Client& c = *owned;
-  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c.fd, nullptr);
+  // Closing the descriptor unwatches it anyway: a failure here costs nothing but a note.
+  if (const std::error_code ec = loop.remove(c.fd))
+    log->debug("epoll_ctl DEL of client {}: {}", id, ec.message());
   ::close(c.fd);
   c.fd = -1;
   resume_accepting();  // a descriptor is free again
@@ -735,16 +722,20 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
     repair_and_finish(c);
     return;
   }
+  const uint64_t token = kDepartingBit | next_departing++;
+  if (const std::error_code ec = loop.add(static_cast<int>(pidfd), EPOLLIN, token)) {
+    // Unwatched, its exit would go unseen and what it holds would never be released.
+    log->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid, id,
+              ec.message());
+    ::close(static_cast<int>(pidfd));
+    repair_and_finish(c);
+    return;
+  }
   if (c.doorbell != nullptr) {
     // A live subscriber asleep on its doorbell: make it read the socket and see it closed.
     full_fence();
     doorbell::ring_doorbell(c.doorbell, kControlBit);
   }
-  const uint64_t token = kDepartingBit | next_departing++;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = token;
-  epoll_ctl(epoll_fd, EPOLL_CTL_ADD, static_cast<int>(pidfd), &ev);
   log->info(
       "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
       "process exits",
@@ -759,7 +750,9 @@ void Daemon::Impl::on_departed(uint64_t token) {
   if (::poll(&exited, 1, 0) != 1) return;  // spurious: still running
   Departing d = std::move(it->second);
   departing.erase(it);
-  epoll_ctl(epoll_fd, EPOLL_CTL_DEL, d.pidfd, nullptr);
+  // Closing the pidfd unwatches it anyway: a failure here costs nothing but a note.
+  if (const std::error_code ec = loop.remove(d.pidfd))
+    log->debug("epoll_ctl DEL of pid {}'s pidfd: {}", d.client->cred.pid, ec.message());
   ::close(d.pidfd);
   repair_and_finish(*d.client);
 }
