@@ -35,6 +35,7 @@
 #include "layout.hpp"
 #include "naming.hpp"
 #include "protocol.hpp"
+#include "registry.hpp"
 #include "ring.hpp"
 #include "shmbus/error.hpp"
 #include "sys_error.hpp"
@@ -42,10 +43,8 @@
 namespace shmbus::daemon {
 
 using namespace protocol;
-using layout::DirectoryHeader;
 using layout::DoorbellHeader;
 using layout::ShmRef;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
@@ -57,12 +56,6 @@ constexpr uint32_t kControlBit = 0;           // doorbell bit 0: "events wait on
 constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message
 constexpr auto kTick = std::chrono::seconds(1);
 
-uint64_t unix_now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 // A subscription's reader slot in one ring, and why it is there.
 struct Attachment {
   uint32_t slot = 0;
@@ -71,21 +64,6 @@ struct Attachment {
   std::vector<std::string> patterns;  // patterns of the subscription counted for it
   bool needed() const { return by_name || !patterns.empty(); }
   uint32_t receivers() const { return (by_name ? 1 : 0) + static_cast<uint32_t>(patterns.size()); }
-};
-
-struct ChannelState {
-  uint32_t id = 0;
-  std::string name;
-  uint32_t arena_id = 0;
-  Arena::Block block;
-  RingRef ring;
-  ChannelSettings settings;
-  uint32_t publisher_holds = 0;      // open publishing handles, over all clients
-  std::set<uint64_t> attached;       // clients with a reader slot here
-  uint32_t channel_subscribers = 0;  // subscriptions holding the name
-  uint32_t receivers = 0;
-  uint64_t last_published = 0;
-  Clock::time_point last_active;  // reclaiming: when it was reclaimed
 };
 
 struct Client {
@@ -132,30 +110,35 @@ std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* w
   return names;
 }
 
-std::string describe_settings(const ChannelSettings& s) {
-  return "ring " + human_bytes(s.ring_bytes) + ", max message " +
-         std::to_string(s.max_message_bytes == 0 ? RingRef::largest_payload(s.ring_bytes)
-                                                 : s.max_message_bytes) +
-         " bytes, back_pressure " + (s.back_pressure ? "on" : "off");
-}
+// One daemon per bus: a flock on /dev/shm/shmbus.<bus>.lock, which holds the daemon's pid
+// for the message another daemon of the bus then gives.
+class BusLock {
+ public:
+  // Throws std::runtime_error fit for the user, e.g. when another daemon holds it.
+  BusLock(const std::string& bus, spdlog::logger& log);
+  ~BusLock();
+  BusLock(const BusLock&) = delete;
+  BusLock& operator=(const BusLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;  // its flock is the lock
+};
 
 }  // namespace
 
 struct Daemon::Impl {
   explicit Impl(DaemonOptions options);
   ~Impl();
-  void cleanup();  // idempotent: closes, unlinks and unlocks everything the daemon took
+  void cleanup();  // idempotent: closes the connections and the socket the daemon took
 
   void run();
   void stop();
 
   // ---- setup ----
-  void take_bus_lock();
-  void remove_leftovers();
   void listen_on_socket();
   void adopt_listening_socket(int fd);
   void report_status();
-  void create_directory_arena();
 
   // ---- event loop ----
   void accept_clients();
@@ -184,10 +167,8 @@ struct Daemon::Impl {
   void check_subscription_limit(const Client& c, size_t adding, const char* kind);
 
   // ---- registry ----
-  ChannelState& find_or_create(std::string_view name, const ChannelSettings* requested,
-                               bool* created);
-  ChannelState* find(std::string_view name);
-  std::pair<uint32_t, Arena::Block> allocate_ring_block(uint64_t bytes, std::string_view name);
+  // The registry's find_or_create, with a new channel matched against the patterns.
+  Registry::Found find_or_create(std::string_view name, const ChannelSettings* requested);
   // Registers (or finds) the client's slot in `ch`; `start` is the slot's position.
   Attachment& attach(Client& c, ChannelState& ch, uint64_t start, uint64_t* start_sequence,
                      bool* added);
@@ -203,9 +184,6 @@ struct Daemon::Impl {
   void set_receivers(ChannelState& ch, int32_t delta);
   void release_subscriptions(Client& c);
   void match_new_channel(ChannelState& ch);
-  void free_channel(std::unique_ptr<ChannelState> ch);
-  // A live or reclaimed channel by id, or nullptr if the id is free.
-  ChannelState* find_any(uint32_t channel_id);
   // Who keeps reclaimed rings from being freed: "client 17 (pid 42, 'worker') holds 3 of
   // them"; empty if none is held.
   std::unordered_map<uint64_t, uint32_t> reclaim_holders(Clock::time_point reclaimed_before);
@@ -220,27 +198,14 @@ struct Daemon::Impl {
 
   DaemonOptions options;
   std::shared_ptr<spdlog::logger> log;
-  EventLoop loop;
   Endpoint endpoint;
-  int lock_fd = -1;
+  // Taken first and released last, after the bus's shared memory is unlinked: a daemon
+  // started meanwhile could otherwise have its new segments removed by this one.
+  BusLock lock;
+  Registry registry;
+  EventLoop loop;
   int listen_fd = -1;
   bool listening_socket_created = false;
-
-  std::vector<std::unique_ptr<Arena>> arenas;  // index = arena id; 0 holds directory+doorbells
-  ArenaTable arena_table;
-  uint64_t reserved_bytes = 0;  // ring and doorbell blocks allocated
-  DirectoryHeader* directory = nullptr;
-  std::atomic<uint64_t>* directory_entries = nullptr;
-  uint64_t directory_offset = 0;
-  uint64_t doorbell_bytes = 0;
-  std::vector<Arena::Block> idle_doorbells;  // never returned to the arena (see release)
-
-  std::vector<std::unique_ptr<ChannelState>> channels;  // index = channel id
-  std::unordered_map<std::string, uint32_t> channel_ids;
-  std::vector<uint32_t> free_channel_ids;
-  // Reclaimed channels whose rings wait for their reader slots to be freed, by id.
-  std::unordered_map<uint32_t, std::unique_ptr<ChannelState>> reclaiming;
-  uint32_t live_channels = 0;
   std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
 
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients;
@@ -285,18 +250,19 @@ std::chrono::nanoseconds timer_period(std::chrono::milliseconds status_interval)
 }  // namespace
 
 Daemon::Impl::Impl(DaemonOptions opts)
-    : options(std::move(opts)), loop(timer_period(options.status_interval)) {
-  log = options.logger ? options.logger : spdlog::default_logger();
-  endpoint = resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}});
+    : options(std::move(opts)),
+      log(options.logger ? options.logger : spdlog::default_logger()),
+      endpoint(resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}})),
+      lock(endpoint.bus, *log),
+      registry(options.config, endpoint.bus, log,
+               [this] { return describe_reclaim_holders(Clock::now()); }),
+      loop(timer_period(options.status_interval)) {
   try {
-    take_bus_lock();
-    remove_leftovers();
-    create_directory_arena();
     listen_on_socket();
     if (const std::error_code ec = loop.add(listen_fd, EPOLLIN, kListenToken))
       throw_sys_error(ec.value(), "epoll_ctl");
   } catch (...) {
-    cleanup();  // a throwing constructor gets no destructor: release lock, socket, shm here
+    cleanup();  // a throwing constructor gets no destructor: close the socket here
     throw;
   }
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
@@ -329,58 +295,32 @@ void Daemon::Impl::cleanup() {
     ::unlink(endpoint.socket_path.c_str());
     listening_socket_created = false;
   }
-  // Unlink every segment: clients that still map them keep working on their mappings until
-  // they let go; the names are free for the next daemon.
-  for (auto& arena : arenas)
-    if (arena) Arena::remove(arena->name());
-  arenas.clear();
-  if (lock_fd >= 0) {
-    ::unlink(bus_lock_path(endpoint.bus).c_str());
-    ::close(lock_fd);  // releases the flock
-    lock_fd = -1;
-  }
 }
 
-void Daemon::Impl::take_bus_lock() {
-  const std::string path = bus_lock_path(endpoint.bus);
-  lock_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd < 0)
-    throw std::runtime_error("cannot open lock file " + path + ": " + std::strerror(errno) +
+BusLock::BusLock(const std::string& bus, spdlog::logger& log) : path_(bus_lock_path(bus)) {
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0)
+    throw std::runtime_error("cannot open lock file " + path_ + ": " + std::strerror(errno) +
                              " (is /dev/shm mounted and writable?)");
-  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     char pid[32] = {};
-    [[maybe_unused]] ssize_t n = pread(lock_fd, pid, sizeof(pid) - 1, 0);
-    ::close(lock_fd);
-    lock_fd = -1;
+    [[maybe_unused]] ssize_t n = pread(fd_, pid, sizeof(pid) - 1, 0);
+    ::close(fd_);
     if (err == EWOULDBLOCK)
-      throw std::runtime_error("another shmbusd already serves bus '" + endpoint.bus + "'" +
+      throw std::runtime_error("another shmbusd already serves bus '" + bus + "'" +
                                (pid[0] ? " (pid " + std::string(pid) + ")" : std::string()) +
                                "; stop it first, or start this one with another --bus NAME");
-    throw std::runtime_error("cannot lock " + path + ": " + std::strerror(err));
+    throw std::runtime_error("cannot lock " + path_ + ": " + std::strerror(err));
   }
   const std::string pid = std::to_string(getpid());
-  if (ftruncate(lock_fd, 0) != 0 || pwrite(lock_fd, pid.data(), pid.size(), 0) < 0)
-    log->warn("could not record the pid in {}: {}", path, std::strerror(errno));
+  if (ftruncate(fd_, 0) != 0 || pwrite(fd_, pid.data(), pid.size(), 0) < 0)
+    log.warn("could not record the pid in {}: {}", path_, std::strerror(errno));
 }
 
-void Daemon::Impl::remove_leftovers() {
-  // We hold the bus lock, so any segment of this bus is a leftover of a daemon that died.
-  const std::string prefix = "shmbus." + endpoint.bus + ".";
-  uint32_t removed = 0;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) != 0 || name == prefix + "lock") continue;
-    const std::string id = name.substr(prefix.size());
-    if (id.empty() || id.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (Arena::remove(name)) ++removed;
-  }
-  if (removed > 0)
-    log->warn(
-        "removed {} shared-memory segment(s) a previous shmbusd of bus '{}' left behind; "
-        "clients still attached to them must reconnect",
-        removed, endpoint.bus);
+BusLock::~BusLock() {
+  ::unlink(path_.c_str());
+  ::close(fd_);  // releases the flock
 }
 
 void Daemon::Impl::adopt_listening_socket(int fd) {
@@ -445,33 +385,6 @@ void Daemon::Impl::listen_on_socket() {
   check_sys([&] { return ::listen(listen_fd, 256); }, "listen");
 }
 
-void Daemon::Impl::create_directory_arena() {
-  const Config& cfg = options.config;
-  directory_offset = layout::kPageSize;
-  doorbell_bytes = layout::align_up(layout::doorbell_bytes(cfg.max_subscriptions_per_client + 1),
-                                    layout::kPageSize);
-  const uint64_t dir_bytes = layout::directory_bytes(cfg.max_channels);
-  const uint64_t arena0_bytes =
-      std::max<uint64_t>(cfg.arena_bytes, layout::kPageSize + dir_bytes + 64 * doorbell_bytes);
-  auto arena =
-      std::make_unique<Arena>(Arena::create(arena_shm_name(endpoint.bus, 0), arena0_bytes, 0));
-  const Arena::Block block = arena->allocate(dir_bytes);
-  directory_offset = block.offset;
-  if (directory_offset != layout::kDirectoryOffset)  // tools find it there without asking
-    throw std::logic_error("bus directory is not the first block of arena 0");
-  reserved_bytes += block.bytes;
-  directory = arena->at<DirectoryHeader>(block.offset);
-  directory_entries = reinterpret_cast<std::atomic<uint64_t>*>(arena->base() + block.offset +
-                                                               sizeof(DirectoryHeader));
-  directory->version = layout::kLayoutVersion;
-  directory->capacity = cfg.max_channels;
-  directory->daemon_pid = getpid();
-  directory->started_unix_ns = unix_now_ns();
-  directory->magic.store(layout::kDirectoryMagic, std::memory_order_release);
-  arena_table.add(*arena);
-  arenas.push_back(std::move(arena));
-}
-
 // ---- event loop ---------------------------------------------------------------------------
 
 void Daemon::Impl::run() {
@@ -480,7 +393,8 @@ void Daemon::Impl::run() {
     for (const epoll_event& event : loop.wait(buffer)) {
       const uint64_t token = event.data.u64;
       if (token == kStopToken) {
-        log->info("stopping: {} client(s), {} channel(s)", clients.size(), live_channels);
+        log->info("stopping: {} client(s), {} channel(s)", clients.size(),
+                  registry.live_channels());
         return;
       }
       if (token == kListenToken) {
@@ -541,7 +455,7 @@ void Daemon::Impl::accept_clients() {
       ::close(fd);
       continue;
     }
-    directory->clients.fetch_add(1, std::memory_order_relaxed);
+    registry.directory().clients.fetch_add(1, std::memory_order_relaxed);
     clients.emplace(c->id, std::move(c));
   }
 }
@@ -699,7 +613,7 @@ void Daemon::Impl::close_client(uint64_t id, const char* reason) {
   ::close(c.fd);
   c.fd = -1;
   resume_accepting();  // a descriptor is free again
-  directory->clients.fetch_sub(1, std::memory_order_relaxed);
+  registry.directory().clients.fetch_sub(1, std::memory_order_relaxed);
   // A goodbye vouches that nothing is left half-written; a client that never published or
   // subscribed holds nothing to wait for. Waiting on their pids would cost a descriptor
   // per connection, which a loop of bare connects could exhaust.
@@ -767,8 +681,7 @@ void Daemon::Impl::repair_and_finish(Client& c) {
 void Daemon::Impl::finish_client(Client& c) {
   release_subscriptions(c);
   for (auto& [channel_id, handles] : c.open_channels)
-    if (channel_id < channels.size() && channels[channel_id])
-      channels[channel_id]->publisher_holds -= handles;
+    if (ChannelState* ch = registry.find_live(channel_id)) ch->publisher_holds -= handles;
   c.open_channels.clear();
   if (c.publisher_id != 0) free_publisher_ids.push_back(c.publisher_id);
   c.publisher_id = 0;
@@ -777,9 +690,10 @@ void Daemon::Impl::finish_client(Client& c) {
 void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& held) {
   uint32_t repaired = 0;
   for (uint32_t channel_id : held) {
-    if (channel_id >= channels.size() || !channels[channel_id]) continue;
-    const RingRef ring = channels[channel_id]->ring;
-    repaired += repair_dead_publisher(ring, publisher_id, &arena_table);
+    const ChannelState* ch = registry.find_live(channel_id);
+    if (ch == nullptr) continue;
+    const RingRef ring = ch->ring;
+    repaired += repair_dead_publisher(ring, publisher_id, &registry.arena_table());
     if (first_unfinished_frame(ring) &&
         std::none_of(stalled_rings.begin(), stalled_rings.end(),
                      [&](const StalledRing& r) { return r.channel_id == channel_id; }))
@@ -878,27 +792,11 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
     c.publisher_id = static_cast<uint16_t>(next_publisher_id++);
   }
   if (wants_doorbell) {
-    Arena::Block block;
-    if (!idle_doorbells.empty()) {
-      block = idle_doorbells.back();
-      idle_doorbells.pop_back();
-      std::memset(arenas[0]->base() + block.offset, 0, block.bytes);
-    } else {
-      if (reserved_bytes + doorbell_bytes > options.config.max_shared_memory)
-        refuse(Errc::kLimit, "shared memory limit reached (max_shared_memory = " +
-                                 human_bytes(options.config.max_shared_memory) +
-                                 " in [limits] of " + options.config.source +
-                                 "); raise it or reclaim channels");
-      try {
-        block = arenas[0]->allocate(doorbell_bytes);
-      } catch (const std::system_error& e) {
-        refuse(Errc::kLimit, std::string("no room for a subscription's doorbell: ") + e.what());
-      }
-      reserved_bytes += block.bytes;
-    }
-    c.doorbell_block = block;
-    c.doorbell_bits = options.config.max_subscriptions_per_client + 1;
-    c.doorbell = doorbell::format(arenas[0]->base() + block.offset, c.doorbell_bits);
+    const uint32_t bits = options.config.max_subscriptions_per_client + 1;
+    const Registry::Doorbell doorbell = registry.allocate_doorbell(bits);
+    c.doorbell_block = doorbell.block;
+    c.doorbell_bits = bits;
+    c.doorbell = doorbell.header;
   }
   log->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid, c.cred.uid,
              c.name, c.publisher_id);
@@ -907,146 +805,17 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
       .u16(c.publisher_id)
       .u64(c.id)
       .str(endpoint.bus)
-      .u64(directory_offset)
+      .u64(registry.directory_offset())
       .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
       .u32(c.doorbell_bits);
   send(c, w);
 }
 
-ChannelState* Daemon::Impl::find(std::string_view name) {
-  auto it = channel_ids.find(std::string(name));
-  return it == channel_ids.end() ? nullptr : channels[it->second].get();
-}
-
-std::pair<uint32_t, Arena::Block> Daemon::Impl::allocate_ring_block(uint64_t bytes,
-                                                                    std::string_view name) {
-  const Config& cfg = options.config;
-  if (reserved_bytes + bytes > cfg.max_shared_memory)
-    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": its ring needs " +
-                             human_bytes(bytes) + " and the bus has reserved " +
-                             human_bytes(reserved_bytes) +
-                             " of max_shared_memory = " + human_bytes(cfg.max_shared_memory) +
-                             "; raise max_shared_memory in [limits] of " + cfg.source +
-                             ", or give such channels smaller rings with a [[channel]] rule");
-  if (bytes + layout::kPageSize > cfg.arena_bytes)
-    refuse(Errc::kLimit,
-           "cannot create channel " + printable(name) + ": its ring of " + human_bytes(bytes) +
-               " does not fit in an arena of arena_bytes = " + human_bytes(cfg.arena_bytes) +
-               "; raise arena_bytes in [bus] of " + cfg.source);
-  auto take = [&](uint32_t id) -> std::optional<Arena::Block> {
-    if (arenas[id]->bytes_free() < bytes) return std::nullopt;
-    try {
-      return arenas[id]->allocate(bytes);
-    } catch (const Arena::NoFreeBlock&) {
-      return std::nullopt;  // fragmented: try the next arena
-    } catch (const Arena::ReserveFailed& e) {
-      // A full /dev/shm fails every arena alike; another error may be this arena's own.
-      if (e.code().value() == ENOSPC)
-        refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
-      return std::nullopt;
-    }
-  };
-  for (uint32_t id = 1; id < arenas.size(); ++id)
-    if (auto block = take(id)) {
-      reserved_bytes += block->bytes;
-      return {id, *block};
-    }
-  if (arenas.size() > 255)
-    refuse(Errc::kLimit,
-           "all 255 ring arenas are full; raise arena_bytes in [bus] of " + cfg.source);
-  const auto id = static_cast<uint32_t>(arenas.size());
-  try {
-    arenas.push_back(std::make_unique<Arena>(
-        Arena::create(arena_shm_name(endpoint.bus, id), cfg.arena_bytes, id)));
-  } catch (const std::exception& e) {
-    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " + e.what());
-  }
-  arena_table.add(*arenas.back());
-  log->info("created arena {} ({}) for more channels", arenas.back()->name(),
-            human_bytes(cfg.arena_bytes));
-  auto block = take(id);
-  if (!block) refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": no room");
-  reserved_bytes += block->bytes;
-  return {id, *block};
-}
-
-ChannelState& Daemon::Impl::find_or_create(std::string_view name, const ChannelSettings* requested,
-                                           bool* created) {
-  *created = false;
-  if (ChannelState* existing = find(name)) return *existing;
-  validate_channel_name(name);
-  const Config& cfg = options.config;
-  if (live_channels >= cfg.max_channels)
-    refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": the bus has " +
-                             std::to_string(live_channels) + " channels, max_channels = " +
-                             std::to_string(cfg.max_channels) + " in [limits] of " + cfg.source +
-                             "; raise it, or lower idle_ttl_seconds so idle ones go sooner");
-  const ChannelSettings settings = requested ? *requested : cfg.settings_for(name);
-  RingConfig rc;
-  rc.capacity = settings.ring_bytes;
-  rc.max_payload = settings.max_message_bytes;
-  rc.back_pressure = settings.back_pressure;
-  rc.reader_capacity = settings.max_subscribers;
-  const uint64_t bytes = RingRef::block_bytes(rc);
-
-  uint32_t id;
-  if (!free_channel_ids.empty()) {
-    id = free_channel_ids.back();
-    free_channel_ids.pop_back();
-  } else {
-    id = static_cast<uint32_t>(channels.size());
-    if (id >= cfg.max_channels)
-      refuse(Errc::kLimit, "cannot create channel " + printable(name) + ": " +
-                               std::to_string(reclaiming.size()) +
-                               " reclaimed channels still wait for subscribers to let go (" +
-                               describe_reclaim_holders(Clock::now()) +
-                               "), and max_channels = " + std::to_string(cfg.max_channels) +
-                               " in [limits] of " + cfg.source + " is reached");
-    channels.emplace_back();
-  }
-  rc.channel_id = id;
-  std::pair<uint32_t, Arena::Block> placed;
-  try {
-    placed = allocate_ring_block(bytes, name);
-  } catch (...) {
-    free_channel_ids.push_back(id);
-    throw;
-  }
-  auto ch = std::make_unique<ChannelState>();
-  ch->id = id;
-  ch->name = std::string(name);
-  ch->arena_id = placed.first;
-  ch->block = placed.second;
-  ch->settings = settings;
-  std::byte* base = arenas[ch->arena_id]->base() + ch->block.offset;
-  // The name goes in before format() publishes the ring's magic, so whoever sees the ring
-  // sees its name.
-  auto* ring_name = reinterpret_cast<layout::RingName*>(base + layout::kRingNameOffset);
-  ring_name->length = static_cast<uint32_t>(name.size());
-  std::memcpy(ring_name->bytes, name.data(), name.size());
-  try {
-    ch->ring = RingRef::format(base, rc);
-  } catch (const std::invalid_argument& e) {
-    arenas[ch->arena_id]->release(ch->block);
-    reserved_bytes -= ch->block.bytes;
-    free_channel_ids.push_back(id);
-    refuse(Errc::kInvalidArgument, "cannot create channel " + printable(name) + ": " + e.what());
-  }
-  ch->last_active = Clock::now();
-  directory_entries[id].store(ShmRef::make(ch->arena_id, ch->block.offset, 0),
-                              std::memory_order_release);
-  if (directory->high_water.load(std::memory_order_relaxed) < id + 1)
-    directory->high_water.store(id + 1, std::memory_order_release);
-  directory->generation.fetch_add(1, std::memory_order_release);
-  channel_ids.emplace(ch->name, id);
-  channels[id] = std::move(ch);
-  ++live_channels;
-  *created = true;
-  ChannelState& result = *channels[id];
-  log->debug("channel {} created (id {}, {}, rule '{}')", printable(name), id,
-             describe_settings(settings), settings.rule);
-  match_new_channel(result);
-  return result;
+Registry::Found Daemon::Impl::find_or_create(std::string_view name,
+                                             const ChannelSettings* requested) {
+  const Registry::Found found = registry.find_or_create(name, requested);
+  if (found.created) match_new_channel(found.channel);
+  return found;
 }
 
 void Daemon::Impl::match_new_channel(ChannelState& ch) {
@@ -1174,7 +943,7 @@ void Daemon::Impl::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
   // does not grow this list without bound.
   if (c.returned_slots.size() >= 256) {
     std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
-      const ChannelState* owner = find_any(r.first);
+      const ChannelState* owner = registry.find_any(r.first);
       if (owner == nullptr) return true;  // freed: only a ring without slots in use is
       const layout::ReaderSlot* s = owner->ring.slot(r.second);
       return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
@@ -1219,8 +988,7 @@ void Daemon::Impl::on_open_channel(Client& c, const Frame& f) {
   if (max_message != 0) wanted.max_message_bytes = max_message;
   if (back_pressure != 0) wanted.back_pressure = back_pressure == 2;
   if (asked) wanted.rule = "requested by the client";
-  bool created = false;
-  ChannelState& ch = find_or_create(name, asked ? &wanted : nullptr, &created);
+  const auto [ch, created] = find_or_create(name, asked ? &wanted : nullptr);
   if (!created && asked) {
     const RingRef& r = ch.ring;
     const bool differs = (ring_bytes != 0 && ring_bytes != r.capacity()) ||
@@ -1250,10 +1018,9 @@ void Daemon::Impl::on_close_channel(Client& c, const Frame& f) {
     refuse(Errc::kInvalidArgument,
            "channel id " + std::to_string(channel_id) + " is not open on this connection");
   if (--it->second == 0) c.open_channels.erase(it);
-  if (channels[channel_id]) {
-    ChannelState& ch = *channels[channel_id];
-    --ch.publisher_holds;
-    ch.last_active = Clock::now();
+  if (ChannelState* ch = registry.find_live(channel_id)) {
+    --ch->publisher_holds;
+    ch->last_active = Clock::now();
   }
   Writer w(Type::kOk, f.request);
   send(c, w);
@@ -1279,15 +1046,14 @@ void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
   for (const auto& name : names) {
     if (c.channels.count(name)) {
       // Already held: report the slot again so the client's view is complete.
-      if (ChannelState* ch = find(name)) {
+      if (ChannelState* ch = registry.find(name)) {
         attached.emplace_back(ch, &c.attached[ch->id]);
         starts.emplace_back(kKeepReading, 0);
       }
       continue;
     }
     try {
-      bool created = false;
-      ChannelState& ch = find_or_create(name, nullptr, &created);
+      ChannelState& ch = find_or_create(name, nullptr).channel;
       // Earliest / after-sequence starts read history: the slot sits at the oldest frame
       // so a back-pressure ring keeps what the client is about to read.
       const uint64_t slot_start =
@@ -1337,11 +1103,11 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
     if (!c.patterns.insert(pattern).second) continue;
     auto& subscribers = pattern_index[pattern];
     subscribers.insert(c.id);
-    directory->patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                              std::memory_order_relaxed);
+    registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                                        std::memory_order_relaxed);
     // Existing channels that match start from their latest message (as in Redis, where a
     // new pattern sees what is published from now on).
-    for (auto& ch : channels) {
+    for (const auto& ch : registry.channels()) {
       if (!ch || !glob_match(pattern, ch->name)) continue;
       try {
         bool added = false;
@@ -1416,7 +1182,7 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       std::vector<uint32_t> ids;
       for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
       for (uint32_t channel_id : ids) {
-        ChannelState& ch = *channels[channel_id];
+        ChannelState& ch = *registry.find_live(channel_id);
         // Only where this pattern was counted (an attach may have failed for it).
         if (std::erase(c.attached[channel_id].patterns, name) == 0) continue;
         set_receivers(ch, -1);
@@ -1424,7 +1190,7 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       }
     } else {
       if (c.channels.erase(name) == 0) continue;
-      ChannelState* ch = find(name);
+      ChannelState* ch = registry.find(name);
       if (ch == nullptr) continue;
       c.attached[ch->id].by_name = false;
       --ch->channel_subscribers;
@@ -1433,7 +1199,8 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       if (detach_if_unneeded(c, *ch)) detached.push_back(ch->id);
     }
   }
-  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()), std::memory_order_relaxed);
+  registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                                      std::memory_order_relaxed);
   Writer w(Type::kUnsubscribed, f.request);
   w.u32(static_cast<uint32_t>(detached.size()));
   for (uint32_t id : detached) w.u32(id);
@@ -1448,10 +1215,11 @@ void Daemon::Impl::release_subscriptions(Client& c) {
     it->second.erase(c.id);
     if (it->second.empty()) pattern_index.erase(it);
   }
-  directory->patterns.store(static_cast<uint32_t>(pattern_index.size()), std::memory_order_relaxed);
+  registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
+                                      std::memory_order_relaxed);
   // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
   for (auto& [channel_id, a] : c.attached) {
-    ChannelState* ch = find_any(channel_id);
+    ChannelState* ch = registry.find_any(channel_id);
     if (ch == nullptr) continue;
     release_reader_slot(ch->ring, a.slot, c.id);
     if (!ch->attached.erase(c.id)) continue;  // already reclaimed: counts are gone with it
@@ -1460,7 +1228,7 @@ void Daemon::Impl::release_subscriptions(Client& c) {
     ch->last_active = Clock::now();
   }
   for (auto [channel_id, slot] : c.returned_slots)
-    if (ChannelState* ch = find_any(channel_id)) release_reader_slot(ch->ring, slot, c.id);
+    if (ChannelState* ch = registry.find_any(channel_id)) release_reader_slot(ch->ring, slot, c.id);
   c.attached.clear();
   c.returned_slots.clear();
   c.channels.clear();
@@ -1469,7 +1237,7 @@ void Daemon::Impl::release_subscriptions(Client& c) {
     // A publisher may still hold this doorbell's address from a link it read just before we
     // cleared it, and set a bit in it later. Doorbell blocks are therefore only ever reused
     // as doorbells, where a stray bit costs one spurious wake-up, never as ring memory.
-    idle_doorbells.push_back(*c.doorbell_block);
+    registry.park_doorbell(*c.doorbell_block);
     c.doorbell_block.reset();
     c.doorbell = nullptr;
   }
@@ -1480,7 +1248,7 @@ void Daemon::Impl::release_subscriptions(Client& c) {
 void Daemon::Impl::on_tick() {
   const auto now = Clock::now();
   const auto ttl = options.config.idle_ttl;
-  for (auto& owned : channels) {
+  for (const auto& owned : registry.channels()) {
     if (!owned) continue;
     ChannelState& ch = *owned;
     const uint64_t published = ch.ring.published_relaxed();
@@ -1507,25 +1275,11 @@ void Daemon::Impl::on_tick() {
       send(c, w);
     }
     ch.attached.clear();
-    directory_entries[ch.id].store(ShmRef::kNone, std::memory_order_release);
-    directory->generation.fetch_add(1, std::memory_order_release);
-    channel_ids.erase(ch.name);
-    --live_channels;
+    registry.retire(ch.id);
     log->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
     ch.last_active = now;
-    const uint32_t id = ch.id;
-    reclaiming.emplace(id, std::move(owned));
   }
-  // Free rings whose readers have all let go (a reader still reading would see its bytes
-  // change under it).
-  for (auto it = reclaiming.begin(); it != reclaiming.end();) {
-    if (reader_slots_in_use(it->second->ring) == 0) {
-      free_channel(std::move(it->second));
-      it = reclaiming.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  registry.free_released_rings();
   warn_about_reclaim_holders(now);
   retry_stalled_rings();
   resume_accepting();  // try again each second: other processes may have freed descriptors
@@ -1535,16 +1289,10 @@ void Daemon::Impl::report_status() {
   if (!options.on_status) return;
   DaemonStatus status;
   status.clients = clients.size();
-  status.channels = live_channels;
+  status.channels = registry.live_channels();
   status.patterns = pattern_index.size();
-  status.reserved_bytes = reserved_bytes;
+  status.reserved_bytes = registry.reserved_bytes();
   options.on_status(status);
-}
-
-ChannelState* Daemon::Impl::find_any(uint32_t channel_id) {
-  if (channel_id < channels.size() && channels[channel_id]) return channels[channel_id].get();
-  auto it = reclaiming.find(channel_id);
-  return it == reclaiming.end() ? nullptr : it->second.get();
 }
 
 // How long a subscription may leave a detach unread before the daemon names it in its log.
@@ -1553,7 +1301,7 @@ constexpr auto kReclaimHoldWarning = std::chrono::seconds(10);
 std::unordered_map<uint64_t, uint32_t> Daemon::Impl::reclaim_holders(
     Clock::time_point reclaimed_before) {
   std::unordered_map<uint64_t, uint32_t> held;  // client id -> reclaimed rings it holds
-  for (const auto& [id, ch] : reclaiming) {
+  for (const auto& [id, ch] : registry.reclaiming()) {
     if (ch->last_active > reclaimed_before) continue;
     const uint32_t slots = ch->ring.slot_high_water();
     for (uint32_t i = 0; i < slots; ++i) {
@@ -1614,7 +1362,7 @@ void Daemon::Impl::retry_stalled_rings() {
   // with a header belongs to a live publisher (the dead one's were padded at its exit):
   // wait for it.
   std::erase_if(stalled_rings, [&](StalledRing& r) {
-    ChannelState* ch = r.channel_id < channels.size() ? channels[r.channel_id].get() : nullptr;
+    ChannelState* ch = registry.find_live(r.channel_id);
     if (ch == nullptr) return true;
     const std::optional<uint64_t> unfinished = first_unfinished_frame(ch->ring);
     if (!unfinished) return true;
@@ -1626,7 +1374,7 @@ void Daemon::Impl::retry_stalled_rings() {
       r.headerless_at = unfinished;
       return false;
     }
-    if (repair_stalled_frame(ch->ring, *unfinished, &arena_table))
+    if (repair_stalled_frame(ch->ring, *unfinished, &registry.arena_table()))
       log->warn(
           "channel {}: padded over a claim a crashed publisher left without a header; "
           "subscribers count it as lost",
@@ -1634,12 +1382,6 @@ void Daemon::Impl::retry_stalled_rings() {
     r.headerless_at.reset();
     return !first_unfinished_frame(ch->ring);
   });
-}
-
-void Daemon::Impl::free_channel(std::unique_ptr<ChannelState> ch) {
-  arenas[ch->arena_id]->release(ch->block);
-  reserved_bytes -= ch->block.bytes;
-  free_channel_ids.push_back(ch->id);
 }
 
 // ---- Daemon -------------------------------------------------------------------------------
