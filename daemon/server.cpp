@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "arena.hpp"
+#include "client_state.hpp"
+#include "connections.hpp"
 #include "doorbell.hpp"
 #include "event_loop.hpp"
 #include "fences.hpp"
@@ -49,53 +51,8 @@ using layout::ShmRef;
 namespace {
 
 constexpr uint32_t kMaxClientNameBytes = 256;
-// Control events a client has not read yet; past this it is not reading its socket and is
-// dropped (its subscriptions would otherwise pin daemon memory without bound).
-constexpr size_t kMaxPendingOutput = 16u << 20;
-constexpr uint32_t kControlBit = 0;           // doorbell bit 0: "events wait on your socket"
 constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message
 constexpr auto kTick = std::chrono::seconds(1);
-
-// A subscription's reader slot in one ring, and why it is there.
-struct Attachment {
-  uint32_t slot = 0;
-  uint32_t bit = 0;
-  bool by_name = false;               // the subscription holds the channel itself
-  std::vector<std::string> patterns;  // patterns of the subscription counted for it
-  bool needed() const { return by_name || !patterns.empty(); }
-  uint32_t receivers() const { return (by_name ? 1 : 0) + static_cast<uint32_t>(patterns.size()); }
-};
-
-struct Client {
-  uint64_t id = 0;
-  int fd = -1;
-  ucred cred{};
-  std::string name;
-  bool greeted = false;
-  bool said_bye = false;
-  uint16_t publisher_id = 0;
-  FrameAssembler in;
-  std::vector<std::byte> out;  // bytes not yet written to the socket
-  bool want_write = false;
-  bool doomed = false;          // to be closed once the current event is handled
-  bool warned_holding = false;  // logged as holding reclaimed rings (until it lets go)
-  bool event_queued = false;    // `out` holds an event the client has not been rung for
-
-  // Subscriptions (a client that asked for a doorbell in HELLO).
-  std::optional<Arena::Block> doorbell_block;
-  DoorbellHeader* doorbell = nullptr;
-  uint32_t doorbell_bits = 0;
-  std::vector<uint32_t> free_bits;
-  uint32_t next_bit = kControlBit + 1;
-  std::unordered_set<std::string> channels;
-  std::set<std::string> patterns;
-  std::unordered_map<uint32_t, Attachment> attached;  // channel id -> slot
-  // Slots the client was told to give back (unsubscribe, detach): it frees them itself; if
-  // it dies first, the daemon does (by owner token, so never someone else's slot).
-  std::vector<std::pair<uint32_t, uint32_t>> returned_slots;
-
-  std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
-};
 
 [[noreturn]] void refuse(Errc code, const std::string& message) {
   throw Error(code, message);
@@ -125,37 +82,46 @@ class BusLock {
   int fd_ = -1;  // its flock is the lock
 };
 
+// The control socket clients connect to: created at its path (and unlinked at exit), or
+// adopted as it is from systemd socket activation.
+class ListeningSocket {
+ public:
+  // Adopts `inherited_fd` if it is not -1, else listens at `path`. Throws
+  // std::runtime_error fit for the user.
+  ListeningSocket(int inherited_fd, std::string path);
+  ~ListeningSocket();
+  ListeningSocket(const ListeningSocket&) = delete;
+  ListeningSocket& operator=(const ListeningSocket&) = delete;
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }  // what clients reach
+
+ private:
+  void adopt(int fd);
+  void create();
+  void close();
+
+  std::string path_;
+  int fd_ = -1;
+  bool created_ = false;  // the file is ours to unlink; a .socket unit keeps its own
+};
+
 }  // namespace
 
-struct Daemon::Impl {
+struct Daemon::Impl final : ClientEvents {
   explicit Impl(DaemonOptions options);
-  ~Impl();
-  void cleanup();  // idempotent: closes the connections and the socket the daemon took
 
   void run();
   void stop();
-
-  // ---- setup ----
-  void listen_on_socket();
-  void adopt_listening_socket(int fd);
   void report_status();
-
-  // ---- event loop ----
-  void accept_clients();
-  void on_client_event(Client& c, uint32_t events);
-  void read_from(Client& c);
-  void flush(Client& c);
-  void send(Client& c, Writer& w);
-  void close_client(uint64_t id, const char* reason);
-  void finish_client(Client& c);
-  void repair_and_finish(Client& c);  // for a client that ended without a goodbye
-  void doom(Client& c, const char* reason);
-  void reap_doomed();
   void on_tick();
-  void on_departed(uint64_t token);
+
+  // ---- ClientEvents ----
+  void dispatch(Client& c, const Frame& f) override;
+  void finish_client(Client& c) override;
+  void repair_and_finish(Client& c) override;
 
   // ---- requests ----
-  void dispatch(Client& c, const Frame& f);
   void on_hello(Client& c, const Frame& f);
   void on_open_channel(Client& c, const Frame& f);
   void on_close_channel(Client& c, const Frame& f);
@@ -188,11 +154,8 @@ struct Daemon::Impl {
   // them"; empty if none is held.
   std::unordered_map<uint64_t, uint32_t> reclaim_holders(Clock::time_point reclaimed_before);
   std::string describe_reclaim_holders(Clock::time_point reclaimed_before);
-  std::string describe_client(uint64_t id);
   void warn_about_reclaim_holders(Clock::time_point now);
   void retry_stalled_rings();
-  void pause_accepting(int error);
-  void resume_accepting();
   uint32_t allocate_bit(Client& c, const ChannelState& ch);
   void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
 
@@ -204,26 +167,11 @@ struct Daemon::Impl {
   BusLock lock;
   Registry registry;
   EventLoop loop;
-  int listen_fd = -1;
-  bool listening_socket_created = false;
+  ListeningSocket listener;
+  Connections connections;
   std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
-
-  std::unordered_map<uint64_t, std::unique_ptr<Client>> clients;
-  uint64_t next_client_id = kFirstClientId;
-  std::vector<std::pair<uint64_t, const char*>> doomed;  // client id, why it is closed
-  // Clients whose connection ended without a goodbye, until their process exits: its
-  // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
-  // since a live process may still read and write them.
-  struct Departing {
-    int pidfd = -1;
-    std::unique_ptr<Client> client;
-  };
-  std::unordered_map<uint64_t, Departing> departing;  // by token
-  uint64_t next_departing = 1;
   std::vector<uint16_t> free_publisher_ids;
   uint32_t next_publisher_id = 1;
-  bool barrier_due = false;
-  bool accept_paused = false;  // out of file descriptors: the listening socket is unwatched
   Clock::time_point last_maintenance = Clock::now();
 
   // Rings held up, after a publisher died, by a claim without a header: the dead one may
@@ -256,45 +204,13 @@ Daemon::Impl::Impl(DaemonOptions opts)
       lock(endpoint.bus, *log),
       registry(options.config, endpoint.bus, log,
                [this] { return describe_reclaim_holders(Clock::now()); }),
-      loop(timer_period(options.status_interval)) {
-  try {
-    listen_on_socket();
-    if (const std::error_code ec = loop.add(listen_fd, EPOLLIN, kListenToken))
-      throw_sys_error(ec.value(), "epoll_ctl");
-  } catch (...) {
-    cleanup();  // a throwing constructor gets no destructor: close the socket here
-    throw;
-  }
+      loop(timer_period(options.status_interval)),
+      listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
+      connections(options.config, log, loop, listener.fd(), registry.directory(), *this) {
+  endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),
             human_bytes(options.config.max_shared_memory), options.config.source);
-}
-
-Daemon::Impl::~Impl() {
-  cleanup();
-}
-
-void Daemon::Impl::cleanup() {
-  for (auto& [id, c] : clients) {
-    if (c->fd >= 0) ::close(c->fd);
-    if (c->doorbell != nullptr) {
-      // A subscriber asleep on its doorbell would not notice the socket closing: ring its
-      // control bit so it reads the socket, finds it closed and reports the daemon gone.
-      full_fence();
-      doorbell::ring_doorbell(c->doorbell, kControlBit);
-    }
-  }
-  clients.clear();
-  for (auto& [token, d] : departing) ::close(d.pidfd);
-  departing.clear();
-  if (listen_fd >= 0) {
-    ::close(listen_fd);
-    listen_fd = -1;
-  }
-  if (listening_socket_created) {
-    ::unlink(endpoint.socket_path.c_str());
-    listening_socket_created = false;
-  }
 }
 
 BusLock::BusLock(const std::string& bus, spdlog::logger& log) : path_(bus_lock_path(bus)) {
@@ -323,7 +239,34 @@ BusLock::~BusLock() {
   ::close(fd_);  // releases the flock
 }
 
-void Daemon::Impl::adopt_listening_socket(int fd) {
+ListeningSocket::ListeningSocket(int inherited_fd, std::string path) : path_(std::move(path)) {
+  try {
+    if (inherited_fd >= 0)
+      adopt(inherited_fd);
+    else
+      create();
+  } catch (...) {
+    close();  // a throwing constructor gets no destructor
+    throw;
+  }
+}
+
+ListeningSocket::~ListeningSocket() {
+  close();
+}
+
+void ListeningSocket::close() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  if (created_) {
+    ::unlink(path_.c_str());
+    created_ = false;
+  }
+}
+
+void ListeningSocket::adopt(int fd) {
   // Accept only what a .socket unit with ListenStream=/path gives: a listening Unix stream
   // socket. Anything else is a unit file mistake worth a clear error.
   int type = 0, domain = 0, listening = 0;
@@ -339,23 +282,18 @@ void Daemon::Impl::adopt_listening_socket(int fd) {
         "the socket passed by systemd (LISTEN_FDS) is not a listening Unix stream socket; "
         "use ListenStream=/run/shmbus/<bus>.sock in the .socket unit");
   }
-  listen_fd = fd;
+  fd_ = fd;
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   sockaddr_un addr{};
   socklen_t addr_len = sizeof(addr);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addr_len) == 0 && addr.sun_path[0] != 0)
-    endpoint.socket_path = addr.sun_path;  // what clients reach, whatever --socket said
-  listening_socket_created = false;        // the .socket unit owns the file
+    path_ = addr.sun_path;  // what clients reach, whatever --socket said
+  created_ = false;         // the .socket unit owns the file
 }
 
-void Daemon::Impl::listen_on_socket() {
-  if (options.listen_fd >= 0) {
-    adopt_listening_socket(options.listen_fd);
-    options.listen_fd = -1;
-    return;
-  }
-  const std::filesystem::path path(endpoint.socket_path);
+void ListeningSocket::create() {
+  const std::filesystem::path path(path_);
   if (path.has_parent_path() && !std::filesystem::exists(path.parent_path())) {
     std::error_code ec;
     std::filesystem::create_directories(path.parent_path(), ec);
@@ -365,24 +303,23 @@ void Daemon::Impl::listen_on_socket() {
                                "; run as root (or via systemd), or pass --socket PATH in a "
                                "directory you own (e.g. $XDG_RUNTIME_DIR/shmbus.sock)");
   }
-  listen_fd = check_sys(
-      [] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); }, "socket");
+  fd_ = check_sys([] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); },
+                  "socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, endpoint.socket_path.c_str(), endpoint.socket_path.size() + 1);
+  std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
   // We hold the bus lock: a socket file already there belongs to a daemon that died.
-  ::unlink(endpoint.socket_path.c_str());
-  if (bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
-    throw std::runtime_error("cannot listen on " + endpoint.socket_path + ": " +
-                             std::strerror(errno) +
+  ::unlink(path_.c_str());
+  if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    throw std::runtime_error("cannot listen on " + path_ + ": " + std::strerror(errno) +
                              (errno == EACCES ? "; run as root, or pass --socket PATH in a "
                                                 "directory you own"
                                               : ""));
-  listening_socket_created = true;
+  created_ = true;
   // The same users who may map the bus's shared memory (arenas are 0660, in the daemon's
   // group) may connect: under systemd, members of the shmbus group.
-  ::chmod(endpoint.socket_path.c_str(), 0660);
-  check_sys([&] { return ::listen(listen_fd, 256); }, "listen");
+  ::chmod(path_.c_str(), 0660);
+  check_sys([&] { return ::listen(fd_, 256); }, "listen");
 }
 
 // ---- event loop ---------------------------------------------------------------------------
@@ -393,12 +330,12 @@ void Daemon::Impl::run() {
     for (const epoll_event& event : loop.wait(buffer)) {
       const uint64_t token = event.data.u64;
       if (token == kStopToken) {
-        log->info("stopping: {} client(s), {} channel(s)", clients.size(),
+        log->info("stopping: {} client(s), {} channel(s)", connections.clients().size(),
                   registry.live_channels());
         return;
       }
       if (token == kListenToken) {
-        accept_clients();
+        connections.accept_clients();
       } else if (token == kTimerToken) {
         loop.drain_timer();
         if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
@@ -407,268 +344,17 @@ void Daemon::Impl::run() {
         }
         report_status();
       } else if (token & kDepartingBit) {
-        on_departed(token);
-      } else if (auto client = clients.find(token); client != clients.end()) {
-        on_client_event(*client->second, event.events);
+        connections.on_departed(token);
+      } else {
+        connections.on_client_event(token, event.events);
       }
-      reap_doomed();
+      connections.reap_doomed();
     }
   }
 }
 
 void Daemon::Impl::stop() {
   loop.stop();
-}
-
-void Daemon::Impl::accept_clients() {
-  for (;;) {
-    const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        pause_accepting(errno);
-        return;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) log->warn("accept: {}", std::strerror(errno));
-      return;
-    }
-    auto c = std::make_unique<Client>();
-    c->id = next_client_id++;
-    c->fd = fd;
-    socklen_t len = sizeof(c->cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0)
-      log->warn("SO_PEERCRED: {}", std::strerror(errno));
-    if (clients.size() >= options.config.max_clients) {
-      log->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})", c->cred.pid,
-                options.config.max_clients, options.config.source);
-      Writer w(Type::kError, 0);
-      w.u16(static_cast<uint16_t>(Errc::kLimit))
-          .str("shmbusd has max_clients = " + std::to_string(options.config.max_clients) +
-               " clients connected; raise max_clients in [limits] of " + options.config.source);
-      const auto& frame = w.frame();
-      [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-      ::close(fd);
-      continue;
-    }
-    if (const std::error_code ec = loop.add(fd, EPOLLIN | EPOLLRDHUP, c->id)) {
-      log->warn("epoll_ctl: {}", ec.message());
-      ::close(fd);
-      continue;
-    }
-    registry.directory().clients.fetch_add(1, std::memory_order_relaxed);
-    clients.emplace(c->id, std::move(c));
-  }
-}
-
-void Daemon::Impl::pause_accepting(int error) {
-  // The listening socket is level-triggered: left in epoll, the waiting connection would
-  // wake us again at once, forever. Unwatch it until a descriptor is freed or a tick passes.
-  if (accept_paused) return;
-  if (const std::error_code ec = loop.modify(listen_fd, 0, kListenToken)) {
-    // Still watched: the waiting connection wakes the loop again, which retries.
-    log->warn("cannot accept clients ({}) nor unwatch the listening socket: {}",
-              std::strerror(error), ec.message());
-    return;
-  }
-  accept_paused = true;
-  rlimit limit{};
-  getrlimit(RLIMIT_NOFILE, &limit);
-  log->warn(
-      "cannot accept clients: {} ({} clients connected, open file limit {}); new "
-      "clients wait until one disconnects. Raise the limit (LimitNOFILE= in the service, "
-      "ulimit -n) or lower max_clients in [limits] of {}",
-      std::strerror(error), clients.size(), limit.rlim_cur, options.config.source);
-}
-
-void Daemon::Impl::resume_accepting() {
-  if (!accept_paused) return;
-  if (const std::error_code ec = loop.modify(listen_fd, EPOLLIN, kListenToken)) {
-    // Still paused: retried when a client leaves and on every tick.
-    log->warn("cannot watch the listening socket again: {}; new clients wait", ec.message());
-    return;
-  }
-  accept_paused = false;
-}
-
-void Daemon::Impl::on_client_event(Client& c, uint32_t events) {
-  const uint64_t id = c.id;
-  if (events & EPOLLOUT) flush(c);
-  if (!clients.count(id)) return;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(c);
-}
-
-void Daemon::Impl::read_from(Client& c) {
-  const uint64_t id = c.id;
-  std::byte buf[64 * 1024];
-  for (;;) {
-    const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
-    if (n == 0) {
-      close_client(id, "disconnected");
-      return;
-    }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      close_client(id, std::strerror(errno));
-      return;
-    }
-    try {
-      c.in.feed(std::span<const std::byte>(buf, static_cast<size_t>(n)));
-      std::span<const std::byte> body;
-      while (c.in.next(body)) {
-        dispatch(c, Frame::parse(body));
-        if (!clients.count(id) || c.doomed) return;
-      }
-    } catch (const ProtocolError& e) {
-      log->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection", id,
-                c.cred.pid, c.name, e.what());
-      close_client(id, "protocol error");
-      return;
-    }
-  }
-}
-
-void Daemon::Impl::send(Client& c, Writer& w) {
-  if (c.doomed) return;
-  if (barrier_due) {
-    // Reader slots were linked to rings that publishers use: make the links visible to
-    // them before the subscriber, told by this reply, relies on them (ring.hpp).
-    process_wide_barrier();
-    barrier_due = false;
-  }
-  const auto& frame = w.frame();
-  c.out.insert(c.out.end(), frame.begin(), frame.end());
-  if (c.out.size() > kMaxPendingOutput) {
-    log->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
-              c.cred.pid, c.name, human_bytes(c.out.size()));
-    doom(c, "not reading its socket");
-    return;
-  }
-  flush(c);
-}
-
-void Daemon::Impl::doom(Client& c, const char* reason) {
-  if (c.doomed) return;
-  // Closed after the current event: callers up the stack still use `c` and may be
-  // iterating over the sets closing it would change.
-  c.doomed = true;
-  c.out.clear();
-  doomed.emplace_back(c.id, reason);
-}
-
-void Daemon::Impl::reap_doomed() {
-  while (!doomed.empty()) {
-    const auto [id, reason] = doomed.back();
-    doomed.pop_back();
-    close_client(id, reason);
-  }
-}
-
-void Daemon::Impl::flush(Client& c) {
-  size_t sent = 0;
-  while (sent < c.out.size()) {
-    const ssize_t n = ::send(c.fd, c.out.data() + sent, c.out.size() - sent, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      c.out.clear();  // the peer is gone; EPOLLIN/HUP will close it
-      return;
-    }
-    sent += static_cast<size_t>(n);
-  }
-  c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
-  if (sent > 0 && c.event_queued && c.doorbell != nullptr) {
-    // Tell a subscriber that events wait on its socket. Rung after the bytes are in the
-    // socket, not when they are queued: a socket buffer fills after a few hundred events,
-    // and a bell rung for bytes still queued here would be taken too early. Replies need
-    // no bell: the client is waiting for them.
-    full_fence();
-    doorbell::ring_doorbell(c.doorbell, kControlBit);
-    c.event_queued = !c.out.empty();
-  }
-  const bool want_write = !c.out.empty();
-  if (want_write != c.want_write) {
-    if (const std::error_code ec =
-            loop.modify(c.fd, EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u), c.id)) {
-      // Either way the client would hang: its output never sent, or (EPOLLOUT left on) the
-      // loop woken for it without end.
-      log->warn("client {} (pid {}, '{}'): cannot {} its socket for writing: {}; closing it", c.id,
-                c.cred.pid, c.name, want_write ? "watch" : "unwatch", ec.message());
-      doom(c, "dropped on an epoll error");
-      return;
-    }
-    c.want_write = want_write;
-  }
-}
-
-void Daemon::Impl::close_client(uint64_t id, const char* reason) {
-  auto it = clients.find(id);
-  if (it == clients.end()) return;
-  std::unique_ptr<Client> owned = std::move(it->second);
-  clients.erase(it);
-  Client& c = *owned;
-  // Closing the descriptor unwatches it anyway: a failure here costs nothing but a note.
-  if (const std::error_code ec = loop.remove(c.fd))
-    log->debug("epoll_ctl DEL of client {}: {}", id, ec.message());
-  ::close(c.fd);
-  c.fd = -1;
-  resume_accepting();  // a descriptor is free again
-  registry.directory().clients.fetch_sub(1, std::memory_order_relaxed);
-  // A goodbye vouches that nothing is left half-written; a client that never published or
-  // subscribed holds nothing to wait for. Waiting on their pids would cost a descriptor
-  // per connection, which a loop of bare connects could exhaust.
-  // (Its publisher id marks frames only in channels it opened.)
-  const bool holds_nothing = c.open_channels.empty() && c.attached.empty() &&
-                             c.returned_slots.empty() && !c.doorbell_block;
-  if (c.said_bye || holds_nothing) {
-    log->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
-    finish_client(c);
-    return;
-  }
-  // No goodbye: crashed, or dropped by us while it may still run. Its slots, doorbell,
-  // holds and unfinished frames are released only once the process has exited.
-  const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
-  if (pidfd < 0) {
-    // ESRCH: already gone (and reaped). Otherwise we cannot tell when it exits.
-    if (c.cred.pid > 0 && errno != ESRCH)
-      log->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid,
-                id, std::strerror(errno));
-    repair_and_finish(c);
-    return;
-  }
-  const uint64_t token = kDepartingBit | next_departing++;
-  if (const std::error_code ec = loop.add(static_cast<int>(pidfd), EPOLLIN, token)) {
-    // Unwatched, its exit would go unseen and what it holds would never be released.
-    log->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid, id,
-              ec.message());
-    ::close(static_cast<int>(pidfd));
-    repair_and_finish(c);
-    return;
-  }
-  if (c.doorbell != nullptr) {
-    // A live subscriber asleep on its doorbell: make it read the socket and see it closed.
-    full_fence();
-    doorbell::ring_doorbell(c.doorbell, kControlBit);
-  }
-  log->info(
-      "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
-      "process exits",
-      id, c.cred.pid, c.name, reason);
-  departing[token] = Departing{static_cast<int>(pidfd), std::move(owned)};
-}
-
-void Daemon::Impl::on_departed(uint64_t token) {
-  auto it = departing.find(token);
-  if (it == departing.end()) return;
-  pollfd exited{it->second.pidfd, POLLIN, 0};
-  if (::poll(&exited, 1, 0) != 1) return;  // spurious: still running
-  Departing d = std::move(it->second);
-  departing.erase(it);
-  // Closing the pidfd unwatches it anyway: a failure here costs nothing but a note.
-  if (const std::error_code ec = loop.remove(d.pidfd))
-    log->debug("epoll_ctl DEL of pid {}'s pidfd: {}", d.client->cred.pid, ec.message());
-  ::close(d.pidfd);
-  repair_and_finish(*d.client);
 }
 
 void Daemon::Impl::repair_and_finish(Client& c) {
@@ -711,7 +397,7 @@ void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uin
 void Daemon::Impl::reply_error(Client& c, uint32_t request, Errc code, const std::string& message) {
   Writer w(Type::kError, request);
   w.u16(static_cast<uint16_t>(code)).str(message.substr(0, kMaxErrorBytes));
-  send(c, w);
+  connections.send(c, w);
 }
 
 void Daemon::Impl::dispatch(Client& c, const Frame& f) {
@@ -742,14 +428,14 @@ void Daemon::Impl::dispatch(Client& c, const Frame& f) {
         p.end();
         Writer w(Type::kPong, f.request);
         w.u64(unix_now_ns());
-        return send(c, w);
+        return connections.send(c, w);
       }
       case Type::kBye: {
         Parser p(f.fields);
         p.end();
         c.said_bye = true;
         Writer w(Type::kOk, f.request);
-        return send(c, w);
+        return connections.send(c, w);
       }
       default:
         throw ProtocolError(std::string("unexpected message type ") +
@@ -808,7 +494,7 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
       .u64(registry.directory_offset())
       .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
       .u32(c.doorbell_bits);
-  send(c, w);
+  connections.send(c, w);
 }
 
 Registry::Found Daemon::Impl::find_or_create(std::string_view name,
@@ -825,9 +511,9 @@ void Daemon::Impl::match_new_channel(ChannelState& ch) {
   for (auto& [pattern, subscribers] : pattern_index) {
     if (!glob_match(pattern, ch.name)) continue;
     for (uint64_t client_id : subscribers) {
-      auto it = clients.find(client_id);
-      if (it == clients.end() || it->second->doomed) continue;
-      Client& c = *it->second;
+      Client* subscriber = connections.find(client_id);
+      if (subscriber == nullptr || subscriber->doomed) continue;
+      Client& c = *subscriber;
       bool added = false;
       uint64_t start_sequence = 0;
       try {
@@ -838,7 +524,7 @@ void Daemon::Impl::match_new_channel(ChannelState& ch) {
           Writer w(Type::kAttach, 0);
           describe(ch, a, 0, start_sequence).write(w);
           c.event_queued = true;
-          send(c, w);
+          connections.send(c, w);
         }
       } catch (const Error& e) {
         log->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
@@ -890,7 +576,7 @@ Attachment& Daemon::Impl::attach(Client& c, ChannelState& ch, uint64_t start,
                              "); raise max_subscribers in [defaults] or a [[channel]] "
                              "rule for it");
   }
-  if (ch.publisher_holds > 0 || now.sequence > 0) barrier_due = true;
+  if (ch.publisher_holds > 0 || now.sequence > 0) connections.barrier_before_next_send();
   ch.attached.insert(c.id);
   Attachment& a = c.attached[ch.id];
   a.slot = static_cast<uint32_t>(slot);
@@ -927,7 +613,7 @@ void Daemon::Impl::send_subscribed(Client& c, uint32_t request,
       w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()))
           .u16(error.empty() ? 0 : static_cast<uint16_t>(error_code))
           .str(error);
-    send(c, w);
+    connections.send(c, w);
     next = end;
   } while (next < attachments.size());
 }
@@ -1006,7 +692,7 @@ void Daemon::Impl::on_open_channel(Client& c, const Frame& f) {
   Writer w(Type::kChannelOpened, f.request);
   RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes}.write(w);
   w.str(ch.settings.rule);
-  send(c, w);
+  connections.send(c, w);
 }
 
 void Daemon::Impl::on_close_channel(Client& c, const Frame& f) {
@@ -1023,7 +709,7 @@ void Daemon::Impl::on_close_channel(Client& c, const Frame& f) {
     ch->last_active = Clock::now();
   }
   Writer w(Type::kOk, f.request);
-  send(c, w);
+  connections.send(c, w);
 }
 
 void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
@@ -1155,7 +841,7 @@ void Daemon::Impl::on_patterns(Client& c, const Frame& f) {
     Writer w(Type::kPatternList, f.request);
     w.u8(it == pattern_index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
     for (const auto& [pattern, subscribers] : batch) w.str(*pattern).u32(subscribers);
-    send(c, w);
+    connections.send(c, w);
   } while (it != pattern_index.end());
 }
 
@@ -1205,7 +891,7 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
   w.u32(static_cast<uint32_t>(detached.size()));
   for (uint32_t id : detached) w.u32(id);
   w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
-  send(c, w);
+  connections.send(c, w);
 }
 
 void Daemon::Impl::release_subscriptions(Client& c) {
@@ -1261,9 +947,9 @@ void Daemon::Impl::on_tick() {
     // Idle: nobody publishes or holds it by name. Pattern subscribers let go of it (they
     // receive it again, from its first message, if it is ever created anew).
     for (uint64_t client_id : std::vector<uint64_t>(ch.attached.begin(), ch.attached.end())) {
-      auto it = clients.find(client_id);
-      if (it == clients.end()) continue;
-      Client& c = *it->second;
+      Client* holder = connections.find(client_id);
+      if (holder == nullptr) continue;
+      Client& c = *holder;
       auto a = c.attached.find(ch.id);
       if (a == c.attached.end()) continue;
       return_slot(c, ch, a->second.slot);
@@ -1272,7 +958,7 @@ void Daemon::Impl::on_tick() {
       Writer w(Type::kDetach, 0);
       w.u32(ch.id);
       c.event_queued = true;
-      send(c, w);
+      connections.send(c, w);
     }
     ch.attached.clear();
     registry.retire(ch.id);
@@ -1282,13 +968,14 @@ void Daemon::Impl::on_tick() {
   registry.free_released_rings();
   warn_about_reclaim_holders(now);
   retry_stalled_rings();
-  resume_accepting();  // try again each second: other processes may have freed descriptors
+  // Try again each second: other processes may have freed descriptors.
+  connections.resume_accepting();
 }
 
 void Daemon::Impl::report_status() {
   if (!options.on_status) return;
   DaemonStatus status;
-  status.clients = clients.size();
+  status.clients = connections.clients().size();
   status.channels = registry.live_channels();
   status.patterns = pattern_index.size();
   status.reserved_bytes = registry.reserved_bytes();
@@ -1313,21 +1000,11 @@ std::unordered_map<uint64_t, uint32_t> Daemon::Impl::reclaim_holders(
   return held;
 }
 
-std::string Daemon::Impl::describe_client(uint64_t id) {
-  const Client* c = nullptr;
-  if (auto it = clients.find(id); it != clients.end()) c = it->second.get();
-  for (const auto& [token, d] : departing)
-    if (c == nullptr && d.client->id == id) c = d.client.get();
-  if (c == nullptr) return "client " + std::to_string(id);
-  return "client " + std::to_string(id) + " (pid " + std::to_string(c->cred.pid) + ", '" + c->name +
-         "')";
-}
-
 std::string Daemon::Impl::describe_reclaim_holders(Clock::time_point reclaimed_before) {
   std::string text;
   for (const auto& [owner, count] : reclaim_holders(reclaimed_before)) {
     if (!text.empty()) text += "; ";
-    text += describe_client(owner) + " holds " + std::to_string(count);
+    text += connections.describe_client(owner) + " holds " + std::to_string(count);
   }
   return text;
 }
@@ -1338,7 +1015,7 @@ void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
   // until its process exits: the ring cannot be reused under a reader that may still look.
   // Name such clients once, so an operator can find the stuck process.
   const auto held = reclaim_holders(now - kReclaimHoldWarning);
-  for (auto& [id, client] : clients) {
+  for (const auto& [id, client] : connections.clients()) {
     Client& c = *client;
     auto it = held.find(id);
     if (it == held.end()) {
@@ -1350,7 +1027,7 @@ void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
     log->warn(
         "{} has not read its subscription for {} s and holds {} reclaimed channel(s): "
         "their memory and ids are freed when it reads or exits",
-        describe_client(id), kReclaimHoldWarning.count(), it->second);
+        connections.describe_client(id), kReclaimHoldWarning.count(), it->second);
   }
 }
 

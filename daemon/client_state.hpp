@@ -1,0 +1,76 @@
+// One control connection as the daemon sees it: the socket and its buffers, what HELLO
+// made of it, the channels it publishes in and its subscription (doorbell, reader slots).
+// (Not client.hpp: libbus/src/client.hpp is the client library's side of the connection,
+// and both directories are on the include path of the daemon tests.)
+//
+// Thread safety: the run() thread only. Connections owns every Client, from accept until
+// its connection closes or, without a goodbye, until its process exits.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "arena.hpp"
+#include "layout.hpp"
+#include "protocol.hpp"
+
+namespace shmbus::daemon {
+
+inline constexpr uint32_t kControlBit = 0;  // doorbell bit 0: "events wait on your socket"
+
+// A subscription's reader slot in one ring, and why it is there.
+struct Attachment {
+  uint32_t slot = 0;
+  uint32_t bit = 0;
+  bool by_name = false;               // the subscription holds the channel itself
+  std::vector<std::string> patterns;  // patterns of the subscription counted for it
+  bool needed() const { return by_name || !patterns.empty(); }
+  uint32_t receivers() const { return (by_name ? 1 : 0) + static_cast<uint32_t>(patterns.size()); }
+};
+
+struct Client {
+  // The connection: kept by Connections.
+  uint64_t id = 0;
+  int fd = -1;
+  ucred cred{};
+  protocol::FrameAssembler in;
+  std::vector<std::byte> out;  // bytes not yet written to the socket
+  bool want_write = false;
+  bool doomed = false;        // to be closed once the current event is handled
+  bool event_queued = false;  // `out` holds an event the client has not been rung for
+
+  // The session: set by the request handlers.
+  std::string name;
+  bool greeted = false;
+  bool said_bye = false;
+  uint16_t publisher_id = 0;
+  std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
+
+  // Kept by the reclaim warnings.
+  bool warned_holding = false;  // logged as holding reclaimed rings (until it lets go)
+
+  // Subscriptions (a client that asked for a doorbell in HELLO): kept by Subscriptions.
+  std::optional<Arena::Block> doorbell_block;
+  // In arena 0: publishers set bits in it, the client clears them.
+  layout::DoorbellHeader* doorbell = nullptr;
+  uint32_t doorbell_bits = 0;
+  std::vector<uint32_t> free_bits;
+  uint32_t next_bit = kControlBit + 1;
+  std::unordered_set<std::string> channels;
+  std::set<std::string> patterns;
+  std::unordered_map<uint32_t, Attachment> attached;  // channel id -> slot
+  // Slots the client was told to give back (unsubscribe, detach): it frees them itself; if
+  // it dies first, the daemon does (by owner token, so never someone else's slot).
+  std::vector<std::pair<uint32_t, uint32_t>> returned_slots;
+};
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,322 @@
+#include "connections.hpp"
+
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <span>
+
+#include "doorbell.hpp"
+#include "fences.hpp"
+#include "futex.hpp"
+#include "naming.hpp"
+#include "shmbus/error.hpp"
+
+namespace shmbus::daemon {
+
+using namespace protocol;
+
+namespace {
+
+// Control events a client has not read yet; past this it is not reading its socket and is
+// dropped (its subscriptions would otherwise pin daemon memory without bound).
+constexpr size_t kMaxPendingOutput = 16u << 20;
+
+}  // namespace
+
+Connections::Connections(const Config& config, std::shared_ptr<spdlog::logger> log, EventLoop& loop,
+                         int listen_fd, layout::DirectoryHeader& directory, ClientEvents& events)
+    : config_(config),
+      log_(std::move(log)),
+      loop_(loop),
+      listen_fd_(listen_fd),
+      directory_(directory),
+      events_(events) {
+  if (const std::error_code ec = loop_.add(listen_fd_, EPOLLIN, kListenToken))
+    throw std::system_error(ec, "epoll_ctl");
+}
+
+Connections::~Connections() {
+  for (auto& [id, c] : clients_) {
+    if (c->fd >= 0) ::close(c->fd);
+    if (c->doorbell != nullptr) {
+      // A subscriber asleep on its doorbell would not notice the socket closing: ring its
+      // control bit so it reads the socket, finds it closed and reports the daemon gone.
+      full_fence();
+      doorbell::ring_doorbell(c->doorbell, kControlBit);
+    }
+  }
+  for (auto& [token, d] : departing_) ::close(d.pidfd);
+}
+
+Client* Connections::find(uint64_t id) {
+  auto it = clients_.find(id);
+  return it == clients_.end() ? nullptr : it->second.get();
+}
+
+std::string Connections::describe_client(uint64_t id) const {
+  const Client* c = nullptr;
+  if (auto it = clients_.find(id); it != clients_.end()) c = it->second.get();
+  for (const auto& [token, d] : departing_)
+    if (c == nullptr && d.client->id == id) c = d.client.get();
+  if (c == nullptr) return "client " + std::to_string(id);
+  return "client " + std::to_string(id) + " (pid " + std::to_string(c->cred.pid) + ", '" + c->name +
+         "')";
+}
+
+void Connections::accept_clients() {
+  for (;;) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        pause_accepting(errno);
+        return;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) log_->warn("accept: {}", std::strerror(errno));
+      return;
+    }
+    auto c = std::make_unique<Client>();
+    c->id = next_client_id_++;
+    c->fd = fd;
+    socklen_t len = sizeof(c->cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0)
+      log_->warn("SO_PEERCRED: {}", std::strerror(errno));
+    if (clients_.size() >= config_.max_clients) {
+      log_->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})", c->cred.pid,
+                 config_.max_clients, config_.source);
+      Writer w(Type::kError, 0);
+      w.u16(static_cast<uint16_t>(Errc::kLimit))
+          .str("shmbusd has max_clients = " + std::to_string(config_.max_clients) +
+               " clients connected; raise max_clients in [limits] of " + config_.source);
+      const auto& frame = w.frame();
+      [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+      ::close(fd);
+      continue;
+    }
+    if (const std::error_code ec = loop_.add(fd, EPOLLIN | EPOLLRDHUP, c->id)) {
+      log_->warn("epoll_ctl: {}", ec.message());
+      ::close(fd);
+      continue;
+    }
+    directory_.clients.fetch_add(1, std::memory_order_relaxed);
+    clients_.emplace(c->id, std::move(c));
+  }
+}
+
+void Connections::pause_accepting(int error) {
+  // The listening socket is level-triggered: left in epoll, the waiting connection would
+  // wake us again at once, forever. Unwatch it until a descriptor is freed or a tick passes.
+  if (accept_paused_) return;
+  if (const std::error_code ec = loop_.modify(listen_fd_, 0, kListenToken)) {
+    // Still watched: the waiting connection wakes the loop again, which retries.
+    log_->warn("cannot accept clients ({}) nor unwatch the listening socket: {}",
+               std::strerror(error), ec.message());
+    return;
+  }
+  accept_paused_ = true;
+  rlimit limit{};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  log_->warn(
+      "cannot accept clients: {} ({} clients connected, open file limit {}); new "
+      "clients wait until one disconnects. Raise the limit (LimitNOFILE= in the service, "
+      "ulimit -n) or lower max_clients in [limits] of {}",
+      std::strerror(error), clients_.size(), limit.rlim_cur, config_.source);
+}
+
+void Connections::resume_accepting() {
+  if (!accept_paused_) return;
+  if (const std::error_code ec = loop_.modify(listen_fd_, EPOLLIN, kListenToken)) {
+    // Still paused: retried when a client leaves and on every tick.
+    log_->warn("cannot watch the listening socket again: {}; new clients wait", ec.message());
+    return;
+  }
+  accept_paused_ = false;
+}
+
+void Connections::on_client_event(uint64_t id, uint32_t events) {
+  Client* c = find(id);
+  if (c == nullptr) return;  // closed while handling an earlier event of the batch
+  if (events & EPOLLOUT) flush(*c);
+  if (!clients_.count(id)) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(*c);
+}
+
+void Connections::read_from(Client& c) {
+  const uint64_t id = c.id;
+  std::byte buf[64 * 1024];
+  for (;;) {
+    const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
+    if (n == 0) {
+      close_client(id, "disconnected");
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      close_client(id, std::strerror(errno));
+      return;
+    }
+    try {
+      c.in.feed(std::span<const std::byte>(buf, static_cast<size_t>(n)));
+      std::span<const std::byte> body;
+      while (c.in.next(body)) {
+        events_.dispatch(c, Frame::parse(body));
+        if (!clients_.count(id) || c.doomed) return;
+      }
+    } catch (const ProtocolError& e) {
+      log_->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection",
+                 id, c.cred.pid, c.name, e.what());
+      close_client(id, "protocol error");
+      return;
+    }
+  }
+}
+
+void Connections::send(Client& c, Writer& w) {
+  if (c.doomed) return;
+  if (barrier_due_) {
+    // Reader slots were linked to rings that publishers use: make the links visible to
+    // them before the subscriber, told by this reply, relies on them (ring.hpp).
+    process_wide_barrier();
+    barrier_due_ = false;
+  }
+  const auto& frame = w.frame();
+  c.out.insert(c.out.end(), frame.begin(), frame.end());
+  if (c.out.size() > kMaxPendingOutput) {
+    log_->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
+               c.cred.pid, c.name, human_bytes(c.out.size()));
+    doom(c, "not reading its socket");
+    return;
+  }
+  flush(c);
+}
+
+void Connections::doom(Client& c, const char* reason) {
+  if (c.doomed) return;
+  // Closed after the current event: callers up the stack still use `c` and may be
+  // iterating over the sets closing it would change.
+  c.doomed = true;
+  c.out.clear();
+  doomed_.emplace_back(c.id, reason);
+}
+
+void Connections::reap_doomed() {
+  while (!doomed_.empty()) {
+    const auto [id, reason] = doomed_.back();
+    doomed_.pop_back();
+    close_client(id, reason);
+  }
+}
+
+void Connections::flush(Client& c) {
+  size_t sent = 0;
+  while (sent < c.out.size()) {
+    const ssize_t n = ::send(c.fd, c.out.data() + sent, c.out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      c.out.clear();  // the peer is gone; EPOLLIN/HUP will close it
+      return;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
+  if (sent > 0 && c.event_queued && c.doorbell != nullptr) {
+    // Tell a subscriber that events wait on its socket. Rung after the bytes are in the
+    // socket, not when they are queued: a socket buffer fills after a few hundred events,
+    // and a bell rung for bytes still queued here would be taken too early. Replies need
+    // no bell: the client is waiting for them.
+    full_fence();
+    doorbell::ring_doorbell(c.doorbell, kControlBit);
+    c.event_queued = !c.out.empty();
+  }
+  const bool want_write = !c.out.empty();
+  if (want_write != c.want_write) {
+    if (const std::error_code ec =
+            loop_.modify(c.fd, EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u), c.id)) {
+      // Either way the client would hang: its output never sent, or (EPOLLOUT left on) the
+      // loop woken for it without end.
+      log_->warn("client {} (pid {}, '{}'): cannot {} its socket for writing: {}; closing it", c.id,
+                 c.cred.pid, c.name, want_write ? "watch" : "unwatch", ec.message());
+      doom(c, "dropped on an epoll error");
+      return;
+    }
+    c.want_write = want_write;
+  }
+}
+
+void Connections::close_client(uint64_t id, const char* reason) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  std::unique_ptr<Client> owned = std::move(it->second);
+  clients_.erase(it);
+  Client& c = *owned;
+  // Closing the descriptor unwatches it anyway: a failure here costs nothing but a note.
+  if (const std::error_code ec = loop_.remove(c.fd))
+    log_->debug("epoll_ctl DEL of client {}: {}", id, ec.message());
+  ::close(c.fd);
+  c.fd = -1;
+  resume_accepting();  // a descriptor is free again
+  directory_.clients.fetch_sub(1, std::memory_order_relaxed);
+  // A goodbye vouches that nothing is left half-written; a client that never published or
+  // subscribed holds nothing to wait for. Waiting on their pids would cost a descriptor
+  // per connection, which a loop of bare connects could exhaust.
+  // (Its publisher id marks frames only in channels it opened.)
+  const bool holds_nothing = c.open_channels.empty() && c.attached.empty() &&
+                             c.returned_slots.empty() && !c.doorbell_block;
+  if (c.said_bye || holds_nothing) {
+    log_->debug("client {} (pid {}, '{}') {}", id, c.cred.pid, c.name, reason);
+    events_.finish_client(c);
+    return;
+  }
+  // No goodbye: crashed, or dropped by us while it may still run. Its slots, doorbell,
+  // holds and unfinished frames are released only once the process has exited.
+  const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
+  if (pidfd < 0) {
+    // ESRCH: already gone (and reaped). Otherwise we cannot tell when it exits.
+    if (c.cred.pid > 0 && errno != ESRCH)
+      log_->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid,
+                 id, std::strerror(errno));
+    events_.repair_and_finish(c);
+    return;
+  }
+  const uint64_t token = kDepartingBit | next_departing_++;
+  if (const std::error_code ec = loop_.add(static_cast<int>(pidfd), EPOLLIN, token)) {
+    // Unwatched, its exit would go unseen and what it holds would never be released.
+    log_->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid, id,
+               ec.message());
+    ::close(static_cast<int>(pidfd));
+    events_.repair_and_finish(c);
+    return;
+  }
+  if (c.doorbell != nullptr) {
+    // A live subscriber asleep on its doorbell: make it read the socket and see it closed.
+    full_fence();
+    doorbell::ring_doorbell(c.doorbell, kControlBit);
+  }
+  log_->info(
+      "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
+      "process exits",
+      id, c.cred.pid, c.name, reason);
+  departing_[token] = Departing{static_cast<int>(pidfd), std::move(owned)};
+}
+
+void Connections::on_departed(uint64_t token) {
+  auto it = departing_.find(token);
+  if (it == departing_.end()) return;
+  pollfd exited{it->second.pidfd, POLLIN, 0};
+  if (::poll(&exited, 1, 0) != 1) return;  // spurious: still running
+  Departing d = std::move(it->second);
+  departing_.erase(it);
+  // Closing the pidfd unwatches it anyway: a failure here costs nothing but a note.
+  if (const std::error_code ec = loop_.remove(d.pidfd))
+    log_->debug("epoll_ctl DEL of pid {}'s pidfd: {}", d.client->cred.pid, ec.message());
+  ::close(d.pidfd);
+  events_.repair_and_finish(*d.client);
+}
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,105 @@
+// The control connections: accepting clients, reading their frames, buffering what the
+// daemon sends them, and closing them, or keeping a client that ended without a goodbye
+// until its process exits (watched by pidfd).
+//
+// Thread safety: the run() thread only.
+#pragma once
+
+#include <spdlog/logger.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "client_state.hpp"
+#include "config.hpp"
+#include "event_loop.hpp"
+#include "layout.hpp"
+#include "protocol.hpp"
+
+namespace shmbus::daemon {
+
+// What the connections hand on to the request handlers.
+class ClientEvents {
+ public:
+  // A frame from `c`. Throws ProtocolError to have the connection closed; may doom `c`
+  // (through Connections::send) but not close it.
+  virtual void dispatch(Client& c, const protocol::Frame& f) = 0;
+  // `c` is gone and nothing it wrote is left half-done (it said goodbye, or held nothing):
+  // release what it holds.
+  virtual void finish_client(Client& c) = 0;
+  // `c` ended without a goodbye and its process has exited (or cannot be watched): repair
+  // the frames it left unfinished, then release what it holds.
+  virtual void repair_and_finish(Client& c) = 0;
+
+ protected:
+  ~ClientEvents() = default;
+};
+
+class Connections {
+ public:
+  // Watches `listen_fd` (kListenToken); throws std::system_error if it cannot.
+  Connections(const Config& config, std::shared_ptr<spdlog::logger> log, EventLoop& loop,
+              int listen_fd, layout::DirectoryHeader& directory, ClientEvents& events);
+  // Closes every connection and pidfd; subscribers are rung so they notice.
+  ~Connections();
+  Connections(const Connections&) = delete;
+  Connections& operator=(const Connections&) = delete;
+
+  // Event-loop entry points: kListenToken, a client id, a kDepartingBit token.
+  void accept_clients();
+  void on_client_event(uint64_t id, uint32_t events);
+  void on_departed(uint64_t token);
+  // Closes the clients doomed while handling the last event.
+  void reap_doomed();
+  // Watches the listening socket again if it was paused for want of descriptors.
+  void resume_accepting();
+
+  // Queues `w` for `c` and writes what the socket takes. A client that lets too much
+  // pile up is doomed: closed after the current event, never under the caller.
+  void send(Client& c, protocol::Writer& w);
+  // Reader slots were linked to rings that publishers may use: the next send() first
+  // makes the links visible to them (ring.hpp).
+  void barrier_before_next_send() { barrier_due_ = true; }
+
+  // A connected client (doomed ones included) or nullptr.
+  Client* find(uint64_t id);
+  const std::unordered_map<uint64_t, std::unique_ptr<Client>>& clients() const { return clients_; }
+  // "client 17 (pid 42, 'worker')", for connected and departing clients alike.
+  std::string describe_client(uint64_t id) const;
+
+ private:
+  void read_from(Client& c);
+  void flush(Client& c);
+  void doom(Client& c, const char* reason);
+  void close_client(uint64_t id, const char* reason);
+  void pause_accepting(int error);
+
+  const Config& config_;  // the daemon's, outlives the connections
+  const std::shared_ptr<spdlog::logger> log_;
+  EventLoop& loop_;
+  const int listen_fd_;  // owned by the daemon (server.cpp), which outlives the connections
+  layout::DirectoryHeader& directory_;  // in shared memory: its client count is ours to keep
+  ClientEvents& events_;
+
+  // Owned by the run() thread, like everything below.
+  std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
+  uint64_t next_client_id_ = kFirstClientId;
+  std::vector<std::pair<uint64_t, const char*>> doomed_;  // client id, why it is closed
+  // Clients whose connection ended without a goodbye, until their process exits: its
+  // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
+  // since a live process may still read and write them.
+  struct Departing {
+    int pidfd = -1;
+    std::unique_ptr<Client> client;
+  };
+  std::unordered_map<uint64_t, Departing> departing_;  // by token
+  uint64_t next_departing_ = 1;
+  bool barrier_due_ = false;
+  bool accept_paused_ = false;  // out of file descriptors: the listening socket is unwatched
+};
+
+}  // namespace shmbus::daemon
