@@ -40,6 +40,7 @@
 #include "registry.hpp"
 #include "ring.hpp"
 #include "shmbus/error.hpp"
+#include "subscriptions.hpp"
 #include "sys_error.hpp"
 
 namespace shmbus::daemon {
@@ -51,7 +52,6 @@ using layout::ShmRef;
 namespace {
 
 constexpr uint32_t kMaxClientNameBytes = 256;
-constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message
 constexpr auto kTick = std::chrono::seconds(1);
 
 [[noreturn]] void refuse(Errc code, const std::string& message) {
@@ -135,28 +135,15 @@ struct Daemon::Impl final : ClientEvents {
   // ---- registry ----
   // The registry's find_or_create, with a new channel matched against the patterns.
   Registry::Found find_or_create(std::string_view name, const ChannelSettings* requested);
-  // Registers (or finds) the client's slot in `ch`; `start` is the slot's position.
-  Attachment& attach(Client& c, ChannelState& ch, uint64_t start, uint64_t* start_sequence,
-                     bool* added);
-  protocol::Attachment describe(const ChannelState& ch, const Attachment& a,
-                                uint64_t start_position, uint64_t start_sequence);
   void send_subscribed(Client& c, uint32_t request,
                        const std::vector<protocol::Attachment>& attachments, Errc error_code,
                        const std::string& error);
-  // Drops `a` if nothing needs it any more; true if it was dropped (the client gives the
-  // slot back).
-  bool detach_if_unneeded(Client& c, ChannelState& ch);
-  void return_slot(Client& c, ChannelState& ch, uint32_t slot);
-  void set_receivers(ChannelState& ch, int32_t delta);
-  void release_subscriptions(Client& c);
-  void match_new_channel(ChannelState& ch);
   // Who keeps reclaimed rings from being freed: "client 17 (pid 42, 'worker') holds 3 of
   // them"; empty if none is held.
   std::unordered_map<uint64_t, uint32_t> reclaim_holders(Clock::time_point reclaimed_before);
   std::string describe_reclaim_holders(Clock::time_point reclaimed_before);
   void warn_about_reclaim_holders(Clock::time_point now);
   void retry_stalled_rings();
-  uint32_t allocate_bit(Client& c, const ChannelState& ch);
   void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
 
   DaemonOptions options;
@@ -169,7 +156,7 @@ struct Daemon::Impl final : ClientEvents {
   EventLoop loop;
   ListeningSocket listener;
   Connections connections;
-  std::map<std::string, std::set<uint64_t>> pattern_index;  // pattern -> subscribing clients
+  Subscriptions subscriptions;
   std::vector<uint16_t> free_publisher_ids;
   uint32_t next_publisher_id = 1;
   Clock::time_point last_maintenance = Clock::now();
@@ -206,7 +193,8 @@ Daemon::Impl::Impl(DaemonOptions opts)
                [this] { return describe_reclaim_holders(Clock::now()); }),
       loop(timer_period(options.status_interval)),
       listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
-      connections(options.config, log, loop, listener.fd(), registry.directory(), *this) {
+      connections(options.config, log, loop, listener.fd(), registry.directory(), *this),
+      subscriptions(options.config, log, registry, connections) {
   endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),
@@ -365,7 +353,7 @@ void Daemon::Impl::repair_and_finish(Client& c) {
 }
 
 void Daemon::Impl::finish_client(Client& c) {
-  release_subscriptions(c);
+  subscriptions.release(c);
   for (auto& [channel_id, handles] : c.open_channels)
     if (ChannelState* ch = registry.find_live(channel_id)) ch->publisher_holds -= handles;
   c.open_channels.clear();
@@ -500,99 +488,8 @@ void Daemon::Impl::on_hello(Client& c, const Frame& f) {
 Registry::Found Daemon::Impl::find_or_create(std::string_view name,
                                              const ChannelSettings* requested) {
   const Registry::Found found = registry.find_or_create(name, requested);
-  if (found.created) match_new_channel(found.channel);
+  if (found.created) subscriptions.match_new_channel(found.channel);
   return found;
-}
-
-void Daemon::Impl::match_new_channel(ChannelState& ch) {
-  // Patterns are resolved here, once per channel, never per message. The slots are
-  // registered at position 0 before any publisher learns where the ring is, so a pattern
-  // subscriber cannot miss the channel's first message.
-  for (auto& [pattern, subscribers] : pattern_index) {
-    if (!glob_match(pattern, ch.name)) continue;
-    for (uint64_t client_id : subscribers) {
-      Client* subscriber = connections.find(client_id);
-      if (subscriber == nullptr || subscriber->doomed) continue;
-      Client& c = *subscriber;
-      bool added = false;
-      uint64_t start_sequence = 0;
-      try {
-        Attachment& a = attach(c, ch, 0, &start_sequence, &added);
-        a.patterns.push_back(pattern);
-        set_receivers(ch, +1);
-        if (added) {
-          Writer w(Type::kAttach, 0);
-          describe(ch, a, 0, start_sequence).write(w);
-          c.event_queued = true;
-          connections.send(c, w);
-        }
-      } catch (const Error& e) {
-        log->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
-                  c.cred.pid, c.name, printable(ch.name), e.what());
-      }
-    }
-  }
-}
-
-uint32_t Daemon::Impl::allocate_bit(Client& c, const ChannelState& ch) {
-  if (!c.free_bits.empty()) {
-    const uint32_t bit = c.free_bits.back();
-    c.free_bits.pop_back();
-    return bit;
-  }
-  if (c.next_bit >= c.doorbell_bits)
-    refuse(Errc::kLimit, "cannot receive channel " + printable(ch.name) +
-                             ": this subscription already reads " +
-                             std::to_string(c.doorbell_bits - 1) +
-                             " channels (max_subscriptions_per_client in [limits] of " +
-                             options.config.source + "); raise it");
-  return c.next_bit++;
-}
-
-Attachment& Daemon::Impl::attach(Client& c, ChannelState& ch, uint64_t start,
-                                 uint64_t* start_sequence, bool* added) {
-  *added = false;
-  if (auto it = c.attached.find(ch.id); it != c.attached.end()) return it->second;
-  if (c.doorbell == nullptr)
-    throw ProtocolError("subscribe on a connection that asked for no doorbell in HELLO");
-  const uint32_t bit = allocate_bit(c, ch);
-  SlotClaim claim;
-  claim.owner = c.id;
-  claim.pid = c.cred.pid;
-  claim.gating = ch.ring.back_pressure();
-  claim.doorbell_ref = ShmRef::make(0, c.doorbell_block->offset, bit);
-  // A fresh ring starts at 0 with sequence 0; otherwise the caller chose the position and
-  // the claim word gives the sequence that goes with the latest position.
-  const layout::ClaimWord now = ch.ring.load_claim();
-  claim.position = start == kAtLatest ? now.position : start;
-  *start_sequence = start == kAtLatest ? now.sequence : 0;
-  const int32_t slot = claim_reader_slot(ch.ring, claim);
-  if (slot < 0) {
-    c.free_bits.push_back(bit);
-    refuse(Errc::kLimit, "channel " + printable(ch.name) + " already has " +
-                             std::to_string(ch.settings.max_subscribers) +
-                             " subscribers (max_subscribers of rule '" + ch.settings.rule +
-                             "' in " + options.config.source +
-                             "); raise max_subscribers in [defaults] or a [[channel]] "
-                             "rule for it");
-  }
-  if (ch.publisher_holds > 0 || now.sequence > 0) connections.barrier_before_next_send();
-  ch.attached.insert(c.id);
-  Attachment& a = c.attached[ch.id];
-  a.slot = static_cast<uint32_t>(slot);
-  a.bit = bit;
-  *added = true;
-  return a;
-}
-
-protocol::Attachment Daemon::Impl::describe(const ChannelState& ch, const Attachment& a,
-                                            uint64_t start_position, uint64_t start_sequence) {
-  return protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
-                              ch.name,
-                              a.slot,
-                              a.bit,
-                              start_position,
-                              start_sequence};
 }
 
 void Daemon::Impl::send_subscribed(Client& c, uint32_t request,
@@ -616,37 +513,6 @@ void Daemon::Impl::send_subscribed(Client& c, uint32_t request,
     connections.send(c, w);
     next = end;
   } while (next < attachments.size());
-}
-
-void Daemon::Impl::set_receivers(ChannelState& ch, int32_t delta) {
-  ch.receivers = static_cast<uint32_t>(static_cast<int64_t>(ch.receivers) + delta);
-  ch.ring.header()->receivers.store(ch.receivers, std::memory_order_relaxed);
-  ch.ring.header()->channel_subscribers.store(ch.channel_subscribers, std::memory_order_relaxed);
-}
-
-void Daemon::Impl::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
-  // Forget slots the client has freed already, so a long-lived subscription that churns
-  // does not grow this list without bound.
-  if (c.returned_slots.size() >= 256) {
-    std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
-      const ChannelState* owner = registry.find_any(r.first);
-      if (owner == nullptr) return true;  // freed: only a ring without slots in use is
-      const layout::ReaderSlot* s = owner->ring.slot(r.second);
-      return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
-             s->owner.load(std::memory_order_relaxed) != c.id;
-    });
-  }
-  c.returned_slots.emplace_back(ch.id, slot);
-}
-
-bool Daemon::Impl::detach_if_unneeded(Client& c, ChannelState& ch) {
-  auto it = c.attached.find(ch.id);
-  if (it == c.attached.end() || it->second.needed()) return false;
-  return_slot(c, ch, it->second.slot);
-  c.free_bits.push_back(it->second.bit);
-  c.attached.erase(it);
-  ch.attached.erase(c.id);
-  return true;
 }
 
 void Daemon::Impl::check_subscription_limit(const Client& c, size_t adding, const char* kind) {
@@ -725,48 +591,25 @@ void Daemon::Impl::on_subscribe(Client& c, const Frame& f) {
   for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
   check_subscription_limit(c, adding, "channel");
 
-  std::vector<std::pair<ChannelState*, Attachment*>> attached;
-  std::vector<std::pair<uint64_t, uint64_t>> starts;
+  std::vector<protocol::Attachment> reply;
   std::string error;
   Errc error_code = Errc::kLimit;
   for (const auto& name : names) {
     if (c.channels.count(name)) {
       // Already held: report the slot again so the client's view is complete.
-      if (ChannelState* ch = registry.find(name)) {
-        attached.emplace_back(ch, &c.attached[ch->id]);
-        starts.emplace_back(kKeepReading, 0);
-      }
+      if (const ChannelState* ch = registry.find(name))
+        reply.push_back(subscriptions.describe_held(c, *ch));
       continue;
     }
     try {
       ChannelState& ch = find_or_create(name, nullptr).channel;
-      // Earliest / after-sequence starts read history: the slot sits at the oldest frame
-      // so a back-pressure ring keeps what the client is about to read.
-      const uint64_t slot_start =
-          start == StartKind::kLatest ? kAtLatest : ch.ring.retire_frontier();
-      bool added = false;
-      uint64_t start_sequence = 0;
-      Attachment& a = attach(c, ch, slot_start, &start_sequence, &added);
-      a.by_name = true;
-      c.channels.insert(name);
-      ++ch.channel_subscribers;
-      set_receivers(ch, +1);
-      attached.emplace_back(&ch, &a);
-      starts.emplace_back(slot_start == kAtLatest
-                              ? ch.ring.slot(a.slot)->position.load(std::memory_order_relaxed)
-                              : slot_start,
-                          start_sequence);
-      if (!added) starts.back().first = kKeepReading;  // via a pattern: reading already
+      reply.push_back(subscriptions.subscribe_channel(c, ch, start));
     } catch (const Error& e) {
       error = e.what();
       error_code = e.code();
       break;  // what succeeded stands; the client learns both
     }
   }
-  std::vector<protocol::Attachment> reply;
-  for (size_t i = 0; i < attached.size(); ++i)
-    reply.push_back(
-        describe(*attached[i].first, *attached[i].second, starts[i].first, starts[i].second));
   send_subscribed(c, f.request, reply, error_code, error);
 }
 
@@ -781,43 +624,17 @@ void Daemon::Impl::on_psubscribe(Client& c, const Frame& f) {
   if (c.doorbell == nullptr)
     throw ProtocolError("psubscribe on a connection that asked for no doorbell in HELLO");
 
-  std::vector<std::pair<ChannelState*, Attachment*>> attached;
-  std::vector<uint64_t> start_sequences;
+  std::vector<protocol::Attachment> reply;
   std::string error;
   Errc error_code = Errc::kLimit;
   for (const auto& pattern : patterns) {
-    if (!c.patterns.insert(pattern).second) continue;
-    auto& subscribers = pattern_index[pattern];
-    subscribers.insert(c.id);
-    registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                                        std::memory_order_relaxed);
-    // Existing channels that match start from their latest message (as in Redis, where a
-    // new pattern sees what is published from now on).
-    for (const auto& ch : registry.channels()) {
-      if (!ch || !glob_match(pattern, ch->name)) continue;
-      try {
-        bool added = false;
-        uint64_t start_sequence = 0;
-        Attachment& a = attach(c, *ch, kAtLatest, &start_sequence, &added);
-        a.patterns.push_back(pattern);
-        set_receivers(*ch, +1);
-        if (added) {
-          attached.emplace_back(ch.get(), &a);
-          start_sequences.push_back(start_sequence);
-        }
-      } catch (const Error& e) {
-        error = e.what();
-        error_code = e.code();
-      }
+    Subscriptions::PatternSubscribed subscribed = subscriptions.subscribe_pattern(c, pattern);
+    std::move(subscribed.attachments.begin(), subscribed.attachments.end(),
+              std::back_inserter(reply));
+    if (subscribed.error) {
+      error = subscribed.error->what();
+      error_code = subscribed.error->code();
     }
-  }
-  std::vector<protocol::Attachment> reply;
-  for (size_t i = 0; i < attached.size(); ++i) {
-    const Attachment& a = *attached[i].second;
-    reply.push_back(
-        describe(*attached[i].first, a,
-                 attached[i].first->ring.slot(a.slot)->position.load(std::memory_order_relaxed),
-                 start_sequences[i]));
   }
   send_subscribed(c, f.request, reply, error_code, error);
 }
@@ -829,20 +646,21 @@ void Daemon::Impl::on_patterns(Client& c, const Frame& f) {
   if (!filter.empty()) validate_pattern(filter);
   // Like send_subscribed: frames of at most half the frame limit, the last flagged final, so
   // 10,000 patterns of 1 KiB each still fit the protocol.
-  auto it = pattern_index.begin();
+  const Subscriptions::PatternIndex& index = subscriptions.pattern_index();
+  auto it = index.begin();
   do {
     std::vector<std::pair<const std::string*, uint32_t>> batch;
     size_t bytes = 64;
-    for (; it != pattern_index.end() && bytes < kMaxFrameBytes / 2; ++it) {
+    for (; it != index.end() && bytes < kMaxFrameBytes / 2; ++it) {
       if (!filter.empty() && !glob_match(filter, it->first)) continue;
       batch.emplace_back(&it->first, static_cast<uint32_t>(it->second.size()));
       bytes += 8 + it->first.size();
     }
     Writer w(Type::kPatternList, f.request);
-    w.u8(it == pattern_index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
+    w.u8(it == index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
     for (const auto& [pattern, subscribers] : batch) w.str(*pattern).u32(subscribers);
     connections.send(c, w);
-  } while (it != pattern_index.end());
+  } while (it != index.end());
 }
 
 void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
@@ -859,74 +677,17 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
   std::vector<uint32_t> detached;
   for (const auto& name : names) {
     if (patterns) {
-      if (c.patterns.erase(name) == 0) continue;
-      auto it = pattern_index.find(name);
-      if (it != pattern_index.end()) {
-        it->second.erase(c.id);
-        if (it->second.empty()) pattern_index.erase(it);
-      }
-      std::vector<uint32_t> ids;
-      for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
-      for (uint32_t channel_id : ids) {
-        ChannelState& ch = *registry.find_live(channel_id);
-        // Only where this pattern was counted (an attach may have failed for it).
-        if (std::erase(c.attached[channel_id].patterns, name) == 0) continue;
-        set_receivers(ch, -1);
-        if (detach_if_unneeded(c, ch)) detached.push_back(channel_id);
-      }
-    } else {
-      if (c.channels.erase(name) == 0) continue;
-      ChannelState* ch = registry.find(name);
-      if (ch == nullptr) continue;
-      c.attached[ch->id].by_name = false;
-      --ch->channel_subscribers;
-      set_receivers(*ch, -1);
-      ch->last_active = Clock::now();
-      if (detach_if_unneeded(c, *ch)) detached.push_back(ch->id);
+      const std::vector<uint32_t> ids = subscriptions.unsubscribe_pattern(c, name);
+      detached.insert(detached.end(), ids.begin(), ids.end());
+    } else if (const std::optional<uint32_t> id = subscriptions.unsubscribe_channel(c, name)) {
+      detached.push_back(*id);
     }
   }
-  registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                                      std::memory_order_relaxed);
   Writer w(Type::kUnsubscribed, f.request);
   w.u32(static_cast<uint32_t>(detached.size()));
   for (uint32_t id : detached) w.u32(id);
   w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
   connections.send(c, w);
-}
-
-void Daemon::Impl::release_subscriptions(Client& c) {
-  for (const auto& pattern : c.patterns) {
-    auto it = pattern_index.find(pattern);
-    if (it == pattern_index.end()) continue;
-    it->second.erase(c.id);
-    if (it->second.empty()) pattern_index.erase(it);
-  }
-  registry.directory().patterns.store(static_cast<uint32_t>(pattern_index.size()),
-                                      std::memory_order_relaxed);
-  // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
-  for (auto& [channel_id, a] : c.attached) {
-    ChannelState* ch = registry.find_any(channel_id);
-    if (ch == nullptr) continue;
-    release_reader_slot(ch->ring, a.slot, c.id);
-    if (!ch->attached.erase(c.id)) continue;  // already reclaimed: counts are gone with it
-    if (a.by_name) --ch->channel_subscribers;
-    set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
-    ch->last_active = Clock::now();
-  }
-  for (auto [channel_id, slot] : c.returned_slots)
-    if (ChannelState* ch = registry.find_any(channel_id)) release_reader_slot(ch->ring, slot, c.id);
-  c.attached.clear();
-  c.returned_slots.clear();
-  c.channels.clear();
-  c.patterns.clear();
-  if (c.doorbell_block) {
-    // A publisher may still hold this doorbell's address from a link it read just before we
-    // cleared it, and set a bit in it later. Doorbell blocks are therefore only ever reused
-    // as doorbells, where a stray bit costs one spurious wake-up, never as ring memory.
-    registry.park_doorbell(*c.doorbell_block);
-    c.doorbell_block.reset();
-    c.doorbell = nullptr;
-  }
 }
 
 // ---- reclaiming idle channels -------------------------------------------------------------
@@ -946,21 +707,7 @@ void Daemon::Impl::on_tick() {
     if (ttl.count() == 0 || now - ch.last_active < ttl) continue;
     // Idle: nobody publishes or holds it by name. Pattern subscribers let go of it (they
     // receive it again, from its first message, if it is ever created anew).
-    for (uint64_t client_id : std::vector<uint64_t>(ch.attached.begin(), ch.attached.end())) {
-      Client* holder = connections.find(client_id);
-      if (holder == nullptr) continue;
-      Client& c = *holder;
-      auto a = c.attached.find(ch.id);
-      if (a == c.attached.end()) continue;
-      return_slot(c, ch, a->second.slot);
-      c.free_bits.push_back(a->second.bit);
-      c.attached.erase(a);
-      Writer w(Type::kDetach, 0);
-      w.u32(ch.id);
-      c.event_queued = true;
-      connections.send(c, w);
-    }
-    ch.attached.clear();
+    subscriptions.detach_all(ch);
     registry.retire(ch.id);
     log->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
     ch.last_active = now;
@@ -977,7 +724,7 @@ void Daemon::Impl::report_status() {
   DaemonStatus status;
   status.clients = connections.clients().size();
   status.channels = registry.live_channels();
-  status.patterns = pattern_index.size();
+  status.patterns = subscriptions.pattern_index().size();
   status.reserved_bytes = registry.reserved_bytes();
   options.on_status(status);
 }

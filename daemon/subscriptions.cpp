@@ -1,0 +1,287 @@
+#include "subscriptions.hpp"
+
+#include <algorithm>
+
+#include "glob.hpp"
+#include "naming.hpp"
+#include "ring.hpp"
+
+namespace shmbus::daemon {
+
+using namespace protocol;
+using layout::ShmRef;
+
+namespace {
+
+constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at the newest message
+
+protocol::Attachment describe(const ChannelState& ch, const Attachment& a, uint64_t start_position,
+                              uint64_t start_sequence) {
+  return protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
+                              ch.name,
+                              a.slot,
+                              a.bit,
+                              start_position,
+                              start_sequence};
+}
+
+uint64_t slot_position(const ChannelState& ch, const Attachment& a) {
+  return ch.ring.slot(a.slot)->position.load(std::memory_order_relaxed);
+}
+
+void set_receivers(ChannelState& ch, int32_t delta) {
+  ch.receivers = static_cast<uint32_t>(static_cast<int64_t>(ch.receivers) + delta);
+  ch.ring.header()->receivers.store(ch.receivers, std::memory_order_relaxed);
+  ch.ring.header()->channel_subscribers.store(ch.channel_subscribers, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+Subscriptions::Subscriptions(const Config& config, std::shared_ptr<spdlog::logger> log,
+                             Registry& registry, Connections& connections)
+    : config_(config), log_(std::move(log)), registry_(registry), connections_(connections) {}
+
+protocol::Attachment Subscriptions::subscribe_channel(Client& c, ChannelState& ch,
+                                                      StartKind start) {
+  // Earliest / after-sequence starts read history: the slot sits at the oldest frame
+  // so a back-pressure ring keeps what the client is about to read.
+  const uint64_t slot_start = start == StartKind::kLatest ? kAtLatest : ch.ring.retire_frontier();
+  const Attached attached = attach(c, ch, slot_start);
+  Attachment& a = attached.attachment;
+  a.by_name = true;
+  c.channels.insert(ch.name);
+  ++ch.channel_subscribers;
+  set_receivers(ch, +1);
+  // Added through a pattern before: the client reads it already.
+  const uint64_t start_position = !attached.added           ? kKeepReading
+                                  : slot_start == kAtLatest ? slot_position(ch, a)
+                                                            : slot_start;
+  return describe(ch, a, start_position, attached.start_sequence);
+}
+
+protocol::Attachment Subscriptions::describe_held(Client& c, const ChannelState& ch) {
+  return describe(ch, c.attached[ch.id], kKeepReading, 0);
+}
+
+Subscriptions::PatternSubscribed Subscriptions::subscribe_pattern(Client& c,
+                                                                  const std::string& pattern) {
+  PatternSubscribed result;
+  if (!c.patterns.insert(pattern).second) return result;
+  auto& subscribers = pattern_index_[pattern];
+  subscribers.insert(c.id);
+  publish_pattern_count();
+  // Existing channels that match start from their latest message (as in Redis, where a
+  // new pattern sees what is published from now on).
+  for (const auto& ch : registry_.channels()) {
+    if (!ch || !glob_match(pattern, ch->name)) continue;
+    try {
+      const Attached attached = attach(c, *ch, kAtLatest);
+      Attachment& a = attached.attachment;
+      a.patterns.push_back(pattern);
+      set_receivers(*ch, +1);
+      if (attached.added)
+        result.attachments.push_back(
+            describe(*ch, a, slot_position(*ch, a), attached.start_sequence));
+    } catch (const Error& e) {
+      result.error = e;
+    }
+  }
+  return result;
+}
+
+std::optional<uint32_t> Subscriptions::unsubscribe_channel(Client& c, const std::string& name) {
+  if (c.channels.erase(name) == 0) return std::nullopt;
+  ChannelState* ch = registry_.find(name);
+  if (ch == nullptr) return std::nullopt;
+  c.attached[ch->id].by_name = false;
+  --ch->channel_subscribers;
+  set_receivers(*ch, -1);
+  ch->last_active = Clock::now();
+  if (detach_if_unneeded(c, *ch)) return ch->id;
+  return std::nullopt;
+}
+
+std::vector<uint32_t> Subscriptions::unsubscribe_pattern(Client& c, const std::string& pattern) {
+  std::vector<uint32_t> detached;
+  if (c.patterns.erase(pattern) == 0) return detached;
+  auto it = pattern_index_.find(pattern);
+  if (it != pattern_index_.end()) {
+    it->second.erase(c.id);
+    if (it->second.empty()) pattern_index_.erase(it);
+  }
+  publish_pattern_count();
+  std::vector<uint32_t> ids;
+  for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
+  for (uint32_t channel_id : ids) {
+    ChannelState& ch = *registry_.find_live(channel_id);
+    // Only where this pattern was counted (an attach may have failed for it).
+    if (std::erase(c.attached[channel_id].patterns, pattern) == 0) continue;
+    set_receivers(ch, -1);
+    if (detach_if_unneeded(c, ch)) detached.push_back(channel_id);
+  }
+  return detached;
+}
+
+void Subscriptions::match_new_channel(ChannelState& ch) {
+  // Patterns are resolved here, once per channel, never per message. The slots are
+  // registered at position 0 before any publisher learns where the ring is, so a pattern
+  // subscriber cannot miss the channel's first message.
+  for (auto& [pattern, subscribers] : pattern_index_) {
+    if (!glob_match(pattern, ch.name)) continue;
+    for (uint64_t client_id : subscribers) {
+      Client* subscriber = connections_.find(client_id);
+      if (subscriber == nullptr || subscriber->doomed) continue;
+      Client& c = *subscriber;
+      try {
+        const Attached attached = attach(c, ch, 0);
+        attached.attachment.patterns.push_back(pattern);
+        set_receivers(ch, +1);
+        if (attached.added) {
+          Writer w(Type::kAttach, 0);
+          describe(ch, attached.attachment, 0, attached.start_sequence).write(w);
+          c.event_queued = true;
+          connections_.send(c, w);
+        }
+      } catch (const Error& e) {
+        log_->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
+                   c.cred.pid, c.name, printable(ch.name), e.what());
+      }
+    }
+  }
+}
+
+void Subscriptions::detach_all(ChannelState& ch) {
+  for (uint64_t client_id : std::vector<uint64_t>(ch.attached.begin(), ch.attached.end())) {
+    Client* holder = connections_.find(client_id);
+    if (holder == nullptr) continue;
+    Client& c = *holder;
+    auto a = c.attached.find(ch.id);
+    if (a == c.attached.end()) continue;
+    give_back(c, ch, a);
+    Writer w(Type::kDetach, 0);
+    w.u32(ch.id);
+    c.event_queued = true;
+    connections_.send(c, w);
+  }
+  ch.attached.clear();
+}
+
+void Subscriptions::release(Client& c) {
+  for (const auto& pattern : c.patterns) {
+    auto it = pattern_index_.find(pattern);
+    if (it == pattern_index_.end()) continue;
+    it->second.erase(c.id);
+    if (it->second.empty()) pattern_index_.erase(it);
+  }
+  publish_pattern_count();
+  // Live or being reclaimed: a reclaimed ring is freed only once these slots are.
+  for (auto& [channel_id, a] : c.attached) {
+    ChannelState* ch = registry_.find_any(channel_id);
+    if (ch == nullptr) continue;
+    release_reader_slot(ch->ring, a.slot, c.id);
+    if (!ch->attached.erase(c.id)) continue;  // already reclaimed: counts are gone with it
+    if (a.by_name) --ch->channel_subscribers;
+    set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
+    ch->last_active = Clock::now();
+  }
+  for (auto [channel_id, slot] : c.returned_slots)
+    if (ChannelState* ch = registry_.find_any(channel_id))
+      release_reader_slot(ch->ring, slot, c.id);
+  c.attached.clear();
+  c.returned_slots.clear();
+  c.channels.clear();
+  c.patterns.clear();
+  if (c.doorbell_block) {
+    // A publisher may still hold this doorbell's address from a link it read just before we
+    // cleared it, and set a bit in it later. Doorbell blocks are therefore only ever reused
+    // as doorbells, where a stray bit costs one spurious wake-up, never as ring memory.
+    registry_.park_doorbell(*c.doorbell_block);
+    c.doorbell_block.reset();
+    c.doorbell = nullptr;
+  }
+}
+
+Subscriptions::Attached Subscriptions::attach(Client& c, ChannelState& ch, uint64_t start) {
+  if (auto it = c.attached.find(ch.id); it != c.attached.end()) return {it->second, 0, false};
+  if (c.doorbell == nullptr)
+    throw ProtocolError("subscribe on a connection that asked for no doorbell in HELLO");
+  const uint32_t bit = allocate_bit(c, ch);
+  SlotClaim claim;
+  claim.owner = c.id;
+  claim.pid = c.cred.pid;
+  claim.gating = ch.ring.back_pressure();
+  claim.doorbell_ref = ShmRef::make(0, c.doorbell_block->offset, bit);
+  // A fresh ring starts at 0 with sequence 0; otherwise the caller chose the position and
+  // the claim word gives the sequence that goes with the latest position.
+  const layout::ClaimWord now = ch.ring.load_claim();
+  claim.position = start == kAtLatest ? now.position : start;
+  const uint64_t start_sequence = start == kAtLatest ? now.sequence : 0;
+  const int32_t slot = claim_reader_slot(ch.ring, claim);
+  if (slot < 0) {
+    c.free_bits.push_back(bit);
+    throw Error(Errc::kLimit, "channel " + printable(ch.name) + " already has " +
+                                  std::to_string(ch.settings.max_subscribers) +
+                                  " subscribers (max_subscribers of rule '" + ch.settings.rule +
+                                  "' in " + config_.source +
+                                  "); raise max_subscribers in [defaults] or a [[channel]] "
+                                  "rule for it");
+  }
+  if (ch.publisher_holds > 0 || now.sequence > 0) connections_.barrier_before_next_send();
+  ch.attached.insert(c.id);
+  Attachment& a = c.attached[ch.id];
+  a.slot = static_cast<uint32_t>(slot);
+  a.bit = bit;
+  return {a, start_sequence, true};
+}
+
+uint32_t Subscriptions::allocate_bit(Client& c, const ChannelState& ch) {
+  if (!c.free_bits.empty()) {
+    const uint32_t bit = c.free_bits.back();
+    c.free_bits.pop_back();
+    return bit;
+  }
+  if (c.next_bit >= c.doorbell_bits)
+    throw Error(Errc::kLimit, "cannot receive channel " + printable(ch.name) +
+                                  ": this subscription already reads " +
+                                  std::to_string(c.doorbell_bits - 1) +
+                                  " channels (max_subscriptions_per_client in [limits] of " +
+                                  config_.source + "); raise it");
+  return c.next_bit++;
+}
+
+bool Subscriptions::detach_if_unneeded(Client& c, ChannelState& ch) {
+  auto it = c.attached.find(ch.id);
+  if (it == c.attached.end() || it->second.needed()) return false;
+  give_back(c, ch, it);
+  ch.attached.erase(c.id);
+  return true;
+}
+
+void Subscriptions::give_back(Client& c, ChannelState& ch,
+                              std::unordered_map<uint32_t, Attachment>::iterator a) {
+  return_slot(c, ch, a->second.slot);
+  c.free_bits.push_back(a->second.bit);
+  c.attached.erase(a);
+}
+
+void Subscriptions::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
+  // Forget slots the client has freed already, so a long-lived subscription that churns
+  // does not grow this list without bound.
+  if (c.returned_slots.size() >= 256) {
+    std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
+      const ChannelState* owner = registry_.find_any(r.first);
+      if (owner == nullptr) return true;  // freed: only a ring without slots in use is
+      const layout::ReaderSlot* s = owner->ring.slot(r.second);
+      return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
+             s->owner.load(std::memory_order_relaxed) != c.id;
+    });
+  }
+  c.returned_slots.emplace_back(ch.id, slot);
+}
+
+void Subscriptions::publish_pattern_count() {
+  registry_.directory().patterns.store(static_cast<uint32_t>(pattern_index_.size()),
+                                       std::memory_order_relaxed);
+}
+
+}  // namespace shmbus::daemon
