@@ -37,7 +37,9 @@
 #include "layout.hpp"
 #include "naming.hpp"
 #include "protocol.hpp"
+#include "reclaim.hpp"
 #include "registry.hpp"
+#include "repair.hpp"
 #include "ring.hpp"
 #include "shmbus/error.hpp"
 #include "subscriptions.hpp"
@@ -138,13 +140,6 @@ struct Daemon::Impl final : ClientEvents {
   void send_subscribed(Client& c, uint32_t request,
                        const std::vector<protocol::Attachment>& attachments, Errc error_code,
                        const std::string& error);
-  // Who keeps reclaimed rings from being freed: "client 17 (pid 42, 'worker') holds 3 of
-  // them"; empty if none is held.
-  std::unordered_map<uint64_t, uint32_t> reclaim_holders(Clock::time_point reclaimed_before);
-  std::string describe_reclaim_holders(Clock::time_point reclaimed_before);
-  void warn_about_reclaim_holders(Clock::time_point now);
-  void retry_stalled_rings();
-  void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
 
   DaemonOptions options;
   std::shared_ptr<spdlog::logger> log;
@@ -157,18 +152,11 @@ struct Daemon::Impl final : ClientEvents {
   ListeningSocket listener;
   Connections connections;
   Subscriptions subscriptions;
+  CrashRepair repair;
+  Reclaimer reclaimer;
   std::vector<uint16_t> free_publisher_ids;
   uint32_t next_publisher_id = 1;
   Clock::time_point last_maintenance = Clock::now();
-
-  // Rings held up, after a publisher died, by a claim without a header: the dead one may
-  // have died between its claim and its header, which repair by publisher id cannot find.
-  // Retried on each tick (see retry_stalled_rings).
-  struct StalledRing {
-    uint32_t channel_id = 0;
-    std::optional<uint64_t> headerless_at;  // seen on the previous tick
-  };
-  std::vector<StalledRing> stalled_rings;
 };
 
 // ---- setup --------------------------------------------------------------------------------
@@ -190,11 +178,13 @@ Daemon::Impl::Impl(DaemonOptions opts)
       endpoint(resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}})),
       lock(endpoint.bus, *log),
       registry(options.config, endpoint.bus, log,
-               [this] { return describe_reclaim_holders(Clock::now()); }),
+               [this] { return reclaimer.describe_holders(Clock::now()); }),
       loop(timer_period(options.status_interval)),
       listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
       connections(options.config, log, loop, listener.fd(), registry.directory(), *this),
-      subscriptions(options.config, log, registry, connections) {
+      subscriptions(options.config, log, registry, connections),
+      repair(log, registry),
+      reclaimer(options.config, log, registry, connections, subscriptions) {
   endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),
@@ -348,7 +338,7 @@ void Daemon::Impl::stop() {
 void Daemon::Impl::repair_and_finish(Client& c) {
   std::vector<uint32_t> held;
   for (auto& [channel_id, handles] : c.open_channels) held.push_back(channel_id);
-  repair_publisher(c.publisher_id, held);
+  repair.repair_publisher(c.publisher_id, held);
   finish_client(c);
 }
 
@@ -359,25 +349,6 @@ void Daemon::Impl::finish_client(Client& c) {
   c.open_channels.clear();
   if (c.publisher_id != 0) free_publisher_ids.push_back(c.publisher_id);
   c.publisher_id = 0;
-}
-
-void Daemon::Impl::repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& held) {
-  uint32_t repaired = 0;
-  for (uint32_t channel_id : held) {
-    const ChannelState* ch = registry.find_live(channel_id);
-    if (ch == nullptr) continue;
-    const RingRef ring = ch->ring;
-    repaired += repair_dead_publisher(ring, publisher_id, &registry.arena_table());
-    if (first_unfinished_frame(ring) &&
-        std::none_of(stalled_rings.begin(), stalled_rings.end(),
-                     [&](const StalledRing& r) { return r.channel_id == channel_id; }))
-      stalled_rings.push_back(StalledRing{channel_id, std::nullopt});
-  }
-  if (repaired > 0)
-    log->warn(
-        "padded over {} frame(s) a crashed publisher (id {}) left unfinished; subscribers "
-        "count them as lost",
-        repaired, publisher_id);
 }
 
 // ---- requests -----------------------------------------------------------------------------
@@ -690,31 +661,9 @@ void Daemon::Impl::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
   connections.send(c, w);
 }
 
-// ---- reclaiming idle channels -------------------------------------------------------------
-
 void Daemon::Impl::on_tick() {
-  const auto now = Clock::now();
-  const auto ttl = options.config.idle_ttl;
-  for (const auto& owned : registry.channels()) {
-    if (!owned) continue;
-    ChannelState& ch = *owned;
-    const uint64_t published = ch.ring.published_relaxed();
-    if (published != ch.last_published || ch.publisher_holds > 0 || ch.channel_subscribers > 0) {
-      ch.last_published = published;
-      ch.last_active = now;
-      continue;
-    }
-    if (ttl.count() == 0 || now - ch.last_active < ttl) continue;
-    // Idle: nobody publishes or holds it by name. Pattern subscribers let go of it (they
-    // receive it again, from its first message, if it is ever created anew).
-    subscriptions.detach_all(ch);
-    registry.retire(ch.id);
-    log->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
-    ch.last_active = now;
-  }
-  registry.free_released_rings();
-  warn_about_reclaim_holders(now);
-  retry_stalled_rings();
+  reclaimer.on_tick(Clock::now());
+  repair.retry_stalled_rings();
   // Try again each second: other processes may have freed descriptors.
   connections.resume_accepting();
 }
@@ -727,85 +676,6 @@ void Daemon::Impl::report_status() {
   status.patterns = subscriptions.pattern_index().size();
   status.reserved_bytes = registry.reserved_bytes();
   options.on_status(status);
-}
-
-// How long a subscription may leave a detach unread before the daemon names it in its log.
-constexpr auto kReclaimHoldWarning = std::chrono::seconds(10);
-
-std::unordered_map<uint64_t, uint32_t> Daemon::Impl::reclaim_holders(
-    Clock::time_point reclaimed_before) {
-  std::unordered_map<uint64_t, uint32_t> held;  // client id -> reclaimed rings it holds
-  for (const auto& [id, ch] : registry.reclaiming()) {
-    if (ch->last_active > reclaimed_before) continue;
-    const uint32_t slots = ch->ring.slot_high_water();
-    for (uint32_t i = 0; i < slots; ++i) {
-      const layout::ReaderSlot* s = ch->ring.slot(i);
-      if (s->state.load(std::memory_order_acquire) != layout::kSlotFree)
-        ++held[s->owner.load(std::memory_order_relaxed)];
-    }
-  }
-  return held;
-}
-
-std::string Daemon::Impl::describe_reclaim_holders(Clock::time_point reclaimed_before) {
-  std::string text;
-  for (const auto& [owner, count] : reclaim_holders(reclaimed_before)) {
-    if (!text.empty()) text += "; ";
-    text += connections.describe_client(owner) + " holds " + std::to_string(count);
-  }
-  return text;
-}
-
-void Daemon::Impl::warn_about_reclaim_holders(Clock::time_point now) {
-  // A subscription frees its slot in a reclaimed ring when it next reads (a detach event
-  // tells it to). One that never reads holds the ring - its memory and its channel id -
-  // until its process exits: the ring cannot be reused under a reader that may still look.
-  // Name such clients once, so an operator can find the stuck process.
-  const auto held = reclaim_holders(now - kReclaimHoldWarning);
-  for (const auto& [id, client] : connections.clients()) {
-    Client& c = *client;
-    auto it = held.find(id);
-    if (it == held.end()) {
-      c.warned_holding = false;
-      continue;
-    }
-    if (c.warned_holding) continue;
-    c.warned_holding = true;
-    log->warn(
-        "{} has not read its subscription for {} s and holds {} reclaimed channel(s): "
-        "their memory and ids are freed when it reads or exits",
-        connections.describe_client(id), kReclaimHoldWarning.count(), it->second);
-  }
-}
-
-void Daemon::Impl::retry_stalled_rings() {
-  // A ring a dead publisher held, still held up by an unfinished frame. If that frame has
-  // no header on two ticks in a row (a second apart), it is taken to be the dead
-  // publisher's claim: a live one spends nanoseconds between its claim and its header.
-  // repair_stalled_frame refuses when the gap could hold a second (live) claim. A frame
-  // with a header belongs to a live publisher (the dead one's were padded at its exit):
-  // wait for it.
-  std::erase_if(stalled_rings, [&](StalledRing& r) {
-    ChannelState* ch = registry.find_live(r.channel_id);
-    if (ch == nullptr) return true;
-    const std::optional<uint64_t> unfinished = first_unfinished_frame(ch->ring);
-    if (!unfinished) return true;
-    if (frame_has_header(ch->ring, *unfinished)) {
-      r.headerless_at.reset();
-      return false;
-    }
-    if (r.headerless_at != unfinished) {
-      r.headerless_at = unfinished;
-      return false;
-    }
-    if (repair_stalled_frame(ch->ring, *unfinished, &registry.arena_table()))
-      log->warn(
-          "channel {}: padded over a claim a crashed publisher left without a header; "
-          "subscribers count it as lost",
-          printable(ch->name));
-    r.headerless_at.reset();
-    return !first_unfinished_frame(ch->ring);
-  });
 }
 
 // ---- Daemon -------------------------------------------------------------------------------

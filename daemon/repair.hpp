@@ -1,0 +1,44 @@
+// Crash repair: a publisher that dies mid-frame leaves a claim its ring cannot get past.
+// Once its process has exited, the frames it left are padded over (subscribers count them
+// as lost) so the ring moves on; a claim it left without a header is found and padded on
+// later ticks.
+//
+// Thread safety: the run() thread only.
+#pragma once
+
+#include <spdlog/logger.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "registry.hpp"
+
+namespace shmbus::daemon {
+
+class CrashRepair {
+ public:
+  CrashRepair(std::shared_ptr<spdlog::logger> log, Registry& registry);
+
+  // Pads over the frames dead publisher `publisher_id` left unfinished in `channels` (the
+  // ones it held open); rings still held up are retried on each tick.
+  void repair_publisher(uint16_t publisher_id, const std::vector<uint32_t>& channels);
+  // On each tick.
+  void retry_stalled_rings();
+
+ private:
+  const std::shared_ptr<spdlog::logger> log_;
+  Registry& registry_;
+
+  // Rings held up, after a publisher died, by a claim without a header: the dead one may
+  // have died between its claim and its header, which repair by publisher id cannot find.
+  // Retried on each tick (see retry_stalled_rings).
+  struct StalledRing {
+    uint32_t channel_id = 0;
+    std::optional<uint64_t> headerless_at;  // seen on the previous tick
+  };
+  std::vector<StalledRing> stalled_rings_;  // owned by the run() thread
+};
+
+}  // namespace shmbus::daemon
