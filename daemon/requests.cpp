@@ -1,0 +1,364 @@
+#include "requests.hpp"
+
+#include <algorithm>
+#include <iterator>
+#include <optional>
+
+#include "clock.hpp"
+#include "glob.hpp"
+#include "naming.hpp"
+
+namespace shmbus::daemon {
+
+using namespace protocol;
+
+namespace {
+
+constexpr uint32_t kMaxClientNameBytes = 256;
+
+// A u32 count and that many strings of at most `max_bytes`.
+std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* what) {
+  const uint32_t n = p.count(kMaxNamesPerRequest, 4, what);
+  std::vector<std::string> names;
+  names.reserve(n);
+  for (uint32_t i = 0; i < n; ++i) names.emplace_back(p.str(max_bytes, what));
+  return names;
+}
+
+}  // namespace
+
+Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
+                   Registry& registry, Connections& connections, Subscriptions& subscriptions,
+                   CrashRepair& repair)
+    : config_(config),
+      bus_(std::move(bus)),
+      log_(std::move(log)),
+      registry_(registry),
+      connections_(connections),
+      subscriptions_(subscriptions),
+      repair_(repair) {}
+
+void Requests::dispatch(Client& c, const Frame& f) {
+  if (!c.greeted && f.type != Type::kHello)
+    throw ProtocolError(std::string("first message must be HELLO, got ") + type_name(f.type));
+  // A goodbye vouches for the frames written so far; anything after it needs a new one.
+  if (f.type != Type::kBye) c.said_bye = false;
+  try {
+    switch (f.type) {
+      case Type::kHello:
+        return on_hello(c, f);
+      case Type::kOpenChannel:
+        return on_open_channel(c, f);
+      case Type::kCloseChannel:
+        return on_close_channel(c, f);
+      case Type::kSubscribe:
+        return on_subscribe(c, f);
+      case Type::kPsubscribe:
+        return on_psubscribe(c, f);
+      case Type::kUnsubscribe:
+        return on_unsubscribe(c, f, false);
+      case Type::kPunsubscribe:
+        return on_unsubscribe(c, f, true);
+      case Type::kPatterns:
+        return on_patterns(c, f);
+      case Type::kPing: {
+        Parser p(f.fields);
+        p.end();
+        Writer w(Type::kPong, f.request);
+        w.u64(unix_now_ns());
+        return connections_.send(c, w);
+      }
+      case Type::kBye: {
+        Parser p(f.fields);
+        p.end();
+        c.said_bye = true;
+        Writer w(Type::kOk, f.request);
+        return connections_.send(c, w);
+      }
+      default:
+        throw ProtocolError(std::string("unexpected message type ") +
+                            std::to_string(static_cast<unsigned>(f.type)) + " (" +
+                            type_name(f.type) + ") from a client");
+    }
+  } catch (const Error& e) {
+    reply_error(c, f.request, e.code(), e.what());
+  }
+}
+
+void Requests::on_hello(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const uint32_t magic = p.u32();
+  const uint16_t min_version = p.u16();
+  const uint16_t max_version = p.u16();
+  const std::string name(p.str(kMaxClientNameBytes, "client name"));
+  const bool wants_doorbell = p.u8() != 0;
+  p.end();
+  if (magic != kProtocolMagic) throw ProtocolError("HELLO without the shmbus magic");
+  if (c.greeted) throw ProtocolError("second HELLO on one connection");
+  // The highest version both speak: older clients keep working against a newer daemon.
+  const uint16_t version = std::min(max_version, kProtocolVersion);
+  if (version < min_version || version < kMinProtocolVersion) {
+    reply_error(c, f.request, Errc::kProtocol,
+                "client speaks protocol versions " + std::to_string(min_version) + ".." +
+                    std::to_string(max_version) + ", this shmbusd speaks " +
+                    std::to_string(kMinProtocolVersion) + ".." + std::to_string(kProtocolVersion) +
+                    "; use matching libshmbus and shmbusd");
+    return;
+  }
+  if (free_publisher_ids_.empty() && next_publisher_id_ > 0xffff)
+    throw Error(Errc::kLimit, "all 65535 publisher ids are in use; close idle connections");
+  c.greeted = true;
+  c.name = name;
+  if (!free_publisher_ids_.empty()) {
+    c.publisher_id = free_publisher_ids_.back();
+    free_publisher_ids_.pop_back();
+  } else {
+    c.publisher_id = static_cast<uint16_t>(next_publisher_id_++);
+  }
+  if (wants_doorbell) {
+    const uint32_t bits = config_.max_subscriptions_per_client + 1;
+    const Registry::Doorbell doorbell = registry_.allocate_doorbell(bits);
+    c.doorbell_block = doorbell.block;
+    c.doorbell_bits = bits;
+    c.doorbell = doorbell.header;
+  }
+  log_->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid, c.cred.uid,
+              c.name, c.publisher_id);
+  Writer w(Type::kWelcome, f.request);
+  w.u16(version)
+      .u16(c.publisher_id)
+      .u64(c.id)
+      .str(bus_)
+      .u64(registry_.directory_offset())
+      .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
+      .u32(c.doorbell_bits);
+  connections_.send(c, w);
+}
+
+void Requests::on_open_channel(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::string name(p.str(kMaxChannelNameBytes, "channel name"));
+  const uint64_t ring_bytes = p.u64();
+  const uint32_t max_message = p.u32();
+  const uint8_t back_pressure = p.u8();  // 0: as configured, 1: off, 2: on
+  p.end();
+  validate_channel_name(name);
+  ChannelSettings wanted = config_.settings_for(name);
+  const bool asked = ring_bytes != 0 || max_message != 0 || back_pressure != 0;
+  if (ring_bytes != 0) wanted.ring_bytes = ring_bytes;
+  if (max_message != 0) wanted.max_message_bytes = max_message;
+  if (back_pressure != 0) wanted.back_pressure = back_pressure == 2;
+  if (asked) wanted.rule = "requested by the client";
+  const auto [ch, created] = find_or_create(name, asked ? &wanted : nullptr);
+  if (!created && asked) {
+    const RingRef& r = ch.ring;
+    const bool differs = (ring_bytes != 0 && ring_bytes != r.capacity()) ||
+                         (max_message != 0 && max_message != r.max_payload()) ||
+                         (back_pressure != 0 && (back_pressure == 2) != r.back_pressure());
+    if (differs)
+      throw Error(Errc::kInvalidArgument,
+                  "channel " + printable(name) + " exists with " + describe_settings(ch.settings) +
+                      ", not the " + describe_settings(wanted) +
+                      " asked for; open it without settings, or set them for all its users with a "
+                      "[[channel]] rule");
+  }
+  ++c.open_channels[ch.id];
+  ++ch.publisher_holds;
+  Writer w(Type::kChannelOpened, f.request);
+  RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes}.write(w);
+  w.str(ch.settings.rule);
+  connections_.send(c, w);
+}
+
+void Requests::on_close_channel(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const uint32_t channel_id = p.u32();
+  p.end();
+  auto it = c.open_channels.find(channel_id);
+  if (it == c.open_channels.end())
+    throw Error(Errc::kInvalidArgument,
+                "channel id " + std::to_string(channel_id) + " is not open on this connection");
+  if (--it->second == 0) c.open_channels.erase(it);
+  if (ChannelState* ch = registry_.find_live(channel_id)) {
+    --ch->publisher_holds;
+    ch->last_active = Clock::now();
+  }
+  Writer w(Type::kOk, f.request);
+  connections_.send(c, w);
+}
+
+void Requests::on_subscribe(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const auto start = static_cast<StartKind>(p.u8());
+  const uint64_t after_sequence = p.u64();
+  if (start > StartKind::kAfterSequence) throw ProtocolError("unknown start position");
+  const std::vector<std::string> names = read_names(p, kMaxChannelNameBytes, "channel name");
+  p.end();
+  (void)after_sequence;  // the client seeks; the slot only has to sit at or before it
+  for (const auto& name : names) validate_channel_name(name);
+  size_t adding = 0;
+  for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
+  check_subscription_limit(c, adding, "channel");
+
+  std::vector<protocol::Attachment> reply;
+  std::string error;
+  Errc error_code = Errc::kLimit;
+  for (const auto& name : names) {
+    if (c.channels.count(name)) {
+      // Already held: report the slot again so the client's view is complete.
+      if (const ChannelState* ch = registry_.find(name))
+        reply.push_back(subscriptions_.describe_held(c, *ch));
+      continue;
+    }
+    try {
+      ChannelState& ch = find_or_create(name, nullptr).channel;
+      reply.push_back(subscriptions_.subscribe_channel(c, ch, start));
+    } catch (const Error& e) {
+      error = e.what();
+      error_code = e.code();
+      break;  // what succeeded stands; the client learns both
+    }
+  }
+  send_subscribed(c, f.request, reply, error_code, error);
+}
+
+void Requests::on_psubscribe(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::vector<std::string> patterns = read_names(p, kMaxPatternBytes, "pattern");
+  p.end();
+  for (const auto& pattern : patterns) validate_pattern(pattern);
+  size_t adding = 0;
+  for (const auto& pattern : patterns) adding += c.patterns.count(pattern) ? 0 : 1;
+  check_subscription_limit(c, adding, "pattern");
+  if (c.doorbell == nullptr)
+    throw ProtocolError("psubscribe on a connection that asked for no doorbell in HELLO");
+
+  std::vector<protocol::Attachment> reply;
+  std::string error;
+  Errc error_code = Errc::kLimit;
+  for (const auto& pattern : patterns) {
+    Subscriptions::PatternSubscribed subscribed = subscriptions_.subscribe_pattern(c, pattern);
+    std::move(subscribed.attachments.begin(), subscribed.attachments.end(),
+              std::back_inserter(reply));
+    if (subscribed.error) {
+      error = subscribed.error->what();
+      error_code = subscribed.error->code();
+    }
+  }
+  send_subscribed(c, f.request, reply, error_code, error);
+}
+
+void Requests::on_patterns(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const std::string filter(p.str(kMaxPatternBytes, "pattern filter"));
+  p.end();
+  if (!filter.empty()) validate_pattern(filter);
+  // Like send_subscribed: frames of at most half the frame limit, the last flagged final, so
+  // 10,000 patterns of 1 KiB each still fit the protocol.
+  const Subscriptions::PatternIndex& index = subscriptions_.pattern_index();
+  auto it = index.begin();
+  do {
+    std::vector<std::pair<const std::string*, uint32_t>> batch;
+    size_t bytes = 64;
+    for (; it != index.end() && bytes < kMaxFrameBytes / 2; ++it) {
+      if (!filter.empty() && !glob_match(filter, it->first)) continue;
+      batch.emplace_back(&it->first, static_cast<uint32_t>(it->second.size()));
+      bytes += 8 + it->first.size();
+    }
+    Writer w(Type::kPatternList, f.request);
+    w.u8(it == index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
+    for (const auto& [pattern, subscribers] : batch) w.str(*pattern).u32(subscribers);
+    connections_.send(c, w);
+  } while (it != index.end());
+}
+
+void Requests::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
+  Parser p(f.fields);
+  std::vector<std::string> names = read_names(p, patterns ? kMaxPatternBytes : kMaxChannelNameBytes,
+                                              patterns ? "pattern" : "channel name");
+  p.end();
+  if (names.empty()) {  // all, as a bare Redis UNSUBSCRIBE / PUNSUBSCRIBE
+    if (patterns)
+      names.assign(c.patterns.begin(), c.patterns.end());
+    else
+      names.assign(c.channels.begin(), c.channels.end());
+  }
+  std::vector<uint32_t> detached;
+  for (const auto& name : names) {
+    if (patterns) {
+      const std::vector<uint32_t> ids = subscriptions_.unsubscribe_pattern(c, name);
+      detached.insert(detached.end(), ids.begin(), ids.end());
+    } else if (const std::optional<uint32_t> id = subscriptions_.unsubscribe_channel(c, name)) {
+      detached.push_back(*id);
+    }
+  }
+  Writer w(Type::kUnsubscribed, f.request);
+  w.u32(static_cast<uint32_t>(detached.size()));
+  for (uint32_t id : detached) w.u32(id);
+  w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()));
+  connections_.send(c, w);
+}
+
+void Requests::reply_error(Client& c, uint32_t request, Errc code, const std::string& message) {
+  Writer w(Type::kError, request);
+  w.u16(static_cast<uint16_t>(code)).str(message.substr(0, kMaxErrorBytes));
+  connections_.send(c, w);
+}
+
+void Requests::send_subscribed(Client& c, uint32_t request,
+                               const std::vector<protocol::Attachment>& attachments,
+                               Errc error_code, const std::string& error) {
+  // A pattern over 100,000 channels attaches them all at once: the reply goes in frames of
+  // at most half the frame limit, the last one flagged final.
+  size_t next = 0;
+  do {
+    size_t end = next, bytes = 64;
+    while (end < attachments.size() && bytes < kMaxFrameBytes / 2)
+      bytes += 64 + attachments[end++].channel.size();
+    const bool final = end == attachments.size();
+    Writer w(Type::kSubscribed, request);
+    w.u8(final ? 1 : 0).u32(static_cast<uint32_t>(end - next));
+    for (size_t i = next; i < end; ++i) attachments[i].write(w);
+    if (final)
+      w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()))
+          .u16(error.empty() ? 0 : static_cast<uint16_t>(error_code))
+          .str(error);
+    connections_.send(c, w);
+    next = end;
+  } while (next < attachments.size());
+}
+
+void Requests::check_subscription_limit(const Client& c, size_t adding, const char* kind) {
+  const uint32_t limit = config_.max_subscriptions_per_client;
+  const size_t held = c.channels.size() + c.patterns.size();
+  if (held + adding > limit)
+    throw Error(Errc::kLimit,
+                "subscribing to " + std::to_string(adding) + " more " + kind +
+                    "(s) would exceed max_subscriptions_per_client = " + std::to_string(limit) +
+                    " (this subscription holds " + std::to_string(held) +
+                    "); raise it in [limits] of " + config_.source);
+}
+
+Registry::Found Requests::find_or_create(std::string_view name, const ChannelSettings* requested) {
+  const Registry::Found found = registry_.find_or_create(name, requested);
+  if (found.created) subscriptions_.match_new_channel(found.channel);
+  return found;
+}
+
+void Requests::finish_client(Client& c) {
+  subscriptions_.release(c);
+  for (auto& [channel_id, handles] : c.open_channels)
+    if (ChannelState* ch = registry_.find_live(channel_id)) ch->publisher_holds -= handles;
+  c.open_channels.clear();
+  if (c.publisher_id != 0) free_publisher_ids_.push_back(c.publisher_id);
+  c.publisher_id = 0;
+}
+
+void Requests::repair_and_finish(Client& c) {
+  std::vector<uint32_t> held;
+  for (auto& [channel_id, handles] : c.open_channels) held.push_back(channel_id);
+  repair_.repair_publisher(c.publisher_id, held);
+  finish_client(c);
+}
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,69 @@
+// The wire handlers: one per request type a client may send, each parsing the frame,
+// checking what the protocol and the limits allow, asking the registry and the
+// subscriptions to act, and replying. They also end a client's session (its publisher id
+// and channel holds) when Connections says the client is gone.
+//
+// Thread safety: the run() thread only.
+#pragma once
+
+#include <spdlog/logger.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "client_state.hpp"
+#include "config.hpp"
+#include "connections.hpp"
+#include "protocol.hpp"
+#include "registry.hpp"
+#include "repair.hpp"
+#include "shmbus/error.hpp"
+#include "subscriptions.hpp"
+
+namespace shmbus::daemon {
+
+class Requests final : public ClientEvents {
+ public:
+  Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
+           Registry& registry, Connections& connections, Subscriptions& subscriptions,
+           CrashRepair& repair);
+
+  void dispatch(Client& c, const protocol::Frame& f) override;
+  void finish_client(Client& c) override;
+  void repair_and_finish(Client& c) override;
+
+ private:
+  void on_hello(Client& c, const protocol::Frame& f);
+  void on_open_channel(Client& c, const protocol::Frame& f);
+  void on_close_channel(Client& c, const protocol::Frame& f);
+  void on_subscribe(Client& c, const protocol::Frame& f);
+  void on_psubscribe(Client& c, const protocol::Frame& f);
+  void on_unsubscribe(Client& c, const protocol::Frame& f, bool patterns);
+  void on_patterns(Client& c, const protocol::Frame& f);
+  void reply_error(Client& c, uint32_t request, Errc code, const std::string& message);
+  void send_subscribed(Client& c, uint32_t request,
+                       const std::vector<protocol::Attachment>& attachments, Errc error_code,
+                       const std::string& error);
+  void check_subscription_limit(const Client& c, size_t adding, const char* kind);
+  // The registry's find_or_create, with a new channel matched against the patterns.
+  Registry::Found find_or_create(std::string_view name, const ChannelSettings* requested);
+
+  const Config& config_;  // the daemon's, outlives the handlers
+  const std::string bus_;
+  const std::shared_ptr<spdlog::logger> log_;
+  Registry& registry_;
+  Connections& connections_;
+  Subscriptions& subscriptions_;
+  CrashRepair& repair_;
+
+  // Owned by the run() thread: publisher ids, given at HELLO and back when a client is
+  // finished (never while its frames may still be in a ring unrepaired).
+  std::vector<uint16_t> free_publisher_ids_;
+  uint32_t next_publisher_id_ = 1;
+};
+
+}  // namespace shmbus::daemon
