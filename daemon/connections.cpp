@@ -49,7 +49,6 @@ Connections::~Connections() {
       doorbell::ring_doorbell(c->doorbell, kControlBit);
     }
   }
-  for (auto& [token, d] : departing_) ::close(d.pidfd);
 }
 
 Client* Connections::find(uint64_t id) {
@@ -275,8 +274,8 @@ void Connections::close_client(uint64_t id, const char* reason) {
   }
   // No goodbye: crashed, or dropped by us while it may still run. Its slots, doorbell,
   // holds and unfinished frames are released only once the process has exited.
-  const long pidfd = c.cred.pid > 0 ? syscall(SYS_pidfd_open, c.cred.pid, 0) : -1;
-  if (pidfd < 0) {
+  UniqueFd pidfd(c.cred.pid > 0 ? static_cast<int>(syscall(SYS_pidfd_open, c.cred.pid, 0)) : -1);
+  if (pidfd.get() < 0) {
     // ESRCH: already gone (and reaped). Otherwise we cannot tell when it exits.
     if (c.cred.pid > 0 && errno != ESRCH)
       log_->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid,
@@ -285,11 +284,10 @@ void Connections::close_client(uint64_t id, const char* reason) {
     return;
   }
   const uint64_t token = kDepartingBit | next_departing_++;
-  if (const std::error_code ec = loop_.add(static_cast<int>(pidfd), EPOLLIN, token)) {
+  if (const std::error_code ec = loop_.add(pidfd.get(), EPOLLIN, token)) {
     // Unwatched, its exit would go unseen and what it holds would never be released.
     log_->warn("cannot watch pid {} of client {} ({}); releasing its resources now", c.cred.pid, id,
                ec.message());
-    ::close(static_cast<int>(pidfd));
     events_.repair_and_finish(c);
     return;
   }
@@ -302,20 +300,20 @@ void Connections::close_client(uint64_t id, const char* reason) {
       "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
       "process exits",
       id, c.cred.pid, c.name, reason);
-  departing_[token] = Departing{static_cast<int>(pidfd), std::move(owned)};
+  departing_[token] = Departing{std::move(pidfd), std::move(owned)};
 }
 
 void Connections::on_departed(uint64_t token) {
   auto it = departing_.find(token);
   if (it == departing_.end()) return;
-  pollfd exited{it->second.pidfd, POLLIN, 0};
+  pollfd exited{it->second.pidfd.get(), POLLIN, 0};
   if (::poll(&exited, 1, 0) != 1) return;  // spurious: still running
   Departing d = std::move(it->second);
   departing_.erase(it);
   // Closing the pidfd unwatches it anyway: a failure here costs nothing but a note.
-  if (const std::error_code ec = loop_.remove(d.pidfd))
+  if (const std::error_code ec = loop_.remove(d.pidfd.get()))
     log_->debug("epoll_ctl DEL of pid {}'s pidfd: {}", d.client->cred.pid, ec.message());
-  ::close(d.pidfd);
+  d.pidfd.reset();
   events_.repair_and_finish(*d.client);
 }
 

@@ -19,6 +19,7 @@
 #include "event_loop.hpp"
 #include "layout.hpp"
 #include "protocol.hpp"
+#include "unique_fd.hpp"
 
 namespace shmbus::daemon {
 
@@ -93,7 +94,7 @@ class Connections {
   // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
   // since a live process may still read and write them.
   struct Departing {
-    int pidfd = -1;
+    UniqueFd pidfd;
     std::unique_ptr<Client> client;
   };
   std::unordered_map<uint64_t, Departing> departing_;  // by token

@@ -16,6 +16,8 @@
 #include <span>
 #include <system_error>
 
+#include "unique_fd.hpp"
+
 namespace shmbus::daemon {
 
 // epoll tokens: fixed ones for the daemon's own fds, client ids for connections, and the
@@ -32,7 +34,6 @@ class EventLoop {
   // Creates the epoll set and the timer (firing every `timer_period`) and stop eventfd it
   // watches. Throws std::system_error.
   explicit EventLoop(std::chrono::nanoseconds timer_period);
-  ~EventLoop();
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
@@ -50,11 +51,9 @@ class EventLoop {
   void stop();
 
  private:
-  void close_all();
-
-  int epoll_fd_ = -1;  // these three: made by the constructor, closed by the destructor
-  int stop_fd_ = -1;   // written by stop() from any thread; read by nobody (one stop is enough)
-  int timer_fd_ = -1;
+  UniqueFd epoll_fd_;  // used on the run() thread only
+  UniqueFd stop_fd_;   // written by stop() from any thread; read by nobody (one stop is enough)
+  UniqueFd timer_fd_;  // read on the run() thread
 };
 
 }  // namespace shmbus::daemon

@@ -92,7 +92,8 @@ class Registry {
   };
   // A formatted doorbell of `bits` bits in arena 0. Throws Error(kLimit) when none fits.
   Doorbell allocate_doorbell(uint32_t bits);
-  // Keeps a doorbell a client no longer uses for the next one (see the definition).
+  // Keeps a doorbell a client no longer uses for the next doorbell, never for a ring (why:
+  // Subscriptions::release).
   void park_doorbell(const Arena::Block& block) { idle_doorbells_.push_back(block); }
 
   layout::DirectoryHeader& directory() { return *directory_; }
@@ -126,7 +127,7 @@ class Registry {
   std::atomic<uint64_t>* directory_entries_ = nullptr;
   uint64_t directory_offset_ = 0;
   uint64_t doorbell_bytes_ = 0;
-  std::vector<Arena::Block> idle_doorbells_;  // never returned to the arena (see release)
+  std::vector<Arena::Block> idle_doorbells_;  // never returned to the arena (see park_doorbell)
 
   std::vector<std::unique_ptr<ChannelState>> channels_;  // index = channel id
   std::unordered_map<std::string, uint32_t> channel_ids_;

@@ -29,6 +29,7 @@
 #include "requests.hpp"
 #include "subscriptions.hpp"
 #include "sys_error.hpp"
+#include "unique_fd.hpp"
 
 namespace shmbus::daemon {
 
@@ -48,7 +49,7 @@ class BusLock {
 
  private:
   std::string path_;
-  int fd_ = -1;  // its flock is the lock
+  UniqueFd fd_;  // its flock is the lock
 };
 
 // The control socket clients connect to: created at its path (and unlinked at exit), or
@@ -62,16 +63,15 @@ class ListeningSocket {
   ListeningSocket(const ListeningSocket&) = delete;
   ListeningSocket& operator=(const ListeningSocket&) = delete;
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }  // what clients reach
 
  private:
   void adopt(int fd);
   void create();
-  void close();
 
   std::string path_;
-  int fd_ = -1;
+  UniqueFd fd_;
   bool created_ = false;  // the file is ours to unlink; a .socket unit keeps its own
 };
 
@@ -140,16 +140,16 @@ Daemon::Impl::Impl(DaemonOptions opts)
             human_bytes(options.config.max_shared_memory), options.config.source);
 }
 
-BusLock::BusLock(const std::string& bus, spdlog::logger& log) : path_(bus_lock_path(bus)) {
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0)
+BusLock::BusLock(const std::string& bus, spdlog::logger& log)
+    : path_(bus_lock_path(bus)), fd_(::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+  if (fd_.get() < 0)
     throw std::runtime_error("cannot open lock file " + path_ + ": " + std::strerror(errno) +
                              " (is /dev/shm mounted and writable?)");
-  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+  // Failing, the descriptor is closed but the file left alone: it is the other daemon's.
+  if (flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     char pid[32] = {};
-    [[maybe_unused]] ssize_t n = pread(fd_, pid, sizeof(pid) - 1, 0);
-    ::close(fd_);
+    [[maybe_unused]] ssize_t n = pread(fd_.get(), pid, sizeof(pid) - 1, 0);
     if (err == EWOULDBLOCK)
       throw std::runtime_error("another shmbusd already serves bus '" + bus + "'" +
                                (pid[0] ? " (pid " + std::string(pid) + ")" : std::string()) +
@@ -157,45 +157,30 @@ BusLock::BusLock(const std::string& bus, spdlog::logger& log) : path_(bus_lock_p
     throw std::runtime_error("cannot lock " + path_ + ": " + std::strerror(err));
   }
   const std::string pid = std::to_string(getpid());
-  if (ftruncate(fd_, 0) != 0 || pwrite(fd_, pid.data(), pid.size(), 0) < 0)
+  if (ftruncate(fd_.get(), 0) != 0 || pwrite(fd_.get(), pid.data(), pid.size(), 0) < 0)
     log.warn("could not record the pid in {}: {}", path_, std::strerror(errno));
 }
 
 BusLock::~BusLock() {
   ::unlink(path_.c_str());
-  ::close(fd_);  // releases the flock
+  fd_.reset();  // releases the flock
 }
 
 ListeningSocket::ListeningSocket(int inherited_fd, std::string path) : path_(std::move(path)) {
-  try {
-    if (inherited_fd >= 0)
-      adopt(inherited_fd);
-    else
-      create();
-  } catch (...) {
-    close();  // a throwing constructor gets no destructor
-    throw;
-  }
+  if (inherited_fd >= 0)
+    adopt(inherited_fd);
+  else
+    create();
 }
 
 ListeningSocket::~ListeningSocket() {
-  close();
-}
-
-void ListeningSocket::close() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
-  if (created_) {
-    ::unlink(path_.c_str());
-    created_ = false;
-  }
+  if (created_) ::unlink(path_.c_str());
 }
 
 void ListeningSocket::adopt(int fd) {
   // Accept only what a .socket unit with ListenStream=/path gives: a listening Unix stream
   // socket. Anything else is a unit file mistake worth a clear error.
+  fd_.reset(fd);  // ours from here, whatever it turns out to be
   int type = 0, domain = 0, listening = 0;
   socklen_t len = sizeof(int);
   getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
@@ -203,13 +188,10 @@ void ListeningSocket::adopt(int fd) {
   getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
   len = sizeof(int);
   getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
-  if (type != SOCK_STREAM || domain != AF_UNIX || !listening) {
-    ::close(fd);
+  if (type != SOCK_STREAM || domain != AF_UNIX || !listening)
     throw std::runtime_error(
         "the socket passed by systemd (LISTEN_FDS) is not a listening Unix stream socket; "
         "use ListenStream=/run/shmbus/<bus>.sock in the .socket unit");
-  }
-  fd_ = fd;
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   sockaddr_un addr{};
@@ -230,23 +212,27 @@ void ListeningSocket::create() {
                                "; run as root (or via systemd), or pass --socket PATH in a "
                                "directory you own (e.g. $XDG_RUNTIME_DIR/shmbus.sock)");
   }
-  fd_ = check_sys([] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); },
-                  "socket");
+  fd_.reset(check_sys([] { return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); },
+                      "socket"));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
   // We hold the bus lock: a socket file already there belongs to a daemon that died.
   ::unlink(path_.c_str());
-  if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+  if (bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
     throw std::runtime_error("cannot listen on " + path_ + ": " + std::strerror(errno) +
                              (errno == EACCES ? "; run as root, or pass --socket PATH in a "
                                                 "directory you own"
                                               : ""));
-  created_ = true;
   // The same users who may map the bus's shared memory (arenas are 0660, in the daemon's
   // group) may connect: under systemd, members of the shmbus group.
   ::chmod(path_.c_str(), 0660);
-  check_sys([&] { return ::listen(fd_, 256); }, "listen");
+  if (::listen(fd_.get(), 256) != 0) {
+    const int err = errno;
+    ::unlink(path_.c_str());  // the destructor will not: a throwing constructor gets none
+    throw_sys_error(err, "listen");
+  }
+  created_ = true;
 }
 
 // ---- event loop ---------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class Subscriptions {
   // `c` subscribes `pattern` (nothing if it already has): existing channels that match
   // start from their latest message.
   PatternSubscribed subscribe_pattern(Client& c, const std::string& pattern);
-  // Return the ids of the channels whose slots `c` now gives back.
+  // `c` lets go of a channel it holds by name, or of a pattern (nothing if it holds none);
+  // they return the ids of the channels whose slots it now gives back.
   std::optional<uint32_t> unsubscribe_channel(Client& c, const std::string& name);
   std::vector<uint32_t> unsubscribe_pattern(Client& c, const std::string& pattern);
 
