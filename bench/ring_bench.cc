@@ -83,8 +83,10 @@ void BM_ClaimCommitDoorbellLinked(benchmark::State& state) {
   Fixture f(1 << 20);
   const auto block = f.arena.allocate(layout::doorbell_bytes(1));
   auto* d = doorbell::format(f.arena.base() + block.offset, 1);
+  f.table.set_doorbells(f.arena.id(), 1);
   Reader reader(f.ring);
-  reader.register_slot(false, layout::ShmRef::make(f.arena.id(), block.offset, 0), d);
+  reader.register_slot(false, layout::ShmRef::make(f.arena.id(), block.offset, 0), d,
+                       f.table.doorbells());
   Publisher publisher(f.ring, 1, &f.table);
   claim_copy_commit(state, publisher, std::vector<std::byte>(64, std::byte{0x42}), false);
 }

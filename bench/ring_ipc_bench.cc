@@ -92,6 +92,7 @@ struct Pair {
 struct Side {
   Side(const Pair& pair, bool is_a) : arena(Arena::attach(pair.name)) {
     table.add(arena);
+    table.set_doorbells(arena.id(), 1);
     ab = RingRef::open(arena.base() + pair.ab_offset, arena.size() - pair.ab_offset);
     ba = RingRef::open(arena.base() + pair.ba_offset, arena.size() - pair.ba_offset);
     control = arena.at<Control>(pair.control_offset);
@@ -157,7 +158,7 @@ std::vector<double> ping_pong(uint32_t size, WaitMode mode, bool touch_all, int 
     pin_to_cpu(1);
     Side side(pair, false);
     Reader in(side.ab);
-    in.register_slot(false, side.doorbell_ref(), side.doorbell_header);
+    in.register_slot(false, side.doorbell_ref(), side.doorbell_header, side.table.doorbells());
     Publisher out(side.ba, 2, &side.table);
     std::vector<std::byte> scratch(size), source(size, std::byte{1});
     side.control->child_ready.store(1);
@@ -170,7 +171,7 @@ std::vector<double> ping_pong(uint32_t size, WaitMode mode, bool touch_all, int 
   pin_to_cpu(0);
   Side side(pair, true);
   Reader in(side.ba);
-  in.register_slot(false, side.doorbell_ref(), side.doorbell_header);
+  in.register_slot(false, side.doorbell_ref(), side.doorbell_header, side.table.doorbells());
   Publisher out(side.ab, 1, &side.table);
   std::vector<std::byte> scratch(size), source(size, std::byte{2});
   while (side.control->child_ready.load() == 0) cpu_relax();
@@ -198,7 +199,7 @@ std::vector<double> sparse_one_way(int samples, std::chrono::microseconds interv
     pin_to_cpu(1);
     Side side(pair, false);
     Reader in(side.ab);
-    in.register_slot(false, side.doorbell_ref(), side.doorbell_header);
+    in.register_slot(false, side.doorbell_ref(), side.doorbell_header, side.table.doorbells());
     std::vector<std::byte> scratch(64);
     side.control->child_ready.store(1);
     for (int i = 0;; ++i) {

@@ -46,7 +46,7 @@ Connections::~Connections() {
       // A subscriber asleep on its doorbell would not notice the socket closing: ring its
       // control bit so it reads the socket, finds it closed and reports the daemon gone.
       full_fence();
-      doorbell::ring_doorbell(c->doorbell, kControlBit);
+      doorbell::ring_doorbell(c->doorbell, kControlBit, DoorbellGeometry(c->doorbell_bits));
     }
   }
 }
@@ -230,7 +230,7 @@ void Connections::flush(Client& c) {
     // and a bell rung for bytes still queued here would be taken too early. Replies need
     // no bell: the client is waiting for them.
     full_fence();
-    doorbell::ring_doorbell(c.doorbell, kControlBit);
+    doorbell::ring_doorbell(c.doorbell, kControlBit, DoorbellGeometry(c.doorbell_bits));
     c.event_queued = !c.out.empty();
   }
   const bool want_write = !c.out.empty();
@@ -294,7 +294,7 @@ void Connections::close_client(uint64_t id, const char* reason) {
   if (c.doorbell != nullptr) {
     // A live subscriber asleep on its doorbell: make it read the socket and see it closed.
     full_fence();
-    doorbell::ring_doorbell(c.doorbell, kControlBit);
+    doorbell::ring_doorbell(c.doorbell, kControlBit, DoorbellGeometry(c.doorbell_bits));
   }
   log_->info(
       "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "

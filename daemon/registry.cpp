@@ -97,6 +97,8 @@ void Registry::create_directory_arena() {
   directory_->started_unix_ns = unix_now_ns();
   directory_->magic.store(layout::kDirectoryMagic, std::memory_order_release);
   arena_table_.add(arena0);
+  // Every doorbell of the bus has one size; publishers check links against it.
+  arena_table_.set_doorbells(0, cfg.max_subscriptions_per_client + 1);
 }
 
 ChannelState* Registry::find(std::string_view name) {

@@ -16,8 +16,8 @@ void CrashRepair::repair_publisher(uint16_t publisher_id, const std::vector<uint
     const ChannelState* ch = registry_.find_live(channel_id);
     if (ch == nullptr) continue;
     const RingRef ring = ch->ring;
-    repaired += repair_dead_publisher(ring, publisher_id, &registry_.arena_table());
-    if (first_unfinished_frame(ring) &&
+    repaired += repair_dead_publisher(ring, publisher_id, &registry_.arena_table()).repaired;
+    if (inspect_ring(ring).first_unfinished &&
         std::none_of(stalled_rings_.begin(), stalled_rings_.end(),
                      [&](const StalledRing& r) { return r.channel_id == channel_id; }))
       stalled_rings_.push_back(StalledRing{channel_id, std::nullopt});
@@ -39,7 +39,12 @@ void CrashRepair::retry_stalled_rings() {
   std::erase_if(stalled_rings_, [&](StalledRing& r) {
     ChannelState* ch = registry_.find_live(r.channel_id);
     if (ch == nullptr) return true;
-    const std::optional<uint64_t> unfinished = first_unfinished_frame(ch->ring);
+    const RingInspection inspection = inspect_ring(ch->ring);
+    if (inspection.corrupt) {
+      log_->warn("channel {}: not repairing its ring: {}", printable(ch->name), inspection.problem);
+      return true;
+    }
+    const std::optional<uint64_t> unfinished = inspection.first_unfinished;
     if (!unfinished) return true;
     if (frame_has_header(ch->ring, *unfinished)) {
       r.headerless_at.reset();
@@ -49,13 +54,14 @@ void CrashRepair::retry_stalled_rings() {
       r.headerless_at = unfinished;
       return false;
     }
-    if (repair_stalled_frame(ch->ring, *unfinished, &registry_.arena_table()))
+    if (repair_stalled_frame(ch->ring, *unfinished, &registry_.arena_table()) ==
+        StalledRepair::kRepaired)
       log_->warn(
           "channel {}: padded over a claim a crashed publisher left without a header; "
           "subscribers count it as lost",
           printable(ch->name));
     r.headerless_at.reset();
-    return !first_unfinished_frame(ch->ring);
+    return !inspect_ring(ch->ring).first_unfinished;
   });
 }
 

@@ -131,7 +131,7 @@ void Requests::on_hello(Client& c, const Frame& f) {
       .str(bus_)
       .u64(registry_.directory_offset())
       .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
-      .u32(c.doorbell_bits);
+      .u32(registry_.arena_table().doorbells().bits);  // every doorbell's, for publishers too
   connections_.send(c, w);
 }
 

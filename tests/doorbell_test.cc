@@ -26,11 +26,11 @@ TEST(Doorbell, BitsAcrossSummaryWordsAreTakenOnceEach) {
   TestArena arena(8 << 20);
   uint64_t ref = 0;
   auto* d = arena.make_doorbell(100'000, ref);
-  Waiter waiter(d);
+  Waiter waiter(d, arena.doorbells());
   EXPECT_FALSE(waiter.any_ready());
   const std::set<uint32_t> rung = {0, 63, 64, 4095, 4096, 65'000, 99'999};
-  for (uint32_t bit : rung) doorbell::ring_doorbell(d, bit);
-  doorbell::ring_doorbell(d, 4096);  // twice: still one pending bit
+  for (uint32_t bit : rung) doorbell::ring_doorbell(d, bit, arena.doorbells());
+  doorbell::ring_doorbell(d, 4096, arena.doorbells());  // twice: still one pending bit
   EXPECT_TRUE(waiter.any_ready());
   std::set<uint32_t> taken;
   EXPECT_EQ(waiter.take_ready([&](uint32_t bit) { taken.insert(bit); }), rung.size());
@@ -42,7 +42,7 @@ TEST(Doorbell, BitsAcrossSummaryWordsAreTakenOnceEach) {
 TEST(Doorbell, WaitTimesOutWhenNothingIsRung) {
   TestArena arena(1 << 20);
   uint64_t ref = 0;
-  Waiter waiter(arena.make_doorbell(64, ref));
+  Waiter waiter(arena.make_doorbell(64, ref), arena.doorbells());
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(waiter.wait(30ms, 1us), Status::kTimedOut);
   EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
@@ -63,9 +63,9 @@ TEST(Doorbell, ParkedWaiterOverManyRingsWakesForTheOneThatGotAMessage) {
   for (uint32_t i = 0; i < kRings; ++i) {
     rings.push_back(arena.make_ring(config));
     readers.push_back(std::make_unique<Reader>(rings.back()));
-    readers.back()->register_slot(false, ref0 + i, d);
+    readers.back()->register_slot(false, ref0 + i, d, arena.doorbells());
   }
-  Waiter waiter(d);
+  Waiter waiter(d, arena.doorbells());
   std::thread publisher([&] {
     std::this_thread::sleep_for(50ms);  // long enough for the waiter to park
     Publisher p(rings[777], 1, &arena.table());

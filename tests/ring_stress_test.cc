@@ -90,6 +90,7 @@ void sleep_us(long us) {
     Arena arena = Arena::attach(arena_name);  // mapped at another address than the parent's
     ArenaTable table;
     table.add(arena);
+    table.set_doorbells(setup.arena_id, kMaxRings);
     auto* shared = arena.at<Shared>(setup.shared_offset);
     std::vector<Publisher> publishers;
     for (int r = 0; r < setup.rings; ++r)
@@ -143,9 +144,10 @@ void sleep_us(long us) {
       readers.push_back(std::make_unique<Reader>(RingRef::open(
           arena.base() + setup.ring_offsets[r], arena.size() - setup.ring_offsets[r])));
       readers.back()->register_slot(
-          false, layout::ShmRef::make(setup.arena_id, setup.doorbell_offsets[id], r), doorbell);
+          false, layout::ShmRef::make(setup.arena_id, setup.doorbell_offsets[id], r), doorbell,
+          DoorbellGeometry(kMaxRings));
     }
-    Waiter waiter(doorbell);
+    Waiter waiter(doorbell, DoorbellGeometry(kMaxRings));
     shared->readers_ready.fetch_add(1);
 
     // Next expected per-publisher sequence, per ring.
@@ -322,7 +324,7 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   const int killed_status = children.reap(publishers[kKilledPublisher]);
   ASSERT_TRUE(WIFSIGNALED(killed_status));
   uint32_t repaired = 0;
-  for (auto& ring : rings) repaired += repair_dead_publisher(ring, 100 + kKilledPublisher, &arena.table());
+  for (auto& ring : rings) repaired += repair_dead_publisher(ring, 100 + kKilledPublisher, &arena.table()).repaired;
   EXPECT_EQ(repaired, 1u);
   EXPECT_EQ(shared->committed[kKilledPublisher].load(), kKillAtMessage);
 

@@ -70,7 +70,7 @@ class RingTest : public ::testing::Test {
   layout::DoorbellHeader* link_doorbell(Reader& reader) {
     uint64_t doorbell_ref = 0;
     layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
-    reader.register_slot(false, doorbell_ref, doorbell);
+    reader.register_slot(false, doorbell_ref, doorbell, arena_.doorbells());
     return doorbell;
   }
   TestArena arena_{16 << 20};
@@ -398,13 +398,13 @@ TEST_F(RingTest, UnfinishedFrameHoldsReadersAndNextLapPublishersButNothingIsOver
   // slow frame 96 B + fast0 64 B + 41 x 96 B fill the lap exactly.
   EXPECT_EQ(published, 1 + (4096 - 96 - 64) / 96);
   EXPECT_EQ(fast.publish(as_bytes("x"), {}, 10ms), Status::kTimedOut);
-  EXPECT_EQ(first_unfinished_frame(ring), loan.position);
+  EXPECT_EQ(inspect_ring(ring).first_unfinished, loan.position);
   // The slow publisher finishes: everyone moves on, nothing lost.
   slow.commit(loan, 4);
   EXPECT_EQ(read_one(reader), "slow");
   EXPECT_EQ(read_one(reader), "fast0");
   EXPECT_EQ(fast.publish(as_bytes("y")), Status::kOk);
-  EXPECT_EQ(first_unfinished_frame(ring), std::nullopt);
+  EXPECT_EQ(inspect_ring(ring).first_unfinished, std::nullopt);
 }
 
 TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
@@ -417,8 +417,8 @@ TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
   std::memset(loan.payload, 0xee, 100);  // half-written, then its process "dies"
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
   EXPECT_EQ(read_one(reader), "<empty>");
-  EXPECT_EQ(repair_dead_publisher(ring, 8, &arena_.table()), 0u);  // alive's frames are committed
-  EXPECT_EQ(repair_dead_publisher(ring, 7, &arena_.table()), 1u);
+  EXPECT_EQ(repair_dead_publisher(ring, 8, &arena_.table()).repaired, 0u);  // alive's frames are committed
+  EXPECT_EQ(repair_dead_publisher(ring, 7, &arena_.table()).repaired, 1u);
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), "after");
   EXPECT_EQ(info.sequence, 1u);
@@ -437,13 +437,13 @@ TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
   fake_headerless_claim(ring, layout::frame_bytes(100));
   ASSERT_EQ(alive.publish(as_bytes("two")), Status::kOk);
   EXPECT_EQ(read_one(reader), "<empty>");
-  EXPECT_EQ(first_unfinished_frame(ring), before.position);
-  EXPECT_TRUE(repair_stalled_frame(ring, before.position, &arena_.table()));
+  EXPECT_EQ(inspect_ring(ring).first_unfinished, before.position);
+  EXPECT_EQ(repair_stalled_frame(ring, before.position, &arena_.table()), StalledRepair::kRepaired);
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), "two");
   EXPECT_EQ(info.sequence, before.sequence + 1);
   EXPECT_EQ(info.lost_before, 1u);
-  EXPECT_FALSE(repair_stalled_frame(ring, before.position, &arena_.table()));  // already repaired
+  EXPECT_EQ(repair_stalled_frame(ring, before.position, &arena_.table()), StalledRepair::kNotNow);  // already repaired
 }
 
 // Regression: repair changed the frame but rang no doorbell, so a reader parked behind the
@@ -472,7 +472,7 @@ TEST_F(RingTest, StalledRepairRefusesAGapHoldingAnotherHeaderlessClaim) {
   const layout::ClaimWord live_claim = ring.load_claim();
   const uint64_t live = fake_headerless_claim(ring, 96);  // a live publisher, not yet written
   ASSERT_EQ(alive.publish(as_bytes("third")), Status::kOk);
-  EXPECT_FALSE(repair_stalled_frame(ring, dead, &arena_.table()));
+  EXPECT_EQ(repair_stalled_frame(ring, dead, &arena_.table()), StalledRepair::kNotNow);
   // The live publisher writes its header and commits: now the gap is provably one claim.
   layout::FrameHeader* f = ring.frame_at(live);
   const std::string live_message = "live" + std::string(60, '.');  // fills its 96-byte claim
@@ -481,7 +481,7 @@ TEST_F(RingTest, StalledRepairRefusesAGapHoldingAnotherHeaderlessClaim) {
   f->publisher_id.store(9);
   f->state.store(live | layout::kFrameWriting);
   std::memcpy(reinterpret_cast<std::byte*>(f) + 32, live_message.data(), live_message.size());
-  EXPECT_TRUE(repair_stalled_frame(ring, dead, &arena_.table()));
+  EXPECT_EQ(repair_stalled_frame(ring, dead, &arena_.table()), StalledRepair::kRepaired);
   f->state.store(live | layout::kFrameCommitted);
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), live_message);
@@ -499,7 +499,7 @@ TEST_F(RingTest, ResumeNeverRedeliversMessagesBehindAHeaderlessFrame) {
   for (int i = 51; i < 60; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   Reader resumed(ring, Reader::Start::kAfterSequence, 55);
   EXPECT_EQ(read_one(resumed), "<empty>");  // held up by the headerless frame
-  ASSERT_TRUE(repair_stalled_frame(ring, dead, &arena_.table()));
+  ASSERT_EQ(repair_stalled_frame(ring, dead, &arena_.table()), StalledRepair::kRepaired);
   for (int i = 56; i < 60; ++i) {
     MessageInfo info;
     EXPECT_EQ(read_one(resumed, &info), "m" + std::to_string(i));
@@ -516,7 +516,7 @@ TEST_F(RingTest, DeadGatingReaderIsUnlinkedFromItsDoorbell) {
   uint64_t doorbell_ref = 0;
   layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
   Reader ghost(ring);
-  ghost.register_slot(true, doorbell_ref, doorbell);
+  ghost.register_slot(true, doorbell_ref, doorbell, arena_.doorbells());
   Publisher publisher(ring, 1, &arena_.table());
   while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
   }
@@ -540,7 +540,7 @@ TEST_F(RingTest, RetiredFrameTheFrontierHasNotPassedIsSteppedOver) {
   EXPECT_EQ(read_one(reader, &info), "kept");
   EXPECT_EQ(reader.delivered(), 1u);
   EXPECT_EQ(ring.retire_frontier(), 0u);
-  EXPECT_EQ(first_unfinished_frame(ring), std::nullopt);  // walking moves the frontier on
+  EXPECT_EQ(inspect_ring(ring).first_unfinished, std::nullopt);  // walking moves the frontier on
   EXPECT_EQ(ring.retire_frontier(), layout::frame_bytes(7));
 }
 
@@ -595,9 +595,9 @@ TEST_F(RingTest, ImportedMessagesDoNotRingALocalOnlyDoorbellOnALossyRing) {
     layout::DoorbellHeader* doorbell = arena_.make_doorbell(8, doorbell_ref);
     doorbell->local_only.store(1);
     Reader reader(ring);
-    reader.register_slot(back_pressure, doorbell_ref, doorbell);
+    reader.register_slot(back_pressure, doorbell_ref, doorbell, arena_.doorbells());
     Publisher publisher(ring, 1, &arena_.table());
-    Waiter waiter(doorbell);
+    Waiter waiter(doorbell, arena_.doorbells());
     doorbell->wake_armed.store(1);  // a waiter asleep
     ASSERT_EQ(publisher.publish(as_bytes("imported"), PublishMeta{1, 7}), Status::kOk);
     EXPECT_EQ(waiter.any_ready(), back_pressure);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -72,12 +73,17 @@ class TestArena {
     return RingRef::format(arena_.base() + block.offset, config);
   }
   // A doorbell with `bits` bits; returns its header and sets `ref_of_bit0` to the ShmRef
-  // of bit 0 (add the bit index for others).
+  // of bit 0 (add the bit index for others). As on a bus, every doorbell of one arena has
+  // the same size (publishers check links against it: table().doorbells()).
   layout::DoorbellHeader* make_doorbell(uint32_t bits, uint64_t& ref_of_bit0) {
+    if (table_.doorbells().bits == 0) table_.set_doorbells(arena_.id(), bits);
+    if (table_.doorbells().bits != bits)
+      throw std::logic_error("a test arena holds doorbells of one size");
     const auto block = arena_.allocate(layout::doorbell_bytes(bits));
     ref_of_bit0 = layout::ShmRef::make(arena_.id(), block.offset, 0);
     return doorbell::format(arena_.base() + block.offset, bits);
   }
+  const DoorbellGeometry& doorbells() const { return table_.doorbells(); }
 
   Arena& arena() { return arena_; }
   const ArenaTable& table() const { return table_; }

@@ -1,4 +1,6 @@
 // Bus, Channel and Loan: the publishing side of libshmbus.
+#include "shmbus/bus.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <unordered_map>
@@ -8,7 +10,6 @@
 #include "glob.hpp"
 #include "naming.hpp"
 #include "publish_clock.hpp"
-#include "shmbus/bus.hpp"
 
 namespace shmbus {
 
@@ -82,13 +83,13 @@ PublishStatus to_publish_status(Status s) {
     case Status::kOk: return PublishStatus::kOk;
     case Status::kTooLarge: return PublishStatus::kTooLarge;
     case Status::kWouldBlock: return PublishStatus::kWouldBlock;
+    case Status::kCorrupt: return PublishStatus::kCorrupt;
     default: return PublishStatus::kTimedOut;
   }
 }
 
-PublishResult publish_on(OpenChannel& ch, PublishClock& clock,
-                         std::span<const std::byte> payload, std::chrono::nanoseconds wait,
-                         uint16_t origin = 0) {
+PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const std::byte> payload,
+                         std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
   meta.publish_unix_ns = clock.now_ns();
   meta.origin = origin;
@@ -102,8 +103,8 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock,
   return result;
 }
 
-[[noreturn]] void throw_publish_error(const OpenChannel& ch, PublishStatus status,
-                                      size_t bytes, std::chrono::nanoseconds wait) {
+[[noreturn]] void throw_publish_error(const OpenChannel& ch, PublishStatus status, size_t bytes,
+                                      std::chrono::nanoseconds wait) {
   const std::string where = " in rule '" + ch.rule + "'";
   switch (status) {
     case PublishStatus::kTooLarge:
@@ -115,13 +116,17 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock,
                       "ring_bytes)");
     case PublishStatus::kWouldBlock:
     case PublishStatus::kTimedOut:
-      throw Error(status == PublishStatus::kWouldBlock ? Errc::kWouldBlock : Errc::kTimedOut,
-                  "back-pressure channel " + printable(ch.name) + " stayed full for " +
-                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(wait)
-                                         .count()) +
-                      " ms: its slowest subscriber is a ring (" + human_bytes(ch.ring.capacity()) +
-                      ") behind; speed it up, enlarge ring_bytes" + where +
-                      ", or turn back_pressure off");
+      throw Error(
+          status == PublishStatus::kWouldBlock ? Errc::kWouldBlock : Errc::kTimedOut,
+          "back-pressure channel " + printable(ch.name) + " stayed full for " +
+              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count()) +
+              " ms: its slowest subscriber is a ring (" + human_bytes(ch.ring.capacity()) +
+              ") behind; speed it up, enlarge ring_bytes" + where + ", or turn back_pressure off");
+    case PublishStatus::kCorrupt:
+      throw Error(Errc::kCorrupt,
+                  "channel " + printable(ch.name) +
+                      ": its ring in shared memory contradicts itself (some process wrote "
+                      "garbage into it), so nothing was published; see shmbusd's log");
     case PublishStatus::kOk: break;
   }
   throw std::logic_error("publish error without an error");
@@ -150,7 +155,9 @@ Loan& Loan::operator=(Loan&& other) noexcept {
   }
   return *this;
 }
-Loan::~Loan() { abandon(); }
+Loan::~Loan() {
+  abandon();
+}
 
 std::span<std::byte> Loan::data() const {
   if (!state_ || !state_->loan.active) return {};
@@ -200,10 +207,18 @@ Channel::Channel(Channel&&) noexcept = default;
 Channel& Channel::operator=(Channel&&) noexcept = default;
 Channel::~Channel() = default;
 
-const std::string& Channel::name() const { return state_->open->name; }
-std::size_t Channel::max_message_bytes() const { return state_->open->ring.max_payload(); }
-std::size_t Channel::ring_bytes() const { return state_->open->ring.capacity(); }
-bool Channel::back_pressure() const { return state_->open->ring.back_pressure(); }
+const std::string& Channel::name() const {
+  return state_->open->name;
+}
+std::size_t Channel::max_message_bytes() const {
+  return state_->open->ring.max_payload();
+}
+std::size_t Channel::ring_bytes() const {
+  return state_->open->ring.capacity();
+}
+bool Channel::back_pressure() const {
+  return state_->open->ring.back_pressure();
+}
 
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
                                    std::chrono::nanoseconds wait, uint16_t origin) {
@@ -213,8 +228,8 @@ PublishResult Channel::try_publish(std::span<const std::byte> payload,
 uint32_t Channel::publish(std::span<const std::byte> payload) {
   const PublishResult r =
       publish_on(*state_->open, state_->clock, payload, state_->options.publish_wait);
-  if (!r.ok()) throw_publish_error(*state_->open, r.status, payload.size(),
-                                   state_->options.publish_wait);
+  if (!r.ok())
+    throw_publish_error(*state_->open, r.status, payload.size(), state_->options.publish_wait);
   return r.receivers;
 }
 
@@ -230,11 +245,10 @@ Loan Channel::loan(std::size_t bytes) {
   state->clock = &state_->clock;
   state->loan = RingLoan{};
   state->home = &state_->spare_loan;
-  const Status s =
-      bytes > 0xffffffffu
-          ? Status::kTooLarge
-          : ch.publisher.claim(static_cast<uint32_t>(bytes), state->loan,
-                               state_->options.publish_wait);
+  const Status s = bytes > 0xffffffffu
+                       ? Status::kTooLarge
+                       : ch.publisher.claim(static_cast<uint32_t>(bytes), state->loan,
+                                            state_->options.publish_wait);
   if (s != Status::kOk)
     throw_publish_error(ch, to_publish_status(s), bytes, state_->options.publish_wait);
   return Loan(std::move(state));
@@ -244,8 +258,7 @@ Loan Channel::loan(std::size_t bytes) {
 
 struct Bus::State {
   std::shared_ptr<ClientCore> core;
-  std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>>
-      cache;
+  std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>> cache;
   uint64_t uses = 0;
   PublishClock clock;  // see Channel::State::clock
 
@@ -374,7 +387,9 @@ std::chrono::nanoseconds Bus::ping() {
   return std::chrono::steady_clock::now() - start;
 }
 
-const std::string& Bus::bus_name() const { return state_->core->connection.endpoint().bus; }
+const std::string& Bus::bus_name() const {
+  return state_->core->connection.endpoint().bus;
+}
 const std::string& Bus::socket_path() const {
   return state_->core->connection.endpoint().socket_path;
 }

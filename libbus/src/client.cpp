@@ -63,8 +63,8 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbe
       .u8(wants_doorbell ? 1 : 0);
   const OwnedFrame reply = request(hello);
   if (reply.type != Type::kWelcome)
-    throw Error(Errc::kProtocol, std::string("shmbusd answered HELLO with ") +
-                                     type_name(reply.type));
+    throw Error(Errc::kProtocol,
+                std::string("shmbusd answered HELLO with ") + type_name(reply.type));
   Parser p = reply.parser();
   welcome_.version = p.u16();
   welcome_.publisher_id = p.u16();
@@ -185,8 +185,8 @@ void ControlConnection::poll_events() {
     while (in_.next(body)) {
       const Frame f = Frame::parse(body);
       if (f.request != 0)
-        throw Error(Errc::kProtocol, "unexpected reply " + std::to_string(f.request) +
-                                         " with no request pending");
+        throw Error(Errc::kProtocol,
+                    "unexpected reply " + std::to_string(f.request) + " with no request pending");
       events_.push_back(OwnedFrame{f.type, 0, {f.fields.begin(), f.fields.end()}});
     }
   } catch (const ProtocolError& e) {
@@ -216,7 +216,7 @@ std::byte* BusMemory::base(uint32_t arena_id) {
       throw Error(arena_id == 0 ? Errc::kNoDaemon : Errc::kSystem,
                   "cannot map the shared memory of bus '" + bus_ + "': " + e.what());
     }
-    table_.add(arena_id, arenas_[arena_id]->base());
+    table_.add(arena_id, arenas_[arena_id]->base(), arenas_[arena_id]->size());
   }
   return arenas_[arena_id]->base();
 }
@@ -232,8 +232,8 @@ RingRef BusMemory::ring(const RingLocation& location) {
   const uint64_t arena_bytes = size(location.arena_id);
   if (location.offset < layout::kPageSize || location.offset > arena_bytes ||
       location.bytes > arena_bytes - location.offset)
-    throw Error(Errc::kProtocol, "ring location outside arena " +
-                                     std::to_string(location.arena_id));
+    throw Error(Errc::kProtocol,
+                "ring location outside arena " + std::to_string(location.arena_id));
   try {
     return RingRef::open(arena + location.offset, location.bytes);
   } catch (const std::exception& e) {

@@ -34,7 +34,7 @@ struct Welcome {
   std::string bus;
   uint64_t directory_offset = 0;
   uint64_t doorbell_offset = 0;  // in arena 0; 0 if none was asked for
-  uint32_t doorbell_bits = 0;
+  uint32_t doorbell_bits = 0;    // of every doorbell of the bus (publishers check links by it)
 };
 
 class ControlConnection {
@@ -88,6 +88,9 @@ class BusMemory {
   RingRef ring(const protocol::RingLocation& location);
   const ArenaTable& table() const { return table_; }
   const std::string& bus() const { return bus_; }
+  // The bus's doorbell size, from the daemon's welcome. REQUIRES: called before any
+  // Publisher or Waiter uses table().
+  void set_doorbell_bits(uint32_t bits) { table_.set_doorbells(0, bits); }
 
  private:
   std::string bus_;
@@ -101,7 +104,9 @@ class BusMemory {
 // The last owner to let go says goodbye, so the daemon knows no frame was left unfinished.
 struct ClientCore {
   ClientCore(const Endpoint& endpoint, bool wants_doorbell)
-      : connection(endpoint, wants_doorbell), memory(endpoint.bus, Arena::Access::kReadWrite) {}
+      : connection(endpoint, wants_doorbell), memory(endpoint.bus, Arena::Access::kReadWrite) {
+    memory.set_doorbell_bits(connection.welcome().doorbell_bits);
+  }
   ~ClientCore() {
     try {
       connection.goodbye();

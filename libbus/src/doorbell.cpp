@@ -1,5 +1,7 @@
 #include "doorbell.hpp"
 
+#include <time.h>
+
 #include <stdexcept>
 #include <string>
 
@@ -32,10 +34,10 @@ layout::DoorbellHeader* open(std::byte* at) {
   return d;
 }
 
-void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit) {
+void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit, const DoorbellGeometry& g) {
   const uint32_t leaf = bit / 64;
   const uint64_t mask = uint64_t{1} << (bit % 64);
-  auto& leaf_word = leaf_words(d)[leaf];
+  auto& leaf_word = leaf_words(d, g)[leaf];
   // A set bit means the waiter has not taken it yet and will drain this ring after taking
   // it, seeing our commit (the waiter's exchange is seq_cst and follows our fenced commit in
   // the single total order, or precedes our load and we would have seen the bit clear).
@@ -56,14 +58,19 @@ void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit) {
 
 bool Waiter::any_ready() const {
   auto* summary = doorbell::summary_words(d_);
-  for (uint32_t s = 0; s < d_->summary_words; ++s)
+  for (uint32_t s = 0; s < g_.summary_words; ++s)
     if (summary[s].load(std::memory_order_seq_cst) != 0) return true;
   return false;
 }
 
 void Waiter::disarm_bit(uint32_t bit) {
-  doorbell::leaf_words(d_)[bit / 64].fetch_and(~(uint64_t{1} << (bit % 64)),
-                                               std::memory_order_seq_cst);
+  doorbell::leaf_words(d_, g_)[bit / 64].fetch_and(~(uint64_t{1} << (bit % 64)),
+                                                   std::memory_order_seq_cst);
+}
+
+void pause_after_fruitless_wakes() {
+  const timespec ms{0, 1'000'000};
+  nanosleep(&ms, nullptr);
 }
 
 Status park_once(layout::DoorbellHeader* d, uint32_t observed_futex_word,

@@ -31,11 +31,15 @@ namespace {
 
 __extension__ typedef unsigned __int128 u128;
 
-inline u128 pack(ClaimWord w) { return (u128{w.sequence} << 64) | w.position; }
+inline u128 pack(ClaimWord w) {
+  return (u128{w.sequence} << 64) | w.position;
+}
 inline ClaimWord unpack(u128 v) {
   return ClaimWord{static_cast<uint64_t>(v), static_cast<uint64_t>(v >> 64)};
 }
-inline u128* claim_bits(RingHeader* h) { return reinterpret_cast<u128*>(&h->claim); }
+inline u128* claim_bits(RingHeader* h) {
+  return reinterpret_cast<u128*>(&h->claim);
+}
 
 #if defined(__x86_64__) && defined(__GCC_HAVE_SYNC_COMPARE_AND_SWAP_16) && !defined(SHMBUS_TSAN)
 inline ClaimWord claim_snapshot(RingHeader* h) {
@@ -60,7 +64,9 @@ inline bool claim_cas(RingHeader* h, ClaimWord& expected, ClaimWord desired) {
 inline ClaimWord claim_snapshot(RingHeader* h) {
   return unpack(__atomic_load_n(claim_bits(h), __ATOMIC_ACQUIRE));
 }
-inline ClaimWord claim_guess(RingHeader* h) { return claim_snapshot(h); }
+inline ClaimWord claim_guess(RingHeader* h) {
+  return claim_snapshot(h);
+}
 inline bool claim_cas(RingHeader* h, ClaimWord& expected, ClaimWord desired) {
   u128 want = pack(expected);
   if (__atomic_compare_exchange_n(claim_bits(h), &want, pack(desired), false, __ATOMIC_ACQ_REL,
@@ -123,7 +129,9 @@ inline void write_header_fields(FrameHeader* f, uint64_t sequence, uint32_t payl
 
 // Size of the frame whose header says `payload_length` (the same rule for data and padding:
 // padding stores its size minus the header, a multiple of 32).
-inline uint64_t frame_size(uint32_t payload_length) { return frame_bytes(payload_length); }
+inline uint64_t frame_size(uint32_t payload_length) {
+  return frame_bytes(payload_length);
+}
 
 // Waiting with a budget: spin, then yield, then sleep in growing steps up to 1 ms.
 class Backoff {
@@ -155,7 +163,9 @@ class Backoff {
   uint64_t sleep_ns_ = 0;
 };
 
-bool process_is_dead(int32_t pid) { return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH; }
+bool process_is_dead(int32_t pid) {
+  return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+}
 
 }  // namespace
 
@@ -174,8 +184,9 @@ uint32_t RingRef::largest_payload(uint64_t capacity) {
 
 RingRef RingRef::format(std::byte* block, const RingConfig& config) {
   if (!is_power_of_two(config.capacity) || config.capacity < 4096)
-    throw std::invalid_argument("ring capacity must be a power of two of at least 4096 bytes, got " +
-                                std::to_string(config.capacity));
+    throw std::invalid_argument(
+        "ring capacity must be a power of two of at least 4096 bytes, got " +
+        std::to_string(config.capacity));
   if (config.capacity > (uint64_t{1} << 40))
     throw std::invalid_argument("ring capacity above 1 TiB is not supported");
   const uint32_t largest = largest_payload(config.capacity);
@@ -201,31 +212,70 @@ RingRef RingRef::format(std::byte* block, const RingConfig& config) {
 }
 
 RingRef RingRef::open(std::byte* block, uint64_t available) {
-  if (available < sizeof(RingHeader)) throw std::runtime_error("ring block too small");
+  if (available < kRingDataOffset) throw std::runtime_error("ring block too small");
   auto* h = reinterpret_cast<RingHeader*>(block);
   if (h->magic.load(std::memory_order_acquire) != kRingMagic)
     throw std::runtime_error("not a shmbus ring (bad magic)");
-  if (h->version != kLayoutVersion)
-    throw std::runtime_error("ring layout version " + std::to_string(h->version) +
+  // Each field is read once into a local: another process may change the header while we
+  // look, and what we validate must be what we keep.
+  const uint32_t version = h->version;
+  const uint64_t capacity = h->capacity;
+  const uint64_t block_bytes = h->block_bytes;
+  const uint64_t table = h->readers_offset;
+  const uint32_t max_payload = h->max_payload;
+  const uint32_t flags = h->flags;
+  const uint32_t reader_capacity = h->reader_capacity;
+  if (version != kLayoutVersion)
+    throw std::runtime_error("ring layout version " + std::to_string(version) +
                              " differs from this library's " + std::to_string(kLayoutVersion));
-  if (!is_power_of_two(h->capacity) || h->block_bytes > available ||
-      h->block_bytes != ring_block_bytes(h->capacity, h->reader_capacity) ||
-      h->readers_offset != readers_offset(h->capacity, h->reader_capacity) ||
-      h->max_payload > largest_payload(h->capacity))
+  if (!is_power_of_two(capacity) || capacity < 4096 || capacity > (uint64_t{1} << 40) ||
+      reader_capacity == 0 || reader_capacity > 65536 || block_bytes > available ||
+      block_bytes != ring_block_bytes(capacity, reader_capacity) ||
+      table != readers_offset(capacity, reader_capacity) ||
+      max_payload > largest_payload(capacity) || (flags & ~kRingBackPressure) != 0)
     throw std::runtime_error("ring header is inconsistent with its block");
   RingRef ring;
   ring.header_ = h;
   ring.data_ = block + kRingDataOffset;
-  ring.mask_ = h->capacity - 1;
-  std::byte* table = block + h->readers_offset;
-  ring.readers_ = reinterpret_cast<ReaderTableHeader*>(table);
-  ring.notify_ = reinterpret_cast<std::atomic<uint64_t>*>(table + notify_array_offset());
-  ring.slots_ = reinterpret_cast<ReaderSlot*>(table + slots_offset(h->reader_capacity));
-  ring.reader_capacity_ = h->reader_capacity;
+  ring.mask_ = capacity - 1;
+  std::byte* readers = reinterpret_cast<std::byte*>(h) + table;
+  ring.readers_ = reinterpret_cast<ReaderTableHeader*>(readers);
+  ring.notify_ = reinterpret_cast<std::atomic<uint64_t>*>(readers + notify_array_offset());
+  ring.slots_ = reinterpret_cast<ReaderSlot*>(readers + slots_offset(reader_capacity));
+  ring.reader_capacity_ = reader_capacity;
+  ring.max_payload_ = max_payload;
+  ring.back_pressure_ = (flags & kRingBackPressure) != 0;
+  ring.channel_id_ = h->channel_id;
   return ring;
 }
 
-ClaimWord RingRef::load_claim() const { return claim_snapshot(header_); }
+bool RingRef::header_matches_geometry() const {
+  const RingHeader* h = header_;
+  return h->magic.load(std::memory_order_relaxed) == kRingMagic && h->capacity == capacity() &&
+         h->max_payload == max_payload_ && h->reader_capacity == reader_capacity_ &&
+         h->flags == (back_pressure_ ? kRingBackPressure : 0) &&
+         h->readers_offset == readers_offset(capacity(), reader_capacity_);
+}
+
+uint64_t RingRef::claim_position_relaxed() const {
+  return __atomic_load_n(&header_->claim.position, __ATOMIC_RELAXED);
+}
+
+bool RingRef::claim_plausible() const {
+  // Frontier, claim, frontier again: whatever honest publishers do meanwhile, I1 then holds
+  // between these three reads (the frontier read first is <= the claim read after it, and
+  // the claim is <= the frontier read after it plus one lap).
+  const uint64_t frontier_before = retire_frontier();
+  const uint64_t claim = claim_position_relaxed();
+  const uint64_t frontier_after = retire_frontier();
+  return claim >= frontier_before && claim <= frontier_after + capacity() &&
+         frontier_after >= frontier_before && claim % kFrameAlignment == 0 &&
+         frontier_before % kFrameAlignment == 0;
+}
+
+ClaimWord RingRef::load_claim() const {
+  return claim_snapshot(header_);
+}
 
 // ---- Publisher ----------------------------------------------------------------------------
 
@@ -239,20 +289,27 @@ Publisher::Publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* aren
 Status Publisher::claim(uint32_t payload_bytes, RingLoan& loan, WaitBudget wait) {
   if (payload_bytes > ring_.max_payload()) return Status::kTooLarge;
   RingHeader* h = ring_.header();
-  const uint64_t capacity = h->capacity;
+  const uint64_t capacity = ring_.capacity();
   const uint64_t size = frame_size(payload_bytes);
   Backoff backoff(wait);
   ClaimWord seen = claim_guess(h);
   uint64_t padding = 0;
   for (;;) {
+    // A claim position that is not a frame boundary exists only if someone wrote it.
+    if (seen.position % kFrameAlignment != 0) return Status::kCorrupt;
     const uint64_t offset = seen.position & ring_.mask();
     // I4: a frame that would cross the end takes the rest of the lap as padding too.
     padding = offset + size > capacity ? capacity - offset : 0;
     const uint64_t end = seen.position + padding + size;
-    if (end > capacity && make_room(end - capacity) != Status::kOk) {
-      if (!backoff.pause()) return backoff.timed() ? Status::kTimedOut : Status::kWouldBlock;
-      seen = claim_guess(h);
-      continue;
+    if (end > capacity) {
+      if (const Status room = make_room(end - capacity); room != Status::kOk) {
+        // Held up: by a gating reader or an unfinished frame (wait for them), or because
+        // the claim and the frontier contradict each other (waiting would never end).
+        if (room == Status::kCorrupt || !ring_.claim_plausible()) return Status::kCorrupt;
+        if (!backoff.pause()) return backoff.timed() ? Status::kTimedOut : Status::kWouldBlock;
+        seen = claim_guess(h);
+        continue;
+      }
     }
     // Room for [position, end) is ours to take; the CAS makes it ours. make_room's checks
     // stay true after a failed CAS only if nothing moved, so a failure re-runs them.
@@ -288,8 +345,8 @@ Status Publisher::claim(uint32_t payload_bytes, RingLoan& loan, WaitBudget wait)
 void Publisher::commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta& meta) {
   if (!loan.active) throw std::logic_error("commit of a loan that is not active");
   if (payload_bytes > loan.capacity)
-    throw std::logic_error("commit of " + std::to_string(payload_bytes) +
-                           " bytes on a loan of " + std::to_string(loan.capacity));
+    throw std::logic_error("commit of " + std::to_string(payload_bytes) + " bytes on a loan of " +
+                           std::to_string(loan.capacity));
   FrameHeader* f = ring_.frame_at(loan.position);
   const uint64_t claimed = frame_size(loan.capacity);
   const uint64_t used = frame_size(payload_bytes);
@@ -373,16 +430,19 @@ void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas, uint16_t orig
   for (uint32_t i = 0; i < links; ++i) {
     const uint64_t ref = notify[i].load(std::memory_order_acquire);
     if (ref == ShmRef::kNone) continue;
-    auto* d = arenas->resolve<DoorbellHeader>(ref);
+    // Links are written into shared memory: follow one only once it checks out as one of
+    // the bus's doorbells (a bad one is skipped; its subscriber's periodic look finds the
+    // message, see Waiter::park_until).
+    auto* d = arenas->resolve_doorbell(ref);
     if (d == nullptr) continue;
     if (skip_local_only && d->local_only.load(std::memory_order_relaxed) != 0) continue;
-    doorbell::ring_doorbell(d, ShmRef::bit(ref));
+    doorbell::ring_doorbell(d, ShmRef::bit(ref), arenas->doorbells());
   }
 }
 
 Status Publisher::make_room(uint64_t need) {
   RingHeader* h = ring_.header();
-  if (h->flags & kRingBackPressure) {
+  if (ring_.back_pressure()) {
     const uint64_t generation = ring_.readers()->generation.load(std::memory_order_acquire);
     if (generation != cached_reader_generation_ || cached_min_reader_ < need) {
       cached_min_reader_ = min_gating_position();
@@ -398,8 +458,8 @@ Status Publisher::make_room(uint64_t need) {
   // Retire a little past what this claim needs, so the frontier CAS is paid once per batch
   // instead of once per frame; lossy readers lose at most this much history early. Never
   // past a gating reader: its frames must stay until it has read them.
-  uint64_t want = need + std::min<uint64_t>(h->capacity / 32, 4096);
-  if (h->flags & kRingBackPressure) want = std::min(want, cached_min_reader_);
+  uint64_t want = need + std::min<uint64_t>(ring_.capacity() / 32, 4096);
+  if (ring_.back_pressure()) want = std::min(want, cached_min_reader_);
   return retire_until(need, want);
 }
 
@@ -420,10 +480,16 @@ Status Publisher::retire_until(uint64_t need, uint64_t want) {
       FrameHeader* f = ring_.frame_at(p);
       uint64_t state = f->state.load(std::memory_order_acquire);
       if (!is_retired_at(state, p)) {
-        if (frame_tag(state) != p) break;        // not claimed yet, or claimed without a header
-        if (!(state & kFrameCommitted)) break;   // unfinished: never overwrite, never retire
+        if (frame_tag(state) != p) break;       // not claimed yet, or claimed without a header
+        if (!(state & kFrameCommitted)) break;  // unfinished: never overwrite, never retire
       }
       const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
+      if (!ring_.frame_fits(p, size, (state & kFramePadding) != 0)) {
+        // No publisher writes such a size. Read from a frame being overwritten by a lap
+        // that passed us (the frontier moved: start over), or forged.
+        if (reload_after_reads(h->retire_frontier) != frontier) break;
+        return Status::kCorrupt;
+      }
       if (!is_retired_at(state, p)) {
         // SYNC POINT (retire): after this CAS no reader accepts the frame (they re-check
         // the state after reading), so its bytes may be reused once the frontier passes.
@@ -446,6 +512,12 @@ Status Publisher::retire_until(uint64_t need, uint64_t want) {
     if (p == frontier) {
       if (h->retire_frontier.load(std::memory_order_acquire) != frontier) continue;
       return Status::kWouldBlock;  // the frame at the frontier is unfinished
+    }
+    // Every frame walked lies below the claim position, which only grows: a walk past it
+    // went over frames nobody claimed, so the frontier must not follow it (I1).
+    if (p > ring_.claim_position_relaxed()) {
+      if (reload_after_reads(h->retire_frontier) != frontier) continue;
+      return Status::kCorrupt;
     }
     uint64_t expected = frontier;
     h->retire_frontier.compare_exchange_strong(expected, p, std::memory_order_acq_rel);
@@ -501,30 +573,37 @@ Reader::Reader(RingRef ring, Start start, uint64_t after_sequence) : ring_(ring)
       position_ = ring_.retire_frontier();
       sequence_known_ = false;
       break;
-    case Start::kAfterSequence:
-      seek_sequence(after_sequence + 1);
-      break;
+    case Start::kAfterSequence: seek_sequence(after_sequence + 1); break;
   }
 }
 
-Reader::~Reader() { unregister(); }
+Reader::~Reader() {
+  unregister();
+}
 
 void Reader::seek_sequence(uint64_t first_wanted) {
   // Walks frames from the frontier, which publishers may retire and overwrite meanwhile
   // (this reader gates nobody yet); every value read is re-checked.
   const SeqlockReadScope frames_may_move;
   const ClaimWord claim = ring_.load_claim();
-  if (first_wanted >= claim.sequence) {
-    // Nothing that new yet (or the ring was recreated with lower numbers): start at the head.
+  auto start_at_head = [&] {
     position_ = claim.position;
     next_sequence_ = std::min(first_wanted, claim.sequence);
     sequence_known_ = true;
+  };
+  if (first_wanted >= claim.sequence || !ring_.claim_plausible()) {
+    // Nothing that new yet (or the ring was recreated with lower numbers, or its claim and
+    // frontier contradict each other): start at the head.
+    start_at_head();
     return;
   }
-  for (;;) {
+  // Bounded: a pass visits at most a lap of frames, and a pass restarts only when a lap
+  // passed it; a ring whose frames keep contradicting themselves gets the head instead.
+  const uint64_t max_steps = ring_.capacity() / kFrameAlignment + 1;
+  for (int pass = 0; pass < 64; ++pass) {
     uint64_t p = ring_.retire_frontier();
     bool restart = false;
-    while (p < claim.position) {
+    for (uint64_t step = 0; p < claim.position; ++step) {
       FrameHeader* f = ring_.frame_at(p);
       const uint64_t state = f->state.load(std::memory_order_acquire);
       if (frame_tag(state) != p) {  // retired, or claimed without a header yet
@@ -540,6 +619,11 @@ void Reader::seek_sequence(uint64_t first_wanted) {
       // Data frames carry their own number; padding carries the next one's.
       const bool is_data = !(state & kFramePadding);
       if (sequence >= first_wanted || (is_data && sequence + 1 > first_wanted)) break;
+      if (step >= max_steps || !ring_.frame_fits(p, frame_size(length), !is_data)) {
+        ++corrupt_;
+        start_at_head();
+        return;
+      }
       p += frame_size(length);
     }
     if (restart) continue;
@@ -549,12 +633,15 @@ void Reader::seek_sequence(uint64_t first_wanted) {
     skip_below_ = first_wanted;
     return;
   }
+  start_at_head();
 }
 
-void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* doorbell) {
+void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* doorbell,
+                           const DoorbellGeometry& geometry) {
   if (slot_ >= 0) throw std::logic_error("reader already registered");
-  if (doorbell_ref != ShmRef::kNone && doorbell == nullptr)
-    throw std::invalid_argument("a doorbell link needs the mapped doorbell");
+  if (doorbell_ref != ShmRef::kNone &&
+      (doorbell == nullptr || ShmRef::bit(doorbell_ref) >= geometry.bits))
+    throw std::invalid_argument("a doorbell link needs the mapped doorbell and its geometry");
   const int32_t slot = claim_reader_slot(
       ring_, SlotClaim{position_, 0, static_cast<int32_t>(getpid()), gating, doorbell_ref});
   if (slot < 0)
@@ -566,6 +653,7 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
   lappable_ = !(gating && ring_.back_pressure());
   if (doorbell_ref != ShmRef::kNone) {
     doorbell_ = doorbell;
+    doorbell_geometry_ = geometry;
     doorbell_bit_ = ShmRef::bit(doorbell_ref);
     // Publishers read notify_high_water without a fence after their commit; this barrier
     // makes any commit they issued before it visible to our next has_data(), and any
@@ -577,18 +665,27 @@ void Reader::register_slot(bool gating, uint64_t doorbell_ref, DoorbellHeader* d
   if (gating) jump_if_lapped();
 }
 
-void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, uint32_t doorbell_bit,
-                        bool from_slot, uint64_t sequence) {
+void Reader::adopt_slot(uint32_t slot, DoorbellHeader* doorbell, const DoorbellGeometry& geometry,
+                        uint32_t doorbell_bit, bool from_slot, uint64_t sequence) {
   if (slot_ >= 0) throw std::logic_error("reader already registered");
   if (slot >= ring_.reader_capacity()) throw std::out_of_range("reader slot out of range");
+  if (doorbell != nullptr && doorbell_bit >= geometry.bits)
+    throw std::out_of_range("doorbell bit out of range");
   slot_ = static_cast<int32_t>(slot);
   doorbell_ = doorbell;
+  doorbell_geometry_ = geometry;
   doorbell_bit_ = doorbell_bit;
   ReaderSlot* s = ring_.slot(slot);
   slot_owner_ = s->owner.load(std::memory_order_relaxed);
   lappable_ = !(s->state.load(std::memory_order_relaxed) == kSlotGating && ring_.back_pressure());
   if (from_slot) {
     position_ = s->position.load(std::memory_order_acquire);
+    // The slot is in shared memory: a position no publisher has reached (or not a frame
+    // boundary) was not written by the daemon. Start at the head instead.
+    if (position_ % kFrameAlignment != 0 || position_ > ring_.claim_position_relaxed()) {
+      ++corrupt_;
+      position_ = ring_.claim_position_relaxed();
+    }
     next_sequence_ = sequence;
     sequence_known_ = true;
     skip_below_ = 0;
@@ -616,7 +713,8 @@ void Reader::unregister() {
 }
 
 bool Reader::jump_if_lapped() {
-  if (ring_.retire_frontier() <= position_) return false;
+  const uint64_t frontier = ring_.retire_frontier();
+  if (frontier <= position_ || frontier == corrupt_frontier_) return false;
   jump_after_lap();
   return true;
 }
@@ -627,8 +725,45 @@ void Reader::jump_after_lap() {
   delivered_at_last_lap_ = delivered_;
   empty_polls_ = 0;
   // The oldest frame not yet retired; the loss is counted from the next message's number.
-  // Never backwards: that would deliver again what was delivered.
-  position_ = std::max(position_, ring_.retire_frontier());
+  // Never backwards: that would deliver again what was delivered. A frontier past the claim
+  // position is not one a publisher wrote: jumping there would leave us waiting for a
+  // position the ring may never reach.
+  const uint64_t frontier = ring_.retire_frontier();
+  if (frontier > position_ && frontier != corrupt_frontier_) {
+    if (frontier % kFrameAlignment != 0 || frontier > ring_.claim_position_relaxed()) {
+      corrupt_frontier_ = frontier;  // not followed, and not looked at again until it moves
+      ++corrupt_;
+      return;
+    }
+    position_ = frontier;
+  }
+  store_slot_position();
+}
+
+void Reader::skip_corruption(uint64_t state) {
+  ++corrupt_;
+  // Skip to the head if the claim and the frontier still make sense, and it lies ahead;
+  // the next message's sequence gap then counts what was skipped as lost. Otherwise stay,
+  // and treat the frame here as empty until its state changes (a publisher writes a new
+  // frame over it) - not spinning on it, and never handing it out.
+  const uint64_t head = ring_.claim_position_relaxed();
+  if (head > position_ && ring_.claim_plausible() && head % kFrameAlignment == 0) {
+    position_ = head;
+    corrupt_state_ = kNoCorruptState;
+    store_slot_position();
+    return;
+  }
+  // Nothing claimed past here (a frame forged ahead of the claim), or the claim itself is
+  // not believable: wait for a publisher's claim or the daemon's quarantine to move it.
+  corrupt_state_ = state;
+  corrupt_claim_ = head;
+}
+
+bool Reader::still_corrupt(uint64_t state) const {
+  return state == corrupt_state_ && ring_.claim_position_relaxed() == corrupt_claim_;
+}
+
+void Reader::store_slot_position() {
   if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
 }
 
@@ -638,10 +773,14 @@ Status Reader::try_read(MessageView& view) {
   // of a back-pressure ring is never overwritten under, so there every access (and the
   // payload copy) stays checked.
   const SeqlockReadScope may_be_lapped(lappable_);
-  for (;;) {
+  // Frames stepped over per call (padding, retired, skipped) are bounded by a lap, so a
+  // ring someone keeps filling with padding cannot keep this call from returning.
+  const uint64_t max_steps = ring_.capacity() / kFrameAlignment + 2;
+  for (uint64_t step = 0; step < max_steps; ++step) {
     FrameHeader* f = ring_.frame_at(position_);
     // SYNC POINT (read): acquire pairs with the publisher's release commit.
     const uint64_t state = f->state.load(std::memory_order_acquire);
+    if (still_corrupt(state)) return Status::kEmpty;  // found corrupt; nothing moved since
     if (is_retired_at(state, position_)) {
       if (jump_if_lapped()) continue;
       // Retired, but the publisher that retired it has not moved the frontier yet (or died
@@ -649,6 +788,10 @@ Status Reader::try_read(MessageView& view) {
       // while the frontier has not passed it.
       const uint32_t retired_length = f->payload_length.load(std::memory_order_relaxed);
       if (reload_after_reads(ring_.header()->retire_frontier) > position_) continue;
+      if (!ring_.frame_fits(position_, frame_size(retired_length), (state & kFramePadding) != 0)) {
+        skip_corruption(state);
+        continue;
+      }
       position_ += frame_size(retired_length);
       continue;
     }
@@ -656,15 +799,26 @@ Status Reader::try_read(MessageView& view) {
       // Not written yet - or we were lapped and this is newer data. A higher tag proves the
       // lap; otherwise ask the frontier now and then, not on every idle poll, because
       // publishers write its line on every message.
-      if ((frame_tag(state) > position_ || ++empty_polls_ % 16 == 0) && jump_if_lapped())
-        continue;
+      if ((frame_tag(state) > position_ || ++empty_polls_ % 16 == 0) && jump_if_lapped()) continue;
       return Status::kEmpty;
     }
     if (!(state & kFrameCommitted)) return Status::kEmpty;  // being written
     empty_polls_ = 0;
     const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
     const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
-    if (state & kFramePadding) {
+    const bool padding = (state & kFramePadding) != 0;
+    // A data frame never crosses the end (I4) and padding is at most a lap; a length that
+    // says otherwise was read from a header being overwritten (the state changed: a lap)
+    // or was forged (the state still says this frame: skip it, never hand it out).
+    if (!ring_.frame_fits(position_, frame_size(length), padding) ||
+        (!padding && length > ring_.max_payload())) {
+      if (reload_after_reads(f->state) != state)
+        jump_after_lap();
+      else
+        skip_corruption(state);
+      continue;
+    }
+    if (padding) {
       if (reload_after_reads(f->state) != state) {
         jump_after_lap();
         continue;
@@ -678,15 +832,7 @@ Status Reader::try_read(MessageView& view) {
         sequence_known_ = true;
       }
       position_ += frame_size(length);
-      if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
-      continue;
-    }
-    // A data frame never crosses the end (I4); if the length says otherwise we read a
-    // header that is being overwritten: re-check, and treat it as a lap.
-    const uint64_t offset = position_ & ring_.mask();
-    if (length > ring_.max_payload() ||
-        offset + kFrameHeaderBytes + length > ring_.capacity()) {
-      jump_after_lap();
+      store_slot_position();
       continue;
     }
     if (sequence < skip_below_) {
@@ -709,6 +855,7 @@ Status Reader::try_read(MessageView& view) {
     view.lost_before = unreported_lost_ + gap;
     return Status::kOk;
   }
+  return Status::kEmpty;  // stepped over a lap of frames: let the caller breathe
 }
 
 bool Reader::intact(const MessageView& view) const {
@@ -780,9 +927,11 @@ bool Reader::has_data() const {
   const FrameHeader* f = ring_.frame_at(position_);
   // seq_cst: the re-check after announcing a sleeper (Waiter::park_until).
   const uint64_t state = f->state.load(std::memory_order_seq_cst);
+  if (still_corrupt(state)) return false;  // found corrupt; nothing moved since
   if (frame_tag(state) == position_ || is_retired_at(state, position_))
     return (state & (kFrameCommitted | kFrameRetired)) != 0;
-  return ring_.header()->retire_frontier.load(std::memory_order_seq_cst) > position_;
+  const uint64_t frontier = ring_.header()->retire_frontier.load(std::memory_order_seq_cst);
+  return frontier > position_ && frontier != corrupt_frontier_;
 }
 
 Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin) {
@@ -790,13 +939,12 @@ Status Reader::wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds s
   if (spin_until_ready([this] { return has_data(); }, timeout, spin, plan)) return Status::kOk;
   if (doorbell_ == nullptr) {
     // No doorbell linked: poll with short sleeps.
-    Backoff backoff(plan.forever ? kWaitForever
-                                 : plan.deadline - std::chrono::steady_clock::now());
+    Backoff backoff(plan.forever ? kWaitForever : plan.deadline - std::chrono::steady_clock::now());
     while (!has_data())
       if (!backoff.pause()) return Status::kTimedOut;
     return Status::kOk;
   }
-  Waiter waiter(doorbell_);
+  Waiter waiter(doorbell_, doorbell_geometry_);
   // Clear our bit so the next publisher sets it and checks for a parked waiter (doorbell.hpp).
   waiter.disarm_bit(doorbell_bit_);
   return waiter.park_until([this] { return has_data(); }, plan.deadline, plan.forever);
@@ -808,45 +956,71 @@ namespace {
 
 // Moves the frontier over frames that are retired but not yet passed - left so by a
 // publisher that stopped or died between its retire CAS and its frontier CAS.
-void advance_frontier_over_retired(RingRef ring) {
+// How many frames one maintenance walk may visit: a lap of the smallest frames and a few
+// restarts. Walks run in the daemon's event loop; a ring whose frames never end (written so
+// by a hostile process) must not keep the loop from answering everyone else.
+uint64_t walk_budget(RingRef ring) {
+  return 4 * (ring.capacity() / kFrameAlignment + 2);
+}
+
+// Moves the frontier over frames that are retired but not yet passed - left so by a
+// publisher that stopped or died between its retire CAS and its frontier CAS. False if a
+// retired frame's size cannot be right (the ring is corrupt).
+bool advance_frontier_over_retired(RingRef ring) {
   const SeqlockReadScope frames_may_move;  // the size read is checked by the frontier CAS
   RingHeader* h = ring.header();
-  for (;;) {
+  for (uint64_t steps = walk_budget(ring); steps > 0; --steps) {
     uint64_t frontier = h->retire_frontier.load(std::memory_order_acquire);
     FrameHeader* f = ring.frame_at(frontier);
     const uint64_t state = f->state.load(std::memory_order_acquire);
-    if (!is_retired_at(state, frontier)) return;
+    if (!is_retired_at(state, frontier)) return true;
     const uint64_t size = frame_size(f->payload_length.load(std::memory_order_relaxed));
+    if (!ring.frame_fits(frontier, size, (state & kFramePadding) != 0) ||
+        frontier + size > ring.claim_position_relaxed()) {
+      if (h->retire_frontier.load(std::memory_order_acquire) != frontier) continue;
+      return false;
+    }
     // The size is intact while the frontier is still here; the CAS checks exactly that.
     h->retire_frontier.compare_exchange_strong(frontier, frontier + size,
                                                std::memory_order_acq_rel);
   }
+  return true;  // out of budget: someone else keeps moving it, which is progress
 }
+
+// Where a walk over the frames stopped.
+struct WalkEnd {
+  uint64_t position = 0;
+  bool corrupt = false;  // a frame no publisher writes, or out of budget
+};
 
 // Walks committed and in-progress frames from the retire frontier towards the claim
 // position; calls on_frame(position, frame, state, sequence) for each frame with a header,
-// stopping when it returns false. Returns the position where the walk stopped: the claim
-// position, a frame claimed without a header, or where on_frame said stop.
+// stopping when it returns false. Stops at the claim position, a frame claimed without a
+// header, where on_frame said stop, or a frame that cannot be right (corrupt). Bounded by
+// walk_budget().
 template <typename OnFrame>
-uint64_t walk_frames(RingRef ring, OnFrame&& on_frame) {
+WalkEnd walk_frames(RingRef ring, OnFrame&& on_frame) {
   // Frames ahead of the frontier may be retired and overwritten while we walk; each header
   // is re-checked against its state. (on_frame's own accesses are atomics on that header.)
   const SeqlockReadScope frames_may_move;
-  advance_frontier_over_retired(ring);
+  if (!advance_frontier_over_retired(ring) || !ring.claim_plausible())
+    return {ring.retire_frontier(), true};
+  uint64_t budget = walk_budget(ring);
   for (;;) {
     const uint64_t tail = ring.load_claim().position;
     uint64_t p = ring.retire_frontier();
     bool restart = false;
     while (p < tail) {
+      if (budget-- == 0) return {p, true};
       FrameHeader* f = ring.frame_at(p);
       const uint64_t state = f->state.load(std::memory_order_acquire);
       if (frame_tag(state) != p) {
         if (ring.retire_frontier() > p || is_retired_at(state, p)) {
-          advance_frontier_over_retired(ring);
+          if (!advance_frontier_over_retired(ring)) return {p, true};
           restart = true;
           break;
         }
-        return p;  // claimed, no header yet
+        return {p, false};  // claimed, no header yet
       }
       const uint32_t length = f->payload_length.load(std::memory_order_relaxed);
       const uint64_t sequence = f->sequence.load(std::memory_order_relaxed);
@@ -854,10 +1028,19 @@ uint64_t walk_frames(RingRef ring, OnFrame&& on_frame) {
         restart = true;
         break;
       }
-      if (!on_frame(p, f, state, sequence)) return p;
-      p += frame_size(length);
+      const uint64_t size = frame_size(length);
+      if (!ring.frame_fits(p, size, (state & kFramePadding) != 0) || p + size > tail) {
+        if (ring.retire_frontier() > p) {  // overwritten under us by a lap: start over
+          restart = true;
+          break;
+        }
+        return {p, true};
+      }
+      if (!on_frame(p, f, state, sequence)) return {p, false};
+      p += size;
     }
-    if (!restart) return p;
+    if (!restart) return {p, false};
+    if (budget == 0) return {p, true};
   }
 }
 
@@ -889,55 +1072,73 @@ void announce_repair(RingRef ring, const ArenaTable* arenas) {
 
 }  // namespace
 
-uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas) {
-  uint32_t repaired = 0;
-  (void)walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state, uint64_t) {
-    if (!(state & kFrameCommitted) &&
-        f->publisher_id.load(std::memory_order_relaxed) == publisher_id &&
-        pad_claimed_frame(ring, f, state))
-      ++repaired;
-    return true;
-  });
-  if (repaired) announce_repair(ring, arenas);
-  return repaired;
+RepairResult repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas) {
+  RepairResult result;
+  result.corrupt = walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state, uint64_t) {
+                     if (!(state & kFrameCommitted) &&
+                         f->publisher_id.load(std::memory_order_relaxed) == publisher_id &&
+                         pad_claimed_frame(ring, f, state))
+                       ++result.repaired;
+                     return true;
+                   }).corrupt;
+  if (result.repaired) announce_repair(ring, arenas);
+  return result;
 }
 
-std::optional<uint64_t> first_unfinished_frame(RingRef ring) {
-  const uint64_t tail = ring.load_claim().position;
-  const uint64_t stop = walk_frames(
-      ring, [](uint64_t, FrameHeader*, uint64_t state, uint64_t) { return (state & kFrameCommitted) != 0; });
-  if (stop >= tail) return std::nullopt;
-  return stop;
+RingInspection inspect_ring(RingRef ring) {
+  RingInspection inspection;
+  if (!ring.header_matches_geometry()) {
+    inspection.problem = "its configuration line was overwritten";
+  } else if (!ring.claim_plausible()) {
+    inspection.problem = "its claim position and retire frontier contradict each other";
+  } else {
+    const uint64_t tail = ring.claim_position_relaxed();
+    const WalkEnd end = walk_frames(ring, [](uint64_t, FrameHeader*, uint64_t state, uint64_t) {
+      return (state & kFrameCommitted) != 0;
+    });
+    if (end.corrupt) {
+      inspection.problem = "a frame at stream position " + std::to_string(end.position) +
+                           " has a size no publisher writes";
+    } else if (end.position < tail) {
+      inspection.first_unfinished = end.position;
+    }
+  }
+  inspection.corrupt = !inspection.problem.empty();
+  return inspection;
 }
 
 bool frame_has_header(RingRef ring, uint64_t position) {
   return frame_tag(ring.frame_at(position)->state.load(std::memory_order_acquire)) == position;
 }
 
-bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas) {
+StalledRepair repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas) {
   // Walk up to `position`, learning the sequence number the claim there must carry.
   std::optional<uint64_t> expected_sequence;
-  const uint64_t reached =
+  const WalkEnd reached =
       walk_frames(ring, [&](uint64_t p, FrameHeader*, uint64_t state, uint64_t sequence) {
         if (p == position) return false;
         expected_sequence = next_claim_sequence(state, sequence);
         return true;
       });
-  if (reached != position) return false;  // not a frame boundary that is held up
+  if (reached.corrupt) return StalledRepair::kCorrupt;
+  if (reached.position != position) return StalledRepair::kNotNow;  // not held up there
   FrameHeader* f = ring.frame_at(position);
   const uint64_t state = f->state.load(std::memory_order_acquire);
-  if (is_retired_at(state, position)) return false;
+  if (is_retired_at(state, position)) return StalledRepair::kNotNow;
   if (frame_tag(state) == position) {
-    if (state & kFrameCommitted) return false;
-    if (!pad_claimed_frame(ring, f, state)) return false;
+    if ((state & kFrameCommitted) || !pad_claimed_frame(ring, f, state))
+      return StalledRepair::kNotNow;
     announce_repair(ring, arenas);
-    return true;
+    return StalledRepair::kRepaired;
   }
   // The publisher died between its claim and its header. Claims are contiguous (I3), so its
   // frame ends where the next claim starts: scan 32-byte steps for a header tagged with its
-  // own position, or up to the claim position if there is none.
+  // own position, or up to the claim position if there is none. A claim spans at most a
+  // lap, so the scan does too.
   const ClaimWord claim = ring.load_claim();
-  if (position < ring.retire_frontier() || position >= claim.position) return false;
+  if (position < ring.retire_frontier() || position >= claim.position)
+    return StalledRepair::kNotNow;
+  if (claim.position - position > ring.capacity()) return StalledRepair::kCorrupt;
   uint64_t end = claim.position;
   uint64_t next_sequence = claim.sequence;
   for (uint64_t q = position + kFrameAlignment; q < claim.position; q += kFrameAlignment) {
@@ -953,18 +1154,18 @@ bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* are
   // live publisher about to write, and padding over it would hide its message and let the
   // next lap overwrite its frame. Try again later then. (At the frontier nothing before it
   // tells the number; the gap is taken to be one claim.)
-  if (expected_sequence && next_sequence != *expected_sequence + 1) return false;
+  if (expected_sequence && next_sequence != *expected_sequence + 1) return StalledRepair::kNotNow;
   const uint64_t dead_sequence = expected_sequence ? *expected_sequence : next_sequence - 1;
   write_header_fields(f, dead_sequence, static_cast<uint32_t>(end - position - kFrameHeaderBytes),
                       0);
   uint64_t expected = state;
-  if (!f->state.compare_exchange_strong(
-          expected, position | kFrameCommitted | kFramePadding | kFrameAborted,
-          std::memory_order_acq_rel))
-    return false;
+  if (!f->state.compare_exchange_strong(expected,
+                                        position | kFrameCommitted | kFramePadding | kFrameAborted,
+                                        std::memory_order_acq_rel))
+    return StalledRepair::kNotNow;
   ring.header()->repaired_frames.fetch_add(1, std::memory_order_relaxed);
   announce_repair(ring, arenas);
-  return true;
+  return StalledRepair::kRepaired;
 }
 
 uint32_t release_reader_slots_of(RingRef ring, int32_t pid) {
@@ -1001,8 +1202,8 @@ int32_t claim_reader_slot(RingRef ring, const SlotClaim& claim) {
                                           std::memory_order_acq_rel))
       continue;
     uint32_t high = table->slot_high_water.load(std::memory_order_relaxed);
-    while (high < i + 1 && !table->slot_high_water.compare_exchange_weak(
-                               high, i + 1, std::memory_order_acq_rel)) {
+    while (high < i + 1 &&
+           !table->slot_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
     }
     // Always written, so no link of a previous owner of this slot survives.
     ring.notify()[i].store(claim.doorbell_ref, std::memory_order_release);

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "arena.hpp"
@@ -44,27 +45,51 @@
 namespace shmbus {
 
 // Process-local map from arena id to where this process mapped that arena, so ShmRef values
-// stored in shared memory (doorbell links) resolve in every process.
+// stored in shared memory (doorbell links) resolve in every process. A link is written by
+// other processes, so it is followed only after resolve_doorbell() has checked it against
+// the arena's mapped size and the bus's doorbell geometry, both kept here in process memory.
 // Entries are atomic so a thread may map a new arena while publishers in other threads
 // resolve links (relaxed loads cost nothing on x86; the mapping itself is published by the
 // release store).
 class ArenaTable {
  public:
-  void add(const Arena& arena) { add(arena.id(), arena.base()); }
-  void add(uint32_t arena_id, std::byte* base) {
+  void add(const Arena& arena) { add(arena.id(), arena.base(), arena.size()); }
+  void add(uint32_t arena_id, std::byte* base, uint64_t bytes) {
+    sizes_.at(arena_id).store(bytes, std::memory_order_relaxed);
     bases_.at(arena_id).store(base, std::memory_order_release);
   }
   std::byte* base(uint32_t arena_id) const {
     return bases_.at(arena_id).load(std::memory_order_acquire);
   }
-  template <typename T>
-  T* resolve(uint64_t ref) const {
-    std::byte* base = bases_[layout::ShmRef::arena_id(ref)].load(std::memory_order_acquire);
-    return base == nullptr ? nullptr : reinterpret_cast<T*>(base + layout::ShmRef::offset(ref));
+  // The bus's doorbells: every one is `bits` bits (so layout::doorbell_bytes(bits) long) and
+  // lives in arena `arena_id`. Set once, before any publisher resolves a link; bits 0 means
+  // "not known": no link resolves.
+  void set_doorbells(uint32_t arena_id, uint32_t bits) {
+    doorbell_arena_ = arena_id;
+    doorbells_ = DoorbellGeometry(bits);
+  }
+  const DoorbellGeometry& doorbells() const { return doorbells_; }
+  // The doorbell a link points at, or nullptr if the link cannot be one of the bus's
+  // doorbells (another arena, outside the mapping, misaligned, or a bit past the doorbell's
+  // end). A link that passes may still name the wrong doorbell or a stale one: ringing it
+  // costs a spurious wake-up, never a write outside a doorbell.
+  layout::DoorbellHeader* resolve_doorbell(uint64_t ref) const {
+    const uint32_t arena_id = layout::ShmRef::arena_id(ref);
+    const uint64_t offset = layout::ShmRef::offset(ref);
+    if (arena_id != doorbell_arena_ || layout::ShmRef::bit(ref) >= doorbells_.bits ||
+        offset < layout::kPageSize)
+      return nullptr;
+    std::byte* arena = bases_[arena_id].load(std::memory_order_acquire);
+    const uint64_t size = sizes_[arena_id].load(std::memory_order_relaxed);
+    if (arena == nullptr || offset > size || size - offset < doorbells_.bytes) return nullptr;
+    return reinterpret_cast<layout::DoorbellHeader*>(arena + offset);
   }
 
  private:
   std::array<std::atomic<std::byte*>, 256> bases_{};
+  std::array<std::atomic<uint64_t>, 256> sizes_{};
+  uint32_t doorbell_arena_ = 0;
+  DoorbellGeometry doorbells_;
 };
 
 struct RingConfig {
@@ -92,11 +117,21 @@ class RingRef {
   RingRef() = default;
 
   layout::RingHeader* header() const { return header_; }
-  uint64_t capacity() const { return header_->capacity; }
-  uint32_t max_payload() const { return header_->max_payload; }
-  bool back_pressure() const { return (header_->flags & layout::kRingBackPressure) != 0; }
-  // Cached when the ring was opened (validated against the block then): every process may
-  // write the header, so loops over slots never take their bound from it afterwards.
+  // Geometry, cached when the ring was opened (validated against the block then): every
+  // process that may publish may also overwrite the header, so nothing sizes a loop, an
+  // allocation or an offset from the header afterwards.
+  uint64_t capacity() const { return mask_ + 1; }
+  uint32_t max_payload() const { return max_payload_; }
+  bool back_pressure() const { return back_pressure_; }
+  uint32_t channel_id() const { return channel_id_; }
+  // True if a frame of `bytes` at stream position `position` can exist in this ring: a data
+  // frame (header + at most max_payload bytes) never crosses the end of the data area;
+  // padding is at most one lap long.
+  bool frame_fits(uint64_t position, uint64_t bytes, bool padding) const {
+    if (bytes < layout::kFrameHeaderBytes || bytes > capacity()) return false;
+    return padding ||
+           (bytes <= layout::frame_bytes(max_payload_) && (position & mask_) + bytes <= capacity());
+  }
   uint32_t reader_capacity() const { return reader_capacity_; }
   // Slots ever used / ever linked to a doorbell, clamped to the table: bounds for scans.
   uint32_t slot_high_water() const {
@@ -118,6 +153,13 @@ class RingRef {
 
   // An atomic snapshot of the claim word (one 16-byte read).
   layout::ClaimWord load_claim() const;
+  // The claim position alone (an 8-byte load; no write to the publishers' line).
+  uint64_t claim_position_relaxed() const;
+  // True if the claim position and the retire frontier satisfy I1 (see the top of this
+  // file), read so that honest publishers moving them meanwhile cannot make it false.
+  bool claim_plausible() const;
+  // True while the header's configuration line still says what open() validated.
+  bool header_matches_geometry() const;
   uint64_t retire_frontier() const {
     return header_->retire_frontier.load(std::memory_order_acquire);
   }
@@ -137,6 +179,9 @@ class RingRef {
   std::atomic<uint64_t>* notify_ = nullptr;
   layout::ReaderSlot* slots_ = nullptr;
   uint32_t reader_capacity_ = 0;
+  uint32_t max_payload_ = 0;
+  uint32_t channel_id_ = 0;
+  bool back_pressure_ = false;
 };
 
 struct PublishMeta {
@@ -201,14 +246,14 @@ class Publisher {
 
 // What a reader learns about a message besides its bytes.
 struct MessageInfo {
-  uint64_t sequence = 0;         // message number in this ring
-  uint64_t position = 0;         // stream position of its frame
+  uint64_t sequence = 0;  // message number in this ring
+  uint64_t position = 0;  // stream position of its frame
   uint64_t publish_unix_ns = 0;
   uint32_t length = 0;
   uint16_t publisher_id = 0;
   uint16_t origin = 0;
-  uint64_t lost_before = 0;      // messages this reader missed just before this one: lapped
-                                 // over, or abandoned / left unfinished by a dead publisher
+  uint64_t lost_before = 0;  // messages this reader missed just before this one: lapped
+                             // over, or abandoned / left unfinished by a dead publisher
 };
 
 // A message in place in the ring (zero-copy). Valid until Reader::consume(view) says so: in
@@ -232,13 +277,14 @@ class Reader {
   // of a back-pressure ring; a doorbell ref (layout::ShmRef with the bit this ring sets)
   // lets wait() park. Throws if the ring has no free slot.
   void register_slot(bool gating, uint64_t doorbell_ref = layout::ShmRef::kNone,
-                     layout::DoorbellHeader* doorbell = nullptr);
+                     layout::DoorbellHeader* doorbell = nullptr,
+                     const DoorbellGeometry& geometry = {});
   // Takes over slot `slot` that the daemon registered for this reader (claim_reader_slot),
   // so messages published between registration and now are not missed. With `from_slot`
   // the reader starts where the slot was registered, at sequence `sequence`; otherwise it
   // keeps the start chosen at construction and moves the slot there.
-  void adopt_slot(uint32_t slot, layout::DoorbellHeader* doorbell, uint32_t doorbell_bit,
-                  bool from_slot, uint64_t sequence);
+  void adopt_slot(uint32_t slot, layout::DoorbellHeader* doorbell, const DoorbellGeometry& geometry,
+                  uint32_t doorbell_bit, bool from_slot, uint64_t sequence);
   void unregister();
 
   // kOk and a view of the next message, or kEmpty. Padding and lapping are handled inside:
@@ -265,16 +311,27 @@ class Reader {
   bool has_data() const;
   // Waits until has_data() or `timeout` (negative: forever): spins for `spin`, then parks
   // on the registered doorbell (or sleeps in short steps if none is registered).
-  Status wait(std::chrono::nanoseconds timeout,
-              std::chrono::nanoseconds spin = kSpinBeforePark);
+  Status wait(std::chrono::nanoseconds timeout, std::chrono::nanoseconds spin = kSpinBeforePark);
 
   uint64_t position() const { return position_; }
   uint64_t next_sequence() const { return next_sequence_; }
   uint64_t lost() const { return lost_; }
   uint64_t delivered() const { return delivered_; }
   uint64_t lapped() const { return lapped_; }
+  // Times this reader found the ring contradicting itself (a frame size, frontier or claim
+  // no publisher writes) and skipped or stopped instead of following it. Non-zero means
+  // some process wrote garbage into the ring: the daemon should check and quarantine it.
+  uint64_t corruption_seen() const { return corrupt_; }
 
  private:
+  static constexpr uint64_t kNoCorruptState = ~uint64_t{0};  // no frame state is all ones
+  // Skips past the corrupt frame (whose state is `state`) at position_: to the head when
+  // the claim is plausible, else stays and treats it as empty while its state is unchanged.
+  void skip_corruption(uint64_t state);
+  // True while the frame found corrupt at position_ (state `state`) and the claim position
+  // are as they were then.
+  bool still_corrupt(uint64_t state) const;
+  void store_slot_position();
   void jump_after_lap();
   // Records `view` as delivered and moves past its frame.
   void advance_past(const MessageView& view);
@@ -289,12 +346,20 @@ class Reader {
   bool sequence_known_ = false;
   uint64_t unreported_lost_ = 0;  // lost messages not yet attached to a delivered one
   uint64_t skip_below_ = 0;
-       // resume point: messages below it were delivered before
+  // resume point: messages below it were delivered before
   uint64_t lost_ = 0;
   uint64_t delivered_ = 0;
   uint64_t lapped_ = 0;
   uint64_t delivered_at_last_lap_ = 0;
   uint32_t empty_polls_ = 0;
+  uint64_t corrupt_ = 0;
+  // The state of the frame at position_ found corrupt (with the claim position then), and
+  // a frontier value found implausible: neither is looked at again while unchanged, so a
+  // corrupt ring costs no spinning (has_data() says no) until a publisher's claim or the
+  // daemon's quarantine changes it.
+  uint64_t corrupt_state_ = kNoCorruptState;
+  uint64_t corrupt_claim_ = 0;
+  uint64_t corrupt_frontier_ = kNoCorruptState;
   // False only for a gating reader of a back-pressure ring: no publisher overwrites a frame
   // it has not read, so its reads are not speculative (ThreadSanitizer checks them all).
   bool lappable_ = true;
@@ -302,6 +367,7 @@ class Reader {
   uint64_t slot_owner_ = 0;  // the slot's owner token when we took it
   uint32_t doorbell_bit_ = 0;
   layout::DoorbellHeader* doorbell_ = nullptr;
+  DoorbellGeometry doorbell_geometry_;
 };
 
 // Rings every doorbell linked to `ring` (arenas resolves them; nullptr: none rung), except,
@@ -313,23 +379,39 @@ void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas, uint16_t orig
 // Each repair wakes readers parked on the ring's doorbells (resolved through `arenas`), so
 // a reader held up by the repaired frame moves on at once.
 
+// Every walk over frames below is bounded (a few laps of the smallest frames), validates
+// each size it follows, and reports a ring that contradicts itself as corrupt instead of
+// following it: these run in the daemon's event loop on memory any publisher may write.
+
 // Pads over every frame that publisher `publisher_id` claimed and never committed.
 // REQUIRES: that publisher is dead (a live one would go on writing into the padding).
-// Returns the number of frames padded.
-uint32_t repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas);
+struct RepairResult {
+  uint32_t repaired = 0;  // frames padded
+  bool corrupt = false;   // the walk met a frame no publisher writes: quarantine the ring
+};
+RepairResult repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas);
 
-// The oldest frame that is claimed but not committed, if any: where readers and, one lap
-// later, publishers are held up.
-std::optional<uint64_t> first_unfinished_frame(RingRef ring);
+// A bounded check of a ring's shared state against its invariants: the configuration line
+// against the geometry open() validated, I1 between claim and frontier, and every frame
+// between frontier and claim. Also finds the oldest frame that is claimed but not
+// committed: where readers and, one lap later, publishers are held up.
+struct RingInspection {
+  bool corrupt = false;
+  std::string problem;  // why it is corrupt, for the log
+  std::optional<uint64_t> first_unfinished;
+};
+RingInspection inspect_ring(RingRef ring);
+
 // True if the frame at `position` carries its header (tagged with its own position): a
 // claim without one is a publisher between its claim and its header, or one that died there.
 bool frame_has_header(RingRef ring, uint64_t position);
 
 // Pads over the unfinished frame at `position` - including a claim whose publisher died
 // before writing any header, whose extent is found by scanning for the next frame; that case
-// is repaired only when the gap provably holds that one claim (else false: try later).
-// REQUIRES: the frame's publisher is dead. Returns false if nothing was repaired.
-bool repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas);
+// is repaired only when the gap provably holds that one claim (else kNotNow: try later).
+// REQUIRES: the frame's publisher is dead.
+enum class StalledRepair { kRepaired, kNotNow, kCorrupt };
+StalledRepair repair_stalled_frame(RingRef ring, uint64_t position, const ArenaTable* arenas);
 
 // Frees the reader slots of process `pid` (it died without unregistering).
 uint32_t release_reader_slots_of(RingRef ring, int32_t pid);

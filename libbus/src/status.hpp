@@ -10,11 +10,13 @@ namespace shmbus {
 
 enum class Status : uint8_t {
   kOk = 0,
-  kWouldBlock,   // no room now: a gating reader is a ring behind, or an unfinished frame from
-                 // the previous lap is in the way; retry, wait with a timeout, or drop
-  kTimedOut,     // waited until the deadline
-  kTooLarge,     // message exceeds the ring's max_payload
-  kEmpty,        // reader: nothing new yet
+  kWouldBlock,  // no room now: a gating reader is a ring behind, or an unfinished frame from
+                // the previous lap is in the way; retry, wait with a timeout, or drop
+  kTimedOut,    // waited until the deadline
+  kTooLarge,    // message exceeds the ring's max_payload
+  kEmpty,       // reader: nothing new yet
+  kCorrupt,     // the ring's shared state breaks its invariants: a process wrote garbage
+                // into it; the daemon quarantines it and makes a new one
 };
 
 constexpr std::string_view to_string(Status status) {
@@ -24,6 +26,7 @@ constexpr std::string_view to_string(Status status) {
     case Status::kTimedOut: return "timed out";
     case Status::kTooLarge: return "too large";
     case Status::kEmpty: return "empty";
+    case Status::kCorrupt: return "corrupt";
   }
   return "unknown";
 }

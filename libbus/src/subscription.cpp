@@ -22,13 +22,15 @@
 //   I2 Events and replies are applied in the order the daemon sent them (request() stops
 //      reading at the reply), so a bit the daemon reuses is never held by two readers.
 //   I3 A ring is in `ready` at most once (RingReader::queued).
+#include "shmbus/subscription.hpp"
+
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <thread>
@@ -40,7 +42,6 @@
 #include "fences.hpp"
 #include "glob.hpp"
 #include "naming.hpp"
-#include "shmbus/subscription.hpp"
 
 namespace shmbus {
 
@@ -158,8 +159,8 @@ struct Subscription::State {
   std::vector<std::string> channels;              // subscribe order
   std::vector<std::string> patterns;              // psubscribe order (pmessage order)
   ReadyQueue ready;
-  size_t direct_cursor = 0;    // read_rings_directly(): where the round robin stands
-  uint64_t direct_reads = 0;   // read_rings_directly() calls (control bit: every 64th)
+  size_t direct_cursor = 0;   // read_rings_directly(): where the round robin stands
+  uint64_t direct_reads = 0;  // read_rings_directly() calls (control bit: every 64th)
   uint32_t polls_since_take = 0;
   std::chrono::nanoseconds spin = kSpinBeforePark;  // set_spin()
   bool local_only = false;                          // set_local_only()
@@ -222,7 +223,7 @@ struct Subscription::State {
     }
     notifier_cv.notify_all();
     full_fence();
-    doorbell::ring_doorbell(doorbell, kControlBit);  // wakes the futex wait
+    doorbell::ring_doorbell(doorbell, kControlBit, waiter->geometry());  // wakes the futex wait
     notifier.join();
     ::close(event_fd);
     event_fd = -1;
@@ -326,8 +327,8 @@ struct Subscription::State {
   // bits sharing it stay set), and before any wait (wait_for_news takes them before it
   // parks).
   bool must_take_bits() {
-    return !reads_rings_directly() || doorbell_rang || event_fd >= 0 ||
-           ++polls_since_take >= 64 || waiter->is_set(kControlBit);
+    return !reads_rings_directly() || doorbell_rang || event_fd >= 0 || ++polls_since_take >= 64 ||
+           waiter->is_set(kControlBit);
   }
 
   // Spins on the rings (small subscriptions) and on the doorbell, then takes every bit and
@@ -349,8 +350,8 @@ struct Subscription::State {
     WaitPlan plan;
     if (spin_until_ready(news, timeout, spin, plan)) return Status::kOk;
     if (take_bits() > 0 || control_pending) return Status::kOk;
-    const Status parked = waiter->park_until([this] { return waiter->any_ready(); },
-                                             plan.deadline, plan.forever);
+    const Status parked =
+        waiter->park_until([this] { return waiter->any_ready(); }, plan.deadline, plan.forever);
     doorbell_rang = true;
     return parked;
   }
@@ -360,7 +361,7 @@ struct Subscription::State {
       refresh_reasons(*by_bit[known->second]);
       return;
     }
-    if (a.bit == kControlBit || a.bit >= doorbell->bit_capacity || reader_at(a.bit) != nullptr)
+    if (a.bit == kControlBit || a.bit >= waiter->geometry().bits || reader_at(a.bit) != nullptr)
       throw Error(Errc::kProtocol, "shmbusd assigned doorbell bit " + std::to_string(a.bit) +
                                        " that is invalid or taken");
     auto owned = std::make_unique<RingReader>();
@@ -371,18 +372,17 @@ struct Subscription::State {
     rr.ring = memory->ring(a.ring);
     if (a.slot >= rr.ring.reader_capacity())
       throw Error(Errc::kProtocol, "shmbusd assigned a reader slot out of range");
-    const bool from_slot = start.kind == StartAt::Kind::kLatest ||
-                           a.start_position == kKeepReading;
+    const bool from_slot = start.kind == StartAt::Kind::kLatest || a.start_position == kKeepReading;
     if (from_slot) {
       rr.reader = std::make_unique<Reader>(rr.ring, Reader::Start::kLatest);
-      rr.reader->adopt_slot(a.slot, doorbell, a.bit, true, a.start_sequence);
+      rr.reader->adopt_slot(a.slot, doorbell, waiter->geometry(), a.bit, true, a.start_sequence);
     } else {
-      rr.reader = std::make_unique<Reader>(
-          rr.ring,
-          start.kind == StartAt::Kind::kEarliest ? Reader::Start::kEarliest
-                                                 : Reader::Start::kAfterSequence,
-          start.sequence);
-      rr.reader->adopt_slot(a.slot, doorbell, a.bit, false, 0);
+      rr.reader = std::make_unique<Reader>(rr.ring,
+                                           start.kind == StartAt::Kind::kEarliest
+                                               ? Reader::Start::kEarliest
+                                               : Reader::Start::kAfterSequence,
+                                           start.sequence);
+      rr.reader->adopt_slot(a.slot, doorbell, waiter->geometry(), a.bit, false, 0);
     }
     refresh_reasons(rr);
     bit_of[rr.channel_id] = rr.bit;
@@ -572,7 +572,7 @@ struct Subscription::State {
   }
 
   void notifier_loop() {
-    Waiter bell(doorbell);
+    Waiter bell(doorbell, waiter->geometry());
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(notifier_mutex);
@@ -602,10 +602,10 @@ Subscription Subscription::open(const ConnectOptions& options) {
   auto state = std::make_unique<State>();
   state->connection = std::make_unique<ControlConnection>(endpoint, true);
   const Welcome& welcome = state->connection->welcome();
-  state->memory = std::make_unique<BusMemory>(state->connection->endpoint().bus,
-                                              Arena::Access::kReadWrite);
+  state->memory =
+      std::make_unique<BusMemory>(state->connection->endpoint().bus, Arena::Access::kReadWrite);
   std::byte* arena0 = state->memory->base(0);
-  if (welcome.doorbell_offset < layout::kPageSize ||
+  if (welcome.doorbell_bits < 2 || welcome.doorbell_offset < layout::kPageSize ||
       welcome.doorbell_offset + layout::doorbell_bytes(welcome.doorbell_bits) >
           state->memory->size(0))
     throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside arena 0");
@@ -614,7 +614,9 @@ Subscription Subscription::open(const ConnectOptions& options) {
   } catch (const std::exception& e) {
     throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
   }
-  state->waiter = std::make_unique<Waiter>(state->doorbell);
+  state->memory->set_doorbell_bits(welcome.doorbell_bits);
+  state->waiter =
+      std::make_unique<Waiter>(state->doorbell, DoorbellGeometry(welcome.doorbell_bits));
   return Subscription(std::move(state));
 }
 
@@ -743,8 +745,7 @@ bool Subscription::intact() {
   return s.held_found_intact;
 }
 
-std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeout,
-                                                 bool zero_copy) {
+std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeout, bool zero_copy) {
   State& s = *this;
   const bool forever = timeout.count() < 0;
   // The clock is read only once there is nothing to deliver: a message already waiting
@@ -838,7 +839,11 @@ int Subscription::fd() {
 std::size_t Subscription::count() const {
   return state_->channels.size() + state_->patterns.size();
 }
-std::vector<std::string> Subscription::channels() const { return state_->channels; }
-std::vector<std::string> Subscription::patterns() const { return state_->patterns; }
+std::vector<std::string> Subscription::channels() const {
+  return state_->channels;
+}
+std::vector<std::string> Subscription::patterns() const {
+  return state_->patterns;
+}
 
 }  // namespace shmbus

@@ -44,6 +44,8 @@ enum class PublishStatus {
   kTooLarge,    // larger than the channel's max message size (Channel::max_message_bytes)
   kWouldBlock,  // back-pressure channel full and the wait budget was zero
   kTimedOut,    // back-pressure channel stayed full for the whole budget
+  kCorrupt,     // the channel's ring was found corrupt (another process wrote garbage
+                // into it); nothing was published
 };
 struct PublishResult {
   PublishStatus status = PublishStatus::kOk;
@@ -111,7 +113,7 @@ class Channel {
 // channel (0 / unset: the daemon's [[channel]] rules decide); if the channel exists with
 // different settings, opening throws kInvalidArgument naming both.
 struct ChannelOptions {
-  uint64_t ring_bytes = 0;          // a power of two >= 4096
+  uint64_t ring_bytes = 0;  // a power of two >= 4096
   uint32_t max_message_bytes = 0;
   std::optional<bool> back_pressure;
   // How long publish() waits on a full back-pressure channel before throwing kTimedOut.

@@ -15,15 +15,17 @@
 namespace shmbus {
 
 enum class Errc {
-  kNoDaemon = 1,       // nothing answers on the control socket
-  kDaemonGone,         // the daemon closed the connection
-  kProtocol,           // the peer sent something this version cannot read
-  kInvalidArgument,    // a bad channel name, pattern, bus name or option
-  kTooLarge,           // a message larger than the channel's limit
-  kLimit,              // a daemon limit (memory, channels, subscriptions) refused it
-  kWouldBlock,         // a back-pressure channel is full and no wait was allowed
-  kTimedOut,           // a back-pressure channel stayed full for the whole wait
-  kSystem,             // a system call failed (errno in the message)
+  kNoDaemon = 1,     // nothing answers on the control socket
+  kDaemonGone,       // the daemon closed the connection
+  kProtocol,         // the peer sent something this version cannot read
+  kInvalidArgument,  // a bad channel name, pattern, bus name or option
+  kTooLarge,         // a message larger than the channel's limit
+  kLimit,            // a daemon limit (memory, channels, subscriptions) refused it
+  kWouldBlock,       // a back-pressure channel is full and no wait was allowed
+  kTimedOut,         // a back-pressure channel stayed full for the whole wait
+  kSystem,           // a system call failed (errno in the message)
+  kCorrupt,          // a channel's shared memory contradicts itself: some process wrote
+                     // garbage into it (the daemon replaces such a ring)
 };
 
 class Error : public std::runtime_error {
