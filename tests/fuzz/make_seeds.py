@@ -132,5 +132,43 @@ def protocol_seeds():
     return seeds
 
 
+def wire_seeds():
+    # Byte 0 picks the greeting daemon_wire_fuzz.cc puts first (0 none, 1 HELLO, 2 HELLO with
+    # a doorbell, 3 the same speaking version 1 only); byte 1 how the rest is cut into sends.
+    sessions = [(2, request) for request in REQUESTS.values()]
+    sessions += [
+        (1, REQUESTS['open'] + REQUESTS['close']),
+        (1, REQUESTS['open'] + frame('CLOSE_CHANNEL', u32(1), 3) + REQUESTS['bye']),
+        (1, REQUESTS['open_settings'] + REQUESTS['open_settings']),
+        (1, REQUESTS['subscribe_latest']),  # no doorbell asked for
+        (1, REQUESTS['psubscribe']),
+        (2, REQUESTS['subscribe_latest'] + REQUESTS['open'] + REQUESTS['unsubscribe_all']
+         + REQUESTS['bye']),
+        (2, REQUESTS['psubscribe'] + REQUESTS['open'] + REQUESTS['patterns_filter']
+         + REQUESTS['punsubscribe_all']),
+        (2, REQUESTS['subscribe_earliest'] + REQUESTS['subscribe_after']
+         + REQUESTS['unsubscribe'] + REQUESTS['ping']),
+        (3, REQUESTS['patterns'] + REQUESTS['bye'] + REQUESTS['ping']),
+        (2, hello(request=11)),  # a second HELLO
+        (0, hello(doorbell=0, low=3, high=9)),  # no version in common
+        (0, MALFORMED['hello_bad_magic']),
+        (0, REQUESTS['ping']),  # not greeted
+        (0, b''.join(REQUESTS[k] for k in ('ping', 'open'))),
+        (2, MALFORMED['forged_count']),
+        (2, MALFORMED['over_limit']),
+        (2, MALFORMED['bad_start']),
+        (2, MALFORMED['truncated_body']),
+        (2, REPLIES['welcome']),  # a reply sent to the daemon
+        (2, frame('OPEN_CHANNEL', s(b'') + u64(0) + u32(0) + u8(0), 2)),
+        (2, frame('OPEN_CHANNEL', s(b'huge') + u64(1 << 40) + u32(0) + u8(0), 2)),
+        (2, frame('SUBSCRIBE', u8(0) + u64(0) + names(*[b'c%d' % i for i in range(70)]), 4)),
+    ]
+    seeds = []
+    for i, (greeting, stream) in enumerate(sessions):
+        seeds.append(bytes([greeting, (0, 3, 7)[i % 3]]) + stream)
+    return seeds
+
+
 if __name__ == '__main__':
     write('protocol', protocol_seeds())
+    write('daemon_wire', wire_seeds())
