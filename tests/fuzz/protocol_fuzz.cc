@@ -10,6 +10,7 @@
 // sanitizer report, another exception, an allocation past libFuzzer's limit, a reader that
 // misreads what it accepts (checked by writing back), or an assembler whose frames depend on
 // how the stream was cut (checked against the same stream fed in one piece).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
