@@ -575,7 +575,11 @@ TEST(Bridge, SilentRedisIsFoundByHeartbeatAndTheLocalBusCarriesOn) {
   for (int i = 0; i < 100; ++i) ASSERT_TRUE(local.next(1s));
   EXPECT_LT(std::chrono::steady_clock::now() - start, 500ms);
   ASSERT_TRUE(wait_until([&] { return a.bridge->counters().heartbeat_timeouts >= 1; }, 5s));
-  EXPECT_FALSE(a.bridge->counters().connected);
+  // The silent link was dropped. The bridge may be connected again already: the kernel of a
+  // paused Redis still completes TCP handshakes, and the bridge reconnects at once (this
+  // expected `connected` to be false, and failed when the reconnect came first).
+  const auto after_timeout = a.bridge->counters();
+  EXPECT_TRUE(!after_timeout.connected || after_timeout.reconnects >= 1);
 
   redis.resume();
   ASSERT_TRUE(wait_until([&] {
