@@ -18,17 +18,15 @@ namespace {
 
 struct Fixture {
   explicit Fixture(uint64_t capacity, bool back_pressure = false)
-      : name("shmbus-bench." + std::to_string(getpid())),
-        arena(Arena::create(name, 64ULL << 20, 1)) {
+      : arena(Arena::create("shmbus-bench", 64ULL << 20, 1)) {
     table.add(arena);
     RingConfig config;
     config.capacity = capacity;
     config.back_pressure = back_pressure;
     const auto block = arena.allocate(RingRef::block_bytes(config));
-    ring = RingRef::format(arena.base() + block.offset, config);
+    const auto readers = arena.allocate(RingRef::readers_bytes(config));
+    ring = RingRef::format(arena.base() + block.offset, arena.base() + readers.offset, config);
   }
-  ~Fixture() { Arena::remove(name); }
-  std::string name;
   Arena arena;
   ArenaTable table;
   RingRef ring;
@@ -68,7 +66,12 @@ void BM_ClaimCommit(benchmark::State& state) {
   claim_copy_commit(state, publisher, payload, false);
   state.SetBytesProcessed(state.iterations() * size);
 }
-BENCHMARK(BM_ClaimCommit)->Arg(64)->Arg(4096)->Arg(65536)->Repetitions(5)->ReportAggregatesOnly(true);
+BENCHMARK(BM_ClaimCommit)
+    ->Arg(64)
+    ->Arg(4096)
+    ->Arg(65536)
+    ->Repetitions(5)
+    ->ReportAggregatesOnly(true);
 
 // The same plus a CLOCK_REALTIME stamp, as the public publish() will do.
 void BM_ClaimCommitWithTimestamp(benchmark::State& state) {
@@ -81,12 +84,14 @@ BENCHMARK(BM_ClaimCommitWithTimestamp)->Repetitions(5)->ReportAggregatesOnly(tru
 // With a reader's doorbell linked (nobody asleep): the fence and the doorbell check.
 void BM_ClaimCommitDoorbellLinked(benchmark::State& state) {
   Fixture f(1 << 20);
-  const auto block = f.arena.allocate(layout::doorbell_bytes(1));
-  auto* d = doorbell::format(f.arena.base() + block.offset, 1);
-  f.table.set_doorbells(f.arena.id(), 1);
+  // Doorbells have an arena of their own, as on a bus (arena 1 there).
+  Arena doorbells = Arena::create("shmbus-bench.doorbells", 1 << 20, 2);
+  f.table.add(doorbells);
+  f.table.set_doorbells(2, 1);
+  const auto block = doorbells.allocate(layout::doorbell_stride(1));
+  auto* d = doorbell::format(doorbells.base() + block.offset, 1);
   Reader reader(f.ring);
-  reader.register_slot(false, layout::ShmRef::make(f.arena.id(), block.offset, 0), d,
-                       f.table.doorbells());
+  reader.register_slot(false, layout::ShmRef::make(2, block.offset, 0), d, f.table.doorbells());
   Publisher publisher(f.ring, 1, &f.table);
   claim_copy_commit(state, publisher, std::vector<std::byte>(64, std::byte{0x42}), false);
 }

@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "bench_support.hpp"
 #include "arena.hpp"
+#include "bench_support.hpp"
 #include "doorbell.hpp"
 #include "ring.hpp"
 
@@ -46,8 +46,9 @@ void calibrate_tsc() {
   nanosleep(&ts, nullptr);
   const uint64_t c1 = __rdtsc();
   const auto t1 = std::chrono::steady_clock::now();
-  g_ticks_per_ns = static_cast<double>(c1 - c0) /
-                   static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+  g_ticks_per_ns =
+      static_cast<double>(c1 - c0) /
+      static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
 }
 
 constexpr int kMaxSamples = 400'000;
@@ -65,42 +66,61 @@ enum class WaitMode { kBusy, kSpinThenPark };
 // A bus of two rings (a->b, b->a) plus a control block, in one arena.
 struct Pair {
   Pair(uint64_t capacity, bool back_pressure)
-      : name("shmbus-ipcbench." + std::to_string(getpid())),
-        arena(Arena::create(name, 64ULL << 20, 1)) {
+      : arena(Arena::create("shmbus-ipcbench", 64ULL << 20, 1)),
+        doorbells(Arena::create("shmbus-ipcbench.doorbells", 1 << 20, 2)) {
     RingConfig config;
     config.capacity = capacity;
     config.back_pressure = back_pressure;
     config.reader_capacity = 4;
-    ab_offset = arena.allocate(RingRef::block_bytes(config)).offset;
-    RingRef::format(arena.base() + ab_offset, config);
-    ba_offset = arena.allocate(RingRef::block_bytes(config)).offset;
-    RingRef::format(arena.base() + ba_offset, config);
+    for (auto* ring : {&ab, &ba}) {
+      ring->block = arena.allocate(RingRef::block_bytes(config)).offset;
+      ring->readers = arena.allocate(RingRef::readers_bytes(config)).offset;
+      geometry = RingRef::format(arena.base() + ring->block, arena.base() + ring->readers, config)
+                     .geometry();
+    }
+    // Doorbells have an arena of their own, as on a bus (arena 1 there).
     for (auto& offset : doorbell_offsets) {
-      offset = arena.allocate(layout::doorbell_bytes(1)).offset;
-      doorbell::format(arena.base() + offset, 1);
+      offset = doorbells.allocate(layout::doorbell_stride(1)).offset;
+      doorbell::format(doorbells.base() + offset, 1);
     }
     control_offset = arena.allocate(sizeof(Control)).offset;
   }
-  ~Pair() { Arena::remove(name); }
-  std::string name;
+  struct RingOffsets {
+    uint64_t block = 0;
+    uint64_t readers = 0;
+  };
+  RingRef open(const Arena& mapped, const RingOffsets& ring) const {
+    return RingRef::open(mapped.base() + ring.block, mapped.size() - ring.block,
+                         mapped.base() + ring.readers, mapped.size() - ring.readers, geometry);
+  }
   Arena arena;
-  uint64_t ab_offset, ba_offset, control_offset;
+  Arena doorbells;
+  RingGeometry geometry;
+  RingOffsets ab, ba;
+  uint64_t control_offset;
   uint64_t doorbell_offsets[2];
 };
 
-// What one side of the pair sees after attaching by name (as a separate process would).
+// What one side of the pair sees after mapping the segment again (as a separate process
+// would, at another address).
 struct Side {
-  Side(const Pair& pair, bool is_a) : arena(Arena::attach(pair.name)) {
+  Side(Pair& pair, bool is_a)
+      : arena(Arena::attach(dup(pair.arena.read_write_fd()), Arena::Access::kReadWrite,
+                            pair.arena.name())),
+        doorbells(Arena::attach(dup(pair.doorbells.read_write_fd()), Arena::Access::kReadWrite,
+                                pair.doorbells.name())) {
     table.add(arena);
-    table.set_doorbells(arena.id(), 1);
-    ab = RingRef::open(arena.base() + pair.ab_offset, arena.size() - pair.ab_offset);
-    ba = RingRef::open(arena.base() + pair.ba_offset, arena.size() - pair.ba_offset);
+    table.add(doorbells);
+    table.set_doorbells(doorbells.id(), 1);
+    ab = pair.open(arena, pair.ab);
+    ba = pair.open(arena, pair.ba);
     control = arena.at<Control>(pair.control_offset);
     doorbell_offset = pair.doorbell_offsets[is_a ? 0 : 1];
-    doorbell_header = doorbell::open(arena.base() + doorbell_offset);
+    doorbell_header = doorbell::open(doorbells.base() + doorbell_offset);
   }
-  uint64_t doorbell_ref() const { return layout::ShmRef::make(arena.id(), doorbell_offset, 0); }
+  uint64_t doorbell_ref() const { return layout::ShmRef::make(doorbells.id(), doorbell_offset, 0); }
   Arena arena;
+  Arena doorbells;
   ArenaTable table;
   RingRef ab, ba;
   Control* control;
@@ -120,8 +140,10 @@ uint64_t receive(Reader& reader, WaitMode mode, bool touch_all, std::vector<std:
       if (reader.consume(view)) return first;
       continue;
     }
-    if (mode == WaitMode::kSpinThenPark) reader.wait(kWaitForever);
-    else cpu_relax();
+    if (mode == WaitMode::kSpinThenPark)
+      reader.wait(kWaitForever);
+    else
+      cpu_relax();
   }
 }
 
@@ -206,7 +228,8 @@ std::vector<double> sparse_one_way(int samples, std::chrono::microseconds interv
       const uint64_t stamp = receive(in, WaitMode::kSpinThenPark, false, scratch);
       const uint64_t now = __rdtsc();
       if (stamp == ~uint64_t{0}) break;
-      if (i < kMaxSamples) side.control->samples[i] = static_cast<double>(now - stamp) / g_ticks_per_ns;
+      if (i < kMaxSamples)
+        side.control->samples[i] = static_cast<double>(now - stamp) / g_ticks_per_ns;
       side.control->child_count.store(static_cast<uint64_t>(i + 1));
     }
   });
@@ -279,7 +302,7 @@ std::vector<double> inproc_publish(int batches) {
   Pair pair(1 << 20, false);
   ArenaTable table;
   table.add(pair.arena);
-  Publisher publisher(RingRef::open(pair.arena.base() + pair.ab_offset, pair.arena.size()), 1, &table);
+  Publisher publisher(pair.open(pair.arena, pair.ab), 1, &table);
   std::vector<std::byte> payload(64, std::byte{4});
   std::vector<double> per_message;
   for (int b = 0; b < batches + 100; ++b) {
@@ -297,7 +320,8 @@ std::vector<double> inproc_publish(int batches) {
 }
 
 void print_row(const char* name, const Percentiles& p, const char* unit = "ns") {
-  std::printf("| %-58s | %9.0f | %9.0f | %9.0f | %9.0f | %s\n", name, p.p50, p.p90, p.p99, p.p999, unit);
+  std::printf("| %-58s | %9.0f | %9.0f | %9.0f | %9.0f | %s\n", name, p.p50, p.p90, p.p99, p.p999,
+              unit);
 }
 
 }  // namespace
@@ -311,7 +335,8 @@ int main(int argc, char** argv) {
   std::printf("TSC %.3f ticks/ns; %ld CPUs online; %d samples per latency row\n\n", g_ticks_per_ns,
               sysconf(_SC_NPROCESSORS_ONLN), samples);
   std::printf("| %-58s | %9s | %9s | %9s | %9s |\n", "measure", "p50", "p90", "p99", "p99.9");
-  std::printf("|%s|-----------|-----------|-----------|-----------|\n", std::string(60, '-').c_str());
+  std::printf("|%s|-----------|-----------|-----------|-----------|\n",
+              std::string(60, '-').c_str());
   print_row("in-process claim+commit, 64 B (per message, batches of 1000)",
             percentiles(inproc_publish(quick ? 2000 : 20000)));
   const auto busy64 = percentiles(ping_pong(64, WaitMode::kBusy, false, samples, 1 << 16));
@@ -320,7 +345,8 @@ int main(int argc, char** argv) {
             percentiles(ping_pong(64, WaitMode::kSpinThenPark, false, samples, 1 << 16)));
   print_row("one-way 64 B, parked reader, 1 message per ms (stamped)",
             percentiles(sparse_one_way(quick ? 500 : 3000, 1000us)));
-  const auto big = percentiles(ping_pong(1 << 20, WaitMode::kBusy, false, quick ? 2000 : 20000, 4 << 20));
+  const auto big =
+      percentiles(ping_pong(1 << 20, WaitMode::kBusy, false, quick ? 2000 : 20000, 4 << 20));
   print_row("one-way 1 MiB zero-copy, busy (RTT/2; first 8 B touched)", big);
   print_row("one-way 1 MiB written and read in full, busy (RTT/2)",
             percentiles(ping_pong(1 << 20, WaitMode::kBusy, true, quick ? 500 : 3000, 4 << 20)));
@@ -331,8 +357,8 @@ int main(int argc, char** argv) {
     const auto t = throughput(64, count, back_pressure);
     std::printf("throughput 1 -> 1, 64 B, %s: %.2f M msg/s (delivered %llu, lost %llu of %llu)\n",
                 back_pressure ? "back-pressure (lossless)" : "lossy", t.messages_per_second / 1e6,
-                static_cast<unsigned long long>(t.delivered), static_cast<unsigned long long>(t.lost),
-                static_cast<unsigned long long>(count));
+                static_cast<unsigned long long>(t.delivered),
+                static_cast<unsigned long long>(t.lost), static_cast<unsigned long long>(count));
   }
   return 0;
 }

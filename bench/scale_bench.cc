@@ -18,15 +18,18 @@
 // CLOCK_MONOTONIC (shared by all processes) into the payload just before the publish call,
 // the subscriber reads the clock as next() returns. Each message is acknowledged (a word in
 // an anonymous shared page, spin or futex) before the next one is sent, so none queues.
+#include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
-#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,13 +46,11 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "bench_support.hpp"
 #include "config.hpp"
@@ -76,7 +77,9 @@ int64_t mono_ns() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-double seconds_since(int64_t t0) { return static_cast<double>(mono_ns() - t0) / 1e9; }
+double seconds_since(int64_t t0) {
+  return static_cast<double>(mono_ns() - t0) / 1e9;
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -86,9 +89,12 @@ double median(std::vector<double> v) {
 
 std::string us(double ns) {
   char b[32];
-  if (ns < 10'000) std::snprintf(b, sizeof b, "%.2f µs", ns / 1e3);
-  else if (ns < 1e6) std::snprintf(b, sizeof b, "%.1f µs", ns / 1e3);
-  else std::snprintf(b, sizeof b, "%.2f ms", ns / 1e6);
+  if (ns < 10'000)
+    std::snprintf(b, sizeof b, "%.2f µs", ns / 1e3);
+  else if (ns < 1e6)
+    std::snprintf(b, sizeof b, "%.1f µs", ns / 1e3);
+  else
+    std::snprintf(b, sizeof b, "%.2f ms", ns / 1e6);
   return b;
 }
 
@@ -100,9 +106,12 @@ std::string mib(double bytes) {
 
 std::string rate(double per_second) {
   char b[32];
-  if (per_second >= 1e6) std::snprintf(b, sizeof b, "%.2f M/s", per_second / 1e6);
-  else if (per_second >= 1e3) std::snprintf(b, sizeof b, "%.1f K/s", per_second / 1e3);
-  else std::snprintf(b, sizeof b, "%.0f /s", per_second);
+  if (per_second >= 1e6)
+    std::snprintf(b, sizeof b, "%.2f M/s", per_second / 1e6);
+  else if (per_second >= 1e3)
+    std::snprintf(b, sizeof b, "%.1f K/s", per_second / 1e3);
+  else
+    std::snprintf(b, sizeof b, "%.0f /s", per_second);
   return b;
 }
 
@@ -203,7 +212,9 @@ constexpr int kCmdFd = 3;
 constexpr int kResultFd = 4;
 
 template <typename T>
-void put(const T& value) { write_all(kResultFd, &value, sizeof value); }
+void put(const T& value) {
+  write_all(kResultFd, &value, sizeof value);
+}
 template <typename T>
 void put_vector(const std::vector<T>& v) {
   const uint64_t n = v.size();
@@ -343,17 +354,23 @@ struct ShmUsage {
   uint64_t apparent = 0;   // st_size
   int segments = 0;
 };
+// The bus's segments are memfds of the daemon, which runs in this process: found through
+// /proc/self/fd ("/memfd:shmbus.<bus>.<id> (deleted)").
 ShmUsage shm_usage(const std::string& bus) {
   ShmUsage u;
-  const std::string prefix = "shmbus." + bus + ".";
-  for (const auto& entry : fs::directory_iterator("/dev/shm")) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) != 0) continue;
+  const std::string prefix = "/memfd:shmbus." + bus + ".";
+  std::set<ino_t> seen;  // the daemon holds a read-write and a read-only descriptor of each
+  std::error_code ec;
+  for (auto it = fs::directory_iterator("/proc/self/fd", ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    std::error_code link_ec;
+    const std::string target = fs::read_symlink(it->path(), link_ec).string();
+    if (link_ec || target.rfind(prefix, 0) != 0) continue;
     struct stat st;
-    if (::stat(entry.path().c_str(), &st) != 0) continue;
+    if (::stat(it->path().c_str(), &st) != 0 || !seen.insert(st.st_ino).second) continue;
     u.allocated += static_cast<uint64_t>(st.st_blocks) * 512;
     u.apparent += static_cast<uint64_t>(st.st_size);
-    if (!name.ends_with(".lock")) ++u.segments;
+    ++u.segments;
   }
   return u;
 }
@@ -379,8 +396,10 @@ std::string describe_fds(pid_t pid, int first) {
     if (fd < first) continue;
     std::error_code link_ec;
     std::string target = fs::read_symlink(it->path(), link_ec).string();
-    if (target.rfind("socket:", 0) == 0) target = "socket";
-    else if (target.rfind("pipe:", 0) == 0) target = "pipe";
+    if (target.rfind("socket:", 0) == 0)
+      target = "socket";
+    else if (target.rfind("pipe:", 0) == 0)
+      target = "pipe";
     kinds.push_back(target);
   }
   std::sort(kinds.begin(), kinds.end());
@@ -430,7 +449,9 @@ uint64_t cpu_ticks(pid_t pid) {
   return std::stoull(fields[11]) + std::stoull(fields[12]);  // fields 14 and 15 of stat(5)
 }
 
-int count_own_fds() { return count_fds(getpid()) - 1; }  // minus the directory being listed
+int count_own_fds() {
+  return count_fds(getpid()) - 1;
+}  // minus the directory being listed
 
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
@@ -492,7 +513,16 @@ std::vector<Sample> receive_stamped(shmbus::Subscription& sub, std::string_view 
 
 // ---- section 1: N channels under one pattern subscriber -----------------------------------
 
-enum : uint32_t { kCmdGo = 1, kCmdCreate, kCmdOpen, kCmdLatency, kCmdQuit, kCmdRun, kCmdPsub, kCmdPunsub };
+enum : uint32_t {
+  kCmdGo = 1,
+  kCmdCreate,
+  kCmdOpen,
+  kCmdLatency,
+  kCmdQuit,
+  kCmdRun,
+  kCmdPsub,
+  kCmdPunsub
+};
 enum : uint32_t {
   kModeCreate = 0,
   kModeBackToBack = 1,
@@ -510,7 +540,9 @@ constexpr uint32_t kSubset = 64;
 struct LatencyPlan {
   uint32_t rounds, warmup_b2b, samples_b2b, warmup_paced, samples_paced;
   int64_t gap_ns;
-  uint64_t round_total() const { return 3ull * (warmup_b2b + samples_b2b) + 2ull * (warmup_paced + samples_paced); }
+  uint64_t round_total() const {
+    return 3ull * (warmup_b2b + samples_b2b) + 2ull * (warmup_paced + samples_paced);
+  }
   uint64_t total() const { return rounds * round_total(); }
 };
 
@@ -525,8 +557,8 @@ struct VerifyResult {
 
 // The pattern subscriber of a pair: psubscribe `<prefix>*`, verify the first message of
 // each of n channels, then the latency run, then idle until "quit" arrives.
-void pattern_subscriber(const std::string& bus, std::string prefix, uint32_t n,
-                        LatencyPlan plan, Ack& ack) {
+void pattern_subscriber(const std::string& bus, std::string prefix, uint32_t n, LatencyPlan plan,
+                        Ack& ack) {
   pin_to_cpu(1);
   if (command() != kCmdGo) return;
   put(static_cast<int32_t>(count_own_fds()));
@@ -550,8 +582,10 @@ void pattern_subscriber(const std::string& bus, std::string prefix, uint32_t n,
     }
     if (m->pattern != pattern) ++v.wrong_pattern;
     v.lost += m->lost_before;
-    if (seen[k]++) ++v.duplicates;
-    else ++v.received;
+    if (seen[k]++)
+      ++v.duplicates;
+    else
+      ++v.received;
   }
   put(v);
 
@@ -569,8 +603,8 @@ struct LatencyReport {
   int64_t paced_ns;  // how long the paced run took
 };
 
-void pattern_publisher(const std::string& bus, std::string prefix, uint32_t n,
-                       LatencyPlan plan, Ack& ack) {
+void pattern_publisher(const std::string& bus, std::string prefix, uint32_t n, LatencyPlan plan,
+                       Ack& ack) {
   pin_to_cpu(0);
   if (command() != kCmdGo) return;
   put(static_cast<int32_t>(count_own_fds()));
@@ -591,7 +625,8 @@ void pattern_publisher(const std::string& bus, std::string prefix, uint32_t n,
   std::vector<shmbus::Channel> handles;
   handles.reserve(n);
   const int64_t t0 = mono_ns();
-  for (uint32_t k = 0; k < n; ++k) handles.push_back(bus_handle.channel(prefix + std::to_string(k)));
+  for (uint32_t k = 0; k < n; ++k)
+    handles.push_back(bus_handle.channel(prefix + std::to_string(k)));
   put(mono_ns() - t0);
 
   std::mt19937_64 rng(12345);
@@ -601,8 +636,8 @@ void pattern_publisher(const std::string& bus, std::string prefix, uint32_t n,
   auto run = [&](uint32_t mode, uint32_t count, int64_t gap_ns) {
     for (uint32_t i = 0; i < count; ++i) {
       const auto k = mode == kModeOneChannel || mode == kModePacedHot ? 0u
-                     : mode == kModeSubset   ? static_cast<uint32_t>(rng() % std::min(n, kSubset))
-                                             : static_cast<uint32_t>(rng() % n);
+                     : mode == kModeSubset ? static_cast<uint32_t>(rng() % std::min(n, kSubset))
+                                           : static_cast<uint32_t>(rng() % n);
       if (gap_ns > 0) {
         const timespec ts{0, static_cast<long>(gap_ns)};
         nanosleep(&ts, nullptr);
@@ -647,7 +682,8 @@ struct ByMode {
 ByMode by_mode(const std::vector<Sample>& samples, const LatencyPlan& plan) {
   ByMode m;
   for (const auto& s : samples) {
-    const bool b2b_kind = s.mode == kModeBackToBack || s.mode == kModeOneChannel || s.mode == kModeSubset;
+    const bool b2b_kind =
+        s.mode == kModeBackToBack || s.mode == kModeOneChannel || s.mode == kModeSubset;
     if (s.seq < (b2b_kind ? plan.warmup_b2b : plan.warmup_paced)) continue;
     const auto v = static_cast<double>(s.latency_ns);
     switch (s.mode) {
@@ -671,7 +707,8 @@ PairLatency split_samples(const std::vector<Sample>& samples, const std::vector<
     fail(who + ": subscriber received " + std::to_string(samples.size()) + " of " +
          std::to_string(plan.total()) + " latency messages");
   if (out.bad)
-    fail(who + ": " + std::to_string(out.bad) + " latency messages on the wrong channel, malformed or after a loss");
+    fail(who + ": " + std::to_string(out.bad) +
+         " latency messages on the wrong channel, malformed or after a loss");
   ByMode m = by_mode(samples, plan), c = by_mode(calls, plan);
   out.b2b = percentiles(std::move(m.b2b));
   out.one = percentiles(std::move(m.one));
@@ -687,30 +724,37 @@ PairLatency split_samples(const std::vector<Sample>& samples, const std::vector<
 }
 
 void print_latency_header() {
-  std::printf("| measure | channels | samples | p50 | p90 | p99 | p99.9 | max | `publish` call alone, p50 / p99 |\n");
+  std::printf(
+      "| measure | channels | samples | p50 | p90 | p99 | p99.9 | max | `publish` call alone, p50 "
+      "/ p99 |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 }
 void print_latency_row(const std::string& name, const std::string& channels, const Percentiles& p,
                        const Percentiles& call) {
-  std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", name.c_str(), channels.c_str(),
-              with_commas(p.n).c_str(), us(p.p50).c_str(), us(p.p90).c_str(), us(p.p99).c_str(),
-              us(p.p999).c_str(), us(p.max).c_str(), us(call.p50).c_str(), us(call.p99).c_str());
+  std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", name.c_str(),
+              channels.c_str(), with_commas(p.n).c_str(), us(p.p50).c_str(), us(p.p90).c_str(),
+              us(p.p99).c_str(), us(p.p999).c_str(), us(p.max).c_str(), us(call.p50).c_str(),
+              us(call.p99).c_str());
 }
 
 void section_many_channels(bool quick) {
   const uint32_t n = quick ? 10'000 : 100'000;
   const std::string bus = "scale" + std::to_string(getpid()) + "a";
-  const LatencyPlan plan{quick ? 3u : 5u,          quick ? 500u : 1'000u, quick ? 3'000u : 10'000u,
-                         quick ? 30u : 40u,         quick ? 300u : 1'000u, 100'000};
+  const LatencyPlan plan{quick ? 3u : 5u,   quick ? 500u : 1'000u, quick ? 3'000u : 10'000u,
+                         quick ? 30u : 40u, quick ? 300u : 1'000u, 100'000};
 
   auto* shared = g_shared;
   shared->acks[0].value = 0;
   shared->acks[1].value = 0;
   // Forked before the daemon exists: none of its descriptors or mappings leak into them.
-  Proc solo_sub = spawn("solo subscriber", [&] { pattern_subscriber(bus, "solo:", 1, plan, shared->acks[0]); });
-  Proc solo_pub = spawn("solo publisher", [&] { pattern_publisher(bus, "solo:", 1, plan, shared->acks[0]); });
-  Proc sub = spawn("user:* subscriber", [&] { pattern_subscriber(bus, "user:", n, plan, shared->acks[1]); });
-  Proc pub = spawn("user publisher", [&] { pattern_publisher(bus, "user:", n, plan, shared->acks[1]); });
+  Proc solo_sub =
+      spawn("solo subscriber", [&] { pattern_subscriber(bus, "solo:", 1, plan, shared->acks[0]); });
+  Proc solo_pub =
+      spawn("solo publisher", [&] { pattern_publisher(bus, "solo:", 1, plan, shared->acks[0]); });
+  Proc sub = spawn("user:* subscriber",
+                   [&] { pattern_subscriber(bus, "user:", n, plan, shared->acks[1]); });
+  Proc pub =
+      spawn("user publisher", [&] { pattern_publisher(bus, "user:", n, plan, shared->acks[1]); });
 
   shmbus::daemon::Config config;
   config.arena_bytes = 1ull << 30;
@@ -728,7 +772,8 @@ void section_many_channels(bool quick) {
   shmbus::RingConfig ring_config;
   ring_config.capacity = 4096;
   ring_config.reader_capacity = 4;
-  const uint64_t ring_block = shmbus::RingRef::block_bytes(ring_config);
+  const uint64_t ring_block =
+      shmbus::RingRef::block_bytes(ring_config) + shmbus::RingRef::readers_bytes(ring_config);
 
   InProcessDaemon daemon(bus, config);
   for (Proc* p : {&solo_sub, &solo_pub, &sub, &pub}) p->send(kCmdGo);
@@ -745,7 +790,8 @@ void section_many_channels(bool quick) {
   const auto solo_create = solo_pub.get<CreateResult>();
   const auto solo_verify = solo_sub.get<VerifyResult>();
   if (solo_verify.received != 1 || solo_create.bad_receivers != 0)
-    fail("baseline channel solo:0: first message not received, or publish did not count 1 receiver");
+    fail(
+        "baseline channel solo:0: first message not received, or publish did not count 1 receiver");
   solo_pub.send(kCmdOpen);
   solo_pub.get<int64_t>();
 
@@ -784,13 +830,17 @@ void section_many_channels(bool quick) {
       total.bad_receivers += r.bad_receivers;
       total.ack_timeouts += r.ack_timeouts;
       if (!solo_turn) paced_ns += r.paced_ns;
-      if (r.ack_timeouts) throw std::runtime_error(p.name + ": a message was not acknowledged within 10 s");
+      if (r.ack_timeouts)
+        throw std::runtime_error(p.name + ": a message was not acknowledged within 10 s");
     }
   }
-  const auto solo = split_samples(solo_sub.get_vector<Sample>(600), solo_calls, plan, "one channel");
-  const auto many = split_samples(sub.get_vector<Sample>(600), calls, plan, std::to_string(n) + " channels");
+  const auto solo =
+      split_samples(solo_sub.get_vector<Sample>(600), solo_calls, plan, "one channel");
+  const auto many =
+      split_samples(sub.get_vector<Sample>(600), calls, plan, std::to_string(n) + " channels");
   if (solo_report.bad_receivers)
-    fail("one channel: " + std::to_string(solo_report.bad_receivers) + " publishes did not count 1 receiver");
+    fail("one channel: " + std::to_string(solo_report.bad_receivers) +
+         " publishes did not count 1 receiver");
   if (report.bad_receivers)
     fail(std::to_string(n) + " channels: " + std::to_string(report.bad_receivers) +
          " publishes did not count 1 receiver");
@@ -826,81 +876,103 @@ void section_many_channels(bool quick) {
   const double all_received_s = static_cast<double>(verify.t_last - create.t0) / 1e9;
   const double per_channel = static_cast<double>(shm_after.allocated - shm_before.allocated) / n;
 
-  std::printf("## 1. %s live channels under one `user:*` pattern subscriber\n\n", with_commas(n).c_str());
-  std::printf("Rule `[[channel]] pattern = \"user:*\"`, `ring_bytes = 4096`, `max_subscribers = 4` "
-              "(ring block %s bytes); `idle_ttl = 0`. One process subscribes `psubscribe(\"user:*\")`, "
-              "another creates `user:0` .. `user:%u` by publishing one 24-byte message to each "
-              "with `Bus::publish` (which keeps 4,096 channels open and closes the least used "
-              "quarter beyond that, so most creations also cost a CLOSE).\n\n",
-              with_commas(ring_block).c_str(), n - 1);
+  std::printf("## 1. %s live channels under one `user:*` pattern subscriber\n\n",
+              with_commas(n).c_str());
+  std::printf(
+      "Rule `[[channel]] pattern = \"user:*\"`, `ring_bytes = 4096`, `max_subscribers = 4` "
+      "(ring block %s bytes); `idle_ttl = 0`. One process subscribes `psubscribe(\"user:*\")`, "
+      "another creates `user:0` .. `user:%u` by publishing one 24-byte message to each "
+      "with `Bus::publish` (which keeps 4,096 channels open and closes the least used "
+      "quarter beyond that, so most creations also cost a CLOSE).\n\n",
+      with_commas(ring_block).c_str(), n - 1);
   std::printf("| measure | result | target |\n|---|---|---|\n");
   std::printf("| channels created by a first `Bus::publish` | %s in %.2f s = **%s** | |\n",
               with_commas(n).c_str(), create_s, rate(n / create_s).c_str());
-  std::printf("| subscriber had every first message | after %.2f s; %s of %s channels, each once, "
-              "%llu lost | all |\n",
-              all_received_s, with_commas(verify.received).c_str(), with_commas(n).c_str(),
-              static_cast<unsigned long long>(verify.lost));
-  std::printf("| opening the existing channels again (`Bus::channel`, one OPEN round trip each) | "
-              "%s in %.2f s = %s | |\n",
-              with_commas(n).c_str(), static_cast<double>(open_ns) / 1e9,
-              rate(n / (static_cast<double>(open_ns) / 1e9)).c_str());
-  std::printf("| shared memory reserved (st_blocks of /dev/shm/shmbus.%s.*) | %s with %s channels "
-              "(%s before any channel; %d arena segments, %s apparent size) | |\n",
-              "&lt;bus&gt;", mib(static_cast<double>(shm_after.allocated)).c_str(), with_commas(n).c_str(),
-              mib(static_cast<double>(shm_before.allocated)).c_str(), shm_after.segments,
-              mib(static_cast<double>(shm_after.apparent)).c_str());
-  std::printf("| shared memory per channel | **%.0f bytes** (%.1f KiB) | |\n", per_channel, per_channel / 1024);
-  std::printf("| subscriber: mappings of shmbus segments (/proc/pid/maps lines) | **%d** | O(1) |\n", sub_maps);
-  std::printf("| subscriber: open fds | **%d** (%d before connecting: stdio and 2 benchmark pipes; "
-              "the library's: %s) | O(1) |\n",
-              sub_fds, sub_fds_before, sub_fd_kinds.c_str());
-  std::printf("| subscriber: resident memory | %s | |\n", mib(static_cast<double>(sub_rss) * 1024).c_str());
-  std::printf("| publisher (a Bus + %s open `Channel`s): mappings / fds / RSS | %d / %d (%d before; %s) / %s | |\n",
-              with_commas(n).c_str(), pub_maps, pub_fds, pub_fds_before, pub_fd_kinds.c_str(),
-              mib(static_cast<double>(pub_rss) * 1024).c_str());
-  std::printf("| subscriber idle in `next(-1)`, CPU over %.1f s | **%llu ticks** (%.2f %% of a CPU; %ld ticks/s) | 0 ticks |\n",
-              idle_s, static_cast<unsigned long long>(sub_ticks),
-              100.0 * static_cast<double>(sub_ticks) / static_cast<double>(hz) / idle_s, hz);
-  std::printf("| daemon thread (with this bench's main thread) over the same %.1f s | %llu ticks (%.2f %%) | |\n",
-              idle_s, static_cast<unsigned long long>(self_ticks),
-              100.0 * static_cast<double>(self_ticks) / static_cast<double>(hz) / idle_s);
+  std::printf(
+      "| subscriber had every first message | after %.2f s; %s of %s channels, each once, "
+      "%llu lost | all |\n",
+      all_received_s, with_commas(verify.received).c_str(), with_commas(n).c_str(),
+      static_cast<unsigned long long>(verify.lost));
+  std::printf(
+      "| opening the existing channels again (`Bus::channel`, one OPEN round trip each) | "
+      "%s in %.2f s = %s | |\n",
+      with_commas(n).c_str(), static_cast<double>(open_ns) / 1e9,
+      rate(n / (static_cast<double>(open_ns) / 1e9)).c_str());
+  std::printf(
+      "| shared memory reserved (st_blocks of the memfds shmbus.%s.*) | %s with %s channels "
+      "(%s before any channel; %d arena segments, %s apparent size) | |\n",
+      "&lt;bus&gt;", mib(static_cast<double>(shm_after.allocated)).c_str(), with_commas(n).c_str(),
+      mib(static_cast<double>(shm_before.allocated)).c_str(), shm_after.segments,
+      mib(static_cast<double>(shm_after.apparent)).c_str());
+  std::printf("| shared memory per channel | **%.0f bytes** (%.1f KiB) | |\n", per_channel,
+              per_channel / 1024);
+  std::printf(
+      "| subscriber: mappings of shmbus segments (/proc/pid/maps lines) | **%d** | O(1) |\n",
+      sub_maps);
+  std::printf(
+      "| subscriber: open fds | **%d** (%d before connecting: stdio and 2 benchmark pipes; "
+      "the library's: %s) | O(1) |\n",
+      sub_fds, sub_fds_before, sub_fd_kinds.c_str());
+  std::printf("| subscriber: resident memory | %s | |\n",
+              mib(static_cast<double>(sub_rss) * 1024).c_str());
+  std::printf(
+      "| publisher (a Bus + %s open `Channel`s): mappings / fds / RSS | %d / %d (%d before; %s) / "
+      "%s | |\n",
+      with_commas(n).c_str(), pub_maps, pub_fds, pub_fds_before, pub_fd_kinds.c_str(),
+      mib(static_cast<double>(pub_rss) * 1024).c_str());
+  std::printf(
+      "| subscriber idle in `next(-1)`, CPU over %.1f s | **%llu ticks** (%.2f %% of a CPU; %ld "
+      "ticks/s) | 0 ticks |\n",
+      idle_s, static_cast<unsigned long long>(sub_ticks),
+      100.0 * static_cast<double>(sub_ticks) / static_cast<double>(hz) / idle_s, hz);
+  std::printf(
+      "| daemon thread (with this bench's main thread) over the same %.1f s | %llu ticks (%.2f %%) "
+      "| |\n",
+      idle_s, static_cast<unsigned long long>(self_ticks),
+      100.0 * static_cast<double>(self_ticks) / static_cast<double>(hz) / idle_s);
   std::printf("| both clients exiting (publisher closes %s channels) | %.2f s | |\n",
               with_commas(n).c_str(), teardown_s);
-  std::printf("\nRSS counts the shared-memory pages a process touched: both clients touched every ring.\n");
-  std::printf("\nPublish -> deliver, one way: the publisher's CLOCK_MONOTONIC just before "
-              "`Channel::publish` (on a handle opened beforehand) to the subscriber's clock when "
-              "`next()` returns; each message is acknowledged before the next is sent. "
-              "*Back-to-back*: the next message goes as soon as the ack arrives (the subscriber "
-              "is still in its 20 µs spin). *Paced*: %.0f µs of sleep between messages (%s "
-              "measured), so the subscriber is parked in the futex each time. *Random channel*: "
-              "a uniformly random `user:k` of all %s (%s of rings, far beyond the caches). "
-              "*Hot channel*: every message to `user:0` while the subscriber holds all of them. "
-              "*%u channels*: random among `user:0` .. `user:%u` (rings that stay in cache, a "
-              "different doorbell bit each time). The 1-channel rows are the same code, run by "
-              "a second subscriber/publisher pair on `solo:0` under `psubscribe(\"solo:*\")` "
-              "(same ring settings) on the same daemon. The two pairs take turns in %u rounds "
-              "(each with its own warm-up), so drift of this shared VM hits both alike.\n\n",
-              static_cast<double>(plan.gap_ns) / 1e3,
-              rate(plan.rounds * (plan.warmup_paced + plan.samples_paced) / (static_cast<double>(paced_ns) / 1e9)).c_str(),
-              with_commas(n).c_str(), mib(static_cast<double>(ring_block) * n).c_str(), kSubset,
-              kSubset - 1, plan.rounds);
+  std::printf(
+      "\nRSS counts the shared-memory pages a process touched: both clients touched every ring.\n");
+  std::printf(
+      "\nPublish -> deliver, one way: the publisher's CLOCK_MONOTONIC just before "
+      "`Channel::publish` (on a handle opened beforehand) to the subscriber's clock when "
+      "`next()` returns; each message is acknowledged before the next is sent. "
+      "*Back-to-back*: the next message goes as soon as the ack arrives (the subscriber "
+      "is still in its 20 µs spin). *Paced*: %.0f µs of sleep between messages (%s "
+      "measured), so the subscriber is parked in the futex each time. *Random channel*: "
+      "a uniformly random `user:k` of all %s (%s of rings, far beyond the caches). "
+      "*Hot channel*: every message to `user:0` while the subscriber holds all of them. "
+      "*%u channels*: random among `user:0` .. `user:%u` (rings that stay in cache, a "
+      "different doorbell bit each time). The 1-channel rows are the same code, run by "
+      "a second subscriber/publisher pair on `solo:0` under `psubscribe(\"solo:*\")` "
+      "(same ring settings) on the same daemon. The two pairs take turns in %u rounds "
+      "(each with its own warm-up), so drift of this shared VM hits both alike.\n\n",
+      static_cast<double>(plan.gap_ns) / 1e3,
+      rate(plan.rounds * (plan.warmup_paced + plan.samples_paced) /
+           (static_cast<double>(paced_ns) / 1e9))
+          .c_str(),
+      with_commas(n).c_str(), mib(static_cast<double>(ring_block) * n).c_str(), kSubset,
+      kSubset - 1, plan.rounds);
   print_latency_header();
   print_latency_row("back-to-back, the one channel", "1", solo.b2b, solo.call_b2b);
   print_latency_row("back-to-back, random channel", with_commas(n), many.b2b, many.call_b2b);
   print_latency_row("back-to-back, hot channel `user:0`", with_commas(n), many.one, many.call_one);
-  print_latency_row("back-to-back, random among " + std::to_string(kSubset) + " channels", with_commas(n),
-                    many.subset, many.call_subset);
+  print_latency_row("back-to-back, random among " + std::to_string(kSubset) + " channels",
+                    with_commas(n), many.subset, many.call_subset);
   print_latency_row("paced, the one channel", "1", solo.paced, solo.call_paced);
   print_latency_row("paced, random channel", with_commas(n), many.paced, many.call_paced);
-  print_latency_row("paced, hot channel `user:0`", with_commas(n), many.paced_hot, many.call_paced_hot);
-  std::printf("\nRatio %s channels / 1 channel (target ≤ 2×): back-to-back, random channel "
-              "p50 **%.2f×**, p99 %.2f×; back-to-back to one hot channel p50 **%.2f×**, p99 %.2f×; "
-              "random among %u p50 %.2f×, p99 %.2f×; "
-              "paced (parked subscriber) p50 **%.2f×**, p99 %.2f×.\n\n",
-              with_commas(n).c_str(), many.b2b.p50 / solo.b2b.p50, many.b2b.p99 / solo.b2b.p99,
-              many.one.p50 / solo.b2b.p50, many.one.p99 / solo.b2b.p99, kSubset,
-              many.subset.p50 / solo.b2b.p50, many.subset.p99 / solo.b2b.p99,
-              many.paced.p50 / solo.paced.p50, many.paced.p99 / solo.paced.p99);
+  print_latency_row("paced, hot channel `user:0`", with_commas(n), many.paced_hot,
+                    many.call_paced_hot);
+  std::printf(
+      "\nRatio %s channels / 1 channel (target ≤ 2×): back-to-back, random channel "
+      "p50 **%.2f×**, p99 %.2f×; back-to-back to one hot channel p50 **%.2f×**, p99 %.2f×; "
+      "random among %u p50 %.2f×, p99 %.2f×; "
+      "paced (parked subscriber) p50 **%.2f×**, p99 %.2f×.\n\n",
+      with_commas(n).c_str(), many.b2b.p50 / solo.b2b.p50, many.b2b.p99 / solo.b2b.p99,
+      many.one.p50 / solo.b2b.p50, many.one.p99 / solo.b2b.p99, kSubset,
+      many.subset.p50 / solo.b2b.p50, many.subset.p99 / solo.b2b.p99,
+      many.paced.p50 / solo.paced.p50, many.paced.p99 / solo.paced.p99);
   std::fflush(stdout);
 }
 
@@ -952,7 +1024,8 @@ void pattern_holder(const std::string& bus, uint32_t first, uint32_t count) {
     if (c == kCmdPsub) {
       std::vector<std::string> patterns;
       patterns.reserve(count);
-      for (uint32_t i = first; i < first + count; ++i) patterns.push_back("nomatch:" + std::to_string(i) + ":*");
+      for (uint32_t i = first; i < first + count; ++i)
+        patterns.push_back("nomatch:" + std::to_string(i) + ":*");
       sub.psubscribe(patterns);
       put(static_cast<uint64_t>(sub.count()));
     } else if (c == kCmdPunsub) {
@@ -1026,7 +1099,9 @@ void section_patterns(bool quick) {
 
   if (held_bad) fail("pattern holders: " + std::to_string(held_bad) + " wrong subscription counts");
   for (uint64_t v : with.numpat)
-    if (v != patterns) fail("numpat with patterns held is " + std::to_string(v) + ", expected " + std::to_string(patterns));
+    if (v != patterns)
+      fail("numpat with patterns held is " + std::to_string(v) + ", expected " +
+           std::to_string(patterns));
   for (uint64_t v : without.numpat)
     if (v != 0) fail("numpat without patterns is " + std::to_string(v));
   if (without.receivers || with.receivers)
@@ -1040,28 +1115,32 @@ void section_patterns(bool quick) {
   const double m0 = median(without.rates), m1 = median(with.rates);
   std::printf("## 2. Publish rate with %s pattern subscriptions present, none matching\n\n",
               with_commas(patterns).c_str());
-  std::printf("One publisher process, `Bus::channel(\"hot\")` then `Channel::publish` of 64 bytes, "
-              "%s messages per run as fast as it goes, no subscriber on `hot`. The patterns are "
-              "held by %u subscriber processes × %s (`nomatch:<i>:*`, %s distinct; `Bus::numpat()` "
-              "checked). %u cycles of: a run without patterns, all processes `psubscribe` (took "
-              "%.0f ms, median), a run with them, all `punsubscribe()`. After each run the publisher "
-              "also creates %u new channels with `Bus::publish` (last column).\n\n",
-              with_commas(spec.messages).c_str(), holders, with_commas(per_holder).c_str(),
-              with_commas(patterns).c_str(), cycles, median(psub_seconds) * 1e3, fresh);
-  std::printf("| patterns on the bus | publish rate, median of %u runs | runs | channel creation (`Bus::publish` to a new channel), median |\n",
-              cycles);
+  std::printf(
+      "One publisher process, `Bus::channel(\"hot\")` then `Channel::publish` of 64 bytes, "
+      "%s messages per run as fast as it goes, no subscriber on `hot`. The patterns are "
+      "held by %u subscriber processes × %s (`nomatch:<i>:*`, %s distinct; `Bus::numpat()` "
+      "checked). %u cycles of: a run without patterns, all processes `psubscribe` (took "
+      "%.0f ms, median), a run with them, all `punsubscribe()`. After each run the publisher "
+      "also creates %u new channels with `Bus::publish` (last column).\n\n",
+      with_commas(spec.messages).c_str(), holders, with_commas(per_holder).c_str(),
+      with_commas(patterns).c_str(), cycles, median(psub_seconds) * 1e3, fresh);
+  std::printf(
+      "| patterns on the bus | publish rate, median of %u runs | runs | channel creation "
+      "(`Bus::publish` to a new channel), median |\n",
+      cycles);
   std::printf("|---|---:|---|---:|\n");
   std::printf("| 0 | **%s** | %s | %s |\n", rate(m0).c_str(), list(without.rates).c_str(),
               rate(median(without.create_rates)).c_str());
   std::printf("| %s | **%s** | %s | %s |\n", with_commas(patterns).c_str(), rate(m1).c_str(),
               list(with.rates).c_str(), rate(median(with.create_rates)).c_str());
-  std::printf("\nPublish rate with %s patterns / without: **%.3f×** (target within 5%%: "
-              "0.95–1.05). Patterns are matched when a channel is created, never per message, "
-              "so what they cost shows in the last column instead (%.2f× the creation rate). "
-              "For reference, from the issue (not measured here): Redis drops from ~665K/s to "
-              "~2.5K/s publishes in this situation.\n\n",
-              with_commas(patterns).c_str(), m1 / m0,
-              median(with.create_rates) / median(without.create_rates));
+  std::printf(
+      "\nPublish rate with %s patterns / without: **%.3f×** (target within 5%%: "
+      "0.95–1.05). Patterns are matched when a channel is created, never per message, "
+      "so what they cost shows in the last column instead (%.2f× the creation rate). "
+      "For reference, from the issue (not measured here): Redis drops from ~665K/s to "
+      "~2.5K/s publishes in this situation.\n\n",
+      with_commas(patterns).c_str(), m1 / m0,
+      median(with.create_rates) / median(without.create_rates));
   std::fflush(stdout);
 }
 
@@ -1141,22 +1220,28 @@ void section_new_channels(bool quick) {
          std::to_string(2ull * k) + " messages, " + std::to_string(bad) + " wrong");
 
   std::printf("## 3. Creating a channel and delivering its first message\n\n");
-  std::printf("One process subscribes `psubscribe(\"new:*\")`; another publishes once to each of "
-              "`new:0` .. `new:%u` with `Bus::publish` (default 64 KiB rings), waiting (futex) for "
-              "the subscriber to acknowledge before going on, then publishes a second message on "
-              "the same channel the same way. The first %u channels are warm-up. The first publish "
-              "to a channel asks the daemon to create it (an OPEN round trip); the daemon attaches "
-              "the pattern subscriber's reader before it replies and tells the subscriber over "
-              "its socket.\n\n",
-              k - 1, warmup);
-  std::printf("| measure | samples | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "One process subscribes `psubscribe(\"new:*\")`; another publishes once to each of "
+      "`new:0` .. `new:%u` with `Bus::publish` (default 64 KiB rings), waiting (futex) for "
+      "the subscriber to acknowledge before going on, then publishes a second message on "
+      "the same channel the same way. The first %u channels are warm-up. The first publish "
+      "to a channel asks the daemon to create it (an OPEN round trip); the daemon attaches "
+      "the pattern subscriber's reader before it replies and tells the subscriber over "
+      "its socket.\n\n",
+      k - 1, warmup);
+  std::printf(
+      "| measure | samples | p50 | p90 | p99 | p99.9 | max "
+      "|\n|---|---:|---:|---:|---:|---:|---:|\n");
   auto row = [](const char* name, const Percentiles& p) {
-    std::printf("| %s | %s | %s | %s | %s | %s | %s |\n", name, with_commas(p.n).c_str(), us(p.p50).c_str(),
-                us(p.p90).c_str(), us(p.p99).c_str(), us(p.p999).c_str(), us(p.max).c_str());
+    std::printf("| %s | %s | %s | %s | %s | %s | %s |\n", name, with_commas(p.n).c_str(),
+                us(p.p50).c_str(), us(p.p90).c_str(), us(p.p99).c_str(), us(p.p999).c_str(),
+                us(p.max).c_str());
   };
-  row("first message on a new channel: publish-call start → subscriber receives", percentiles(first));
+  row("first message on a new channel: publish-call start → subscriber receives",
+      percentiles(first));
   row("the first `Bus::publish` call itself (creates the channel)", percentiles(call));
-  row("for reference: second message on that channel, publish start → receive", percentiles(second));
+  row("for reference: second message on that channel, publish start → receive",
+      percentiles(second));
   std::printf("\n");
   std::fflush(stdout);
 }
@@ -1174,7 +1259,8 @@ int main(int argc, char** argv) {
     }
   }
   signal(SIGPIPE, SIG_IGN);
-  void* page = mmap(nullptr, sizeof(SharedPage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* page =
+      mmap(nullptr, sizeof(SharedPage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (page == MAP_FAILED) {
     std::perror("mmap");
     return 1;
@@ -1188,16 +1274,17 @@ int main(int argc, char** argv) {
   utsname u{};
   uname(&u);
   std::printf("# shmbus scale benchmark%s\n\n", quick ? " (--quick)" : "");
-  std::printf("%s; %ld CPUs online, %s; %.1f GiB memory; Linux %s. `bench/scale_bench%s`.\n\n", date,
-              sysconf(_SC_NPROCESSORS_ONLN), cpu_model().c_str(),
-              static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE)) /
-                  (1024.0 * 1024 * 1024),
+  std::printf("%s; %ld CPUs online, %s; %.1f GiB memory; Linux %s. `bench/scale_bench%s`.\n\n",
+              date, sysconf(_SC_NPROCESSORS_ONLN), cpu_model().c_str(),
+              static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                  static_cast<double>(sysconf(_SC_PAGE_SIZE)) / (1024.0 * 1024 * 1024),
               u.release, quick ? " --quick" : "");
-  std::printf("The daemon runs on a thread of the benchmark process; every publisher and "
-              "subscriber is a separate child process using the public client API. Latencies "
-              "are percentiles of individual one-way samples (CLOCK_MONOTONIC, shared by all "
-              "processes); the publisher is pinned to CPU 0 and the subscriber to CPU 1, the "
-              "daemon is not pinned.\n\n");
+  std::printf(
+      "The daemon runs on a thread of the benchmark process; every publisher and "
+      "subscriber is a separate child process using the public client API. Latencies "
+      "are percentiles of individual one-way samples (CLOCK_MONOTONIC, shared by all "
+      "processes); the publisher is pinned to CPU 0 and the subscriber to CPU 1, the "
+      "daemon is not pinned.\n\n");
   std::fflush(stdout);
 
   try {

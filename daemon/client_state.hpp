@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <set>
 #include <string>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "arena.hpp"
+#include "config.hpp"
 #include "layout.hpp"
 #include "protocol.hpp"
 
@@ -42,14 +44,23 @@ struct Client {
   uint64_t id = 0;
   int fd = -1;
   ucred cred{};
+  PeerIdentity identity;  // uid, gid and supplementary groups, from the socket at accept
   protocol::FrameAssembler in;
   std::vector<std::byte> out;  // bytes not yet written to the socket
+  // Descriptors that go with frames in `out`: (offset in `out` of the frame's first byte,
+  // descriptor). Each rides on its frame's first byte (SCM_RIGHTS). The descriptors belong to
+  // the registry's arenas, which outlive every client.
+  std::deque<std::pair<size_t, int>> out_fds;
   bool want_write = false;
   bool doomed = false;        // to be closed once the current event is handled
   bool event_queued = false;  // `out` holds an event the client has not been rung for
 
   // The session: set by the request handlers.
   std::string name;
+  protocol::Role role = protocol::Role::kPublisher;  // said in HELLO
+  // Arenas granted on this connection, and how: a grant goes out once, before the first
+  // frame that refers to the arena (kept by Access).
+  std::unordered_map<uint32_t, protocol::GrantAccess> granted;
   bool greeted = false;
   bool said_bye = false;
   uint16_t publisher_id = 0;
@@ -60,7 +71,7 @@ struct Client {
 
   // Subscriptions (a client that asked for a doorbell in HELLO): kept by Subscriptions.
   std::optional<Arena::Block> doorbell_block;
-  // In arena 0: publishers set bits in it, the client clears them.
+  // In the doorbell arena: publishers set bits in it, the client clears them.
   layout::DoorbellHeader* doorbell = nullptr;
   uint32_t doorbell_bits = 0;
   std::vector<uint32_t> free_bits;

@@ -1,5 +1,7 @@
 #include "config.hpp"
 
+#include <grp.h>
+#include <pwd.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -39,7 +41,7 @@ constexpr uint32_t kMaxChannels = 16'000'000;
 // A year is far beyond any useful idle timeout, and keeps `now + ttl` far from overflowing
 // any clock's representation; 0 is the way to say "never".
 constexpr int64_t kMaxIdleTtlSeconds = 365LL * 24 * 3600;
-// A channel name is stored in the ring block's RingName area, so a longer pattern could
+// A channel name is at most this long (its descriptor holds it), so a longer pattern could
 // only ever match names the bus cannot hold.
 constexpr size_t kMaxPatternBytes = layout::kMaxChannelName;
 // A config file is a few KiB; anything this large is the wrong file (or /dev/zero).
@@ -48,7 +50,11 @@ constexpr uint64_t kMaxConfigFileBytes = 16 * kMiB;
 constexpr std::string_view kByteSizeForms =
     "write an integer number of bytes or a string with a unit, e.g. \"512B\", \"64KiB\", "
     "\"1 MiB\", \"4GiB\" (units: B, KiB, MiB, GiB)";
-constexpr std::string_view kKnownTables = "[bus], [defaults], [limits], [[channel]]";
+constexpr std::string_view kKnownTables = "[bus], [defaults], [limits], [[channel]], [[access]]";
+constexpr std::string_view kAccessKeys = "pattern, publish, subscribe";
+constexpr std::string_view kPrincipalForms =
+    "a user name or uid (\"alice\", \"1001\"), a group name or gid after @ (\"@orders\", "
+    "\"@1002\"), or \"*\" for everyone";
 constexpr std::string_view kBusKeys = "arena_bytes, idle_ttl_seconds";
 constexpr std::string_view kRingKeys =
     "ring_bytes, max_message_bytes, back_pressure, max_subscribers";
@@ -71,26 +77,16 @@ std::string format_bytes(uint64_t bytes) {
 
 std::string type_name(const toml::node& node) {
   switch (node.type()) {
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-    case toml::node_type::none:
-      break;
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
   }
   return "nothing";
 }
@@ -220,6 +216,28 @@ class Parser {
           rule.max_subscribers = keys.max_subscribers;
           config.rules.push_back(std::move(rule));
           rule_keys.push_back(std::move(keys));
+        }
+      } else if (name == "access") {
+        const toml::array* rules = node->as_array();
+        if (!rules)
+          fail(key->source(),
+               "'access' must be an array of tables: write [[access]] (two brackets) once per "
+               "rule, found " +
+                   type_name(*node));
+        for (size_t i = 0; i < rules->size(); ++i) {
+          const std::string scope = "access[" + std::to_string(i + 1) + "]";
+          const toml::table* table = (*rules)[i].as_table();
+          if (!table)
+            fail((*rules)[i].source(), scope + " must be a table of keys (" +
+                                           std::string(kAccessKeys) + "), found " +
+                                           type_name((*rules)[i]));
+          config.access.push_back(parse_access(*table, scope));
+          for (size_t j = 0; j + 1 < config.access.size(); ++j)
+            if (config.access[j].pattern == config.access.back().pattern)
+              fail(table->source(), scope + ".pattern " + quote(config.access.back().pattern) +
+                                        " repeats access[" + std::to_string(j + 1) +
+                                        "]'s; the first matching rule wins, so this rule would "
+                                        "never apply; merge the two rules");
         }
       } else {
         fail(key->source(), std::string(node->is_table() ? "unknown table '" : "unknown key '") +
@@ -434,6 +452,92 @@ class Parser {
                                "pattern = \"user:*\"");
   }
 
+  // One [[access]] table: a pattern, and who may publish and subscribe (each a list; a key
+  // left out grants nobody).
+  AccessRule parse_access(const toml::table& table, const std::string& scope) const {
+    AccessRule rule;
+    bool has_pattern = false;
+    for (const auto& [key, node] : in_file_order(table)) {
+      const std::string name(key->str());
+      const std::string full = scope + "." + name;
+      if (name == "pattern") {
+        const toml::value<std::string>* pattern = node->as_string();
+        if (!pattern || pattern->get().empty() || pattern->get().size() > kMaxPatternBytes)
+          fail(node->source(), full + " = " + render(*node) +
+                                   " must be a non-empty string of at "
+                                   "most " +
+                                   std::to_string(kMaxPatternBytes) +
+                                   " bytes: a Redis glob such as \"orders:*\"");
+        rule.pattern = pattern->get();
+        has_pattern = true;
+      } else if (name == "publish" || name == "subscribe") {
+        const toml::array* list = node->as_array();
+        if (!list)
+          fail(node->source(), full + " = " + render(*node) +
+                                   " must be a list of principals, "
+                                   "e.g. [\"alice\", \"@orders\"]; each is " +
+                                   std::string(kPrincipalForms));
+        auto& out = name == "publish" ? rule.publish : rule.subscribe;
+        for (size_t i = 0; i < list->size(); ++i)
+          out.push_back(principal((*list)[i], full + "[" + std::to_string(i + 1) + "]"));
+      } else {
+        unknown_key(*key, scope, kAccessKeys);
+      }
+    }
+    if (!has_pattern)
+      fail(table.source(), scope +
+                               " has no pattern; every [[access]] rule needs one, e.g. "
+                               "pattern = \"orders:*\"");
+    return rule;
+  }
+
+  // "*", "alice", "1001", "@orders", "@1002", resolved to ids now: a name that does not exist
+  // is an error at startup, not a rule that silently lets nobody in.
+  Principal principal(const toml::node& node, const std::string& key) const {
+    const toml::value<std::string>* value = node.as_string();
+    if (!value || value->get().empty())
+      fail(node.source(), key + " = " + render(node) + " must be " + std::string(kPrincipalForms));
+    const std::string& text = value->get();
+    Principal p;
+    p.text = text;
+    if (text == "*") return p;
+    const bool group = text.front() == '@';
+    const std::string name = group ? text.substr(1) : text;
+    p.kind = group ? Principal::Kind::kGroup : Principal::Kind::kUser;
+    if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos &&
+        name.size() <= 10) {
+      const uint64_t id = std::stoull(name);
+      if (id <= std::numeric_limits<uint32_t>::max()) {
+        p.id = static_cast<uint32_t>(id);
+        return p;
+      }
+    }
+    if (const std::optional<uint32_t> id = group ? gid_of(name) : uid_of(name)) {
+      p.id = *id;
+      return p;
+    }
+    fail(node.source(), key + " = " + quote(text) + ": no such " + (group ? "group" : "user") +
+                            " '" + name + "' (getent " + (group ? "group " : "passwd ") + name +
+                            "); use " + std::string(kPrincipalForms));
+  }
+
+  static std::optional<uint32_t> uid_of(const std::string& name) {
+    std::vector<char> buffer(16384);
+    passwd entry{};
+    passwd* found = nullptr;
+    if (getpwnam_r(name.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
+      return std::nullopt;
+    return found->pw_uid;
+  }
+  static std::optional<uint32_t> gid_of(const std::string& name) {
+    std::vector<char> buffer(65536);
+    group entry{};
+    group* found = nullptr;
+    if (getgrnam_r(name.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
+      return std::nullopt;
+    return found->gr_gid;
+  }
+
   // --- cross-checks ---------------------------------------------------------------------------
 
   // A repeated pattern can never decide anything (the first match wins): almost certainly a
@@ -482,9 +586,11 @@ class Parser {
       fail(first_set({&keys.message_at, &keys.ring_at}), text);
     }
 
-    // A ring lives in one block of one arena (after the arena's header page), and its
-    // pages are reserved in /dev/shm when the channel is created.
-    const uint64_t block = layout::ring_block_bytes(ring, subscribers);
+    // A ring lives in one block of one arena (after the arena's header page), its reader
+    // table in another, and the pages of both are reserved when the channel is created.
+    const uint64_t block =
+        layout::ring_block_bytes(ring) +
+        layout::align_up(layout::reader_table_bytes(subscribers), layout::kPageSize);
     const uint64_t usable = config.arena_bytes - layout::kPageSize;
     if (block > usable) {
       const uint64_t arena_needed = layout::align_up(block + layout::kPageSize, kMiB);
@@ -521,6 +627,45 @@ class Parser {
 
 uint32_t largest_message_for_ring(uint64_t ring_bytes) {
   return RingRef::largest_payload(ring_bytes);
+}
+
+uint32_t Config::access_class_of(std::string_view channel) const {
+  for (size_t i = 0; i < access.size(); ++i)
+    if (glob_match(access[i].pattern, channel)) return static_cast<uint32_t>(i + 1);
+  return 0;
+}
+
+namespace {
+
+bool admits(const std::vector<Principal>& list, const PeerIdentity& who) {
+  for (const Principal& p : list) {
+    switch (p.kind) {
+      case Principal::Kind::kAnyone: return true;
+      case Principal::Kind::kUser:
+        if (p.id == who.uid) return true;
+        break;
+      case Principal::Kind::kGroup:
+        if (p.id == who.gid ||
+            std::find(who.groups.begin(), who.groups.end(), p.id) != who.groups.end())
+          return true;
+        break;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool Config::may_publish(uint32_t access_class, const PeerIdentity& who,
+                         uint32_t daemon_uid) const {
+  if (access_class == 0 || who.uid == 0 || who.uid == daemon_uid) return true;
+  return access_class <= access.size() && admits(access[access_class - 1].publish, who);
+}
+
+bool Config::may_subscribe(uint32_t access_class, const PeerIdentity& who,
+                           uint32_t daemon_uid) const {
+  if (access_class == 0 || who.uid == 0 || who.uid == daemon_uid) return true;
+  return access_class <= access.size() && admits(access[access_class - 1].subscribe, who);
 }
 
 ChannelSettings Config::settings_for(std::string_view channel) const {

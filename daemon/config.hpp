@@ -5,6 +5,9 @@
 //   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
 //                channel decides its settings, unset keys inherit [defaults]
+//   [[access]]   pattern, publish, subscribe: who may publish to and subscribe to channels
+//                matching pattern (user and group names or ids); the first matching rule
+//                decides, and a channel no rule matches is open to every client
 //
 // Byte sizes are an integer or a string with a binary unit: "512B", "64KiB", "1 MiB", "4GiB".
 // Everything is validated when the file is read, so the daemon never discovers a bad setting
@@ -47,6 +50,33 @@ struct ChannelRule {    // one [[channel]] table; unset keys inherit [defaults]
   friend bool operator==(const ChannelRule&, const ChannelRule&) = default;
 };
 
+// Who a rule lets in: anyone, a user, or the members of a group.
+struct Principal {
+  enum class Kind { kAnyone, kUser, kGroup };
+  Kind kind = Kind::kAnyone;
+  uint32_t id = 0;   // uid or gid
+  std::string text;  // as written ("alice", "@orders", "1001", "*"), for messages
+
+  friend bool operator==(const Principal&, const Principal&) = default;
+};
+
+// One [[access]] table. Its index + 1 is the channel's access class (0: no rule matched);
+// channels of one class share arenas, so the kernel can grant them per class.
+struct AccessRule {
+  std::string pattern;  // Redis glob (required)
+  std::vector<Principal> publish;
+  std::vector<Principal> subscribe;
+
+  friend bool operator==(const AccessRule&, const AccessRule&) = default;
+};
+
+// A connected client's identity, from its socket (SO_PEERCRED, SO_PEERGROUPS).
+struct PeerIdentity {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::vector<uint32_t> groups;  // supplementary
+};
+
 struct Config {
   std::string source = "built-in defaults";  // file path, for messages
   // [bus]
@@ -55,16 +85,25 @@ struct Config {
   // [defaults]
   ChannelSettings defaults;
   // [limits]
-  uint64_t max_shared_memory = 1ull << 30;  // bytes of /dev/shm the bus may reserve
+  uint64_t max_shared_memory = 1ull << 30;  // shared memory the bus may reserve
   uint32_t max_channels = 200000;
   // channels + patterns per subscription connection
   uint32_t max_subscriptions_per_client = 200000;
   uint32_t max_clients = 4096;
   std::vector<ChannelRule> rules;  // first matching rule wins
+  std::vector<AccessRule> access;  // first matching rule wins
 
   // Settings for `channel`: defaults overridden by the set keys of the first rule whose
   // pattern matches (Redis glob rules, as PSUBSCRIBE). `rule` names the deciding pattern.
   ChannelSettings settings_for(std::string_view channel) const;
+  // The access class of `channel`: 1 + the index of the first [[access]] rule whose pattern
+  // matches it, or 0 if none does (open to everyone).
+  uint32_t access_class_of(std::string_view channel) const;
+  // Whether `who` may publish to / subscribe to channels of class `access_class`. Root and
+  // the daemon's own user (`daemon_uid`) always may: the kernel lets them read any of the
+  // daemon's memory anyway.
+  bool may_publish(uint32_t access_class, const PeerIdentity& who, uint32_t daemon_uid) const;
+  bool may_subscribe(uint32_t access_class, const PeerIdentity& who, uint32_t daemon_uid) const;
 
   // Compares every field, `source` included.
   friend bool operator==(const Config&, const Config&) = default;

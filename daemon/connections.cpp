@@ -2,12 +2,15 @@
 
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <span>
+#include <vector>
 
 #include "doorbell.hpp"
 #include "fences.hpp"
@@ -24,6 +27,26 @@ namespace {
 // Control events a client has not read yet; past this it is not reading its socket and is
 // dropped (its subscriptions would otherwise pin daemon memory without bound).
 constexpr size_t kMaxPendingOutput = 16u << 20;
+
+// The peer's uid, gid and supplementary groups as the kernel recorded them when it
+// connected (SO_PEERGROUPS, Linux 4.13): what [[access]] rules are checked against.
+PeerIdentity peer_identity(int fd, const ucred& cred) {
+  PeerIdentity who;
+  who.uid = cred.uid;
+  who.gid = cred.gid;
+  std::vector<gid_t> groups(64);
+  for (int tries = 0; tries < 4; ++tries) {
+    socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      who.groups.assign(groups.begin(), groups.end());
+      break;
+    }
+    if (errno != ERANGE) break;  // no supplementary groups known: the primary gid still counts
+    groups.resize(len / sizeof(gid_t) + 16);
+  }
+  return who;
+}
 
 }  // namespace
 
@@ -82,8 +105,13 @@ void Connections::accept_clients() {
     c->id = next_client_id_++;
     c->fd = fd;
     socklen_t len = sizeof(c->cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0)
-      log_->warn("SO_PEERCRED: {}", std::strerror(errno));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0) {
+      // Without credentials no [[access]] rule can be checked: refuse rather than guess.
+      log_->warn("SO_PEERCRED: {}; refusing the client", std::strerror(errno));
+      ::close(fd);
+      continue;
+    }
+    c->identity = peer_identity(fd, c->cred);
     if (clients_.size() >= config_.max_clients) {
       log_->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})", c->cred.pid,
                  config_.max_clients, config_.source);
@@ -183,15 +211,28 @@ void Connections::send(Client& c, Writer& w) {
     process_wide_barrier();
     barrier_due_ = false;
   }
-  const auto& frame = w.frame();
+  if (queue(c, w.frame())) flush(c);
+}
+
+void Connections::send_grant(Client& c, const ArenaGrant& grant, int fd) {
+  if (c.doomed) return;
+  Writer w(Type::kArenaGrant, 0);
+  grant.write(w);
+  const size_t at = c.out.size();
+  if (!queue(c, w.frame())) return;
+  c.out_fds.emplace_back(at, fd);
+  flush(c);
+}
+
+bool Connections::queue(Client& c, const std::vector<std::byte>& frame) {
   c.out.insert(c.out.end(), frame.begin(), frame.end());
   if (c.out.size() > kMaxPendingOutput) {
     log_->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
                c.cred.pid, c.name, human_bytes(c.out.size()));
     doom(c, "not reading its socket");
-    return;
+    return false;
   }
-  flush(c);
+  return true;
 }
 
 void Connections::doom(Client& c, const char* reason) {
@@ -200,6 +241,7 @@ void Connections::doom(Client& c, const char* reason) {
   // iterating over the sets closing it would change.
   c.doomed = true;
   c.out.clear();
+  c.out_fds.clear();
   doomed_.emplace_back(c.id, reason);
 }
 
@@ -214,16 +256,46 @@ void Connections::reap_doomed() {
 void Connections::flush(Client& c) {
   size_t sent = 0;
   while (sent < c.out.size()) {
-    const ssize_t n = ::send(c.fd, c.out.data() + sent, c.out.size() - sent, MSG_NOSIGNAL);
+    // Up to the next frame that carries a descriptor, or from it to the one after: each
+    // descriptor rides on its own frame's first byte, so the client finds it queued by the
+    // time it parses that frame.
+    int fd = -1;
+    size_t end = c.out.size();
+    if (!c.out_fds.empty()) {
+      if (c.out_fds.front().first == sent) {
+        fd = c.out_fds.front().second;
+        if (c.out_fds.size() > 1) end = c.out_fds[1].first;
+      } else {
+        end = c.out_fds.front().first;
+      }
+    }
+    iovec iov{c.out.data() + sent, end - sent};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (fd >= 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    }
+    const ssize_t n = ::sendmsg(c.fd, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       c.out.clear();  // the peer is gone; EPOLLIN/HUP will close it
+      c.out_fds.clear();
       return;
     }
+    if (fd >= 0) c.out_fds.pop_front();  // it went with the first byte sent
     sent += static_cast<size_t>(n);
   }
   c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
+  for (auto& [offset, fd] : c.out_fds) offset -= sent;
   if (sent > 0 && c.event_queued && c.doorbell != nullptr) {
     // Tell a subscriber that events wait on its socket. Rung after the bytes are in the
     // socket, not when they are queued: a socket buffer fills after a few hundred events,

@@ -62,6 +62,9 @@ class Connections {
   // Queues `w` for `c` and writes what the socket takes. A client that lets too much
   // pile up is doomed: closed after the current event, never under the caller.
   void send(Client& c, protocol::Writer& w);
+  // Queues a grant of an arena for `c`, its descriptor `fd` riding on the frame's first
+  // byte. `fd` stays the caller's (an arena's): it is never closed here.
+  void send_grant(Client& c, const protocol::ArenaGrant& grant, int fd);
   // Reader slots were linked to rings that publishers may use: the next send() first
   // makes the links visible to them (ring.hpp).
   void barrier_before_next_send() { barrier_due_ = true; }
@@ -75,6 +78,8 @@ class Connections {
  private:
   void read_from(Client& c);
   void flush(Client& c);
+  // Appends a finished frame to `c`'s output; false (and `c` doomed) past the output limit.
+  bool queue(Client& c, const std::vector<std::byte>& frame);
   void doom(Client& c, const char* reason);
   void close_client(uint64_t id, const char* reason);
   void pause_accepting(int error);

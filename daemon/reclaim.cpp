@@ -1,9 +1,12 @@
 #include "reclaim.hpp"
 
+#include <algorithm>
 #include <chrono>
 
+#include "glob.hpp"
 #include "naming.hpp"
 #include "ring.hpp"
+#include "shmbus/error.hpp"
 
 namespace shmbus::daemon {
 
@@ -11,6 +14,11 @@ namespace {
 
 // How long a subscription may leave a detach unread before the daemon names it in its log.
 constexpr auto kReclaimHoldWarning = std::chrono::seconds(10);
+// Rings checked per tick for corruption that shows in constant time (two header lines
+// each): 100,000 channels are all looked at within 25 s, for ~1 ms of the event loop a tick.
+constexpr uint32_t kHealthChecksPerTick = 4096;
+// A reported ring is walked (up to a few laps of frames) at most this often.
+constexpr auto kWalkEvery = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -41,8 +49,63 @@ void Reclaimer::on_tick(Clock::time_point now) {
     log_->debug("channel {} idle for {} s: reclaiming", printable(ch.name), ttl.count());
     ch.last_active = now;
   }
-  registry_.free_released_rings();
+  check_health();
+  registry_.free_released_rings(now);
   warn_about_holders(now);
+  std::erase_if(last_walk_, [&](const auto& entry) { return now - entry.second > kWalkEvery; });
+}
+
+void Reclaimer::check_health() {
+  const auto channels = registry_.channels();
+  if (channels.empty()) return;
+  for (uint32_t checked = 0; checked < kHealthChecksPerTick && checked < channels.size();
+       ++checked) {
+    if (health_cursor_ >= channels.size()) health_cursor_ = 0;
+    ChannelState* ch = channels[health_cursor_++].get();
+    if (ch == nullptr) continue;
+    if (!ch->ring.header_matches_geometry())
+      quarantine(*ch, "its configuration line was overwritten");
+    else if (!ch->ring.claim_plausible())
+      quarantine(*ch, "its claim position and retire frontier contradict each other");
+  }
+}
+
+void Reclaimer::check_reported(ChannelState& ch, const std::string& reporter) {
+  const auto now = Clock::now();
+  auto [it, fresh] = last_walk_.emplace(ch.id, now);
+  if (!fresh && now - it->second < kWalkEvery) return;
+  it->second = now;
+  const RingInspection inspection = inspect_ring(ch.ring);
+  if (inspection.corrupt) quarantine(ch, inspection.problem + " (reported by " + reporter + ")");
+}
+
+void Reclaimer::quarantine(ChannelState& ch, const std::string& why) {
+  const std::string name = ch.name;
+  std::vector<uint64_t> by_name;  // subscribers that hold the channel itself
+  for (uint64_t client_id : ch.attached)
+    if (const Client* c = connections_.find(client_id); c != nullptr && c->channels.count(name))
+      by_name.push_back(client_id);
+  log_->warn(
+      "channel {}: quarantined its ring: {}; {} subscriber(s) and {} publisher handle(s) "
+      "move to a new ring, the rest of the bus is unaffected",
+      printable(name), why, ch.attached.size(), ch.publisher_holds);
+  subscriptions_.detach_all(ch);
+  registry_.quarantine(ch.id);
+  // The channel goes on, in a new ring, for those who hold it by name or by a pattern;
+  // publishers find it when they open the channel again.
+  const bool matched =
+      std::any_of(subscriptions_.pattern_index().begin(), subscriptions_.pattern_index().end(),
+                  [&](const auto& entry) { return glob_match(entry.first, name); });
+  if (by_name.empty() && !matched) return;
+  try {
+    const Registry::Found fresh = registry_.find_or_create(name, nullptr);
+    if (fresh.created) subscriptions_.match_new_channel(fresh.channel);
+    for (uint64_t client_id : by_name)
+      if (Client* c = connections_.find(client_id))
+        subscriptions_.reattach_by_name(*c, fresh.channel);
+  } catch (const Error& e) {
+    log_->warn("channel {}: no new ring for its subscribers: {}", printable(name), e.what());
+  }
 }
 
 std::unordered_map<uint64_t, uint32_t> Reclaimer::holders(

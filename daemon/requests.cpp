@@ -29,14 +29,16 @@ std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* w
 
 Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
                    Registry& registry, Connections& connections, Subscriptions& subscriptions,
-                   CrashRepair& repair)
+                   CrashRepair& repair, Access& access, Reclaimer& reclaimer)
     : config_(config),
       bus_(std::move(bus)),
       log_(std::move(log)),
       registry_(registry),
       connections_(connections),
       subscriptions_(subscriptions),
-      repair_(repair) {}
+      repair_(repair),
+      access_(access),
+      reclaimer_(reclaimer) {}
 
 void Requests::dispatch(Client& c, const Frame& f) {
   if (!c.greeted && f.type != Type::kHello)
@@ -45,22 +47,16 @@ void Requests::dispatch(Client& c, const Frame& f) {
   if (f.type != Type::kBye) c.said_bye = false;
   try {
     switch (f.type) {
-      case Type::kHello:
-        return on_hello(c, f);
-      case Type::kOpenChannel:
-        return on_open_channel(c, f);
-      case Type::kCloseChannel:
-        return on_close_channel(c, f);
-      case Type::kSubscribe:
-        return on_subscribe(c, f);
-      case Type::kPsubscribe:
-        return on_psubscribe(c, f);
-      case Type::kUnsubscribe:
-        return on_unsubscribe(c, f, false);
-      case Type::kPunsubscribe:
-        return on_unsubscribe(c, f, true);
-      case Type::kPatterns:
-        return on_patterns(c, f);
+      case Type::kHello: return on_hello(c, f);
+      case Type::kOpenChannel: return on_open_channel(c, f);
+      case Type::kCloseChannel: return on_close_channel(c, f);
+      case Type::kSubscribe: return on_subscribe(c, f);
+      case Type::kPsubscribe: return on_psubscribe(c, f);
+      case Type::kUnsubscribe: return on_unsubscribe(c, f, false);
+      case Type::kPunsubscribe: return on_unsubscribe(c, f, true);
+      case Type::kPatterns: return on_patterns(c, f);
+      case Type::kMapArenas: return on_map_arenas(c, f);
+      case Type::kReportCorrupt: return on_report_corrupt(c, f);
       case Type::kPing: {
         Parser p(f.fields);
         p.end();
@@ -91,8 +87,10 @@ void Requests::on_hello(Client& c, const Frame& f) {
   const uint16_t min_version = p.u16();
   const uint16_t max_version = p.u16();
   const std::string name(p.str(kMaxClientNameBytes, "client name"));
-  const bool wants_doorbell = p.u8() != 0;
+  const uint8_t role = p.u8();
   p.end();
+  if (role > static_cast<uint8_t>(Role::kObserver))
+    throw ProtocolError("HELLO with unknown role " + std::to_string(role));
   if (magic != kProtocolMagic) throw ProtocolError("HELLO without the shmbus magic");
   if (c.greeted) throw ProtocolError("second HELLO on one connection");
   // The highest version both speak: older clients keep working against a newer daemon.
@@ -109,19 +107,20 @@ void Requests::on_hello(Client& c, const Frame& f) {
     throw Error(Errc::kLimit, "all 65535 publisher ids are in use; close idle connections");
   c.greeted = true;
   c.name = name;
+  c.role = static_cast<Role>(role);
   if (!free_publisher_ids_.empty()) {
     c.publisher_id = free_publisher_ids_.back();
     free_publisher_ids_.pop_back();
   } else {
     c.publisher_id = static_cast<uint16_t>(next_publisher_id_++);
   }
-  if (wants_doorbell) {
-    const uint32_t bits = config_.max_subscriptions_per_client + 1;
-    const Registry::Doorbell doorbell = registry_.allocate_doorbell(bits);
+  if (c.role == Role::kSubscriber) {
+    const Registry::Doorbell doorbell = registry_.allocate_doorbell();
     c.doorbell_block = doorbell.block;
-    c.doorbell_bits = bits;
+    c.doorbell_bits = registry_.doorbell_bits();
     c.doorbell = doorbell.header;
   }
+  access_.grant_basics(c);
   log_->debug("client {} hello: pid {} uid {} '{}' publisher id {}", c.id, c.cred.pid, c.cred.uid,
               c.name, c.publisher_id);
   Writer w(Type::kWelcome, f.request);
@@ -129,9 +128,8 @@ void Requests::on_hello(Client& c, const Frame& f) {
       .u16(c.publisher_id)
       .u64(c.id)
       .str(bus_)
-      .u64(registry_.directory_offset())
-      .u64(c.doorbell_block ? c.doorbell_block->offset : 0)
-      .u32(registry_.arena_table().doorbells().bits);  // every doorbell's, for publishers too
+      .u32(registry_.doorbell_bits())  // every doorbell's, for publishers too
+      .u64(c.doorbell_block ? c.doorbell_block->offset : 0);
   connections_.send(c, w);
 }
 
@@ -143,12 +141,16 @@ void Requests::on_open_channel(Client& c, const Frame& f) {
   const uint8_t back_pressure = p.u8();  // 0: as configured, 1: off, 2: on
   p.end();
   validate_channel_name(name);
+  if (c.role != Role::kPublisher)
+    throw ProtocolError("OPEN_CHANNEL on a connection that said it would not publish");
   ChannelSettings wanted = config_.settings_for(name);
   const bool asked = ring_bytes != 0 || max_message != 0 || back_pressure != 0;
   if (ring_bytes != 0) wanted.ring_bytes = ring_bytes;
   if (max_message != 0) wanted.max_message_bytes = max_message;
   if (back_pressure != 0) wanted.back_pressure = back_pressure == 2;
   if (asked) wanted.rule = "requested by the client";
+  // Refused before anything is created: a user who may not publish there creates nothing.
+  access_.check_publish(c, name);
   const auto [ch, created] = find_or_create(name, asked ? &wanted : nullptr);
   if (!created && asked) {
     const RingRef& r = ch.ring;
@@ -164,8 +166,9 @@ void Requests::on_open_channel(Client& c, const Frame& f) {
   }
   ++c.open_channels[ch.id];
   ++ch.publisher_holds;
+  access_.grant_ring(c, ch);
   Writer w(Type::kChannelOpened, f.request);
-  RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes}.write(w);
+  ch.location().write(w);
   w.str(ch.settings.rule);
   connections_.send(c, w);
 }
@@ -179,9 +182,10 @@ void Requests::on_close_channel(Client& c, const Frame& f) {
     throw Error(Errc::kInvalidArgument,
                 "channel id " + std::to_string(channel_id) + " is not open on this connection");
   if (--it->second == 0) c.open_channels.erase(it);
-  if (ChannelState* ch = registry_.find_live(channel_id)) {
+  // Live, or out of service and waiting for its publishers to let go.
+  if (ChannelState* ch = registry_.find_any(channel_id)) {
     --ch->publisher_holds;
-    ch->last_active = Clock::now();
+    if (!ch->quarantined) ch->last_active = Clock::now();
   }
   Writer w(Type::kOk, f.request);
   connections_.send(c, w);
@@ -196,6 +200,8 @@ void Requests::on_subscribe(Client& c, const Frame& f) {
   p.end();
   (void)after_sequence;  // the client seeks; the slot only has to sit at or before it
   for (const auto& name : names) validate_channel_name(name);
+  // As Redis: one channel the user may not read refuses the whole command.
+  for (const auto& name : names) access_.check_subscribe(c, name);
   size_t adding = 0;
   for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
   check_subscription_limit(c, adding, "channel");
@@ -345,10 +351,37 @@ Registry::Found Requests::find_or_create(std::string_view name, const ChannelSet
   return found;
 }
 
+void Requests::on_map_arenas(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  p.end();
+  if (c.role != Role::kObserver)
+    throw ProtocolError("MAP_ARENAS on a connection that is not an observer");
+  access_.grant_readable(c);
+  Writer w(Type::kOk, f.request);
+  connections_.send(c, w);
+}
+
+void Requests::on_report_corrupt(Client& c, const Frame& f) {
+  Parser p(f.fields);
+  const uint32_t channel_id = p.u32();
+  p.end();
+  // Only a channel the client uses, and each channel at most once a second: a report costs
+  // a walk over the ring.
+  if (ChannelState* ch = registry_.find_live(channel_id);
+      ch != nullptr && (c.open_channels.count(channel_id) || c.attached.count(channel_id)))
+    reclaimer_.check_reported(*ch, describe(c));
+  Writer w(Type::kOk, f.request);
+  connections_.send(c, w);
+}
+
+std::string Requests::describe(const Client& c) const {
+  return connections_.describe_client(c.id);
+}
+
 void Requests::finish_client(Client& c) {
   subscriptions_.release(c);
   for (auto& [channel_id, handles] : c.open_channels)
-    if (ChannelState* ch = registry_.find_live(channel_id)) ch->publisher_holds -= handles;
+    if (ChannelState* ch = registry_.find_any(channel_id)) ch->publisher_holds -= handles;
   c.open_channels.clear();
   if (c.publisher_id != 0) free_publisher_ids_.push_back(c.publisher_id);
   c.publisher_id = 0;

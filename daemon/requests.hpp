@@ -15,10 +15,12 @@
 #include <string_view>
 #include <vector>
 
+#include "access.hpp"
 #include "client_state.hpp"
 #include "config.hpp"
 #include "connections.hpp"
 #include "protocol.hpp"
+#include "reclaim.hpp"
 #include "registry.hpp"
 #include "repair.hpp"
 #include "shmbus/error.hpp"
@@ -30,7 +32,7 @@ class Requests final : public ClientEvents {
  public:
   Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
            Registry& registry, Connections& connections, Subscriptions& subscriptions,
-           CrashRepair& repair);
+           CrashRepair& repair, Access& access, Reclaimer& reclaimer);
 
   void dispatch(Client& c, const protocol::Frame& f) override;
   void finish_client(Client& c) override;
@@ -44,6 +46,9 @@ class Requests final : public ClientEvents {
   void on_psubscribe(Client& c, const protocol::Frame& f);
   void on_unsubscribe(Client& c, const protocol::Frame& f, bool patterns);
   void on_patterns(Client& c, const protocol::Frame& f);
+  void on_map_arenas(Client& c, const protocol::Frame& f);
+  void on_report_corrupt(Client& c, const protocol::Frame& f);
+  std::string describe(const Client& c) const;
   void reply_error(Client& c, uint32_t request, Errc code, const std::string& message);
   void send_subscribed(Client& c, uint32_t request,
                        const std::vector<protocol::Attachment>& attachments, Errc error_code,
@@ -59,6 +64,8 @@ class Requests final : public ClientEvents {
   Connections& connections_;
   Subscriptions& subscriptions_;
   CrashRepair& repair_;
+  Access& access_;
+  Reclaimer& reclaimer_;
 
   // Owned by the run() thread: publisher ids, given at HELLO and back when a client is
   // finished (never while its frames may still be in a ring unrepaired).

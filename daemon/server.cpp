@@ -19,6 +19,7 @@
 #include <system_error>
 #include <utility>
 
+#include "access.hpp"
 #include "clock.hpp"
 #include "connections.hpp"
 #include "event_loop.hpp"
@@ -37,12 +38,15 @@ namespace {
 
 constexpr auto kTick = std::chrono::seconds(1);
 
-// One daemon per bus: a flock on /dev/shm/shmbus.<bus>.lock, which holds the daemon's pid
-// for the message another daemon of the bus then gives.
+// One daemon per bus: a flock on <bus>.lock in the control socket's directory (under
+// systemd the service's RuntimeDirectory, /run/shmbus, which only the service user may
+// write), holding the daemon's pid for the message another daemon of the bus then gives.
+// It is opened without following a symlink and used only if it is a regular file of ours:
+// nothing another user can create or link there decides whether the bus starts.
 class BusLock {
  public:
   // Throws std::runtime_error fit for the user, e.g. when another daemon holds it.
-  BusLock(const std::string& bus, spdlog::logger& log);
+  BusLock(const std::string& bus, const std::string& socket_path, spdlog::logger& log);
   ~BusLock();
   BusLock(const BusLock&) = delete;
   BusLock& operator=(const BusLock&) = delete;
@@ -97,8 +101,9 @@ struct Daemon::Impl {
   Registry registry;
   EventLoop loop;
   ListeningSocket listener;
-  // Closed before the registry goes: closing a subscriber rings its doorbell, in arena 0.
+  // Closed before the registry goes: closing a subscriber rings its doorbell, in an arena.
   Connections connections;
+  Access access;
   Subscriptions subscriptions;
   CrashRepair repair;
   Reclaimer reclaimer;
@@ -124,27 +129,55 @@ Daemon::Impl::Impl(DaemonOptions opts)
     : options(std::move(opts)),
       log(options.logger ? options.logger : spdlog::default_logger()),
       endpoint(resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}})),
-      lock(endpoint.bus, *log),
+      lock(endpoint.bus, endpoint.socket_path, *log),
       registry(options.config, endpoint.bus, log,
                [this] { return reclaimer.describe_holders(Clock::now()); }),
       loop(timer_period(options.status_interval)),
       listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
       connections(options.config, log, loop, listener.fd(), registry.directory(), requests),
-      subscriptions(options.config, log, registry, connections),
+      access(options.config, registry, connections),
+      subscriptions(options.config, log, registry, connections, access),
       repair(log, registry),
       reclaimer(options.config, log, registry, connections, subscriptions),
-      requests(options.config, endpoint.bus, log, registry, connections, subscriptions, repair) {
+      requests(options.config, endpoint.bus, log, registry, connections, subscriptions, repair,
+               access, reclaimer) {
   endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),
             human_bytes(options.config.max_shared_memory), options.config.source);
 }
 
-BusLock::BusLock(const std::string& bus, spdlog::logger& log)
-    : path_(bus_lock_path(bus)), fd_(::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+BusLock::BusLock(const std::string& bus, const std::string& socket_path, spdlog::logger& log)
+    : path_(bus_lock_path(bus, socket_path)) {
+  const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+  std::error_code ec;
+  if (!dir.empty() && !std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec)
+      throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message() +
+                               "; run as root (or via systemd), or pass --socket PATH in a "
+                               "directory you own (e.g. $XDG_RUNTIME_DIR/shmbus.sock)");
+  }
+  fd_.reset(::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600));
   if (fd_.get() < 0)
-    throw std::runtime_error("cannot open lock file " + path_ + ": " + std::strerror(errno) +
-                             " (is /dev/shm mounted and writable?)");
+    throw std::runtime_error(
+        "cannot open lock file " + path_ + ": " + std::strerror(errno) +
+        (errno == ELOOP ? " (it is a symbolic link: remove it; the lock must be a plain file)"
+                        : "") +
+        "; the bus lock lives beside the control socket, in a directory shmbusd's user owns");
+  struct stat st {};
+  if (fstat(fd_.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid())
+    throw std::runtime_error("lock file " + path_ + " is not a plain file of this user (uid " +
+                             std::to_string(geteuid()) +
+                             "): someone else made it; remove it, "
+                             "and keep the control socket in a directory only shmbusd's user "
+                             "may write (its RuntimeDirectory, or $XDG_RUNTIME_DIR)");
+  if (struct stat dir_st{};
+      stat(dir.empty() ? "." : dir.c_str(), &dir_st) == 0 && (dir_st.st_mode & S_IWOTH) != 0)
+    log.warn(
+        "the control socket's directory {} is writable by every user: another user may "
+        "take the names shmbusd uses there; prefer a directory of its own",
+        dir.string());
   // Failing, the descriptor is closed but the file left alone: it is the other daemon's.
   if (flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
@@ -224,8 +257,8 @@ void ListeningSocket::create() {
                              (errno == EACCES ? "; run as root, or pass --socket PATH in a "
                                                 "directory you own"
                                               : ""));
-  // The same users who may map the bus's shared memory (arenas are 0660, in the daemon's
-  // group) may connect: under systemd, members of the shmbus group.
+  // Who may connect: the daemon's user and group (under systemd, members of the shmbus
+  // group). What each may then map and do is the daemon's to decide ([[access]] rules).
   ::chmod(path_.c_str(), 0660);
   if (::listen(fd_.get(), 256) != 0) {
     const int err = errno;

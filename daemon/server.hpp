@@ -28,7 +28,7 @@ struct DaemonStatus {
   uint64_t clients = 0;
   uint64_t channels = 0;
   uint64_t patterns = 0;
-  uint64_t reserved_bytes = 0;  // /dev/shm reserved for rings and doorbells
+  uint64_t reserved_bytes = 0;  // shared memory reserved for rings, tables and doorbells
 };
 
 struct DaemonOptions {
@@ -48,11 +48,11 @@ struct DaemonOptions {
 
 class Daemon {
  public:
-  // Takes the bus (one daemon per bus: a lock in /dev/shm), cleans what a previous instance
-  // left, creates the shared memory and listens. Throws std::runtime_error with a message
-  // fit for the user (e.g. another daemon already runs this bus) on failure.
+  // Takes the bus (one daemon per bus: a lock beside the control socket), creates the
+  // shared memory and listens. Throws std::runtime_error with a message fit for the user
+  // (e.g. another daemon already runs this bus) on failure.
   explicit Daemon(DaemonOptions options);
-  ~Daemon();  // removes the bus's shared memory, socket and lock
+  ~Daemon();  // closes the socket and releases the lock; the memory goes with its last user
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 

@@ -17,12 +17,8 @@ constexpr uint64_t kAtLatest = ~uint64_t{0};  // attach(): register the slot at 
 
 protocol::Attachment describe(const ChannelState& ch, const Attachment& a, uint64_t start_position,
                               uint64_t start_sequence) {
-  return protocol::Attachment{RingLocation{ch.id, ch.arena_id, ch.block.offset, ch.block.bytes},
-                              ch.name,
-                              a.slot,
-                              a.bit,
-                              start_position,
-                              start_sequence};
+  return protocol::Attachment{ch.location(), ch.name,        a.slot,
+                              a.bit,         start_position, start_sequence};
 }
 
 uint64_t slot_position(const ChannelState& ch, const Attachment& a) {
@@ -31,15 +27,18 @@ uint64_t slot_position(const ChannelState& ch, const Attachment& a) {
 
 void set_receivers(ChannelState& ch, int32_t delta) {
   ch.receivers = static_cast<uint32_t>(static_cast<int64_t>(ch.receivers) + delta);
-  ch.ring.header()->receivers.store(ch.receivers, std::memory_order_relaxed);
-  ch.ring.header()->channel_subscribers.store(ch.channel_subscribers, std::memory_order_relaxed);
+  ch.publish_counts();
 }
 
 }  // namespace
 
 Subscriptions::Subscriptions(const Config& config, std::shared_ptr<spdlog::logger> log,
-                             Registry& registry, Connections& connections)
-    : config_(config), log_(std::move(log)), registry_(registry), connections_(connections) {}
+                             Registry& registry, Connections& connections, Access& access)
+    : config_(config),
+      log_(std::move(log)),
+      registry_(registry),
+      connections_(connections),
+      access_(access) {}
 
 protocol::Attachment Subscriptions::subscribe_channel(Client& c, ChannelState& ch,
                                                       StartKind start) {
@@ -73,7 +72,9 @@ Subscriptions::PatternSubscribed Subscriptions::subscribe_pattern(Client& c,
   // Existing channels that match start from their latest message (as in Redis, where a
   // new pattern sees what is published from now on).
   for (const auto& ch : registry_.channels()) {
-    if (!ch || !glob_match(pattern, ch->name)) continue;
+    // A pattern receives the channels its subscriber may read, and no others.
+    if (!ch || !glob_match(pattern, ch->name) || !access_.may_subscribe(c, ch->access_class))
+      continue;
     try {
       const Attached attached = attach(c, *ch, kAtLatest);
       Attachment& a = attached.attachment;
@@ -132,6 +133,7 @@ void Subscriptions::match_new_channel(ChannelState& ch) {
       Client* subscriber = connections_.find(client_id);
       if (subscriber == nullptr || subscriber->doomed) continue;
       Client& c = *subscriber;
+      if (!access_.may_subscribe(c, ch.access_class)) continue;
       try {
         const Attached attached = attach(c, ch, 0);
         attached.attachment.patterns.push_back(pattern);
@@ -147,6 +149,27 @@ void Subscriptions::match_new_channel(ChannelState& ch) {
                    c.cred.pid, c.name, printable(ch.name), e.what());
       }
     }
+  }
+}
+
+void Subscriptions::reattach_by_name(Client& c, ChannelState& ch) {
+  try {
+    const Attached attached = attach(c, ch, 0);
+    Attachment& a = attached.attachment;
+    if (!a.by_name) {
+      a.by_name = true;
+      ++ch.channel_subscribers;
+      set_receivers(ch, +1);
+    }
+    if (attached.added) {
+      Writer w(Type::kAttach, 0);
+      describe(ch, a, 0, attached.start_sequence).write(w);
+      c.event_queued = true;
+      connections_.send(c, w);
+    }
+  } catch (const Error& e) {
+    log_->warn("subscriber {} (pid {}, '{}') cannot move to the new ring of channel {}: {}", c.id,
+               c.cred.pid, c.name, printable(ch.name), e.what());
   }
 }
 
@@ -210,7 +233,7 @@ Subscriptions::Attached Subscriptions::attach(Client& c, ChannelState& ch, uint6
   claim.owner = c.id;
   claim.pid = c.cred.pid;
   claim.gating = ch.ring.back_pressure();
-  claim.doorbell_ref = ShmRef::make(0, c.doorbell_block->offset, bit);
+  claim.doorbell_ref = ShmRef::make(layout::kDoorbellArena, c.doorbell_block->offset, bit);
   // A fresh ring starts at 0 with sequence 0; otherwise the caller chose the position and
   // the claim word gives the sequence that goes with the latest position.
   const layout::ClaimWord now = ch.ring.load_claim();
@@ -227,6 +250,8 @@ Subscriptions::Attached Subscriptions::attach(Client& c, ChannelState& ch, uint6
                                   "rule for it");
   }
   if (ch.publisher_holds > 0 || now.sequence > 0) connections_.barrier_before_next_send();
+  // The client maps the ring before the reply or event that tells it where it is.
+  access_.grant_ring(c, ch);
   ch.attached.insert(c.id);
   Attachment& a = c.attached[ch.id];
   a.slot = static_cast<uint32_t>(slot);

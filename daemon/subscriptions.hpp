@@ -1,6 +1,7 @@
 // Subscriptions: which client reads which ring. The pattern index, each client's reader
 // slots (attachments) and the doorbell bits they ring, and the receiver counts publishers
-// read from ring headers.
+// read from channel descriptors. A pattern attaches only the channels its subscriber may
+// read ([[access]] rules).
 //
 // A client has at most one slot per ring, whether it holds the channel by name, through
 // any number of patterns, or both; the slot goes back when nothing needs it any more.
@@ -21,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "access.hpp"
 #include "client_state.hpp"
 #include "config.hpp"
 #include "connections.hpp"
@@ -35,7 +37,7 @@ class Subscriptions {
   using PatternIndex = std::map<std::string, std::set<uint64_t>>;  // pattern -> clients
 
   Subscriptions(const Config& config, std::shared_ptr<spdlog::logger> log, Registry& registry,
-                Connections& connections);
+                Connections& connections, Access& access);
 
   // `c` holds `ch` by name (it did not yet): a slot at the latest message, or for the other
   // starts at the oldest frame, so a back-pressure ring keeps what the client is about to
@@ -58,6 +60,9 @@ class Subscriptions {
 
   // Attaches the pattern subscribers of a channel just created, before anyone publishes.
   void match_new_channel(ChannelState& ch);
+  // `c` holds `ch`'s name (c.channels) but no slot in this ring (a ring that replaced a
+  // quarantined one): attaches it from the ring's start and tells it with an event.
+  void reattach_by_name(Client& c, ChannelState& ch);
   // Takes back every slot in `ch`, a channel being reclaimed; their clients are told.
   void detach_all(ChannelState& ch);
   // Releases all `c` subscribed: its process is gone or said goodbye.
@@ -85,6 +90,7 @@ class Subscriptions {
   const std::shared_ptr<spdlog::logger> log_;
   Registry& registry_;
   Connections& connections_;
+  Access& access_;
 
   PatternIndex pattern_index_;  // owned by the run() thread
 };

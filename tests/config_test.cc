@@ -86,7 +86,8 @@ TEST(Config, ExampleFileEqualsDefaults) {
   EXPECT_EQ(config, Config{});
 }
 
-// The commented [[channel]] examples are what users copy, so they must stay valid.
+// The commented [[channel]] and [[access]] examples are what users copy, so they must stay
+// valid.
 TEST(Config, ExampleFileRulesAreValidWhenUncommented) {
   std::istringstream in(read_file(kExamplePath));
   std::string text, line;
@@ -97,7 +98,7 @@ TEST(Config, ExampleFileRulesAreValidWhenUncommented) {
     // Uncomment "# [[channel]]" and "# key = value" lines only, not the prose around them.
     const std::string body = starts_with(line, "# ") ? line.substr(2) : "";
     const bool is_setting =
-        body == "[[channel]]" ||
+        body == "[[channel]]" || body == "[[access]]" ||
         (!body.empty() && body.find(" = ") != std::string::npos &&
          body.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") == body.find(" = "));
     if (in_rules && is_setting) {
@@ -110,6 +111,11 @@ TEST(Config, ExampleFileRulesAreValidWhenUncommented) {
   ASSERT_GE(uncommented, 6) << "the example rules were not found";
   const Config config = parse_config(text, "example-uncommented.toml");
   ASSERT_EQ(config.rules.size(), 2u);
+  ASSERT_EQ(config.access.size(), 1u);
+  EXPECT_EQ(config.access_class_of("orders:7"), 1u);
+  EXPECT_TRUE(config.may_subscribe(1, PeerIdentity{4321, 4321, {}}, 999));
+  EXPECT_FALSE(config.may_publish(1, PeerIdentity{4321, 4321, {}}, 999));
+  EXPECT_TRUE(config.may_publish(1, PeerIdentity{4321, 4321, {1002}}, 999));
 
   const ChannelSettings user = config.settings_for("user:12345");
   EXPECT_EQ(user.rule, "user:*");
@@ -311,7 +317,7 @@ TEST(ConfigErrors, UnknownKeyNamesKnownKeys) {
 TEST(ConfigErrors, UnknownTablesAndMisplacedKeys) {
   EXPECT_EQ(error_of("[bus]\n[default]\nring_bytes = 4096\n"),
             "shmbusd.toml:2:2: unknown table 'default'; known tables: [bus], [defaults], "
-            "[limits], [[channel]]");
+            "[limits], [[channel]], [[access]]");
   EXPECT_TRUE(
       contains_all(error_of("arena_bytes = 4096\n"),
                    {"shmbusd.toml:1:1: ", "unknown key 'arena_bytes'", "known tables: [bus]"}));
@@ -497,4 +503,48 @@ TEST(ConfigFiles, ErrorsInAFileStartWithItsPath) {
 }
 
 }  // namespace
+
+// --- access rules ---------------------------------------------------------------------------
+
+TEST(Config, AccessRulesResolveNamesAndDecideByTheFirstMatch) {
+  const Config config = parse_config(
+      "[[access]]\npattern = \"orders:vip:*\"\npublish = [\"root\"]\n"
+      "[[access]]\npattern = \"orders:*\"\npublish = [\"1001\", \"@1002\"]\n"
+      "subscribe = [\"*\"]\n",
+      "access.toml");
+  ASSERT_EQ(config.access.size(), 2u);
+  EXPECT_EQ(config.access[0].publish[0].kind, Principal::Kind::kUser);
+  EXPECT_EQ(config.access[0].publish[0].id, 0u);  // root, by name
+  EXPECT_EQ(config.access_class_of("orders:vip:1"), 1u);
+  EXPECT_EQ(config.access_class_of("orders:1"), 2u);
+  EXPECT_EQ(config.access_class_of("news:1"), 0u);
+  const PeerIdentity stranger{4000, 4000, {}};
+  // Class 1 lets nobody subscribe (the key is left out) and only root publish.
+  EXPECT_FALSE(config.may_subscribe(1, stranger, 999));
+  EXPECT_FALSE(config.may_publish(1, stranger, 999));
+  EXPECT_TRUE(config.may_publish(1, PeerIdentity{999, 999, {}}, 999));  // the daemon's user
+  EXPECT_TRUE(config.may_publish(2, PeerIdentity{1001, 1001, {}}, 999));
+  EXPECT_TRUE(config.may_publish(2, PeerIdentity{4000, 1002, {}}, 999));  // primary group
+  EXPECT_TRUE(config.may_subscribe(2, stranger, 999));
+  EXPECT_TRUE(config.may_publish(0, stranger, 999));  // no rule: open
+}
+
+TEST(ConfigErrors, AccessRulesNameTheProblemAndTheForms) {
+  EXPECT_TRUE(
+      contains_all(error_of("[[access]]\npattern = \"a:*\"\npublish = [\"no-such-user-xyz\"]\n"),
+                   {"access[1].publish[1]", "no such user 'no-such-user-xyz'", "\"@orders\""}));
+  EXPECT_TRUE(contains_all(
+      error_of("[[access]]\npattern = \"a:*\"\nsubscribe = [\"@no-such-group-xyz\"]\n"),
+      {"access[1].subscribe[1]", "no such group 'no-such-group-xyz'"}));
+  EXPECT_TRUE(contains_all(error_of("[[access]]\npattern = \"a:*\"\npublish = \"root\"\n"),
+                           {"access[1].publish", "must be a list"}));
+  EXPECT_TRUE(
+      contains_all(error_of("[[access]]\npublish = [\"root\"]\n"), {"access[1] has no pattern"}));
+  EXPECT_TRUE(contains_all(error_of("[[access]]\npattern = \"a:*\"\nreaders = []\n"),
+                           {"unknown key 'access[1].readers'", "pattern, publish, subscribe"}));
+  EXPECT_TRUE(
+      contains_all(error_of("[[access]]\npattern = \"a:*\"\n[[access]]\npattern = \"a:*\"\n"),
+                   {"access[2].pattern", "repeats access[1]"}));
+}
+
 }  // namespace shmbus::daemon

@@ -33,26 +33,31 @@ TEST(Layout, ShmRefRoundTripsAtTheLimits) {
   EXPECT_NE(ShmRef::make(0, kPageSize, 0), ShmRef::kNone);
 }
 
-TEST(Layout, RingBlockKeepsReaderStateOffTheDataPages) {
-  const uint64_t capacity = 1 << 16;
-  const uint32_t readers = 100;
-  EXPECT_EQ(ring_block_bytes(capacity, readers) % kPageSize, 0u);
-  // Reader table starts on the page after the data, so reader writes never share a page
-  // with frames.
-  EXPECT_EQ((kRingDataOffset + capacity) % kPageSize, 0u);
-  EXPECT_GE(reader_table_bytes(readers),
-            sizeof(ReaderTableHeader) + 8 * readers + sizeof(ReaderSlot) * readers);
-  EXPECT_EQ(slots_offset(readers) % kCacheLine, 0u);
-  EXPECT_EQ(readers_offset(capacity, readers), kRingDataOffset + capacity);
+TEST(Layout, RingBlockIsAHeaderPageAndTheData) {
+  EXPECT_EQ(ring_block_bytes(4096), 2 * kPageSize);
+  EXPECT_EQ(ring_block_bytes(1 << 16) % kPageSize, 0u);
+  EXPECT_EQ(kRingDataOffset % kPageSize, 0u);
 }
 
-TEST(Layout, SmallReaderTableSharesTheHeaderPageNotTheData) {
-  // 100,000 small channels: the header page holds name and readers, so a 4 KiB ring
-  // costs two pages, not three.
-  EXPECT_EQ(ring_block_bytes(4096, 16), 2 * kPageSize);
-  EXPECT_EQ(readers_offset(4096, 16), kRingInlineReadersOffset);
-  EXPECT_LE(kRingInlineReadersOffset + reader_table_used_bytes(16), kRingDataOffset);
-  EXPECT_GE(kRingInlineReadersOffset, kRingNameOffset + sizeof(RingName));
+// Reader tables live apart from rings (a subscriber writes its slot; it maps the ring
+// read-only), packed at 64-byte granularity: 100,000 small channels with 4 subscriber slots
+// each take 384 bytes of reader table apiece, not a page.
+TEST(Layout, ReaderTablesArePackedAndEachSlotHasItsLine) {
+  EXPECT_EQ(reader_table_bytes(4), 6 * kCacheLine);
+  EXPECT_EQ(reader_table_bytes(100) % kCacheLine, 0u);
+  EXPECT_GE(reader_table_bytes(100),
+            sizeof(ReaderTableHeader) + 8 * 100 + sizeof(ReaderSlot) * 100);
+  EXPECT_EQ(slots_offset(100) % kCacheLine, 0u);
+  EXPECT_EQ(notify_array_offset(), sizeof(ReaderTableHeader));
+}
+
+// A descriptor is the daemon's word on a channel: geometry, live counters and the name.
+TEST(Layout, DescriptorsHoldTheNameAfterTwoLines) {
+  EXPECT_EQ(descriptor_bytes(0), 2 * kCacheLine);
+  EXPECT_EQ(descriptor_bytes(1), 3 * kCacheLine);
+  EXPECT_EQ(descriptor_bytes(kMaxChannelName), 2 * kCacheLine + kMaxChannelName);
+  EXPECT_EQ(doorbell_stride(1) % kPageSize, 0u);
+  EXPECT_GE(doorbell_stride(200001), doorbell_bytes(200001));
 }
 
 TEST(Layout, DoorbellFor100kRingsIsSmall) {

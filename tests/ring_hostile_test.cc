@@ -110,10 +110,10 @@ TEST_F(RingHostileTest, ACorruptFrameAtTheHeadIsEmptyUntilSomethingChangesIt) {
 TEST_F(RingHostileTest, ACapacityChangedAfterOpenMovesNothingOutsideTheRing) {
   RingRef ring = arena_.make_ring(ring_config());
   RingRef neighbour = arena_.make_ring(ring_config());
-  ASSERT_EQ(reinterpret_cast<std::byte*>(neighbour.header()),
-            ring.data() + ring.capacity());  // the next block starts right after the data
-  std::vector<std::byte> before(reinterpret_cast<std::byte*>(neighbour.header()),
-                                reinterpret_cast<std::byte*>(neighbour.header()) + 4096);
+  // Whatever follows the data area (here the ring's reader table, then the next channel).
+  std::byte* after = ring.data() + ring.capacity();
+  ASSERT_LT(after, reinterpret_cast<std::byte*>(neighbour.header()));
+  const std::vector<std::byte> before(after, after + 2 * 4096);
   Publisher publisher(ring, 1, &arena_.table());
   Reader reader(ring);
   ring.header()->capacity = uint64_t{1} << 40;
@@ -122,7 +122,7 @@ TEST_F(RingHostileTest, ACapacityChangedAfterOpenMovesNothingOutsideTheRing) {
   for (int i = 0; i < 500; ++i)
     ASSERT_EQ(publisher.publish(as_bytes(std::string(100, static_cast<char>('a' + i % 26)))),
               Status::kOk);
-  EXPECT_EQ(std::memcmp(before.data(), neighbour.header(), before.size()), 0);
+  EXPECT_EQ(std::memcmp(before.data(), after, before.size()), 0);
   EXPECT_EQ(ring.capacity(), 4096u);
   EXPECT_FALSE(ring.header_matches_geometry());
   const RingInspection inspection = inspect_ring(ring);
@@ -260,11 +260,15 @@ TEST_F(RingHostileTest, BadDoorbellLinksAreSkippedAndGoodOnesStillRing) {
   uint64_t ref = 0;
   layout::DoorbellHeader* doorbell = arena_.make_doorbell(64, ref);
   reader.register_slot(false, ref + 5, doorbell, arena_.doorbells());
+  const uint32_t bells = TestArena::kDoorbellArenaId;
+  const uint64_t at = layout::ShmRef::offset(ref);
   const std::vector<uint64_t> forged = {
-      layout::ShmRef::make(200, layout::ShmRef::offset(ref), 1),      // an arena not mapped
-      layout::ShmRef::make(arena_.arena().id(), 0, 1),                // the arena header
-      layout::ShmRef::make(arena_.arena().id(), (16 << 20) - 64, 1),  // past the end
-      layout::ShmRef::make(arena_.arena().id(), uint64_t{1} << 37, 1),
+      layout::ShmRef::make(bells + 1, at, 1),            // an arena not mapped
+      layout::ShmRef::make(arena_.arena().id(), at, 1),  // not the doorbell arena
+      layout::ShmRef::make(bells, 0, 1),                 // the arena's header
+      layout::ShmRef::make(bells, at + 64, 1),           // inside a doorbell
+      layout::ShmRef::make(bells, 64 << 20, 1),          // past the end
+      layout::ShmRef::make(bells, uint64_t{1} << 37, 1),
       ref + 64,  // a bit past the doorbell
       ref + 0xffffff,
   };

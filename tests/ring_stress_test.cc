@@ -16,9 +16,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <functional>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <vector>
 
 #include "ring.hpp"
@@ -55,11 +55,11 @@ struct Shared {
   std::atomic<int> readers_ready;
   std::atomic<int> publishers_go;
   std::atomic<int> killed_is_mid_frame;
-  std::atomic<int> stop_mid_frame;         // parent's choice: stop the publisher inside a frame
+  std::atomic<int> stop_mid_frame;  // parent's choice: stop the publisher inside a frame
   std::atomic<int> stopped_is_mid_frame;
   std::atomic<int> resume;
-  std::atomic<int> stop_phase_done;        // the killed publisher waits for it, outside a frame
-  std::atomic<int> all_published;  // set by the parent once publishers exited and repair ran
+  std::atomic<int> stop_phase_done;  // the killed publisher waits for it, outside a frame
+  std::atomic<int> all_published;    // set by the parent once publishers exited and repair ran
   std::atomic<uint64_t> committed[kPublishers];
   std::atomic<uint64_t> progress[kPublishers];
   ReaderResult results[kReaders];
@@ -68,6 +68,8 @@ struct Shared {
 struct Setup {
   int rings = 1;
   uint64_t ring_offsets[kMaxRings] = {};
+  uint64_t readers_offsets[kMaxRings] = {};
+  RingGeometry geometry;
   uint64_t doorbell_offsets[kReaders] = {};
   uint64_t shared_offset = 0;
   uint32_t arena_id = 0;
@@ -85,18 +87,25 @@ void sleep_us(long us) {
 
 // ---- children: everything below runs after fork and ends in _exit -------------------------
 
-[[noreturn]] void publisher_main(const std::string& arena_name, const Setup& setup, int id) {
+// The ring `r` of `setup` as mapped in `arena`.
+RingRef open_ring(const Arena& arena, const Setup& setup, int r) {
+  return RingRef::open(arena.base() + setup.ring_offsets[r], arena.size() - setup.ring_offsets[r],
+                       arena.base() + setup.readers_offsets[r],
+                       arena.size() - setup.readers_offsets[r], setup.geometry);
+}
+
+[[noreturn]] void publisher_main(TestArena& parent_arena, const Setup& setup, int id) {
   try {
-    Arena arena = Arena::attach(arena_name);  // mapped at another address than the parent's
+    Arena arena = parent_arena.attach_copy();  // mapped at another address than the parent's
+    Arena doorbells = parent_arena.attach_doorbells_copy();
     ArenaTable table;
     table.add(arena);
-    table.set_doorbells(setup.arena_id, kMaxRings);
+    table.add(doorbells);
+    table.set_doorbells(TestArena::kDoorbellArenaId, kMaxRings);
     auto* shared = arena.at<Shared>(setup.shared_offset);
     std::vector<Publisher> publishers;
     for (int r = 0; r < setup.rings; ++r)
-      publishers.emplace_back(RingRef::open(arena.base() + setup.ring_offsets[r],
-                                            arena.size() - setup.ring_offsets[r]),
-                              static_cast<uint16_t>(100 + id), &table);
+      publishers.emplace_back(open_ring(arena, setup, r), static_cast<uint16_t>(100 + id), &table);
     while (shared->publishers_go.load() == 0) sleep_us(100);
     uint64_t random = 0x9e3779b97f4a7c15ULL * (id + 1);
     for (uint64_t i = 0; i < kMessagesPerPublisher; ++i) {
@@ -133,19 +142,19 @@ void sleep_us(long us) {
   }
 }
 
-[[noreturn]] void reader_main(const std::string& arena_name, const Setup& setup, int id) {
+[[noreturn]] void reader_main(TestArena& parent_arena, const Setup& setup, int id) {
   try {
-    Arena arena = Arena::attach(arena_name);
+    Arena arena = parent_arena.attach_copy();
+    Arena doorbells = parent_arena.attach_doorbells_copy();
     auto* shared = arena.at<Shared>(setup.shared_offset);
     ReaderResult& result = shared->results[id];
-    auto* doorbell = doorbell::open(arena.base() + setup.doorbell_offsets[id]);
+    auto* doorbell = doorbell::open(doorbells.base() + setup.doorbell_offsets[id]);
     std::vector<std::unique_ptr<Reader>> readers;
     for (int r = 0; r < setup.rings; ++r) {
-      readers.push_back(std::make_unique<Reader>(RingRef::open(
-          arena.base() + setup.ring_offsets[r], arena.size() - setup.ring_offsets[r])));
+      readers.push_back(std::make_unique<Reader>(open_ring(arena, setup, r)));
       readers.back()->register_slot(
-          false, layout::ShmRef::make(setup.arena_id, setup.doorbell_offsets[id], r), doorbell,
-          DoorbellGeometry(kMaxRings));
+          false, layout::ShmRef::make(TestArena::kDoorbellArenaId, setup.doorbell_offsets[id], r),
+          doorbell, DoorbellGeometry(kMaxRings));
     }
     Waiter waiter(doorbell, DoorbellGeometry(kMaxRings));
     shared->readers_ready.fetch_add(1);
@@ -187,7 +196,8 @@ void sleep_us(long us) {
           check(ring, buffer.data(), info.length);
         }
         // Reader 2 is slow on purpose, so it gets lapped.
-        if (++handled % (id == 2 ? 500 : 20'000) == 0) sleep_us(id == 2 ? 2000 : 200 + next_random(random) % 300);
+        if (++handled % (id == 2 ? 500 : 20'000) == 0)
+          sleep_us(id == 2 ? 2000 : 200 + next_random(random) % 300);
       }
     };
     for (;;) {
@@ -270,9 +280,11 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
     config.capacity = ring_capacity;
     config.reader_capacity = 8;
     rings.push_back(arena.make_ring(config));
-    setup.ring_offsets[r] =
-        static_cast<uint64_t>(reinterpret_cast<std::byte*>(rings.back().header()) -
-                              arena.arena().base());
+    setup.ring_offsets[r] = static_cast<uint64_t>(
+        reinterpret_cast<std::byte*>(rings.back().header()) - arena.arena().base());
+    setup.readers_offsets[r] = static_cast<uint64_t>(
+        reinterpret_cast<std::byte*>(rings.back().readers()) - arena.arena().base());
+    setup.geometry = rings.back().geometry();
   }
   for (int i = 0; i < kReaders; ++i) {
     uint64_t ref = 0;
@@ -285,12 +297,11 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   shared->stop_mid_frame.store(stop_mid_frame ? 1 : 0);
 
   Children children;
-  for (int i = 0; i < kReaders; ++i)
-    children.spawn([&, i] { reader_main(arena.name(), setup, i); });
+  for (int i = 0; i < kReaders; ++i) children.spawn([&, i] { reader_main(arena, setup, i); });
   ASSERT_TRUE(wait_until([&] { return shared->readers_ready.load() == kReaders; }, deadline));
   std::vector<pid_t> publishers;
   for (int i = 0; i < kPublishers; ++i)
-    publishers.push_back(children.spawn([&, i] { publisher_main(arena.name(), setup, i); }));
+    publishers.push_back(children.spawn([&, i] { publisher_main(arena, setup, i); }));
   shared->publishers_go.store(1);
 
   // SIGSTOP one publisher for longer than a full ring lap takes the others, then continue
@@ -299,8 +310,8 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   if (stop_mid_frame) {
     ASSERT_TRUE(wait_until([&] { return shared->stopped_is_mid_frame.load() == 1; }, deadline));
   } else {
-    ASSERT_TRUE(wait_until([&] { return shared->progress[kStoppedPublisher].load() > 5000; },
-                           deadline));
+    ASSERT_TRUE(
+        wait_until([&] { return shared->progress[kStoppedPublisher].load() > 5000; }, deadline));
   }
   const uint64_t before_stop = rings[0].load_claim().position;
   kill(publishers[kStoppedPublisher], SIGSTOP);
@@ -324,14 +335,15 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   const int killed_status = children.reap(publishers[kKilledPublisher]);
   ASSERT_TRUE(WIFSIGNALED(killed_status));
   uint32_t repaired = 0;
-  for (auto& ring : rings) repaired += repair_dead_publisher(ring, 100 + kKilledPublisher, &arena.table()).repaired;
+  for (auto& ring : rings)
+    repaired += repair_dead_publisher(ring, 100 + kKilledPublisher, &arena.table()).repaired;
   EXPECT_EQ(repaired, 1u);
   EXPECT_EQ(shared->committed[kKilledPublisher].load(), kKillAtMessage);
 
   for (int i = 0; i < kPublishers; ++i) {
     if (i == kKilledPublisher) continue;
-    ASSERT_TRUE(wait_until([&] { return shared->progress[i].load() == kMessagesPerPublisher; },
-                           deadline))
+    ASSERT_TRUE(
+        wait_until([&] { return shared->progress[i].load() == kMessagesPerPublisher; }, deadline))
         << "publisher " << i << " stuck at " << shared->progress[i].load();
     const int status = children.reap(publishers[i]);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "publisher " << i;
@@ -363,8 +375,12 @@ void run_stress(int ring_count, uint64_t ring_capacity, bool stop_mid_frame) {
   EXPECT_GT(shared->results[2].lost.load(), 0u);
 }
 
-TEST(RingStress, OneRingPublisherStoppedInsideAFrame) { run_stress(1, 64 * 1024, true); }
-TEST(RingStress, FourRingsPublisherStoppedAnywhere) { run_stress(4, 32 * 1024, false); }
+TEST(RingStress, OneRingPublisherStoppedInsideAFrame) {
+  run_stress(1, 64 * 1024, true);
+}
+TEST(RingStress, FourRingsPublisherStoppedAnywhere) {
+  run_stress(4, 32 * 1024, false);
+}
 
 }  // namespace
 }  // namespace shmbus

@@ -3,7 +3,6 @@
 #include "ring.hpp"
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 
 #include <chrono>
@@ -129,7 +128,8 @@ TEST_F(RingTest, FormatRefusesBadConfigsWithTheReason) {
   const auto block = arena_.arena().allocate(1 << 20);
   RingConfig config = small_ring(3000);
   try {
-    (void)RingRef::format(arena_.arena().base() + block.offset, config);
+    (void)RingRef::format(arena_.arena().base() + block.offset,
+                          arena_.arena().base() + block.offset + (1 << 19), config);
     FAIL();
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("power of two"), std::string::npos);
@@ -137,21 +137,41 @@ TEST_F(RingTest, FormatRefusesBadConfigsWithTheReason) {
   config = small_ring(4096);
   config.max_payload = 4000;
   try {
-    (void)RingRef::format(arena_.arena().base() + block.offset, config);
+    (void)RingRef::format(arena_.arena().base() + block.offset,
+                          arena_.arena().base() + block.offset + (1 << 19), config);
     FAIL();
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("twice the message size"), std::string::npos);
   }
 }
 
-TEST_F(RingTest, OpenValidatesTheHeader) {
+// A ring opens only with the geometry its header says: the daemon's word and the ring's
+// must agree once, when a process opens it.
+TEST_F(RingTest, OpenChecksTheHeaderAgainstTheGeometryItWasGiven) {
   RingRef ring = arena_.make_ring(small_ring());
   auto* block = reinterpret_cast<std::byte*>(ring.header());
-  RingRef again = RingRef::open(block, ring.header()->block_bytes);
+  auto* readers = reinterpret_cast<std::byte*>(ring.readers());
+  const uint64_t block_bytes = RingRef::block_bytes(small_ring());
+  const uint64_t readers_bytes = RingRef::readers_bytes(small_ring());
+  RingRef again = RingRef::open(block, block_bytes, readers, readers_bytes, ring.geometry());
   EXPECT_EQ(again.capacity(), 4096u);
-  EXPECT_THROW((void)RingRef::open(block, 100), std::runtime_error);
+  EXPECT_EQ(again.slot(0), ring.slot(0));
+  EXPECT_THROW((void)RingRef::open(block, 100, readers, readers_bytes, ring.geometry()),
+               std::runtime_error);
+  EXPECT_THROW((void)RingRef::open(block, block_bytes, readers, 64, ring.geometry()),
+               std::runtime_error);
+  RingGeometry other = ring.geometry();
+  other.capacity = 8192;
+  EXPECT_THROW((void)RingRef::open(block, 3 * 4096, readers, readers_bytes, other),
+               std::runtime_error);
+  other = ring.geometry();
+  other.back_pressure = !other.back_pressure;
+  EXPECT_THROW((void)RingRef::open(block, block_bytes, readers, readers_bytes, other),
+               std::runtime_error);
   std::vector<std::byte> garbage(8192, std::byte{0x5a});
-  EXPECT_THROW((void)RingRef::open(garbage.data(), garbage.size()), std::runtime_error);
+  EXPECT_THROW(
+      (void)RingRef::open(garbage.data(), garbage.size(), readers, readers_bytes, ring.geometry()),
+      std::runtime_error);
 }
 
 TEST_F(RingTest, FramesWrapWithPaddingAndStayIntact) {
@@ -226,13 +246,15 @@ TEST_F(RingTest, ViewOverwrittenWhileHeldIsNotDelivered) {
 TEST_F(RingTest, EarliestStartsAtTheOldestFrameStillInTheRing) {
   RingRef ring = arena_.make_ring(small_ring(4096));
   Publisher publisher(ring, 1, &arena_.table());
-  for (int i = 0; i < 10; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  for (int i = 0; i < 10; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   Reader early(ring, Reader::Start::kEarliest);
   MessageInfo info;
   EXPECT_EQ(read_one(early, &info), "m0");
   EXPECT_EQ(info.lost_before, 0u);
   // After wrapping, the earliest is whatever the retire frontier has not passed.
-  for (int i = 10; i < 500; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  for (int i = 10; i < 500; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   Reader late(ring, Reader::Start::kEarliest);
   ASSERT_NE(read_one(late, &info), "<empty>");
   EXPECT_GT(info.sequence, 300u);
@@ -245,7 +267,8 @@ TEST_F(RingTest, EarliestStartsAtTheOldestFrameStillInTheRing) {
 TEST_F(RingTest, ResumeAfterSequenceDeliversTheRestWithoutLoss) {
   RingRef ring = arena_.make_ring(small_ring(8192));
   Publisher publisher(ring, 1, &arena_.table());
-  for (int i = 0; i < 50; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   Reader resumed(ring, Reader::Start::kAfterSequence, 41);
   MessageInfo info;
   EXPECT_EQ(read_one(resumed, &info), "m42");
@@ -264,7 +287,8 @@ TEST_F(RingTest, ResumeAfterSequenceDeliversTheRestWithoutLoss) {
 TEST_F(RingTest, ResumeAfterASequenceNoLongerInTheRingReportsTheGap) {
   RingRef ring = arena_.make_ring(small_ring(4096));
   Publisher publisher(ring, 1, &arena_.table());
-  for (int i = 0; i < 400; ++i) ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'q'))), Status::kOk);
+  for (int i = 0; i < 400; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'q'))), Status::kOk);
   Reader resumed(ring, Reader::Start::kAfterSequence, 9);
   MessageInfo info;
   ASSERT_NE(read_one(resumed, &info), "<empty>");
@@ -322,7 +346,7 @@ TEST_F(RingTest, UnregisteredOrDeadGatingReaderDoesNotStallPublishers) {
   }  // unregisters
   EXPECT_EQ(publisher.publish(as_bytes(std::string(60, 'u'))), Status::kOk);
 
-  // A gating slot owned by a process that no longer exists is reclaimed by the publisher.
+  // A gating slot owned by a process that no longer exists does not hold publishers back.
   Reader ghost(ring);
   ghost.register_slot(true);
   while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
@@ -417,14 +441,16 @@ TEST_F(RingTest, RepairPadsOverADeadPublishersFrame) {
   std::memset(loan.payload, 0xee, 100);  // half-written, then its process "dies"
   ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
   EXPECT_EQ(read_one(reader), "<empty>");
-  EXPECT_EQ(repair_dead_publisher(ring, 8, &arena_.table()).repaired, 0u);  // alive's frames are committed
+  EXPECT_EQ(repair_dead_publisher(ring, 8, &arena_.table()).repaired,
+            0u);  // alive's frames are committed
   EXPECT_EQ(repair_dead_publisher(ring, 7, &arena_.table()).repaired, 1u);
   MessageInfo info;
   EXPECT_EQ(read_one(reader, &info), "after");
   EXPECT_EQ(info.sequence, 1u);
   EXPECT_EQ(info.lost_before, 1u);  // the dead publisher's message never arrived
   EXPECT_EQ(ring.header()->repaired_frames.load(), 1u);
-  for (int i = 0; i < 300; ++i) ASSERT_EQ(alive.publish(as_bytes(std::string(60, 'r'))), Status::kOk);
+  for (int i = 0; i < 300; ++i)
+    ASSERT_EQ(alive.publish(as_bytes(std::string(60, 'r'))), Status::kOk);
 }
 
 TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
@@ -443,7 +469,8 @@ TEST_F(RingTest, RepairOfAClaimThatNeverGotAHeader) {
   EXPECT_EQ(read_one(reader, &info), "two");
   EXPECT_EQ(info.sequence, before.sequence + 1);
   EXPECT_EQ(info.lost_before, 1u);
-  EXPECT_EQ(repair_stalled_frame(ring, before.position, &arena_.table()), StalledRepair::kNotNow);  // already repaired
+  EXPECT_EQ(repair_stalled_frame(ring, before.position, &arena_.table()),
+            StalledRepair::kNotNow);  // already repaired
 }
 
 // Regression: repair changed the frame but rang no doorbell, so a reader parked behind the
@@ -494,9 +521,11 @@ TEST_F(RingTest, StalledRepairRefusesAGapHoldingAnotherHeaderlessClaim) {
 TEST_F(RingTest, ResumeNeverRedeliversMessagesBehindAHeaderlessFrame) {
   RingRef ring = arena_.make_ring(small_ring(8192));
   Publisher publisher(ring, 1, &arena_.table());
-  for (int i = 0; i < 50; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   const uint64_t dead = fake_headerless_claim(ring, 64);  // sequence 50
-  for (int i = 51; i < 60; ++i) ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
+  for (int i = 51; i < 60; ++i)
+    ASSERT_EQ(publisher.publish(as_bytes("m" + std::to_string(i))), Status::kOk);
   Reader resumed(ring, Reader::Start::kAfterSequence, 55);
   EXPECT_EQ(read_one(resumed), "<empty>");  // held up by the headerless frame
   ASSERT_EQ(repair_stalled_frame(ring, dead, &arena_.table()), StalledRepair::kRepaired);
@@ -509,9 +538,9 @@ TEST_F(RingTest, ResumeNeverRedeliversMessagesBehindAHeaderlessFrame) {
   EXPECT_EQ(resumed.delivered(), 4u);
 }
 
-// Regression: freeing a dead gating reader's slot kept its doorbell link, so publishers
-// went on writing into a doorbell whose memory the daemon may reuse.
-TEST_F(RingTest, DeadGatingReaderIsUnlinkedFromItsDoorbell) {
+// A publisher held up by a dead gating reader looks past it, and writes nothing to the
+// reader table to do so (it may map it read-only): the daemon frees the slot.
+TEST_F(RingTest, PublishersLookPastADeadGatingReaderWithoutFreeingItsSlot) {
   RingRef ring = arena_.make_ring(small_ring(4096, true));
   uint64_t doorbell_ref = 0;
   layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, doorbell_ref);
@@ -521,9 +550,12 @@ TEST_F(RingTest, DeadGatingReaderIsUnlinkedFromItsDoorbell) {
   while (publisher.publish(as_bytes(std::string(60, 'g'))) == Status::kOk) {
   }
   ring.slot(0)->pid.store(pid_of_exited_process());
+  const uint64_t generation = ring.readers()->generation.load();
   ASSERT_EQ(publisher.publish(as_bytes(std::string(60, 'g')), {}, 2s), Status::kOk);
-  EXPECT_EQ(ring.slot(0)->state.load(), layout::kSlotFree);
-  EXPECT_EQ(ring.notify()[0].load(), layout::ShmRef::kNone);
+  EXPECT_EQ(ring.slot(0)->state.load(), layout::kSlotGating);
+  EXPECT_EQ(ring.notify()[0].load(), doorbell_ref);
+  EXPECT_EQ(ring.readers()->generation.load(), generation);
+  EXPECT_EQ(release_reader_slots_of(ring, ring.slot(0)->pid.load()), 1u);  // the daemon's job
 }
 
 // Regression: a frame retired by a publisher that stopped before moving the frontier made

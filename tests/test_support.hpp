@@ -3,13 +3,14 @@
 #pragma once
 
 #include <sched.h>
-#include <sys/mount.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -21,77 +22,80 @@
 
 namespace shmbus::test {
 
-// Exit code of a child that could not set up its private /dev/shm (no CAP_SYS_ADMIN).
-inline constexpr int kNoPrivateDevShm = 77;
-
-// Runs `fn` in a forked child that sees a tmpfs of `size` (e.g. "2m") as /dev/shm, in a
-// mount namespace of its own, so a test can fill /dev/shm without touching the host's.
-// Returns the child's exit code: fn's return value, kNoPrivateDevShm if the mount was not
-// allowed, 98 if fn threw, 128 + signal if it died.
-template <typename Fn>
-int run_with_small_dev_shm(const char* size, Fn&& fn) {
+// True if `write` faults (SIGSEGV) when run in a child process: what a write through a
+// read-only mapping does. The child catches the fault itself, so a sanitizer's own handler
+// (which would abort instead) does not hide it.
+template <typename Write>
+bool write_faults(Write&& write) {
   const pid_t child = fork();
-  if (child < 0) return -1;
   if (child == 0) {
-    if (unshare(CLONE_NEWNS) != 0) _exit(kNoPrivateDevShm);
-    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(kNoPrivateDevShm);
-    const std::string options = std::string("size=") + size;
-    if (mount("tmpfs", "/dev/shm", "tmpfs", 0, options.c_str()) != 0) _exit(kNoPrivateDevShm);
-    int code = 98;
-    try {
-      code = fn();
-    } catch (...) {
-    }
-    _exit(code);
+    struct sigaction on_fault {};
+    on_fault.sa_handler = [](int) { _exit(42); };
+    sigaction(SIGSEGV, &on_fault, nullptr);
+    sigaction(SIGBUS, &on_fault, nullptr);
+    write();
+    _exit(0);
   }
   int status = 0;
-  if (waitpid(child, &status, 0) != child) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 42;
 }
 
-// A name no live process uses: it carries our pid. A segment already there under it was
-// left by a killed run whose process had the same pid, and is removed.
-inline std::string unique_arena_name(const char* tag) {
-  static std::atomic<uint32_t> counter{0};
-  std::string name = std::string("shmbus-test.") + tag + "." + std::to_string(getpid()) + "." +
-                     std::to_string(counter.fetch_add(1));
-  Arena::remove(name);
-  return name;
-}
-
-// An arena that exists for one test and is unlinked afterwards.
+// An arena (an unnamed segment) that exists for one test: rings, reader tables and
+// doorbells are carved out of it as the daemon would. Forked children inherit its
+// descriptor and may map it again (attach_copy) at another address.
 class TestArena {
  public:
   explicit TestArena(uint64_t bytes = 64ULL << 20, uint32_t id = 1, const char* tag = "arena")
-      : name_(unique_arena_name(tag)), arena_(Arena::create(name_, bytes, id)) {
+      : arena_(Arena::create(std::string("shmbus-test.") + tag, bytes, id)) {
     table_.add(arena_);
   }
-  ~TestArena() { Arena::remove(name_); }
 
+  // A ring and its reader table, both in this arena.
   RingRef make_ring(const RingConfig& config) {
     const auto block = arena_.allocate(RingRef::block_bytes(config));
-    return RingRef::format(arena_.base() + block.offset, config);
+    const auto readers = arena_.allocate(RingRef::readers_bytes(config));
+    return RingRef::format(arena_.base() + block.offset, arena_.base() + readers.offset, config);
   }
   // A doorbell with `bits` bits; returns its header and sets `ref_of_bit0` to the ShmRef
-  // of bit 0 (add the bit index for others). As on a bus, every doorbell of one arena has
-  // the same size (publishers check links against it: table().doorbells()).
+  // of bit 0 (add the bit index for others). As on a bus, doorbells have an arena of their
+  // own (kDoorbellArenaId), where every one has the same size and sits at the same stride
+  // (publishers check links against that: table().doorbells()).
   layout::DoorbellHeader* make_doorbell(uint32_t bits, uint64_t& ref_of_bit0) {
-    if (table_.doorbells().bits == 0) table_.set_doorbells(arena_.id(), bits);
+    if (!doorbell_arena_) {
+      doorbell_arena_.emplace(
+          Arena::create("shmbus-test.doorbells", 64ULL << 20, kDoorbellArenaId));
+      table_.add(*doorbell_arena_);
+      table_.set_doorbells(kDoorbellArenaId, bits);
+    }
     if (table_.doorbells().bits != bits)
       throw std::logic_error("a test arena holds doorbells of one size");
-    const auto block = arena_.allocate(layout::doorbell_bytes(bits));
-    ref_of_bit0 = layout::ShmRef::make(arena_.id(), block.offset, 0);
-    return doorbell::format(arena_.base() + block.offset, bits);
+    const auto block = doorbell_arena_->allocate(layout::doorbell_stride(bits));
+    ref_of_bit0 = layout::ShmRef::make(kDoorbellArenaId, block.offset, 0);
+    return doorbell::format(doorbell_arena_->base() + block.offset, bits);
   }
   const DoorbellGeometry& doorbells() const { return table_.doorbells(); }
+  static constexpr uint32_t kDoorbellArenaId = 200;
+  // The doorbell arena mapped again, as another process would have it.
+  Arena attach_doorbells_copy() {
+    return Arena::attach(dup(doorbell_arena_->read_write_fd()), Arena::Access::kReadWrite,
+                         doorbell_arena_->name());
+  }
+
+  // Another mapping of the same segment, as another process would have it.
+  Arena attach_copy(Arena::Access access = Arena::Access::kReadWrite) {
+    const int fd = access == Arena::Access::kReadWrite ? dup(arena_.read_write_fd())
+                                                       : dup(arena_.read_only_fd());
+    return Arena::attach(fd, access, arena_.name());
+  }
 
   Arena& arena() { return arena_; }
   const ArenaTable& table() const { return table_; }
-  const std::string& name() const { return name_; }
+  const std::string& name() const { return arena_.name(); }
 
  private:
-  std::string name_;
   Arena arena_;
+  std::optional<Arena> doorbell_arena_;
   ArenaTable table_;
 };
 

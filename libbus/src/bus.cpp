@@ -26,23 +26,53 @@ struct StringHash {
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
+// Where a channel opened for publishing lives, as the daemon told us.
+struct Placement {
+  uint32_t id = 0;
+  RingRef ring;
+  // In the control arena, which only the daemon writes: receiver counts and whether the
+  // ring is still in service can be trusted here, unlike anything in the ring itself.
+  const layout::ChannelDescriptor* descriptor = nullptr;
+  std::string rule;  // which config rule sized the ring, for error messages
+};
+
+// Asks the daemon to open `name` for publishing. REQUIRES: core->mutex held.
+Placement open_placement(ClientCore& core, std::string_view name, const ChannelOptions& options) {
+  Writer open = core.connection.next_request(Type::kOpenChannel);
+  open.str(name)
+      .u64(options.ring_bytes)
+      .u32(options.max_message_bytes)
+      .u8(options.back_pressure ? (*options.back_pressure ? 2 : 1) : 0);
+  const OwnedFrame reply = core.connection.request(open);
+  Parser p = reply.parser();
+  const RingLocation location = RingLocation::read(p);
+  std::string rule(p.str(kMaxPatternBytes + 64, "rule"));
+  p.end();
+  Placement placement;
+  placement.id = location.channel_id;
+  placement.ring = core.memory.ring(location);
+  placement.descriptor = descriptor_at(core.memory, location.descriptor);
+  if (placement.descriptor == nullptr || placement.descriptor->channel_id != location.channel_id)
+    throw Error(Errc::kProtocol,
+                "shmbusd gave channel " + printable(name) + " a descriptor that is not there");
+  placement.rule = std::move(rule);
+  return placement;
+}
+
 // One channel opened for publishing through the daemon.
 struct OpenChannel {
-  OpenChannel(std::shared_ptr<ClientCore> core_in, std::string name_in, uint32_t id_in,
-              RingRef ring_in, std::string rule_in)
+  OpenChannel(std::shared_ptr<ClientCore> core_in, std::string name_in, ChannelOptions options_in,
+              Placement placement_in)
       : core(std::move(core_in)),
         name(std::move(name_in)),
-        id(id_in),
-        ring(ring_in),
-        rule(std::move(rule_in)),
-        publisher(ring, core->connection.welcome().publisher_id, &core->memory.table()) {}
+        options(std::move(options_in)),
+        placement(std::move(placement_in)),
+        publisher(placement.ring, core->connection.welcome().publisher_id, &core->memory.table()) {}
   ~OpenChannel() {
     try {
       std::lock_guard<std::mutex> lock(core->mutex);
       if (core->closing) return;
-      Writer close = core->connection.next_request(Type::kCloseChannel);
-      close.u32(id);
-      core->connection.request(close);
+      close_locked(placement.id);
     } catch (const Error&) {
       // The daemon is gone: there is nothing left to tell it.
     }
@@ -50,11 +80,43 @@ struct OpenChannel {
   OpenChannel(const OpenChannel&) = delete;
   OpenChannel& operator=(const OpenChannel&) = delete;
 
+  // REQUIRES: core->mutex held.
+  void close_locked(uint32_t id) {
+    Writer close = core->connection.next_request(Type::kCloseChannel);
+    close.u32(id);
+    core->connection.request(close);
+  }
+
+  // The daemon took the ring out of service (it was found corrupt): let go of it and open
+  // the channel again, on the ring that replaced it.
+  void reopen() {
+    std::lock_guard<std::mutex> lock(core->mutex);
+    Placement fresh = open_placement(*core, name, options);
+    close_locked(placement.id);
+    placement = std::move(fresh);
+    publisher =
+        Publisher(placement.ring, core->connection.welcome().publisher_id, &core->memory.table());
+  }
+
+  // Tells the daemon our ring contradicts itself; it checks, and replaces the ring if so.
+  void report_corrupt() {
+    std::lock_guard<std::mutex> lock(core->mutex);
+    Writer report = core->connection.next_request(Type::kReportCorrupt);
+    report.u32(placement.id);
+    core->connection.request(report);
+  }
+
+  bool in_service() const {
+    return placement.descriptor->state.load(std::memory_order_relaxed) == layout::kChannelLive;
+  }
+  uint32_t receivers() const {
+    return placement.descriptor->receivers.load(std::memory_order_relaxed);
+  }
+
   std::shared_ptr<ClientCore> core;
   std::string name;
-  uint32_t id;
-  RingRef ring;
-  std::string rule;  // which config rule sized the ring, for error messages
+  ChannelOptions options;  // as opened, to open it again alike
+  Placement placement;
   Publisher publisher;
   uint64_t last_use = 0;
 };
@@ -63,19 +125,8 @@ std::unique_ptr<OpenChannel> open_channel(const std::shared_ptr<ClientCore>& cor
                                           std::string_view name, const ChannelOptions& options) {
   validate_channel_name(name);
   std::lock_guard<std::mutex> lock(core->mutex);
-  Writer open = core->connection.next_request(Type::kOpenChannel);
-  open.str(name)
-      .u64(options.ring_bytes)
-      .u32(options.max_message_bytes)
-      .u8(options.back_pressure ? (*options.back_pressure ? 2 : 1) : 0);
-  const OwnedFrame reply = core->connection.request(open);
-  Parser p = reply.parser();
-  const RingLocation location = RingLocation::read(p);
-  std::string rule(p.str(kMaxPatternBytes + 64, "rule"));
-  p.end();
-  RingRef ring = core->memory.ring(location);
-  return std::make_unique<OpenChannel>(core, std::string(name), location.channel_id, ring,
-                                       std::move(rule));
+  Placement placement = open_placement(*core, name, options);
+  return std::make_unique<OpenChannel>(core, std::string(name), options, std::move(placement));
 }
 
 PublishStatus to_publish_status(Status s) {
@@ -93,35 +144,63 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const s
   PublishMeta meta;
   meta.publish_unix_ns = clock.now_ns();
   meta.origin = origin;
-  // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
-  // subscriber may take the message and unsubscribe before we could look.
   PublishResult result;
-  result.receivers = ch.ring.header()->receivers.load(std::memory_order_relaxed);
-  const Status s = ch.publisher.publish(payload, meta, wait);
-  result.status = to_publish_status(s);
-  if (s != Status::kOk) result.receivers = 0;
-  return result;
+  // Two tries: the second on the ring that replaced a corrupt one.
+  for (int attempt = 0;; ++attempt) {
+    // The descriptor line is the daemon's: one load tells the receivers and whether the ring
+    // is still in service (it stays shared in our cache while the daemon leaves it alone).
+    if (!ch.in_service()) {
+      try {
+        ch.reopen();
+      } catch (const Error&) {
+        return PublishResult{PublishStatus::kCorrupt, 0};
+      }
+    }
+    // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
+    // subscriber may take the message and unsubscribe before we could look.
+    result.receivers = ch.receivers();
+    const Status s = ch.publisher.publish(payload, meta, wait);
+    result.status = to_publish_status(s);
+    if (s == Status::kOk) return result;
+    result.receivers = 0;
+    if (s != Status::kCorrupt || attempt > 0) return result;
+    try {
+      ch.report_corrupt();  // the daemon checks the ring and takes it out of service
+    } catch (const Error&) {
+      return result;
+    }
+    if (ch.in_service()) return result;  // the daemon saw nothing wrong (it moved on since)
+  }
 }
 
 [[noreturn]] void throw_publish_error(const OpenChannel& ch, PublishStatus status, size_t bytes,
                                       std::chrono::nanoseconds wait) {
-  const std::string where = " in rule '" + ch.rule + "'";
+  const std::string where = " in rule '" + ch.placement.rule + "'";
+  const auto waited_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wait).count();
   switch (status) {
     case PublishStatus::kTooLarge:
       throw Error(Errc::kTooLarge,
                   "message of " + std::to_string(bytes) + " bytes exceeds channel " +
-                      printable(ch.name) + " limit of " + std::to_string(ch.ring.max_payload()) +
-                      " bytes (ring " + human_bytes(ch.ring.capacity()) +
+                      printable(ch.name) + " limit of " +
+                      std::to_string(ch.placement.ring.max_payload()) + " bytes (ring " +
+                      human_bytes(ch.placement.ring.capacity()) +
                       "); raise it with a [[channel]] rule in shmbusd.toml (max_message_bytes, "
                       "ring_bytes)");
     case PublishStatus::kWouldBlock:
-    case PublishStatus::kTimedOut:
-      throw Error(
-          status == PublishStatus::kWouldBlock ? Errc::kWouldBlock : Errc::kTimedOut,
-          "back-pressure channel " + printable(ch.name) + " stayed full for " +
-              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count()) +
-              " ms: its slowest subscriber is a ring (" + human_bytes(ch.ring.capacity()) +
-              ") behind; speed it up, enlarge ring_bytes" + where + ", or turn back_pressure off");
+    case PublishStatus::kTimedOut: {
+      const Errc code = status == PublishStatus::kWouldBlock ? Errc::kWouldBlock : Errc::kTimedOut;
+      if (!ch.placement.ring.back_pressure())
+        throw Error(code, "channel " + printable(ch.name) + " had no room for " +
+                              std::to_string(waited_ms) +
+                              " ms: a message another publisher began a ring ago is unfinished "
+                              "(a stopped publisher; shmbusd pads it over once that process "
+                              "exits)");
+      throw Error(code, "back-pressure channel " + printable(ch.name) + " stayed full for " +
+                            std::to_string(waited_ms) + " ms: its slowest subscriber is a ring (" +
+                            human_bytes(ch.placement.ring.capacity()) +
+                            ") behind; speed it up, enlarge ring_bytes" + where +
+                            ", or turn back_pressure off");
+    }
     case PublishStatus::kCorrupt:
       throw Error(Errc::kCorrupt,
                   "channel " + printable(ch.name) +
@@ -173,8 +252,7 @@ uint32_t Loan::commit(std::size_t bytes) {
                                             std::to_string(state_->loan.capacity));
   PublishMeta meta;
   meta.publish_unix_ns = state_->clock->now_ns();
-  const uint32_t receivers =  // before the commit: see publish_on
-      state_->channel->ring.header()->receivers.load(std::memory_order_relaxed);
+  const uint32_t receivers = state_->channel->receivers();  // before the commit: see publish_on
   state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
   abandon();  // the loan is no longer active: this only hands the state back
   return receivers;
@@ -211,13 +289,13 @@ const std::string& Channel::name() const {
   return state_->open->name;
 }
 std::size_t Channel::max_message_bytes() const {
-  return state_->open->ring.max_payload();
+  return state_->open->placement.ring.max_payload();
 }
 std::size_t Channel::ring_bytes() const {
-  return state_->open->ring.capacity();
+  return state_->open->placement.ring.capacity();
 }
 bool Channel::back_pressure() const {
-  return state_->open->ring.back_pressure();
+  return state_->open->placement.ring.back_pressure();
 }
 
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
@@ -299,8 +377,8 @@ Bus::~Bus() {
 Bus Bus::connect(const ConnectOptions& options) {
   const Endpoint endpoint = resolve_endpoint(options);
   auto state = std::make_unique<State>();
-  state->core = std::make_shared<ClientCore>(endpoint, false);
-  open_directory(state->core->memory);  // maps arena 0, where every doorbell lives
+  state->core = std::make_shared<ClientCore>(endpoint);
+  open_directory(state->core->memory);  // the control arena came with the welcome
   return Bus(std::move(state));
 }
 
@@ -327,7 +405,7 @@ std::vector<std::string> Bus::channels(std::string_view pattern) {
   std::vector<std::string> names;
   for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
     // Redis lists channels with at least one subscriber (pattern subscribers do not count).
-    if (e.ring.header()->channel_subscribers.load(std::memory_order_relaxed) == 0) return;
+    if (e.descriptor->channel_subscribers.load(std::memory_order_relaxed) == 0) return;
     if (pattern.empty() || glob_match(pattern, e.name)) names.emplace_back(e.name);
   });
   std::sort(names.begin(), names.end());
@@ -340,7 +418,7 @@ std::vector<NumSub> Bus::numsub(std::span<const std::string> channels) {
   for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
     auto it = found.find(e.name);
     if (it != found.end())
-      it->second = e.ring.header()->channel_subscribers.load(std::memory_order_relaxed);
+      it->second = e.descriptor->channel_subscribers.load(std::memory_order_relaxed);
   });
   std::vector<NumSub> result;
   for (const auto& name : channels) result.push_back({name, found[name]});

@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,8 +33,8 @@ std::string program_name() {
 
 // ---- ControlConnection --------------------------------------------------------------------
 
-ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbell)
-    : endpoint_(endpoint) {
+ControlConnection::ControlConnection(const Endpoint& endpoint, Role role, GrantHandler on_grant)
+    : endpoint_(endpoint), on_grant_(std::move(on_grant)) {
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd_ < 0) throw Error(Errc::kSystem, std::string("socket: ") + std::strerror(errno));
   sockaddr_un addr{};
@@ -60,7 +61,7 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbe
       .u16(kMinProtocolVersion)
       .u16(kProtocolVersion)
       .str(endpoint_.client_name.empty() ? program_name() : endpoint_.client_name.substr(0, 256))
-      .u8(wants_doorbell ? 1 : 0);
+      .u8(static_cast<uint8_t>(role));
   const OwnedFrame reply = request(hello);
   if (reply.type != Type::kWelcome)
     throw Error(Errc::kProtocol,
@@ -70,15 +71,33 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, bool wants_doorbe
   welcome_.publisher_id = p.u16();
   welcome_.client_id = p.u64();
   welcome_.bus = std::string(p.str(256, "bus name"));
-  welcome_.directory_offset = p.u64();
-  welcome_.doorbell_offset = p.u64();
   welcome_.doorbell_bits = p.u32();
+  welcome_.doorbell_offset = p.u64();
   p.end();
   if (welcome_.bus != endpoint_.bus) endpoint_.bus = welcome_.bus;  // the socket decides
 }
 
 ControlConnection::~ControlConnection() {
   if (fd_ >= 0) ::close(fd_);
+  for (int fd : received_fds_) ::close(fd);
+}
+
+bool ControlConnection::take_grant(const Frame& f) {
+  if (f.type != Type::kArenaGrant) return false;
+  Parser p(f.fields);
+  const ArenaGrant grant = ArenaGrant::read(p);
+  p.end();
+  if (received_fds_.empty())
+    throw Error(Errc::kProtocol, "shmbusd granted arena " + std::to_string(grant.arena_id) +
+                                     " without a descriptor");
+  const int fd = received_fds_.front();
+  received_fds_.pop_front();
+  if (on_grant_) {
+    on_grant_(grant, fd);
+  } else {
+    ::close(fd);
+  }
+  return true;
 }
 
 Writer ControlConnection::next_request(Type type) {
@@ -117,10 +136,32 @@ bool ControlConnection::receive(bool wait, Type waiting_for) {
     return false;
   }
   std::byte buf[64 * 1024];
+  // Room for a few descriptors: the kernel delivers those of one sendmsg with the first of
+  // its bytes we read, and the daemon sends one per grant frame.
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+  iovec iov{buf, sizeof(buf)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
   ssize_t n;
   do {
-    n = ::recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    n = ::recvmsg(fd_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
+  if (n >= 0) {
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        received_fds_.push_back(fd);
+      }
+    }
+    if (msg.msg_flags & MSG_CTRUNC)
+      throw Error(Errc::kProtocol, "shmbusd sent more descriptors at once than expected");
+  }
   if (n == 0) throw_gone("closed the connection (stopped or restarted?)");
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
@@ -149,6 +190,7 @@ OwnedFrame ControlConnection::next_reply(uint32_t id, Type type) {
     try {
       while (in_.next(body)) {
         const Frame f = Frame::parse(body);
+        if (take_grant(f)) continue;
         OwnedFrame owned{f.type, f.request, {f.fields.begin(), f.fields.end()}};
         if (f.request == 0 && f.type == Type::kError) {
           // Refused before HELLO was read (e.g. max_clients): say why, not just "closed".
@@ -184,6 +226,7 @@ void ControlConnection::poll_events() {
     std::span<const std::byte> body;
     while (in_.next(body)) {
       const Frame f = Frame::parse(body);
+      if (take_grant(f)) continue;
       if (f.request != 0)
         throw Error(Errc::kProtocol,
                     "unexpected reply " + std::to_string(f.request) + " with no request pending");
@@ -201,43 +244,59 @@ void ControlConnection::goodbye() {
 
 // ---- BusMemory ----------------------------------------------------------------------------
 
-BusMemory::BusMemory(std::string bus, Arena::Access access)
-    : bus_(std::move(bus)), access_(access), arenas_(256) {}
-
-std::byte* BusMemory::base(uint32_t arena_id) {
-  if (arena_id > 255) throw Error(Errc::kProtocol, "arena id out of range");
-  if (std::byte* mapped = table_.base(arena_id)) return mapped;
+void BusMemory::adopt(const ArenaGrant& grant, int fd) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!arenas_[arena_id]) {
-    const std::string name = arena_shm_name(bus_, arena_id);
-    try {
-      arenas_[arena_id] = std::make_unique<Arena>(Arena::attach(name, access_));
-    } catch (const std::exception& e) {
-      throw Error(arena_id == 0 ? Errc::kNoDaemon : Errc::kSystem,
-                  "cannot map the shared memory of bus '" + bus_ + "': " + e.what());
-    }
-    table_.add(arena_id, arenas_[arena_id]->base(), arenas_[arena_id]->size());
+  if (arenas_[grant.arena_id]) {
+    ::close(fd);
+    return;
   }
-  return arenas_[arena_id]->base();
-}
-
-uint64_t BusMemory::size(uint32_t arena_id) {
-  base(arena_id);
-  std::lock_guard<std::mutex> lock(mutex_);
-  return arenas_[arena_id]->size();
-}
-
-RingRef BusMemory::ring(const RingLocation& location) {
-  std::byte* arena = base(location.arena_id);
-  const uint64_t arena_bytes = size(location.arena_id);
-  if (location.offset < layout::kPageSize || location.offset > arena_bytes ||
-      location.bytes > arena_bytes - location.offset)
-    throw Error(Errc::kProtocol,
-                "ring location outside arena " + std::to_string(location.arena_id));
+  const auto access =
+      grant.access == GrantAccess::kReadOnly ? Arena::Access::kReadOnly : Arena::Access::kReadWrite;
   try {
-    return RingRef::open(arena + location.offset, location.bytes);
+    arenas_[grant.arena_id] = std::make_unique<Arena>(Arena::attach(fd, access, grant.label));
   } catch (const std::exception& e) {
-    throw Error(Errc::kProtocol, std::string("channel ring is not usable: ") + e.what());
+    throw Error(Errc::kSystem, "cannot map the shared memory of bus '" + bus_ + "': " + e.what());
+  }
+  const Arena& arena = *arenas_[grant.arena_id];
+  if (arena.id() != grant.arena_id)
+    throw Error(Errc::kProtocol, "shmbusd granted arena " + std::to_string(grant.arena_id) +
+                                     " whose header says it is arena " +
+                                     std::to_string(arena.id()));
+  table_.add(grant.arena_id, arena.base(), arena.size());
+}
+
+std::byte* BusMemory::base(uint32_t arena_id) const {
+  std::byte* mapped = arena_id < 256 ? table_.base(arena_id) : nullptr;
+  if (mapped == nullptr)
+    throw Error(Errc::kProtocol, "shmbusd referred to arena " + std::to_string(arena_id) +
+                                     " of bus '" + bus_ + "' without granting it");
+  return mapped;
+}
+
+uint64_t BusMemory::size(uint32_t arena_id) const {
+  base(arena_id);  // throws if not granted
+  return table_.size(arena_id);
+}
+
+RingRef BusMemory::ring(const RingLocation& location) const {
+  auto within = [&](uint32_t arena_id, uint64_t offset, uint64_t bytes) {
+    const uint64_t arena_bytes = size(arena_id);
+    return offset >= layout::kPageSize && offset <= arena_bytes && bytes <= arena_bytes - offset;
+  };
+  if (!within(location.ring_arena, location.ring_offset, location.ring_bytes) ||
+      !within(location.readers_arena, location.readers_offset, location.readers_bytes))
+    throw Error(Errc::kProtocol, "shmbusd gave a ring location outside its arenas");
+  const RingGeometry geometry{location.capacity, location.max_payload,
+                              (location.flags & layout::kRingBackPressure) != 0,
+                              location.reader_capacity, location.channel_id};
+  try {
+    return RingRef::open(base(location.ring_arena) + location.ring_offset, location.ring_bytes,
+                         base(location.readers_arena) + location.readers_offset,
+                         location.readers_bytes, geometry);
+  } catch (const std::exception& e) {
+    throw Error(Errc::kCorrupt,
+                std::string("channel ring is not usable: ") + e.what() +
+                    " (some process may have written into it; shmbusd replaces such a ring)");
   }
 }
 

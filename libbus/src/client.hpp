@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,15 +33,18 @@ struct Welcome {
   uint16_t publisher_id = 0;
   uint64_t client_id = 0;
   std::string bus;
-  uint64_t directory_offset = 0;
-  uint64_t doorbell_offset = 0;  // in arena 0; 0 if none was asked for
   uint32_t doorbell_bits = 0;    // of every doorbell of the bus (publishers check links by it)
+  uint64_t doorbell_offset = 0;  // this subscriber's, in the doorbell arena; 0 if none
 };
 
 class ControlConnection {
  public:
-  // Connects and says HELLO. Throws Error(kNoDaemon) naming the socket when nothing answers.
-  ControlConnection(const Endpoint& endpoint, bool wants_doorbell);
+  // Called with each segment the daemon grants (its descriptor now belongs to the handler).
+  using GrantHandler = std::function<void(const protocol::ArenaGrant&, int fd)>;
+
+  // Connects and says HELLO in `role`; grants that come with the welcome go to `on_grant`.
+  // Throws Error(kNoDaemon) naming the socket when nothing answers.
+  ControlConnection(const Endpoint& endpoint, protocol::Role role, GrantHandler on_grant);
   ~ControlConnection();
   ControlConnection(const ControlConnection&) = delete;
   ControlConnection& operator=(const ControlConnection&) = delete;
@@ -64,8 +68,11 @@ class ControlConnection {
 
  private:
   void send_all(const std::vector<std::byte>& frame);
-  // Reads once (blocking up to the timeout when `wait`); false if nothing came.
+  // Reads once (blocking up to the timeout when `wait`); false if nothing came. Descriptors
+  // that arrive (SCM_RIGHTS) wait in received_fds_ for their kArenaGrant frame.
   bool receive(bool wait, protocol::Type waiting_for);
+  // If `f` is a grant, hands its descriptor to on_grant_ and returns true.
+  bool take_grant(const protocol::Frame& f);
   [[noreturn]] void throw_gone(const std::string& why) const;
 
   Endpoint endpoint_;
@@ -73,29 +80,40 @@ class ControlConnection {
   uint32_t next_request_id_ = 1;
   protocol::FrameAssembler in_;
   std::deque<OwnedFrame> events_;
+  // Descriptors received and not yet claimed by a grant frame, in arrival order: a grant's
+  // descriptor rides on its frame's first byte, so it is here by the time the frame is.
+  std::deque<int> received_fds_;
+  GrantHandler on_grant_;
   Welcome welcome_;
 };
 
-// The bus's arenas as mapped in this process: arena 0 (directory and doorbells) and the
-// ring arenas, mapped on first use.
+// The bus's arenas as mapped in this process: those the daemon granted this connection,
+// read-write or read-only as it decided.
 class BusMemory {
  public:
-  BusMemory(std::string bus, Arena::Access access);
-  // Maps arena `arena_id` if needed and returns its base; throws Error naming the segment.
-  std::byte* base(uint32_t arena_id);
-  uint64_t size(uint32_t arena_id);
-  // Opens the ring at `location` after checking it lies inside its arena.
-  RingRef ring(const protocol::RingLocation& location);
+  explicit BusMemory(std::string bus) : bus_(std::move(bus)), arenas_(256) {}
+  // Maps a granted segment (takes `fd`). A second grant of an arena already mapped is
+  // closed: a connection's role decides its access once.
+  void adopt(const protocol::ArenaGrant& grant, int fd);
+  // The handler a ControlConnection calls with grants.
+  ControlConnection::GrantHandler grant_handler() {
+    return [this](const protocol::ArenaGrant& g, int fd) { adopt(g, fd); };
+  }
+  // Base and size of arena `arena_id`; throws Error(kProtocol) if it was never granted.
+  std::byte* base(uint32_t arena_id) const;
+  uint64_t size(uint32_t arena_id) const;
+  bool mapped(uint32_t arena_id) const { return table_.base(arena_id) != nullptr; }
+  // Opens the ring at `location` after checking it lies inside granted arenas.
+  RingRef ring(const protocol::RingLocation& location) const;
   const ArenaTable& table() const { return table_; }
   const std::string& bus() const { return bus_; }
   // The bus's doorbell size, from the daemon's welcome. REQUIRES: called before any
   // Publisher or Waiter uses table().
-  void set_doorbell_bits(uint32_t bits) { table_.set_doorbells(0, bits); }
+  void set_doorbell_bits(uint32_t bits) { table_.set_doorbells(layout::kDoorbellArena, bits); }
 
  private:
   std::string bus_;
-  Arena::Access access_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;  // guards arenas_ (adopt may run on any thread using the bus)
   std::vector<std::unique_ptr<Arena>> arenas_;
   ArenaTable table_;
 };
@@ -103,8 +121,9 @@ class BusMemory {
 // What a Bus and its Channels share: one connection (guarded) and the mapped memory.
 // The last owner to let go says goodbye, so the daemon knows no frame was left unfinished.
 struct ClientCore {
-  ClientCore(const Endpoint& endpoint, bool wants_doorbell)
-      : connection(endpoint, wants_doorbell), memory(endpoint.bus, Arena::Access::kReadWrite) {
+  explicit ClientCore(const Endpoint& endpoint)
+      : memory(endpoint.bus),
+        connection(endpoint, protocol::Role::kPublisher, memory.grant_handler()) {
     memory.set_doorbell_bits(connection.welcome().doorbell_bits);
   }
   ~ClientCore() {
@@ -115,8 +134,8 @@ struct ClientCore {
     }
   }
   std::mutex mutex;  // guards `connection`
+  BusMemory memory;  // before `connection`, which hands it grants from its first reply
   ControlConnection connection;
-  BusMemory memory;
   // Set when the Bus goes: open channels then skip their CLOSE round trips, because the
   // daemon drops every hold of a connection that says goodbye and closes.
   bool closing = false;

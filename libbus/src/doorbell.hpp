@@ -60,12 +60,14 @@ struct DoorbellGeometry {
         leaf_words(layout::doorbell_leaf_words(bit_count)),
         leaf_offset(sizeof(layout::DoorbellHeader) +
                     layout::align_up(8ULL * summary_words, layout::kCacheLine)),
-        bytes(bit_count == 0 ? 0 : layout::doorbell_bytes(bit_count)) {}
+        bytes(bit_count == 0 ? 0 : layout::doorbell_bytes(bit_count)),
+        stride(bit_count == 0 ? 0 : layout::doorbell_stride(bit_count)) {}
   uint32_t bits = 0;
   uint32_t summary_words = 0;
   uint32_t leaf_words = 0;
   uint64_t leaf_offset = 0;  // from the doorbell's start
   uint64_t bytes = 0;
+  uint64_t stride = 0;  // doorbells of a bus sit this far apart in the doorbell arena
 };
 
 namespace doorbell {

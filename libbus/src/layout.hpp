@@ -1,5 +1,5 @@
-// Shared-memory layouts of shmbus: everything that lives in /dev/shm is declared here and
-// nowhere else, so the bytes another process sees can be read off one file.
+// Shared-memory layouts of shmbus: everything that lives in the bus's shared memory is
+// declared here and nowhere else, so the bytes another process sees can be read off one file.
 //
 // Rules for every structure in this file
 // - Offsets, never pointers: each process maps a segment at its own address.
@@ -9,30 +9,54 @@
 //   line, so a publisher's claim does not invalidate the line a reader spins on.
 // - Bump kLayoutVersion whenever a byte moves; attach() refuses a different version.
 //
-// ARENA SEGMENT (one POSIX shm object, e.g. /dev/shm/shmbus.default.0)
+// SEGMENTS. Every segment is an arena: an unnamed memfd the daemon creates and hands to
+// clients as a descriptor (arena.hpp), read-write or read-only as each needs. Which arena
+// holds what, and who may write it:
+//
+//   arena 0     CONTROL: bus directory and channel descriptors. Only the daemon writes it;
+//               every client maps it read-only. What clients must be able to trust (names,
+//               geometry, receiver counts, whether a ring is still in service) lives here.
+//   arena 1     DOORBELLS: one per subscription, at a fixed stride. Publishers ring them and
+//               each subscriber waits on its own, so publishers and subscribers map it
+//               read-write; its shape comes from the daemon, never from its headers.
+//   arena 2..   per access class (shmbusd.toml [[access]] rules): RING arenas (ring blocks:
+//               publishers of the class map them read-write, its subscribers read-only) and
+//               READER arenas (reader tables: its subscribers read-write, publishers
+//               read-only). A client maps only the arenas of classes it may use.
 //
 //   0            4096                                                         arena_bytes
 //   +------------+--------------------+-------+--------------------+-----------+
-//   | ArenaHeader| ring block         | free  | doorbell           | ...       |
-//   | (1 page)   | (page aligned)     |       | (page aligned)     |           |
+//   | ArenaHeader| block              | free  | block              | ...       |
+//   | (1 page)   | (page aligned)     |       |                    |           |
 //   +------------+--------------------+-------+--------------------+-----------+
-//   The segment is sized with ftruncate (sparse); each block's pages are reserved with
-//   posix_fallocate when the owner allocates it, so a full /dev/shm is an allocation error in
-//   the owner instead of a SIGBUS in a client. Freed blocks are punched out (pages return to
-//   the system and read back as zero).
+//   The segment is sized with ftruncate (sparse) and sealed against resizing; each block's
+//   pages are reserved with posix_fallocate when the owner allocates it, so running out of
+//   memory is an allocation error in the owner instead of a SIGBUS in a client. Freed
+//   blocks are punched out (pages return to the system and read back as zero).
 //
-// RING BLOCK (one channel)
+// RING BLOCK (one channel, in a ring arena)
 //
-//   0            256        2048                4096                      4096+capacity
-//   +------------+----------+-------------------+--------------------------+----------------+
-//   | RingHeader | RingName | small ReaderTable | data: frames, capacity   | ReaderTable    |
-//   | config     | (channel | (<= 27 readers):  | bytes, a power of two    | (own pages, if |
-//   | claim      |  name)   | notify[] slots[]  |                          | it is larger)  |
-//   | retire     |          |                   |                          |                |
-//   | stats      |          |                   |                          |                |
-//   +------------+----------+-------------------+--------------------------+----------------+
-//   Reader positions and doorbell links live in the ReaderTable, outside the data pages, so a
-//   subscribe-only client never writes a data page.
+//   0            256                  4096                      4096+capacity
+//   +------------+--------------------+--------------------------+
+//   | RingHeader | (unused)           | data: frames, capacity   |
+//   | config     |                    | bytes, a power of two    |
+//   | claim      |                    |                          |
+//   | retire     |                    |                          |
+//   | stats      |                    |                          |
+//   +------------+--------------------+--------------------------+
+//   The configuration line is informational: readers and publishers take the geometry from
+//   the daemon (the descriptor, and the control protocol) and only check the header against
+//   it once, when they open the ring.
+//
+// READER TABLE (one channel, in a reader arena; 64-byte aligned, packed with others)
+//
+//   0                   64                      64 + 8*capacity (to 64)
+//   +-------------------+-----------------------+------------------------------+
+//   | ReaderTableHeader | notify[]: doorbell    | slots[]: one ReaderSlot per  |
+//   |                   | link of each slot     | subscriber, own cache line   |
+//   +-------------------+-----------------------+------------------------------+
+//   Reader positions and doorbell links live here, apart from the ring's data pages, so a
+//   subscriber writes nothing a publisher of the channel relies on for its own memory safety.
 //
 // FRAME (32-byte aligned, inside the data area; a frame may wrap only if it is padding)
 //
@@ -46,15 +70,15 @@
 //   complete only when its state reads exactly (its position | kFrameCommitted); a retired
 //   frame's state is (position ^ kRetiredTagFlip) | flags | kFrameRetired.
 //
-// BUS DIRECTORY (in arena 0, the first block): which channels exist, for tools
+// CONTROL ARENA (arena 0): the directory, then one descriptor per channel
 //
-//   0                   64                                      64 + 8*capacity
-//   +-------------------+---------------------------------------+
-//   | DirectoryHeader   | entries[]: ring ShmRef per channel id |
-//   +-------------------+---------------------------------------+
-//   A channel's id is its entry index. Only the daemon writes the directory.
+//   4096                64                                     64 + 8*capacity
+//   +-------------------+--------------------------------------+
+//   | DirectoryHeader   | entries[]: descriptor offset per id  |   ... descriptors (64-byte
+//   +-------------------+--------------------------------------+       granular blocks)
+//   A channel's id is its entry index. Only the daemon writes this arena.
 //
-// DOORBELL (one per waiting subscription; many rings may point at one doorbell)
+// DOORBELL (in arena 1, at offset kPageSize + k * doorbell_stride(bits))
 //
 //   0                         64                        64 + 8*summary_words
 //   +-------------------------+-------------------------+---------------------------+
@@ -68,10 +92,18 @@
 
 namespace shmbus::layout {
 
-inline constexpr uint32_t kLayoutVersion = 2;  // 2: doorbell wake_armed (was sleepers)
-inline constexpr uint32_t kArenaMagic = 0x53484d41;     // "SHMA"
-inline constexpr uint32_t kRingMagic = 0x53484d52;      // "SHMR"
-inline constexpr uint32_t kDoorbellMagic = 0x53484d44;  // "SHMD"
+// 3: unnamed segments per access class, descriptors in a daemon-only control arena,
+//    reader tables apart from rings
+inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kArenaMagic = 0x53484d41;       // "SHMA"
+inline constexpr uint32_t kRingMagic = 0x53484d52;        // "SHMR"
+inline constexpr uint32_t kDoorbellMagic = 0x53484d44;    // "SHMD"
+inline constexpr uint32_t kDescriptorMagic = 0x53484d43;  // "SHMC"
+
+// Fixed arena ids (ShmRef::arena_id): the rest are per access class.
+inline constexpr uint32_t kControlArena = 0;
+inline constexpr uint32_t kDoorbellArena = 1;
+inline constexpr uint32_t kFirstClassArena = 2;
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPageSize = 4096;
@@ -79,7 +111,9 @@ inline constexpr std::size_t kPageSize = 4096;
 constexpr uint64_t align_up(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) & ~(alignment - 1);
 }
-constexpr bool is_power_of_two(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
+constexpr bool is_power_of_two(uint64_t value) {
+  return value != 0 && (value & (value - 1)) == 0;
+}
 
 // ---------------------------------------------------------------------------------------
 // Arena
@@ -90,10 +124,10 @@ struct ArenaHeader {
   // attacher that reads kArenaMagic with acquire ordering sees a complete header.
   std::atomic<uint32_t> magic;
   uint32_t version;
-  uint64_t arena_bytes;    // size of the whole segment
-  uint64_t first_block;    // offset of the first allocatable byte (== kPageSize)
-  int32_t owner_pid;       // process that created the segment and allocates in it
-  uint32_t arena_id;       // index used in ShmRef values that point into this arena
+  uint64_t arena_bytes;  // size of the whole segment
+  uint64_t first_block;  // offset of the first allocatable byte (== kPageSize)
+  int32_t owner_pid;     // process that created the segment and allocates in it
+  uint32_t arena_id;     // index used in ShmRef values that point into this arena
   uint64_t created_unix_ns;
 };
 static_assert(offsetof(ArenaHeader, magic) == 0);
@@ -139,7 +173,9 @@ inline constexpr uint64_t kFrameAborted = 16;   // padding that took a sequence 
                                                 // abandoned loan or a repaired dead frame)
 inline constexpr uint64_t kFrameFlagMask = kFrameAlignment - 1;
 
-constexpr uint64_t frame_tag(uint64_t state) { return state & ~kFrameFlagMask; }
+constexpr uint64_t frame_tag(uint64_t state) {
+  return state & ~kFrameFlagMask;
+}
 
 // Retiring a frame flips every bit of its tag. A retired header is soon overwritten by the
 // next lap, possibly only in part: a payload may end one byte into the old state word, with
@@ -165,13 +201,13 @@ constexpr uint64_t frame_bytes(uint32_t payload_length) {
 // accessed with relaxed ordering so that race is defined behaviour, and readers trust them
 // only after re-reading `state` (see Reader in ring.hpp).
 struct FrameHeader {
-  std::atomic<uint64_t> state;           // position | kFrame* flags
-  std::atomic<uint64_t> sequence;        // data message number in this ring (padding: the
-                                         // number the next message will get)
-  std::atomic<uint64_t> publish_unix_ns; // set by the publisher's caller; 0 if not stamped
-  std::atomic<uint32_t> payload_length;  // bytes of payload (padding: frame bytes - 32)
-  std::atomic<uint16_t> publisher_id;    // daemon-assigned id of the publishing client
-  std::atomic<uint16_t> origin;          // 0 = published on this host, else bridged-from id
+  std::atomic<uint64_t> state;            // position | kFrame* flags
+  std::atomic<uint64_t> sequence;         // data message number in this ring (padding: the
+                                          // number the next message will get)
+  std::atomic<uint64_t> publish_unix_ns;  // set by the publisher's caller; 0 if not stamped
+  std::atomic<uint32_t> payload_length;   // bytes of payload (padding: frame bytes - 32)
+  std::atomic<uint16_t> publisher_id;     // daemon-assigned id of the publishing client
+  std::atomic<uint16_t> origin;           // 0 = published on this host, else bridged-from id
 };
 static_assert(offsetof(FrameHeader, state) == 0);
 static_assert(offsetof(FrameHeader, sequence) == 8);
@@ -201,16 +237,17 @@ struct alignas(16) ClaimWord {
 static_assert(sizeof(ClaimWord) == 16);
 
 struct RingHeader {
-  // Line 0: configuration, immutable after the owner formats the ring (magic written last).
+  // Line 0: configuration, written by the owner before the magic. Checked against the
+  // daemon's geometry when a process opens the ring, never relied on afterwards.
   std::atomic<uint32_t> magic;
   uint32_t version;
-  uint64_t capacity;          // data bytes, a power of two
-  uint64_t block_bytes;       // size of the whole ring block
-  uint64_t readers_offset;    // ReaderTable offset from the start of the block
-  uint32_t max_payload;       // largest message this ring accepts
-  uint32_t flags;             // kRingBackPressure
-  uint32_t reader_capacity;   // slots in the ReaderTable
-  uint32_t channel_id;        // owner's id for the channel (stats, repair)
+  uint64_t capacity;     // data bytes, a power of two
+  uint64_t block_bytes;  // size of the whole ring block
+  uint64_t reserved0;
+  uint32_t max_payload;      // largest message this ring accepts
+  uint32_t flags;            // kRingBackPressure
+  uint32_t reader_capacity;  // slots in the ring's ReaderTable
+  uint32_t channel_id;       // owner's id for the channel (stats, repair)
   uint8_t pad0[kCacheLine - 48];
 
   // Line 1: claim word. Publishers CAS it; readers read it only to find "latest".
@@ -230,53 +267,35 @@ struct RingHeader {
   std::atomic<uint64_t> back_pressure_waits;                  // claims that had to wait
   std::atomic<uint64_t> payload_bytes;                        // payload bytes committed
   std::atomic<uint64_t> last_publish_unix_ns;                 // stamp of the latest commit
-  // Subscriptions that receive each message: channel subscribers plus, per subscription,
-  // every matching pattern (what Redis PUBLISH returns). Written by the daemon only.
-  std::atomic<uint32_t> receivers;
-  // Subscriptions holding the channel by name (Redis PUBSUB NUMSUB). Daemon only.
-  std::atomic<uint32_t> channel_subscribers;
-  uint8_t pad3[kCacheLine - 40];
+  uint8_t pad3[kCacheLine - 32];
 };
 static_assert(offsetof(RingHeader, magic) == 0);
 static_assert(offsetof(RingHeader, capacity) == 8);
-static_assert(offsetof(RingHeader, readers_offset) == 24);
 static_assert(offsetof(RingHeader, max_payload) == 32);
 static_assert(offsetof(RingHeader, channel_id) == 44);
 static_assert(offsetof(RingHeader, claim) == 64);
 static_assert(offsetof(RingHeader, retire_frontier) == 128);
 static_assert(offsetof(RingHeader, repaired_frames) == 192);
-static_assert(offsetof(RingHeader, receivers) == 224);
 static_assert(sizeof(RingHeader) == 256);
 
 inline constexpr uint64_t kRingDataOffset = kPageSize;  // data starts on its own page
 
-// The channel's name lives in the ring's header page, so tools that walk the directory
-// read names and counters in one place. Names are binary-safe byte strings.
+// Channel names are binary-safe byte strings of at most this many bytes.
 inline constexpr uint32_t kMaxChannelName = 1024;
-struct RingName {
-  uint32_t length;  // bytes of name; written by the owner before the ring's magic
-  uint32_t reserved;
-  char bytes[kMaxChannelName];
-};
-inline constexpr uint64_t kRingNameOffset = sizeof(RingHeader);
-// A small reader table shares the header page (saves a page per channel, which matters at
-// 100,000 channels); a larger one gets its own pages after the data.
-inline constexpr uint64_t kRingInlineReadersOffset = 2048;
-static_assert(kRingNameOffset + sizeof(RingName) <= kRingInlineReadersOffset);
 
 // Reader slot states.
 inline constexpr uint32_t kSlotFree = 0;
-inline constexpr uint32_t kSlotActive = 1;   // lossy reader: publishers never wait for it
-inline constexpr uint32_t kSlotGating = 2;   // back-pressure reader: publishers wait for it
+inline constexpr uint32_t kSlotActive = 1;  // lossy reader: publishers never wait for it
+inline constexpr uint32_t kSlotGating = 2;  // back-pressure reader: publishers wait for it
 
 // One per registered reader, on its own cache line: the reader writes `position` as it
 // consumes; publishers read it only when their cached minimum runs out.
 struct ReaderSlot {
-  std::atomic<uint64_t> position;  // next stream position this reader will read
-  std::atomic<uint32_t> state;     // kSlot*
-  std::atomic<int32_t> pid;        // owning process, for liveness checks and cleanup
-  std::atomic<uint64_t> lost;      // messages this reader was lapped over (stats)
-  std::atomic<uint64_t> delivered; // messages this reader consumed (stats)
+  std::atomic<uint64_t> position;   // next stream position this reader will read
+  std::atomic<uint32_t> state;      // kSlot*
+  std::atomic<int32_t> pid;         // owning process, for liveness checks and cleanup
+  std::atomic<uint64_t> lost;       // messages this reader was lapped over (stats)
+  std::atomic<uint64_t> delivered;  // messages this reader consumed (stats)
   // Who holds the slot: the daemon's id of the subscribing connection (0: a reader that
   // registered itself). The daemon frees a dead client's slots by this, never by index
   // alone, so it cannot free a slot that was meanwhile given to someone else.
@@ -295,31 +314,62 @@ struct ReaderTableHeader {
 };
 static_assert(sizeof(ReaderTableHeader) == kCacheLine);
 
-constexpr uint64_t reader_table_used_bytes(uint32_t reader_capacity) {
+// A reader table: header, links, slots; a multiple of 64 bytes.
+constexpr uint64_t reader_table_bytes(uint32_t reader_capacity) {
   return sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine) +
          uint64_t{sizeof(ReaderSlot)} * reader_capacity;
 }
-constexpr bool reader_table_inline(uint32_t reader_capacity) {
-  return kRingInlineReadersOffset + reader_table_used_bytes(reader_capacity) <= kRingDataOffset;
+constexpr uint64_t notify_array_offset() {
+  return sizeof(ReaderTableHeader);
 }
-// Bytes the reader table adds after the data (0 when it fits in the header page).
-constexpr uint64_t reader_table_bytes(uint32_t reader_capacity) {
-  return reader_table_inline(reader_capacity)
-             ? 0
-             : align_up(reader_table_used_bytes(reader_capacity), kPageSize);
-}
-constexpr uint64_t readers_offset(uint64_t capacity, uint32_t reader_capacity) {
-  return reader_table_inline(reader_capacity) ? kRingInlineReadersOffset
-                                              : kRingDataOffset + capacity;
-}
-constexpr uint64_t notify_array_offset() { return sizeof(ReaderTableHeader); }
 constexpr uint64_t slots_offset(uint32_t reader_capacity) {
   return sizeof(ReaderTableHeader) + align_up(8ULL * reader_capacity, kCacheLine);
 }
-constexpr uint64_t ring_block_bytes(uint64_t capacity, uint32_t reader_capacity) {
-  return kRingDataOffset + capacity + reader_table_bytes(reader_capacity);
+constexpr uint64_t ring_block_bytes(uint64_t capacity) {
+  return kRingDataOffset + capacity;
 }
-static_assert(reader_table_inline(16) && !reader_table_inline(64));
+static_assert(reader_table_bytes(1) == 3 * kCacheLine);
+
+// ---------------------------------------------------------------------------------------
+// Channel descriptor: what the daemon tells everyone about a channel, in the control arena
+// (which only the daemon writes), so it can be trusted where the ring itself cannot.
+// ---------------------------------------------------------------------------------------
+
+inline constexpr uint32_t kChannelLive = 1;         // in service
+inline constexpr uint32_t kChannelQuarantined = 2;  // its ring was found corrupt: publishers
+                                                    // reopen the channel (a new ring)
+inline constexpr uint32_t kChannelReclaimed = 3;    // idle and removed
+
+struct ChannelDescriptor {
+  // Line 0: fixed once the magic is stored (release, last).
+  std::atomic<uint32_t> magic;
+  uint32_t channel_id;
+  uint64_t ring_ref;     // ShmRef of the ring block
+  uint64_t readers_ref;  // ShmRef of the reader table
+  uint64_t capacity;     // ring data bytes
+  uint32_t max_payload;
+  uint32_t flags;  // kRingBackPressure
+  uint32_t reader_capacity;
+  uint32_t access_class;  // index of the [[access]] rule that decided (0: none matched)
+  uint32_t name_length;
+  uint32_t reserved0;
+  // Line 1: what changes while the channel lives. Publishers read it on every publish
+  // (receivers, state); only the daemon writes it, so the line stays shared in their caches.
+  alignas(kCacheLine) std::atomic<uint32_t> state;  // kChannel*
+  // Subscriptions that receive each message: channel subscribers plus, per subscription,
+  // every matching pattern (what Redis PUBLISH returns).
+  std::atomic<uint32_t> receivers;
+  // Subscriptions holding the channel by name (Redis PUBSUB NUMSUB).
+  std::atomic<uint32_t> channel_subscribers;
+  uint8_t pad1[kCacheLine - 12];
+  // Then name_length bytes of name.
+};
+static_assert(offsetof(ChannelDescriptor, ring_ref) == 8);
+static_assert(offsetof(ChannelDescriptor, state) == kCacheLine);
+static_assert(sizeof(ChannelDescriptor) == 2 * kCacheLine);
+constexpr uint64_t descriptor_bytes(uint32_t name_length) {
+  return align_up(sizeof(ChannelDescriptor) + name_length, kCacheLine);
+}
 
 // ---------------------------------------------------------------------------------------
 // Doorbell: how one waiter sleeps on many rings.
@@ -333,8 +383,8 @@ struct DoorbellHeader {
   std::atomic<uint32_t> futex_word;  // bumped by a waker before FUTEX_WAKE
   std::atomic<uint32_t> wake_armed;  // 1: a waiter parked (or is parking) since the last wake
   uint32_t magic;
-  uint32_t bit_capacity;             // rings this doorbell can tell apart
-  uint32_t summary_words;            // each summary bit covers one leaf word (64 rings)
+  uint32_t bit_capacity;   // rings this doorbell can tell apart
+  uint32_t summary_words;  // each summary bit covers one leaf word (64 rings)
   uint32_t leaf_words;
   // 1: the waiter takes only messages published on this host (origin 0), so a message a
   // bridge imported (origin != 0) need not wake it - unless its ring is back-pressure,
@@ -346,13 +396,20 @@ static_assert(offsetof(DoorbellHeader, futex_word) == 0);
 static_assert(offsetof(DoorbellHeader, wake_armed) == 4);
 static_assert(sizeof(DoorbellHeader) == kCacheLine);
 
-constexpr uint32_t doorbell_leaf_words(uint32_t bits) { return (bits + 63) / 64; }
+constexpr uint32_t doorbell_leaf_words(uint32_t bits) {
+  return (bits + 63) / 64;
+}
 constexpr uint32_t doorbell_summary_words(uint32_t bits) {
   return (doorbell_leaf_words(bits) + 63) / 64;
 }
 constexpr uint64_t doorbell_bytes(uint32_t bits) {
   return sizeof(DoorbellHeader) + align_up(8ULL * doorbell_summary_words(bits), kCacheLine) +
          align_up(8ULL * doorbell_leaf_words(bits), kCacheLine);
+}
+// Doorbells sit at this stride in the doorbell arena, from kPageSize on: a page multiple, so
+// each doorbell's pages are its own (reserved and punched out as one).
+constexpr uint64_t doorbell_stride(uint32_t bits) {
+  return align_up(doorbell_bytes(bits), kPageSize);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -363,23 +420,23 @@ constexpr uint64_t doorbell_bytes(uint32_t bits) {
 inline constexpr uint32_t kDirectoryMagic = 0x53484d42;  // "SHMB"
 
 struct DirectoryHeader {
-  std::atomic<uint32_t> magic;        // written last by the daemon, with release
+  std::atomic<uint32_t> magic;  // written last by the daemon, with release
   uint32_t version;
-  uint32_t capacity;                  // entries (the daemon's channel limit)
+  uint32_t capacity;  // entries (the daemon's channel limit)
   int32_t daemon_pid;
-  std::atomic<uint32_t> high_water;   // entries[0, high_water) may be non-zero
-  uint32_t reserved;
-  std::atomic<uint64_t> generation;   // bumped after every add and remove
+  std::atomic<uint32_t> high_water;  // entries[0, high_water) may be non-zero
+  uint32_t doorbell_bits;            // bits of every doorbell of the bus
+  std::atomic<uint64_t> generation;  // bumped after every add and remove
   uint64_t started_unix_ns;
-  std::atomic<uint32_t> patterns;     // distinct patterns subscribed (Redis PUBSUB NUMPAT)
-  std::atomic<uint32_t> clients;      // connected clients
+  std::atomic<uint32_t> patterns;  // distinct patterns subscribed (Redis PUBSUB NUMPAT)
+  std::atomic<uint32_t> clients;   // connected clients
   uint8_t pad[kCacheLine - 48];
 };
 static_assert(offsetof(DirectoryHeader, high_water) == 16);
 static_assert(offsetof(DirectoryHeader, generation) == 24);
 static_assert(sizeof(DirectoryHeader) == kCacheLine);
 
-// The directory is the first block the daemon allocates in arena 0.
+// The directory is the first block the daemon allocates in the control arena.
 inline constexpr uint64_t kDirectoryOffset = kPageSize;
 
 constexpr uint64_t directory_bytes(uint32_t capacity) {

@@ -51,27 +51,25 @@ void validate_channel_name(std::string_view channel) {
     throw Error(Errc::kInvalidArgument, "channel name is empty; names are 1 to 1024 bytes");
   if (channel.size() > kMaxChannelNameBytes)
     throw Error(Errc::kInvalidArgument,
-                "channel name " + printable(channel, 32) + " is " +
-                    std::to_string(channel.size()) + " bytes; the limit is " +
-                    std::to_string(kMaxChannelNameBytes) + " bytes");
+                "channel name " + printable(channel, 32) + " is " + std::to_string(channel.size()) +
+                    " bytes; the limit is " + std::to_string(kMaxChannelNameBytes) + " bytes");
 }
 
 void validate_pattern(std::string_view pattern) {
   if (pattern.empty())
     throw Error(Errc::kInvalidArgument, "pattern is empty; patterns are 1 to 1024 bytes");
   if (pattern.size() > protocol::kMaxPatternBytes)
-    throw Error(Errc::kInvalidArgument,
-                "pattern " + printable(pattern, 32) + " is " + std::to_string(pattern.size()) +
-                    " bytes; the limit is " + std::to_string(protocol::kMaxPatternBytes) +
-                    " bytes");
+    throw Error(Errc::kInvalidArgument, "pattern " + printable(pattern, 32) + " is " +
+                                            std::to_string(pattern.size()) +
+                                            " bytes; the limit is " +
+                                            std::to_string(protocol::kMaxPatternBytes) + " bytes");
 }
 
-std::string arena_shm_name(std::string_view bus, uint32_t arena_id) {
-  return "shmbus." + std::string(bus) + "." + std::to_string(arena_id);
-}
-
-std::string bus_lock_path(std::string_view bus) {
-  return "/dev/shm/shmbus." + std::string(bus) + ".lock";
+std::string bus_lock_path(std::string_view bus, std::string_view socket_path) {
+  const size_t slash = socket_path.rfind('/');
+  const std::string dir =
+      slash == std::string_view::npos ? "." : std::string(socket_path.substr(0, slash));
+  return (dir.empty() ? std::string("/") : dir + "/") + std::string(bus) + ".lock";
 }
 
 std::string printable(std::string_view name, std::size_t max_bytes) {

@@ -32,10 +32,9 @@ void validate_bus_name(std::string_view bus);
 void validate_channel_name(std::string_view channel);
 void validate_pattern(std::string_view pattern);
 
-// POSIX shm name of arena `arena_id` of `bus` ("shmbus.<bus>.<id>", no slash).
-std::string arena_shm_name(std::string_view bus, uint32_t arena_id);
-// Lock file that one daemon per bus holds (in /dev/shm, next to the segments it guards).
-std::string bus_lock_path(std::string_view bus);
+// Lock file that one daemon per bus holds: "<bus>.lock" in the directory of its control
+// socket (the daemon's own directory: /run/shmbus under systemd).
+std::string bus_lock_path(std::string_view bus, std::string_view socket_path);
 
 // Printable form of a binary-safe name for messages and logs: quotes, escapes bytes outside
 // printable ASCII as \xNN, and cuts after `max_bytes` bytes with "...".

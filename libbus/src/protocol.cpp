@@ -1,5 +1,6 @@
 #include "protocol.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace shmbus::protocol {
@@ -21,6 +22,8 @@ const char* type_name(Type type) {
     case Type::kPing: return "PING";
     case Type::kBye: return "BYE";
     case Type::kPatterns: return "PATTERNS";
+    case Type::kMapArenas: return "MAP_ARENAS";
+    case Type::kReportCorrupt: return "REPORT_CORRUPT";
     case Type::kWelcome: return "WELCOME";
     case Type::kOk: return "OK";
     case Type::kError: return "ERROR";
@@ -29,6 +32,7 @@ const char* type_name(Type type) {
     case Type::kUnsubscribed: return "UNSUBSCRIBED";
     case Type::kPong: return "PONG";
     case Type::kPatternList: return "PATTERN_LIST";
+    case Type::kArenaGrant: return "ARENA_GRANT";
     case Type::kAttach: return "ATTACH";
     case Type::kDetach: return "DETACH";
   }
@@ -48,14 +52,26 @@ void Writer::put(uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) buf_.push_back(static_cast<std::byte>(v >> (8 * i)));
 }
 
-Writer& Writer::u8(uint8_t v) { put(v, 1); return *this; }
-Writer& Writer::u16(uint16_t v) { put(v, 2); return *this; }
-Writer& Writer::u32(uint32_t v) { put(v, 4); return *this; }
-Writer& Writer::u64(uint64_t v) { put(v, 8); return *this; }
+Writer& Writer::u8(uint8_t v) {
+  put(v, 1);
+  return *this;
+}
+Writer& Writer::u16(uint16_t v) {
+  put(v, 2);
+  return *this;
+}
+Writer& Writer::u32(uint32_t v) {
+  put(v, 4);
+  return *this;
+}
+Writer& Writer::u64(uint64_t v) {
+  put(v, 8);
+  return *this;
+}
 
 Writer& Writer::str(std::string_view s) {
-  if (s.size() > kMaxFrameBytes) throw ProtocolError("string of " + std::to_string(s.size()) +
-                                                     " bytes does not fit in a frame");
+  if (s.size() > kMaxFrameBytes)
+    throw ProtocolError("string of " + std::to_string(s.size()) + " bytes does not fit in a frame");
   put(s.size(), 4);
   const auto* p = reinterpret_cast<const std::byte*>(s.data());
   buf_.insert(buf_.end(), p, p + s.size());
@@ -66,8 +82,8 @@ const std::vector<std::byte>& Writer::frame() {
   const size_t body = buf_.size() - kLengthBytes;
   if (body > kMaxFrameBytes)
     throw ProtocolError("control message of " + std::to_string(body) +
-                        " bytes exceeds the protocol limit of " +
-                        std::to_string(kMaxFrameBytes) + "; send fewer names per call");
+                        " bytes exceeds the protocol limit of " + std::to_string(kMaxFrameBytes) +
+                        "; send fewer names per call");
   for (int i = 0; i < 4; ++i) buf_[i] = static_cast<std::byte>(body >> (8 * i));
   return buf_;
 }
@@ -84,10 +100,18 @@ uint64_t Parser::take(int bytes) {
   return v;
 }
 
-uint8_t Parser::u8() { return static_cast<uint8_t>(take(1)); }
-uint16_t Parser::u16() { return static_cast<uint16_t>(take(2)); }
-uint32_t Parser::u32() { return static_cast<uint32_t>(take(4)); }
-uint64_t Parser::u64() { return take(8); }
+uint8_t Parser::u8() {
+  return static_cast<uint8_t>(take(1));
+}
+uint16_t Parser::u16() {
+  return static_cast<uint16_t>(take(2));
+}
+uint32_t Parser::u32() {
+  return static_cast<uint32_t>(take(4));
+}
+uint64_t Parser::u64() {
+  return take(8);
+}
 
 std::string_view Parser::str(uint32_t max_bytes, const char* field) {
   const uint32_t length = u32();
@@ -109,8 +133,7 @@ uint32_t Parser::count(uint32_t max_items, uint32_t min_item_bytes, const char* 
                         " items exceed the limit of " + std::to_string(max_items));
   if (uint64_t{n} * min_item_bytes > rest_.size())
     throw ProtocolError(std::string(field) + ": " + std::to_string(n) +
-                        " items cannot fit in the " + std::to_string(rest_.size()) +
-                        " bytes left");
+                        " items cannot fit in the " + std::to_string(rest_.size()) + " bytes left");
   return n;
 }
 
@@ -166,17 +189,54 @@ bool FrameAssembler::next(std::span<const std::byte>& body) {
 
 // ---- Field groups -------------------------------------------------------------------------
 
+void ArenaGrant::write(Writer& w) const {
+  w.u32(arena_id).u8(static_cast<uint8_t>(access)).str(label);
+}
+
+ArenaGrant ArenaGrant::read(Parser& p) {
+  ArenaGrant g;
+  g.arena_id = p.u32();
+  const uint8_t access = p.u8();
+  g.label = std::string(p.str(256, "arena label"));
+  if (g.arena_id > 255) throw ProtocolError("arena id " + std::to_string(g.arena_id) + " > 255");
+  if (access > static_cast<uint8_t>(GrantAccess::kReadOnly))
+    throw ProtocolError("unknown arena access " + std::to_string(access));
+  g.access = static_cast<GrantAccess>(access);
+  return g;
+}
+
 void RingLocation::write(Writer& w) const {
-  w.u32(channel_id).u32(arena_id).u64(offset).u64(bytes);
+  w.u32(channel_id)
+      .u64(descriptor)
+      .u32(ring_arena)
+      .u64(ring_offset)
+      .u64(ring_bytes)
+      .u32(readers_arena)
+      .u64(readers_offset)
+      .u64(readers_bytes)
+      .u64(capacity)
+      .u32(max_payload)
+      .u32(flags)
+      .u32(reader_capacity);
 }
 
 RingLocation RingLocation::read(Parser& p) {
   RingLocation r;
   r.channel_id = p.u32();
-  r.arena_id = p.u32();
-  r.offset = p.u64();
-  r.bytes = p.u64();
-  if (r.arena_id > 255) throw ProtocolError("arena id " + std::to_string(r.arena_id) + " > 255");
+  r.descriptor = p.u64();
+  r.ring_arena = p.u32();
+  r.ring_offset = p.u64();
+  r.ring_bytes = p.u64();
+  r.readers_arena = p.u32();
+  r.readers_offset = p.u64();
+  r.readers_bytes = p.u64();
+  r.capacity = p.u64();
+  r.max_payload = p.u32();
+  r.flags = p.u32();
+  r.reader_capacity = p.u32();
+  if (r.ring_arena > 255 || r.readers_arena > 255)
+    throw ProtocolError("arena id " + std::to_string(std::max(r.ring_arena, r.readers_arena)) +
+                        " > 255");
   return r;
 }
 

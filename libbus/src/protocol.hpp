@@ -30,11 +30,14 @@
 namespace shmbus::protocol {
 
 inline constexpr uint32_t kProtocolMagic = 0x53424d43;  // "CMBS"
-// Version 2 added kPatterns. A daemon speaks every version from kMinProtocolVersion up and
-// answers HELLO with the highest one both sides speak.
-inline constexpr uint16_t kProtocolVersion = 2;
-inline constexpr uint16_t kMinProtocolVersion = 1;
-inline constexpr uint32_t kMaxFrameBytes = 1u << 20;    // requests and replies alike
+// Version 2 added kPatterns. Version 3: segments are granted as descriptors (kArenaGrant)
+// and ring locations carry the geometry; it goes with layout version 3, so older clients
+// cannot use a version 3 daemon's memory and are refused at HELLO. A daemon speaks every
+// version from kMinProtocolVersion up and answers HELLO with the highest one both sides
+// speak.
+inline constexpr uint16_t kProtocolVersion = 3;
+inline constexpr uint16_t kMinProtocolVersion = 3;
+inline constexpr uint32_t kMaxFrameBytes = 1u << 20;  // requests and replies alike
 inline constexpr uint32_t kMaxNamesPerRequest = 65536;
 
 enum class Type : uint16_t {
@@ -48,7 +51,9 @@ enum class Type : uint16_t {
   kPunsubscribe = 7,
   kPing = 8,
   kBye = 9,
-  kPatterns = 10,  // v2: the bus's subscribed patterns (optionally matching a glob)
+  kPatterns = 10,       // v2: the bus's subscribed patterns (optionally matching a glob)
+  kMapArenas = 11,      // v3: an observer asks for the arenas it may read (stats tools)
+  kReportCorrupt = 12,  // v3: a client found a channel's ring contradicting itself
   // daemon -> client: replies
   kWelcome = 100,
   kOk = 101,
@@ -58,6 +63,10 @@ enum class Type : uint16_t {
   kUnsubscribed = 105,
   kPong = 106,
   kPatternList = 107,  // v2: answers kPatterns, in several frames (the last flagged final)
+  // v3: a segment handed over as a descriptor (SCM_RIGHTS on the frame's first byte), sent
+  // before the reply or event that first refers to it. Carries the request id of the
+  // request it precedes (0 before an event).
+  kArenaGrant = 108,
   // daemon -> client: events (request id 0)
   kAttach = 200,  // a channel created now matches a pattern: start reading it
   kDetach = 201,  // a channel is being reclaimed: stop reading it
@@ -131,12 +140,41 @@ class FrameAssembler {
 
 // ---- Shared field groups ----------------------------------------------------------------
 
-// Where a channel's ring lives: arena `arena_id` of the bus, `bytes` at `offset`.
+// What a connection is for, said in HELLO: it decides which segments the daemon grants and
+// whether they are writable (a subscriber maps ring data read-only).
+enum class Role : uint8_t {
+  kPublisher = 0,   // Bus: writes rings, rings doorbells
+  kSubscriber = 1,  // Subscription: reads rings, has a doorbell
+  kObserver = 2,    // stats tools: read-only everything it may read
+};
+
+// A segment granted with kArenaGrant.
+enum class GrantAccess : uint8_t { kReadWrite = 0, kReadOnly = 1 };
+struct ArenaGrant {
+  uint32_t arena_id = 0;
+  GrantAccess access = GrantAccess::kReadOnly;
+  std::string label;  // for messages ("shmbus.default.2")
+  void write(Writer& w) const;
+  static ArenaGrant read(Parser& p);
+};
+
+// Where a channel's ring lives and what shape it has, as the daemon decided: the ring block
+// (`ring_bytes` at `ring_offset` of arena `ring_arena`), its reader table, and its
+// descriptor in the control arena. A client opens the ring with this geometry and checks the
+// ring's own header against it once; it never takes sizes from the ring afterwards.
 struct RingLocation {
   uint32_t channel_id = 0;
-  uint32_t arena_id = 0;
-  uint64_t offset = 0;
-  uint64_t bytes = 0;
+  uint64_t descriptor = 0;  // offset of the ChannelDescriptor in the control arena
+  uint32_t ring_arena = 0;
+  uint64_t ring_offset = 0;
+  uint64_t ring_bytes = 0;
+  uint32_t readers_arena = 0;
+  uint64_t readers_offset = 0;
+  uint64_t readers_bytes = 0;
+  uint64_t capacity = 0;
+  uint32_t max_payload = 0;
+  uint32_t flags = 0;  // layout::kRingBackPressure
+  uint32_t reader_capacity = 0;
   void write(Writer& w) const;
   static RingLocation read(Parser& p);
 };

@@ -171,10 +171,6 @@ bool process_is_dead(int32_t pid) {
 
 // ---- RingRef ------------------------------------------------------------------------------
 
-uint64_t RingRef::block_bytes(const RingConfig& config) {
-  return ring_block_bytes(config.capacity, config.reader_capacity);
-}
-
 uint32_t RingRef::largest_payload(uint64_t capacity) {
   // A claim may need padding up to the end (< one frame) plus the frame: both must fit in
   // one lap, so a frame may take at most half the ring.
@@ -182,7 +178,7 @@ uint32_t RingRef::largest_payload(uint64_t capacity) {
   return static_cast<uint32_t>(std::min<uint64_t>(limit, 0x7fffffffULL));
 }
 
-RingRef RingRef::format(std::byte* block, const RingConfig& config) {
+RingGeometry RingRef::geometry_of(const RingConfig& config) {
   if (!is_power_of_two(config.capacity) || config.capacity < 4096)
     throw std::invalid_argument(
         "ring capacity must be a power of two of at least 4096 bytes, got " +
@@ -197,64 +193,63 @@ RingRef RingRef::format(std::byte* block, const RingConfig& config) {
                                 "); use a ring of at least twice the message size");
   if (config.reader_capacity == 0 || config.reader_capacity > 65536)
     throw std::invalid_argument("reader capacity must be 1..65536");
-  auto* h = reinterpret_cast<RingHeader*>(block);
-  h->version = kLayoutVersion;
-  h->capacity = config.capacity;
-  h->block_bytes = block_bytes(config);
-  h->readers_offset = readers_offset(config.capacity, config.reader_capacity);
-  h->max_payload = config.max_payload == 0 ? largest : config.max_payload;
-  h->flags = config.back_pressure ? kRingBackPressure : 0;
-  h->reader_capacity = config.reader_capacity;
-  h->channel_id = config.channel_id;
-  // Zeroed memory already reads as claim {0, 0}, frontier 0 and all slots free.
-  h->magic.store(kRingMagic, std::memory_order_release);
-  return open(block, h->block_bytes);
+  return RingGeometry{config.capacity, config.max_payload == 0 ? largest : config.max_payload,
+                      config.back_pressure, config.reader_capacity, config.channel_id};
 }
 
-RingRef RingRef::open(std::byte* block, uint64_t available) {
-  if (available < kRingDataOffset) throw std::runtime_error("ring block too small");
+RingRef RingRef::format(std::byte* block, std::byte* readers, const RingConfig& config) {
+  const RingGeometry g = geometry_of(config);
+  auto* h = reinterpret_cast<RingHeader*>(block);
+  h->version = kLayoutVersion;
+  h->capacity = g.capacity;
+  h->block_bytes = ring_block_bytes(g.capacity);
+  h->max_payload = g.max_payload;
+  h->flags = g.back_pressure ? kRingBackPressure : 0;
+  h->reader_capacity = g.reader_capacity;
+  h->channel_id = g.channel_id;
+  // Zeroed memory already reads as claim {0, 0}, frontier 0 and all slots free.
+  h->magic.store(kRingMagic, std::memory_order_release);
+  return open(block, ring_block_bytes(g.capacity), readers, reader_table_bytes(g.reader_capacity),
+              g);
+}
+
+RingRef RingRef::open(std::byte* block, uint64_t block_available, std::byte* readers,
+                      uint64_t readers_available, const RingGeometry& expected) {
+  if (!is_power_of_two(expected.capacity) || expected.capacity < 4096 ||
+      expected.capacity > (uint64_t{1} << 40) || expected.reader_capacity == 0 ||
+      expected.reader_capacity > 65536 || expected.max_payload > largest_payload(expected.capacity))
+    throw std::runtime_error("ring geometry is impossible");
+  if (block_available < ring_block_bytes(expected.capacity) ||
+      readers_available < reader_table_bytes(expected.reader_capacity))
+    throw std::runtime_error("ring block or reader table smaller than its geometry");
   auto* h = reinterpret_cast<RingHeader*>(block);
   if (h->magic.load(std::memory_order_acquire) != kRingMagic)
     throw std::runtime_error("not a shmbus ring (bad magic)");
-  // Each field is read once into a local: another process may change the header while we
-  // look, and what we validate must be what we keep.
-  const uint32_t version = h->version;
-  const uint64_t capacity = h->capacity;
-  const uint64_t block_bytes = h->block_bytes;
-  const uint64_t table = h->readers_offset;
-  const uint32_t max_payload = h->max_payload;
-  const uint32_t flags = h->flags;
-  const uint32_t reader_capacity = h->reader_capacity;
-  if (version != kLayoutVersion)
-    throw std::runtime_error("ring layout version " + std::to_string(version) +
+  if (h->version != kLayoutVersion)
+    throw std::runtime_error("ring layout version " + std::to_string(h->version) +
                              " differs from this library's " + std::to_string(kLayoutVersion));
-  if (!is_power_of_two(capacity) || capacity < 4096 || capacity > (uint64_t{1} << 40) ||
-      reader_capacity == 0 || reader_capacity > 65536 || block_bytes > available ||
-      block_bytes != ring_block_bytes(capacity, reader_capacity) ||
-      table != readers_offset(capacity, reader_capacity) ||
-      max_payload > largest_payload(capacity) || (flags & ~kRingBackPressure) != 0)
-    throw std::runtime_error("ring header is inconsistent with its block");
   RingRef ring;
   ring.header_ = h;
   ring.data_ = block + kRingDataOffset;
-  ring.mask_ = capacity - 1;
-  std::byte* readers = reinterpret_cast<std::byte*>(h) + table;
+  ring.mask_ = expected.capacity - 1;
   ring.readers_ = reinterpret_cast<ReaderTableHeader*>(readers);
   ring.notify_ = reinterpret_cast<std::atomic<uint64_t>*>(readers + notify_array_offset());
-  ring.slots_ = reinterpret_cast<ReaderSlot*>(readers + slots_offset(reader_capacity));
-  ring.reader_capacity_ = reader_capacity;
-  ring.max_payload_ = max_payload;
-  ring.back_pressure_ = (flags & kRingBackPressure) != 0;
-  ring.channel_id_ = h->channel_id;
+  ring.slots_ = reinterpret_cast<ReaderSlot*>(readers + slots_offset(expected.reader_capacity));
+  ring.reader_capacity_ = expected.reader_capacity;
+  ring.max_payload_ = expected.max_payload;
+  ring.back_pressure_ = expected.back_pressure;
+  ring.channel_id_ = expected.channel_id;
+  if (!ring.header_matches_geometry())
+    throw std::runtime_error("ring header does not match the geometry shmbusd gave");
   return ring;
 }
 
 bool RingRef::header_matches_geometry() const {
   const RingHeader* h = header_;
   return h->magic.load(std::memory_order_relaxed) == kRingMagic && h->capacity == capacity() &&
-         h->max_payload == max_payload_ && h->reader_capacity == reader_capacity_ &&
-         h->flags == (back_pressure_ ? kRingBackPressure : 0) &&
-         h->readers_offset == readers_offset(capacity(), reader_capacity_);
+         h->block_bytes == ring_block_bytes(capacity()) && h->max_payload == max_payload_ &&
+         h->reader_capacity == reader_capacity_ &&
+         h->flags == (back_pressure_ ? kRingBackPressure : 0) && h->channel_id == channel_id_;
 }
 
 uint64_t RingRef::claim_position_relaxed() const {
@@ -275,6 +270,19 @@ bool RingRef::claim_plausible() const {
 
 ClaimWord RingRef::load_claim() const {
   return claim_snapshot(header_);
+}
+
+ClaimWord RingRef::read_claim() const {
+  const auto* words = reinterpret_cast<const uint64_t*>(&header_->claim);
+  ClaimWord claim{};
+  for (int tries = 0; tries < 64; ++tries) {
+    // Acquire on the position: the sequence load cannot move before it.
+    const uint64_t position = __atomic_load_n(&words[0], __ATOMIC_ACQUIRE);
+    claim.sequence = __atomic_load_n(&words[1], __ATOMIC_ACQUIRE);
+    claim.position = __atomic_load_n(&words[0], __ATOMIC_RELAXED);
+    if (claim.position == position) return claim;
+  }
+  return claim;
 }
 
 // ---- Publisher ----------------------------------------------------------------------------
@@ -445,13 +453,16 @@ Status Publisher::make_room(uint64_t need) {
   if (ring_.back_pressure()) {
     const uint64_t generation = ring_.readers()->generation.load(std::memory_order_acquire);
     if (generation != cached_reader_generation_ || cached_min_reader_ < need) {
-      cached_min_reader_ = min_gating_position();
+      cached_min_reader_ = min_gating_position(false);
       cached_reader_generation_ = generation;
     }
     if (cached_min_reader_ < need) {
       h->back_pressure_waits.fetch_add(1, std::memory_order_relaxed);
-      release_dead_gating_readers();
-      return Status::kWouldBlock;
+      // A gating reader whose process died must not stall publishers until the daemon frees
+      // its slot (at once when its connection closes; never if no daemon watches): look
+      // past it. Only here, when held up - it costs a system call per gating reader.
+      cached_min_reader_ = min_gating_position(true);
+      if (cached_min_reader_ < need) return Status::kWouldBlock;
     }
   }
   if (h->retire_frontier.load(std::memory_order_acquire) >= need) return Status::kOk;
@@ -524,12 +535,13 @@ Status Publisher::retire_until(uint64_t need, uint64_t want) {
   }
 }
 
-uint64_t Publisher::min_gating_position() {
+uint64_t Publisher::min_gating_position(bool skip_dead) const {
   const uint32_t slots = ring_.slot_high_water();
   uint64_t minimum = ~uint64_t{0};
   for (uint32_t i = 0; i < slots; ++i) {
     const ReaderSlot* s = ring_.slot(i);
     if (s->state.load(std::memory_order_acquire) != kSlotGating) continue;
+    if (skip_dead && process_is_dead(s->pid.load(std::memory_order_relaxed))) continue;
     // Acquire: pairs with the reader's release store of its position after it finished
     // with the bytes below it.
     minimum = std::min(minimum, s->position.load(std::memory_order_acquire));
@@ -537,32 +549,12 @@ uint64_t Publisher::min_gating_position() {
   return minimum;
 }
 
-void Publisher::release_dead_gating_readers() {
-  // A gating reader whose process died must not stall publishers forever. The daemon
-  // frees such slots when the client's socket closes; this catches the case where no
-  // daemon watches (tests, or a daemon restart).
-  const uint32_t slots = ring_.slot_high_water();
-  bool released = false;
-  for (uint32_t i = 0; i < slots; ++i) {
-    ReaderSlot* s = ring_.slot(i);
-    uint32_t state = kSlotGating;
-    if (s->state.load(std::memory_order_acquire) != kSlotGating ||
-        !process_is_dead(s->pid.load(std::memory_order_relaxed)))
-      continue;
-    // Unlink its doorbell first: its memory may be freed and reused by the daemon.
-    ring_.notify()[i].store(ShmRef::kNone, std::memory_order_release);
-    if (s->state.compare_exchange_strong(state, kSlotFree, std::memory_order_acq_rel))
-      released = true;
-  }
-  if (released) ring_.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
-}
-
 // ---- Reader -------------------------------------------------------------------------------
 
 Reader::Reader(RingRef ring, Start start, uint64_t after_sequence) : ring_(ring) {
   switch (start) {
     case Start::kLatest: {
-      const ClaimWord claim = ring_.load_claim();
+      const ClaimWord claim = ring_.read_claim();  // the ring may be mapped read-only
       position_ = claim.position;
       next_sequence_ = claim.sequence;
       sequence_known_ = true;
@@ -585,7 +577,7 @@ void Reader::seek_sequence(uint64_t first_wanted) {
   // Walks frames from the frontier, which publishers may retire and overwrite meanwhile
   // (this reader gates nobody yet); every value read is re-checked.
   const SeqlockReadScope frames_may_move;
-  const ClaimWord claim = ring_.load_claim();
+  const ClaimWord claim = ring_.read_claim();
   auto start_at_head = [&] {
     position_ = claim.position;
     next_sequence_ = std::min(first_wanted, claim.sequence);
@@ -1217,6 +1209,17 @@ int32_t claim_reader_slot(RingRef ring, const SlotClaim& claim) {
     return static_cast<int32_t>(i);
   }
   return -1;
+}
+
+uint32_t release_all_reader_slots(RingRef ring) {
+  uint32_t released = 0;
+  for (uint32_t i = 0; i < ring.reader_capacity(); ++i) {
+    ReaderSlot* s = ring.slot(i);
+    ring.notify()[i].store(ShmRef::kNone, std::memory_order_release);
+    if (s->state.exchange(kSlotFree, std::memory_order_acq_rel) != kSlotFree) ++released;
+  }
+  ring.readers()->generation.fetch_add(1, std::memory_order_acq_rel);
+  return released;
 }
 
 bool release_reader_slot(RingRef ring, uint32_t slot, uint64_t owner) {

@@ -61,9 +61,13 @@ class ArenaTable {
   std::byte* base(uint32_t arena_id) const {
     return bases_.at(arena_id).load(std::memory_order_acquire);
   }
+  uint64_t size(uint32_t arena_id) const {
+    return sizes_.at(arena_id).load(std::memory_order_relaxed);
+  }
   // The bus's doorbells: every one is `bits` bits (so layout::doorbell_bytes(bits) long) and
-  // lives in arena `arena_id`. Set once, before any publisher resolves a link; bits 0 means
-  // "not known": no link resolves.
+  // lives in arena `arena_id`, at a multiple of layout::doorbell_stride(bits) from its first
+  // page. Set once, before any publisher resolves a link; bits 0 means "not known": no link
+  // resolves.
   void set_doorbells(uint32_t arena_id, uint32_t bits) {
     doorbell_arena_ = arena_id;
     doorbells_ = DoorbellGeometry(bits);
@@ -77,7 +81,7 @@ class ArenaTable {
     const uint32_t arena_id = layout::ShmRef::arena_id(ref);
     const uint64_t offset = layout::ShmRef::offset(ref);
     if (arena_id != doorbell_arena_ || layout::ShmRef::bit(ref) >= doorbells_.bits ||
-        offset < layout::kPageSize)
+        offset < layout::kPageSize || (offset - layout::kPageSize) % doorbells_.stride != 0)
       return nullptr;
     std::byte* arena = bases_[arena_id].load(std::memory_order_acquire);
     const uint64_t size = sizes_[arena_id].load(std::memory_order_relaxed);
@@ -100,23 +104,50 @@ struct RingConfig {
   uint32_t channel_id = 0;
 };
 
-// A ring mapped in this process.
+// A ring's shape as its owner decided it (max_payload resolved). Every process opens a ring
+// with the geometry the daemon told it, and checks the ring's header against it then.
+struct RingGeometry {
+  uint64_t capacity = 0;
+  uint32_t max_payload = 0;
+  bool back_pressure = false;
+  uint32_t reader_capacity = 0;
+  uint32_t channel_id = 0;
+  friend bool operator==(const RingGeometry&, const RingGeometry&) = default;
+};
+
+// A ring mapped in this process: its block (header page and data) and its reader table,
+// which lives elsewhere (a reader arena; layout.hpp).
 class RingRef {
  public:
-  // Bytes a ring block with this config needs (page multiple).
-  static uint64_t block_bytes(const RingConfig& config);
+  // Bytes of the ring block and of the reader table a ring with this config needs.
+  static uint64_t block_bytes(const RingConfig& config) {
+    return layout::ring_block_bytes(config.capacity);
+  }
+  static uint64_t readers_bytes(const RingConfig& config) {
+    return layout::reader_table_bytes(config.reader_capacity);
+  }
   // Largest payload a ring of `capacity` bytes can carry: a frame plus the padding in front
   // of it must fit in the ring.
   static uint32_t largest_payload(uint64_t capacity);
-  // Owner: formats zeroed memory (block_bytes(config) long) as a ring. Throws
-  // std::invalid_argument naming the bad setting.
-  static RingRef format(std::byte* block, const RingConfig& config);
-  // Anyone: validates a formatted ring at `block`, which has `available` mapped bytes.
-  static RingRef open(std::byte* block, uint64_t available);
+  // The geometry a config gives (max_payload 0 resolved). Throws std::invalid_argument
+  // naming the bad setting.
+  static RingGeometry geometry_of(const RingConfig& config);
+  // Owner: formats zeroed memory as a ring: `block` (block_bytes(config) long) and its
+  // reader table `readers` (readers_bytes(config) long). Throws std::invalid_argument
+  // naming the bad setting.
+  static RingRef format(std::byte* block, std::byte* readers, const RingConfig& config);
+  // Anyone: opens the ring at `block` (`block_available` mapped bytes) with its reader
+  // table at `readers` (`readers_available`), after checking the header says `expected`.
+  // Throws std::runtime_error if it does not, or the memory is too small.
+  static RingRef open(std::byte* block, uint64_t block_available, std::byte* readers,
+                      uint64_t readers_available, const RingGeometry& expected);
 
   RingRef() = default;
 
   layout::RingHeader* header() const { return header_; }
+  RingGeometry geometry() const {
+    return {capacity(), max_payload_, back_pressure_, reader_capacity_, channel_id_};
+  }
   // Geometry, cached when the ring was opened (validated against the block then): every
   // process that may publish may also overwrite the header, so nothing sizes a loop, an
   // allocation or an offset from the header afterwards.
@@ -151,8 +182,15 @@ class RingRef {
   std::atomic<uint64_t>* notify() const { return notify_; }
   layout::ReaderSlot* slot(uint32_t index) const { return slots_ + index; }
 
-  // An atomic snapshot of the claim word (one 16-byte read).
+  // An atomic snapshot of the claim word (one 16-byte read). Writes the claim line on
+  // x86-64 (a CAS is its only 16-byte atomic read): publishers and the owner only.
   layout::ClaimWord load_claim() const;
+  // The same for a process that may map the ring read-only (a subscriber): two 8-byte loads
+  // taken again until the position did not move between them (positions only grow, so the
+  // sequence read between them belongs to that position). Gives up after a few tries on a
+  // busy ring and returns the last position with the sequence read before it, which may
+  // then lag: callers use it as a starting point, never as a bound.
+  layout::ClaimWord read_claim() const;
   // The claim position alone (an 8-byte load; no write to the publishers' line).
   uint64_t claim_position_relaxed() const;
   // True if the claim position and the retire frontier satisfy I1 (see the top of this
@@ -164,7 +202,7 @@ class RingRef {
     return header_->retire_frontier.load(std::memory_order_acquire);
   }
   // Messages ever claimed in this ring (committed, in flight or aborted).
-  uint64_t published() const { return load_claim().sequence; }
+  uint64_t published() const { return read_claim().sequence; }
   // The same without the 16-byte CAS (which writes the publishers' claim line): may lag,
   // enough for the daemon's idle scan and for tools.
   uint64_t published_relaxed() const {
@@ -232,8 +270,10 @@ class Publisher {
   // Retires frames from the frontier until it reaches `need` (required) or `want`
   // (opportunistic, want >= need). kOk or kWouldBlock (an unfinished frame is in the way).
   Status retire_until(uint64_t need, uint64_t want);
-  uint64_t min_gating_position();
-  void release_dead_gating_readers();
+  // The slowest gating reader's position (all ones if none); with `skip_dead`, readers
+  // whose process has exited are left out. Reads the reader table only: a publisher may map
+  // it read-only.
+  uint64_t min_gating_position(bool skip_dead) const;
   void notify_readers(uint16_t origin = 0);
 
   RingRef ring_;
@@ -428,6 +468,9 @@ struct SlotClaim {
   uint64_t doorbell_ref = layout::ShmRef::kNone;
 };
 int32_t claim_reader_slot(RingRef ring, const SlotClaim& claim);
+// Frees every slot, whoever holds it (the owner's decision, for a ring no reader may use any
+// more). Returns how many were in use.
+uint32_t release_all_reader_slots(RingRef ring);
 // Frees slot `slot` if `owner` still holds it. True if it did.
 bool release_reader_slot(RingRef ring, uint32_t slot, uint64_t owner);
 // Slots in use (gating or active).

@@ -150,8 +150,8 @@ std::vector<std::string> to_strings(std::initializer_list<std::string_view> name
 }  // namespace
 
 struct Subscription::State {
+  std::unique_ptr<BusMemory> memory;  // before `connection`, which hands it grants
   std::unique_ptr<ControlConnection> connection;
-  std::unique_ptr<BusMemory> memory;
   layout::DoorbellHeader* doorbell = nullptr;
   std::unique_ptr<Waiter> waiter;
 
@@ -539,10 +539,13 @@ struct Subscription::State {
     for (RingReader* r : readers) {
       RingReader& rr = *r;
       if (!affected(rr)) continue;
-      // Only what was published before now: a fast publisher must not keep us here.
-      const uint64_t stop = rr.ring.load_claim().position;
-      while (rr.reader->position() < stop &&
-             rr.reader->try_read_copy(bytes, message) == Status::kOk) {
+      // Only what was published before now: a fast publisher must not keep us here. At most
+      // a lap of messages: a ring whose claim someone forged far ahead must not either.
+      const uint64_t stop = rr.ring.claim_position_relaxed();
+      for (uint64_t budget = rr.ring.capacity() / layout::kFrameAlignment;
+           budget > 0 && rr.reader->position() < stop &&
+           rr.reader->try_read_copy(bytes, message) == Status::kOk;
+           --budget) {
         if (!admit(rr, message)) continue;
         for (size_t i = 0; i < rr.deliveries(); ++i)
           settled.push_back(delivery(rr, i, bytes, message));
@@ -644,17 +647,18 @@ Subscription::~Subscription() = default;
 Subscription Subscription::open(const ConnectOptions& options) {
   const Endpoint endpoint = resolve_endpoint(options);
   auto state = std::make_unique<State>();
-  state->connection = std::make_unique<ControlConnection>(endpoint, true);
+  state->memory = std::make_unique<BusMemory>(endpoint.bus);
+  state->connection = std::make_unique<ControlConnection>(endpoint, Role::kSubscriber,
+                                                          state->memory->grant_handler());
   const Welcome& welcome = state->connection->welcome();
-  state->memory =
-      std::make_unique<BusMemory>(state->connection->endpoint().bus, Arena::Access::kReadWrite);
-  std::byte* arena0 = state->memory->base(0);
+  const uint64_t doorbell_bytes = layout::doorbell_bytes(welcome.doorbell_bits);
   if (welcome.doorbell_bits < 2 || welcome.doorbell_offset < layout::kPageSize ||
-      welcome.doorbell_offset + layout::doorbell_bytes(welcome.doorbell_bits) >
-          state->memory->size(0))
-    throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside arena 0");
+      welcome.doorbell_offset > state->memory->size(layout::kDoorbellArena) ||
+      state->memory->size(layout::kDoorbellArena) - welcome.doorbell_offset < doorbell_bytes)
+    throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside the doorbell arena");
   try {
-    state->doorbell = doorbell::open(arena0 + welcome.doorbell_offset);
+    state->doorbell =
+        doorbell::open(state->memory->base(layout::kDoorbellArena) + welcome.doorbell_offset);
   } catch (const std::exception& e) {
     throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
   }

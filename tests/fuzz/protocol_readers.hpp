@@ -1,7 +1,7 @@
 // The readers of the control protocol, as the fuzz targets run them: for each frame type,
 // the fields parsed in the order and with the limits the real reader uses (client side:
 // libbus/src/client.cpp, bus.cpp, subscription.cpp; daemon side: dispatch() and the on_*
-// handlers in daemon/server.cpp). The real readers sit inside classes that also act on what
+// handlers in daemon/requests.cpp). The real readers sit inside classes that also act on what
 // they parse (map rings, create channels), so they are restated here; a change to a reader
 // there belongs here too.
 //
@@ -22,7 +22,7 @@
 
 namespace shmbus::fuzz {
 
-// daemon/server.cpp: kMaxClientNameBytes (private to the daemon).
+// daemon/requests.cpp: kMaxClientNameBytes (private to the daemon).
 inline constexpr uint32_t kMaxClientNameBytes = 256;
 
 // Aborts unless `w` (built from what was parsed) carries exactly the fields of `f`, or with
@@ -77,12 +77,17 @@ inline bool read_client_frame(const protocol::Frame& f) {
       const uint16_t publisher_id = p.u16();
       const uint64_t client_id = p.u64();
       const std::string bus(p.str(256, "bus name"));
-      const uint64_t directory_offset = p.u64();
-      const uint64_t doorbell_offset = p.u64();
       const uint32_t doorbell_bits = p.u32();
+      const uint64_t doorbell_offset = p.u64();
       p.end();
       w.u16(version).u16(publisher_id).u64(client_id).str(bus);
-      w.u64(directory_offset).u64(doorbell_offset).u32(doorbell_bits);
+      w.u32(doorbell_bits).u64(doorbell_offset);
+      break;
+    }
+    case Type::kArenaGrant: {  // client.cpp: ControlConnection::take_grant
+      const auto grant = protocol::ArenaGrant::read(p);
+      p.end();
+      grant.write(w);
       break;
     }
     case Type::kError: {  // client.cpp: ControlConnection::next_reply (no end(): ignored)
@@ -150,8 +155,7 @@ inline bool read_client_frame(const protocol::Frame& f) {
     case Type::kOk:
     case Type::kPong:  // their fields are not read
       return true;
-    default:
-      return false;
+    default: return false;
   }
   expect_same_fields(w, f);
   return true;
@@ -169,9 +173,11 @@ inline bool read_daemon_frame(const protocol::Frame& f) {
       const uint16_t min_version = p.u16();
       const uint16_t max_version = p.u16();
       const std::string name(p.str(kMaxClientNameBytes, "client name"));
-      const uint8_t wants_doorbell = p.u8();
+      const uint8_t role = p.u8();
       p.end();
-      w.u32(magic).u16(min_version).u16(max_version).str(name).u8(wants_doorbell);
+      if (role > static_cast<uint8_t>(protocol::Role::kObserver))
+        throw protocol::ProtocolError("HELLO with unknown role");
+      w.u32(magic).u16(min_version).u16(max_version).str(name).u8(role);
       break;
     }
     case Type::kOpenChannel: {  // on_open_channel
@@ -219,12 +225,16 @@ inline bool read_daemon_frame(const protocol::Frame& f) {
       w.str(filter);
       break;
     }
+    case Type::kReportCorrupt: {  // on_report_corrupt
+      const uint32_t channel_id = p.u32();
+      p.end();
+      w.u32(channel_id);
+      break;
+    }
     case Type::kPing:
     case Type::kBye:  // dispatch: no fields
-      p.end();
-      break;
-    default:
-      return false;
+    case Type::kMapArenas: p.end(); break;
+    default: return false;
   }
   expect_same_fields(w, f);
   return true;

@@ -26,6 +26,7 @@ enum class Errc {
   kSystem,           // a system call failed (errno in the message)
   kCorrupt,          // a channel's shared memory contradicts itself: some process wrote
                      // garbage into it (the daemon replaces such a ring)
+  kPermission,       // an [[access]] rule of the daemon does not let this user do that
 };
 
 class Error : public std::runtime_error {

@@ -1,0 +1,280 @@
+// Permissions by channel, enforced by the kernel: [[access]] rules decide who may publish to
+// and subscribe to which channels, checked against the socket's peer credentials, and a
+// client maps only the arenas of the classes it may use - read-only where it only reads.
+// Throwaway users and a group are created for the test (useradd), so it needs root; it
+// skips, saying so, without.
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <pwd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon_support.hpp"
+#include "directory.hpp"
+#include "intruder.hpp"
+#include "shmbus/shmbus.hpp"
+#include "test_support.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestDaemon;
+
+constexpr const char* kPublisher = "shmbus-t-pub";   // may publish to orders:*
+constexpr const char* kReader = "shmbus-t-sub";      // in kReaders: may read orders:*
+constexpr const char* kStranger = "shmbus-t-other";  // neither
+constexpr const char* kReaders = "shmbus-t-readers";
+
+bool run(const std::string& command) {
+  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+// Creates the users and the group once per test program; false if that is not possible.
+bool make_users() {
+  static const bool made = [] {
+    if (geteuid() != 0) return false;
+    run(std::string("groupadd -r ") + kReaders);
+    for (const char* user : {kPublisher, kReader, kStranger})
+      run(std::string("useradd -r -M -s /usr/sbin/nologin ") + user);
+    run(std::string("usermod -a -G ") + kReaders + " " + kReader);
+    return getpwnam(kPublisher) && getpwnam(kReader) && getpwnam(kStranger) && getgrnam(kReaders);
+  }();
+  return made;
+}
+
+// Runs `fn` in a child process as `user` (its own groups included); returns what the child
+// reported: "" for success, else what failed.
+std::string as_user(const char* user, const std::function<std::string()>& fn) {
+  int report[2];
+  if (pipe(report) != 0) return "pipe failed";
+  const pid_t child = fork();
+  if (child == 0) {
+    close(report[0]);
+    std::string failure;
+    const passwd* pw = getpwnam(user);
+    if (pw == nullptr || initgroups(user, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+      failure = std::string("cannot become ") + user;
+    } else {
+      try {
+        failure = fn();
+      } catch (const std::exception& e) {
+        failure = std::string("exception: ") + e.what();
+      }
+    }
+    if (!failure.empty()) [[maybe_unused]]
+      auto n = write(report[1], failure.data(), failure.size());
+    _exit(failure.empty() ? 0 : 1);
+  }
+  close(report[1]);
+  std::string message;
+  char buffer[512];
+  for (ssize_t n; (n = read(report[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
+  close(report[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status));
+  if (WEXITSTATUS(status) != 0 && message.empty()) return "child failed";
+  return message;
+}
+
+// The code of the Error `fn` throws, or kSystem if it throws nothing.
+template <typename Fn>
+std::pair<Errc, std::string> error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  }
+  return {Errc::kSystem, "no error"};
+}
+
+daemon::Config access_config() {
+  daemon::Config config = test::small_test_config();
+  daemon::AccessRule orders;
+  orders.pattern = "orders:*";
+  orders.publish.push_back(
+      {daemon::Principal::Kind::kUser, getpwnam(kPublisher)->pw_uid, kPublisher});
+  orders.subscribe.push_back(
+      {daemon::Principal::Kind::kGroup, getgrnam(kReaders)->gr_gid, std::string("@") + kReaders});
+  config.access.push_back(orders);
+  return config;  // every other channel: open to all, as without rules
+}
+
+class AccessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!make_users()) GTEST_SKIP() << "needs root to create throwaway users (useradd)";
+    daemon_ = std::make_unique<TestDaemon>(access_config());
+    // Any user may connect to this test bus: the rules, not the socket's mode, are tested.
+    std::filesystem::permissions(std::filesystem::path(daemon_->socket_path()).parent_path(),
+                                 std::filesystem::perms::all);
+    std::filesystem::permissions(daemon_->socket_path(), std::filesystem::perms::all);
+  }
+  std::unique_ptr<TestDaemon> daemon_;
+};
+
+TEST_F(AccessTest, PublishAndSubscribeFollowTheRulesWithNopermErrorsLikeRedis) {
+  const ConnectOptions options = daemon_->options();
+  EXPECT_EQ(as_user(kReader,
+                    [&] {
+                      auto sub = Subscription::open(options);
+                      sub.subscribe({"orders:1"});
+                      auto bus = Bus::connect(options);
+                      const auto [code, message] = error_of([&] { bus.publish("orders:1", "x"); });
+                      if (code != Errc::kPermission) return "publish by a reader: " + message;
+                      if (message.find("NOPERM") == std::string::npos ||
+                          message.find("access[1]") == std::string::npos ||
+                          message.find(kPublisher) == std::string::npos)
+                        return "the refusal does not name the rule and who it admits: " + message;
+                      bus.publish("news:1", "open channels stay open");
+                      return std::string();
+                    }),
+            "");
+  EXPECT_EQ(as_user(kStranger,
+                    [&] {
+                      auto sub = Subscription::open(options);
+                      const auto [code, message] = error_of([&] {
+                        sub.subscribe({"news:2", "orders:1"});
+                      });
+                      if (code != Errc::kPermission) return "subscribe by a stranger: " + message;
+                      if (!sub.channels().empty())
+                        return std::string("a refused SUBSCRIBE subscribed");
+                      return std::string();
+                    }),
+            "");
+  EXPECT_EQ(as_user(kPublisher,
+                    [&] {
+                      Bus::connect(options).publish("orders:2", "by its publisher");
+                      return std::string();
+                    }),
+            "");
+}
+
+// A pattern receives the channels its subscriber may read, and nothing else.
+TEST_F(AccessTest, APatternAttachesOnlyWhatItsSubscriberMayRead) {
+  const ConnectOptions options = daemon_->options();
+  // Root (the test) may publish anywhere: it keeps both channels busy meanwhile.
+  std::atomic<bool> done{false};
+  std::thread publisher([&] {
+    auto bus = Bus::connect(options);
+    while (!done.load()) {
+      bus.publish("orders:7", "secret");
+      bus.publish("news:7", "public");
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  EXPECT_EQ(as_user(kStranger,
+                    [&] {
+                      auto sub = Subscription::open(options);
+                      sub.psubscribe({"*"});
+                      int received = 0;
+                      const auto until = std::chrono::steady_clock::now() + 500ms;
+                      while (std::chrono::steady_clock::now() < until) {
+                        auto m = sub.next(100ms);
+                        if (!m) continue;
+                        if (m->channel != "news:7")
+                          return "received " + std::string(m->channel) + ", which it may not read";
+                        ++received;
+                      }
+                      if (received == 0) return std::string("received nothing of news:7");
+                      return std::string();
+                    }),
+            "");
+  done = true;
+  publisher.join();
+}
+
+// What the kernel enforces: a subscriber maps ring data read-only (a write faults in the
+// writer alone, and the descriptor cannot be reopened writable), and a client maps nothing
+// of a class it may not read.
+TEST_F(AccessTest, TheKernelEnforcesItReadOnlyRingsAndNoMappingOfOtherClasses) {
+  const ConnectOptions options = daemon_->options();
+  Bus::connect(options).publish("orders:9", "x");  // creates the channel and its class arenas
+  EXPECT_EQ(as_user(kReader,
+                    [&] {
+                      test::Intruder reader(options, protocol::Role::kSubscriber);
+                      RingRef ring = reader.subscribe("orders:9").ring;
+                      // Writable: its own reader slot. Not writable: the ring.
+                      ring.slot(0)->delivered.store(1);
+                      if (!test::write_faults([&] { ring.header()->claim.position = 12345; }))
+                        return std::string("a subscriber could write into a ring");
+                      // Each granted descriptor was closed once mapped; what the kernel says of the
+                      // mapping is in /proc/self/maps: the ring's arena read-only and shared.
+                      std::ifstream maps("/proc/self/maps");
+                      bool ring_ro = false;
+                      const uint64_t ring_at = reinterpret_cast<uint64_t>(ring.header());
+                      for (std::string line; std::getline(maps, line);) {
+                        const uint64_t from =
+                            std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+                        const uint64_t to = std::stoull(
+                            line.substr(line.find('-') + 1, line.find(' ')), nullptr, 16);
+                        if (ring_at >= from && ring_at < to)
+                          ring_ro = line.find(" r--s ") != std::string::npos;
+                      }
+                      if (!ring_ro) return std::string("the ring's mapping is not r--s");
+                      return std::string();
+                    }),
+            "");
+  EXPECT_EQ(
+      as_user(kStranger,
+              [&] {
+                // An observer (a stats tool) asks for everything it may read.
+                test::Intruder observer(options, protocol::Role::kObserver);
+                protocol::Writer w = observer.connection().next_request(protocol::Type::kMapArenas);
+                observer.connection().request(w);
+                bool listed = false;
+                std::string failure;
+                for_each_channel(observer.memory(), [&](const DirectoryEntry& e) {
+                  if (e.name != "orders:9") return;
+                  listed = true;  // names are public, as PUBSUB CHANNELS is in Redis
+                  const uint32_t ring_arena = layout::ShmRef::arena_id(e.descriptor->ring_ref);
+                  const uint32_t readers_arena =
+                      layout::ShmRef::arena_id(e.descriptor->readers_ref);
+                  if (e.ring || observer.memory().mapped(ring_arena) ||
+                      observer.memory().mapped(readers_arena))
+                    failure = "a client that may not read orders:9 maps its arenas";
+                });
+                if (!listed) return std::string("orders:9 is not listed");
+                auto stats = StatsReader::open(options).read("orders:*");
+                if (stats.channels.size() != 1 || stats.channels[0].published != 0)
+                  return std::string("stats show the counters of a channel it may not read");
+                return failure;
+              }),
+      "");
+}
+
+// A read-only descriptor cannot be reopened writable through /proc by another user: the
+// segment's mode (0600, the daemon's user) decides, not the descriptor.
+TEST_F(AccessTest, AReadOnlyDescriptorCannotBeReopenedWritable) {
+  Arena arena = Arena::create("shmbus-test.reopen", 1 << 20, 9);
+  const int ro = arena.read_only_fd();
+  EXPECT_EQ(
+      as_user(kStranger,
+              [&] {
+                const std::string path = "/proc/self/fd/" + std::to_string(ro);
+                const int rw = ::open(path.c_str(), O_RDWR);
+                if (rw >= 0) return std::string("reopened a read-only segment writable");
+                if (mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0) != MAP_FAILED)
+                  return std::string("mapped a read-only descriptor writable");
+                return std::string();
+              }),
+      "");
+}
+
+}  // namespace
+}  // namespace shmbus
