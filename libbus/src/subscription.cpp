@@ -177,7 +177,8 @@ struct Subscription::State {
   size_t sweep_cursor = 0;
   uint32_t calls_since_sweep_check = 0;
   bool control_pending = false;
-  std::string daemon_gone;  // why the control connection ended, if it did
+  std::vector<uint32_t> corrupt_rings;  // channel ids to report (report_corrupt_rings)
+  std::string daemon_gone;              // why the control connection ended, if it did
 
   // Deliveries fixed before a subscription change: messages published before the change
   // keep the reasons they had then (a Redis server would have sent them already).
@@ -406,7 +407,16 @@ struct Subscription::State {
     rr.channel_id = a.ring.channel_id;
     rr.bit = a.bit;
     rr.channel = a.channel;
-    rr.ring = memory->ring(a.ring);
+    try {
+      rr.ring = memory->ring(a.ring);
+    } catch (const Error& e) {
+      if (e.code() != Errc::kCorrupt) throw;
+      // Some process wrote over the ring before we opened it. Not ours to fail over: the
+      // daemon is told, replaces the ring and attaches us to the new one (a detach, then an
+      // attach), and meanwhile this channel reads nothing.
+      corrupt_rings.push_back(a.ring.channel_id);
+      return;
+    }
     if (a.slot >= rr.ring.reader_capacity())
       throw Error(Errc::kProtocol, "shmbusd assigned a reader slot out of range");
     const bool from_slot = start.kind == StartAt::Kind::kLatest || a.start_position == kKeepReading;
@@ -474,13 +484,27 @@ struct Subscription::State {
     control_pending = false;
     try {
       connection->poll_events();
+      apply_events();
+      report_corrupt_rings();
     } catch (const Error& e) {
       if (e.code() != Errc::kDaemonGone) throw;
       // Keep delivering what is already in the rings; next() reports this once they are
       // drained (publishers with open channels may go on through shared memory meanwhile).
       daemon_gone = e.what();
+      apply_events();
     }
-    apply_events();
+  }
+
+  // Tells the daemon about rings found corrupt when they were to be opened. Sent between
+  // requests, never inside one (a reply may come in several frames).
+  void report_corrupt_rings() {
+    while (!corrupt_rings.empty()) {
+      const uint32_t channel_id = corrupt_rings.back();
+      corrupt_rings.pop_back();
+      Writer w = connection->next_request(Type::kReportCorrupt);
+      w.u32(channel_id);
+      request(w);
+    }
   }
 
   // Sends a (un)subscribe request, applies the events that preceded the reply, then
@@ -686,6 +710,7 @@ void Subscription::subscribe(std::span<const std::string> channels, StartAt star
     if (!s.holds_channel(name)) s.channels.push_back(name);
   try {
     s.apply_subscribed(reply, start);
+    s.report_corrupt_rings();
   } catch (const Error&) {
     // The daemon stopped at the first failure: keep only what it confirmed.
     std::erase_if(s.channels, [&](const std::string& name) {
@@ -720,6 +745,7 @@ void Subscription::psubscribe(std::span<const std::string> patterns) {
       s.patterns.push_back(pattern);
   for (RingReader* rr : s.readers) s.refresh_reasons(*rr);  // channels already read
   s.apply_subscribed(reply, StartAt::latest());
+  s.report_corrupt_rings();
 }
 
 void Subscription::psubscribe(std::initializer_list<std::string_view> patterns) {
