@@ -27,6 +27,7 @@
 #include "intruder.hpp"
 #include "shmbus/shmbus.hpp"
 #include "test_support.hpp"
+#include "throwaway_users.hpp"
 
 namespace shmbus {
 namespace {
@@ -34,63 +35,11 @@ namespace {
 using namespace std::chrono_literals;
 using test::TestDaemon;
 
-constexpr const char* kPublisher = "shmbus-t-pub";   // may publish to orders:*
-constexpr const char* kReader = "shmbus-t-sub";      // in kReaders: may read orders:*
-constexpr const char* kStranger = "shmbus-t-other";  // neither
-constexpr const char* kReaders = "shmbus-t-readers";
-
-bool run(const std::string& command) {
-  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
-}
-
-// Creates the users and the group once per test program; false if that is not possible.
-bool make_users() {
-  static const bool made = [] {
-    if (geteuid() != 0) return false;
-    run(std::string("groupadd -r ") + kReaders);
-    for (const char* user : {kPublisher, kReader, kStranger})
-      run(std::string("useradd -r -M -s /usr/sbin/nologin ") + user);
-    run(std::string("usermod -a -G ") + kReaders + " " + kReader);
-    return getpwnam(kPublisher) && getpwnam(kReader) && getpwnam(kStranger) && getgrnam(kReaders);
-  }();
-  return made;
-}
-
-// Runs `fn` in a child process as `user` (its own groups included); returns what the child
-// reported: "" for success, else what failed.
-std::string as_user(const char* user, const std::function<std::string()>& fn) {
-  int report[2];
-  if (pipe(report) != 0) return "pipe failed";
-  const pid_t child = fork();
-  if (child == 0) {
-    close(report[0]);
-    std::string failure;
-    const passwd* pw = getpwnam(user);
-    if (pw == nullptr || initgroups(user, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
-        setuid(pw->pw_uid) != 0) {
-      failure = std::string("cannot become ") + user;
-    } else {
-      try {
-        failure = fn();
-      } catch (const std::exception& e) {
-        failure = std::string("exception: ") + e.what();
-      }
-    }
-    if (!failure.empty()) [[maybe_unused]]
-      auto n = write(report[1], failure.data(), failure.size());
-    _exit(failure.empty() ? 0 : 1);
-  }
-  close(report[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t n; (n = read(report[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(report[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status));
-  if (WEXITSTATUS(status) != 0 && message.empty()) return "child failed";
-  return message;
-}
+using test::as_user;
+constexpr const char* kPublisher = test::kPublisherUser;  // may publish to orders:*
+constexpr const char* kReader = test::kReaderUser;        // in kReaders: may read orders:*
+constexpr const char* kStranger = test::kStrangerUser;    // neither
+constexpr const char* kReaders = test::kReadersGroup;
 
 // The code of the Error `fn` throws, or kSystem if it throws nothing.
 template <typename Fn>
@@ -118,7 +67,8 @@ daemon::Config access_config() {
 class AccessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!make_users()) GTEST_SKIP() << "needs root to create throwaway users (useradd)";
+    if (!test::make_throwaway_users())
+      GTEST_SKIP() << "needs root to create throwaway users (useradd)";
     daemon_ = std::make_unique<TestDaemon>(access_config());
     // Any user may connect to this test bus: the rules, not the socket's mode, are tested.
     std::filesystem::permissions(std::filesystem::path(daemon_->socket_path()).parent_path(),

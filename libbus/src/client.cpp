@@ -273,6 +273,12 @@ std::byte* BusMemory::base(uint32_t arena_id) const {
   return mapped;
 }
 
+bool BusMemory::writable(uint32_t arena_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arena_id < arenas_.size() && arenas_[arena_id] &&
+         arenas_[arena_id]->access() == Arena::Access::kReadWrite;
+}
+
 uint64_t BusMemory::size(uint32_t arena_id) const {
   base(arena_id);  // throws if not granted
   return table_.size(arena_id);

@@ -103,6 +103,8 @@ class BusMemory {
   std::byte* base(uint32_t arena_id) const;
   uint64_t size(uint32_t arena_id) const;
   bool mapped(uint32_t arena_id) const { return table_.base(arena_id) != nullptr; }
+  // Whether this process maps arena `arena_id` writable (as granted).
+  bool writable(uint32_t arena_id) const;
   // Opens the ring at `location` after checking it lies inside granted arenas.
   RingRef ring(const protocol::RingLocation& location) const;
   const ArenaTable& table() const { return table_; }
