@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iterator>
 #include <optional>
+#include <utility>
 
 #include "clock.hpp"
 #include "glob.hpp"
@@ -29,7 +30,8 @@ std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* w
 
 Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
                    Registry& registry, Connections& connections, Subscriptions& subscriptions,
-                   CrashRepair& repair, Access& access, Reclaimer& reclaimer)
+                   CrashRepair& repair, Access& access, Reclaimer& reclaimer,
+                   PublisherIds& publisher_ids)
     : config_(config),
       bus_(std::move(bus)),
       log_(std::move(log)),
@@ -38,7 +40,8 @@ Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog
       subscriptions_(subscriptions),
       repair_(repair),
       access_(access),
-      reclaimer_(reclaimer) {}
+      reclaimer_(reclaimer),
+      publisher_ids_(publisher_ids) {}
 
 void Requests::dispatch(Client& c, const Frame& f) {
   if (!c.greeted && f.type != Type::kHello)
@@ -103,17 +106,13 @@ void Requests::on_hello(Client& c, const Frame& f) {
                     "; use matching libshmbus and shmbusd");
     return;
   }
-  if (free_publisher_ids_.empty() && next_publisher_id_ > 0xffff)
+  const std::optional<uint16_t> publisher_id = publisher_ids_.acquire();
+  if (!publisher_id)
     throw Error(Errc::kLimit, "all 65535 publisher ids are in use; close idle connections");
   c.greeted = true;
   c.name = name;
   c.role = static_cast<Role>(role);
-  if (!free_publisher_ids_.empty()) {
-    c.publisher_id = free_publisher_ids_.back();
-    free_publisher_ids_.pop_back();
-  } else {
-    c.publisher_id = static_cast<uint16_t>(next_publisher_id_++);
-  }
+  c.publisher_id = *publisher_id;
   if (c.role == Role::kSubscriber) {
     const Registry::Doorbell doorbell = registry_.allocate_doorbell();
     c.doorbell_block = doorbell.block;
@@ -383,14 +382,15 @@ void Requests::finish_client(Client& c) {
   for (auto& [channel_id, handles] : c.open_channels)
     if (ChannelState* ch = registry_.find_any(channel_id)) ch->publisher_holds -= handles;
   c.open_channels.clear();
-  if (c.publisher_id != 0) free_publisher_ids_.push_back(c.publisher_id);
+  publisher_ids_.release(c.publisher_id);
   c.publisher_id = 0;
 }
 
 void Requests::repair_and_finish(Client& c) {
   std::vector<uint32_t> held;
   for (auto& [channel_id, handles] : c.open_channels) held.push_back(channel_id);
-  repair_.repair_publisher(c.publisher_id, held);
+  // The id goes back once its frames are repaired: repair decides when.
+  repair_.repair_publisher(std::exchange(c.publisher_id, 0), held);
   finish_client(c);
 }
 

@@ -20,6 +20,7 @@
 #include "config.hpp"
 #include "connections.hpp"
 #include "protocol.hpp"
+#include "publisher_ids.hpp"
 #include "reclaim.hpp"
 #include "registry.hpp"
 #include "repair.hpp"
@@ -32,7 +33,7 @@ class Requests final : public ClientEvents {
  public:
   Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
            Registry& registry, Connections& connections, Subscriptions& subscriptions,
-           CrashRepair& repair, Access& access, Reclaimer& reclaimer);
+           CrashRepair& repair, Access& access, Reclaimer& reclaimer, PublisherIds& publisher_ids);
 
   void dispatch(Client& c, const protocol::Frame& f) override;
   void finish_client(Client& c) override;
@@ -67,10 +68,7 @@ class Requests final : public ClientEvents {
   Access& access_;
   Reclaimer& reclaimer_;
 
-  // Owned by the run() thread: publisher ids, given at HELLO and back when a client is
-  // finished (never while its frames may still be in a ring unrepaired).
-  std::vector<uint16_t> free_publisher_ids_;
-  uint32_t next_publisher_id_ = 1;
+  PublisherIds& publisher_ids_;  // given at HELLO, back when a client is finished
 };
 
 }  // namespace shmbus::daemon

@@ -24,6 +24,7 @@
 #include "connections.hpp"
 #include "event_loop.hpp"
 #include "naming.hpp"
+#include "publisher_ids.hpp"
 #include "reclaim.hpp"
 #include "registry.hpp"
 #include "repair.hpp"
@@ -105,6 +106,7 @@ struct Daemon::Impl {
   Connections connections;
   Access access;
   Subscriptions subscriptions;
+  PublisherIds publisher_ids;
   CrashRepair repair;
   Reclaimer reclaimer;
   // Built after the connections that hand it frames: none arrive before run().
@@ -137,10 +139,10 @@ Daemon::Impl::Impl(DaemonOptions opts)
       connections(options.config, log, loop, listener.fd(), registry.directory(), requests),
       access(options.config, registry, connections),
       subscriptions(options.config, log, registry, connections, access),
-      repair(log, registry),
+      repair(log, registry, publisher_ids),
       reclaimer(options.config, log, registry, connections, subscriptions),
       requests(options.config, endpoint.bus, log, registry, connections, subscriptions, repair,
-               access, reclaimer) {
+               access, reclaimer, publisher_ids) {
   endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),

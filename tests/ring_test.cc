@@ -488,6 +488,32 @@ TEST_F(RingTest, RepairWakesAReaderParkedBehindTheDeadFrame) {
   EXPECT_EQ(read_one(reader), "after");
 }
 
+// Regression (found by the crash matrix): a dead publisher's frame beyond another dead
+// publisher's claim without a header was never padded: the walk stops at a claim whose size
+// it cannot know, so repair by id reported nothing, and once the headerless claim was
+// repaired the frame, having a header, was waited on as a live publisher's - for ever.
+TEST_F(RingTest, RepairByIdSaysWhenItCouldNotReachEveryFrame) {
+  RingRef ring = arena_.make_ring(small_ring());
+  Publisher alive(ring, 8, &arena_.table());
+  ASSERT_EQ(alive.publish(as_bytes("first")), Status::kOk);
+  Reader reader(ring);
+  const uint64_t headerless = fake_headerless_claim(ring, layout::frame_bytes(10));
+  Publisher dead(ring, 7, &arena_.table());
+  RingLoan loan;
+  ASSERT_EQ(dead.claim(20, loan), Status::kOk);  // a header, then its process "dies"
+  ASSERT_EQ(alive.publish(as_bytes("after")), Status::kOk);
+  RepairResult result = repair_dead_publisher(ring, 7, &arena_.table());
+  EXPECT_EQ(result.repaired, 0u);
+  EXPECT_FALSE(result.complete);
+  ASSERT_EQ(repair_stalled_frame(ring, headerless, &arena_.table()), StalledRepair::kRepaired);
+  result = repair_dead_publisher(ring, 7, &arena_.table());
+  EXPECT_EQ(result.repaired, 1u);
+  EXPECT_TRUE(result.complete);
+  MessageInfo info;
+  EXPECT_EQ(read_one(reader, &info), "after");
+  EXPECT_EQ(info.lost_before, 2u);
+}
+
 // Regression: a headerless dead claim followed by a live publisher's headerless claim was
 // padded as one, hiding the live message and letting the next lap overwrite it.
 TEST_F(RingTest, StalledRepairRefusesAGapHoldingAnotherHeaderlessClaim) {

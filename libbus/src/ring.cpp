@@ -1066,13 +1066,15 @@ void announce_repair(RingRef ring, const ArenaTable* arenas) {
 
 RepairResult repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas) {
   RepairResult result;
-  result.corrupt = walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state, uint64_t) {
-                     if (!(state & kFrameCommitted) &&
-                         f->publisher_id.load(std::memory_order_relaxed) == publisher_id &&
-                         pad_claimed_frame(ring, f, state))
-                       ++result.repaired;
-                     return true;
-                   }).corrupt;
+  const WalkEnd end = walk_frames(ring, [&](uint64_t, FrameHeader* f, uint64_t state, uint64_t) {
+    if (!(state & kFrameCommitted) &&
+        f->publisher_id.load(std::memory_order_relaxed) == publisher_id &&
+        pad_claimed_frame(ring, f, state))
+      ++result.repaired;
+    return true;
+  });
+  result.corrupt = end.corrupt;
+  result.complete = !end.corrupt && end.position >= ring.claim_position_relaxed();
   if (result.repaired) announce_repair(ring, arenas);
   return result;
 }

@@ -428,6 +428,10 @@ void ring_linked_doorbells(RingRef ring, const ArenaTable* arenas, uint16_t orig
 struct RepairResult {
   uint32_t repaired = 0;  // frames padded
   bool corrupt = false;   // the walk met a frame no publisher writes: quarantine the ring
+  // The walk reached the claim position: no frame of that publisher is left. False when it
+  // stopped at a claim without a header (whose size is unknown until it is repaired or
+  // written): frames of the dead publisher may lie beyond it - try again later.
+  bool complete = false;
 };
 RepairResult repair_dead_publisher(RingRef ring, uint16_t publisher_id, const ArenaTable* arenas);
 
