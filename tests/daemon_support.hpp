@@ -3,15 +3,16 @@
 // thread running the event loop. Clients connect with options().
 #pragma once
 
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
-
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "config.hpp"
 #include "server.hpp"
@@ -40,8 +41,13 @@ class TestDaemon {
     options.bus = bus_;
     options.socket_path = (dir_ / "bus.sock").string();
     options.config = std::move(config);
-    options.logger = std::make_shared<spdlog::logger>(
-        "test-daemon", std::make_shared<spdlog::sinks::null_sink_mt>());
+    // SHMBUS_TEST_LOG=1 shows the daemon's log on stderr, for a test being debugged.
+    if (std::getenv("SHMBUS_TEST_LOG") != nullptr)
+      options.logger = std::make_shared<spdlog::logger>(
+          "test-daemon", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    else
+      options.logger = std::make_shared<spdlog::logger>(
+          "test-daemon", std::make_shared<spdlog::sinks::null_sink_mt>());
     daemon_ = std::make_unique<daemon::Daemon>(std::move(options));
     thread_ = std::thread([this] { daemon_->run(); });
   }
