@@ -19,6 +19,7 @@
 #include "protocol.hpp"
 #include "shmbus/shmbus.hpp"
 #include "test_support.hpp"
+#include "throwaway_users.hpp"
 
 namespace shmbus {
 namespace {
@@ -318,6 +319,104 @@ TEST(DaemonErrors, TheBusTakesNoNameInDevShmAndItsLockGoesWithIt) {
     EXPECT_TRUE(std::filesystem::exists(lock));
   }
   EXPECT_FALSE(std::filesystem::exists(lock));
+}
+
+// ---- Squatting: nothing another user can create, lock or link decides whether a bus starts
+
+// A daemon of bus `bus` listening in `dir`, or the error it refused to start with.
+std::string start_daemon(const std::string& bus, const std::filesystem::path& dir) {
+  daemon::DaemonOptions options;
+  options.bus = bus;
+  options.socket_path = (dir / "bus.sock").string();
+  options.config = test::small_test_config();
+  options.logger =
+      std::make_shared<spdlog::logger>("squat", std::make_shared<spdlog::sinks::null_sink_mt>());
+  try {
+    daemon::Daemon d(options);
+    return "";
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+}
+
+struct TempDir {
+  TempDir()
+      : path(std::filesystem::temp_directory_path() /
+             ("shmbus-squat-" + std::to_string(getpid()))) {
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path path;
+};
+
+// The names the old layout put in /dev/shm, squatted: the bus neither uses nor minds them.
+TEST(DaemonErrors, FilesSquattingTheOldDevShmNamesChangeNothing) {
+  const std::string bus = "squat" + std::to_string(getpid());
+  std::vector<std::string> squatted;
+  for (const char* suffix : {".0", ".1", ".2", ".3", ".lock"}) {
+    squatted.push_back("/dev/shm/shmbus." + bus + suffix);
+    std::ofstream(squatted.back()) << "squatter";
+  }
+  {
+    TempDir dir;
+    daemon::DaemonOptions options;
+    options.bus = bus;
+    options.socket_path = (dir.path / "bus.sock").string();
+    options.config = test::small_test_config();
+    options.logger =
+        std::make_shared<spdlog::logger>("squat", std::make_shared<spdlog::sinks::null_sink_mt>());
+    daemon::Daemon daemon(options);
+    std::thread loop([&] { daemon.run(); });
+    {
+      const ConnectOptions connect{bus, options.socket_path, "test"};
+      auto sub = Subscription::open(connect);
+      sub.psubscribe({"c:*"});
+      auto pub = Bus::connect(connect);
+      for (int i = 0; i < 50; ++i) EXPECT_EQ(pub.publish("c:" + std::to_string(i), "x"), 1u);
+    }
+    daemon.stop();
+    loop.join();
+  }
+  for (const auto& path : squatted) {
+    std::ifstream in(path);
+    std::string text;
+    in >> text;
+    EXPECT_EQ(text, "squatter") << path;
+    std::filesystem::remove(path);
+  }
+}
+
+// A symlink at the lock's name: the daemon refuses, naming it, and never writes through it
+// (a root daemon used to truncate whatever it pointed to).
+TEST(DaemonErrors, ASymlinkAtTheLockNameIsRefusedAndItsTargetUntouched) {
+  TempDir dir;
+  const std::string bus = "link" + std::to_string(getpid());
+  const auto target = dir.path / "precious";
+  std::ofstream(target) << "do not truncate";
+  std::filesystem::create_symlink(target, dir.path / (bus + ".lock"));
+  const std::string error = start_daemon(bus, dir.path);
+  EXPECT_MENTIONS(error, "symbolic link");
+  EXPECT_MENTIONS(error, bus + ".lock");
+  std::ifstream in(target);
+  std::string text;
+  std::getline(in, text);
+  EXPECT_EQ(text, "do not truncate");
+}
+
+// A lock file another user made: refused with the way out, not taken over.
+TEST(DaemonErrors, ALockFileOfAnotherUserIsRefused) {
+  if (!test::make_throwaway_users()) GTEST_SKIP() << "needs root to create a throwaway user";
+  TempDir dir;
+  const std::string bus = "other" + std::to_string(getpid());
+  const auto lock = dir.path / (bus + ".lock");
+  std::ofstream(lock) << "12345";
+  ASSERT_EQ(chown(lock.c_str(), test::uid_of(test::kStrangerUser), 0), 0);
+  const std::string error = start_daemon(bus, dir.path);
+  EXPECT_MENTIONS(error, "not a plain file of this user");
+  EXPECT_MENTIONS(error, "RuntimeDirectory");
+  std::filesystem::remove(lock);
+  EXPECT_EQ(start_daemon(bus, dir.path), "");  // and starts once it is gone
 }
 
 // CPU time (user + system, in clock ticks) a process has used so far.
