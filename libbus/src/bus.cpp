@@ -139,38 +139,45 @@ PublishStatus to_publish_status(Status s) {
   }
 }
 
+// publish_on's slow path: the ring is out of service, or the publish found it corrupt.
+// Reports a corrupt ring (the daemon checks it and takes it out of service), opens the
+// channel again on the ring that replaced it, and publishes there once.
+[[gnu::noinline]] PublishResult publish_again(OpenChannel& ch, std::span<const std::byte> payload,
+                                              const PublishMeta& meta,
+                                              std::chrono::nanoseconds wait, Status first) {
+  try {
+    if (first == Status::kCorrupt) ch.report_corrupt();
+    if (ch.in_service()) return PublishResult{to_publish_status(first), 0};  // nothing changed
+    ch.reopen();
+  } catch (const Error&) {
+    return PublishResult{PublishStatus::kCorrupt, 0};
+  }
+  PublishResult result;
+  result.receivers = ch.receivers();
+  const Status s = ch.publisher.publish(payload, meta, wait);
+  result.status = to_publish_status(s);
+  if (s != Status::kOk) result.receivers = 0;
+  return result;
+}
+
 PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const std::byte> payload,
                          std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
   meta.publish_unix_ns = clock.now_ns();
   meta.origin = origin;
+  // The descriptor's line is the daemon's: one line tells the receivers and whether the ring
+  // is still in service (it stays shared in our cache while the daemon leaves it alone).
+  if (!ch.in_service()) [[unlikely]]
+    return publish_again(ch, payload, meta, wait, Status::kOk);
+  // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
+  // subscriber may take the message and unsubscribe before we could look.
   PublishResult result;
-  // Two tries: the second on the ring that replaced a corrupt one.
-  for (int attempt = 0;; ++attempt) {
-    // The descriptor line is the daemon's: one load tells the receivers and whether the ring
-    // is still in service (it stays shared in our cache while the daemon leaves it alone).
-    if (!ch.in_service()) {
-      try {
-        ch.reopen();
-      } catch (const Error&) {
-        return PublishResult{PublishStatus::kCorrupt, 0};
-      }
-    }
-    // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
-    // subscriber may take the message and unsubscribe before we could look.
-    result.receivers = ch.receivers();
-    const Status s = ch.publisher.publish(payload, meta, wait);
-    result.status = to_publish_status(s);
-    if (s == Status::kOk) return result;
-    result.receivers = 0;
-    if (s != Status::kCorrupt || attempt > 0) return result;
-    try {
-      ch.report_corrupt();  // the daemon checks the ring and takes it out of service
-    } catch (const Error&) {
-      return result;
-    }
-    if (ch.in_service()) return result;  // the daemon saw nothing wrong (it moved on since)
-  }
+  result.receivers = ch.receivers();
+  const Status s = ch.publisher.publish(payload, meta, wait);
+  if (s == Status::kOk) [[likely]]
+    return result;
+  if (s == Status::kCorrupt) return publish_again(ch, payload, meta, wait, s);
+  return PublishResult{to_publish_status(s), 0};
 }
 
 [[noreturn]] void throw_publish_error(const OpenChannel& ch, PublishStatus status, size_t bytes,

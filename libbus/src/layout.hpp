@@ -406,10 +406,14 @@ constexpr uint64_t doorbell_bytes(uint32_t bits) {
   return sizeof(DoorbellHeader) + align_up(8ULL * doorbell_summary_words(bits), kCacheLine) +
          align_up(8ULL * doorbell_leaf_words(bits), kCacheLine);
 }
-// Doorbells sit at this stride in the doorbell arena, from kPageSize on: a page multiple, so
-// each doorbell's pages are its own (reserved and punched out as one).
+// Doorbells sit at this stride in the doorbell arena, from kPageSize on: a power of two of
+// at least a page, so each doorbell's pages are its own (reserved and punched out as one)
+// and a publisher checks that a link points at a doorbell's start with a mask, not a
+// division, on every publish to a ring with a parked subscriber.
 constexpr uint64_t doorbell_stride(uint32_t bits) {
-  return align_up(doorbell_bytes(bits), kPageSize);
+  uint64_t stride = kPageSize;
+  while (stride < doorbell_bytes(bits)) stride *= 2;
+  return stride;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -767,8 +767,7 @@ Status Reader::try_read(MessageView& view) {
   const SeqlockReadScope may_be_lapped(lappable_);
   // Frames stepped over per call (padding, retired, skipped) are bounded by a lap, so a
   // ring someone keeps filling with padding cannot keep this call from returning.
-  const uint64_t max_steps = ring_.capacity() / kFrameAlignment + 2;
-  for (uint64_t step = 0; step < max_steps; ++step) {
+  for (uint64_t steps_left = ring_.capacity() / kFrameAlignment + 2; steps_left > 0; --steps_left) {
     FrameHeader* f = ring_.frame_at(position_);
     // SYNC POINT (read): acquire pairs with the publisher's release commit.
     const uint64_t state = f->state.load(std::memory_order_acquire);
@@ -801,9 +800,13 @@ Status Reader::try_read(MessageView& view) {
     const bool padding = (state & kFramePadding) != 0;
     // A data frame never crosses the end (I4) and padding is at most a lap; a length that
     // says otherwise was read from a header being overwritten (the state changed: a lap)
-    // or was forged (the state still says this frame: skip it, never hand it out).
-    if (!ring_.frame_fits(position_, frame_size(length), padding) ||
-        (!padding && length > ring_.max_payload())) {
+    // or was forged (the state still says this frame: skip it, never hand it out). (The
+    // data check is the one every message pays: kept to the two compares it always was.)
+    const bool fits =
+        padding ? frame_size(length) <= ring_.capacity()
+                : length <= ring_.max_payload() &&
+                      (position_ & ring_.mask()) + kFrameHeaderBytes + length <= ring_.capacity();
+    if (!fits) [[unlikely]] {
       if (reload_after_reads(f->state) != state)
         jump_after_lap();
       else

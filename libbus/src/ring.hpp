@@ -81,7 +81,7 @@ class ArenaTable {
     const uint32_t arena_id = layout::ShmRef::arena_id(ref);
     const uint64_t offset = layout::ShmRef::offset(ref);
     if (arena_id != doorbell_arena_ || layout::ShmRef::bit(ref) >= doorbells_.bits ||
-        offset < layout::kPageSize || (offset - layout::kPageSize) % doorbells_.stride != 0)
+        offset < layout::kPageSize || ((offset - layout::kPageSize) & (doorbells_.stride - 1)) != 0)
       return nullptr;
     std::byte* arena = bases_[arena_id].load(std::memory_order_acquire);
     const uint64_t size = sizes_[arena_id].load(std::memory_order_relaxed);
