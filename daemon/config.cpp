@@ -38,6 +38,14 @@ constexpr uint64_t kMinArenaBytes = kMiB;
 constexpr uint64_t kMaxArenaBytes = 256 * kGiB;
 constexpr uint64_t kMinSharedMemory = kMiB;
 constexpr uint32_t kMaxChannels = 16'000'000;
+// The control arena holds the directory and a descriptor of the longest name per channel
+// (Registry::create_control_arena): max_channels alone keeps it within what a ShmRef
+// addresses.
+static_assert(layout::kPageSize + layout::directory_bytes(kMaxChannels) +
+                  uint64_t{kMaxChannels} * layout::descriptor_bytes(layout::kMaxChannelName) <=
+              kMaxArenaBytes);
+// A doorbell bit is 24 bits of a ShmRef (layout.hpp), and bit 0 is the control bit.
+constexpr int64_t kMaxSubscriptionsPerClient = int64_t{layout::ShmRef::kMaxBit};
 // A year is far beyond any useful idle timeout, and keeps `now + ttl` far from overflowing
 // any clock's representation; 0 is the way to say "never".
 constexpr int64_t kMaxIdleTtlSeconds = 365LL * 24 * 3600;
@@ -73,6 +81,11 @@ std::string format_bytes(uint64_t bytes) {
     }
   }
   return std::to_string(bytes) + " bytes";
+}
+
+// "379 GiB" for sizes far from any round number.
+std::string gib_rounded_up(uint64_t bytes) {
+  return std::to_string((bytes + kGiB - 1) / kGiB) + " GiB";
 }
 
 std::string type_name(const toml::node& node) {
@@ -255,6 +268,7 @@ class Parser {
       check_duplicate_pattern(config, i);
       check_ring(config, rule_keys[i], &config.rules[i], i + 1);
     }
+    check_arenas(config);
     return config;
   }
 
@@ -391,10 +405,13 @@ class Parser {
         shared_memory_at_ = node->source();
       } else if (name == "max_channels") {
         config.max_channels = count(*node, full, 1, kMaxChannels);
+        channels_at_ = node->source();
       } else if (name == "max_subscriptions_per_client") {
-        config.max_subscriptions_per_client = count(*node, full, 1, kU32Max);
+        config.max_subscriptions_per_client = count(*node, full, 1, kMaxSubscriptionsPerClient);
+        subscriptions_at_ = node->source();
       } else if (name == "max_clients") {
         config.max_clients = count(*node, full, 1, kU32Max);
+        clients_at_ = node->source();
       } else {
         unknown_key(*key, "limits", kLimitsKeys);
       }
@@ -617,9 +634,48 @@ class Parser {
     }
   }
 
+  // The daemon's fixed arenas, sized from [limits] when it starts (Registry): each must be
+  // addressable by a ShmRef, and the memory reserved before any channel exists (the bus
+  // directory) plus one subscriber's doorbell must fit max_shared_memory, or the daemon
+  // would start and then fail at its first subscriber.
+  void check_arenas(const Config& config) const {
+    auto first_set = [&](std::initializer_list<const toml::source_region*> regions) {
+      for (const toml::source_region* r : regions)
+        if (r->begin.line != 0) return *r;
+      return toml::source_region{};
+    };
+    const uint64_t stride = layout::doorbell_stride(config.max_subscriptions_per_client + 1);
+    const std::string subscriptions = "limits.max_subscriptions_per_client = " +
+                                      std::to_string(config.max_subscriptions_per_client);
+    // Departing clients keep their doorbells until their processes exit: twice max_clients.
+    const uint64_t doorbell_arena = layout::kPageSize + 2 * uint64_t{config.max_clients} * stride;
+    if (doorbell_arena > kMaxArenaBytes)
+      fail(first_set({&clients_at_, &subscriptions_at_}),
+           "limits.max_clients = " + std::to_string(config.max_clients) + " with " + subscriptions +
+               " needs a doorbell arena of " + gib_rounded_up(doorbell_arena) +
+               " (2 * max_clients doorbells of " + format_bytes(stride) +
+               "), more than the 256 GiB a shared-memory reference can address; lower "
+               "max_clients or max_subscriptions_per_client");
+    const uint64_t directory = layout::directory_bytes(config.max_channels);
+    if (directory + stride > config.max_shared_memory)
+      fail(first_set({&shared_memory_at_, &subscriptions_at_, &channels_at_}),
+           "limits.max_shared_memory = " + format_bytes(config.max_shared_memory) +
+               " is less than the bus directory (" + format_bytes(directory) +
+               " for max_channels = " + std::to_string(config.max_channels) +
+               ") and one subscriber's doorbell (" + format_bytes(stride) + " for " +
+               subscriptions +
+               ") need, so no subscriber could connect; raise "
+               "limits.max_shared_memory to at least " +
+               format_bytes(layout::align_up(directory + stride, kMiB)) +
+               ", or lower max_subscriptions_per_client");
+  }
+
   std::string source_;
   toml::source_region arena_at_{};
   toml::source_region shared_memory_at_{};
+  toml::source_region channels_at_{};
+  toml::source_region subscriptions_at_{};
+  toml::source_region clients_at_{};
   std::vector<toml::source_region> pattern_at_;
 };
 

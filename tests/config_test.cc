@@ -254,7 +254,7 @@ max_subscribers = 65536
 [limits]
 max_shared_memory = "200GiB"
 max_channels = 16000000
-max_subscriptions_per_client = 4294967295
+max_subscriptions_per_client = 16777215
 max_clients = 1
 [[channel]]
 pattern = "huge"
@@ -266,7 +266,7 @@ max_subscribers = 1
   EXPECT_EQ(config.idle_ttl, std::chrono::seconds(0));
   EXPECT_EQ(config.defaults.max_subscribers, 65536u);
   EXPECT_EQ(config.max_channels, 16000000u);
-  EXPECT_EQ(config.max_subscriptions_per_client, 4294967295u);
+  EXPECT_EQ(config.max_subscriptions_per_client, 16777215u);
   EXPECT_EQ(config.settings_for("huge").ring_bytes, 128ull << 30);
   EXPECT_EQ(config.settings_for("huge").max_message_bytes, 2147483647u);
   EXPECT_EQ(largest_message_for_ring(4096), 2016u);
@@ -422,9 +422,41 @@ TEST(ConfigErrors, Limits) {
                            {"shmbusd.toml:2:15: ", "limits.max_clients = 0", "from 1 to"}));
   EXPECT_TRUE(contains_all(
       error_of("[limits]\nmax_subscriptions_per_client = 4294967296\n"),
-      {"shmbusd.toml:2:32: ", "limits.max_subscriptions_per_client", "from 1 to 4294967295"}));
+      {"shmbusd.toml:2:32: ", "limits.max_subscriptions_per_client", "from 1 to 16777215"}));
   EXPECT_TRUE(contains_all(error_of("[limits]\nmax_clients = 1.5\n"),
                            {"limits.max_clients = 1.5", "must be an integer (found a float)"}));
+}
+
+// What passed --check-config before and then failed in the daemon: its doorbell and control
+// arenas are sized from [limits] when it starts, and the first subscriber needs a doorbell.
+TEST(ConfigErrors, LimitsTheDaemonCouldNotHonourAreRefusedUpFront) {
+  // A doorbell bit is 24 bits: the daemon failed at the first subscriber.
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_subscriptions_per_client = 16777216\n"),
+                           {"shmbusd.toml:2:32: ", "limits.max_subscriptions_per_client = 16777216",
+                            "from 1 to 16777215"}));
+  EXPECT_NO_THROW(parse_config("[limits]\nmax_subscriptions_per_client = 16777215\n", "x"));
+  // 2 * max_clients doorbells of 2 MiB each: past what a ShmRef addresses.
+  EXPECT_TRUE(contains_all(
+      error_of("[limits]\nmax_subscriptions_per_client = 16000000\nmax_clients = 100000\n"),
+      {"shmbusd.toml:3:15: ", "limits.max_clients = 100000",
+       "limits.max_subscriptions_per_client = 16000000", "doorbell arena", "256 GiB",
+       "lower max_clients or max_subscriptions_per_client"}));
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_clients = 4294967295\n"),
+                           {"shmbusd.toml:2:15: ", "doorbell arena", "256 GiB"}));
+  // The directory of 200,000 channels alone takes 1.5 MiB.
+  EXPECT_TRUE(
+      contains_all(error_of("[limits]\nmax_shared_memory = \"1MiB\"\n"),
+                   {"shmbusd.toml:2:21: ", "limits.max_shared_memory = 1 MiB", "bus directory",
+                    "max_channels = 200000", "no subscriber could connect", "at least 2 MiB"}));
+  // One doorbell of 16,777,215 bits is 2 MiB.
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_shared_memory = \"2MiB\"\nmax_channels = 1000\n"
+                                    "max_subscriptions_per_client = 16777215\n"),
+                           {"shmbusd.toml:2:21: ", "one subscriber's doorbell",
+                            "limits.max_subscriptions_per_client = 16777215", "at least 3 MiB"}));
+  EXPECT_NO_THROW(
+      parse_config("[limits]\nmax_shared_memory = \"1MiB\"\nmax_channels = 1000\n"
+                   "max_subscriptions_per_client = 1000\n",
+                   "x"));
 }
 
 TEST(ConfigErrors, IdleTtl) {
