@@ -69,7 +69,8 @@ constexpr std::string_view kRingKeys =
 constexpr std::string_view kRuleKeys =
     "pattern, ring_bytes, max_message_bytes, back_pressure, max_subscribers";
 constexpr std::string_view kLimitsKeys =
-    "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients";
+    "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients, "
+    "max_connections_per_user";
 
 // "64 KiB" when exact in a binary unit, else "65535 bytes": suggestions read like the
 // values a user would write.
@@ -412,6 +413,8 @@ class Parser {
       } else if (name == "max_clients") {
         config.max_clients = count(*node, full, 1, kU32Max);
         clients_at_ = node->source();
+      } else if (name == "max_connections_per_user") {
+        config.max_connections_per_user = count(*node, full, 0, kU32Max);
       } else {
         unknown_key(*key, "limits", kLimitsKeys);
       }

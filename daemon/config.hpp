@@ -2,7 +2,8 @@
 //
 //   [bus]        arena_bytes, idle_ttl_seconds
 //   [defaults]   ring_bytes, max_message_bytes, back_pressure, max_subscribers
-//   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients
+//   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients,
+//                max_connections_per_user
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
 //                channel decides its settings, unset keys inherit [defaults]
 //   [[access]]   pattern, publish, subscribe: who may publish to and subscribe to channels
@@ -90,8 +91,16 @@ struct Config {
   // channels + patterns per subscription connection
   uint32_t max_subscriptions_per_client = 200000;
   uint32_t max_clients = 4096;
+  // Per user (uid): connections open plus those closed without goodbye whose processes
+  // still run (each keeps its doorbell and a pidfd); 0: max_clients.
+  uint32_t max_connections_per_user = 0;
   std::vector<ChannelRule> rules;  // first matching rule wins
   std::vector<AccessRule> access;  // first matching rule wins
+
+  // The per-user limits in force (a 0 in the file means the bus-wide limit).
+  uint32_t connections_per_user() const {
+    return max_connections_per_user != 0 ? max_connections_per_user : max_clients;
+  }
 
   // Settings for `channel`: defaults overridden by the set keys of the first rule whose
   // pattern matches (Redis glob rules, as PSUBSCRIBE). `rule` names the deciding pattern.

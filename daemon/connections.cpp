@@ -112,16 +112,8 @@ void Connections::accept_clients() {
       continue;
     }
     c->identity = peer_identity(fd, c->cred);
-    if (clients_.size() >= config_.max_clients) {
-      log_->warn("refusing client pid {}: max_clients = {} reached ([limits] in {})", c->cred.pid,
-                 config_.max_clients, config_.source);
-      Writer w(Type::kError, 0);
-      w.u16(static_cast<uint16_t>(Errc::kLimit))
-          .str("shmbusd has max_clients = " + std::to_string(config_.max_clients) +
-               " clients connected; raise max_clients in [limits] of " + config_.source);
-      const auto& frame = w.frame();
-      [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-      ::close(fd);
+    if (const std::string why = refusal(*c); !why.empty()) {
+      refuse(fd, *c, why);
       continue;
     }
     if (const std::error_code ec = loop_.add(fd, EPOLLIN | EPOLLRDHUP, c->id)) {
@@ -130,8 +122,51 @@ void Connections::accept_clients() {
       continue;
     }
     directory_.clients.fetch_add(1, std::memory_order_relaxed);
+    ++by_user_[c->cred.uid].live;
     clients_.emplace(c->id, std::move(c));
   }
+}
+
+std::string Connections::refusal(const Client& c) const {
+  const std::string in_file = " in [limits] of " + config_.source;
+  if (clients_.size() >= config_.max_clients)
+    return "shmbusd has max_clients = " + std::to_string(config_.max_clients) +
+           " clients connected; raise max_clients" + in_file;
+  // Departing clients keep their doorbells: the doorbell arena holds 2 * max_clients.
+  if (clients_.size() + departing_.size() >= 2 * uint64_t{config_.max_clients})
+    return "shmbusd has " + std::to_string(clients_.size()) + " clients connected and " +
+           std::to_string(departing_.size()) +
+           " that closed without goodbye and whose processes still run, twice max_clients = " +
+           std::to_string(config_.max_clients) + in_file +
+           "; end those processes, or raise max_clients";
+  const uint32_t limit = config_.connections_per_user();
+  auto it = by_user_.find(c.cred.uid);
+  if (it == by_user_.end() || it->second.live + it->second.departing < limit) return {};
+  const std::string key =
+      config_.max_connections_per_user != 0
+          ? "max_connections_per_user = " + std::to_string(limit)
+          : "max_connections_per_user = 0 (max_clients = " + std::to_string(limit) + ")";
+  return "user " + std::to_string(c.cred.uid) + " has " + std::to_string(it->second.live) +
+         " connections open and " + std::to_string(it->second.departing) +
+         " closed without goodbye whose processes still run; " + key + in_file +
+         "; end those processes, or raise it";
+}
+
+void Connections::refuse(int fd, const Client& c, const std::string& why) {
+  log_->warn("refusing a client of pid {}: {}", c.cred.pid, why);
+  // Before HELLO is read: request 0, which the client library reports as the refusal.
+  Writer w(Type::kError, 0);
+  w.u16(static_cast<uint16_t>(Errc::kLimit)).str(why.substr(0, kMaxErrorBytes));
+  const auto& frame = w.frame();
+  [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+  ::close(fd);
+}
+
+void Connections::forget_user_connection(uint32_t uid, bool departing) {
+  auto it = by_user_.find(uid);
+  if (it == by_user_.end()) return;
+  --(departing ? it->second.departing : it->second.live);
+  if (it->second.live == 0 && it->second.departing == 0) by_user_.erase(it);
 }
 
 void Connections::pause_accepting(int error) {
@@ -333,6 +368,7 @@ void Connections::close_client(uint64_t id, const char* reason) {
   c.fd = -1;
   resume_accepting();  // a descriptor is free again
   directory_.clients.fetch_sub(1, std::memory_order_relaxed);
+  forget_user_connection(c.cred.uid, false);
   // A goodbye vouches that nothing is left half-written; a client that never published or
   // subscribed holds nothing to wait for. Waiting on their pids would cost a descriptor
   // per connection, which a loop of bare connects could exhaust.
@@ -372,6 +408,7 @@ void Connections::close_client(uint64_t id, const char* reason) {
       "client {} (pid {}, '{}') {} without goodbye; releasing what it held when the "
       "process exits",
       id, c.cred.pid, c.name, reason);
+  ++by_user_[c.cred.uid].departing;
   departing_[token] = Departing{std::move(pidfd), std::move(owned)};
 }
 
@@ -386,6 +423,7 @@ void Connections::on_departed(uint64_t token) {
   if (const std::error_code ec = loop_.remove(d.pidfd.get()))
     log_->debug("epoll_ctl DEL of pid {}'s pidfd: {}", d.client->cred.pid, ec.message());
   d.pidfd.reset();
+  forget_user_connection(d.client->cred.uid, true);
   events_.repair_and_finish(*d.client);
 }
 

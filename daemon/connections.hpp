@@ -83,6 +83,13 @@ class Connections {
   void doom(Client& c, const char* reason);
   void close_client(uint64_t id, const char* reason);
   void pause_accepting(int error);
+  // Why a new connection of `c`'s user may not be served (max_clients, the doorbells of
+  // departing clients, max_connections_per_user), or empty.
+  std::string refusal(const Client& c) const;
+  // Sends `why` as an error frame on a connection never served, and closes it.
+  void refuse(int fd, const Client& c, const std::string& why);
+  // A client of `uid` stops counting (its connection closed, or its process exited).
+  void forget_user_connection(uint32_t uid, bool departing);
 
   const Config& config_;  // the daemon's, outlives the connections
   const std::shared_ptr<spdlog::logger> log_;
@@ -103,6 +110,12 @@ class Connections {
     std::unique_ptr<Client> client;
   };
   std::unordered_map<uint64_t, Departing> departing_;  // by token
+  // Connections by user (uid), live and departing, for max_connections_per_user.
+  struct UserConnections {
+    uint32_t live = 0;
+    uint32_t departing = 0;
+  };
+  std::unordered_map<uint32_t, UserConnections> by_user_;
   uint64_t next_departing_ = 1;
   bool barrier_due_ = false;
   bool accept_paused_ = false;  // out of file descriptors: the listening socket is unwatched

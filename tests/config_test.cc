@@ -70,6 +70,8 @@ TEST(Config, EmptyTextGivesBuiltInDefaults) {
   EXPECT_EQ(config.max_channels, 200000u);
   EXPECT_EQ(config.max_subscriptions_per_client, 200000u);
   EXPECT_EQ(config.max_clients, 4096u);
+  EXPECT_EQ(config.max_connections_per_user, 0u);
+  EXPECT_EQ(config.connections_per_user(), 4096u);
   EXPECT_TRUE(config.rules.empty());
 }
 

@@ -56,6 +56,17 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, Role role, GrantH
                          : " --socket " + endpoint_.socket_path) +
                     "', or point SHMBUS_SOCKET / SHMBUS_BUS at a running bus");
   }
+  try {
+    hello(role);
+  } catch (...) {
+    // No destructor runs for a constructor that throws: a refused client must not keep
+    // the socket (or descriptors that came before the refusal).
+    close_all();
+    throw;
+  }
+}
+
+void ControlConnection::hello(Role role) {
   Writer hello = next_request(Type::kHello);
   hello.u32(kProtocolMagic)
       .u16(kMinProtocolVersion)
@@ -78,8 +89,14 @@ ControlConnection::ControlConnection(const Endpoint& endpoint, Role role, GrantH
 }
 
 ControlConnection::~ControlConnection() {
+  close_all();
+}
+
+void ControlConnection::close_all() {
   if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
   for (int fd : received_fds_) ::close(fd);
+  received_fds_.clear();
 }
 
 bool ControlConnection::take_grant(const Frame& f) {
@@ -117,9 +134,33 @@ void ControlConnection::send_all(const std::vector<std::byte>& frame) {
     const ssize_t n = ::send(fd_, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EPIPE || errno == ECONNRESET) throw_if_refused();
       throw_gone(std::string("cannot be written to (") + std::strerror(errno) + ")");
     }
     sent += static_cast<size_t>(n);
+  }
+}
+
+void ControlConnection::throw_if_refused() {
+  // The daemon may have refused us (a limit, a timeout) and closed before reading what we
+  // sent: its reason still waits in our receive queue, as an error for request 0.
+  try {
+    while (receive(false, Type::kHello)) {
+    }
+  } catch (const Error&) {
+    // Closed: what arrived before is in in_.
+  }
+  std::span<const std::byte> body;
+  try {
+    while (in_.next(body)) {
+      const Frame f = Frame::parse(body);
+      if (f.request != 0 || f.type != Type::kError) continue;
+      Parser p(f.fields);
+      const auto code = static_cast<Errc>(p.u16());
+      throw Error(code, std::string(p.str(kMaxErrorBytes, "error")));
+    }
+  } catch (const ProtocolError&) {
+    // Nothing readable: report the broken connection itself.
   }
 }
 

@@ -67,7 +67,11 @@ class ControlConnection {
   const Endpoint& endpoint() const { return endpoint_; }
 
  private:
+  void hello(protocol::Role role);
+  void close_all();
   void send_all(const std::vector<std::byte>& frame);
+  // After a failed write: throws the error frame the daemon sent before closing, if any.
+  void throw_if_refused();
   // Reads once (blocking up to the timeout when `wait`); false if nothing came. Descriptors
   // that arrive (SCM_RIGHTS) wait in received_fds_ for their kArenaGrant frame.
   bool receive(bool wait, protocol::Type waiting_for);

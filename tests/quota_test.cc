@@ -1,0 +1,131 @@
+// Quotas and fairness: the attacks a hostile user of a shared bus played, each refused or
+// bounded with an error that names the limit and its config key. Every test plays the
+// attack as it was reported and fails without the limit it checks.
+//
+// Tests that compare two users fork a child that becomes another uid, so they need root;
+// without it they check the one-user half and say what they skipped.
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client.hpp"
+#include "daemon_support.hpp"
+#include "intruder.hpp"
+#include "protocol.hpp"
+#include "shmbus/shmbus.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestDaemon;
+
+constexpr uint32_t kOtherUid = 4242;  // a user without an account: only its uid matters
+
+#define EXPECT_MENTIONS(text, part) \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) << "message: " << (text)
+
+// Runs `fn` in a child process as uid and gid kOtherUid; returns what it reported: "" for
+// success, else what failed. Requires root (see can_switch_users).
+std::string as_other_user(const std::function<std::string()>& fn) {
+  int report[2];
+  if (pipe(report) != 0) return "pipe failed";
+  const pid_t child = fork();
+  if (child == 0) {
+    close(report[0]);
+    std::string failure;
+    if (setgroups(0, nullptr) != 0 || setgid(kOtherUid) != 0 || setuid(kOtherUid) != 0) {
+      failure = "cannot become uid " + std::to_string(kOtherUid);
+    } else {
+      try {
+        failure = fn();
+      } catch (const std::exception& e) {
+        failure = std::string("exception: ") + e.what();
+      }
+    }
+    if (!failure.empty()) [[maybe_unused]]
+      auto n = write(report[1], failure.data(), failure.size());
+    _exit(failure.empty() ? 0 : 1);
+  }
+  close(report[1]);
+  std::string message;
+  char buffer[512];
+  for (ssize_t n; (n = read(report[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
+  close(report[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status));
+  if (WEXITSTATUS(status) != 0 && message.empty()) return "child failed";
+  return message;
+}
+
+// Lets any user reach the test daemon's socket (the quotas, not the socket's mode, are
+// tested); false if this process cannot become another user.
+bool can_switch_users(const TestDaemon& daemon) {
+  if (geteuid() != 0) return false;
+  std::filesystem::permissions(std::filesystem::path(daemon.socket_path()).parent_path(),
+                               std::filesystem::perms::all);
+  std::filesystem::permissions(daemon.socket_path(), std::filesystem::perms::all);
+  return true;
+}
+
+size_t open_descriptors() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd"))
+    ++n;
+  return n;
+}
+
+// Attack 1: one process repeating connect + HELLO + close without goodbye. Each such
+// connection is kept (departing) with its doorbell and a pidfd until the process exits; it
+// took 9,306 doorbells in 1.8 s. Now a user's connections, live and departing, stop at
+// max_connections_per_user, refused with an error naming it, and another user still gets in.
+TEST(Quota, ConnectionsLeftWithoutGoodbyeStopAtTheUsersLimit) {
+  daemon::Config config = test::small_test_config();
+  config.max_connections_per_user = 8;
+  TestDaemon daemon(config);
+  const Endpoint endpoint = resolve_endpoint(daemon.options());
+  const size_t descriptors_before = open_descriptors();
+  int served = 0, refused = 0;
+  std::string refusal;
+  for (int i = 0; i < 500; ++i) {
+    try {
+      // A subscriber's HELLO takes a doorbell; the destructor closes without goodbye.
+      ControlConnection connection(endpoint, protocol::Role::kSubscriber, nullptr);
+      ++served;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kLimit);
+      refusal = e.what();
+      ++refused;
+    }
+  }
+  EXPECT_EQ(served, 8);
+  EXPECT_EQ(refused, 492);
+  EXPECT_MENTIONS(refusal, "user " + std::to_string(getuid()) + " has 0 connections open and 8");
+  EXPECT_MENTIONS(refusal, "max_connections_per_user = 8 in [limits] of built-in defaults");
+  EXPECT_MENTIONS(refusal, "raise it");
+  // The daemon runs in this process: its pidfds are ours. One per departing connection.
+  EXPECT_LE(open_descriptors(), descriptors_before + 8 + 2);
+
+  if (!can_switch_users(daemon)) GTEST_SKIP() << "needs root to connect as another user";
+  EXPECT_EQ(as_other_user([&] {
+              ControlConnection other(endpoint, protocol::Role::kSubscriber, nullptr);
+              other.goodbye();
+              return std::string();
+            }),
+            "");
+}
+
+}  // namespace
+}  // namespace shmbus
