@@ -18,6 +18,7 @@
 // Everything runs in this process except redis-server (in-process daemons and bridges):
 // on 2 vCPUs every thread competes with Redis itself, as it would on one small host.
 #include <poll.h>
+#include <spdlog/sinks/null_sink.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,11 +29,9 @@
 #include <thread>
 #include <vector>
 
-#include <spdlog/sinks/null_sink.h>
-
 #include "bridge.hpp"
-#include "redis_connection.hpp"
 #include "daemon_support.hpp"
+#include "redis_connection.hpp"
 #include "redis_server.hpp"
 #include "shmbus/shmbus.hpp"
 
@@ -72,7 +71,9 @@ struct Arrivals {
 void percentiles(std::vector<uint64_t>& ns, Result& r) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
-  auto at = [&](double q) { return static_cast<double>(ns[static_cast<size_t>(q * (ns.size() - 1))]) / 1e3; };
+  auto at = [&](double q) {
+    return static_cast<double>(ns[static_cast<size_t>(q * (ns.size() - 1))]) / 1e3;
+  };
   r.p50_us = at(0.50);
   r.p90_us = at(0.90);
   r.p99_us = at(0.99);
@@ -98,7 +99,8 @@ uint64_t stamp_of(const char* p) {
 // buffers, replies built in an arena), so Redis, not the client's malloc, sets its pace:
 // it is the measure of what Redis itself carries, and the one the goal is judged on.
 
-Result hiredis_throughput(const shmbus::test::RedisServer& redis, uint64_t messages, size_t payload) {
+Result hiredis_throughput(const shmbus::test::RedisServer& redis, uint64_t messages,
+                          size_t payload) {
   redisContext* sub = redis.connect();
   freeReplyObject(redisCommand(sub, "SUBSCRIBE bench:hiredis"));
   Arrivals arrivals;  // the reader's; read after it joined
@@ -247,9 +249,10 @@ struct BridgedPair {
       c.stats_interval = 60'000ms;
       c.exports.push_back({"bench:*", shmbus::bridge::Mode::kEnvelope, false, 0});
       c.imports.push_back({"bench:*", shmbus::bridge::Mode::kEnvelope, false, 0});
-      auto log = std::make_shared<spdlog::logger>("bench", std::make_shared<spdlog::sinks::null_sink_mt>());
-      bridges.push_back(std::make_unique<shmbus::bridge::Bridge>(
-          c, (id == 1 ? a : b).options(), log));
+      auto log = std::make_shared<spdlog::logger>("bench",
+                                                  std::make_shared<spdlog::sinks::null_sink_mt>());
+      bridges.push_back(
+          std::make_unique<shmbus::bridge::Bridge>(c, (id == 1 ? a : b).options(), log));
     }
   }
   shmbus::test::TestDaemon a, b;
@@ -329,13 +332,17 @@ int main(int argc, char** argv) {
   std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--messages") messages = std::stoull(argv[i + 1]);
-    else if (flag == "--samples") samples = std::stoi(argv[i + 1]);
-    else if (flag == "--runs") runs = std::max(1, std::stoi(argv[i + 1]));
-    else if (flag == "--payload") payload = std::stoul(argv[i + 1]);
-    else if (flag == "--only" && (std::string(argv[i + 1]) == "hiredis" ||
-                                  std::string(argv[i + 1]) == "lean" ||
-                                  std::string(argv[i + 1]) == "bridged"))
+    if (flag == "--messages")
+      messages = std::stoull(argv[i + 1]);
+    else if (flag == "--samples")
+      samples = std::stoi(argv[i + 1]);
+    else if (flag == "--runs")
+      runs = std::max(1, std::stoi(argv[i + 1]));
+    else if (flag == "--payload")
+      payload = std::stoul(argv[i + 1]);
+    else if (flag == "--only" &&
+             (std::string(argv[i + 1]) == "hiredis" || std::string(argv[i + 1]) == "lean" ||
+              std::string(argv[i + 1]) == "bridged"))
       only = argv[i + 1];
     else {
       std::fprintf(stderr,
@@ -387,11 +394,12 @@ int main(int argc, char** argv) {
   };
   const Spread hiredis_s = spread(hiredis_t), lean_s = spread(lean_t),
                bridged_s = spread(bridged_t);
-  std::printf("%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
-              "%d latency samples\n",
-              payload, static_cast<unsigned long long>(messages), runs, samples);
-  std::printf("%-38s %10s %10s %10s %9s %9s %9s\n", "path", "min msg/s", "median", "max",
-              "p50 us", "p90 us", "p99 us");
+  std::printf(
+      "%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
+      "%d latency samples\n",
+      payload, static_cast<unsigned long long>(messages), runs, samples);
+  std::printf("%-38s %10s %10s %10s %9s %9s %9s\n", "path", "min msg/s", "median", "max", "p50 us",
+              "p90 us", "p99 us");
   auto row = [](const char* name, const Spread& t, const Result& l) {
     std::printf("%-38s %10.0f %10.0f %10.0f %9.1f %9.1f %9.1f\n", name, t.min, t.median, t.max,
                 l.p50_us, l.p90_us, l.p99_us);
@@ -403,13 +411,14 @@ int main(int argc, char** argv) {
   if (lean && bridged) {
     std::printf("bridged / lean pair, run by run:");
     for (int r = 0; r < runs; ++r)
-      std::printf(" %.0f %%", percent(bridged_t[r].messages_per_second,
-                                      lean_t[r].messages_per_second));
+      std::printf(" %.0f %%",
+                  percent(bridged_t[r].messages_per_second, lean_t[r].messages_per_second));
     std::printf("\n");
   }
-  std::printf("bridged throughput (medians): %.0f %% of the lean pair, %.0f %% of the hiredis "
-              "pair\n",
-              percent(bridged_s.median, lean_s.median), percent(bridged_s.median, hiredis_s.median));
+  std::printf(
+      "bridged throughput (medians): %.0f %% of the lean pair, %.0f %% of the hiredis "
+      "pair\n",
+      percent(bridged_s.median, lean_s.median), percent(bridged_s.median, hiredis_s.median));
   std::printf("added p50 latency: %.1f us over the lean pair, %.1f us over the hiredis pair\n",
               bridged_l.p50_us - lean_l.p50_us, bridged_l.p50_us - hiredis_l.p50_us);
   for (const auto* results : {&hiredis_t, &lean_t, &bridged_t})

@@ -1,23 +1,23 @@
 // shmbus-bridge end to end: in-process daemons stand in for hosts, in-process bridges
 // relay them through a real redis-server the test starts on a free loopback port. Skips
 // loudly when redis-server is not installed (CI installs it).
+#include "bridge.hpp"
+
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <poll.h>
 #include <memory>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
-
-#include "bridge.hpp"
 #include "daemon_support.hpp"
 #include "envelope.hpp"
 #include "redis_connection.hpp"
@@ -193,8 +193,12 @@ void three_hosts_exactly_once(Mode mode) {
   }
 }
 
-TEST(Bridge, ThreeHostsEnvelopeExactlyOnceNoEcho) { three_hosts_exactly_once(Mode::kEnvelope); }
-TEST(Bridge, ThreeHostsRawExactlyOnceNoEcho) { three_hosts_exactly_once(Mode::kRaw); }
+TEST(Bridge, ThreeHostsEnvelopeExactlyOnceNoEcho) {
+  three_hosts_exactly_once(Mode::kEnvelope);
+}
+TEST(Bridge, ThreeHostsRawExactlyOnceNoEcho) {
+  three_hosts_exactly_once(Mode::kRaw);
+}
 
 TEST(Bridge, OverlappingRedisSubscriptionsImportOnce) {
   // Host 2 first follows chat:room by name; then a pattern subscriber arrives and the
@@ -361,19 +365,19 @@ TEST(Bridge, BadInputFromRedisIsCountedAndNeverDelivered) {
   ASSERT_TRUE(subscribed(*host.bridge, 2));
 
   auto publish = [&](const std::string& channel, const std::string& payload) {
-    freeReplyObject(redis.command("PUBLISH %b %b", channel.data(), channel.size(),
-                                  payload.data(), payload.size()));
+    freeReplyObject(redis.command("PUBLISH %b %b", channel.data(), channel.size(), payload.data(),
+                                  payload.size()));
   };
   std::string envelope;
   const std::string big(2000, 'x');
   encode_envelope({2, 0, 1}, bytes_of(big), envelope);
-  publish("chat:big", envelope);                         // oversized
+  publish("chat:big", envelope);                          // oversized
   publish("chat:garbage", "not an envelope at all....");  // corrupt: no magic
   encode_envelope({2, 1, 1}, bytes_of(std::string("ok")), envelope);
   std::string future = envelope;
   future[3] = 9;  // version 9
   publish("chat:future", future);
-  publish("chat:short", envelope.substr(0, 10));  // truncated header
+  publish("chat:short", envelope.substr(0, 10));        // truncated header
   publish("chat:" + std::string(1100, 'n'), envelope);  // channel name over 1024 bytes
   publish("chat:good", envelope);
   auto m = sub.next(5s);
@@ -420,8 +424,10 @@ struct Collector {
   enum class By { kName, kPattern };
   Collector(const ConnectOptions& options, std::string channel, By by = By::kName)
       : sub(Subscription::open(options)) {
-    if (by == By::kName) sub.subscribe({channel});
-    else sub.psubscribe({channel});
+    if (by == By::kName)
+      sub.subscribe({channel});
+    else
+      sub.psubscribe({channel});
     thread = std::thread([this] {
       while (!stop) {
         if (auto m = sub.next(20ms)) {
@@ -610,7 +616,8 @@ TEST(Bridge, OutboundQueueIsBoundedAndCountsEveryDrop) {
   ASSERT_TRUE(wait_until([&] {
     const auto c = a.bridge->counters();
     return c.queue_depth + c.dropped_by(Drop::kQueueFull) == 250;
-  })) << "queued " << a.bridge->counters().queue_depth << ", dropped "
+  })) << "queued "
+      << a.bridge->counters().queue_depth << ", dropped "
       << a.bridge->counters().dropped_by(Drop::kQueueFull);
   EXPECT_EQ(a.bridge->counters().queue_depth, 100u);
   EXPECT_EQ(a.bridge->counters().dropped_by(Drop::kQueueFull), 150u);
@@ -644,18 +651,23 @@ TEST(Bridge, QueuedExportsLeaveInOrderAfterAStall) {
   for (uint64_t i = 0; i < kMessages; ++i) channel.publish("message " + std::to_string(i));
   // Until the exporter has taken all 40,000 from the ring: the queue full and no more drops.
   uint64_t drops_seen = ~uint64_t{0};
-  ASSERT_TRUE(wait_until([&] {
-    const auto c = a.bridge->counters();
-    const bool settled = c.queue_depth == 10000 && c.dropped_by(Drop::kQueueFull) == drops_seen;
-    drops_seen = c.dropped_by(Drop::kQueueFull);
-    if (!settled) std::this_thread::sleep_for(300ms);
-    return settled;
-  }, 30s));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const auto c = a.bridge->counters();
+        const bool settled = c.queue_depth == 10000 && c.dropped_by(Drop::kQueueFull) == drops_seen;
+        drops_seen = c.dropped_by(Drop::kQueueFull);
+        if (!settled) std::this_thread::sleep_for(300ms);
+        return settled;
+      },
+      30s));
   redis.resume();
-  ASSERT_TRUE(wait_until([&] {
-    const auto c = a.bridge->counters();
-    return c.exported + c.dropped_total() == kMessages && c.queue_depth == 0;
-  }, 20s)) << "exported " << a.bridge->counters().exported;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const auto c = a.bridge->counters();
+        return c.exported + c.dropped_total() == kMessages && c.queue_depth == 0;
+      },
+      20s))
+      << "exported " << a.bridge->counters().exported;
   const auto c = a.bridge->counters();
   ASSERT_EQ(c.heartbeat_timeouts, 0u) << "the stall outlasted the heartbeat timeout";
   EXPECT_EQ(c.dropped_total(), c.dropped_by(Drop::kQueueFull));
@@ -711,15 +723,17 @@ TEST(Bridge, QueueMemoryStaysNearItsByteCap) {
     std::this_thread::sleep_for(1ms);
   }
   publisher.join();
-  ASSERT_TRUE(wait_until([&] {
-    return a.bridge->counters().dropped_by(Drop::kQueueFull) > 0;
-  })) << "the test needs the queue to overflow";
+  ASSERT_TRUE(wait_until([&] { return a.bridge->counters().dropped_by(Drop::kQueueFull) > 0; }))
+      << "the test needs the queue to overflow";
   redis.resume();
   EXPECT_LE(held_max, 4 * config.queue_bytes + (1 << 20)) << "held " << held_max;
-  EXPECT_TRUE(wait_until([&] {
-    const auto c = a.bridge->counters();
-    return c.exported + c.dropped_total() == kMessages;
-  }, 20s)) << a.bridge->counters_json();
+  EXPECT_TRUE(wait_until(
+      [&] {
+        const auto c = a.bridge->counters();
+        return c.exported + c.dropped_total() == kMessages;
+      },
+      20s))
+      << a.bridge->counters_json();
   EXPECT_EQ(a.bridge->counters().heartbeat_timeouts, 0u);
 }
 
@@ -1097,7 +1111,7 @@ TEST(Bridge, DurableKeysThatAreNotStreamsAreLeftOut) {
   const TempDir state_dir("shmbus-bridge-wrongtype");
   Host b(durable_orders_importer(redis.port(), state_dir));
   redis_ok(redis, "SET orders:0 not-a-stream");  // refused at its first read (XREVRANGE)
-  xadd_order(redis, 9, 0);               // orders:1, a stream at first
+  xadd_order(redis, 9, 0);                       // orders:1, a stream at first
   auto sub = Subscription::open(b.daemon.options());
   sub.subscribe({"orders:0", "orders:1", "orders:2"});
   ASSERT_TRUE(reading_streams(*b.bridge, 2));
@@ -1180,22 +1194,26 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
   };
   const std::string rule = "[[export]]\npattern = \"chat:*\"\n";
   EXPECT_NE(error_of(rule).find("bridge.host_id must be set"), std::string::npos);
-  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nhostid = 2\n" + rule).find("b.toml:3:1: unknown key 'bridge.hostid'"),
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nhostid = 2\n" + rule)
+                .find("b.toml:3:1: unknown key 'bridge.hostid'"),
             std::string::npos)
       << error_of("[bridge]\nhost_id = 1\nhostid = 2\n" + rule);
-  EXPECT_NE(error_of("[bridge]\nhost_id = 70000\n" + rule).find("accepted: an integer from 1 to 65534"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of("[bridge]\nhost_id = 70000\n" + rule).find("accepted: an integer from 1 to 65534"),
+      std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[import]]\npattern = \"o:*\"\ndurable = true\n")
                 .find("needs bridge.state_file"),
             std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[import]]\npattern = \"o:*\"\nmode = \"json\"\n")
                 .find("accepted: \"envelope\" or \"raw\""),
             std::string::npos);
-  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nqueue_bytes = \"lots\"\n" + rule).find("not a positive byte size"),
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\nqueue_bytes = \"lots\"\n" + rule)
+                .find("not a positive byte size"),
             std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n").find("no [[export]] or [[import]] rule"),
             std::string::npos);
-  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n").find("reserved prefix"),
+  EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n")
+                .find("reserved prefix"),
             std::string::npos);
 }
 
