@@ -255,7 +255,13 @@ struct BridgedPair {
           std::make_unique<shmbus::bridge::Bridge>(c, (id == 1 ? a : b).options(), log));
     }
   }
-  shmbus::test::TestDaemon a, b;
+  // Clients may ask for the 16 MiB rings the bench uses.
+  static shmbus::daemon::Config daemon_config() {
+    shmbus::daemon::Config config = shmbus::test::small_test_config();
+    config.defaults.max_ring_bytes = 16 << 20;
+    return config;
+  }
+  shmbus::test::TestDaemon a{daemon_config()}, b{daemon_config()};
   std::vector<std::unique_ptr<shmbus::bridge::Bridge>> bridges;
 };
 

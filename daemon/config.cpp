@@ -65,9 +65,9 @@ constexpr std::string_view kPrincipalForms =
     "\"@1002\"), or \"*\" for everyone";
 constexpr std::string_view kBusKeys = "arena_bytes, idle_ttl_seconds";
 constexpr std::string_view kRingKeys =
-    "ring_bytes, max_message_bytes, back_pressure, max_subscribers";
+    "ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers";
 constexpr std::string_view kRuleKeys =
-    "pattern, ring_bytes, max_message_bytes, back_pressure, max_subscribers";
+    "pattern, ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers";
 constexpr std::string_view kLimitsKeys =
     "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients, "
     "max_connections_per_user";
@@ -174,11 +174,12 @@ namespace {
 // after the whole file is read still point at the right line.
 struct RingKeys {
   std::optional<uint64_t> ring_bytes;
+  std::optional<uint64_t> max_ring_bytes;
   std::optional<uint32_t> max_message_bytes;
   std::optional<bool> back_pressure;
   std::optional<uint32_t> max_subscribers;
   // toml::source_position has no initialisers: {} makes an unset one read as line 0.
-  toml::source_region table_at{}, ring_at{}, message_at{}, subscribers_at{};
+  toml::source_region table_at{}, ring_at{}, max_ring_at{}, message_at{}, subscribers_at{};
 };
 
 class Parser {
@@ -225,6 +226,7 @@ class Parser {
           ChannelRule rule;
           parse_ring_table(*table, scope, kRuleKeys, keys, &rule);
           rule.ring_bytes = keys.ring_bytes;
+          rule.max_ring_bytes = keys.max_ring_bytes;
           rule.max_message_bytes = keys.max_message_bytes;
           rule.back_pressure = keys.back_pressure;
           rule.max_subscribers = keys.max_subscribers;
@@ -260,6 +262,7 @@ class Parser {
     }
     ChannelSettings& d = config.defaults;
     if (defaults.ring_bytes) d.ring_bytes = *defaults.ring_bytes;
+    if (defaults.max_ring_bytes) d.max_ring_bytes = *defaults.max_ring_bytes;
     if (defaults.max_message_bytes) d.max_message_bytes = *defaults.max_message_bytes;
     if (defaults.back_pressure) d.back_pressure = *defaults.back_pressure;
     if (defaults.max_subscribers) d.max_subscribers = *defaults.max_subscribers;
@@ -437,6 +440,16 @@ class Parser {
                                    "1 TiB (e.g. \"4KiB\", \"64KiB\", \"1MiB\")");
         keys.ring_bytes = bytes;
         keys.ring_at = node->source();
+      } else if (name == "max_ring_bytes") {
+        const uint64_t bytes = byte_size(*node, full);
+        if (bytes != 0 &&
+            (!std::has_single_bit(bytes) || bytes < kMinRingBytes || bytes > kMaxRingBytes))
+          fail(node->source(), full + " = " + shown_bytes(*node, bytes) +
+                                   " must be 0 (clients may ask for up to ring_bytes) or a power "
+                                   "of two of at least 4096 bytes and at most 1 TiB (e.g. "
+                                   "\"1MiB\", \"128MiB\")");
+        keys.max_ring_bytes = bytes;
+        keys.max_ring_at = node->source();
       } else if (name == "max_message_bytes") {
         const uint64_t bytes = byte_size(*node, full);
         if (bytes > kMaxMessageBytes)
@@ -607,7 +620,24 @@ class Parser {
     }
 
     // A ring lives in one block of one arena (after the arena's header page), its reader
-    // table in another, and the pages of both are reserved when the channel is created.
+    // table in another, and the pages of both are reserved when the channel is created:
+    // the configured ring, and the largest one a client may ask for.
+    const uint64_t max_ring = keys.max_ring_bytes.value_or(d.max_ring_bytes);
+    if (max_ring > ring)
+      check_block(config, label, max_ring, subscribers, "max_ring_bytes",
+                  first_set({&keys.max_ring_at, &keys.subscribers_at, &arena_at_}),
+                  first_set({&shared_memory_at_, &keys.max_ring_at, &keys.subscribers_at}));
+    check_block(config, label, ring, subscribers, "ring_bytes",
+                first_set({&keys.ring_at, &keys.subscribers_at, &arena_at_}),
+                first_set({&shared_memory_at_, &keys.ring_at, &keys.subscribers_at}));
+  }
+
+  // A ring of `ring` bytes (the value of `key` in `label`) with `subscribers` slots must fit
+  // in an arena and in max_shared_memory; the errors point at `arena_at` / `memory_at`.
+  void check_block(const Config& config, const std::string& label, uint64_t ring,
+                   uint32_t subscribers, const std::string& key,
+                   const toml::source_region& arena_at,
+                   const toml::source_region& memory_at) const {
     const uint64_t block =
         layout::ring_block_bytes(ring) +
         layout::align_up(layout::reader_table_bytes(subscribers), layout::kPageSize);
@@ -616,24 +646,24 @@ class Parser {
       const uint64_t arena_needed = layout::align_up(block + layout::kPageSize, kMiB);
       std::string way_out =
           arena_needed <= kMaxArenaBytes
-              ? "raise bus.arena_bytes to at least " + format_bytes(arena_needed) +
-                    ", or lower ring_bytes"
-              : "lower ring_bytes: bus.arena_bytes is at most 256 GiB, so the largest ring is "
-                "128 GiB";
-      fail(first_set({&keys.ring_at, &keys.subscribers_at, &arena_at_}),
-           label + ": a ring of " + format_bytes(ring) + " with " + std::to_string(subscribers) +
-               " subscriber slots needs a block of " + std::to_string(block) +
-               " bytes, more than an arena of " + format_bytes(config.arena_bytes) +
-               " (bus.arena_bytes) holds after its header page; " + way_out);
+              ? "raise bus.arena_bytes to at least " + format_bytes(arena_needed) + ", or lower " +
+                    key
+              : "lower " + key +
+                    ": bus.arena_bytes is at most 256 GiB, so the largest ring is 128 GiB";
+      fail(arena_at, label + ": a ring of " + format_bytes(ring) +
+                         (key == "ring_bytes" ? "" : " (" + key + ")") + " with " +
+                         std::to_string(subscribers) + " subscriber slots needs a block of " +
+                         std::to_string(block) + " bytes, more than an arena of " +
+                         format_bytes(config.arena_bytes) +
+                         " (bus.arena_bytes) holds after its header page; " + way_out);
     }
     if (block > config.max_shared_memory) {
-      fail(first_set({&shared_memory_at_, &keys.ring_at, &keys.subscribers_at}),
-           "limits.max_shared_memory = " + format_bytes(config.max_shared_memory) +
-               " is less than one ring of " + label + " reserves (" + std::to_string(block) +
-               " bytes for " + format_bytes(ring) +
-               " of data); raise "
-               "limits.max_shared_memory to at least " +
-               format_bytes(layout::align_up(block, kMiB)) + ", or lower ring_bytes");
+      fail(memory_at, "limits.max_shared_memory = " + format_bytes(config.max_shared_memory) +
+                          " is less than one ring of " + label + " reserves (" +
+                          std::to_string(block) + " bytes for " + format_bytes(ring) + " of data" +
+                          (key == "ring_bytes" ? "" : ", its " + key) +
+                          "); raise limits.max_shared_memory to at least " +
+                          format_bytes(layout::align_up(block, kMiB)) + ", or lower " + key);
     }
   }
 
@@ -732,6 +762,7 @@ ChannelSettings Config::settings_for(std::string_view channel) const {
   for (const ChannelRule& rule : rules) {
     if (!glob_match(rule.pattern, channel)) continue;
     if (rule.ring_bytes) settings.ring_bytes = *rule.ring_bytes;
+    if (rule.max_ring_bytes) settings.max_ring_bytes = *rule.max_ring_bytes;
     if (rule.max_message_bytes) settings.max_message_bytes = *rule.max_message_bytes;
     if (rule.back_pressure) settings.back_pressure = *rule.back_pressure;
     if (rule.max_subscribers) settings.max_subscribers = *rule.max_subscribers;

@@ -1,7 +1,7 @@
 // shmbusd configuration: a TOML file (see daemon/shmbusd.toml, which documents every key).
 //
 //   [bus]        arena_bytes, idle_ttl_seconds
-//   [defaults]   ring_bytes, max_message_bytes, back_pressure, max_subscribers
+//   [defaults]   ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers
 //   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients,
 //                max_connections_per_user
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
@@ -33,10 +33,17 @@ namespace shmbus::daemon {
 // Per-channel ring settings after rules are applied.
 struct ChannelSettings {
   uint64_t ring_bytes = 64 * 1024;  // data bytes, power of two >= 4096
-  uint32_t max_message_bytes = 0;   // 0: the largest the ring carries (ring_bytes/2 - 32)
+  // The largest ring a client may ask for when it creates the channel (OPEN_CHANNEL);
+  // a client may always ask for up to ring_bytes. 0 or a power of two >= 4096.
+  uint64_t max_ring_bytes = 0;
+  uint32_t max_message_bytes = 0;  // 0: the largest the ring carries (ring_bytes/2 - 32)
   bool back_pressure = false;
   uint32_t max_subscribers = 16;  // reader slots per ring, 1..65536
   std::string rule = "defaults";  // which rule decided (its pattern) - for error messages
+
+  uint64_t largest_ring_a_client_may_ask() const {
+    return max_ring_bytes > ring_bytes ? max_ring_bytes : ring_bytes;
+  }
 
   friend bool operator==(const ChannelSettings&, const ChannelSettings&) = default;
 };
@@ -44,6 +51,7 @@ struct ChannelSettings {
 struct ChannelRule {    // one [[channel]] table; unset keys inherit [defaults]
   std::string pattern;  // Redis glob (required)
   std::optional<uint64_t> ring_bytes;
+  std::optional<uint64_t> max_ring_bytes;
   std::optional<uint32_t> max_message_bytes;
   std::optional<bool> back_pressure;
   std::optional<uint32_t> max_subscribers;

@@ -150,6 +150,7 @@ void Requests::on_open_channel(Client& c, const Frame& f) {
   if (asked) wanted.rule = "requested by the client";
   // Refused before anything is created: a user who may not publish there creates nothing.
   access_.check_publish(c, name);
+  check_requested_ring(name, config_.settings_for(name), ring_bytes);
   const auto [ch, created] = find_or_create(name, asked ? &wanted : nullptr);
   if (!created && asked) {
     const RingRef& r = ch.ring;
@@ -331,6 +332,19 @@ void Requests::send_subscribed(Client& c, uint32_t request,
     connections_.send(c, w);
     next = end;
   } while (next < attachments.size());
+}
+
+void Requests::check_requested_ring(std::string_view name, const ChannelSettings& configured,
+                                    uint64_t ring_bytes) const {
+  const uint64_t allowed = configured.largest_ring_a_client_may_ask();
+  if (ring_bytes <= allowed) return;
+  throw Error(Errc::kLimit,
+              "channel " + printable(name) + " may be given a ring of at most " +
+                  human_bytes(allowed) + " by a client, not the " + human_bytes(ring_bytes) +
+                  " asked for (max_ring_bytes = " + std::to_string(configured.max_ring_bytes) +
+                  (configured.max_ring_bytes == 0 ? ", i.e. its ring_bytes," : "") + " of rule '" +
+                  configured.rule + "' in " + config_.source +
+                  "); raise max_ring_bytes in a [[channel]] rule for it");
 }
 
 void Requests::check_subscription_limit(const Client& c, size_t adding, const char* kind) {

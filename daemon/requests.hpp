@@ -55,6 +55,10 @@ class Requests final : public ClientEvents {
                        const std::vector<protocol::Attachment>& attachments, Errc error_code,
                        const std::string& error);
   void check_subscription_limit(const Client& c, size_t adding, const char* kind);
+  // Throws Error(kLimit) if a client may not ask for a ring of `ring_bytes` (0: none asked)
+  // for channel `name`, whose rules give `configured`.
+  void check_requested_ring(std::string_view name, const ChannelSettings& configured,
+                            uint64_t ring_bytes) const;
   // The registry's find_or_create, with a new channel matched against the patterns.
   Registry::Found find_or_create(std::string_view name, const ChannelSettings* requested);
 

@@ -103,6 +103,13 @@ struct TempDir {
   std::filesystem::path path;
 };
 
+// The daemon of a test host: clients may ask for rings of up to 16 MiB (lossless_channel).
+daemon::Config host_daemon_config() {
+  daemon::Config config = test::small_test_config();
+  config.defaults.max_ring_bytes = 16 << 20;
+  return config;
+}
+
 // One "host": a daemon on a private bus and its bridge.
 struct Host {
   explicit Host(BridgeConfig config) { start(std::move(config)); }
@@ -113,7 +120,7 @@ struct Host {
   bool connected() const {
     return wait_until([&] { return bridge->counters().connected; });
   }
-  TestDaemon daemon;
+  TestDaemon daemon{host_daemon_config()};
   std::unique_ptr<Bridge> bridge;
 };
 

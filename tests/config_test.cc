@@ -301,7 +301,7 @@ ring_bytes = 3000
 TEST(ConfigErrors, UnknownKeyNamesKnownKeys) {
   EXPECT_EQ(error_of("[bus]\n[defaults]\nring_size = 4096\n"),
             "shmbusd.toml:3:1: unknown key 'defaults.ring_size'; known keys: ring_bytes, "
-            "max_message_bytes, back_pressure, max_subscribers");
+            "max_ring_bytes, max_message_bytes, back_pressure, max_subscribers");
   EXPECT_TRUE(contains_all(
       error_of("[bus]\narena_size = 1\n"),
       {"shmbusd.toml:2:1: ", "unknown key 'bus.arena_size'", "arena_bytes, idle_ttl_seconds"}));
@@ -459,6 +459,41 @@ TEST(ConfigErrors, LimitsTheDaemonCouldNotHonourAreRefusedUpFront) {
       parse_config("[limits]\nmax_shared_memory = \"1MiB\"\nmax_channels = 1000\n"
                    "max_subscriptions_per_client = 1000\n",
                    "x"));
+}
+
+TEST(Config, MaxRingBytesBoundsWhatClientsAskFor) {
+  const Config config = parse_config(R"([defaults]
+max_ring_bytes = "1MiB"
+[[channel]]
+pattern = "video:*"
+ring_bytes = "4MiB"
+[[channel]]
+pattern = "big:*"
+max_ring_bytes = "64MiB"
+)",
+                                     "x");
+  EXPECT_EQ(config.defaults.max_ring_bytes, 1u << 20);
+  EXPECT_EQ(config.settings_for("a").largest_ring_a_client_may_ask(), 1u << 20);
+  // A rule's own ring_bytes can always be asked for.
+  EXPECT_EQ(config.settings_for("video:1").largest_ring_a_client_may_ask(), 4u << 20);
+  EXPECT_EQ(config.settings_for("big:1").largest_ring_a_client_may_ask(), 64u << 20);
+  EXPECT_EQ(Config{}.defaults.largest_ring_a_client_may_ask(), 64u << 10);
+}
+
+TEST(ConfigErrors, MaxRingBytes) {
+  EXPECT_TRUE(contains_all(error_of("[defaults]\nmax_ring_bytes = 5000\n"),
+                           {"shmbusd.toml:2:18: ", "defaults.max_ring_bytes = 5000",
+                            "must be 0 (clients may ask for up to ring_bytes) or a power of two"}));
+  // The largest ring a client may ask for must fit an arena and max_shared_memory too.
+  EXPECT_TRUE(contains_all(
+      error_of("[[channel]]\npattern = \"video:*\"\nmax_ring_bytes = \"256MiB\"\n"),
+      {"shmbusd.toml:3:18: ", "channel[1] ('video:*'): a ring of 256 MiB (max_ring_bytes)",
+       "bus.arena_bytes", "or lower max_ring_bytes"}));
+  EXPECT_TRUE(contains_all(
+      error_of("[bus]\narena_bytes = \"4GiB\"\n[limits]\nmax_shared_memory = \"1GiB\"\n"
+               "[defaults]\nmax_ring_bytes = \"1GiB\"\n"),
+      {"shmbusd.toml:4:21: ", "limits.max_shared_memory = 1 GiB", "its max_ring_bytes",
+       "or lower max_ring_bytes"}));
 }
 
 TEST(ConfigErrors, IdleTtl) {

@@ -192,7 +192,10 @@ TEST(DaemonErrors, BadChannelNamesNameTheLimit) {
 
 TEST(DaemonErrors, OversizedMessageNamesChannelLimitRingAndRule) {
   auto config = test::small_test_config();
-  config.rules.push_back({"video:*", 4096, std::nullopt, std::nullopt, std::nullopt});
+  daemon::ChannelRule video;
+  video.pattern = "video:*";
+  video.ring_bytes = 4096;
+  config.rules.push_back(video);
   TestDaemon daemon(config);
   auto bus = Bus::connect(daemon.options());
   const std::string big(5000, 'x');

@@ -127,5 +127,56 @@ TEST(Quota, ConnectionsLeftWithoutGoodbyeStopAtTheUsersLimit) {
             "");
 }
 
+// Attack 2: OPEN_CHANNEL's ring_bytes asked for 128 MiB rings past every [[channel]] rule
+// and reserved 898 MiB of shared memory in 0.35 s. A client now gets at most its rule's
+// ring_bytes, or the larger max_ring_bytes a rule sets.
+TEST(Quota, AClientGetsNoLargerRingThanTheRulesAllow) {
+  daemon::Config config;  // the shipped defaults: 256 MiB arenas, 1 GiB of shared memory
+  daemon::ChannelRule video;
+  video.pattern = "video:*";
+  video.max_ring_bytes = 1 << 20;
+  config.rules.push_back(video);
+  TestDaemon daemon(config);
+  auto bus = Bus::connect(daemon.options());
+  ChannelOptions huge;
+  huge.ring_bytes = 128 << 20;
+  std::string refusal;
+  int created = 0;
+  for (int i = 0; i < 8; ++i) {
+    try {
+      bus.channel("big:" + std::to_string(i), huge);
+      ++created;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kLimit);
+      refusal = e.what();
+    }
+  }
+  EXPECT_EQ(created, 0);
+  EXPECT_MENTIONS(refusal,
+                  "channel 'big:7' may be given a ring of at most 64 KiB by a client, "
+                  "not the 128 MiB asked for");
+  EXPECT_MENTIONS(refusal,
+                  "max_ring_bytes = 0, i.e. its ring_bytes, of rule 'defaults' in "
+                  "built-in defaults");
+  EXPECT_MENTIONS(refusal, "raise max_ring_bytes in a [[channel]] rule");
+
+  // Smaller rings, and up to the rule's max_ring_bytes, are the client's to choose.
+  ChannelOptions small;
+  small.ring_bytes = 4096;
+  EXPECT_EQ(bus.channel("big:small", small).ring_bytes(), 4096u);
+  ChannelOptions mib;
+  mib.ring_bytes = 1 << 20;
+  EXPECT_EQ(bus.channel("video:1", mib).ring_bytes(), 1u << 20);
+  mib.ring_bytes = 2 << 20;
+  try {
+    bus.channel("video:2", mib);
+    ADD_FAILURE() << "a 2 MiB ring past max_ring_bytes = 1048576 was created";
+  } catch (const Error& e) {
+    EXPECT_MENTIONS(e.what(),
+                    "at most 1 MiB by a client, not the 2 MiB asked for "
+                    "(max_ring_bytes = 1048576 of rule 'video:*'");
+  }
+}
+
 }  // namespace
 }  // namespace shmbus

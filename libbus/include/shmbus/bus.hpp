@@ -111,7 +111,8 @@ class Channel {
 
 // Settings asked for when opening a channel. Ring settings apply when this call creates the
 // channel (0 / unset: the daemon's [[channel]] rules decide); if the channel exists with
-// different settings, opening throws kInvalidArgument naming both.
+// different settings, opening throws kInvalidArgument naming both. A ring larger than the
+// rules let a client ask for (their ring_bytes, or max_ring_bytes) throws kLimit.
 struct ChannelOptions {
   uint64_t ring_bytes = 0;  // a power of two >= 4096
   uint32_t max_message_bytes = 0;
