@@ -70,7 +70,7 @@ constexpr std::string_view kRuleKeys =
     "pattern, ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers";
 constexpr std::string_view kLimitsKeys =
     "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients, "
-    "max_connections_per_user";
+    "max_connections_per_user, max_channels_per_user, max_shared_memory_per_user";
 
 // "64 KiB" when exact in a binary unit, else "65535 bytes": suggestions read like the
 // values a user would write.
@@ -418,6 +418,15 @@ class Parser {
         clients_at_ = node->source();
       } else if (name == "max_connections_per_user") {
         config.max_connections_per_user = count(*node, full, 0, kU32Max);
+      } else if (name == "max_channels_per_user") {
+        config.max_channels_per_user = count(*node, full, 0, kMaxChannels);
+      } else if (name == "max_shared_memory_per_user") {
+        const uint64_t bytes = byte_size(*node, full);
+        if (bytes != 0 && bytes < kMinSharedMemory)
+          fail(node->source(), full + " = " + shown_bytes(*node, bytes) +
+                                   " must be 0 (only max_shared_memory applies) or at least "
+                                   "1 MiB (e.g. \"256MiB\")");
+        config.max_shared_memory_per_user = bytes;
       } else {
         unknown_key(*key, "limits", kLimitsKeys);
       }

@@ -3,7 +3,7 @@
 //   [bus]        arena_bytes, idle_ttl_seconds
 //   [defaults]   ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers
 //   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients,
-//                max_connections_per_user
+//                max_connections_per_user, max_channels_per_user, max_shared_memory_per_user
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
 //                channel decides its settings, unset keys inherit [defaults]
 //   [[access]]   pattern, publish, subscribe: who may publish to and subscribe to channels
@@ -102,6 +102,10 @@ struct Config {
   // Per user (uid): connections open plus those closed without goodbye whose processes
   // still run (each keeps its doorbell and a pidfd); 0: max_clients.
   uint32_t max_connections_per_user = 0;
+  // Per user: channels its clients created that are still live, and the shared memory
+  // they reserve (rings, reader tables, descriptors); 0: only the bus-wide limits.
+  uint32_t max_channels_per_user = 0;
+  uint64_t max_shared_memory_per_user = 0;
   std::vector<ChannelRule> rules;  // first matching rule wins
   std::vector<AccessRule> access;  // first matching rule wins
 

@@ -81,6 +81,7 @@ void Reclaimer::check_reported(ChannelState& ch, const std::string& reporter) {
 
 void Reclaimer::quarantine(ChannelState& ch, const std::string& why) {
   const std::string name = ch.name;
+  const uint32_t creator_uid = ch.creator_uid;
   std::vector<uint64_t> by_name;  // subscribers that hold the channel itself
   for (uint64_t client_id : ch.attached)
     if (const Client* c = connections_.find(client_id); c != nullptr && c->channels.count(name))
@@ -98,7 +99,9 @@ void Reclaimer::quarantine(ChannelState& ch, const std::string& why) {
                   [&](const auto& entry) { return glob_match(entry.first, name); });
   if (by_name.empty() && !matched) return;
   try {
-    const Registry::Found fresh = registry_.find_or_create(name, nullptr);
+    // Charged to the user who created the channel, who did not ask for a second ring.
+    const Registry::Found fresh =
+        registry_.find_or_create(name, nullptr, Creator{creator_uid, false});
     if (fresh.created) subscriptions_.match_new_channel(fresh.channel);
     for (uint64_t client_id : by_name)
       if (Client* c = connections_.find(client_id))

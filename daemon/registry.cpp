@@ -215,7 +215,8 @@ SlabPool& Registry::reader_pool(uint32_t access_class) {
   return *pool;
 }
 
-Registry::Found Registry::find_or_create(std::string_view name, const ChannelSettings* requested) {
+Registry::Found Registry::find_or_create(std::string_view name, const ChannelSettings* requested,
+                                         const Creator& creator) {
   if (ChannelState* existing = find(name)) return {*existing, false};
   validate_channel_name(name);
   const Config& cfg = config_;
@@ -237,6 +238,11 @@ Registry::Found Registry::find_or_create(std::string_view name, const ChannelSet
     throw Error(Errc::kInvalidArgument,
                 "cannot create channel " + printable(name) + ": " + e.what());
   }
+
+  if (creator.within_limits)
+    check_user_limits(name, creator,
+                      RingRef::block_bytes(rc) + RingRef::readers_bytes(rc) +
+                          layout::descriptor_bytes(static_cast<uint32_t>(name.size())));
 
   uint32_t id;
   if (!free_channel_ids_.empty()) {
@@ -278,6 +284,11 @@ Registry::Found Registry::find_or_create(std::string_view name, const ChannelSet
     free_channel_ids_.push_back(id);
     throw;
   }
+  ch->creator_uid = creator.uid;
+  ch->charged_bytes = ch->ring_block.bytes + ch->readers.bytes + ch->descriptor_block.bytes;
+  UserUsage& usage = usage_[creator.uid];
+  ++usage.channels;
+  usage.bytes += ch->charged_bytes;
   ch->ring = RingRef::format(arenas_[ch->ring_arena]->base() + ch->ring_block.offset,
                              arenas_[ch->readers.arena_id]->base() + ch->readers.offset, rc);
   write_descriptor(*ch);
@@ -327,6 +338,7 @@ void Registry::take_out_of_service(uint32_t channel_id, uint32_t state) {
   owned->descriptor->state.store(state, std::memory_order_release);
   channel_ids_.erase(owned->name);
   --live_channels_;
+  --usage_[owned->creator_uid].channels;  // its memory counts until free_channel
   reclaiming_.emplace(channel_id, std::move(owned));
 }
 
@@ -367,7 +379,38 @@ void Registry::free_released_rings(Clock::time_point now) {
   }
 }
 
+void Registry::check_user_limits(std::string_view name, const Creator& creator,
+                                 uint64_t bytes) const {
+  const Config& cfg = config_;
+  const UserUsage usage = usage_of(creator.uid);
+  const std::string user = "user " + std::to_string(creator.uid);
+  if (cfg.max_channels_per_user != 0 && usage.channels >= cfg.max_channels_per_user)
+    throw Error(Errc::kLimit,
+                "cannot create channel " + printable(name) + ": " + user + " has created " +
+                    std::to_string(usage.channels) +
+                    " channels that still exist, max_channels_per_user = " +
+                    std::to_string(cfg.max_channels_per_user) + " in [limits] of " + cfg.source +
+                    "; raise it, or let idle channels be reclaimed (idle_ttl_seconds)");
+  if (cfg.max_shared_memory_per_user != 0 && usage.bytes + bytes > cfg.max_shared_memory_per_user)
+    throw Error(Errc::kLimit,
+                "cannot create channel " + printable(name) + ": it needs " + human_bytes(bytes) +
+                    " and the channels " + user + " created hold " + human_bytes(usage.bytes) +
+                    " of max_shared_memory_per_user = " +
+                    human_bytes(cfg.max_shared_memory_per_user) + " in [limits] of " + cfg.source +
+                    "; raise it, or give such channels smaller rings with a [[channel]] rule");
+}
+
+Registry::UserUsage Registry::usage_of(uint32_t uid) const {
+  auto it = usage_.find(uid);
+  return it == usage_.end() ? UserUsage{} : it->second;
+}
+
 void Registry::free_channel(std::unique_ptr<ChannelState> ch) {
+  auto usage = usage_.find(ch->creator_uid);
+  if (usage != usage_.end()) {
+    usage->second.bytes -= ch->charged_bytes;
+    if (usage->second.channels == 0 && usage->second.bytes == 0) usage_.erase(usage);
+  }
   give_pages(ch->ring_arena, ch->ring_block);
   reader_pool(ch->access_class).release(ch->readers);
   ch->descriptor->magic.store(0, std::memory_order_release);

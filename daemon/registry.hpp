@@ -58,6 +58,10 @@ struct ChannelState {
   uint64_t last_published = 0;
   Clock::time_point last_active;  // reclaiming: when it was reclaimed
   bool quarantined = false;       // taken out of service as corrupt
+  // Kept by the registry: whose quota the channel counts against, and how much shared
+  // memory it was charged (its ring, reader table and descriptor).
+  uint32_t creator_uid = 0;
+  uint64_t charged_bytes = 0;
 
   // Where the ring is and what shape it has, as the protocol tells clients.
   protocol::RingLocation location() const;
@@ -67,6 +71,14 @@ struct ChannelState {
 
 // "ring 64 KiB, max message ... bytes, back_pressure off", for messages.
 std::string describe_settings(const ChannelSettings& s);
+
+// Whose quota a new channel counts against ([limits] max_*_per_user).
+struct Creator {
+  uint32_t uid = 0;
+  // False for a ring that replaces a quarantined one: its user did not ask for it, so it
+  // is charged even past the user's limits.
+  bool within_limits = true;
+};
 
 class Registry {
  public:
@@ -82,8 +94,10 @@ class Registry {
     bool created;  // new: the caller matches it against the patterns before replying
   };
   // The live channel `name`, created (with `requested` settings, or the configured ones if
-  // null) if there is none. Throws Error (kLimit, kInvalidArgument) when it cannot be.
-  Found find_or_create(std::string_view name, const ChannelSettings* requested);
+  // null, and charged to `creator`) if there is none. Throws Error (kLimit,
+  // kInvalidArgument) when it cannot be.
+  Found find_or_create(std::string_view name, const ChannelSettings* requested,
+                       const Creator& creator);
   ChannelState* find(std::string_view name);
   ChannelState* find_live(uint32_t channel_id);
   // A live, reclaimed or quarantined channel by id, or nullptr if the id is free.
@@ -131,6 +145,13 @@ class Registry {
   layout::DirectoryHeader& directory() { return *directory_; }
   const ArenaTable& arena_table() const { return arena_table_; }
   uint64_t reserved_bytes() const { return reserved_bytes_; }
+  // What the channels a user's clients created hold: live channels, and shared memory
+  // until their rings are freed.
+  struct UserUsage {
+    uint32_t channels = 0;
+    uint64_t bytes = 0;
+  };
+  UserUsage usage_of(uint32_t uid) const;
 
  private:
   void create_control_arena();
@@ -143,6 +164,8 @@ class Registry {
   SlabPool& reader_pool(uint32_t access_class);
   void write_descriptor(ChannelState& ch);
   void free_channel(std::unique_ptr<ChannelState> ch);
+  // Throws Error(kLimit) if `creator` may not create channel `name` of `bytes` more.
+  void check_user_limits(std::string_view name, const Creator& creator, uint64_t bytes) const;
   // Moves live channel `channel_id` out of the directory and the name index into
   // reclaiming_, its descriptor saying `state`.
   void take_out_of_service(uint32_t channel_id, uint32_t state);
@@ -173,6 +196,7 @@ class Registry {
   // Reclaimed and quarantined channels whose rings wait for their users to let go, by id.
   std::unordered_map<uint32_t, std::unique_ptr<ChannelState>> reclaiming_;
   uint32_t live_channels_ = 0;
+  std::unordered_map<uint32_t, UserUsage> usage_;  // by uid; users holding nothing are erased
 };
 
 }  // namespace shmbus::daemon

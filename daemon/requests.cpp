@@ -151,7 +151,7 @@ void Requests::on_open_channel(Client& c, const Frame& f) {
   // Refused before anything is created: a user who may not publish there creates nothing.
   access_.check_publish(c, name);
   check_requested_ring(name, config_.settings_for(name), ring_bytes);
-  const auto [ch, created] = find_or_create(name, asked ? &wanted : nullptr);
+  const auto [ch, created] = find_or_create(c, name, asked ? &wanted : nullptr);
   if (!created && asked) {
     const RingRef& r = ch.ring;
     const bool differs = (ring_bytes != 0 && ring_bytes != r.capacity()) ||
@@ -217,7 +217,7 @@ void Requests::on_subscribe(Client& c, const Frame& f) {
       continue;
     }
     try {
-      ChannelState& ch = find_or_create(name, nullptr).channel;
+      ChannelState& ch = find_or_create(c, name, nullptr).channel;
       reply.push_back(subscriptions_.subscribe_channel(c, ch, start));
     } catch (const Error& e) {
       error = e.what();
@@ -358,8 +358,9 @@ void Requests::check_subscription_limit(const Client& c, size_t adding, const ch
                     "); raise it in [limits] of " + config_.source);
 }
 
-Registry::Found Requests::find_or_create(std::string_view name, const ChannelSettings* requested) {
-  const Registry::Found found = registry_.find_or_create(name, requested);
+Registry::Found Requests::find_or_create(const Client& c, std::string_view name,
+                                         const ChannelSettings* requested) {
+  const Registry::Found found = registry_.find_or_create(name, requested, Creator{c.cred.uid});
   if (found.created) subscriptions_.match_new_channel(found.channel);
   return found;
 }

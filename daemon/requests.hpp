@@ -59,8 +59,10 @@ class Requests final : public ClientEvents {
   // for channel `name`, whose rules give `configured`.
   void check_requested_ring(std::string_view name, const ChannelSettings& configured,
                             uint64_t ring_bytes) const;
-  // The registry's find_or_create, with a new channel matched against the patterns.
-  Registry::Found find_or_create(std::string_view name, const ChannelSettings* requested);
+  // The registry's find_or_create for `c`'s user, with a new channel matched against the
+  // patterns.
+  Registry::Found find_or_create(const Client& c, std::string_view name,
+                                 const ChannelSettings* requested);
 
   const Config& config_;  // the daemon's, outlives the handlers
   const std::string bus_;

@@ -72,6 +72,8 @@ TEST(Config, EmptyTextGivesBuiltInDefaults) {
   EXPECT_EQ(config.max_clients, 4096u);
   EXPECT_EQ(config.max_connections_per_user, 0u);
   EXPECT_EQ(config.connections_per_user(), 4096u);
+  EXPECT_EQ(config.max_channels_per_user, 0u);
+  EXPECT_EQ(config.max_shared_memory_per_user, 0u);
   EXPECT_TRUE(config.rules.empty());
 }
 
@@ -494,6 +496,24 @@ TEST(ConfigErrors, MaxRingBytes) {
                "[defaults]\nmax_ring_bytes = \"1GiB\"\n"),
       {"shmbusd.toml:4:21: ", "limits.max_shared_memory = 1 GiB", "its max_ring_bytes",
        "or lower max_ring_bytes"}));
+}
+
+TEST(ConfigErrors, PerUserLimits) {
+  const Config config = parse_config(
+      "[limits]\nmax_connections_per_user = 64\nmax_channels_per_user = 1000\n"
+      "max_shared_memory_per_user = \"256MiB\"\n",
+      "x");
+  EXPECT_EQ(config.connections_per_user(), 64u);
+  EXPECT_EQ(config.max_channels_per_user, 1000u);
+  EXPECT_EQ(config.max_shared_memory_per_user, 256u << 20);
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_shared_memory_per_user = \"64KiB\"\n"),
+                           {"shmbusd.toml:2:30: ", "limits.max_shared_memory_per_user = \"64KiB\"",
+                            "must be 0 (only max_shared_memory applies) or at least 1 MiB"}));
+  EXPECT_TRUE(contains_all(
+      error_of("[limits]\nmax_channels_per_user = -1\n"),
+      {"shmbusd.toml:2:25: ", "limits.max_channels_per_user = -1", "from 0 to 16000000"}));
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_connections_per_user = \"64\"\n"),
+                           {"limits.max_connections_per_user", "must be an integer"}));
 }
 
 TEST(ConfigErrors, IdleTtl) {

@@ -178,5 +178,68 @@ TEST(Quota, AClientGetsNoLargerRingThanTheRulesAllow) {
   }
 }
 
+// Attack 3: `shmbus sub $(seq 70000)` created 15,394 channels and took the whole 1 GiB of
+// max_shared_memory. Channels a user's clients create count against the user's
+// max_channels_per_user and max_shared_memory_per_user, and another user still gets in.
+struct Flood {
+  std::string refusal;  // the error the flooding subscription got
+  size_t channels = 0;  // live channels with subscribers after it
+  std::string other;    // what another user's subscription then met ("" for success)
+};
+
+Flood subscribe_70000(const daemon::Config& config) {
+  TestDaemon daemon(config);
+  Flood flood;
+  std::vector<std::string> names;
+  for (int i = 0; i < 70000; ++i) names.push_back(std::to_string(i));
+  auto sub = Subscription::open(daemon.options());
+  try {
+    sub.subscribe(names);
+    flood.refusal = "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kLimit);
+    flood.refusal = e.what();
+  }
+  flood.channels = Bus::connect(daemon.options()).channels().size();
+  flood.other = "not tried: needs root to subscribe as another user";
+  if (can_switch_users(daemon))
+    flood.other = as_other_user([&] {
+      auto theirs = Subscription::open(daemon.options());
+      theirs.subscribe({"theirs"});
+      return std::string();
+    });
+  return flood;
+}
+
+TEST(Quota, ChannelsAUserCreatesStopAtItsLimitsAndLeaveRoomForOthers) {
+  const std::string user = "user " + std::to_string(getuid());
+  {
+    SCOPED_TRACE("max_channels_per_user");
+    daemon::Config config;  // the shipped defaults: 1 GiB of shared memory, 64 KiB rings
+    config.max_channels_per_user = 1000;
+    const Flood flood = subscribe_70000(config);
+    EXPECT_MENTIONS(flood.refusal, "cannot create channel '1000': " + user +
+                                       " has created 1000 channels that still exist, "
+                                       "max_channels_per_user = 1000 in [limits] of built-in "
+                                       "defaults; raise it");
+    EXPECT_EQ(flood.channels, 1000u);
+    EXPECT_EQ(flood.other, "");
+  }
+  {
+    SCOPED_TRACE("max_shared_memory_per_user");
+    daemon::Config config;
+    config.max_shared_memory_per_user = 64ull << 20;
+    const Flood flood = subscribe_70000(config);
+    EXPECT_MENTIONS(flood.refusal, "and the channels " + user + " created hold");
+    EXPECT_MENTIONS(flood.refusal,
+                    "of max_shared_memory_per_user = 64 MiB in [limits] of "
+                    "built-in defaults; raise it");
+    // A 64 KiB ring takes 68 KiB with its header page, plus its reader table.
+    EXPECT_GE(flood.channels, 900u);
+    EXPECT_LE(flood.channels, 964u);
+    EXPECT_EQ(flood.other, "");
+  }
+}
+
 }  // namespace
 }  // namespace shmbus
