@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "arena.hpp"
+#include "clock.hpp"
 #include "config.hpp"
 #include "layout.hpp"
 #include "protocol.hpp"
@@ -79,9 +80,15 @@ struct Client {
   std::unordered_set<std::string> channels;
   std::set<std::string> patterns;
   std::unordered_map<uint32_t, Attachment> attached;  // channel id -> slot
-  // Slots the client was told to give back (unsubscribe, detach): it frees them itself; if
-  // it dies first, the daemon does (by owner token, so never someone else's slot).
-  std::vector<std::pair<uint32_t, uint32_t>> returned_slots;
+  // Slots the client was told to give back (unsubscribe, detach): it frees them itself when
+  // it next reads; if it dies first or keeps one past slot_return_timeout_ms, the daemon
+  // does (by owner token, so never someone else's slot).
+  struct ReturnedSlot {
+    uint32_t channel_id = 0;
+    uint32_t slot = 0;
+    Clock::time_point since;  // when the client was told
+  };
+  std::vector<ReturnedSlot> returned_slots;
 };
 
 }  // namespace shmbus::daemon

@@ -46,6 +46,10 @@ static_assert(layout::kPageSize + layout::directory_bytes(kMaxChannels) +
               kMaxArenaBytes);
 // A doorbell bit is 24 bits of a ShmRef (layout.hpp), and bit 0 is the control bit.
 constexpr int64_t kMaxSubscriptionsPerClient = int64_t{layout::ShmRef::kMaxBit};
+// Timeouts in [limits]: the daemon looks at them on its 1 s tick, so below 100 ms means
+// nothing more; a day is far beyond any useful one.
+constexpr int64_t kMinTimeoutMs = 100;
+constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;
 // A year is far beyond any useful idle timeout, and keeps `now + ttl` far from overflowing
 // any clock's representation; 0 is the way to say "never".
 constexpr int64_t kMaxIdleTtlSeconds = 365LL * 24 * 3600;
@@ -70,7 +74,8 @@ constexpr std::string_view kRuleKeys =
     "pattern, ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers";
 constexpr std::string_view kLimitsKeys =
     "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients, "
-    "max_connections_per_user, max_channels_per_user, max_shared_memory_per_user";
+    "max_connections_per_user, max_channels_per_user, max_shared_memory_per_user, "
+    "slot_return_timeout_ms";
 
 // "64 KiB" when exact in a binary unit, else "65535 bytes": suggestions read like the
 // values a user would write.
@@ -359,6 +364,12 @@ class Parser {
     return static_cast<uint32_t>(value);
   }
 
+  // A timeout in milliseconds: long enough to be more than a tick of the daemon's clock
+  // apart from zero, short of a day.
+  std::chrono::milliseconds milliseconds(const toml::node& node, const std::string& key) const {
+    return std::chrono::milliseconds(count(node, key, kMinTimeoutMs, kMaxTimeoutMs));
+  }
+
   bool boolean(const toml::node& node, const std::string& key) const {
     if (auto v = node.as_boolean()) return v->get();
     fail(node.source(), key + " = " + render(node) +
@@ -427,6 +438,8 @@ class Parser {
                                    " must be 0 (only max_shared_memory applies) or at least "
                                    "1 MiB (e.g. \"256MiB\")");
         config.max_shared_memory_per_user = bytes;
+      } else if (name == "slot_return_timeout_ms") {
+        config.slot_return_timeout = milliseconds(*node, full);
       } else {
         unknown_key(*key, "limits", kLimitsKeys);
       }

@@ -3,7 +3,8 @@
 //   [bus]        arena_bytes, idle_ttl_seconds
 //   [defaults]   ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers
 //   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients,
-//                max_connections_per_user, max_channels_per_user, max_shared_memory_per_user
+//                max_connections_per_user, max_channels_per_user, max_shared_memory_per_user,
+//                slot_return_timeout_ms
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
 //                channel decides its settings, unset keys inherit [defaults]
 //   [[access]]   pattern, publish, subscribe: who may publish to and subscribe to channels
@@ -106,6 +107,9 @@ struct Config {
   // they reserve (rings, reader tables, descriptors); 0: only the bus-wide limits.
   uint32_t max_channels_per_user = 0;
   uint64_t max_shared_memory_per_user = 0;
+  // A reader slot a client was told to give back (unsubscribe, detach) and still holds
+  // after this is taken back by the daemon.
+  std::chrono::milliseconds slot_return_timeout{10000};
   std::vector<ChannelRule> rules;  // first matching rule wins
   std::vector<AccessRule> access;  // first matching rule wins
 

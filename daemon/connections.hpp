@@ -72,6 +72,12 @@ class Connections {
   // A connected client (doomed ones included) or nullptr.
   Client* find(uint64_t id);
   const std::unordered_map<uint64_t, std::unique_ptr<Client>>& clients() const { return clients_; }
+  // Calls `fn` with every client, connected or departing (fn must not close any).
+  template <typename Fn>
+  void for_each_client(Fn&& fn) {
+    for (auto& [id, c] : clients_) fn(*c);
+    for (auto& [token, d] : departing_) fn(*d.client);
+  }
   // "client 17 (pid 42, 'worker')", for connected and departing clients alike.
   std::string describe_client(uint64_t id) const;
 

@@ -50,6 +50,7 @@ void Reclaimer::on_tick(Clock::time_point now) {
     ch.last_active = now;
   }
   check_health();
+  subscriptions_.take_back_overdue_slots(now);
   registry_.free_released_rings(now);
   warn_about_holders(now);
   std::erase_if(last_walk_, [&](const auto& entry) { return now - entry.second > kWalkEvery; });

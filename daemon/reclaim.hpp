@@ -27,8 +27,8 @@ class Reclaimer {
             Connections& connections, Subscriptions& subscriptions);
 
   // On each maintenance tick: reclaims the channels idle for idle_ttl, checks a batch of
-  // rings for corruption, frees the rings their users let go, and names clients that hold
-  // reclaimed rings for too long.
+  // rings for corruption, takes back reader slots not given back in time, frees the rings
+  // their users let go, and names clients that hold reclaimed rings for too long.
   void on_tick(Clock::time_point now);
   // A client found `ch`'s ring contradicting itself: walk it (at most once a second per
   // channel) and quarantine it if it is corrupt.

@@ -207,9 +207,9 @@ void Subscriptions::release(Client& c) {
     set_receivers(*ch, -static_cast<int32_t>(a.receivers()));
     ch->last_active = Clock::now();
   }
-  for (auto [channel_id, slot] : c.returned_slots)
-    if (ChannelState* ch = registry_.find_any(channel_id))
-      release_reader_slot(ch->ring, slot, c.id);
+  for (const Client::ReturnedSlot& r : c.returned_slots)
+    if (ChannelState* ch = registry_.find_any(r.channel_id))
+      release_reader_slot(ch->ring, r.slot, c.id);
   c.attached.clear();
   c.returned_slots.clear();
   c.channels.clear();
@@ -293,15 +293,41 @@ void Subscriptions::return_slot(Client& c, ChannelState& ch, uint32_t slot) {
   // Forget slots the client has freed already, so a long-lived subscription that churns
   // does not grow this list without bound.
   if (c.returned_slots.size() >= 256) {
-    std::erase_if(c.returned_slots, [&](const std::pair<uint32_t, uint32_t>& r) {
-      const ChannelState* owner = registry_.find_any(r.first);
-      if (owner == nullptr) return true;  // freed: only a ring without slots in use is
-      const layout::ReaderSlot* s = owner->ring.slot(r.second);
-      return s->state.load(std::memory_order_acquire) == layout::kSlotFree ||
-             s->owner.load(std::memory_order_relaxed) != c.id;
-    });
+    std::erase_if(c.returned_slots,
+                  [&](const Client::ReturnedSlot& r) { return !still_held(c, r); });
   }
-  c.returned_slots.emplace_back(ch.id, slot);
+  c.returned_slots.push_back({ch.id, slot, Clock::now()});
+}
+
+bool Subscriptions::still_held(const Client& c, const Client::ReturnedSlot& r) const {
+  const ChannelState* owner = registry_.find_any(r.channel_id);
+  if (owner == nullptr) return false;  // freed: only a ring without slots in use is
+  const layout::ReaderSlot* s = owner->ring.slot(r.slot);
+  return s->state.load(std::memory_order_acquire) != layout::kSlotFree &&
+         s->owner.load(std::memory_order_relaxed) == c.id;
+}
+
+void Subscriptions::take_back_overdue_slots(Clock::time_point now) {
+  const auto deadline = config_.slot_return_timeout;
+  connections_.for_each_client([&](Client& c) {
+    if (c.returned_slots.empty() || now - c.returned_slots.front().since < deadline) return;
+    std::string channels;
+    uint32_t taken = 0;
+    std::erase_if(c.returned_slots, [&](const Client::ReturnedSlot& r) {
+      if (now - r.since < deadline) return false;
+      ChannelState* ch = registry_.find_any(r.channel_id);
+      if (ch == nullptr || !release_reader_slot(ch->ring, r.slot, c.id)) return true;
+      ++taken;
+      if (taken <= 3) channels += (taken > 1 ? ", " : "") + printable(ch->name);
+      return true;
+    });
+    if (taken == 0) return;
+    log_->warn(
+        "{} did not give back {} reader slot(s) it was told to ({}{}) within "
+        "slot_return_timeout_ms = {} ([limits] of {}); took them back for other subscribers",
+        connections_.describe_client(c.id), taken, channels, taken > 3 ? ", ..." : "",
+        deadline.count(), config_.source);
+  });
 }
 
 void Subscriptions::publish_pattern_count() {

@@ -67,6 +67,9 @@ class Subscriptions {
   void detach_all(ChannelState& ch);
   // Releases all `c` subscribed: its process is gone or said goodbye.
   void release(Client& c);
+  // On each tick: takes back the slots clients were told to give back more than
+  // slot_return_timeout_ms ago and still hold, naming each such client in the log.
+  void take_back_overdue_slots(Clock::time_point now);
 
   const PatternIndex& pattern_index() const { return pattern_index_; }
 
@@ -84,6 +87,8 @@ class Subscriptions {
   bool detach_if_unneeded(Client& c, ChannelState& ch);
   void give_back(Client& c, ChannelState& ch, std::unordered_map<uint32_t, Attachment>::iterator a);
   void return_slot(Client& c, ChannelState& ch, uint32_t slot);
+  // Whether `c` still holds the returned slot `r` (it has not freed it yet).
+  bool still_held(const Client& c, const Client::ReturnedSlot& r) const;
   void publish_pattern_count();
 
   const Config& config_;  // the daemon's, outlives the subscriptions

@@ -74,6 +74,7 @@ TEST(Config, EmptyTextGivesBuiltInDefaults) {
   EXPECT_EQ(config.connections_per_user(), 4096u);
   EXPECT_EQ(config.max_channels_per_user, 0u);
   EXPECT_EQ(config.max_shared_memory_per_user, 0u);
+  EXPECT_EQ(config.slot_return_timeout, std::chrono::milliseconds(10000));
   EXPECT_TRUE(config.rules.empty());
 }
 
@@ -514,6 +515,17 @@ TEST(ConfigErrors, PerUserLimits) {
       {"shmbusd.toml:2:25: ", "limits.max_channels_per_user = -1", "from 0 to 16000000"}));
   EXPECT_TRUE(contains_all(error_of("[limits]\nmax_connections_per_user = \"64\"\n"),
                            {"limits.max_connections_per_user", "must be an integer"}));
+}
+
+TEST(ConfigErrors, Timeouts) {
+  EXPECT_EQ(parse_config("[limits]\nslot_return_timeout_ms = 500\n", "x").slot_return_timeout,
+            std::chrono::milliseconds(500));
+  for (std::string_view value : {"99", "86400001", "-1"})
+    EXPECT_TRUE(contains_all(
+        error_of("[limits]\nslot_return_timeout_ms = " + std::string(value) + "\n"),
+        {"shmbusd.toml:2:26: ", "limits.slot_return_timeout_ms = ", "from 100 to 86400000"}));
+  EXPECT_TRUE(contains_all(error_of("[limits]\nslot_return_timeout_ms = \"10s\"\n"),
+                           {"limits.slot_return_timeout_ms", "must be an integer"}));
 }
 
 TEST(ConfigErrors, IdleTtl) {

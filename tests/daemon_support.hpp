@@ -32,7 +32,9 @@ inline daemon::Config small_test_config() {
 
 class TestDaemon {
  public:
-  explicit TestDaemon(daemon::Config config = small_test_config(), const char* tag = "t") {
+  // `logger`: where the daemon logs (null: nowhere).
+  explicit TestDaemon(daemon::Config config = small_test_config(), const char* tag = "t",
+                      std::shared_ptr<spdlog::logger> logger = nullptr) {
     static std::atomic<uint32_t> counter{0};
     bus_ = std::string(tag) + std::to_string(getpid()) + "x" + std::to_string(counter++);
     dir_ = std::filesystem::temp_directory_path() / ("shmbus-" + bus_);
@@ -41,8 +43,11 @@ class TestDaemon {
     options.bus = bus_;
     options.socket_path = (dir_ / "bus.sock").string();
     options.config = std::move(config);
-    // SHMBUS_TEST_LOG=1 shows the daemon's log on stderr, for a test being debugged.
-    if (std::getenv("SHMBUS_TEST_LOG") != nullptr)
+    // A logger of the test's own; else SHMBUS_TEST_LOG=1 shows the daemon's log on stderr,
+    // for a test being debugged.
+    if (logger)
+      options.logger = std::move(logger);
+    else if (std::getenv("SHMBUS_TEST_LOG") != nullptr)
       options.logger = std::make_shared<spdlog::logger>(
           "test-daemon", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     else

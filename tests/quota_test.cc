@@ -6,6 +6,7 @@
 // without it they check the one-user half and say what they skipped.
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/base_sink.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -79,6 +81,32 @@ bool can_switch_users(const TestDaemon& daemon) {
   std::filesystem::permissions(daemon.socket_path(), std::filesystem::perms::all);
   return true;
 }
+
+// The daemon's log lines, for tests that check who it names.
+class LogCapture : public spdlog::sinks::base_sink<std::mutex>,
+                   public std::enable_shared_from_this<LogCapture> {
+ public:
+  static std::shared_ptr<LogCapture> make() { return std::make_shared<LogCapture>(); }
+  std::shared_ptr<spdlog::logger> logger() {
+    return std::make_shared<spdlog::logger>("test-daemon", shared_from_this());
+  }
+  // The first line that contains `text`, or "".
+  std::string find(const std::string& text) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const std::string& line : lines_)
+      if (line.find(text) != std::string::npos) return line;
+    return {};
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    lines_.emplace_back(msg.payload.data(), msg.payload.size());
+  }
+  void flush_() override {}
+
+ private:
+  std::vector<std::string> lines_;  // guarded by base_sink's mutex_
+};
 
 size_t open_descriptors() {
   size_t n = 0;
@@ -239,6 +267,65 @@ TEST(Quota, ChannelsAUserCreatesStopAtItsLimitsAndLeaveRoomForOthers) {
     EXPECT_LE(flood.channels, 964u);
     EXPECT_EQ(flood.other, "");
   }
+}
+
+// Attack 4: a raw client that never frees the reader slot it is told to give back (after
+// UNSUBSCRIBE, or a detach event) kept every other subscriber out of a channel whose slots
+// were all taken. The daemon now takes such a slot back after slot_return_timeout_ms and
+// names the client.
+TEST(Quota, AReaderSlotNotGivenBackIsTakenBackAfterTheTimeout) {
+  daemon::Config config = test::small_test_config();
+  daemon::ChannelRule one;
+  one.pattern = "lock";
+  one.max_subscribers = 1;
+  config.rules.push_back(one);
+  config.slot_return_timeout = 1000ms;
+  const auto log = LogCapture::make();
+  TestDaemon daemon(config, "t", log->logger());
+
+  test::Intruder squatter(daemon.options(), protocol::Role::kSubscriber);
+  squatter.subscribe("lock");
+  protocol::Writer unsubscribe = squatter.connection().next_request(protocol::Type::kUnsubscribe);
+  unsubscribe.u32(1).str("lock");
+  const OwnedFrame reply = squatter.connection().request(unsubscribe);
+  protocol::Parser p = reply.parser();
+  ASSERT_EQ(p.u32(), 1u) << "the daemon did not ask for the slot back";
+  // ... and the squatter never frees it.
+
+  auto sub = Subscription::open(daemon.options());
+  const auto told = std::chrono::steady_clock::now();
+  std::string refusal;
+  try {
+    sub.subscribe({"lock"});
+  } catch (const Error& e) {
+    refusal = e.what();
+  }
+  EXPECT_MENTIONS(refusal, "channel 'lock' already has 1 subscribers");
+  bool subscribed = false;
+  while (!subscribed && std::chrono::steady_clock::now() - told < 5s) {
+    std::this_thread::sleep_for(100ms);
+    try {
+      sub.subscribe({"lock"});
+      subscribed = true;
+    } catch (const Error&) {
+    }
+  }
+  const auto waited = std::chrono::steady_clock::now() - told;
+  ASSERT_TRUE(subscribed) << "the slot was not taken back within 5 s";
+  EXPECT_GE(waited, 900ms);
+  EXPECT_LE(waited, 3s);  // the timeout plus a tick or two
+  const std::string line = log->find("did not give back 1 reader slot(s)");
+  EXPECT_MENTIONS(line, "client " + std::to_string(squatter.connection().welcome().client_id) +
+                            " (pid " + std::to_string(getpid()) + ", 'test')");
+  EXPECT_MENTIONS(line,
+                  "('lock') within slot_return_timeout_ms = 1000 ([limits] of built-in "
+                  "defaults)");
+
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.publish("lock", "in"), 1u);
+  auto m = sub.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "in");
 }
 
 }  // namespace

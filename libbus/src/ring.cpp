@@ -756,7 +756,12 @@ bool Reader::still_corrupt(uint64_t state) const {
 }
 
 void Reader::store_slot_position() {
-  if (slot_ >= 0) ring_.slot(slot_)->position.store(position_, std::memory_order_release);
+  if (slot_ < 0) return;
+  // Only while the slot is still ours: a reader slow to give it back may have lost it (the
+  // daemon takes such slots back), and it may be another reader's by now.
+  ReaderSlot* s = ring_.slot(static_cast<uint32_t>(slot_));
+  if (s->owner.load(std::memory_order_relaxed) == slot_owner_)
+    s->position.store(position_, std::memory_order_release);
 }
 
 Status Reader::try_read(MessageView& view) {
