@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -29,6 +30,25 @@
 namespace shmbus::daemon {
 
 inline constexpr uint32_t kControlBit = 0;  // doorbell bit 0: "events wait on your socket"
+
+struct Client;
+
+// A request answered over several event-loop turns (see turn.hpp): SUBSCRIBE or PSUBSCRIBE
+// over many channels, a long PATTERNS list, an OPEN_CHANNEL that waits for its new channel
+// to be matched against the patterns. Its client's later frames wait until it is answered.
+class RequestJob {
+ public:
+  explicit RequestJob(uint32_t request) : request_(request) {}
+  virtual ~RequestJob() = default;
+  uint32_t request() const { return request_; }  // the id its replies carry
+  // Works on the request until the turn is spent (at least one unit) or the client's
+  // unread output is as large as it may grow; true once the last reply frame is queued.
+  // Throws shmbus::Error for the handlers to answer.
+  virtual bool resume(Client& c) = 0;
+
+ private:
+  const uint32_t request_;
+};
 
 // A subscription's reader slot in one ring, and why it is there.
 struct Attachment {
@@ -53,8 +73,14 @@ struct Client {
   // the registry's arenas, which outlive every client.
   std::deque<std::pair<size_t, int>> out_fds;
   bool want_write = false;
+  bool want_read = true;
   bool doomed = false;        // to be closed once the current event is handled
   bool event_queued = false;  // `out` holds an event the client has not been rung for
+  // Work waits (frames in `in`, `job`, or output the client must read first): its socket
+  // is not read meanwhile, so neither grows without bound.
+  bool paused = false;
+  bool queued_for_frames = false;  // in Connections' queue of clients with frames to handle
+  bool queued_for_job = false;     // in Connections' queue of clients with a job to resume
 
   // The session: set by the request handlers.
   std::string name;
@@ -64,6 +90,7 @@ struct Client {
   std::unordered_map<uint32_t, protocol::GrantAccess> granted;
   bool greeted = false;
   bool said_bye = false;
+  std::unique_ptr<RequestJob> job;  // the request being answered over several turns
   uint16_t publisher_id = 0;
   std::unordered_map<uint32_t, uint32_t> open_channels;  // channel id -> handles
 

@@ -27,6 +27,9 @@ namespace {
 // Control events a client has not read yet; past this it is not reading its socket and is
 // dropped (its subscriptions would otherwise pin daemon memory without bound).
 constexpr size_t kMaxPendingOutput = 16u << 20;
+// A job, or the client's next frames, wait while its unread output is at least this: a
+// client answered faster than it reads is not answered more.
+constexpr size_t kPaceOutput = kMaxPendingOutput / 2;
 
 // The peer's uid, gid and supplementary groups as the kernel recorded them when it
 // connected (SO_PEERGROUPS, Linux 4.13): what [[access]] rules are checked against.
@@ -51,10 +54,12 @@ PeerIdentity peer_identity(int fd, const ucred& cred) {
 }  // namespace
 
 Connections::Connections(const Config& config, std::shared_ptr<spdlog::logger> log, EventLoop& loop,
-                         int listen_fd, layout::DirectoryHeader& directory, ClientEvents& events)
+                         Turn& turn, int listen_fd, layout::DirectoryHeader& directory,
+                         ClientEvents& events)
     : config_(config),
       log_(std::move(log)),
       loop_(loop),
+      turn_(turn),
       listen_fd_(listen_fd),
       directory_(directory),
       events_(events) {
@@ -204,13 +209,16 @@ void Connections::on_client_event(uint64_t id, uint32_t events) {
   if (c == nullptr) return;  // closed while handling an earlier event of the batch
   if (events & EPOLLOUT) flush(*c);
   if (!clients_.count(id)) return;
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(*c);
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    read_from(*c, (events & (EPOLLHUP | EPOLLERR)) != 0);
 }
 
-void Connections::read_from(Client& c) {
+void Connections::read_from(Client& c, bool hung_up) {
   const uint64_t id = c.id;
   std::byte buf[64 * 1024];
-  for (;;) {
+  // A paused client is read only to find the end of a connection that hung up: what it
+  // sent before is bounded by its socket buffer.
+  while (!c.paused || hung_up) {
     const ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
     if (n == 0) {
       close_client(id, "disconnected");
@@ -224,18 +232,138 @@ void Connections::read_from(Client& c) {
     }
     try {
       c.in.feed(std::span<const std::byte>(buf, static_cast<size_t>(n)));
-      std::span<const std::byte> body;
-      while (c.in.next(body)) {
-        events_.dispatch(c, Frame::parse(body));
-        if (!clients_.count(id) || c.doomed) return;
-      }
     } catch (const ProtocolError& e) {
-      log_->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection",
-                 id, c.cred.pid, c.name, e.what());
-      close_client(id, "protocol error");
+      drop_malformed(c, e);
       return;
     }
+    if (!handle_frames(c, false)) return;
   }
+}
+
+bool Connections::handle_frames(Client& c, bool at_least_one) {
+  const uint64_t id = c.id;
+  try {
+    std::span<const std::byte> body;
+    for (bool first = true; !c.job && !c.doomed && c.out.size() < kPaceOutput &&
+                            (!turn_.spent() || (first && at_least_one)) && c.in.next(body);
+         first = false) {
+      events_.dispatch(c, Frame::parse(body));
+      if (!clients_.count(id)) return false;
+    }
+  } catch (const ProtocolError& e) {
+    drop_malformed(c, e);
+    return false;
+  }
+  if (c.doomed) return false;
+  update_state(c);
+  return clients_.count(id) != 0 && !c.doomed;
+}
+
+void Connections::drop_malformed(Client& c, const ProtocolError& e) {
+  log_->warn("client {} (pid {}, '{}') sent a malformed message: {}; closing its connection", c.id,
+             c.cred.pid, c.name, e.what());
+  close_client(c.id, "protocol error");
+}
+
+void Connections::update_state(Client& c) {
+  if (c.doomed) return;
+  const bool output_full = c.out.size() >= kPaceOutput;
+  const bool frames = c.in.has_frame();
+  // Nothing more is read while work waits: the client's frames would pile up in `in`, or
+  // its replies in `out`.
+  c.paused = c.job != nullptr || frames || output_full;
+  if (!output_full && c.job && !c.queued_for_job) {
+    c.queued_for_job = true;
+    waiting_jobs_.push_back(c.id);
+  } else if (!output_full && !c.job && frames && !c.queued_for_frames) {
+    c.queued_for_frames = true;
+    waiting_frames_.push_back(c.id);
+  }
+  update_interest(c);
+}
+
+void Connections::update_interest(Client& c) {
+  const bool want_write = !c.out.empty();
+  const bool want_read = !c.paused;
+  if (want_write == c.want_write && want_read == c.want_read) return;
+  const uint32_t events = (want_read ? EPOLLIN | EPOLLRDHUP : 0u) | (want_write ? EPOLLOUT : 0u);
+  if (const std::error_code ec = loop_.modify(c.fd, events, c.id)) {
+    // Either way the client would hang: its output never sent, its requests never read, or
+    // (EPOLLOUT left on) the loop woken for it without end.
+    log_->warn(
+        "client {} (pid {}, '{}'): cannot change what its socket is watched for: {}; "
+        "closing it",
+        c.id, c.cred.pid, c.name, ec.message());
+    doom(c, "dropped on an epoll error");
+    return;
+  }
+  c.want_write = want_write;
+  c.want_read = want_read;
+}
+
+size_t Connections::output_room(const Client& c) const {
+  return c.out.size() < kPaceOutput ? kPaceOutput - c.out.size() : 0;
+}
+
+bool Connections::has_work() const {
+  return !waiting_frames_.empty() || !waiting_jobs_.empty();
+}
+
+void Connections::serve_waiting_frames() {
+  // One frame per client in turn, so a client that sent thousands of requests cannot keep
+  // another from being answered; at least one frame a turn.
+  bool served = false;
+  for (size_t n = waiting_frames_.size(); n > 0 && !(served && turn_.spent()); --n) {
+    const uint64_t id = waiting_frames_.front();
+    waiting_frames_.pop_front();
+    Client* c = find(id);
+    if (c == nullptr) continue;
+    c->queued_for_frames = false;
+    if (c->doomed || c->job || c->out.size() >= kPaceOutput) {
+      update_state(*c);  // queued again where it belongs, or paused for its output
+      continue;
+    }
+    served = true;
+    std::span<const std::byte> body;
+    try {
+      if (c->in.next(body)) {
+        events_.dispatch(*c, Frame::parse(body));
+        if (!clients_.count(id)) continue;
+      }
+    } catch (const ProtocolError& e) {
+      drop_malformed(*c, e);
+      continue;
+    }
+    if (!c->doomed) update_state(*c);
+  }
+  reap_doomed();
+}
+
+void Connections::continue_jobs() {
+  bool resumed = false;
+  for (size_t n = waiting_jobs_.size(); n > 0 && !(resumed && turn_.spent()); --n) {
+    const uint64_t id = waiting_jobs_.front();
+    waiting_jobs_.pop_front();
+    Client* c = find(id);
+    if (c == nullptr) continue;
+    c->queued_for_job = false;
+    if (c->doomed || !c->job || c->out.size() >= kPaceOutput) {
+      update_state(*c);
+      continue;
+    }
+    resumed = true;
+    try {
+      events_.resume(*c);
+    } catch (const ProtocolError& e) {
+      drop_malformed(*c, e);
+      continue;
+    }
+    if (!clients_.count(id) || c->doomed) continue;
+    // Answered: the frames that waited behind it are handled now, as far as the turn goes.
+    if (!c->job) handle_frames(*c, false);
+    if (clients_.count(id) && !c->doomed) update_state(*c);
+  }
+  reap_doomed();
 }
 
 void Connections::send(Client& c, Writer& w) {
@@ -340,19 +468,8 @@ void Connections::flush(Client& c) {
     doorbell::ring_doorbell(c.doorbell, kControlBit, DoorbellGeometry(c.doorbell_bits));
     c.event_queued = !c.out.empty();
   }
-  const bool want_write = !c.out.empty();
-  if (want_write != c.want_write) {
-    if (const std::error_code ec =
-            loop_.modify(c.fd, EPOLLIN | EPOLLRDHUP | (want_write ? EPOLLOUT : 0u), c.id)) {
-      // Either way the client would hang: its output never sent, or (EPOLLOUT left on) the
-      // loop woken for it without end.
-      log_->warn("client {} (pid {}, '{}'): cannot {} its socket for writing: {}; closing it", c.id,
-                 c.cred.pid, c.name, want_write ? "watch" : "unwatch", ec.message());
-      doom(c, "dropped on an epoll error");
-      return;
-    }
-    c.want_write = want_write;
-  }
+  // Output drained below the pace: a job or frames paused for it may go on.
+  update_state(c);
 }
 
 void Connections::close_client(uint64_t id, const char* reason) {
@@ -361,6 +478,7 @@ void Connections::close_client(uint64_t id, const char* reason) {
   std::unique_ptr<Client> owned = std::move(it->second);
   clients_.erase(it);
   Client& c = *owned;
+  c.job.reset();  // a request being answered ends with its connection
   // Closing the descriptor unwatches it anyway: a failure here costs nothing but a note.
   if (const std::error_code ec = loop_.remove(c.fd))
     log_->debug("epoll_ctl DEL of client {}: {}", id, ec.message());

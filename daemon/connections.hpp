@@ -8,6 +8,7 @@
 #include <spdlog/logger.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -19,6 +20,7 @@
 #include "event_loop.hpp"
 #include "layout.hpp"
 #include "protocol.hpp"
+#include "turn.hpp"
 #include "unique_fd.hpp"
 
 namespace shmbus::daemon {
@@ -29,6 +31,9 @@ class ClientEvents {
   // A frame from `c`. Throws ProtocolError to have the connection closed; may doom `c`
   // (through Connections::send) but not close it.
   virtual void dispatch(Client& c, const protocol::Frame& f) = 0;
+  // Goes on with `c.job`, a request answered over several turns, resetting it once
+  // answered; may doom `c` but not close it.
+  virtual void resume(Client& c) = 0;
   // `c` is gone and nothing it wrote is left half-done (it said goodbye, or held nothing):
   // release what it holds.
   virtual void finish_client(Client& c) = 0;
@@ -44,7 +49,7 @@ class Connections {
  public:
   // Watches `listen_fd` (kListenToken); throws std::system_error if it cannot.
   Connections(const Config& config, std::shared_ptr<spdlog::logger> log, EventLoop& loop,
-              int listen_fd, layout::DirectoryHeader& directory, ClientEvents& events);
+              Turn& turn, int listen_fd, layout::DirectoryHeader& directory, ClientEvents& events);
   // Closes every connection and pidfd; subscribers are rung so they notice.
   ~Connections();
   Connections(const Connections&) = delete;
@@ -56,6 +61,12 @@ class Connections {
   void on_departed(uint64_t token);
   // Closes the clients doomed while handling the last event.
   void reap_doomed();
+  // Work left for later turns: clients whose frames wait (the turn was spent, or they sent
+  // several), and requests answered over several turns. Each serves clients in turn until
+  // the turn is spent, at least one.
+  bool has_work() const;
+  void serve_waiting_frames();
+  void continue_jobs();
   // Watches the listening socket again if it was paused for want of descriptors.
   void resume_accepting();
 
@@ -65,6 +76,9 @@ class Connections {
   // Queues a grant of an arena for `c`, its descriptor `fd` riding on the frame's first
   // byte. `fd` stays the caller's (an arena's): it is never closed here.
   void send_grant(Client& c, const protocol::ArenaGrant& grant, int fd);
+  // How many more bytes of replies `c` may be sent before its requests wait for it to
+  // read (0: none now; a request answered over several turns goes on once it has read).
+  size_t output_room(const Client& c) const;
   // Reader slots were linked to rings that publishers may use: the next send() first
   // makes the links visible to them (ring.hpp).
   void barrier_before_next_send() { barrier_due_ = true; }
@@ -82,7 +96,16 @@ class Connections {
   std::string describe_client(uint64_t id) const;
 
  private:
-  void read_from(Client& c);
+  // Reads what `c` sent and handles its frames; a paused client only if it `hung_up`.
+  void read_from(Client& c, bool hung_up);
+  // Handles `c`'s complete frames until one starts a job, its output is full or the turn
+  // is spent (after one frame if `at_least_one`); false if `c` was closed or doomed.
+  bool handle_frames(Client& c, bool at_least_one);
+  void drop_malformed(Client& c, const protocol::ProtocolError& e);
+  // After `c`'s input, job or output changed: pauses or resumes reading it, queues its
+  // waiting work, and watches its socket for what it needs.
+  void update_state(Client& c);
+  void update_interest(Client& c);
   void flush(Client& c);
   // Appends a finished frame to `c`'s output; false (and `c` doomed) past the output limit.
   bool queue(Client& c, const std::vector<std::byte>& frame);
@@ -100,6 +123,7 @@ class Connections {
   const Config& config_;  // the daemon's, outlives the connections
   const std::shared_ptr<spdlog::logger> log_;
   EventLoop& loop_;
+  Turn& turn_;
   const int listen_fd_;  // owned by the daemon (server.cpp), which outlives the connections
   layout::DirectoryHeader& directory_;  // in shared memory: its client count is ours to keep
   ClientEvents& events_;
@@ -108,6 +132,10 @@ class Connections {
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
   uint64_t next_client_id_ = kFirstClientId;
   std::vector<std::pair<uint64_t, const char*>> doomed_;  // client id, why it is closed
+  // Clients with frames to handle or a job to resume, in the order they are served; an id
+  // may be stale (its client closed), a client is in each at most once (Client::queued_*).
+  std::deque<uint64_t> waiting_frames_;
+  std::deque<uint64_t> waiting_jobs_;
   // Clients whose connection ended without a goodbye, until their process exits: its
   // slots, doorbell, channel holds and unfinished frames are released or repaired only then,
   // since a live process may still read and write them.

@@ -53,9 +53,10 @@ std::error_code EventLoop::remove(int fd) {
   return control(epoll_fd_.get(), EPOLL_CTL_DEL, fd, 0, 0);
 }
 
-std::span<const epoll_event> EventLoop::wait(std::span<epoll_event> buffer) {
+std::span<const epoll_event> EventLoop::wait(std::span<epoll_event> buffer, int timeout_ms) {
   for (;;) {
-    const int n = epoll_wait(epoll_fd_.get(), buffer.data(), static_cast<int>(buffer.size()), -1);
+    const int n =
+        epoll_wait(epoll_fd_.get(), buffer.data(), static_cast<int>(buffer.size()), timeout_ms);
     if (n >= 0) return buffer.first(static_cast<size_t>(n));
     if (errno != EINTR) throw_sys_error(errno, "epoll_wait");
   }

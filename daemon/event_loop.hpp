@@ -42,9 +42,10 @@ class EventLoop {
   [[nodiscard]] std::error_code modify(int fd, uint32_t events, uint64_t token);
   [[nodiscard]] std::error_code remove(int fd);
 
-  // Blocks until some source is ready and returns their events, a prefix of `buffer`.
-  // Throws std::system_error if epoll itself fails (EINTR is retried).
-  std::span<const epoll_event> wait(std::span<epoll_event> buffer);
+  // Waits until some source is ready, or `timeout_ms` (-1: forever, 0: returns at once),
+  // and returns their events, a prefix of `buffer`. Throws std::system_error if epoll
+  // itself fails (EINTR is retried).
+  std::span<const epoll_event> wait(std::span<epoll_event> buffer, int timeout_ms = -1);
   // Consumes the timer's expirations; until then the level-triggered timer stays ready.
   void drain_timer();
   // Makes wait() report kStopToken. Async-signal-safe.

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include "glob.hpp"
 #include "naming.hpp"
 #include "ring.hpp"
 #include "shmbus/error.hpp"
@@ -84,21 +83,24 @@ void Reclaimer::quarantine(ChannelState& ch, const std::string& why) {
   const std::string name = ch.name;
   const uint32_t creator_uid = ch.creator_uid;
   std::vector<uint64_t> by_name;  // subscribers that hold the channel itself
-  for (uint64_t client_id : ch.attached)
-    if (const Client* c = connections_.find(client_id); c != nullptr && c->channels.count(name))
-      by_name.push_back(client_id);
+  bool by_pattern = false;        // a subscriber reads it through a pattern
+  for (uint64_t client_id : ch.attached) {
+    const Client* c = connections_.find(client_id);
+    if (c == nullptr) continue;
+    if (c->channels.count(name)) by_name.push_back(client_id);
+    if (auto a = c->attached.find(ch.id); a != c->attached.end() && !a->second.patterns.empty())
+      by_pattern = true;
+  }
   log_->warn(
       "channel {}: quarantined its ring: {}; {} subscriber(s) and {} publisher handle(s) "
       "move to a new ring, the rest of the bus is unaffected",
       printable(name), why, ch.attached.size(), ch.publisher_holds);
   subscriptions_.detach_all(ch);
   registry_.quarantine(ch.id);
-  // The channel goes on, in a new ring, for those who hold it by name or by a pattern;
-  // publishers find it when they open the channel again.
-  const bool matched =
-      std::any_of(subscriptions_.pattern_index().begin(), subscriptions_.pattern_index().end(),
-                  [&](const auto& entry) { return glob_match(entry.first, name); });
-  if (by_name.empty() && !matched) return;
+  // The channel goes on, in a new ring, for those who hold it by name or by a pattern
+  // (known from their slots: no glob match over every pattern here); publishers find it when
+  // they open the channel again.
+  if (by_name.empty() && !by_pattern) return;
   try {
     // Charged to the user who created the channel, who did not ask for a second ring.
     const Registry::Found fresh =

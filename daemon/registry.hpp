@@ -58,6 +58,9 @@ struct ChannelState {
   uint64_t last_published = 0;
   Clock::time_point last_active;  // reclaiming: when it was reclaimed
   bool quarantined = false;       // taken out of service as corrupt
+  // Kept by Subscriptions: not yet matched against every pattern, so no publisher may learn
+  // where its ring is (Requests holds OPEN_CHANNEL until it is).
+  bool matching = false;
   // Kept by the registry: whose quota the channel counts against, and how much shared
   // memory it was charged (its ring, reader table and descriptor).
   uint32_t creator_uid = 0;

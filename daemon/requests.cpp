@@ -30,7 +30,7 @@ std::vector<std::string> read_names(Parser& p, uint32_t max_bytes, const char* w
 
 Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog::logger> log,
                    Registry& registry, Connections& connections, Subscriptions& subscriptions,
-                   CrashRepair& repair, Access& access, Reclaimer& reclaimer,
+                   CrashRepair& repair, Access& access, Reclaimer& reclaimer, Turn& turn,
                    PublisherIds& publisher_ids)
     : config_(config),
       bus_(std::move(bus)),
@@ -41,6 +41,7 @@ Requests::Requests(const Config& config, std::string bus, std::shared_ptr<spdlog
       repair_(repair),
       access_(access),
       reclaimer_(reclaimer),
+      turn_(turn),
       publisher_ids_(publisher_ids) {}
 
 void Requests::dispatch(Client& c, const Frame& f) {
@@ -134,29 +135,36 @@ void Requests::on_hello(Client& c, const Frame& f) {
 
 void Requests::on_open_channel(Client& c, const Frame& f) {
   Parser p(f.fields);
-  const std::string name(p.str(kMaxChannelNameBytes, "channel name"));
-  const uint64_t ring_bytes = p.u64();
-  const uint32_t max_message = p.u32();
-  const uint8_t back_pressure = p.u8();  // 0: as configured, 1: off, 2: on
+  OpenRequest r;
+  r.request = f.request;
+  r.name = std::string(p.str(kMaxChannelNameBytes, "channel name"));
+  r.ring_bytes = p.u64();
+  r.max_message = p.u32();
+  r.back_pressure = p.u8();
   p.end();
-  validate_channel_name(name);
+  validate_channel_name(r.name);
   if (c.role != Role::kPublisher)
     throw ProtocolError("OPEN_CHANNEL on a connection that said it would not publish");
+  if (!try_open(c, r)) c.job = open_channel_job(std::move(r));
+}
+
+bool Requests::try_open(Client& c, const OpenRequest& r) {
+  const std::string& name = r.name;
   ChannelSettings wanted = config_.settings_for(name);
-  const bool asked = ring_bytes != 0 || max_message != 0 || back_pressure != 0;
-  if (ring_bytes != 0) wanted.ring_bytes = ring_bytes;
-  if (max_message != 0) wanted.max_message_bytes = max_message;
-  if (back_pressure != 0) wanted.back_pressure = back_pressure == 2;
+  const bool asked = r.ring_bytes != 0 || r.max_message != 0 || r.back_pressure != 0;
+  if (r.ring_bytes != 0) wanted.ring_bytes = r.ring_bytes;
+  if (r.max_message != 0) wanted.max_message_bytes = r.max_message;
+  if (r.back_pressure != 0) wanted.back_pressure = r.back_pressure == 2;
   if (asked) wanted.rule = "requested by the client";
   // Refused before anything is created: a user who may not publish there creates nothing.
   access_.check_publish(c, name);
-  check_requested_ring(name, config_.settings_for(name), ring_bytes);
+  check_requested_ring(name, config_.settings_for(name), r.ring_bytes);
   const auto [ch, created] = find_or_create(c, name, asked ? &wanted : nullptr);
   if (!created && asked) {
-    const RingRef& r = ch.ring;
-    const bool differs = (ring_bytes != 0 && ring_bytes != r.capacity()) ||
-                         (max_message != 0 && max_message != r.max_payload()) ||
-                         (back_pressure != 0 && (back_pressure == 2) != r.back_pressure());
+    const RingRef& ring = ch.ring;
+    const bool differs = (r.ring_bytes != 0 && r.ring_bytes != ring.capacity()) ||
+                         (r.max_message != 0 && r.max_message != ring.max_payload()) ||
+                         (r.back_pressure != 0 && (r.back_pressure == 2) != ring.back_pressure());
     if (differs)
       throw Error(Errc::kInvalidArgument,
                   "channel " + printable(name) + " exists with " + describe_settings(ch.settings) +
@@ -164,13 +172,17 @@ void Requests::on_open_channel(Client& c, const Frame& f) {
                       " asked for; open it without settings, or set them for all its users with a "
                       "[[channel]] rule");
   }
+  // Its pattern subscribers are not all attached yet: a message published now could pass
+  // them by. The publisher learns where the ring is once they are.
+  if (ch.matching) return false;
   ++c.open_channels[ch.id];
   ++ch.publisher_holds;
   access_.grant_ring(c, ch);
-  Writer w(Type::kChannelOpened, f.request);
+  Writer w(Type::kChannelOpened, r.request);
   ch.location().write(w);
   w.str(ch.settings.rule);
   connections_.send(c, w);
+  return true;
 }
 
 void Requests::on_close_channel(Client& c, const Frame& f) {
@@ -193,44 +205,26 @@ void Requests::on_close_channel(Client& c, const Frame& f) {
 
 void Requests::on_subscribe(Client& c, const Frame& f) {
   Parser p(f.fields);
-  const auto start = static_cast<StartKind>(p.u8());
+  const auto start_at = static_cast<StartKind>(p.u8());
   const uint64_t after_sequence = p.u64();
-  if (start > StartKind::kAfterSequence) throw ProtocolError("unknown start position");
-  const std::vector<std::string> names = read_names(p, kMaxChannelNameBytes, "channel name");
+  if (start_at > StartKind::kAfterSequence) throw ProtocolError("unknown start position");
+  std::vector<std::string> names = read_names(p, kMaxChannelNameBytes, "channel name");
   p.end();
   (void)after_sequence;  // the client seeks; the slot only has to sit at or before it
   for (const auto& name : names) validate_channel_name(name);
+  if (c.doorbell == nullptr && !names.empty())
+    throw ProtocolError("subscribe on a connection that asked for no doorbell in HELLO");
   // As Redis: one channel the user may not read refuses the whole command.
   for (const auto& name : names) access_.check_subscribe(c, name);
   size_t adding = 0;
   for (const auto& name : names) adding += c.channels.count(name) ? 0 : 1;
   check_subscription_limit(c, adding, "channel");
-
-  std::vector<protocol::Attachment> reply;
-  std::string error;
-  Errc error_code = Errc::kLimit;
-  for (const auto& name : names) {
-    if (c.channels.count(name)) {
-      // Already held: report the slot again so the client's view is complete.
-      if (const ChannelState* ch = registry_.find(name))
-        reply.push_back(subscriptions_.describe_held(c, *ch));
-      continue;
-    }
-    try {
-      ChannelState& ch = find_or_create(c, name, nullptr).channel;
-      reply.push_back(subscriptions_.subscribe_channel(c, ch, start));
-    } catch (const Error& e) {
-      error = e.what();
-      error_code = e.code();
-      break;  // what succeeded stands; the client learns both
-    }
-  }
-  send_subscribed(c, f.request, reply, error_code, error);
+  start(c, subscribe_job(f.request, start_at, std::move(names)));
 }
 
 void Requests::on_psubscribe(Client& c, const Frame& f) {
   Parser p(f.fields);
-  const std::vector<std::string> patterns = read_names(p, kMaxPatternBytes, "pattern");
+  std::vector<std::string> patterns = read_names(p, kMaxPatternBytes, "pattern");
   p.end();
   for (const auto& pattern : patterns) validate_pattern(pattern);
   size_t adding = 0;
@@ -238,44 +232,15 @@ void Requests::on_psubscribe(Client& c, const Frame& f) {
   check_subscription_limit(c, adding, "pattern");
   if (c.doorbell == nullptr)
     throw ProtocolError("psubscribe on a connection that asked for no doorbell in HELLO");
-
-  std::vector<protocol::Attachment> reply;
-  std::string error;
-  Errc error_code = Errc::kLimit;
-  for (const auto& pattern : patterns) {
-    Subscriptions::PatternSubscribed subscribed = subscriptions_.subscribe_pattern(c, pattern);
-    std::move(subscribed.attachments.begin(), subscribed.attachments.end(),
-              std::back_inserter(reply));
-    if (subscribed.error) {
-      error = subscribed.error->what();
-      error_code = subscribed.error->code();
-    }
-  }
-  send_subscribed(c, f.request, reply, error_code, error);
+  start(c, psubscribe_job(f.request, std::move(patterns)));
 }
 
 void Requests::on_patterns(Client& c, const Frame& f) {
   Parser p(f.fields);
-  const std::string filter(p.str(kMaxPatternBytes, "pattern filter"));
+  std::string filter(p.str(kMaxPatternBytes, "pattern filter"));
   p.end();
   if (!filter.empty()) validate_pattern(filter);
-  // Like send_subscribed: frames of at most half the frame limit, the last flagged final, so
-  // 10,000 patterns of 1 KiB each still fit the protocol.
-  const Subscriptions::PatternIndex& index = subscriptions_.pattern_index();
-  auto it = index.begin();
-  do {
-    std::vector<std::pair<const std::string*, uint32_t>> batch;
-    size_t bytes = 64;
-    for (; it != index.end() && bytes < kMaxFrameBytes / 2; ++it) {
-      if (!filter.empty() && !glob_match(filter, it->first)) continue;
-      batch.emplace_back(&it->first, static_cast<uint32_t>(it->second.size()));
-      bytes += 8 + it->first.size();
-    }
-    Writer w(Type::kPatternList, f.request);
-    w.u8(it == index.end() ? 1 : 0).u32(static_cast<uint32_t>(batch.size()));
-    for (const auto& [pattern, subscribers] : batch) w.str(*pattern).u32(subscribers);
-    connections_.send(c, w);
-  } while (it != index.end());
+  start(c, patterns_job(f.request, std::move(filter)));
 }
 
 void Requests::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
@@ -290,13 +255,12 @@ void Requests::on_unsubscribe(Client& c, const Frame& f, bool patterns) {
       names.assign(c.channels.begin(), c.channels.end());
   }
   std::vector<uint32_t> detached;
-  for (const auto& name : names) {
-    if (patterns) {
-      const std::vector<uint32_t> ids = subscriptions_.unsubscribe_pattern(c, name);
-      detached.insert(detached.end(), ids.begin(), ids.end());
-    } else if (const std::optional<uint32_t> id = subscriptions_.unsubscribe_channel(c, name)) {
-      detached.push_back(*id);
-    }
+  if (patterns) {
+    detached = subscriptions_.unsubscribe_patterns(c, names);
+  } else {
+    for (const auto& name : names)
+      if (const std::optional<uint32_t> id = subscriptions_.unsubscribe_channel(c, name))
+        detached.push_back(*id);
   }
   Writer w(Type::kUnsubscribed, f.request);
   w.u32(static_cast<uint32_t>(detached.size()));
@@ -309,29 +273,6 @@ void Requests::reply_error(Client& c, uint32_t request, Errc code, const std::st
   Writer w(Type::kError, request);
   w.u16(static_cast<uint16_t>(code)).str(message.substr(0, kMaxErrorBytes));
   connections_.send(c, w);
-}
-
-void Requests::send_subscribed(Client& c, uint32_t request,
-                               const std::vector<protocol::Attachment>& attachments,
-                               Errc error_code, const std::string& error) {
-  // A pattern over 100,000 channels attaches them all at once: the reply goes in frames of
-  // at most half the frame limit, the last one flagged final.
-  size_t next = 0;
-  do {
-    size_t end = next, bytes = 64;
-    while (end < attachments.size() && bytes < kMaxFrameBytes / 2)
-      bytes += 64 + attachments[end++].channel.size();
-    const bool final = end == attachments.size();
-    Writer w(Type::kSubscribed, request);
-    w.u8(final ? 1 : 0).u32(static_cast<uint32_t>(end - next));
-    for (size_t i = next; i < end; ++i) attachments[i].write(w);
-    if (final)
-      w.u32(static_cast<uint32_t>(c.channels.size() + c.patterns.size()))
-          .u16(error.empty() ? 0 : static_cast<uint16_t>(error_code))
-          .str(error);
-    connections_.send(c, w);
-    next = end;
-  } while (next < attachments.size());
 }
 
 void Requests::check_requested_ring(std::string_view name, const ChannelSettings& configured,

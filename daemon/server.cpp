@@ -31,6 +31,7 @@
 #include "requests.hpp"
 #include "subscriptions.hpp"
 #include "sys_error.hpp"
+#include "turn.hpp"
 #include "unique_fd.hpp"
 
 namespace shmbus::daemon {
@@ -90,6 +91,9 @@ struct Daemon::Impl {
 
   void run();
   void stop() { loop.stop(); }
+  void handle(const epoll_event& event);
+  // What earlier turns left: waiting frames, pattern matching of new channels, jobs.
+  void continue_work();
   void on_tick();
   void report_status();
 
@@ -101,6 +105,7 @@ struct Daemon::Impl {
   BusLock lock;
   Registry registry;
   EventLoop loop;
+  Turn turn;
   ListeningSocket listener;
   // Closed before the registry goes: closing a subscriber rings its doorbell, in an arena.
   Connections connections;
@@ -136,13 +141,13 @@ Daemon::Impl::Impl(DaemonOptions opts)
                [this] { return reclaimer.describe_holders(Clock::now()); }),
       loop(timer_period(options.status_interval)),
       listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
-      connections(options.config, log, loop, listener.fd(), registry.directory(), requests),
+      connections(options.config, log, loop, turn, listener.fd(), registry.directory(), requests),
       access(options.config, registry, connections),
-      subscriptions(options.config, log, registry, connections, access),
+      subscriptions(options.config, log, registry, connections, access, turn),
       repair(log, registry, publisher_ids),
       reclaimer(options.config, log, registry, connections, subscriptions),
       requests(options.config, endpoint.bus, log, registry, connections, subscriptions, repair,
-               access, reclaimer, publisher_ids) {
+               access, reclaimer, turn, publisher_ids) {
   endpoint.socket_path = listener.path();
   log->info("bus '{}' ready on {} (arenas of {}, shared memory limit {}, config: {})", endpoint.bus,
             endpoint.socket_path, human_bytes(options.config.arena_bytes),
@@ -275,30 +280,52 @@ void ListeningSocket::create() {
 void Daemon::Impl::run() {
   epoll_event buffer[64];
   for (;;) {
-    for (const epoll_event& event : loop.wait(buffer)) {
-      const uint64_t token = event.data.u64;
-      if (token == kStopToken) {
+    // Work left from earlier turns: look at the sockets without waiting, then go on with it.
+    const bool busy = connections.has_work() || subscriptions.has_pending_matches();
+    const auto events = loop.wait(buffer, busy ? 0 : -1);
+    turn.begin();
+    for (const epoll_event& event : events) {
+      if (event.data.u64 == kStopToken) {
         log->info("stopping: {} client(s), {} channel(s)", connections.clients().size(),
                   registry.live_channels());
         return;
       }
-      if (token == kListenToken) {
-        connections.accept_clients();
-      } else if (token == kTimerToken) {
-        loop.drain_timer();
-        if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
-          last_maintenance = Clock::now();
-          on_tick();
-        }
-        report_status();
-      } else if (token & kDepartingBit) {
-        connections.on_departed(token);
-      } else {
-        connections.on_client_event(token, event.events);
-      }
+      handle(event);
       connections.reap_doomed();
     }
+    continue_work();
   }
+}
+
+void Daemon::Impl::handle(const epoll_event& event) {
+  const uint64_t token = event.data.u64;
+  if (token == kListenToken) {
+    connections.accept_clients();
+  } else if (token == kTimerToken) {
+    loop.drain_timer();
+    if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
+      last_maintenance = Clock::now();
+      on_tick();
+    }
+    report_status();
+  } else if (token & kDepartingBit) {
+    connections.on_departed(token);
+  } else {
+    connections.on_client_event(token, event.events);
+  }
+}
+
+void Daemon::Impl::continue_work() {
+  // Requests first (a PING waits at most a turn behind any job), then new channels'
+  // pattern matching for at most half a turn (publishers opening them wait for it), then
+  // the jobs. Each does at least one unit, so none starves whatever the others have.
+  connections.serve_waiting_frames();
+  if (subscriptions.has_pending_matches()) {
+    Turn::Share half(turn, Turn::kBudget / 2);
+    subscriptions.match_pending();
+  }
+  connections.continue_jobs();
+  connections.reap_doomed();
 }
 
 void Daemon::Impl::on_tick() {

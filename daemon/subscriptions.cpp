@@ -33,12 +33,14 @@ void set_receivers(ChannelState& ch, int32_t delta) {
 }  // namespace
 
 Subscriptions::Subscriptions(const Config& config, std::shared_ptr<spdlog::logger> log,
-                             Registry& registry, Connections& connections, Access& access)
+                             Registry& registry, Connections& connections, Access& access,
+                             Turn& turn)
     : config_(config),
       log_(std::move(log)),
       registry_(registry),
       connections_(connections),
-      access_(access) {}
+      access_(access),
+      turn_(turn) {}
 
 protocol::Attachment Subscriptions::subscribe_channel(Client& c, ChannelState& ch,
                                                       StartKind start) {
@@ -62,32 +64,49 @@ protocol::Attachment Subscriptions::describe_held(Client& c, const ChannelState&
   return describe(ch, c.attached[ch.id], kKeepReading, 0);
 }
 
-Subscriptions::PatternSubscribed Subscriptions::subscribe_pattern(Client& c,
-                                                                  const std::string& pattern) {
-  PatternSubscribed result;
-  if (!c.patterns.insert(pattern).second) return result;
-  auto& subscribers = pattern_index_[pattern];
-  subscribers.insert(c.id);
+bool Subscriptions::add_pattern(Client& c, const std::string& pattern) {
+  if (!c.patterns.insert(pattern).second) return false;
+  pattern_index_[pattern].insert(c.id);
   publish_pattern_count();
-  // Existing channels that match start from their latest message (as in Redis, where a
-  // new pattern sees what is published from now on).
-  for (const auto& ch : registry_.channels()) {
+  return true;
+}
+
+bool Subscriptions::attach_existing(Client& c, const std::string& pattern, uint32_t& next_channel,
+                                    std::vector<protocol::Attachment>& attached, size_t room_bytes,
+                                    std::optional<Error>& error) {
+  const auto channels = registry_.channels();
+  size_t bytes = 0;
+  for (bool first = true; next_channel < channels.size(); first = false) {
+    if (!first && (turn_.spent() || bytes >= room_bytes)) return false;
+    ChannelState* ch = channels[next_channel++].get();
     // A pattern receives the channels its subscriber may read, and no others.
-    if (!ch || !glob_match(pattern, ch->name) || !access_.may_subscribe(c, ch->access_class))
+    if (ch == nullptr || !glob_match(pattern, ch->name) ||
+        !access_.may_subscribe(c, ch->access_class))
       continue;
     try {
-      const Attached attached = attach(c, *ch, kAtLatest);
-      Attachment& a = attached.attachment;
-      a.patterns.push_back(pattern);
-      set_receivers(*ch, +1);
-      if (attached.added)
-        result.attachments.push_back(
-            describe(*ch, a, slot_position(*ch, a), attached.start_sequence));
+      const std::optional<Attached> a = attach_for_pattern(c, *ch, kAtLatest, pattern);
+      if (a && a->added) {
+        attached.push_back(
+            describe(*ch, a->attachment, slot_position(*ch, a->attachment), a->start_sequence));
+        bytes += reply_bytes(attached.back());
+      }
     } catch (const Error& e) {
-      result.error = e;
+      error = e;
     }
   }
-  return result;
+  return true;
+}
+
+std::optional<Subscriptions::Attached> Subscriptions::attach_for_pattern(
+    Client& c, ChannelState& ch, uint64_t start, const std::string& pattern) {
+  if (auto it = c.attached.find(ch.id); it != c.attached.end()) {
+    std::vector<std::string>& counted = it->second.patterns;
+    if (std::find(counted.begin(), counted.end(), pattern) != counted.end()) return std::nullopt;
+  }
+  const Attached attached = attach(c, ch, start);
+  attached.attachment.patterns.push_back(pattern);
+  set_receivers(ch, +1);
+  return attached;
 }
 
 std::optional<uint32_t> Subscriptions::unsubscribe_channel(Client& c, const std::string& name) {
@@ -102,52 +121,88 @@ std::optional<uint32_t> Subscriptions::unsubscribe_channel(Client& c, const std:
   return std::nullopt;
 }
 
-std::vector<uint32_t> Subscriptions::unsubscribe_pattern(Client& c, const std::string& pattern) {
+std::vector<uint32_t> Subscriptions::unsubscribe_patterns(
+    Client& c, const std::vector<std::string>& patterns) {
   std::vector<uint32_t> detached;
-  if (c.patterns.erase(pattern) == 0) return detached;
-  auto it = pattern_index_.find(pattern);
-  if (it != pattern_index_.end()) {
-    it->second.erase(c.id);
-    if (it->second.empty()) pattern_index_.erase(it);
+  std::set<std::string> dropped;
+  for (const std::string& pattern : patterns) {
+    if (c.patterns.erase(pattern) == 0) continue;
+    dropped.insert(pattern);
+    auto it = pattern_index_.find(pattern);
+    if (it != pattern_index_.end()) {
+      it->second.erase(c.id);
+      if (it->second.empty()) pattern_index_.erase(it);
+    }
   }
+  if (dropped.empty()) return detached;
   publish_pattern_count();
   std::vector<uint32_t> ids;
   for (auto& [channel_id, a] : c.attached) ids.push_back(channel_id);
   for (uint32_t channel_id : ids) {
     ChannelState& ch = *registry_.find_live(channel_id);
-    // Only where this pattern was counted (an attach may have failed for it).
-    if (std::erase(c.attached[channel_id].patterns, pattern) == 0) continue;
-    set_receivers(ch, -1);
+    // Only where these patterns were counted (an attach may have failed for one).
+    const size_t counted =
+        std::erase_if(c.attached[channel_id].patterns,
+                      [&](const std::string& pattern) { return dropped.count(pattern) != 0; });
+    if (counted == 0) continue;
+    set_receivers(ch, -static_cast<int32_t>(counted));
     if (detach_if_unneeded(c, ch)) detached.push_back(channel_id);
   }
   return detached;
 }
 
-void Subscriptions::match_new_channel(ChannelState& ch) {
+bool Subscriptions::match_new_channel(ChannelState& ch) {
   // Patterns are resolved here, once per channel, never per message. The slots are
   // registered at position 0 before any publisher learns where the ring is, so a pattern
   // subscriber cannot miss the channel's first message.
-  for (auto& [pattern, subscribers] : pattern_index_) {
-    if (!glob_match(pattern, ch.name)) continue;
-    for (uint64_t client_id : subscribers) {
-      Client* subscriber = connections_.find(client_id);
-      if (subscriber == nullptr || subscriber->doomed) continue;
-      Client& c = *subscriber;
-      if (!access_.may_subscribe(c, ch.access_class)) continue;
-      try {
-        const Attached attached = attach(c, ch, 0);
-        attached.attachment.patterns.push_back(pattern);
-        set_receivers(ch, +1);
-        if (attached.added) {
-          Writer w(Type::kAttach, 0);
-          describe(ch, attached.attachment, 0, attached.start_sequence).write(w);
-          c.event_queued = true;
-          connections_.send(c, w);
-        }
-      } catch (const Error& e) {
-        log_->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
-                   c.cred.pid, c.name, printable(ch.name), e.what());
+  PendingMatch m{ch.id, std::nullopt};
+  ch.matching = true;
+  if (match_some(m)) return true;
+  pending_matches_.push_back(std::move(m));
+  return false;
+}
+
+void Subscriptions::match_pending() {
+  while (!pending_matches_.empty()) {
+    if (!match_some(pending_matches_.front())) return;  // the turn is spent
+    pending_matches_.pop_front();
+    if (turn_.spent()) return;
+  }
+}
+
+bool Subscriptions::match_some(PendingMatch& m) {
+  ChannelState* ch = registry_.find_live(m.channel_id);
+  if (ch == nullptr || !ch->matching) return true;  // left service meanwhile
+  // By key, not by iterator: patterns come and go between turns. One subscribed after this
+  // channel's matching passed its place attaches the channel in its own walk.
+  auto it = m.last_pattern ? pattern_index_.upper_bound(*m.last_pattern) : pattern_index_.begin();
+  for (bool first = true; it != pattern_index_.end(); ++it, first = false) {
+    if (!first && turn_.spent()) return false;
+    m.last_pattern = it->first;
+    if (glob_match(it->first, ch->name)) attach_pattern_subscribers(*ch, it->first, it->second);
+  }
+  ch->matching = false;
+  return true;
+}
+
+void Subscriptions::attach_pattern_subscribers(ChannelState& ch, const std::string& pattern,
+                                               const std::set<uint64_t>& subscribers) {
+  for (uint64_t client_id : subscribers) {
+    Client* subscriber = connections_.find(client_id);
+    if (subscriber == nullptr || subscriber->doomed) continue;
+    Client& c = *subscriber;
+    if (!access_.may_subscribe(c, ch.access_class)) continue;
+    try {
+      const std::optional<Attached> attached = attach_for_pattern(c, ch, 0, pattern);
+      if (attached && attached->added) {
+        Writer w(Type::kAttach, 0);
+        describe(ch, attached->attachment, 0, attached->start_sequence).write(w);
+        c.event_queued = true;
+        connections_.send(c, w);
       }
+    } catch (const Error& e) {
+      log_->warn("pattern subscriber {} (pid {}, '{}') cannot receive new channel {}: {}", c.id,
+                 c.cred.pid, c.name, printable(ch.name), e.what());
     }
   }
 }
@@ -174,6 +229,10 @@ void Subscriptions::reattach_by_name(Client& c, ChannelState& ch) {
 }
 
 void Subscriptions::detach_all(ChannelState& ch) {
+  if (ch.matching) {
+    std::erase_if(pending_matches_, [&](const PendingMatch& m) { return m.channel_id == ch.id; });
+    ch.matching = false;
+  }
   for (uint64_t client_id : std::vector<uint64_t>(ch.attached.begin(), ch.attached.end())) {
     Client* holder = connections_.find(client_id);
     if (holder == nullptr) continue;

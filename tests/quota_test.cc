@@ -12,7 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -326,6 +329,95 @@ TEST(Quota, AReaderSlotNotGivenBackIsTakenBackAfterTheTimeout) {
   auto m = sub.next(1s);
   ASSERT_TRUE(m);
   EXPECT_EQ(m->text(), "in");
+}
+
+// Round trips of PINGs sent by another client while `busy` runs; at least `min_pings`.
+class Pinger {
+ public:
+  explicit Pinger(const ConnectOptions& options)
+      : connection_(resolve_endpoint(options), protocol::Role::kPublisher, nullptr),
+        thread_([this] {
+          while (!stop_) {
+            const auto sent = std::chrono::steady_clock::now();
+            protocol::Writer ping = connection_.next_request(protocol::Type::kPing);
+            connection_.request(ping);
+            rtts_.push_back(std::chrono::steady_clock::now() - sent);
+            std::this_thread::sleep_for(2ms);
+          }
+        }) {}
+  ~Pinger() { finish(); }
+  // Stops pinging; returns the round trips, sorted.
+  std::vector<std::chrono::nanoseconds> finish() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    std::sort(rtts_.begin(), rtts_.end());
+    return rtts_;
+  }
+
+ private:
+  ControlConnection connection_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::chrono::nanoseconds> rtts_;  // the thread's until finish()
+  std::thread thread_;
+};
+
+std::string describe(const std::vector<std::chrono::nanoseconds>& rtts) {
+  auto ms = [](std::chrono::nanoseconds d) {
+    return std::to_string(std::chrono::duration<double, std::milli>(d).count()) + " ms";
+  };
+  if (rtts.empty()) return "no pings";
+  return std::to_string(rtts.size()) + " pings, median " + ms(rtts[rtts.size() / 2]) +
+         ", 99th percentile " + ms(rtts[rtts.size() * 99 / 100]) + ", max " + ms(rtts.back());
+}
+
+// Attack 6: one PSUBSCRIBE of 500 patterns of 1 KiB over 1,000 channels stalled every
+// client for 8 s: glob matching ran in the event loop, over every channel at once (and
+// each new channel over every pattern). It now runs in slices between the other clients'
+// requests, and the reply still comes before anything the pattern subscriber must see.
+TEST(Quota, APatternStormLeavesEveryOtherClientAnsweredWithin10ms) {
+  TestDaemon daemon;
+  // Long names and patterns that almost match them: each match costs microseconds.
+  const std::string stem(1000, 'a');
+  auto bus = Bus::connect(daemon.options());
+  for (int i = 0; i < 1000; ++i) bus.publish(stem + "-" + std::to_string(i), "x");
+  std::vector<std::string> patterns;
+  std::string almost;
+  while (almost.size() < 1000) almost += "*a";
+  for (int i = 0; i < 498; ++i) patterns.push_back(almost + "*b" + std::to_string(i));
+  patterns.push_back("*-7");     // one existing channel
+  patterns.push_back("*-late");  // a channel created after the storm
+  auto storm = Subscription::open(daemon.options());
+
+  Pinger during_psubscribe(daemon.options());
+  const auto started = std::chrono::steady_clock::now();
+  storm.psubscribe(patterns);
+  const auto took = std::chrono::steady_clock::now() - started;
+  const auto rtts = during_psubscribe.finish();
+  std::printf("PSUBSCRIBE of %zu patterns over 1,000 channels took %.2f s; meanwhile %s\n",
+              patterns.size(), std::chrono::duration<double>(took).count(), describe(rtts).c_str());
+  ASSERT_GE(rtts.size(), 100u) << describe(rtts);
+  EXPECT_LE(rtts[rtts.size() * 99 / 100], 10ms) << describe(rtts);
+  // Redis's order: what is published after the PSUBSCRIBE reply reaches the subscriber.
+  EXPECT_EQ(bus.publish(stem + "-7", "after"), 1u);
+  auto m = storm.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->pattern, "*-7");
+  EXPECT_EQ(m->text(), "after");
+
+  // New channels are matched against the 500 patterns in slices too; their publishers wait
+  // for it, so the pattern subscriber still gets a new channel's first message.
+  Pinger during_creation(daemon.options());
+  for (int i = 0; i < 100; ++i) bus.publish(stem + "-new" + std::to_string(i), "x");
+  EXPECT_EQ(bus.publish(stem + "-late", "first"), 1u);
+  const auto creation_rtts = during_creation.finish();
+  std::printf("creating 101 channels under those patterns: %s\n", describe(creation_rtts).c_str());
+  ASSERT_GE(creation_rtts.size(), 20u);
+  EXPECT_LE(creation_rtts[creation_rtts.size() * 99 / 100], 10ms) << describe(creation_rtts);
+  m = storm.next(1s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->pattern, "*-late");
+  EXPECT_EQ(m->text(), "first");
+  EXPECT_EQ(m->sequence, 0u);
 }
 
 }  // namespace

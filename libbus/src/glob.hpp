@@ -7,8 +7,11 @@
 //   \x     a literal x outside brackets
 // Bytes are compared as Redis compares them: as (signed) char, which matters only for ranges
 // with bytes >= 0x80. Recursion is capped at 1000 levels (CVE-2024-31228) and a failed '*'
-// stops earlier stars from retrying longer matches (CVE-2022-36021), so a hostile pattern
-// costs time polynomial in its length.
+// stops earlier stars from retrying longer matches (CVE-2022-36021): Redis's two protections.
+// With them a '*' tries each start in the subject at most once, so a match costs at most
+// O(pattern x subject) steps - the worst shapes ('*' then a long literal run or a long set
+// that almost matches everywhere) take about 1 ms for 1 KiB x 1 KiB on a 2-vCPU machine. The
+// daemon counts one match as one unit of work between its looks at its sockets (turn.hpp).
 //
 // Thread safety: pure functions.
 #pragma once

@@ -173,6 +173,14 @@ void FrameAssembler::feed(std::span<const std::byte> bytes) {
   }
 }
 
+bool FrameAssembler::has_frame() const {
+  const size_t available = buf_.size() - start_;
+  if (available < kLengthBytes) return false;
+  Parser p(std::span<const std::byte>(buf_).subspan(start_, kLengthBytes));
+  const uint32_t length = p.u32();
+  return length > kMaxFrameBytes || available >= kLengthBytes + length;
+}
+
 bool FrameAssembler::next(std::span<const std::byte>& body) {
   const size_t available = buf_.size() - start_;
   if (available < kLengthBytes) return false;

@@ -131,6 +131,8 @@ class FrameAssembler {
   void feed(std::span<const std::byte> bytes);
   // Next complete body, if any. The span is valid until the next feed() or next().
   bool next(std::span<const std::byte>& body);
+  // Whether next() has something to say: a complete body, or a length it throws for.
+  bool has_frame() const;
   bool empty() const { return start_ == buf_.size(); }
 
  private:
