@@ -65,9 +65,13 @@ struct Client {
   uint64_t id = 0;
   int fd = -1;
   ucred cred{};
-  PeerIdentity identity;  // uid, gid and supplementary groups, from the socket at accept
+  PeerIdentity identity;           // uid, gid and supplementary groups, from the socket at accept
+  Clock::time_point connected_at;  // for hello_timeout_ms
   protocol::FrameAssembler in;
   std::vector<std::byte> out;  // bytes not yet written to the socket
+  // Since when `out` waits without the socket taking any of it (for unread_reply_timeout_ms):
+  // when it stopped being empty, or the socket last took bytes.
+  Clock::time_point out_waiting_since;
   // Descriptors that go with frames in `out`: (offset in `out` of the frame's first byte,
   // descriptor). Each rides on its frame's first byte (SCM_RIGHTS). The descriptors belong to
   // the registry's arenas, which outlive every client.

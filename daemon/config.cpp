@@ -46,6 +46,10 @@ static_assert(layout::kPageSize + layout::directory_bytes(kMaxChannels) +
               kMaxArenaBytes);
 // A doorbell bit is 24 bits of a ShmRef (layout.hpp), and bit 0 is the control bit.
 constexpr int64_t kMaxSubscriptionsPerClient = int64_t{layout::ShmRef::kMaxBit};
+// Unread control output kept per client: a frame (1 MiB) must fit above the level at which
+// requests wait (Connections).
+constexpr uint64_t kMinUnreadReplyBytes = 2 * kMiB;
+constexpr uint64_t kMaxUnreadReplyBytes = kGiB;
 // Timeouts in [limits]: the daemon looks at them on its 1 s tick, so below 100 ms means
 // nothing more; a day is far beyond any useful one.
 constexpr int64_t kMinTimeoutMs = 100;
@@ -75,7 +79,7 @@ constexpr std::string_view kRuleKeys =
 constexpr std::string_view kLimitsKeys =
     "max_shared_memory, max_channels, max_subscriptions_per_client, max_clients, "
     "max_connections_per_user, max_channels_per_user, max_shared_memory_per_user, "
-    "slot_return_timeout_ms";
+    "max_unread_reply_bytes, unread_reply_timeout_ms, hello_timeout_ms, slot_return_timeout_ms";
 
 // "64 KiB" when exact in a binary unit, else "65535 bytes": suggestions read like the
 // values a user would write.
@@ -438,6 +442,17 @@ class Parser {
                                    " must be 0 (only max_shared_memory applies) or at least "
                                    "1 MiB (e.g. \"256MiB\")");
         config.max_shared_memory_per_user = bytes;
+      } else if (name == "max_unread_reply_bytes") {
+        const uint64_t bytes = byte_size(*node, full);
+        if (bytes < kMinUnreadReplyBytes || bytes > kMaxUnreadReplyBytes)
+          fail(node->source(), full + " = " + shown_bytes(*node, bytes) +
+                                   " must be from 2 MiB (a reply frame may take 1 MiB, and "
+                                   "requests wait while less than that is left) to 1 GiB");
+        config.max_unread_reply_bytes = bytes;
+      } else if (name == "unread_reply_timeout_ms") {
+        config.unread_reply_timeout = milliseconds(*node, full);
+      } else if (name == "hello_timeout_ms") {
+        config.hello_timeout = milliseconds(*node, full);
       } else if (name == "slot_return_timeout_ms") {
         config.slot_return_timeout = milliseconds(*node, full);
       } else {

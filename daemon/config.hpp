@@ -4,6 +4,7 @@
 //   [defaults]   ring_bytes, max_ring_bytes, max_message_bytes, back_pressure, max_subscribers
 //   [limits]     max_shared_memory, max_channels, max_subscriptions_per_client, max_clients,
 //                max_connections_per_user, max_channels_per_user, max_shared_memory_per_user,
+//                max_unread_reply_bytes, unread_reply_timeout_ms, hello_timeout_ms,
 //                slot_return_timeout_ms
 //   [[channel]]  pattern + any of the [defaults] keys; the first rule whose pattern matches a
 //                channel decides its settings, unset keys inherit [defaults]
@@ -107,6 +108,14 @@ struct Config {
   // they reserve (rings, reader tables, descriptors); 0: only the bus-wide limits.
   uint32_t max_channels_per_user = 0;
   uint64_t max_shared_memory_per_user = 0;
+  // Control messages the daemon keeps for a client that has not read them: requests wait
+  // while less than a frame is left (the daemon reads no more of them), an event past it
+  // closes the connection. At least 2 MiB.
+  uint64_t max_unread_reply_bytes = 2ull << 20;
+  // A client that leaves its replies unread this long (its socket takes nothing) is closed.
+  std::chrono::milliseconds unread_reply_timeout{30000};
+  // A connection that has not said HELLO this long after connecting is closed.
+  std::chrono::milliseconds hello_timeout{5000};
   // A reader slot a client was told to give back (unsubscribe, detach) and still holds
   // after this is taken back by the daemon.
   std::chrono::milliseconds slot_return_timeout{10000};

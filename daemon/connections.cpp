@@ -24,13 +24,6 @@ using namespace protocol;
 
 namespace {
 
-// Control events a client has not read yet; past this it is not reading its socket and is
-// dropped (its subscriptions would otherwise pin daemon memory without bound).
-constexpr size_t kMaxPendingOutput = 16u << 20;
-// A job, or the client's next frames, wait while its unread output is at least this: a
-// client answered faster than it reads is not answered more.
-constexpr size_t kPaceOutput = kMaxPendingOutput / 2;
-
 // The peer's uid, gid and supplementary groups as the kernel recorded them when it
 // connected (SO_PEERGROUPS, Linux 4.13): what [[access]] rules are checked against.
 PeerIdentity peer_identity(int fd, const ucred& cred) {
@@ -60,6 +53,9 @@ Connections::Connections(const Config& config, std::shared_ptr<spdlog::logger> l
       log_(std::move(log)),
       loop_(loop),
       turn_(turn),
+      pace_output_(config.max_unread_reply_bytes >= 2 * uint64_t{protocol::kMaxFrameBytes}
+                       ? config.max_unread_reply_bytes - protocol::kMaxFrameBytes
+                       : config.max_unread_reply_bytes / 2),
       listen_fd_(listen_fd),
       directory_(directory),
       events_(events) {
@@ -109,6 +105,7 @@ void Connections::accept_clients() {
     auto c = std::make_unique<Client>();
     c->id = next_client_id_++;
     c->fd = fd;
+    c->connected_at = Clock::now();
     socklen_t len = sizeof(c->cred);
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) != 0) {
       // Without credentials no [[access]] rule can be checked: refuse rather than guess.
@@ -159,12 +156,41 @@ std::string Connections::refusal(const Client& c) const {
 
 void Connections::refuse(int fd, const Client& c, const std::string& why) {
   log_->warn("refusing a client of pid {}: {}", c.cred.pid, why);
-  // Before HELLO is read: request 0, which the client library reports as the refusal.
+  send_refusal(fd, why);
+  ::close(fd);
+}
+
+void Connections::send_refusal(int fd, const std::string& why) {
+  // Request 0, which the client library reports as the refusal; the socket takes a frame
+  // this small whatever the client read, and if not, the close says enough.
   Writer w(Type::kError, 0);
   w.u16(static_cast<uint16_t>(Errc::kLimit)).str(why.substr(0, kMaxErrorBytes));
   const auto& frame = w.frame();
-  [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-  ::close(fd);
+  [[maybe_unused]] ssize_t r = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+void Connections::check_deadlines(Clock::time_point now) {
+  for (auto& [id, owned] : clients_) {
+    Client& c = *owned;
+    if (c.doomed) continue;
+    if (!c.greeted && now - c.connected_at >= config_.hello_timeout) {
+      const std::string why =
+          "shmbusd closed this connection: it said no HELLO within "
+          "hello_timeout_ms = " +
+          std::to_string(config_.hello_timeout.count()) + " in [limits] of " + config_.source;
+      log_->info("{}: {}", describe_client(id), why);
+      if (c.out.empty()) send_refusal(c.fd, why);
+      doom(c, "said no HELLO");
+    } else if (!c.out.empty() && now - c.out_waiting_since >= config_.unread_reply_timeout) {
+      log_->warn(
+          "{} read none of its {} of unread control messages for unread_reply_timeout_ms = {} "
+          "([limits] of {}); closing it",
+          describe_client(id), human_bytes(c.out.size()), config_.unread_reply_timeout.count(),
+          config_.source);
+      doom(c, "not reading its replies");
+    }
+  }
+  reap_doomed();
 }
 
 void Connections::forget_user_connection(uint32_t uid, bool departing) {
@@ -244,7 +270,7 @@ bool Connections::handle_frames(Client& c, bool at_least_one) {
   const uint64_t id = c.id;
   try {
     std::span<const std::byte> body;
-    for (bool first = true; !c.job && !c.doomed && c.out.size() < kPaceOutput &&
+    for (bool first = true; !c.job && !c.doomed && c.out.size() < pace_output_ &&
                             (!turn_.spent() || (first && at_least_one)) && c.in.next(body);
          first = false) {
       events_.dispatch(c, Frame::parse(body));
@@ -267,7 +293,7 @@ void Connections::drop_malformed(Client& c, const ProtocolError& e) {
 
 void Connections::update_state(Client& c) {
   if (c.doomed) return;
-  const bool output_full = c.out.size() >= kPaceOutput;
+  const bool output_full = c.out.size() >= pace_output_;
   const bool frames = c.in.has_frame();
   // Nothing more is read while work waits: the client's frames would pile up in `in`, or
   // its replies in `out`.
@@ -302,7 +328,7 @@ void Connections::update_interest(Client& c) {
 }
 
 size_t Connections::output_room(const Client& c) const {
-  return c.out.size() < kPaceOutput ? kPaceOutput - c.out.size() : 0;
+  return c.out.size() < pace_output_ ? pace_output_ - c.out.size() : 0;
 }
 
 bool Connections::has_work() const {
@@ -319,7 +345,7 @@ void Connections::serve_waiting_frames() {
     Client* c = find(id);
     if (c == nullptr) continue;
     c->queued_for_frames = false;
-    if (c->doomed || c->job || c->out.size() >= kPaceOutput) {
+    if (c->doomed || c->job || c->out.size() >= pace_output_) {
       update_state(*c);  // queued again where it belongs, or paused for its output
       continue;
     }
@@ -347,7 +373,7 @@ void Connections::continue_jobs() {
     Client* c = find(id);
     if (c == nullptr) continue;
     c->queued_for_job = false;
-    if (c->doomed || !c->job || c->out.size() >= kPaceOutput) {
+    if (c->doomed || !c->job || c->out.size() >= pace_output_) {
       update_state(*c);
       continue;
     }
@@ -388,10 +414,17 @@ void Connections::send_grant(Client& c, const ArenaGrant& grant, int fd) {
 }
 
 bool Connections::queue(Client& c, const std::vector<std::byte>& frame) {
+  if (c.out.empty()) c.out_waiting_since = Clock::now();
   c.out.insert(c.out.end(), frame.begin(), frame.end());
-  if (c.out.size() > kMaxPendingOutput) {
-    log_->warn("client {} (pid {}, '{}') left {} of control messages unread; closing it", c.id,
-               c.cred.pid, c.name, human_bytes(c.out.size()));
+  // Replies stay below this (requests wait while less than a frame is left): what passes it
+  // is events a client that does not read its socket lets pile up, which would otherwise pin
+  // daemon memory without bound.
+  if (c.out.size() > config_.max_unread_reply_bytes) {
+    log_->warn(
+        "{} left {} of control messages unread, more than max_unread_reply_bytes = {} in "
+        "[limits] of {}; closing it",
+        describe_client(c.id), human_bytes(c.out.size()),
+        human_bytes(config_.max_unread_reply_bytes), config_.source);
     doom(c, "not reading its socket");
     return false;
   }
@@ -456,6 +489,7 @@ void Connections::flush(Client& c) {
     }
     if (fd >= 0) c.out_fds.pop_front();  // it went with the first byte sent
     sent += static_cast<size_t>(n);
+    c.out_waiting_since = Clock::now();
   }
   c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(sent));
   for (auto& [offset, fd] : c.out_fds) offset -= sent;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "client_state.hpp"
+#include "clock.hpp"
 #include "config.hpp"
 #include "event_loop.hpp"
 #include "layout.hpp"
@@ -69,6 +70,9 @@ class Connections {
   void continue_jobs();
   // Watches the listening socket again if it was paused for want of descriptors.
   void resume_accepting();
+  // On each tick: closes the clients that said no HELLO within hello_timeout_ms, and those
+  // that read none of their waiting output for unread_reply_timeout_ms.
+  void check_deadlines(Clock::time_point now);
 
   // Queues `w` for `c` and writes what the socket takes. A client that lets too much
   // pile up is doomed: closed after the current event, never under the caller.
@@ -117,6 +121,9 @@ class Connections {
   std::string refusal(const Client& c) const;
   // Sends `why` as an error frame on a connection never served, and closes it.
   void refuse(int fd, const Client& c, const std::string& why);
+  // Sends `why` as an error frame for request 0, without waiting: a connection about to be
+  // closed learns why.
+  static void send_refusal(int fd, const std::string& why);
   // A client of `uid` stops counting (its connection closed, or its process exited).
   void forget_user_connection(uint32_t uid, bool departing);
 
@@ -124,6 +131,9 @@ class Connections {
   const std::shared_ptr<spdlog::logger> log_;
   EventLoop& loop_;
   Turn& turn_;
+  // Requests wait while a client's unread output is at least this, so that a reply frame
+  // still fits below max_unread_reply_bytes.
+  const size_t pace_output_;
   const int listen_fd_;  // owned by the daemon (server.cpp), which outlives the connections
   layout::DirectoryHeader& directory_;  // in shared memory: its client count is ours to keep
   ClientEvents& events_;

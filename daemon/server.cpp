@@ -329,6 +329,7 @@ void Daemon::Impl::continue_work() {
 }
 
 void Daemon::Impl::on_tick() {
+  connections.check_deadlines(Clock::now());
   reclaimer.on_tick(Clock::now());
   repair.retry_stalled_rings();
   // Try again each second: other processes may have freed descriptors.

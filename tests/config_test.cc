@@ -75,6 +75,9 @@ TEST(Config, EmptyTextGivesBuiltInDefaults) {
   EXPECT_EQ(config.max_channels_per_user, 0u);
   EXPECT_EQ(config.max_shared_memory_per_user, 0u);
   EXPECT_EQ(config.slot_return_timeout, std::chrono::milliseconds(10000));
+  EXPECT_EQ(config.max_unread_reply_bytes, 2u << 20);
+  EXPECT_EQ(config.unread_reply_timeout, std::chrono::milliseconds(30000));
+  EXPECT_EQ(config.hello_timeout, std::chrono::milliseconds(5000));
   EXPECT_TRUE(config.rules.empty());
 }
 
@@ -526,6 +529,19 @@ TEST(ConfigErrors, Timeouts) {
         {"shmbusd.toml:2:26: ", "limits.slot_return_timeout_ms = ", "from 100 to 86400000"}));
   EXPECT_TRUE(contains_all(error_of("[limits]\nslot_return_timeout_ms = \"10s\"\n"),
                            {"limits.slot_return_timeout_ms", "must be an integer"}));
+  const Config config = parse_config(
+      "[limits]\nhello_timeout_ms = 1000\nunread_reply_timeout_ms = 60000\n"
+      "max_unread_reply_bytes = \"8MiB\"\n",
+      "x");
+  EXPECT_EQ(config.hello_timeout, std::chrono::milliseconds(1000));
+  EXPECT_EQ(config.unread_reply_timeout, std::chrono::milliseconds(60000));
+  EXPECT_EQ(config.max_unread_reply_bytes, 8u << 20);
+  EXPECT_TRUE(
+      contains_all(error_of("[limits]\nhello_timeout_ms = 0\n"),
+                   {"shmbusd.toml:2:20: ", "limits.hello_timeout_ms = 0", "from 100 to 86400000"}));
+  EXPECT_TRUE(contains_all(error_of("[limits]\nmax_unread_reply_bytes = \"1MiB\"\n"),
+                           {"shmbusd.toml:2:26: ", "limits.max_unread_reply_bytes = \"1MiB\"",
+                            "must be from 2 MiB", "to 1 GiB"}));
 }
 
 TEST(ConfigErrors, IdleTtl) {

@@ -6,6 +6,7 @@
 // without it they check the one-user half and say what they skipped.
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <spdlog/sinks/base_sink.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -18,8 +19,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -418,6 +422,115 @@ TEST(Quota, APatternStormLeavesEveryOtherClientAnsweredWithin10ms) {
   EXPECT_EQ(m->pattern, "*-late");
   EXPECT_EQ(m->text(), "first");
   EXPECT_EQ(m->sequence, 0u);
+}
+
+size_t resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+// Reads what waits on `fd` until the daemon closes it or nothing comes for `quiet`; returns
+// the bytes read, and whether it was closed.
+std::pair<size_t, bool> drain(int fd, std::chrono::milliseconds quiet) {
+  size_t bytes = 0;
+  char buffer[64 * 1024];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(quiet.count())) != 1) return {bytes, false};
+    const ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return {bytes, true};
+    if (n < 0) return {bytes, false};
+    bytes += static_cast<size_t>(n);
+  }
+}
+
+// Attack 5: 60 clients each sending one request and never reading took the daemon from 30
+// MB to 619 MB (up to 16 MiB of replies kept per client). Replies now wait, and the daemon
+// reads no more requests, while less than a frame is left of max_unread_reply_bytes; a
+// client that reads none of them for unread_reply_timeout_ms is closed.
+TEST(Quota, ClientsThatNeverReadTheirRepliesHoldLittleAndAreClosed) {
+  daemon::Config config = test::small_test_config();
+  config.max_subscriptions_per_client = 20000;
+  config.unread_reply_timeout = 1000ms;
+  const auto log = LogCapture::make();
+  TestDaemon daemon(config, "t", log->logger());
+  // 10,000 patterns of 1 KiB: a PATTERNS reply of 10 MB.
+  auto subscriber = Subscription::open(daemon.options());
+  std::vector<std::string> patterns;
+  for (int i = 0; i < 10000; ++i) patterns.push_back(std::string(1000, 'p') + std::to_string(i));
+  for (size_t i = 0; i < patterns.size(); i += 500)
+    subscriber.psubscribe(std::span<const std::string>(patterns).subspan(i, 500));
+
+  const Endpoint endpoint = resolve_endpoint(daemon.options());
+  std::vector<std::unique_ptr<ControlConnection>> readers;
+  const size_t resident_before = resident_bytes();
+  for (int i = 0; i < 60; ++i) {
+    readers.push_back(
+        std::make_unique<ControlConnection>(endpoint, protocol::Role::kPublisher, nullptr));
+    protocol::Writer request = readers.back()->next_request(protocol::Type::kPatterns);
+    request.str("");
+    const auto& frame = request.frame();
+    ASSERT_EQ(send(readers.back()->fd(), frame.data(), frame.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(frame.size()));
+  }
+  std::this_thread::sleep_for(300ms);
+  const size_t grown = resident_bytes() - std::min(resident_before, resident_bytes());
+  std::printf("60 unread PATTERNS replies of 10 MB: the daemon's process grew by %.1f MiB\n",
+              static_cast<double>(grown) / (1 << 20));
+  EXPECT_LT(grown, 200u << 20);  // 60 x 2 MiB at most, plus allocator slack
+
+  // Each was answered as far as it read (its socket's buffer), then closed for reading none.
+  std::this_thread::sleep_for(config.unread_reply_timeout + 1500ms);
+  for (auto& reader : readers) {
+    const auto [bytes, closed] = drain(reader->fd(), 1000ms);
+    EXPECT_TRUE(closed);
+    EXPECT_LT(bytes, 4u << 20);
+  }
+  EXPECT_MENTIONS(log->find("read none of its"),
+                  "of unread control messages for unread_reply_timeout_ms = 1000 ([limits] of "
+                  "built-in defaults); closing it");
+
+  // A client that reads gets the whole list, however it is paced.
+  auto bus = Bus::connect(daemon.options());
+  EXPECT_EQ(bus.patterns().size(), 10000u);
+}
+
+// ... and a connection that says nothing is closed after hello_timeout_ms, told why.
+TEST(Quota, AConnectionThatSaysNoHelloIsClosed) {
+  daemon::Config config = test::small_test_config();
+  config.hello_timeout = 300ms;
+  TestDaemon daemon(config);
+  const int silent = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, daemon.socket_path().c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  auto greeted = Bus::connect(daemon.options());
+  const auto start = std::chrono::steady_clock::now();
+
+  std::string received;
+  char buffer[4096];
+  pollfd p{silent, POLLIN, 0};
+  for (ssize_t n; poll(&p, 1, 3000) == 1 && (n = recv(silent, buffer, sizeof buffer, 0)) > 0;)
+    received.append(buffer, static_cast<size_t>(n));
+  const auto waited = std::chrono::steady_clock::now() - start;
+  close(silent);
+  EXPECT_LT(waited, 2s);  // the timeout, then the next tick
+  protocol::FrameAssembler frames;
+  frames.feed(std::as_bytes(std::span(received)));
+  std::span<const std::byte> body;
+  ASSERT_TRUE(frames.next(body)) << "no error frame before the close";
+  const protocol::Frame f = protocol::Frame::parse(body);
+  EXPECT_EQ(f.type, protocol::Type::kError);
+  protocol::Parser error(f.fields);
+  error.u16();
+  EXPECT_MENTIONS(std::string(error.str(protocol::kMaxErrorBytes, "error")),
+                  "it said no HELLO within hello_timeout_ms = 300 in [limits] of built-in "
+                  "defaults");
+  // A client that said HELLO is not affected.
+  EXPECT_GT(greeted.ping().count(), 0);
 }
 
 }  // namespace
