@@ -335,61 +335,48 @@ bool Connections::has_work() const {
   return !waiting_frames_.empty() || !waiting_jobs_.empty();
 }
 
-void Connections::serve_waiting_frames() {
-  // One frame per client in turn, so a client that sent thousands of requests cannot keep
-  // another from being answered; at least one frame a turn.
+template <typename Work>
+void Connections::serve(std::deque<uint64_t>& queue, bool Client::*queued, bool with_job,
+                        Work&& work) {
+  // Each client in turn, one unit each, so one that sent thousands of requests cannot keep
+  // another from being answered; at least one unit a turn.
   bool served = false;
-  for (size_t n = waiting_frames_.size(); n > 0 && !(served && turn_.spent()); --n) {
-    const uint64_t id = waiting_frames_.front();
-    waiting_frames_.pop_front();
+  for (size_t n = queue.size(); n > 0 && !(served && turn_.spent()); --n) {
+    const uint64_t id = queue.front();
+    queue.pop_front();
     Client* c = find(id);
     if (c == nullptr) continue;
-    c->queued_for_frames = false;
-    if (c->doomed || c->job || c->out.size() >= pace_output_) {
+    c->*queued = false;
+    if (c->doomed || (c->job != nullptr) != with_job || c->out.size() >= pace_output_) {
       update_state(*c);  // queued again where it belongs, or paused for its output
       continue;
     }
     served = true;
-    std::span<const std::byte> body;
     try {
-      if (c->in.next(body)) {
-        events_.dispatch(*c, Frame::parse(body));
-        if (!clients_.count(id)) continue;
-      }
+      work(*c);
     } catch (const ProtocolError& e) {
       drop_malformed(*c, e);
       continue;
     }
-    if (!c->doomed) update_state(*c);
+    if (clients_.count(id) && !c->doomed) update_state(*c);
   }
   reap_doomed();
 }
 
+void Connections::serve_waiting_frames() {
+  serve(waiting_frames_, &Client::queued_for_frames, false, [&](Client& c) {
+    std::span<const std::byte> body;
+    if (c.in.next(body)) events_.dispatch(c, Frame::parse(body));
+  });
+}
+
 void Connections::continue_jobs() {
-  bool resumed = false;
-  for (size_t n = waiting_jobs_.size(); n > 0 && !(resumed && turn_.spent()); --n) {
-    const uint64_t id = waiting_jobs_.front();
-    waiting_jobs_.pop_front();
-    Client* c = find(id);
-    if (c == nullptr) continue;
-    c->queued_for_job = false;
-    if (c->doomed || !c->job || c->out.size() >= pace_output_) {
-      update_state(*c);
-      continue;
-    }
-    resumed = true;
-    try {
-      events_.resume(*c);
-    } catch (const ProtocolError& e) {
-      drop_malformed(*c, e);
-      continue;
-    }
-    if (!clients_.count(id) || c->doomed) continue;
+  serve(waiting_jobs_, &Client::queued_for_job, true, [&](Client& c) {
+    const uint64_t id = c.id;
+    events_.resume(c);
     // Answered: the frames that waited behind it are handled now, as far as the turn goes.
-    if (!c->job) handle_frames(*c, false);
-    if (clients_.count(id) && !c->doomed) update_state(*c);
-  }
-  reap_doomed();
+    if (clients_.count(id) && !c.doomed && !c.job) handle_frames(c, false);
+  });
 }
 
 void Connections::send(Client& c, Writer& w) {

@@ -110,6 +110,10 @@ class Connections {
   // waiting work, and watches its socket for what it needs.
   void update_state(Client& c);
   void update_interest(Client& c);
+  // Serves the clients in `queue` (each flagged by `queued`, and with a job or without as
+  // `with_job` says) with `work` in turn, until the turn is spent.
+  template <typename Work>
+  void serve(std::deque<uint64_t>& queue, bool Client::*queued, bool with_job, Work&& work);
   void flush(Client& c);
   // Appends a finished frame to `c`'s output; false (and `c` doomed) past the output limit.
   bool queue(Client& c, const std::vector<std::byte>& frame);

@@ -48,35 +48,10 @@ constexpr uint32_t kOtherUid = 4242;  // a user without an account: only its uid
 // Runs `fn` in a child process as uid and gid kOtherUid; returns what it reported: "" for
 // success, else what failed. Requires root (see can_switch_users).
 std::string as_other_user(const std::function<std::string()>& fn) {
-  int report[2];
-  if (pipe(report) != 0) return "pipe failed";
-  const pid_t child = fork();
-  if (child == 0) {
-    close(report[0]);
-    std::string failure;
-    if (setgroups(0, nullptr) != 0 || setgid(kOtherUid) != 0 || setuid(kOtherUid) != 0) {
-      failure = "cannot become uid " + std::to_string(kOtherUid);
-    } else {
-      try {
-        failure = fn();
-      } catch (const std::exception& e) {
-        failure = std::string("exception: ") + e.what();
-      }
-    }
-    if (!failure.empty()) [[maybe_unused]]
-      auto n = write(report[1], failure.data(), failure.size());
-    _exit(failure.empty() ? 0 : 1);
-  }
-  close(report[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t n; (n = read(report[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(report[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status));
-  if (WEXITSTATUS(status) != 0 && message.empty()) return "child failed";
-  return message;
+  return test::in_child_as(
+      "uid " + std::to_string(kOtherUid),
+      [] { return setgroups(0, nullptr) == 0 && setgid(kOtherUid) == 0 && setuid(kOtherUid) == 0; },
+      fn);
 }
 
 // Lets any user reach the test daemon's socket (the quotas, not the socket's mode, are
