@@ -29,14 +29,15 @@ class Requests::SubscribedReply {
  public:
   SubscribedReply(Requests& requests, uint32_t request) : requests_(requests), request_(request) {}
 
-  std::vector<protocol::Attachment>& pending() { return pending_; }
-  void add(protocol::Attachment a) { pending_.push_back(std::move(a)); }
+  void add(protocol::Attachment a) {
+    pending_bytes_ += Subscriptions::reply_bytes(a);
+    pending_.push_back(std::move(a));
+  }
   // Bytes a job may still add to the frame being built without outgrowing what `c` may be
   // sent (0: send what is pending and wait).
   size_t room(const Client& c) const {
-    size_t bytes = 64;
-    for (const auto& a : pending_) bytes += Subscriptions::reply_bytes(a);
-    const size_t frame_room = bytes < kReplyFrameBytes ? kReplyFrameBytes - bytes : 0;
+    const size_t frame_room =
+        pending_bytes_ < kReplyFrameBytes ? kReplyFrameBytes - pending_bytes_ : 0;
     return std::min(frame_room, requests_.reply_room(c));
   }
   // Sends what is pending (nothing if nothing is), not final.
@@ -67,11 +68,13 @@ class Requests::SubscribedReply {
       next = end;
     } while (next < pending_.size());
     pending_.clear();
+    pending_bytes_ = 64;
   }
 
   Requests& requests_;
   const uint32_t request_;
   std::vector<protocol::Attachment> pending_;
+  size_t pending_bytes_ = 64;  // the frame's header and the final fields, and pending_
 };
 
 // SUBSCRIBE: channel by channel, each created if it does not exist. As Redis, it stops at
@@ -145,8 +148,11 @@ class Requests::PsubscribeJob final : public RequestJob {
         next_channel_ = 0;
       }
       const size_t room = reply_.room(c);
-      if (room == 0 || !r_.subscriptions_.attach_existing(c, pattern, next_channel_,
-                                                          reply_.pending(), room, error_)) {
+      std::vector<protocol::Attachment> attached;
+      const bool done = room != 0 && r_.subscriptions_.attach_existing(c, pattern, next_channel_,
+                                                                       attached, room, error_);
+      for (protocol::Attachment& a : attached) reply_.add(std::move(a));
+      if (!done) {
         reply_.flush(c);
         return false;
       }
