@@ -327,6 +327,12 @@ void Connections::update_interest(Client& c) {
   c.want_read = want_read;
 }
 
+uint64_t Connections::unread_bytes() const {
+  uint64_t bytes = 0;
+  for (const auto& [id, c] : clients_) bytes += c->out.size();
+  return bytes;
+}
+
 size_t Connections::output_room(const Client& c) const {
   return c.out.size() < pace_output_ ? pace_output_ - c.out.size() : 0;
 }

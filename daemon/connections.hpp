@@ -80,6 +80,8 @@ class Connections {
   // Queues a grant of an arena for `c`, its descriptor `fd` riding on the frame's first
   // byte. `fd` stays the caller's (an arena's): it is never closed here.
   void send_grant(Client& c, const protocol::ArenaGrant& grant, int fd);
+  // Control messages queued for the connected clients and not yet taken by their sockets.
+  uint64_t unread_bytes() const;
   // How many more bytes of replies `c` may be sent before its requests wait for it to
   // read (0: none now; a request answered over several turns goes on once it has read).
   size_t output_room(const Client& c) const;

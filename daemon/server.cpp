@@ -343,6 +343,7 @@ void Daemon::Impl::report_status() {
   status.channels = registry.live_channels();
   status.patterns = subscriptions.pattern_index().size();
   status.reserved_bytes = registry.reserved_bytes();
+  status.unread_reply_bytes = connections.unread_bytes();
   options.on_status(status);
 }
 

@@ -11,13 +11,13 @@
 // from any thread or a signal handler. Everything else is private to the run() thread.
 #pragma once
 
+#include <spdlog/logger.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
-
-#include <spdlog/logger.h>
 
 #include "config.hpp"
 
@@ -28,7 +28,8 @@ struct DaemonStatus {
   uint64_t clients = 0;
   uint64_t channels = 0;
   uint64_t patterns = 0;
-  uint64_t reserved_bytes = 0;  // shared memory reserved for rings, tables and doorbells
+  uint64_t reserved_bytes = 0;      // shared memory reserved for rings, tables and doorbells
+  uint64_t unread_reply_bytes = 0;  // control messages waiting for clients to read them
 };
 
 struct DaemonOptions {

@@ -14,6 +14,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -82,6 +83,12 @@ class TestDaemon {
     options.bus = bus_;
     options.socket_path = (dir_ / "bus.sock").string();
     options.config = std::move(config);
+    // What the daemon says of itself, ten times a second.
+    options.status_interval = std::chrono::milliseconds(100);
+    options.on_status = [this](const daemon::DaemonStatus& status) {
+      std::lock_guard<std::mutex> lock(status_mutex_);
+      status_ = status;
+    };
     // A logger of the test's own; else SHMBUS_TEST_LOG=1 shows the daemon's log on stderr,
     // for a test being debugged.
     if (logger)
@@ -107,12 +114,19 @@ class TestDaemon {
   }
 
   ConnectOptions options() const { return {bus_, (dir_ / "bus.sock").string(), "test"}; }
+  // The daemon's last status report (every 100 ms).
+  daemon::DaemonStatus status() const {
+    std::lock_guard<std::mutex> lock(status_mutex_);
+    return status_;
+  }
   const std::string& bus() const { return bus_; }
   std::string socket_path() const { return (dir_ / "bus.sock").string(); }
 
  private:
   std::string bus_;
   std::filesystem::path dir_;
+  mutable std::mutex status_mutex_;
+  daemon::DaemonStatus status_;  // guarded by status_mutex_
   std::unique_ptr<daemon::Daemon> daemon_;
   std::thread thread_;
 };
