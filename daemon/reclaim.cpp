@@ -56,12 +56,13 @@ void Reclaimer::on_tick(Clock::time_point now) {
 }
 
 void Reclaimer::check_health() {
-  const auto channels = registry_.channels();
-  if (channels.empty()) return;
-  for (uint32_t checked = 0; checked < kHealthChecksPerTick && checked < channels.size();
-       ++checked) {
-    if (health_cursor_ >= channels.size()) health_cursor_ = 0;
-    ChannelState* ch = channels[health_cursor_++].get();
+  // By index, asking the registry each time: a quarantine creates the channel's new ring,
+  // which may grow the registry's table under a view taken before the loop.
+  for (uint32_t checked = 0; checked < kHealthChecksPerTick; ++checked) {
+    const size_t count = registry_.channels().size();
+    if (checked >= count) return;
+    if (health_cursor_ >= count) health_cursor_ = 0;
+    ChannelState* ch = registry_.channels()[health_cursor_++].get();
     if (ch == nullptr) continue;
     if (!ch->ring.header_matches_geometry())
       quarantine(*ch, "its configuration line was overwritten");

@@ -460,7 +460,7 @@ TEST(ConfigErrors, LimitsTheDaemonCouldNotHonourAreRefusedUpFront) {
   EXPECT_TRUE(contains_all(error_of("[limits]\nmax_shared_memory = \"2MiB\"\nmax_channels = 1000\n"
                                     "max_subscriptions_per_client = 16777215\n"),
                            {"shmbusd.toml:2:21: ", "one subscriber's doorbell",
-                            "limits.max_subscriptions_per_client = 16777215", "at least 3 MiB"}));
+                            "limits.max_subscriptions_per_client = 16777215", "at least 5 MiB"}));
   EXPECT_NO_THROW(
       parse_config("[limits]\nmax_shared_memory = \"1MiB\"\nmax_channels = 1000\n"
                    "max_subscriptions_per_client = 1000\n",
