@@ -34,42 +34,6 @@ inline daemon::Config small_test_config() {
   return config;
 }
 
-// Runs `fn` in a forked child once `become` switched it to another user (false if it could
-// not: `who` names the user in the report), and returns what the child reported: "" for
-// success, else what failed. Switching users needs root.
-inline std::string in_child_as(const std::string& who, const std::function<bool()>& become,
-                               const std::function<std::string()>& fn) {
-  int report[2];
-  if (pipe(report) != 0) return "pipe failed";
-  const pid_t child = fork();
-  if (child == 0) {
-    close(report[0]);
-    std::string failure;
-    if (!become()) {
-      failure = "cannot become " + who;
-    } else {
-      try {
-        failure = fn();
-      } catch (const std::exception& e) {
-        failure = std::string("exception: ") + e.what();
-      }
-    }
-    if (!failure.empty()) [[maybe_unused]]
-      auto n = write(report[1], failure.data(), failure.size());
-    _exit(failure.empty() ? 0 : 1);
-  }
-  close(report[1]);
-  std::string message;
-  char buffer[512];
-  for (ssize_t n; (n = read(report[0], buffer, sizeof buffer)) > 0;) message.append(buffer, n);
-  close(report[0]);
-  int status = 0;
-  waitpid(child, &status, 0);
-  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status));
-  if (WEXITSTATUS(status) != 0 && message.empty()) return "child failed";
-  return message;
-}
-
 class TestDaemon {
  public:
   // `logger`: where the daemon logs (null: nowhere).

@@ -33,6 +33,7 @@
 #include "intruder.hpp"
 #include "protocol.hpp"
 #include "shmbus/shmbus.hpp"
+#include "throwaway_users.hpp"
 
 namespace shmbus {
 namespace {

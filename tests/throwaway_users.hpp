@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -46,20 +47,21 @@ inline uint32_t gid_of(const char* group) {
   return getgrnam(group)->gr_gid;
 }
 
-// A child process running as a user; its report is "" for success, else what failed.
+// A child process that runs `fn` once `become` has switched it to another user (false if it
+// could not: `who` names the user in the report). Its report is "" for success, else what
+// failed. Switching users needs root.
 class AsUser {
  public:
-  AsUser(const char* user, const std::function<std::string()>& fn) {
+  AsUser(const std::string& who, const std::function<bool()>& become,
+         const std::function<std::string()>& fn) {
     int report[2];
     if (pipe(report) != 0) throw std::runtime_error("pipe failed");
     pid_ = fork();
     if (pid_ == 0) {
       close(report[0]);
       std::string failure;
-      const passwd* pw = getpwnam(user);
-      if (pw == nullptr || initgroups(user, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
-          setuid(pw->pw_uid) != 0) {
-        failure = std::string("cannot become ") + user;
+      if (!become()) {
+        failure = "cannot become " + who;
       } else {
         try {
           failure = fn();
@@ -74,6 +76,16 @@ class AsUser {
     close(report[1]);
     report_ = report[0];
   }
+  // As the throwaway user `user`, with its groups.
+  AsUser(const char* user, const std::function<std::string()>& fn)
+      : AsUser(
+            user,
+            [user] {
+              const passwd* pw = getpwnam(user);
+              return pw != nullptr && initgroups(user, pw->pw_gid) == 0 &&
+                     setgid(pw->pw_gid) == 0 && setuid(pw->pw_uid) == 0;
+            },
+            fn) {}
   AsUser(const AsUser&) = delete;
   AsUser& operator=(const AsUser&) = delete;
   ~AsUser() {
@@ -103,6 +115,12 @@ class AsUser {
 // Runs `fn` as `user` in a child and waits: "" for success, else what failed.
 inline std::string as_user(const char* user, const std::function<std::string()>& fn) {
   return AsUser(user, fn).result();
+}
+
+// The same with a `become` of the caller's (e.g. a bare uid without an account).
+inline std::string in_child_as(const std::string& who, const std::function<bool()>& become,
+                               const std::function<std::string()>& fn) {
+  return AsUser(who, become, fn).result();
 }
 
 }  // namespace shmbus::test
