@@ -192,10 +192,10 @@ class Requests::PatternsJob final : public RequestJob {
       if (!first && (r_.turn_.spent() || r_.reply_room(c) == 0)) return false;
       std::vector<std::pair<const std::string*, uint32_t>> batch;
       size_t bytes = 64;
-      for (bool first_pattern = true; it != index.end() && bytes < kReplyFrameBytes;
-           ++it, first_pattern = false) {
-        if (!first_pattern && r_.turn_.spent()) break;
+      for (size_t work = 0; it != index.end() && bytes < kReplyFrameBytes; ++it) {
+        if (work != 0 && r_.turn_.spent_after(work)) break;
         last_ = it->first;
+        work = glob_match_work(filter_, it->first);
         if (!filter_.empty() && !glob_match(filter_, it->first)) continue;
         batch.emplace_back(&it->first, static_cast<uint32_t>(it->second.size()));
         bytes += 8 + it->first.size();

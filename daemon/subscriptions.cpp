@@ -1,6 +1,7 @@
 #include "subscriptions.hpp"
 
 #include <algorithm>
+#include <iterator>
 
 #include "glob.hpp"
 #include "naming.hpp"
@@ -76,13 +77,22 @@ bool Subscriptions::attach_existing(Client& c, const std::string& pattern, uint3
                                     std::optional<Error>& error) {
   const auto channels = registry_.channels();
   size_t bytes = 0;
+  // Work done since the turn was last asked about: a failed match is charged its steps, an
+  // attach counts as spending (it reads the clock).
+  size_t unasked_work = 0;
+  bool attached_one = false;
   for (bool first = true; next_channel < channels.size(); first = false) {
-    if (!first && (turn_.spent() || bytes >= room_bytes)) return false;
+    if (!first && bytes >= room_bytes) return false;
+    if (!first && (attached_one ? turn_.spent() : turn_.spent_after(unasked_work))) return false;
+    unasked_work = 0;
+    attached_one = false;
     ChannelState* ch = channels[next_channel++].get();
+    unasked_work = 1;
+    if (ch == nullptr) continue;
+    unasked_work = glob_match_work(pattern, ch->name);
     // A pattern receives the channels its subscriber may read, and no others.
-    if (ch == nullptr || !glob_match(pattern, ch->name) ||
-        !access_.may_subscribe(c, ch->access_class))
-      continue;
+    if (!glob_match(pattern, ch->name) || !access_.may_subscribe(c, ch->access_class)) continue;
+    attached_one = true;
     try {
       const std::optional<Attached> a = attach_for_pattern(c, *ch, kAtLatest, pattern);
       if (a && a->added) {
@@ -176,10 +186,17 @@ bool Subscriptions::match_some(PendingMatch& m) {
   // By key, not by iterator: patterns come and go between turns. One subscribed after this
   // channel's matching passed its place attaches the channel in its own walk.
   auto it = m.last_pattern ? pattern_index_.upper_bound(*m.last_pattern) : pattern_index_.begin();
-  for (bool first = true; it != pattern_index_.end(); ++it, first = false) {
-    if (!first && turn_.spent()) return false;
-    m.last_pattern = it->first;
-    if (glob_match(it->first, ch->name)) attach_pattern_subscribers(*ch, it->first, it->second);
+  while (it != pattern_index_.end()) {
+    const std::string& pattern = it->first;
+    const bool matched = glob_match(pattern, ch->name);
+    if (matched) attach_pattern_subscribers(*ch, pattern, it->second);
+    // The key is copied only when the walk stops: copying each one cost as much as a match.
+    const bool spent =
+        matched ? turn_.spent() : turn_.spent_after(glob_match_work(pattern, ch->name));
+    if (++it != pattern_index_.end() && spent) {
+      m.last_pattern = std::prev(it)->first;
+      return false;
+    }
   }
   ch->matching = false;
   return true;

@@ -11,16 +11,23 @@
 // With them a '*' tries each start in the subject at most once, so a match costs at most
 // O(pattern x subject) steps - the worst shapes ('*' then a long literal run or a long set
 // that almost matches everywhere) take about 1 ms for 1 KiB x 1 KiB on a 2-vCPU machine. The
-// daemon counts one match as one unit of work between its looks at its sockets (turn.hpp).
+// daemon charges a match glob_match_work() between its looks at the clock (turn.hpp).
 //
 // Thread safety: pure functions.
 #pragma once
 
+#include <cstddef>
 #include <string_view>
 
 namespace shmbus {
 
 bool glob_match(std::string_view pattern, std::string_view subject);
+
+// An upper bound on the steps glob_match(pattern, subject) takes (see above), for callers
+// that budget their time in steps rather than reading the clock after every match.
+constexpr size_t glob_match_work(std::string_view pattern, std::string_view subject) {
+  return (pattern.size() + 1) * (subject.size() + 1);
+}
 
 // True if `pattern` contains a glob special character, i.e. it can match more than itself.
 bool glob_has_wildcards(std::string_view pattern);
