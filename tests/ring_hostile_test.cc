@@ -22,24 +22,9 @@ namespace {
 using namespace std::chrono_literals;
 using test::as_bytes;
 using test::as_string;
+using test::read_one;
+using test::small_ring;
 using test::TestArena;
-
-RingConfig ring_config(uint64_t capacity = 4096, bool back_pressure = false) {
-  RingConfig config;
-  config.capacity = capacity;
-  config.back_pressure = back_pressure;
-  config.reader_capacity = 8;
-  return config;
-}
-
-std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
-  std::vector<std::byte> buffer;
-  MessageInfo info;
-  const Status status = reader.try_read_copy(buffer, info);
-  if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
-  if (info_out) *info_out = info;
-  return as_string(buffer.data(), buffer.size());
-}
 
 // Runs `fn` and fails the test if it takes longer than `limit` (it must return at all).
 template <typename Fn>
@@ -64,7 +49,7 @@ class RingHostileTest : public ::testing::Test {
 // The attack: a forged frame length of 2 GB made a next() subscriber allocate
 // 2.4 GB and crash, and handed a zero-copy reader a 2 GB payload.
 TEST_F(RingHostileTest, AForgedFrameLengthIsSkippedAndCountedNeverHandedOut) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   Publisher publisher(ring, 1, &arena_.table());
   ASSERT_EQ(publisher.publish(as_bytes("honest 0")), Status::kOk);
@@ -89,7 +74,7 @@ TEST_F(RingHostileTest, AForgedFrameLengthIsSkippedAndCountedNeverHandedOut) {
 // A corrupt frame at the head with nothing to skip to: the reader neither spins nor hands
 // it out, and reads again once a publisher writes over it.
 TEST_F(RingHostileTest, ACorruptFrameAtTheHeadIsEmptyUntilSomethingChangesIt) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   Reader reader(ring);
   // A frame forged at the head, committed with a length no ring carries.
@@ -108,8 +93,8 @@ TEST_F(RingHostileTest, ACorruptFrameAtTheHeadIsEmptyUntilSomethingChangesIt) {
 // The attack: one 8-byte change to a ring's capacity made its honest publisher
 // write past the ring into the next channel's header.
 TEST_F(RingHostileTest, ACapacityChangedAfterOpenMovesNothingOutsideTheRing) {
-  RingRef ring = arena_.make_ring(ring_config());
-  RingRef neighbour = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
+  RingRef neighbour = arena_.make_ring(small_ring());
   // Whatever follows the data area (here the ring's reader table, then the next channel).
   std::byte* after = ring.data() + ring.capacity();
   ASSERT_LT(after, reinterpret_cast<std::byte*>(neighbour.header()));
@@ -133,7 +118,7 @@ TEST_F(RingHostileTest, ACapacityChangedAfterOpenMovesNothingOutsideTheRing) {
 // The attack: a claim position pushed forward by 2^50 made the daemon spin at
 // 99 % in repair, and honest publishers wait for room that never comes.
 TEST_F(RingHostileTest, AClaimPushedFarAheadIsReportedCorruptAtOnceNotWaitedOn) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   for (int i = 0; i < 100; ++i) ASSERT_EQ(publisher.publish(as_bytes("fill")), Status::kOk);
   const layout::ClaimWord claim = ring.load_claim();
@@ -156,7 +141,7 @@ TEST_F(RingHostileTest, AClaimPushedFarAheadIsReportedCorruptAtOnceNotWaitedOn) 
 
 // A claim moved behind the frontier (I1 broken the other way).
 TEST_F(RingHostileTest, AClaimBehindTheFrontierIsCorrupt) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   for (int i = 0; i < 200; ++i) ASSERT_EQ(publisher.publish(as_bytes("fill")), Status::kOk);
   ASSERT_GT(ring.retire_frontier(), 0u);
@@ -168,7 +153,7 @@ TEST_F(RingHostileTest, AClaimBehindTheFrontierIsCorrupt) {
 // A frontier forged past the claim: readers neither follow it (they would wait for a
 // position no publisher reaches) nor spin on it.
 TEST_F(RingHostileTest, AFrontierForgedPastTheClaimIsNotFollowed) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   ASSERT_EQ(publisher.publish(as_bytes("one")), Status::kOk);
   Reader reader(ring, Reader::Start::kEarliest);
@@ -185,7 +170,7 @@ TEST_F(RingHostileTest, AFrontierForgedPastTheClaimIsNotFollowed) {
 // Frames whose sizes chain on forever (each forged frame points at another): the
 // daemon's walks stop within their budget and report the ring corrupt.
 TEST_F(RingHostileTest, MaintenanceWalksOverForgedFramesAreBoundedAndReportCorruption) {
-  RingRef ring = arena_.make_ring(ring_config(1 << 20));
+  RingRef ring = arena_.make_ring(small_ring(1 << 20));
   Publisher publisher(ring, 1, &arena_.table());
   ASSERT_EQ(publisher.publish(as_bytes("one")), Status::kOk);
   // A frame that claims to reach past the claim position.
@@ -198,7 +183,7 @@ TEST_F(RingHostileTest, MaintenanceWalksOverForgedFramesAreBoundedAndReportCorru
 // A publisher helping to retire a forged frame must not move the frontier past it (which
 // would let every later publisher overwrite live frames).
 TEST_F(RingHostileTest, RetiringAForgedFrameReportsCorruptionInsteadOfMovingTheFrontier) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   // Fill one lap exactly with 96-byte frames (4096 / 96 leaves padding at the end).
   while (ring.load_claim().position < 4096)
@@ -214,7 +199,7 @@ TEST_F(RingHostileTest, RetiringAForgedFrameReportsCorruptionInsteadOfMovingTheF
 
 // Someone keeps the ring full of valid padding: try_read still returns.
 TEST_F(RingHostileTest, EndlessPaddingDoesNotKeepTheReaderInside) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   std::atomic<bool> stop{false};
   std::thread flood([&] {
@@ -239,7 +224,7 @@ TEST_F(RingHostileTest, EndlessPaddingDoesNotKeepTheReaderInside) {
 
 // A reader slot's position forged before the subscriber adopts it.
 TEST_F(RingHostileTest, AForgedSlotPositionIsNotWhereTheReaderStarts) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Publisher publisher(ring, 1, &arena_.table());
   ASSERT_EQ(publisher.publish(as_bytes("before")), Status::kOk);
   const int32_t slot = claim_reader_slot(ring, SlotClaim{ring.load_claim().position, 9, 1});
@@ -255,7 +240,7 @@ TEST_F(RingHostileTest, AForgedSlotPositionIsNotWhereTheReaderStarts) {
 // The attack: a bad doorbell link in a ring's reader table made every publisher of
 // the channel crash on its next publish.
 TEST_F(RingHostileTest, BadDoorbellLinksAreSkippedAndGoodOnesStillRing) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   uint64_t ref = 0;
   layout::DoorbellHeader* doorbell = arena_.make_doorbell(64, ref);
@@ -302,7 +287,7 @@ TEST_F(RingHostileTest, AForgedDoorbellHeaderDoesNotMoveTheWaitersAccesses) {
 // A hostile process clears a waiter's bits and armed flag so the publisher's wake-up never
 // comes: the parked waiter still finds the message, within Waiter's kMaxPark.
 TEST_F(RingHostileTest, AWithheldWakeUpDelaysAParkedReaderByAtMostTheParkCap) {
-  RingRef ring = arena_.make_ring(ring_config());
+  RingRef ring = arena_.make_ring(small_ring());
   Reader reader(ring);
   uint64_t ref = 0;
   layout::DoorbellHeader* doorbell = arena_.make_doorbell(1, ref);

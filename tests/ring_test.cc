@@ -21,24 +21,9 @@ using test::fake_headerless_claim;
 using namespace std::chrono_literals;
 using test::as_bytes;
 using test::as_string;
+using test::read_one;
+using test::small_ring;
 using test::TestArena;
-
-RingConfig small_ring(uint64_t capacity = 4096, bool back_pressure = false) {
-  RingConfig config;
-  config.capacity = capacity;
-  config.back_pressure = back_pressure;
-  config.reader_capacity = 8;
-  return config;
-}
-
-std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
-  std::vector<std::byte> buffer;
-  MessageInfo info;
-  const Status status = reader.try_read_copy(buffer, info);
-  if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
-  if (info_out) *info_out = info;
-  return as_string(buffer.data(), buffer.size());
-}
 
 // Starts `act` on another thread after `delay`, waits on `reader`, and checks the wait
 // ended by being woken (well before its 10 s timeout).

@@ -106,6 +106,25 @@ inline std::string as_string(const std::byte* p, size_t n) {
   return std::string(reinterpret_cast<const char*>(p), n);
 }
 
+// A ring small enough to wrap within a test: 8 reader slots.
+inline RingConfig small_ring(uint64_t capacity = 4096, bool back_pressure = false) {
+  RingConfig config;
+  config.capacity = capacity;
+  config.back_pressure = back_pressure;
+  config.reader_capacity = 8;
+  return config;
+}
+
+// The reader's next message as a string, or "<status>" when there is none to give.
+inline std::string read_one(Reader& reader, MessageInfo* info_out = nullptr) {
+  std::vector<std::byte> buffer;
+  MessageInfo info;
+  const Status status = reader.try_read_copy(buffer, info);
+  if (status != Status::kOk) return "<" + std::string(to_string(status)) + ">";
+  if (info_out) *info_out = info;
+  return as_string(buffer.data(), buffer.size());
+}
+
 // FNV-1a, enough to catch a torn or mixed-up payload.
 inline uint64_t checksum(const std::byte* p, size_t n) {
   uint64_t h = 1469598103934665603ULL;
