@@ -6,21 +6,34 @@ namespace {
 
 constexpr int kMaxNesting = 1000;
 
+// Counts the pattern bytes a match reads, for glob_match_steps(); compiled away for
+// glob_match().
+struct NoSteps {
+  void operator()() {}
+};
+struct CountSteps {
+  size_t steps = 0;
+  void operator()() { ++steps; }
+};
+
 // p/pn: pattern and bytes left; s/sn: subject and bytes left. `give_up` is set when a '*'
 // has tried every start in the rest of the subject without success: no earlier '*' can do
 // better by matching longer, so all callers stop.
-bool match(const char* p, long pn, const char* s, long sn, bool& give_up, int nesting) {
+template <typename Step>
+bool match(const char* p, long pn, const char* s, long sn, bool& give_up, int nesting, Step& step) {
   if (nesting > kMaxNesting) return false;
   while (pn > 0 && sn > 0) {
+    step();
     switch (p[0]) {
       case '*': {
         while (pn > 1 && p[1] == '*') {  // a run of stars is one star
+          step();
           ++p;
           --pn;
         }
         if (pn == 1) return true;  // a trailing star matches whatever is left
         for (; sn > 0; ++s, --sn) {
-          if (match(p + 1, pn - 1, s, sn, give_up, nesting + 1)) return true;
+          if (match(p + 1, pn - 1, s, sn, give_up, nesting + 1, step)) return true;
           if (give_up) return false;
         }
         give_up = true;
@@ -40,6 +53,7 @@ bool match(const char* p, long pn, const char* s, long sn, bool& give_up, int ne
         }
         bool hit = false;
         for (;;) {
+          step();
           if (pn >= 2 && p[0] == '\\') {
             ++p;
             --pn;
@@ -92,6 +106,7 @@ bool match(const char* p, long pn, const char* s, long sn, bool& give_up, int ne
     --pn;
     if (sn == 0) {
       while (pn > 0 && p[0] == '*') {  // trailing stars match the empty rest
+        step();
         ++p;
         --pn;
       }
@@ -105,8 +120,17 @@ bool match(const char* p, long pn, const char* s, long sn, bool& give_up, int ne
 
 bool glob_match(std::string_view pattern, std::string_view subject) {
   bool give_up = false;
+  NoSteps step;
   return match(pattern.data(), static_cast<long>(pattern.size()), subject.data(),
-               static_cast<long>(subject.size()), give_up, 0);
+               static_cast<long>(subject.size()), give_up, 0, step);
+}
+
+size_t glob_match_steps(std::string_view pattern, std::string_view subject) {
+  bool give_up = false;
+  CountSteps step;
+  match(pattern.data(), static_cast<long>(pattern.size()), subject.data(),
+        static_cast<long>(subject.size()), give_up, 0, step);
+  return step.steps;
 }
 
 bool glob_has_wildcards(std::string_view pattern) {
