@@ -23,6 +23,7 @@
 #include "clock.hpp"
 #include "connections.hpp"
 #include "event_loop.hpp"
+#include "life.hpp"
 #include "naming.hpp"
 #include "publisher_ids.hpp"
 #include "reclaim.hpp"
@@ -104,6 +105,9 @@ struct Daemon::Impl {
   // started meanwhile could otherwise have its new segments removed by this one.
   BusLock lock;
   Registry registry;
+  // Held by the run() thread while it serves (layout::DaemonLife): how clients learn, from
+  // shared memory, that this daemon is gone.
+  LifeLock life;
   EventLoop loop;
   Turn turn;
   ListeningSocket listener;
@@ -139,6 +143,7 @@ Daemon::Impl::Impl(DaemonOptions opts)
       lock(endpoint.bus, endpoint.socket_path, *log),
       registry(options.config, endpoint.bus, log,
                [this] { return reclaimer.describe_holders(Clock::now()); }),
+      life(registry.arena(layout::kControlArena).at<layout::DaemonLife>(layout::kDaemonLifeOffset)),
       loop(timer_period(options.status_interval)),
       listener(std::exchange(options.listen_fd, -1), endpoint.socket_path),
       connections(options.config, log, loop, turn, listener.fd(), registry.directory(), requests),
@@ -278,6 +283,7 @@ void ListeningSocket::create() {
 // ---- event loop ---------------------------------------------------------------------------
 
 void Daemon::Impl::run() {
+  life.hold();
   epoll_event buffer[64];
   for (;;) {
     // Work left from earlier turns: look at the sockets without waiting, then go on with it.
@@ -288,6 +294,7 @@ void Daemon::Impl::run() {
       if (event.data.u64 == kStopToken) {
         log->info("stopping: {} client(s), {} channel(s)", connections.clients().size(),
                   registry.live_channels());
+        life.release();
         return;
       }
       handle(event);

@@ -70,7 +70,8 @@
 //   complete only when its state reads exactly (its position | kFrameCommitted); a retired
 //   frame's state is (position ^ kRetiredTagFlip) | flags | kFrameRetired.
 //
-// CONTROL ARENA (arena 0): the directory, then one descriptor per channel
+// CONTROL ARENA (arena 0): the daemon's life word (DaemonLife, in the header page), the
+// directory, then one descriptor per channel
 //
 //   4096                64                                     64 + 8*capacity
 //   +-------------------+--------------------------------------+
@@ -94,7 +95,8 @@ namespace shmbus::layout {
 
 // 3: unnamed segments per access class, descriptors in a daemon-only control arena,
 //    reader tables apart from rings
-inline constexpr uint32_t kLayoutVersion = 3;
+// 4: the daemon's life word in the control arena's header page
+inline constexpr uint32_t kLayoutVersion = 4;
 inline constexpr uint32_t kArenaMagic = 0x53484d41;       // "SHMA"
 inline constexpr uint32_t kRingMagic = 0x53484d52;        // "SHMR"
 inline constexpr uint32_t kDoorbellMagic = 0x53484d44;    // "SHMD"
@@ -442,6 +444,36 @@ static_assert(sizeof(DirectoryHeader) == kCacheLine);
 
 // The directory is the first block the daemon allocates in the control arena.
 inline constexpr uint64_t kDirectoryOffset = kPageSize;
+
+// ---------------------------------------------------------------------------------------
+// Daemon life (control arena, in its header page at kDaemonLifeOffset)
+// ---------------------------------------------------------------------------------------
+//
+// The one structure here that a crashed process must leave marked rather than free. The
+// daemon's serving thread holds a robust, process-shared pthread mutex at this offset from
+// the moment it serves until it stops, and never hands it over. glibc keeps that mutex on
+// the thread's robust list (a kernel ABI: set_robust_list(2)), so when the thread ends in any
+// way - a clean stop, SIGKILL, a crash - the kernel sets FUTEX_OWNER_DIED in the mutex's
+// futex word; a clean stop unlocks it first (word 0). The futex word is the first field of
+// glibc's pthread_mutex_t: the owner's thread id while held. Clients map the control arena
+// read-only, so no client can forge it; they read `futex_word` (daemon_alive()) to learn,
+// without a system call, that the daemon they are attached to is gone.
+inline constexpr uint64_t kDaemonLifeOffset = 2048;
+struct DaemonLife {
+  std::atomic<uint32_t> futex_word;
+  uint8_t rest_of_mutex[kCacheLine - 4];  // the daemon's pthread_mutex_t (40 bytes on x86-64)
+};
+static_assert(sizeof(DaemonLife) == kCacheLine);
+static_assert(kDaemonLifeOffset % kCacheLine == 0 && kDaemonLifeOffset + kCacheLine <= kPageSize);
+static_assert(sizeof(ArenaHeader) <= kDaemonLifeOffset);
+
+// Whether the futex word of a held robust mutex says its owner still lives: a thread id is
+// there (FUTEX_TID_MASK) and the kernel has not marked it dead (FUTEX_OWNER_DIED).
+constexpr bool daemon_alive(uint32_t futex_word) {
+  constexpr uint32_t kOwnerDied = 0x40000000;  // FUTEX_OWNER_DIED, linux/futex.h
+  constexpr uint32_t kTidMask = 0x3fffffff;    // FUTEX_TID_MASK
+  return (futex_word & kTidMask) != 0 && (futex_word & kOwnerDied) == 0;
+}
 
 constexpr uint64_t directory_bytes(uint32_t capacity) {
   return align_up(sizeof(DirectoryHeader) + 8ULL * capacity, kPageSize);
