@@ -24,16 +24,10 @@
 //   I3 A ring is in `ready` at most once (RingReader::queued).
 #include "shmbus/subscription.hpp"
 
-#include <sys/eventfd.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <memory>
-#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -42,6 +36,7 @@
 #include "fences.hpp"
 #include "glob.hpp"
 #include "naming.hpp"
+#include "notifier.hpp"
 
 namespace shmbus {
 
@@ -207,16 +202,11 @@ struct Subscription::State {
   MessageView held_view;
   bool held_found_intact = false;  // what the caller's latest intact() said
 
-  // fd(): an eventfd a helper thread signals when the doorbell rings while armed.
-  int event_fd = -1;
-  std::thread notifier;
-  std::mutex notifier_mutex;
-  std::condition_variable notifier_cv;
-  bool notifier_armed = false;
-  std::atomic<bool> notifier_stop{false};
+  // fd(): made on first call; from then on it watches the doorbell.
+  std::unique_ptr<Notifier> notifier;
 
   ~State() {
-    stop_notifier();
+    notifier.reset();
     by_bit.clear();  // readers free their slots before the connection closes
     if (connection) {
       try {
@@ -224,21 +214,6 @@ struct Subscription::State {
       } catch (const Error&) {
       }
     }
-  }
-
-  void stop_notifier() {
-    if (!notifier.joinable()) return;
-    notifier_stop.store(true);
-    {
-      std::lock_guard<std::mutex> lock(notifier_mutex);
-      notifier_armed = true;
-    }
-    notifier_cv.notify_all();
-    full_fence();
-    doorbell::ring_doorbell(doorbell, kControlBit, waiter->geometry());  // wakes the futex wait
-    notifier.join();
-    ::close(event_fd);
-    event_fd = -1;
   }
 
   bool holds_channel(std::string_view name) const {
@@ -360,8 +335,8 @@ struct Subscription::State {
   // bits sharing it stay set), and before any wait (wait_for_news takes them before it
   // parks).
   bool must_take_bits() {
-    return !reads_rings_directly() || doorbell_rang || event_fd >= 0 || ++polls_since_take >= 64 ||
-           waiter->is_set(kControlBit);
+    return !reads_rings_directly() || doorbell_rang || notifier != nullptr ||
+           ++polls_since_take >= 64 || waiter->is_set(kControlBit);
   }
 
   // Spins on the rings (small subscriptions) and on the doorbell, then takes every bit and
@@ -625,41 +600,7 @@ struct Subscription::State {
   std::optional<Message> next(std::chrono::nanoseconds timeout, bool zero_copy);
 
   void rearm_notifier() {
-    if (event_fd < 0) return;
-    uint64_t count;
-    [[maybe_unused]] ssize_t r = ::read(event_fd, &count, sizeof(count));  // clear readable
-    {
-      std::lock_guard<std::mutex> lock(notifier_mutex);
-      notifier_armed = true;
-    }
-    notifier_cv.notify_one();
-  }
-
-  void notifier_loop() {
-    Waiter bell(doorbell, waiter->geometry());
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> lock(notifier_mutex);
-        notifier_cv.wait(lock, [&] { return notifier_armed; });
-      }
-      if (notifier_stop.load()) return;
-      // Readable once a sweep period passes without news too, so an event loop's next()
-      // gets to sweep() for bits a hostile publisher withheld (see State::sweep).
-      const auto sweep_at = std::chrono::steady_clock::now() + kSweepPeriod;
-      bell.park_until(
-          [&] {
-            return notifier_stop.load() || bell.any_ready() ||
-                   std::chrono::steady_clock::now() >= sweep_at;
-          },
-          std::chrono::steady_clock::now(), true);
-      if (notifier_stop.load()) return;
-      {
-        std::lock_guard<std::mutex> lock(notifier_mutex);
-        notifier_armed = false;
-      }
-      const uint64_t one = 1;
-      [[maybe_unused]] ssize_t r = ::write(event_fd, &one, sizeof(one));
-    }
+    if (notifier) notifier->rearm();
   }
 };
 
@@ -901,13 +842,14 @@ void Subscription::set_spin(std::chrono::nanoseconds spin) {
 
 int Subscription::fd() {
   State& s = *state_;
-  if (s.event_fd >= 0) return s.event_fd;
-  s.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s.event_fd < 0) throw Error(Errc::kSystem, std::string("eventfd: ") + std::strerror(errno));
-  // Armed from the start: if news is already waiting, the fd turns readable at once.
-  s.notifier_armed = true;
-  s.notifier = std::thread([&s] { s.notifier_loop(); });
-  return s.event_fd;
+  if (!s.notifier) {
+    s.notifier = std::make_unique<Notifier>();
+    // Readable once a sweep period passes without news too, so an event loop's next() gets
+    // to sweep() for bits a hostile publisher withheld (see State::sweep).
+    s.notifier->watch(s.doorbell, s.waiter->geometry(), kControlBit, kSweepPeriod,
+                      [] { return false; });
+  }
+  return s.notifier->fd();
 }
 
 std::size_t Subscription::count() const {
