@@ -333,7 +333,7 @@ class InProcessDaemon {
     thread_.join();
     daemon_.reset();
   }
-  shmbus::ConnectOptions options(const char* client) const { return {bus_, socket_, client}; }
+  shmbus::ConnectOptions options(const char* client) const { return {bus_, socket_, client, {}}; }
   const std::string& bus() const { return bus_; }
 
  private:
@@ -344,7 +344,7 @@ class InProcessDaemon {
 
 // What `options` will be once the daemon of `bus` exists (children are forked before).
 shmbus::ConnectOptions options_for(const std::string& bus, const char* client) {
-  return {bus, "/tmp/shmbus-" + bus + ".sock", client};
+  return {bus, "/tmp/shmbus-" + bus + ".sock", client, {}};
 }
 
 // ---- /proc and /dev/shm -------------------------------------------------------------------

@@ -139,7 +139,7 @@ std::chrono::nanoseconds timer_period(std::chrono::milliseconds status_interval)
 Daemon::Impl::Impl(DaemonOptions opts)
     : options(std::move(opts)),
       log(options.logger ? options.logger : spdlog::default_logger()),
-      endpoint(resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}})),
+      endpoint(resolve_endpoint(ConnectOptions{options.bus, options.socket_path, {}, {}})),
       lock(endpoint.bus, endpoint.socket_path, *log),
       registry(options.config, endpoint.bus, log,
                [this] { return reclaimer.describe_holders(Clock::now()); }),

@@ -77,7 +77,13 @@ class TestDaemon {
     daemon_.reset();
   }
 
-  ConnectOptions options() const { return {bus_, (dir_ / "bus.sock").string(), "test"}; }
+  ConnectOptions options() const {
+    ConnectOptions options;
+    options.bus = bus_;
+    options.socket_path = (dir_ / "bus.sock").string();
+    options.client_name = "test";
+    return options;
+  }
   // The daemon's last status report (every 100 ms).
   daemon::DaemonStatus status() const {
     std::lock_guard<std::mutex> lock(status_mutex_);

@@ -51,7 +51,7 @@ class ShmbusdProcess {
     pid_ = 0;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
-  shmbus::ConnectOptions options() const { return {bus_, socket_, "public-api-test"}; }
+  shmbus::ConnectOptions options() const { return {bus_, socket_, "public-api-test", {}}; }
   const std::string& bus() const { return bus_; }
   const std::string& socket() const { return socket_; }
 

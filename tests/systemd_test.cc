@@ -2,8 +2,8 @@
 // to (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) and passes it a listening socket the way a
 // .socket unit does (LISTEN_FDS/LISTEN_PID, descriptor 3). Runs the real binary ($SHMBUSD)
 // and talks to it through the public API only.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -15,94 +15,20 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <shmbus/shmbus.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <shmbus/shmbus.hpp>
+#include "shmbusd_process.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
-
-// A private directory for one test's sockets, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("shmbus-sd-" + std::to_string(getpid()) + "-" + std::to_string(counter_++));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const char* name) const { return (path_ / name).string(); }
-
- private:
-  static inline int counter_ = 0;
-  std::filesystem::path path_;
-};
-
-int unix_socket(int type, const std::string& path) {
-  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
-    throw std::runtime_error("bind " + path + ": " + std::strerror(errno));
-  return fd;
-}
-
-// Starts shmbusd with `env` added; `listen_fd` (if >= 0) becomes its descriptor 3 with
-// LISTEN_FDS=1 and LISTEN_PID set to the daemon's pid, as systemd does.
-pid_t start_shmbusd(const std::vector<std::string>& args,
-                    const std::vector<std::pair<std::string, std::string>>& env,
-                    int listen_fd = -1) {
-  const char* binary = std::getenv("SHMBUSD");
-  if (binary == nullptr) throw std::runtime_error("set SHMBUSD to the shmbusd binary");
-  const pid_t pid = fork();
-  if (pid == 0) {
-    for (const auto& [key, value] : env) setenv(key.c_str(), value.c_str(), 1);
-    if (listen_fd >= 0) {
-      // dup2 clears FD_CLOEXEC on the copy, but does nothing if the socket is already 3.
-      if (listen_fd != 3 && dup2(listen_fd, 3) != 3) _exit(126);
-      fcntl(3, F_SETFD, 0);
-      setenv("LISTEN_FDS", "1", 1);
-      setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);  // exec keeps the pid
-    }
-    std::vector<char*> argv{const_cast<char*>(binary)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(binary, argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Owns a started daemon: a failed assertion must not leave it running.
-class DaemonProcess {
- public:
-  explicit DaemonProcess(pid_t pid) : pid_(pid) {}
-  ~DaemonProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Stops it with SIGTERM; returns its exit code (128 + signal if killed).
-  int stop() {
-    kill(pid_, SIGTERM);
-    return wait_exit();
-  }
-  int wait_exit() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_;
-};
+using shmbus::test::DaemonProcess;
+using shmbus::test::start_shmbusd;
+using shmbus::test::TempDir;
+using shmbus::test::unix_socket;
 
 // The next datagram on `fd` within `timeout`, or "" if none came.
 std::string receive(int fd, std::chrono::milliseconds timeout) {
@@ -128,14 +54,14 @@ TEST(Systemd, NotifySocketGetsReadyStatusWatchdogAndStopping) {
   TempDir dir;
   const int notify = unix_socket(SOCK_DGRAM, dir.file("notify"));
   const std::string bus = "sdnotify" + std::to_string(getpid());
-  DaemonProcess daemon(start_shmbusd(
-      {"--bus", bus, "--socket", dir.file("bus.sock"), "--log-level", "warn"},
-      {{"NOTIFY_SOCKET", dir.file("notify")}, {"WATCHDOG_USEC", "400000"}}));
+  DaemonProcess daemon(
+      start_shmbusd({"--bus", bus, "--socket", dir.file("bus.sock"), "--log-level", "warn"},
+                    {{"NOTIFY_SOCKET", dir.file("notify")}, {"WATCHDOG_USEC", "400000"}}));
 
   const std::string ready = receive(notify, 5s);
   EXPECT_EQ(ready, "READY=1") << "the first message must be readiness";
   // Ready means ready: a client connects at once.
-  shmbus::ConnectOptions options{bus, dir.file("bus.sock"), "systemd-test"};
+  shmbus::ConnectOptions options{bus, dir.file("bus.sock"), "systemd-test", {}};
   auto client = shmbus::Bus::connect(options);
   client.publish("sd:1", "x");
   // STATUS= with the counts, and WATCHDOG=1 at half the 400 ms interval, from the loop.
@@ -172,7 +98,7 @@ TEST(Systemd, ServesAListeningSocketPassedLikeSocketActivation) {
       {"--bus", bus, "--socket", dir.file("unused.sock"), "--log-level", "warn"}, {}, listening));
   close(listening);  // the daemon holds it now
 
-  shmbus::ConnectOptions options{bus, path, "activated-client"};
+  shmbus::ConnectOptions options{bus, path, "activated-client", {}};
   std::optional<shmbus::Subscription> sub;
   for (int i = 0; i < 500 && !sub; ++i) {
     try {

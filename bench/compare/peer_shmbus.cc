@@ -44,7 +44,7 @@ back_pressure = true
 )toml";
 
 ConnectOptions connect_options(const ChildSpec& spec) {
-  return {spec.shmbus_bus, spec.shmbus_socket, "compare " + spec.role};
+  return {spec.shmbus_bus, spec.shmbus_socket, "compare " + spec.role, {}};
 }
 
 class ShmbusPublisher {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <unordered_map>
+#include <utility>
 
 #include "client.hpp"
 #include "directory.hpp"
@@ -38,20 +39,20 @@ struct Placement {
 
 // Asks the daemon to open `name` for publishing. REQUIRES: core->mutex held.
 Placement open_placement(ClientCore& core, std::string_view name, const ChannelOptions& options) {
-  Writer open = core.connection.next_request(Type::kOpenChannel);
+  Writer open = core.connection->next_request(Type::kOpenChannel);
   open.str(name)
       .u64(options.ring_bytes)
       .u32(options.max_message_bytes)
       .u8(options.back_pressure ? (*options.back_pressure ? 2 : 1) : 0);
-  const OwnedFrame reply = core.connection.request(open);
+  const OwnedFrame reply = core.connection->request(open);
   Parser p = reply.parser();
   const RingLocation location = RingLocation::read(p);
   std::string rule(p.str(kMaxPatternBytes + 64, "rule"));
   p.end();
   Placement placement;
   placement.id = location.channel_id;
-  placement.ring = core.memory.ring(location);
-  placement.descriptor = descriptor_at(core.memory, location.descriptor);
+  placement.ring = core.memory->ring(location);
+  placement.descriptor = descriptor_at(*core.memory, location.descriptor);
   if (placement.descriptor == nullptr || placement.descriptor->channel_id != location.channel_id)
     throw Error(Errc::kProtocol,
                 "shmbusd gave channel " + printable(name) + " a descriptor that is not there");
@@ -61,17 +62,21 @@ Placement open_placement(ClientCore& core, std::string_view name, const ChannelO
 
 // One channel opened for publishing through the daemon.
 struct OpenChannel {
+  // REQUIRES: core_in->mutex held, and `placement_in` opened on the current link.
   OpenChannel(std::shared_ptr<ClientCore> core_in, std::string name_in, ChannelOptions options_in,
               Placement placement_in)
       : core(std::move(core_in)),
         name(std::move(name_in)),
         options(std::move(options_in)),
+        memory(core->memory),
+        generation(core->generation),
+        life(memory->life_word()),
         placement(std::move(placement_in)),
-        publisher(placement.ring, core->connection.welcome().publisher_id, &core->memory.table()) {}
+        publisher(placement.ring, core->connection->welcome().publisher_id, &memory->table()) {}
   ~OpenChannel() {
     try {
       std::lock_guard<std::mutex> lock(core->mutex);
-      if (core->closing) return;
+      if (core->closing || !on_current_link_locked()) return;
       close_locked(placement.id);
     } catch (const Error&) {
       // The daemon is gone: there is nothing left to tell it.
@@ -80,35 +85,58 @@ struct OpenChannel {
   OpenChannel(const OpenChannel&) = delete;
   OpenChannel& operator=(const OpenChannel&) = delete;
 
+  // Whether the channel was opened on the link the core has now (ids of older links belong
+  // to a daemon that is gone). REQUIRES: core->mutex held.
+  bool on_current_link_locked() const { return generation == core->generation && core->broken.empty(); }
+
   // REQUIRES: core->mutex held.
   void close_locked(uint32_t id) {
-    Writer close = core->connection.next_request(Type::kCloseChannel);
+    Writer close = core->connection->next_request(Type::kCloseChannel);
     close.u32(id);
-    core->connection.request(close);
+    core->connection->request(close);
   }
 
-  // The daemon took the ring out of service (it was found corrupt): let go of it and open
-  // the channel again, on the ring that replaced it.
-  void reopen() {
+  // Opens the channel again: on the ring that replaced one the daemon took out of service
+  // (it was found corrupt), or on a new link after the daemon went away. Waits for the
+  // link until `deadline`; false if it did not come back by then.
+  bool reopen(ClientCore::Clock::time_point deadline) {
     std::lock_guard<std::mutex> lock(core->mutex);
-    Placement fresh = open_placement(*core, name, options);
-    close_locked(placement.id);
-    placement = std::move(fresh);
-    publisher =
-        Publisher(placement.ring, core->connection.welcome().publisher_id, &core->memory.table());
+    for (int tries = 0; tries < 3; ++tries) {
+      if (!core->ensure_link_locked(deadline)) return false;
+      try {
+        Placement fresh = open_placement(*core, name, options);
+        if (generation == core->generation) close_locked(placement.id);
+        // The old memory stays mapped until the publisher on its ring is gone.
+        const std::shared_ptr<BusMemory> old_memory = std::exchange(memory, core->memory);
+        generation = core->generation;
+        life = memory->life_word();
+        placement = std::move(fresh);
+        publisher = Publisher(placement.ring, core->connection->welcome().publisher_id,
+                              &memory->table());
+        return true;
+      } catch (const Error& e) {
+        if (e.code() != Errc::kDaemonGone) throw;
+        core->mark_broken_locked(e.what());  // closed under us: connect again
+      }
+    }
+    return false;
   }
 
   // Tells the daemon our ring contradicts itself; it checks, and replaces the ring if so.
   void report_corrupt() {
     std::lock_guard<std::mutex> lock(core->mutex);
-    Writer report = core->connection.next_request(Type::kReportCorrupt);
+    if (!on_current_link_locked()) return;
+    Writer report = core->connection->next_request(Type::kReportCorrupt);
     report.u32(placement.id);
-    core->connection.request(report);
+    core->connection->request(report);
   }
 
   bool in_service() const {
     return placement.descriptor->state.load(std::memory_order_relaxed) == layout::kChannelLive;
   }
+  // The daemon the channel was opened on still serves (layout::DaemonLife): a line only the
+  // daemon and the kernel write, which stays in our cache while it lives.
+  bool daemon_alive() const { return layout::daemon_alive(life->load(std::memory_order_relaxed)); }
   uint32_t receivers() const {
     return placement.descriptor->receivers.load(std::memory_order_relaxed);
   }
@@ -116,17 +144,41 @@ struct OpenChannel {
   std::shared_ptr<ClientCore> core;
   std::string name;
   ChannelOptions options;  // as opened, to open it again alike
+  // The link the channel was opened on: its memory (kept mapped while `publisher` writes
+  // there), its generation, and its daemon's life word.
+  std::shared_ptr<BusMemory> memory;
+  uint64_t generation = 0;
+  const std::atomic<uint32_t>* life = nullptr;
   Placement placement;
   Publisher publisher;
   uint64_t last_use = 0;
 };
 
+// Runs `request` on a working link, connecting again first if the daemon went away (and
+// once more if the connection turns out closed meanwhile). Throws Error(kDaemonGone) if
+// the daemon did not come back within ReconnectOptions::wait.
+template <typename Request>
+auto with_link(ClientCore& core, Request&& request) {
+  std::lock_guard<std::mutex> lock(core.mutex);
+  const auto deadline = ClientCore::Clock::now() + core.reconnect.options().wait;
+  for (int tries = 0;; ++tries) {
+    if (!core.ensure_link_locked(deadline)) throw core.gone_error();
+    try {
+      return request();
+    } catch (const Error& e) {
+      if (e.code() != Errc::kDaemonGone || tries >= 2) throw;
+      core.mark_broken_locked(e.what());
+    }
+  }
+}
+
 std::unique_ptr<OpenChannel> open_channel(const std::shared_ptr<ClientCore>& core,
                                           std::string_view name, const ChannelOptions& options) {
   validate_channel_name(name);
-  std::lock_guard<std::mutex> lock(core->mutex);
-  Placement placement = open_placement(*core, name, options);
-  return std::make_unique<OpenChannel>(core, std::string(name), options, std::move(placement));
+  return with_link(*core, [&] {
+    Placement placement = open_placement(*core, name, options);
+    return std::make_unique<OpenChannel>(core, std::string(name), options, std::move(placement));
+  });
 }
 
 PublishStatus to_publish_status(Status s) {
@@ -139,18 +191,24 @@ PublishStatus to_publish_status(Status s) {
   }
 }
 
-// publish_on's slow path: the ring is out of service, or the publish found it corrupt.
-// Reports a corrupt ring (the daemon checks it and takes it out of service), opens the
-// channel again on the ring that replaced it, and publishes there once.
+// publish_on's slow path: the daemon is gone, the ring is out of service, or the publish
+// found it corrupt. Reports a corrupt ring (the daemon checks it and takes it out of
+// service); opens the channel again - on the ring that replaced it, or on a new link once
+// the daemon is back (waiting up to ReconnectOptions::wait) - and publishes there once.
 [[gnu::noinline]] PublishResult publish_again(OpenChannel& ch, std::span<const std::byte> payload,
                                               const PublishMeta& meta,
                                               std::chrono::nanoseconds wait, Status first) {
+  const auto deadline = ClientCore::Clock::now() + ch.core->reconnect.options().wait;
   try {
     if (first == Status::kCorrupt) ch.report_corrupt();
-    if (ch.in_service()) return PublishResult{to_publish_status(first), 0};  // nothing changed
-    ch.reopen();
-  } catch (const Error&) {
-    return PublishResult{PublishStatus::kCorrupt, 0};
+    const bool relink = !ch.daemon_alive();
+    if (!relink && ch.in_service()) return PublishResult{to_publish_status(first), 0};
+    if (relink) ch.publisher.wake_readers();  // they learn at once that the daemon is gone
+    if (!ch.reopen(deadline)) return PublishResult{PublishStatus::kDaemonGone, 0};
+  } catch (const Error& e) {
+    return PublishResult{e.code() == Errc::kDaemonGone ? PublishStatus::kDaemonGone
+                                                       : PublishStatus::kCorrupt,
+                         0};
   }
   PublishResult result;
   result.receivers = ch.receivers();
@@ -165,9 +223,11 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const s
   PublishMeta meta;
   meta.publish_unix_ns = clock.now_ns();
   meta.origin = origin;
-  // The descriptor's line is the daemon's: one line tells the receivers and whether the ring
-  // is still in service (it stays shared in our cache while the daemon leaves it alone).
-  if (!ch.in_service()) [[unlikely]]
+  // The descriptor's line and the life word are the daemon's: one tells the receivers and
+  // whether the ring is still in service, the other whether its daemon still serves (both
+  // stay shared in our cache while the daemon leaves them alone). A dead daemon's rings
+  // reach nobody who will ever look: never publish there.
+  if (!ch.in_service() || !ch.daemon_alive()) [[unlikely]]
     return publish_again(ch, payload, meta, wait, Status::kOk);
   // Counted before the commit, like Redis counts at PUBLISH time: once committed, a
   // subscriber may take the message and unsubscribe before we could look.
@@ -213,6 +273,7 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const s
                   "channel " + printable(ch.name) +
                       ": its ring in shared memory contradicts itself (some process wrote "
                       "garbage into it), so nothing was published; see shmbusd's log");
+    case PublishStatus::kDaemonGone: throw ch.core->gone_error();
     case PublishStatus::kOk: break;
   }
   throw std::logic_error("publish error without an error");
@@ -324,6 +385,11 @@ uint32_t Channel::publish(std::string_view text) {
 
 Loan Channel::loan(std::size_t bytes) {
   OpenChannel& ch = *state_->open;
+  if (!ch.in_service() || !ch.daemon_alive()) [[unlikely]] {
+    // As publish_on: never lend space in a dead daemon's ring.
+    if (!ch.reopen(ClientCore::Clock::now() + ch.core->reconnect.options().wait))
+      throw ch.core->gone_error();
+  }
   std::unique_ptr<Loan::State> state = std::move(state_->spare_loan);
   if (!state) state = std::make_unique<Loan::State>();
   state->channel = &ch;
@@ -384,8 +450,8 @@ Bus::~Bus() {
 Bus Bus::connect(const ConnectOptions& options) {
   const Endpoint endpoint = resolve_endpoint(options);
   auto state = std::make_unique<State>();
-  state->core = std::make_shared<ClientCore>(endpoint);
-  open_directory(state->core->memory);  // the control arena came with the welcome
+  state->core = std::make_shared<ClientCore>(endpoint, options.reconnect);
+  open_directory(*state->core->memory);  // the control arena came with the welcome
   return Bus(std::move(state));
 }
 
@@ -408,9 +474,19 @@ Channel Bus::channel(std::string_view name, const ChannelOptions& options) {
   return Channel(std::move(state));
 }
 
+namespace {
+
+// The memory of a working link (connecting again first if the daemon went away), for
+// reading the directory: it stays mapped while the caller holds it.
+std::shared_ptr<BusMemory> current_memory(ClientCore& core) {
+  return with_link(core, [&] { return core.memory; });
+}
+
+}  // namespace
+
 std::vector<std::string> Bus::channels(std::string_view pattern) {
   std::vector<std::string> names;
-  for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
+  for_each_channel(*current_memory(*state_->core), [&](const DirectoryEntry& e) {
     // Redis lists channels with at least one subscriber (pattern subscribers do not count).
     if (e.descriptor->channel_subscribers.load(std::memory_order_relaxed) == 0) return;
     if (pattern.empty() || glob_match(pattern, e.name)) names.emplace_back(e.name);
@@ -422,7 +498,7 @@ std::vector<std::string> Bus::channels(std::string_view pattern) {
 std::vector<NumSub> Bus::numsub(std::span<const std::string> channels) {
   std::unordered_map<std::string_view, uint64_t> found;
   for (const auto& name : channels) found.emplace(name, 0);
-  for_each_channel(state_->core->memory, [&](const DirectoryEntry& e) {
+  for_each_channel(*current_memory(*state_->core), [&](const DirectoryEntry& e) {
     auto it = found.find(e.name);
     if (it != found.end())
       it->second = e.descriptor->channel_subscribers.load(std::memory_order_relaxed);
@@ -433,50 +509,59 @@ std::vector<NumSub> Bus::numsub(std::span<const std::string> channels) {
 }
 
 uint64_t Bus::numpat() {
-  return open_directory(state_->core->memory)->patterns.load(std::memory_order_relaxed);
+  const std::shared_ptr<BusMemory> memory = current_memory(*state_->core);
+  return open_directory(*memory)->patterns.load(std::memory_order_relaxed);
 }
 
 std::vector<PatternInterest> Bus::patterns(std::string_view filter) {
   if (!filter.empty()) validate_pattern(filter);
-  std::lock_guard<std::mutex> lock(state_->core->mutex);
-  ControlConnection& connection = state_->core->connection;
-  if (connection.welcome().version < 2)
-    throw Error(Errc::kProtocol, "this shmbusd speaks protocol version " +
-                                     std::to_string(connection.welcome().version) +
-                                     ", listing patterns needs version 2; upgrade shmbusd");
-  Writer request = connection.next_request(Type::kPatterns);
-  request.str(filter);
-  OwnedFrame reply = connection.request(request);
-  std::vector<PatternInterest> result;
-  for (;;) {
-    Parser p = reply.parser();
-    const bool final = p.u8() != 0;
-    const uint32_t n = p.count(kMaxFrameBytes, 8, "patterns");
-    for (uint32_t i = 0; i < n; ++i) {
-      PatternInterest interest;
-      interest.pattern = std::string(p.str(kMaxPatternBytes, "pattern"));
-      interest.subscribers = p.u32();
-      result.push_back(std::move(interest));
+  ClientCore& core = *state_->core;
+  return with_link(core, [&] {
+    ControlConnection& connection = *core.connection;
+    if (connection.welcome().version < 2)
+      throw Error(Errc::kProtocol, "this shmbusd speaks protocol version " +
+                                       std::to_string(connection.welcome().version) +
+                                       ", listing patterns needs version 2; upgrade shmbusd");
+    Writer request = connection.next_request(Type::kPatterns);
+    request.str(filter);
+    OwnedFrame reply = connection.request(request);
+    std::vector<PatternInterest> result;
+    for (;;) {
+      Parser p = reply.parser();
+      const bool final = p.u8() != 0;
+      const uint32_t n = p.count(kMaxFrameBytes, 8, "patterns");
+      for (uint32_t i = 0; i < n; ++i) {
+        PatternInterest interest;
+        interest.pattern = std::string(p.str(kMaxPatternBytes, "pattern"));
+        interest.subscribers = p.u32();
+        result.push_back(std::move(interest));
+      }
+      p.end();
+      if (final) return result;
+      reply = connection.next_reply(reply.request, Type::kPatternList);
     }
-    p.end();
-    if (final) return result;
-    reply = connection.next_reply(reply.request, Type::kPatternList);
-  }
+  });
 }
 
 std::chrono::nanoseconds Bus::ping() {
-  std::lock_guard<std::mutex> lock(state_->core->mutex);
-  const auto start = std::chrono::steady_clock::now();
-  Writer ping = state_->core->connection.next_request(Type::kPing);
-  state_->core->connection.request(ping);
-  return std::chrono::steady_clock::now() - start;
+  ClientCore& core = *state_->core;
+  return with_link(core, [&] {
+    const auto start = std::chrono::steady_clock::now();
+    Writer ping = core.connection->next_request(Type::kPing);
+    core.connection->request(ping);
+    return std::chrono::nanoseconds(std::chrono::steady_clock::now() - start);
+  });
 }
 
 const std::string& Bus::bus_name() const {
-  return state_->core->connection.endpoint().bus;
+  return state_->core->endpoint.bus;
 }
 const std::string& Bus::socket_path() const {
-  return state_->core->connection.endpoint().socket_path;
+  return state_->core->endpoint.socket_path;
+}
+LinkStats Bus::link_stats() const {
+  std::lock_guard<std::mutex> lock(state_->core->mutex);
+  return state_->core->reconnect.stats();
 }
 
 }  // namespace shmbus

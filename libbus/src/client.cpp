@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <fstream>
 
 #include "shmbus/error.hpp"
@@ -314,6 +315,23 @@ std::byte* BusMemory::base(uint32_t arena_id) const {
   return mapped;
 }
 
+const std::atomic<uint32_t>* BusMemory::life_word() const {
+  std::byte* control = table_.base(layout::kControlArena);
+  if (control == nullptr || table_.size(layout::kControlArena) < layout::kPageSize) return nullptr;
+  return &reinterpret_cast<const layout::DaemonLife*>(control + layout::kDaemonLifeOffset)
+              ->futex_word;
+}
+
+std::pair<int32_t, uint64_t> BusMemory::daemon_identity() const {
+  std::byte* control = table_.base(layout::kControlArena);
+  if (control == nullptr ||
+      table_.size(layout::kControlArena) < layout::kDirectoryOffset + sizeof(layout::DirectoryHeader))
+    return {0, 0};
+  const auto* directory =
+      reinterpret_cast<const layout::DirectoryHeader*>(control + layout::kDirectoryOffset);
+  return {directory->daemon_pid, directory->started_unix_ns};
+}
+
 bool BusMemory::writable(uint32_t arena_id) const {
   std::lock_guard<std::mutex> lock(mutex_);
   return arena_id < arenas_.size() && arenas_[arena_id] &&
@@ -345,6 +363,89 @@ RingRef BusMemory::ring(const RingLocation& location) const {
                 std::string("channel ring is not usable: ") + e.what() +
                     " (some process may have written into it; shmbusd replaces such a ring)");
   }
+}
+
+}  // namespace shmbus
+
+namespace shmbus {
+
+ClientCore::ClientCore(const Endpoint& endpoint_in, ReconnectOptions reconnect_options)
+    : endpoint(endpoint_in), reconnect(std::move(reconnect_options)) {
+  connect_locked();
+}
+
+ClientCore::~ClientCore() {
+  if (!connection || !broken.empty()) return;
+  try {
+    connection->goodbye();
+  } catch (const std::exception&) {
+    // The daemon is gone: nobody to tell.
+  }
+}
+
+void ClientCore::connect_locked() {
+  connection.reset();  // it holds a handler into the memory it was made with
+  auto fresh_memory = std::make_shared<BusMemory>(endpoint.bus);
+  auto fresh = std::make_unique<ControlConnection>(endpoint, protocol::Role::kPublisher,
+                                                   fresh_memory->grant_handler());
+  fresh_memory->set_doorbell_bits(fresh->welcome().doorbell_bits);
+  if (fresh_memory->life_word() == nullptr)
+    throw Error(Errc::kProtocol, "shmbusd did not grant the bus's control memory");
+  memory = std::move(fresh_memory);
+  connection = std::move(fresh);
+  ++generation;
+  broken.clear();
+}
+
+bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
+  if (broken.empty() && memory->daemon_alive()) return true;
+  const auto before = memory->daemon_identity();
+  const std::string why = !broken.empty()
+                              ? broken
+                              : "shmbusd (pid " + std::to_string(before.first) + ") of bus '" +
+                                    endpoint.bus + "' is gone";
+  if (broken.empty()) broken = why;
+  reconnect.lost(why, Clock::now());
+  if (!reconnect.options().enabled)
+    throw Error(Errc::kDaemonGone, why + "; reconnecting is off (ReconnectOptions::enabled)");
+  for (;;) {
+    const auto now = Clock::now();
+    if (reconnect.due(now)) {
+      try {
+        connect_locked();
+        const auto after = memory->daemon_identity();
+        const bool new_daemon = after != before;
+        reconnect.reconnected("shmbusd (pid " + std::to_string(after.first) + ") of bus '" +
+                                  endpoint.bus + "' on " + endpoint.socket_path,
+                              new_daemon, Clock::now());
+        return true;
+      } catch (const Error& e) {
+        // Nothing answers yet, or it went away again: keep trying. What a daemon that
+        // answered refused is the caller's to hear.
+        if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone &&
+            e.code() != Errc::kSystem)
+          throw;
+        broken = e.what();
+        reconnect.failed(Clock::now());
+      }
+    }
+    const auto wake = std::min(reconnect.next_try(), deadline);
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_until(wake);
+  }
+}
+
+void ClientCore::mark_broken_locked(const std::string& why) {
+  if (broken.empty()) broken = why;
+}
+
+Error ClientCore::gone_error() const {
+  const auto waited =
+      std::chrono::duration_cast<std::chrono::milliseconds>(reconnect.options().wait).count();
+  return Error(Errc::kDaemonGone, broken + "; still no daemon on " + endpoint.socket_path +
+                                      " after " + std::to_string(waited) +
+                                      " ms (ReconnectOptions::wait); start shmbusd (systemctl "
+                                      "start shmbusd), it reconnects by itself meanwhile");
 }
 
 }  // namespace shmbus

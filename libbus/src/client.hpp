@@ -6,6 +6,8 @@
 // mutex; ArenaTable lookups are lock-free).
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -17,6 +19,7 @@
 #include "arena.hpp"
 #include "naming.hpp"
 #include "protocol.hpp"
+#include "reconnect.hpp"
 #include "ring.hpp"
 
 namespace shmbus {
@@ -113,6 +116,17 @@ class BusMemory {
   RingRef ring(const protocol::RingLocation& location) const;
   const ArenaTable& table() const { return table_; }
   const std::string& bus() const { return bus_; }
+  // The daemon's life word (layout::DaemonLife) in the control arena, or null if that
+  // arena was never granted. Only the daemon and the kernel write it.
+  const std::atomic<uint32_t>* life_word() const;
+  // Whether the daemon that granted this memory still serves: one load, no system call.
+  bool daemon_alive() const {
+    const std::atomic<uint32_t>* word = life_word();
+    return word != nullptr && layout::daemon_alive(word->load(std::memory_order_acquire));
+  }
+  // Which daemon made this memory: its pid and start time, from the directory header (0, 0
+  // if there is none). Tells a restarted daemon from the one a connection was lost to.
+  std::pair<int32_t, uint64_t> daemon_identity() const;
   // The bus's doorbell size, from the daemon's welcome. REQUIRES: called before any
   // Publisher or Waiter uses table().
   void set_doorbell_bits(uint32_t bits) { table_.set_doorbells(layout::kDoorbellArena, bits); }
@@ -124,27 +138,41 @@ class BusMemory {
   ArenaTable table_;
 };
 
-// What a Bus and its Channels share: one connection (guarded) and the mapped memory.
+// What a Bus and its Channels share: one connection (guarded) and the mapped memory, both
+// replaced when the link is made again after the daemon went away (ensure_link_locked).
 // The last owner to let go says goodbye, so the daemon knows no frame was left unfinished.
 struct ClientCore {
-  explicit ClientCore(const Endpoint& endpoint)
-      : memory(endpoint.bus),
-        connection(endpoint, protocol::Role::kPublisher, memory.grant_handler()) {
-    memory.set_doorbell_bits(connection.welcome().doorbell_bits);
-  }
-  ~ClientCore() {
-    try {
-      connection.goodbye();
-    } catch (const std::exception&) {
-      // The daemon is gone: nobody to tell.
-    }
-  }
-  std::mutex mutex;  // guards `connection`
-  BusMemory memory;  // before `connection`, which hands it grants from its first reply
-  ControlConnection connection;
+  using Clock = std::chrono::steady_clock;
+
+  ClientCore(const Endpoint& endpoint, ReconnectOptions reconnect);
+  ~ClientCore();
+
+  // Makes sure the link works: if the daemon is gone (its life word, or `broken`), reports
+  // the loss and tries to connect again, with backoff, until `deadline`. Returns false if
+  // it could not by then; throws Error(kDaemonGone) if reconnecting is off, and what a
+  // daemon that answered refused (e.g. kPermission). REQUIRES: mutex held.
+  bool ensure_link_locked(Clock::time_point deadline);
+  // A request found the connection closed: the next ensure_link_locked() connects again.
+  // REQUIRES: mutex held.
+  void mark_broken_locked(const std::string& why);
+  // The error a caller throws when ensure_link_locked() gave up.
+  Error gone_error() const;
+
+  std::mutex mutex;
+  const Endpoint endpoint;
+  // All guarded by `mutex`. `memory` before `connection`, which hands it grants from its
+  // first reply; Channels keep the memory they opened in alive with their own reference.
+  std::shared_ptr<BusMemory> memory;
+  std::unique_ptr<ControlConnection> connection;
+  uint64_t generation = 0;  // bumped by each reconnect: channel ids of older ones are void
+  Reconnect reconnect;
+  std::string broken;  // why the connection failed, while it has not been made again
   // Set when the Bus goes: open channels then skip their CLOSE round trips, because the
   // daemon drops every hold of a connection that says goodbye and closes.
   bool closing = false;
+
+ private:
+  void connect_locked();
 };
 
 // The program's name, for the daemon's log ("client 12 (pid 345, 'shmbus')").

@@ -178,8 +178,10 @@ bool spin_until_ready(Ready&& ready, std::chrono::nanoseconds timeout,
 }
 
 // The longest a waiter sleeps on a doorbell before it looks for itself (Waiter::park_until),
-// and how many fruitless wake-ups in a row make it slow down.
-inline constexpr std::chrono::nanoseconds kMaxPark = std::chrono::seconds(1);
+// and how many fruitless wake-ups in a row make it slow down. A daemon killed with SIGKILL
+// rings nobody: a parked subscriber learns of it at its next look at the life word, so this
+// bounds that too (four cheap wake-ups a second while idle).
+inline constexpr std::chrono::nanoseconds kMaxPark = std::chrono::milliseconds(250);
 inline constexpr uint32_t kFruitlessWakesBeforeBackoff = 64;
 void pause_after_fruitless_wakes();
 

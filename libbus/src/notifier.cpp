@@ -35,16 +35,31 @@ void Notifier::watch(layout::DoorbellHeader* doorbell, const DoorbellGeometry& g
                    stop_waiting = std::move(stop_waiting)] { loop(bell, period, stop_waiting); });
 }
 
+void Notifier::wake_at(std::chrono::steady_clock::time_point at) {
+  unwatch();
+  stop_.store(false);
+  helper_ = std::thread([this, at] {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (cv_.wait_until(lock, at, [&] { return stop_.load(); })) return;
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(event_fd_, &one, sizeof(one));
+  });
+}
+
 void Notifier::unwatch() {
   if (!helper_.joinable()) return;
-  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true);
     armed_ = true;
   }
   cv_.notify_all();
-  full_fence();
-  doorbell::ring_doorbell(doorbell_, wake_bit_, geometry_);  // wakes the futex wait
+  if (doorbell_ != nullptr) {
+    full_fence();
+    doorbell::ring_doorbell(doorbell_, wake_bit_, geometry_);  // wakes the futex wait
+  }
   helper_.join();
   doorbell_ = nullptr;
 }

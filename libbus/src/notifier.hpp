@@ -34,6 +34,9 @@ class Notifier {
   // `wake_bit` is rung to wake the helper when it must stop.
   void watch(layout::DoorbellHeader* doorbell, const DoorbellGeometry& geometry, uint32_t wake_bit,
              std::chrono::nanoseconds period, std::function<bool()> stop_waiting);
+  // While there is no doorbell to watch (the daemon is gone): the fd turns readable at
+  // `at`, when the owner's next reconnect try is due.
+  void wake_at(std::chrono::steady_clock::time_point at);
   // Stops the helper (if any); the fd stays open.
   void unwatch();
   // Clears the fd's readability and arms the helper for the next ring.

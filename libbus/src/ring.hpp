@@ -263,6 +263,11 @@ class Publisher {
 
   const RingRef& ring() const { return ring_; }
 
+  // Rings the doorbell of every reader of the ring, as a commit does, with no message: a
+  // publisher that finds the daemon dead wakes the ring's parked subscribers, which then
+  // find it dead too without waiting for their next look at the clock.
+  void wake_readers() { notify_readers(); }
+
  private:
   // Makes bytes below `need` + capacity writable: back-pressure check, then retiring the
   // previous lap's frames up to `need`. kOk or kWouldBlock.

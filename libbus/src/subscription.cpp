@@ -28,7 +28,9 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "client.hpp"
@@ -37,6 +39,7 @@
 #include "glob.hpp"
 #include "naming.hpp"
 #include "notifier.hpp"
+#include "reconnect.hpp"
 
 namespace shmbus {
 
@@ -66,6 +69,8 @@ struct RingReader {
   bool by_name = false;
   std::vector<std::string> patterns;  // the subscription's patterns that match `channel`
   bool queued = false;
+  // Added while subscribing again after a reconnect: its first message says Message::gap.
+  bool gap = false;
   size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
   // The pattern of delivery `index` of a message: the channel delivery (empty) first, as
   // Redis sends "message" before "pmessage".
@@ -120,8 +125,10 @@ std::vector<std::span<const std::string>> batches(std::span<const std::string> n
 }
 
 Message make_message(std::string_view channel, std::string_view pattern,
-                     std::span<const std::byte> payload, const MessageInfo& info) {
+                     std::span<const std::byte> payload, const MessageInfo& info,
+                     bool gap = false) {
   Message m;
+  m.gap = gap;
   m.channel = channel;
   m.pattern = pattern;
   m.payload = payload;
@@ -145,10 +152,22 @@ std::vector<std::string> to_strings(std::initializer_list<std::string_view> name
 }  // namespace
 
 struct Subscription::State {
+  explicit State(Endpoint endpoint_in, ReconnectOptions reconnect_options)
+      : endpoint(std::move(endpoint_in)), reconnect(std::move(reconnect_options)) {}
+
+  const Endpoint endpoint;
+  Reconnect reconnect;
+  // The link: null from a loss of the daemon (lose_link) until a reconnect makes it anew.
   std::unique_ptr<BusMemory> memory;  // before `connection`, which hands it grants
   std::unique_ptr<ControlConnection> connection;
   layout::DoorbellHeader* doorbell = nullptr;
   std::unique_ptr<Waiter> waiter;
+  std::pair<int32_t, uint64_t> lost_daemon;  // the daemon of the last link lost
+  bool resubscribing = false;                // readers added now get RingReader::gap
+  // Channels read on the link lost last and not read since: the first reader of one on a
+  // later link gets RingReader::gap too (a pattern's channel may come back by an attach).
+  std::unordered_set<std::string> gap_channels;
+  bool current_gap = false;  // the current message is its channel's first since a reconnect
 
   // Readers by doorbell bit (null: no reader holds the bit), so the bit a publisher set
   // finds its ring by index. The daemon hands out low bits first, so the vector stays about
@@ -208,7 +227,7 @@ struct Subscription::State {
   ~State() {
     notifier.reset();
     by_bit.clear();  // readers free their slots before the connection closes
-    if (connection) {
+    if (connection && memory->daemon_alive()) {
       try {
         connection->goodbye();
       } catch (const Error&) {
@@ -254,6 +273,7 @@ struct Subscription::State {
     }
     next_delivery = 0;
     delivery_count = rr.deliveries();
+    current_gap = std::exchange(rr.gap, false);
     return true;
   }
 
@@ -361,9 +381,11 @@ struct Subscription::State {
     // Parked, the bell is the only way in - except that each capped sleep (Waiter's
     // kMaxPark) ends with a look at the sweep clock, so a withheld bit cannot keep us here.
     bool sweeping = false;
-    const Status parked =
-        waiter->park_until([&] { return waiter->any_ready() || (sweeping = sweep_due(false)); },
-                           plan.deadline, plan.forever);
+    const Status parked = waiter->park_until(
+        [&] {
+          return waiter->any_ready() || (sweeping = sweep_due(false)) || !memory->daemon_alive();
+        },
+        plan.deadline, plan.forever);
     if (sweeping) sweep();
     doorbell_rang = true;
     return parked;
@@ -407,6 +429,7 @@ struct Subscription::State {
       rr.reader->adopt_slot(a.slot, doorbell, waiter->geometry(), a.bit, false, 0);
     }
     refresh_reasons(rr);
+    rr.gap = resubscribing || gap_channels.erase(rr.channel) > 0;
     bit_of[rr.channel_id] = rr.bit;
     const uint32_t bit = rr.bit;
     if (by_bit.size() <= bit) by_bit.resize(bit + 1);
@@ -596,6 +619,161 @@ struct Subscription::State {
     return true;
   }
 
+  // The subscription changes, on a working link (callers see to it: with_link).
+  void subscribe_now(std::span<const std::string> channels, StartAt start);
+  void psubscribe_now(std::span<const std::string> patterns);
+  void unsubscribe_now(std::span<const std::string> channels);
+  void punsubscribe_now(std::span<const std::string> patterns);
+
+  // Makes the link: connection (HELLO), memory, doorbell, waiter. Throws as
+  // ControlConnection does. REQUIRES: no link.
+  void connect_link() {
+    memory = std::make_unique<BusMemory>(endpoint.bus);
+    connection =
+        std::make_unique<ControlConnection>(endpoint, Role::kSubscriber, memory->grant_handler());
+    const Welcome& welcome = connection->welcome();
+    const uint64_t doorbell_bytes = layout::doorbell_bytes(welcome.doorbell_bits);
+    if (welcome.doorbell_bits < 2 || welcome.doorbell_offset < layout::kPageSize ||
+        welcome.doorbell_offset > memory->size(layout::kDoorbellArena) ||
+        memory->size(layout::kDoorbellArena) - welcome.doorbell_offset < doorbell_bytes)
+      throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside the doorbell arena");
+    if (memory->life_word() == nullptr)
+      throw Error(Errc::kProtocol, "shmbusd did not grant the bus's control memory");
+    try {
+      doorbell = doorbell::open(memory->base(layout::kDoorbellArena) + welcome.doorbell_offset);
+    } catch (const std::exception& e) {
+      throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
+    }
+    memory->set_doorbell_bits(welcome.doorbell_bits);
+    doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_seq_cst);
+    waiter = std::make_unique<Waiter>(doorbell, DoorbellGeometry(welcome.doorbell_bits));
+    if (notifier) watch_doorbell();
+  }
+
+  void watch_doorbell() {
+    // Readable once a sweep period passes without news too, so an event loop's next() gets
+    // to sweep() for bits a hostile publisher withheld (see State::sweep); and at once when
+    // the daemon is gone, so that next() notices.
+    const BusMemory* watched = memory.get();  // outlives the watch: lose_link unwatches first
+    notifier->watch(doorbell, waiter->geometry(), kControlBit, kSweepPeriod,
+                    [watched] { return !watched->daemon_alive(); });
+  }
+
+  // The daemon is gone, or closed this connection: keeps what its rings hold for next()
+  // (settle: at most a lap of each, published before now), lets go of every reader, the
+  // connection and the memory, and reports the loss. Publishers learn of the death from the
+  // same life word and stop writing to these rings.
+  void lose_link(const std::string& why) {
+    if (!connection) return;
+    settle([](const RingReader&) { return true; });
+    if (notifier) notifier->unwatch();
+    lost_daemon = memory->daemon_identity();
+    for (const RingReader* rr : readers) gap_channels.insert(rr->channel);
+    ready = ReadyQueue{};
+    readers.clear();
+    bit_of.clear();
+    by_bit.clear();  // the readers' slots are in the old reader tables: nobody reads them
+    next_delivery = delivery_count = 0;
+    control_pending = doorbell_rang = false;
+    corrupt_rings.clear();
+    direct_cursor = sweep_cursor = 0;
+    waiter.reset();
+    doorbell = nullptr;
+    connection.reset();
+    memory.reset();
+    daemon_gone.clear();
+    reconnect.lost(why, Reconnect::Clock::now());
+  }
+
+  std::string gone_reason() const {
+    if (!daemon_gone.empty()) return daemon_gone;
+    return "shmbusd (pid " + std::to_string(memory->daemon_identity().first) + ") of bus '" +
+           endpoint.bus + "' is gone";
+  }
+
+  // One try to connect again and subscribe every channel and pattern. False if no daemon
+  // answered, or it went away again (the next try is scheduled); throws what a daemon that
+  // answered refused, and Error(kDaemonGone) if reconnecting is off.
+  bool try_reconnect() {
+    if (!reconnect.options().enabled)
+      throw Error(Errc::kDaemonGone,
+                  reconnect_failure + "; reconnecting is off (ReconnectOptions::enabled)");
+    try {
+      connect_link();
+      const bool new_daemon = memory->daemon_identity() != lost_daemon;
+      // A restarted daemon's rings hold only what was published since it started, all of
+      // it after we lost the old one: read the channels from their oldest message. The same
+      // daemon (it closed our connection) still has what we read: from the latest.
+      const StartAt start = new_daemon ? StartAt::earliest() : StartAt::latest();
+      resubscribing = true;
+      const std::vector<std::string> held_channels = channels, held_patterns = patterns;
+      for (auto run : batches(held_channels))
+        if (!run.empty()) subscribe_now(run, start);
+      for (auto run : batches(held_patterns))
+        if (!run.empty()) psubscribe_now(run);
+      resubscribing = false;
+      reconnect.reconnected("shmbusd (pid " + std::to_string(memory->daemon_identity().first) +
+                                ") of bus '" + endpoint.bus + "' on " + endpoint.socket_path +
+                                "; subscribed again to " + std::to_string(channels.size()) +
+                                " channel(s) and " + std::to_string(patterns.size()) +
+                                " pattern(s)",
+                            new_daemon, Reconnect::Clock::now());
+      return true;
+    } catch (const Error& e) {
+      resubscribing = false;
+      if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone && e.code() != Errc::kSystem)
+        throw;
+      reconnect_failure = e.what();
+      if (notifier) notifier->unwatch();
+      ready = ReadyQueue{};
+      readers.clear();
+      bit_of.clear();
+      by_bit.clear();
+      waiter.reset();
+      doorbell = nullptr;
+      connection.reset();
+      memory.reset();
+      reconnect.failed(Reconnect::Clock::now());
+      return false;
+    }
+  }
+
+  // Tries to reconnect, as the backoff allows, until `deadline`.
+  bool reconnect_until(Reconnect::Clock::time_point deadline) {
+    for (;;) {
+      if (reconnect.due(Reconnect::Clock::now()) && try_reconnect()) return true;
+      if (Reconnect::Clock::now() >= deadline) return false;
+      std::this_thread::sleep_until(std::min(reconnect.next_try(), deadline));
+    }
+  }
+
+  // Runs a subscription change on a working link, connecting again first if the daemon
+  // went away (waiting up to ReconnectOptions::wait), and once more if the connection
+  // turns out closed meanwhile.
+  template <typename Change>
+  void with_link(Change&& change) {
+    const auto deadline = Reconnect::Clock::now() + reconnect.options().wait;
+    for (int tries = 0;; ++tries) {
+      if (connection && !memory->daemon_alive()) lose_link(gone_reason());
+      if (!connection && !reconnect_until(deadline))
+        throw Error(Errc::kDaemonGone,
+                    reconnect_failure + "; still no daemon after " +
+                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           reconnect.options().wait)
+                                           .count()) +
+                        " ms (ReconnectOptions::wait); start shmbusd, or subscribe again later");
+      try {
+        change();
+        return;
+      } catch (const Error& e) {
+        if (e.code() != Errc::kDaemonGone || tries >= 2) throw;
+        lose_link(e.what());
+      }
+    }
+  }
+
+  std::string reconnect_failure;  // why the last try to reconnect failed
+
   // next() and next_view(): the next delivery, copied or (zero_copy) in place.
   std::optional<Message> next(std::chrono::nanoseconds timeout, bool zero_copy);
 
@@ -610,39 +788,51 @@ Subscription& Subscription::operator=(Subscription&&) noexcept = default;
 Subscription::~Subscription() = default;
 
 Subscription Subscription::open(const ConnectOptions& options) {
-  const Endpoint endpoint = resolve_endpoint(options);
-  auto state = std::make_unique<State>();
-  state->memory = std::make_unique<BusMemory>(endpoint.bus);
-  state->connection = std::make_unique<ControlConnection>(endpoint, Role::kSubscriber,
-                                                          state->memory->grant_handler());
-  const Welcome& welcome = state->connection->welcome();
-  const uint64_t doorbell_bytes = layout::doorbell_bytes(welcome.doorbell_bits);
-  if (welcome.doorbell_bits < 2 || welcome.doorbell_offset < layout::kPageSize ||
-      welcome.doorbell_offset > state->memory->size(layout::kDoorbellArena) ||
-      state->memory->size(layout::kDoorbellArena) - welcome.doorbell_offset < doorbell_bytes)
-    throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside the doorbell arena");
-  try {
-    state->doorbell =
-        doorbell::open(state->memory->base(layout::kDoorbellArena) + welcome.doorbell_offset);
-  } catch (const std::exception& e) {
-    throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
-  }
-  state->memory->set_doorbell_bits(welcome.doorbell_bits);
-  state->waiter =
-      std::make_unique<Waiter>(state->doorbell, DoorbellGeometry(welcome.doorbell_bits));
+  auto state = std::make_unique<State>(resolve_endpoint(options), options.reconnect);
+  state->connect_link();
   return Subscription(std::move(state));
 }
 
 void Subscription::subscribe(std::span<const std::string> channels, StartAt start) {
-  if (const auto runs = batches(channels); runs.size() > 1) {
-    for (auto run : runs) subscribe(run, start);
+  for (auto run : batches(channels)) state_->with_link([&] { state_->subscribe_now(run, start); });
+}
+
+void Subscription::psubscribe(std::span<const std::string> patterns) {
+  for (auto run : batches(patterns)) state_->with_link([&] { state_->psubscribe_now(run); });
+}
+
+void Subscription::unsubscribe(std::span<const std::string> channels) {
+  State& s = *state_;
+  if (!s.connection) {  // away from the daemon: the next link subscribes only what is left
+    if (channels.empty())
+      s.channels.clear();
+    else
+      for (const auto& name : channels) std::erase(s.channels, name);
     return;
   }
+  for (auto run : batches(channels)) s.with_link([&] { s.unsubscribe_now(run); });
+}
+
+void Subscription::punsubscribe(std::span<const std::string> patterns) {
   State& s = *state_;
+  if (!s.connection) {
+    if (patterns.empty())
+      s.patterns.clear();
+    else
+      for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
+    return;
+  }
+  for (auto run : batches(patterns)) s.with_link([&] { s.punsubscribe_now(run); });
+}
+
+void Subscription::State::subscribe_now(std::span<const std::string> channels, StartAt start) {
+  State& s = *this;
   for (const auto& name : channels) validate_channel_name(name);
-  s.settle([&](const RingReader& rr) {
-    return std::find(channels.begin(), channels.end(), rr.channel) != channels.end();
-  });
+  // (Subscribing again after a reconnect adds no reason: nothing to settle.)
+  if (!s.resubscribing)
+    s.settle([&](const RingReader& rr) {
+      return std::find(channels.begin(), channels.end(), rr.channel) != channels.end();
+    });
   Writer w = s.connection->next_request(Type::kSubscribe);
   w.u8(static_cast<uint8_t>(start.kind)).u64(start.sequence);
   const OwnedFrame reply = s.request(write_names(w, channels));
@@ -668,17 +858,14 @@ void Subscription::subscribe(std::initializer_list<std::string_view> channels, S
   subscribe(to_strings(channels), start);
 }
 
-void Subscription::psubscribe(std::span<const std::string> patterns) {
-  if (const auto runs = batches(patterns); runs.size() > 1) {
-    for (auto run : runs) psubscribe(run);
-    return;
-  }
-  State& s = *state_;
+void Subscription::State::psubscribe_now(std::span<const std::string> patterns) {
+  State& s = *this;
   for (const auto& pattern : patterns) validate_pattern(pattern);
-  s.settle([&](const RingReader& rr) {
-    return std::any_of(patterns.begin(), patterns.end(),
-                       [&](const std::string& p) { return glob_match(p, rr.channel); });
-  });
+  if (!s.resubscribing)
+    s.settle([&](const RingReader& rr) {
+      return std::any_of(patterns.begin(), patterns.end(),
+                         [&](const std::string& p) { return glob_match(p, rr.channel); });
+    });
   Writer w = s.connection->next_request(Type::kPsubscribe);
   const OwnedFrame reply = s.request(write_names(w, patterns));
   for (const auto& pattern : patterns)
@@ -693,12 +880,8 @@ void Subscription::psubscribe(std::initializer_list<std::string_view> patterns) 
   psubscribe(to_strings(patterns));
 }
 
-void Subscription::unsubscribe(std::span<const std::string> channels) {
-  if (const auto runs = batches(channels); runs.size() > 1) {
-    for (auto run : runs) unsubscribe(run);
-    return;
-  }
-  State& s = *state_;
+void Subscription::State::unsubscribe_now(std::span<const std::string> channels) {
+  State& s = *this;
   Writer w = s.connection->next_request(Type::kUnsubscribe);
   const OwnedFrame reply = s.request(write_names(w, channels));
   s.settle([&](const RingReader& rr) {
@@ -717,12 +900,8 @@ void Subscription::unsubscribe(std::initializer_list<std::string_view> channels)
   unsubscribe(to_strings(channels));
 }
 
-void Subscription::punsubscribe(std::span<const std::string> patterns) {
-  if (const auto runs = batches(patterns); runs.size() > 1) {
-    for (auto run : runs) punsubscribe(run);
-    return;
-  }
-  State& s = *state_;
+void Subscription::State::punsubscribe_now(std::span<const std::string> patterns) {
+  State& s = *this;
   Writer w = s.connection->next_request(Type::kPunsubscribe);
   const OwnedFrame reply = s.request(write_names(w, patterns));
   s.settle([&](const RingReader& rr) {
@@ -781,12 +960,25 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
         // Views of the reader's own names: they change only with the subscription, and a
         // Message is valid only until then.
         const size_t index = s.next_delivery++;
-        return make_message(rr->channel, rr->pattern_of(index), s.current_payload, s.info);
+        return make_message(rr->channel, rr->pattern_of(index), s.current_payload, s.info,
+                            s.current_gap);
       }
       s.next_delivery = s.delivery_count = 0;
     }
     // Every delivery of the held message is out: let its frame go before reading more.
     s.release_view(false);
+    // Away from the daemon (what its rings held is delivered): reconnect when a try is due,
+    // else wait for it within the timeout.
+    if (!s.connection) {
+      const auto now = Reconnect::Clock::now();
+      if (s.reconnect.due(now) && s.try_reconnect()) continue;
+      if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
+      if (s.notifier) s.notifier->wake_at(s.reconnect.next_try());
+      if (timeout.count() == 0 || (!forever && now >= *deadline)) return std::nullopt;
+      std::this_thread::sleep_until(forever ? s.reconnect.next_try()
+                                            : std::min(s.reconnect.next_try(), *deadline));
+      continue;
+    }
     // 2. Control events (new channels for our patterns, reclaimed channels).
     if (s.control_pending) {
       s.poll_control();
@@ -810,8 +1002,12 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     if (s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
     if (s.must_take_bits() && s.take_bits() > 0) continue;
-    // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex).
-    if (!s.daemon_gone.empty()) throw Error(Errc::kDaemonGone, s.daemon_gone);
+    // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex) - unless
+    // the daemon is gone: then what its rings still hold goes to `settled`, and the link.
+    if (!s.daemon_gone.empty() || !s.memory->daemon_alive()) {
+      s.lose_link(s.gone_reason());
+      continue;
+    }
     s.rearm_notifier();
     if (timeout.count() == 0) return std::nullopt;  // a poll: no clock read, it costs as much
     const auto now = std::chrono::steady_clock::now();
@@ -826,6 +1022,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
 void Subscription::set_local_only(bool local_only) {
   State& s = *state_;
   s.local_only = local_only;
+  if (!s.connection) return;  // the next link's doorbell gets it (connect_link)
   s.doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_seq_cst);
   if (local_only) return;  // a publisher that missed it wakes us once more: harmless
   // Turned off: a publisher that still saw it set may have skipped ringing for an imported
@@ -844,12 +1041,16 @@ int Subscription::fd() {
   State& s = *state_;
   if (!s.notifier) {
     s.notifier = std::make_unique<Notifier>();
-    // Readable once a sweep period passes without news too, so an event loop's next() gets
-    // to sweep() for bits a hostile publisher withheld (see State::sweep).
-    s.notifier->watch(s.doorbell, s.waiter->geometry(), kControlBit, kSweepPeriod,
-                      [] { return false; });
+    if (s.connection)
+      s.watch_doorbell();
+    else
+      s.notifier->wake_at(s.reconnect.next_try());
   }
   return s.notifier->fd();
+}
+
+LinkStats Subscription::link_stats() const {
+  return state_->reconnect.stats();
 }
 
 std::size_t Subscription::count() const {

@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    shmbus::bridge::Bridge bridge(std::move(config), {bus, socket_path, "shmbus-bridge"}, logger);
+    shmbus::bridge::Bridge bridge(std::move(config), {bus, socket_path, "shmbus-bridge", {}}, logger);
     logger->info("relaying; counters every stats_interval_ms on local channel '{}'",
                  bridge.stats_channel());
     // Wait for a stop signal, looking once a second whether the local daemon went away.

@@ -5,6 +5,9 @@
 //
 // Publishing writes straight into the channel's ring in shared memory: the daemon is asked
 // only the first time this Bus publishes to a channel (and it creates the channel then).
+// Each publish also reads the daemon's life word in shared memory: a publish after the
+// daemon died (or stopped) reconnects (ReconnectOptions) and goes to the bus as it is now,
+// never into the dead daemon's rings.
 // `publish` returns how many subscriptions receive the message, like Redis PUBLISH: each
 // subscription that holds the channel counts once, plus once per pattern of it that matches.
 //
@@ -16,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -27,12 +31,50 @@
 
 namespace shmbus {
 
+// A change of a Bus's or Subscription's link to its daemon (ReconnectOptions::on_event).
+struct LinkEvent {
+  enum class Kind {
+    kLost,         // the daemon is gone (it stopped or died, or closed this connection)
+    kReconnected,  // connected again (to a new daemon, or the same one), subscriptions renewed
+  };
+  Kind kind = Kind::kLost;
+  std::string detail;  // why it was lost; or which daemon answered and what may be missing
+  uint64_t attempts = 0;                     // kReconnected: tries it took
+  std::chrono::nanoseconds down_for{0};      // kReconnected: since the loss was noticed
+  bool new_daemon = false;                   // kReconnected: a restarted daemon (new rings)
+};
+
+// Counters of a link, for logs and metrics.
+struct LinkStats {
+  uint64_t losses = 0;      // times the daemon was found gone
+  uint64_t reconnects = 0;  // times the link came back
+  bool connected = true;    // false between a loss and its reconnect
+};
+
+// What a Bus or Subscription does when its daemon goes away. Like node-redis and ioredis,
+// it reconnects by itself by default: it tries at once, then after delays that double from
+// `first_delay` up to `max_delay`, each drawn between half and all of that (jitter, so many
+// clients do not come back in step). A Subscription subscribes its channels and patterns
+// again; a Bus reopens its channels as they are next used.
+struct ReconnectOptions {
+  bool enabled = true;  // false: the first call after a loss throws Error(kDaemonGone)
+  std::chrono::nanoseconds first_delay = std::chrono::milliseconds(10);
+  std::chrono::nanoseconds max_delay = std::chrono::milliseconds(500);
+  // How long a publish or a control call waits for the daemon to come back before it
+  // fails (Error(kDaemonGone), PublishStatus::kDaemonGone). Zero: fail at once and try again
+  // on the next call. Subscription::next waits within its own timeout instead.
+  std::chrono::nanoseconds wait = std::chrono::seconds(5);
+  // Called on the thread that noticed the change, inside the call that noticed it.
+  std::function<void(const LinkEvent&)> on_event;
+};
+
 // Where to find the daemon. Empty fields come from the environment: socket from
 // $SHMBUS_SOCKET, else /run/shmbus/<bus>.sock; bus from $SHMBUS_BUS, else "default".
 struct ConnectOptions {
   std::string bus;
   std::string socket_path;
   std::string client_name;  // shown in the daemon's log; defaults to the program name
+  ReconnectOptions reconnect;
 };
 
 // Limits: channel names are 1..1024 bytes, any bytes.
@@ -46,6 +88,8 @@ enum class PublishStatus {
   kTimedOut,    // back-pressure channel stayed full for the whole budget
   kCorrupt,     // the channel's ring was found corrupt (another process wrote garbage
                 // into it); nothing was published
+  kDaemonGone,  // the daemon is gone and did not come back within ReconnectOptions::wait;
+                // nothing was published
 };
 struct PublishResult {
   PublishStatus status = PublishStatus::kOk;
@@ -166,6 +210,8 @@ class Bus {
 
   const std::string& bus_name() const;
   const std::string& socket_path() const;
+  // Losses and reconnects of this Bus's link to its daemon.
+  LinkStats link_stats() const;
 
  private:
   struct State;

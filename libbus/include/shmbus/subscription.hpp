@@ -63,6 +63,10 @@ struct Message {
   uint64_t publish_unix_ns = 0;        // publisher's CLOCK_REALTIME at publish
   uint64_t lost_before = 0;            // messages of this channel missed just before this one
   uint16_t origin = 0;                 // 0: published on this host; else the bridge's host id
+  // True on the first message of a channel after this subscription reconnected: messages
+  // of the channel published while it was away may be missing, and how many is not known
+  // (lost_before counts only what the ring it now reads still tells). See next().
+  bool gap = false;
 
   std::string_view text() const {
     return {reinterpret_cast<const char*>(payload.data()), payload.size()};
@@ -94,8 +98,14 @@ class Subscription {
 
   // The next message, waiting up to `timeout` (zero: poll; negative: forever). Returns
   // nullopt on timeout. Spins about 20 us before sleeping, so a busy channel is served
-  // with sub-microsecond latency and an idle subscriber uses no CPU. Once the daemon has
-  // stopped, delivers what the rings still hold, then throws Error(kDaemonGone).
+  // with sub-microsecond latency and an idle subscriber uses no CPU.
+  // When the daemon dies or stops, next() learns it within about 250 ms even while
+  // parked, delivers what the rings still hold, then (ReconnectOptions, on by default)
+  // reconnects with backoff within the timeout and subscribes every channel and pattern
+  // again, reporting LinkEvents. A restarted daemon has new rings: the channels are read
+  // from their oldest message (all published since the restart), patterns from the latest,
+  // and the first message of each channel after that says `gap`. With reconnecting off it
+  // throws Error(kDaemonGone) instead.
   std::optional<Message> next(std::chrono::nanoseconds timeout);
 
   // Zero-copy receive: as next(), but the payload is the message in place in the channel's
@@ -132,8 +142,12 @@ class Subscription {
 
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
   // epoll/poll/select event loops. Drain with next(0) until it returns nullopt, then poll
-  // again. Created on first call (it costs one helper thread); owned by the Subscription.
+  // again. It also turns readable when the daemon is gone and when a reconnect try is due,
+  // so next(0) can do it; the descriptor stays the same across reconnects. Created on first call (it costs one helper thread); owned by the Subscription.
   int fd();
+
+  // Losses and reconnects of this subscription's link to its daemon.
+  LinkStats link_stats() const;
 
   // Redis's subscription count: channels plus patterns held.
   std::size_t count() const;
