@@ -329,6 +329,32 @@ deferred_failure=""
 [[ "$race_results" == "1 1 1 1 1 " ]] ||
   deferred_failure="pub to a --count 1 subscriber: expected receivers '1 1 1 1 1 ', got '$race_results'"
 
+# ---- a daemon killed and started again --------------------------------------------------------
+
+# `sub` and `psub` stay up across it, say once on stderr that they reconnected, and receive
+# what is published to the new daemon.
+start_sub sub_restart sub restart:x --raw --timeout 30
+pid_restart=$sub_pid
+start_sub psub_restart psub 'restart:*' --raw --timeout 30
+pid_prestart=$sub_pid
+wait_output $'restart:x\n1' cli numsub restart:x
+kill -KILL "$daemon_pid"
+wait "$daemon_pid" 2>/dev/null || true
+"$SHMBUSD" --bus "$BUS" --socket "$SOCK" -c "$dir/shmbusd.toml" >>"$dir/daemon.log" 2>&1 &
+daemon_pid=$!
+wait_output $'restart:x\n1' cli numsub restart:x
+wait_output "1" cli numpat
+expect_eq "pub after the restart" 2 "$(cli pub restart:x again)"
+wait_sub_output sub_restart $'subscribe\nrestart:x\n1\nmessage\nrestart:x\nagain\n'
+wait_sub_output psub_restart $'psubscribe\nrestart:*\n1\npmessage\nrestart:*\nrestart:x\nagain\n'
+for name in sub_restart psub_restart; do
+  reconnected=$(grep -c '^shmbus: reconnected after [0-9]* ms to shmbusd' "$dir/$name.err" || true)
+  expect_eq "$name: lines saying it reconnected" 1 "$reconnected"
+done
+kill -0 "$pid_restart" 2>/dev/null || fail "sub exited across the restart"
+kill -0 "$pid_prestart" 2>/dev/null || fail "psub exited across the restart"
+kill -TERM "$pid_restart" "$pid_prestart"
+
 # ---- daemon shutdown ------------------------------------------------------------------------
 
 kill -TERM "$daemon_pid"

@@ -26,8 +26,9 @@ class Pacer {
 
   void wait_turn(uint64_t index) const {
     if (rate_ <= 0) return;
-    const auto due = start_ + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(static_cast<double>(index) / rate_));
+    const auto due =
+        start_ + std::chrono::duration_cast<Clock::duration>(
+                     std::chrono::duration<double>(static_cast<double>(index) / rate_));
     if (Clock::now() < due) sleep_until_or_stopped(due);
   }
 
@@ -63,14 +64,13 @@ StartAt parse_start(const std::string& from) {
   uint64_t first = 0;
   const auto [end, error] = std::from_chars(from.data(), from.data() + from.size(), first);
   if (error != std::errc() || end != from.data() + from.size())
-    throw std::invalid_argument("--from takes earliest, latest or a sequence number, not '" +
-                                from + "'");
+    throw std::invalid_argument("--from takes earliest, latest or a sequence number, not '" + from +
+                                "'");
   // --from N starts with message N itself; the library resumes *after* a given sequence.
   return first == 0 ? StartAt::earliest() : StartAt::after(first - 1);
 }
 
-void print_confirmations(const std::vector<std::string>& names, bool patterns,
-                         OutputStyle style) {
+void print_confirmations(const std::vector<std::string>& names, bool patterns, OutputStyle style) {
   if (style == OutputStyle::kJson) return;  // JSON output carries messages only
   if (style == OutputStyle::kTty) write_stdout("Reading messages... (press Ctrl-C to quit)\n");
   // Redis confirms each name with the connection's subscription count after it.
@@ -171,7 +171,18 @@ int run_pub(const GlobalOptions& global, const PubOptions& options) {
 int run_sub(const GlobalOptions& global, const SubOptions& options) {
   const StartAt start = options.patterns ? StartAt::latest() : parse_start(options.from);
   install_stop_handlers();
-  Subscription subscription = Subscription::open(global.connect);
+  // Across a daemon restart the subscription reconnects and subscribes again by itself;
+  // say so once, on stderr, so stdout stays the messages alone.
+  ConnectOptions connect = global.connect;
+  connect.reconnect.on_event = [](const LinkEvent& event) {
+    if (event.kind != LinkEvent::Kind::kReconnected) return;
+    std::fprintf(
+        stderr, "shmbus: reconnected after %.0f ms to %s%s\n",
+        std::chrono::duration<double, std::milli>(event.down_for).count(), event.detail.c_str(),
+        event.new_daemon ? " (a restarted daemon: messages published meanwhile may be missing)"
+                         : "");
+  };
+  Subscription subscription = Subscription::open(connect);
   if (options.patterns)
     subscription.psubscribe(options.names);
   else
