@@ -29,14 +29,16 @@ EventLoop::EventLoop(std::chrono::nanoseconds timer_period)
       stop_fd_(check_sys([] { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }, "eventfd")),
       timer_fd_(
           check_sys([] { return timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK); },
-                    "timerfd_create")) {
+                    "timerfd_create")),
+      reload_fd_(check_sys([] { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }, "eventfd")) {
   const timespec every{static_cast<time_t>(timer_period.count() / 1'000'000'000),
                        static_cast<long>(timer_period.count() % 1'000'000'000)};
   const itimerspec timer{every, every};
   check_sys([&] { return timerfd_settime(timer_fd_.get(), 0, &timer, nullptr); },
             "timerfd_settime");
   for (auto [fd, token] :
-       {std::pair{stop_fd_.get(), kStopToken}, std::pair{timer_fd_.get(), kTimerToken}})
+       {std::pair{stop_fd_.get(), kStopToken}, std::pair{timer_fd_.get(), kTimerToken},
+        std::pair{reload_fd_.get(), kReloadToken}})
     if (const std::error_code ec = add(fd, EPOLLIN, token))
       throw_sys_error(ec.value(), "epoll_ctl");
 }
@@ -71,6 +73,16 @@ void EventLoop::stop() {
   const uint64_t one = 1;
   // write() is async-signal-safe; the eventfd wakes epoll_wait.
   [[maybe_unused]] ssize_t r = ::write(stop_fd_.get(), &one, sizeof(one));
+}
+
+void EventLoop::reload() {
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(reload_fd_.get(), &one, sizeof(one));
+}
+
+void EventLoop::drain_reload() {
+  uint64_t requests;  // SIGHUPs that came together are one reload
+  [[maybe_unused]] ssize_t r = ::read(reload_fd_.get(), &requests, sizeof(requests));
 }
 
 }  // namespace shmbus::daemon

@@ -1,12 +1,12 @@
 // The daemon's event loop: one epoll set whose sources are known by tokens, plus the two
-// sources the loop itself owns, a periodic timer and a stop eventfd.
+// sources the loop itself owns, a periodic timer and stop and reload eventfds.
 //
 // Registration returns the epoll_ctl error instead of throwing or logging: what a failure
 // means depends on the source (a client is closed, the listening socket is retried), so
 // the caller decides.
 //
-// Thread safety: everything runs on the run() thread, except stop(), which any thread or a
-// signal handler may call.
+// Thread safety: everything runs on the run() thread, except stop() and reload(), which any
+// thread or a signal handler may call.
 #pragma once
 
 #include <sys/epoll.h>
@@ -26,6 +26,7 @@ namespace shmbus::daemon {
 inline constexpr uint64_t kStopToken = 1;
 inline constexpr uint64_t kListenToken = 2;
 inline constexpr uint64_t kTimerToken = 3;
+inline constexpr uint64_t kReloadToken = 4;
 inline constexpr uint64_t kFirstClientId = 16;
 inline constexpr uint64_t kDepartingBit = uint64_t{1} << 63;
 
@@ -50,11 +51,15 @@ class EventLoop {
   void drain_timer();
   // Makes wait() report kStopToken. Async-signal-safe.
   void stop();
+  // Makes wait() report kReloadToken until drain_reload(). Async-signal-safe.
+  void reload();
+  void drain_reload();
 
  private:
-  UniqueFd epoll_fd_;  // used on the run() thread only
-  UniqueFd stop_fd_;   // written by stop() from any thread; read by nobody (one stop is enough)
-  UniqueFd timer_fd_;  // read on the run() thread
+  UniqueFd epoll_fd_;   // used on the run() thread only
+  UniqueFd stop_fd_;    // written by stop() from any thread; read by nobody (one stop is enough)
+  UniqueFd timer_fd_;   // read on the run() thread
+  UniqueFd reload_fd_;  // written by reload() from any thread; read on the run() thread
 };
 
 }  // namespace shmbus::daemon

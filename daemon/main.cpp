@@ -1,8 +1,12 @@
 // shmbusd: command line, logging sinks and signals around the Daemon (server.hpp).
 #include <signal.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,11 +16,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-
-#include <CLI/CLI.hpp>
-#include <spdlog/sinks/base_sink.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "config.hpp"
 #include "naming.hpp"
@@ -33,6 +32,10 @@ shmbus::daemon::Daemon* g_daemon = nullptr;
 
 void on_signal(int) {
   if (g_daemon != nullptr) g_daemon->stop();  // async-signal-safe (an eventfd write)
+}
+
+void on_reload_signal(int) {
+  if (g_daemon != nullptr) g_daemon->reload();  // the same
 }
 
 // Under systemd, stderr goes to the journal: a "<N>" prefix gives each line its syslog
@@ -60,8 +63,8 @@ class JournalSink : public spdlog::sinks::base_sink<Mutex> {
 std::shared_ptr<spdlog::logger> make_logger(const std::string& level) {
   std::shared_ptr<spdlog::logger> logger;
   if (std::getenv("JOURNAL_STREAM") != nullptr || std::getenv("INVOCATION_ID") != nullptr) {
-    logger = std::make_shared<spdlog::logger>("shmbusd",
-                                              std::make_shared<JournalSink<std::mutex>>());
+    logger =
+        std::make_shared<spdlog::logger>("shmbusd", std::make_shared<JournalSink<std::mutex>>());
   } else {
     logger = spdlog::stderr_color_mt("shmbusd");
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
@@ -82,9 +85,10 @@ void raise_open_file_limit(uint32_t max_clients, spdlog::logger& logger) {
   }
   constexpr rlim_t kOwnDescriptors = 64;  // socket, epoll, timers, arenas, log
   if (files.rlim_cur != RLIM_INFINITY && files.rlim_cur < 2 * rlim_t{max_clients} + kOwnDescriptors)
-    logger.warn("open file limit {} is low for max_clients = {} (a client may need two); "
-                "clients beyond it wait to connect. Raise LimitNOFILE= (systemd) or ulimit -n",
-                files.rlim_cur, max_clients);
+    logger.warn(
+        "open file limit {} is low for max_clients = {} (a client may need two); "
+        "clients beyond it wait to connect. Raise LimitNOFILE= (systemd) or ulimit -n",
+        files.rlim_cur, max_clients);
 }
 
 #ifdef SHMBUS_HAVE_SYSTEMD
@@ -111,12 +115,12 @@ void supervise_with_systemd(shmbus::daemon::DaemonOptions& options, spdlog::logg
     options.status_interval = std::min<std::chrono::milliseconds>(
         std::chrono::milliseconds(1000), std::chrono::milliseconds(watchdog_usec / 2000));
   if (std::getenv("NOTIFY_SOCKET") == nullptr) return;
-  options.on_status = [watchdog, last = std::string()](
-                          const shmbus::daemon::DaemonStatus& s) mutable {
+  options.on_status = [watchdog,
+                       last = std::string()](const shmbus::daemon::DaemonStatus& s) mutable {
     std::string status = "STATUS=" + std::to_string(s.channels) + " channels, " +
-                         std::to_string(s.clients) + " clients, " +
-                         std::to_string(s.patterns) + " patterns, " +
-                         shmbus::human_bytes(s.reserved_bytes) + " of shared memory";
+                         std::to_string(s.clients) + " clients, " + std::to_string(s.patterns) +
+                         " patterns, " + shmbus::human_bytes(s.reserved_bytes) +
+                         " of shared memory";
     if (status == last && !watchdog) return;  // unchanged: nothing to say
     last = status;
     if (watchdog) status += "\nWATCHDOG=1";
@@ -148,6 +152,7 @@ int main(int argc, char** argv) {
     options.socket_path = socket_path;
     options.logger = logger;
     if (!config_path.empty()) options.config = shmbus::daemon::load_config(config_path);
+    options.config_path = config_path;
     if (check_config) {
       std::cout << options.config.source << ": OK\n";
       return 0;
@@ -163,6 +168,10 @@ int main(int argc, char** argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
+    // SIGHUP (ExecReload=, systemctl reload) reads the config again instead of ending the
+    // daemon the default way, without its cleanup.
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);
 #ifdef SHMBUS_HAVE_SYSTEMD
     sd_notify(0, "READY=1");

@@ -28,6 +28,7 @@
 #include "publisher_ids.hpp"
 #include "reclaim.hpp"
 #include "registry.hpp"
+#include "reload.hpp"
 #include "repair.hpp"
 #include "requests.hpp"
 #include "subscriptions.hpp"
@@ -92,13 +93,17 @@ struct Daemon::Impl {
 
   void run();
   void stop() { loop.stop(); }
+  // Reads the config file again and applies what may change now (reload.hpp).
+  void reload_config();
   void handle(const epoll_event& event);
   // What earlier turns left: waiting frames, pattern matching of new channels, jobs.
   void continue_work();
   void on_tick();
   void report_status();
 
-  DaemonOptions options;  // read-only once built
+  // Read-only once built, but for options.config, which reload_config() replaces between
+  // turns (the parts hold references to it).
+  DaemonOptions options;
   std::shared_ptr<spdlog::logger> log;
   Endpoint endpoint;
   // Taken first and released last, after the bus's shared memory is unlinked: a daemon
@@ -308,6 +313,9 @@ void Daemon::Impl::handle(const epoll_event& event) {
   const uint64_t token = event.data.u64;
   if (token == kListenToken) {
     connections.accept_clients();
+  } else if (token == kReloadToken) {
+    loop.drain_reload();
+    reload_config();
   } else if (token == kTimerToken) {
     loop.drain_timer();
     if (Clock::now() - last_maintenance >= kTick - std::chrono::milliseconds(5)) {
@@ -320,6 +328,42 @@ void Daemon::Impl::handle(const epoll_event& event) {
   } else {
     connections.on_client_event(token, event.events);
   }
+}
+
+void Daemon::Impl::reload_config() {
+  if (options.config_path.empty()) {
+    log->warn("reload: shmbusd was started without a config file (-c), nothing to read again");
+    return;
+  }
+  Config loaded;
+  try {
+    loaded = load_config(options.config_path);
+  } catch (const ConfigError& e) {
+    log->error("reload failed, the running config stays: {}", e.what());
+    return;
+  }
+  // Every part holds a reference to options.config: assigning it here, between turns on
+  // the run() thread, changes what they all read from now on.
+  ReloadPlan plan = plan_reload(options.config, loaded);
+  options.config = std::move(plan.config);
+  auto joined = [](const std::vector<std::string>& names) {
+    std::string text;
+    for (const auto& name : names) text += (text.empty() ? "" : ", ") + name;
+    return text;
+  };
+  if (plan.changed.empty())
+    log->info("reloaded {}: nothing that may change while running changed", options.config_path);
+  else
+    log->info(
+        "reloaded {}: changed {} (channels that exist keep their rings; rules apply to "
+        "channels created from now on, limits and access to requests from now on)",
+        options.config_path, joined(plan.changed));
+  if (!plan.need_restart.empty())
+    log->warn(
+        "reload: {} changed in {} but cannot while the bus runs (its shared memory is laid "
+        "out by them); the running values stay until a restart (systemctl restart shmbusd: "
+        "clients reconnect by themselves)",
+        joined(plan.need_restart), options.config_path);
 }
 
 void Daemon::Impl::continue_work() {
@@ -363,6 +407,9 @@ void Daemon::run() {
 }
 void Daemon::stop() {
   impl_->stop();
+}
+void Daemon::reload() {
+  impl_->loop.reload();
 }
 const std::string& Daemon::bus() const {
   return impl_->endpoint.bus;

@@ -40,6 +40,9 @@ struct DaemonOptions {
   // The daemon takes ownership of the descriptor. -1: create socket_path.
   int listen_fd = -1;
   Config config;
+  // The file `config` came from, read again on reload(); empty: built-in defaults, which
+  // a reload leaves as they are.
+  std::string config_path;
   std::shared_ptr<spdlog::logger> logger;  // null: spdlog's default logger
   // Called on the run() thread every status_interval while the event loop turns (so a
   // wedged loop stops calling it: a watchdog ping belongs here).
@@ -61,6 +64,9 @@ class Daemon {
   void run();
   // Asks run() to return. Async-signal-safe.
   void stop();
+  // Asks run() to read config_path again and apply what may change while it runs
+  // (reload.hpp), logging what changed and what needs a restart. Async-signal-safe.
+  void reload();
 
   const std::string& bus() const;
   const std::string& socket_path() const;

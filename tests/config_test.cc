@@ -11,6 +11,8 @@
 #include <string>
 #include <string_view>
 
+#include "reload.hpp"
+
 #ifndef SHMBUS_SOURCE_DIR
 #error "build with -DSHMBUS_SOURCE_DIR=\"<project source root>\" (see tests/meson.build)"
 #endif
@@ -663,5 +665,74 @@ TEST(ConfigErrors, AccessRulesNameTheProblemAndTheForms) {
       contains_all(error_of("[[access]]\npattern = \"a:*\"\n[[access]]\npattern = \"a:*\"\n"),
                    {"access[2].pattern", "repeats access[1]"}));
 }
+
+namespace {
+
+// SIGHUP: what a reload may change while the bus runs, and what it keeps (reload.hpp).
+TEST(Reload, LimitsRulesAndWhoMayChangeTheLayoutDoesNot) {
+  const Config running = parse_config(R"(
+[bus]
+arena_bytes = "64 MiB"
+[limits]
+max_channels = 1000
+max_channels_per_user = 10
+[[channel]]
+pattern = "video:*"
+ring_bytes = "1 MiB"
+[[access]]
+pattern = "orders:*"
+publish = ["root"]
+subscribe = ["root"]
+)",
+                                      "running.toml");
+  const Config loaded = parse_config(R"(
+[bus]
+arena_bytes = "128 MiB"
+[limits]
+max_channels = 2000
+max_channels_per_user = 50
+hello_timeout_ms = 1000
+[[channel]]
+pattern = "video:*"
+ring_bytes = "2 MiB"
+[[access]]
+pattern = "orders:*"
+publish = ["root", "0"]
+subscribe = ["root"]
+)",
+                                     "loaded.toml");
+  const ReloadPlan plan = plan_reload(running, loaded);
+  // Changed now.
+  EXPECT_EQ(plan.config.max_channels_per_user, 50u);
+  EXPECT_EQ(plan.config.hello_timeout, std::chrono::milliseconds(1000));
+  EXPECT_EQ(plan.config.settings_for("video:1").ring_bytes, 2u << 20);
+  EXPECT_EQ(plan.config.access, loaded.access);  // the same patterns: who they admit changes
+  EXPECT_EQ(plan.changed, (std::vector<std::string>{"limits.max_channels_per_user",
+                                                    "limits.hello_timeout_ms", "[[channel]] rules",
+                                                    "[[access]] publishers and subscribers"}));
+  // Kept: the shared memory is laid out by them.
+  EXPECT_EQ(plan.config.arena_bytes, running.arena_bytes);
+  EXPECT_EQ(plan.config.max_channels, 1000u);
+  EXPECT_EQ(plan.need_restart,
+            (std::vector<std::string>{"bus.arena_bytes", "limits.max_channels"}));
+}
+
+TEST(Reload, NewAccessPatternsWaitForARestart) {
+  const Config running = parse_config("[[access]]\npattern = \"a:*\"\npublish = [\"root\"]\n", "r");
+  const Config loaded = parse_config(
+      "[[access]]\npattern = \"b:*\"\npublish = [\"root\"]\n[limits]\nmax_clients = 10\n", "l");
+  const ReloadPlan plan = plan_reload(running, loaded);
+  EXPECT_EQ(plan.config.access, running.access);
+  EXPECT_EQ(plan.config.max_clients, running.max_clients);
+  EXPECT_EQ(plan.need_restart,
+            (std::vector<std::string>{"limits.max_clients", "[[access]] patterns"}));
+  EXPECT_TRUE(plan.changed.empty());
+  // Nothing changed at all: nothing to say.
+  const ReloadPlan same = plan_reload(running, running);
+  EXPECT_TRUE(same.changed.empty());
+  EXPECT_TRUE(same.need_restart.empty());
+}
+
+}  // namespace
 
 }  // namespace shmbus::daemon

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -456,6 +457,65 @@ TEST(DaemonRestarts, TwentyInARowLeakNothing) {
   EXPECT_EQ(dev_shm_entries(), shm_before);
   EXPECT_EQ(sub.link_stats().reconnects, 20u);
   EXPECT_EQ(publisher.link_stats().reconnects, 20u);
+}
+
+// SIGHUP (ExecReload=) reads the config again: a new limit applies at once to the clients
+// already connected, a setting the shared memory was laid out by is named and kept, a
+// broken file changes nothing - and the daemon serves on throughout.
+TEST(Reload, SighupAppliesNewLimitsNamesWhatNeedsARestartAndSurvivesABrokenFile) {
+  TempDir dir;
+  const std::string config = dir.file("shmbusd.toml"), log = dir.file("shmbusd.log");
+  const std::string bus_name = "rl" + std::to_string(getpid());
+  auto write_config = [&](const std::string& text) { std::ofstream(config) << text; };
+  auto log_mentions = [&](const std::string& text) {
+    for (int i = 0; i < 500; ++i) {
+      std::ifstream in(log);
+      const std::string content((std::istreambuf_iterator<char>(in)),
+                                std::istreambuf_iterator<char>());
+      if (content.find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+  write_config("[limits]\nmax_channels_per_user = 2\n");
+  DaemonProcess daemon(start_shmbusd(
+      {"--bus", bus_name, "--socket", dir.file("bus.sock"), "-c", config, "--log-level", "info"},
+      {}, -1, log));
+  ConnectOptions options;
+  options.bus = bus_name;
+  options.socket_path = dir.file("bus.sock");
+  std::optional<Bus> bus;
+  for (int i = 0; i < 500 && !bus; ++i) {
+    try {
+      bus = Bus::connect(options);
+    } catch (const Error&) {
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+  ASSERT_TRUE(bus);
+  bus->publish("a", "x");
+  bus->publish("b", "x");
+  try {
+    bus->publish("c", "x");
+    ADD_FAILURE() << "a third channel passed max_channels_per_user = 2";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kLimit);
+  }
+
+  write_config("[limits]\nmax_channels_per_user = 10\nmax_channels = 5000\n");
+  kill(daemon.pid(), SIGHUP);
+  EXPECT_TRUE(log_mentions("changed limits.max_channels_per_user"));
+  EXPECT_TRUE(log_mentions("limits.max_channels changed in " + config + " but cannot"));
+  EXPECT_NO_THROW(bus->publish("c", "x"));  // the same connection: the new limit applies
+
+  write_config("[limits\n");
+  kill(daemon.pid(), SIGHUP);
+  EXPECT_TRUE(log_mentions("reload failed, the running config stays"));
+  EXPECT_NO_THROW(bus->publish("d", "x"));  // still 10
+  EXPECT_GE(bus->ping().count(), 0);
+  EXPECT_EQ(bus->link_stats().losses, 0u);
+  bus.reset();
+  EXPECT_EQ(daemon.stop(), 0);
 }
 
 }  // namespace

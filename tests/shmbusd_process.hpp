@@ -46,16 +46,20 @@ inline int unix_socket(int type, const std::string& path) {
   return fd;
 }
 
-// Starts shmbusd with `env` added; `listen_fd` (if >= 0) becomes its descriptor 3 with
-// LISTEN_FDS=1 and LISTEN_PID set to the daemon's pid, as systemd does.
+// Starts shmbusd with `env` added (its log to `log_path` if given); `listen_fd` (if >= 0) becomes
+// its descriptor 3 with LISTEN_FDS=1 and LISTEN_PID set to the daemon's pid, as systemd does.
 inline pid_t start_shmbusd(const std::vector<std::string>& args,
                            const std::vector<std::pair<std::string, std::string>>& env,
-                           int listen_fd = -1) {
+                           int listen_fd = -1, const std::string& log_path = {}) {
   const char* binary = std::getenv("SHMBUSD");
   if (binary == nullptr) throw std::runtime_error("set SHMBUSD to the shmbusd binary");
   const pid_t pid = fork();
   if (pid == 0) {
     for (const auto& [key, value] : env) setenv(key.c_str(), value.c_str(), 1);
+    if (!log_path.empty()) {  // its log (stderr) to a file the test reads
+      const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (log < 0 || dup2(log, 2) != 2) _exit(125);
+    }
     if (listen_fd >= 0) {
       // dup2 clears FD_CLOEXEC on the copy, but does nothing if the socket is already 3.
       if (listen_fd != 3 && dup2(listen_fd, 3) != 3) _exit(126);
