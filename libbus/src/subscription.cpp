@@ -164,6 +164,7 @@ struct Subscription::State {
   std::unique_ptr<Waiter> waiter;
   std::pair<int32_t, uint64_t> lost_daemon;  // the daemon of the last link lost
   bool resubscribing = false;                // readers added now get RingReader::gap
+  StartAt resubscribe_start;                 // where they start, while resubscribing
   // Channels read on the link lost last and not read since: the first reader of one on a
   // later link gets RingReader::gap too (a pattern's channel may come back by an attach).
   std::unordered_set<std::string> gap_channels;
@@ -702,9 +703,11 @@ struct Subscription::State {
       connect_link();
       const bool new_daemon = memory->daemon_identity() != lost_daemon;
       // A restarted daemon's rings hold only what was published since it started, all of
-      // it after we lost the old one: read the channels from their oldest message. The same
-      // daemon (it closed our connection) still has what we read: from the latest.
+      // it after we lost the old one: read the channels, ours and our patterns', from their
+      // oldest message. The same daemon (it closed our connection) still has what we read:
+      // from the latest.
       const StartAt start = new_daemon ? StartAt::earliest() : StartAt::latest();
+      resubscribe_start = start;  // patterns' channels too (psubscribe_now)
       resubscribing = true;
       const std::vector<std::string> held_channels = channels, held_patterns = patterns;
       for (auto run : batches(held_channels))
@@ -872,7 +875,9 @@ void Subscription::State::psubscribe_now(std::span<const std::string> patterns) 
     if (std::find(s.patterns.begin(), s.patterns.end(), pattern) == s.patterns.end())
       s.patterns.push_back(pattern);
   for (RingReader* rr : s.readers) s.refresh_reasons(*rr);  // channels already read
-  s.apply_subscribed(reply, StartAt::latest());
+  // A pattern's existing channels start at their latest message (Redis) - except those of a
+  // restarted daemon we subscribe to again, which hold only what we would have missed.
+  s.apply_subscribed(reply, s.resubscribing ? s.resubscribe_start : StartAt::latest());
   s.report_corrupt_rings();
 }
 
