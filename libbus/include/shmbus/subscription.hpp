@@ -102,10 +102,10 @@ class Subscription {
   // When the daemon dies or stops, next() learns it within about 250 ms even while
   // parked, delivers what the rings still hold, then (ReconnectOptions, on by default)
   // reconnects with backoff within the timeout and subscribes every channel and pattern
-  // again, reporting LinkEvents. A restarted daemon has new rings: the channels are read
-  // from their oldest message (all published since the restart), patterns from the latest,
-  // and the first message of each channel after that says `gap`. With reconnecting off it
-  // throws Error(kDaemonGone) instead.
+  // again, reporting LinkEvents. A restarted daemon has new rings: the channels, held by
+  // name or by pattern, are read from their oldest message (all of it published since the
+  // restart), and the first message of each channel after that says `gap`. With
+  // reconnecting off it throws Error(kDaemonGone) instead.
   std::optional<Message> next(std::chrono::nanoseconds timeout);
 
   // Zero-copy receive: as next(), but the payload is the message in place in the channel's
