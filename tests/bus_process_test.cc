@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "child_process.hpp"
 #include "daemon_support.hpp"
 #include "intruder.hpp"
 #include "ring_faults.hpp"
@@ -19,23 +20,9 @@ namespace shmbus {
 namespace {
 
 using namespace std::chrono_literals;
+using test::spawn;
 using test::TestDaemon;
-
-// Forks a child that runs `fn` and exits with its return value (or 99 on an exception).
-template <typename Fn>
-pid_t spawn(Fn&& fn) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = fn();
-    } catch (const std::exception& e) {
-      fprintf(stderr, "child: %s\n", e.what());
-    }
-    _exit(code);
-  }
-  return pid;
-}
+using test::wait_exit;
 
 // A child process that says when it is ready: `fn(ready)` runs in the child and calls
 // ready() once it is set up (subscribed, holding a loan...); start() returns after that.
@@ -64,12 +51,6 @@ class ReadyChild {
   int pipe_[2];
   pid_t pid_ = 0;
 };
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 // Polls `condition` every 10 ms for up to `limit`.
 template <typename Condition>

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.hpp"
 #include "shmbus/shmbus.hpp"
 #include "shmbusd_process.hpp"
 
@@ -31,8 +32,10 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using test::DaemonProcess;
+using test::spawn;
 using test::start_shmbusd;
 using test::TempDir;
+using test::wait_exit;
 
 enum class Restart { kKill, kTerm, kActivated };
 
@@ -97,28 +100,6 @@ class RestartedBus {
   int listening_ = -1;
   std::unique_ptr<DaemonProcess> daemon_;
 };
-
-// Forks a child that runs `fn` and exits with its return value (99 on an exception).
-template <typename Fn>
-pid_t spawn(Fn&& fn) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = fn();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child: %s\n", e.what());
-    }
-    _exit(code);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 // A flag in shared memory the parent raises for its children.
 struct SharedFlags {
