@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -57,8 +58,12 @@ class RestartedBus {
   }
 
   void start() {
-    daemon_ = std::make_unique<DaemonProcess>(
-        start_shmbusd({"--bus", bus_, "--socket", path_, "--log-level", "warn"}, {}, listening_));
+    daemon_ = std::make_unique<DaemonProcess>(start_shmbusd(
+        config_.empty()
+            ? std::vector<std::string>{"--bus", bus_, "--socket", path_, "--log-level", "warn"}
+            : std::vector<std::string>{"--bus", bus_, "--socket", path_, "--log-level", "warn",
+                                       "-c", config_},
+        {}, listening_));
     // Ready once it answers (a socket-activated one answers from the backlog).
     for (int i = 0; i < 500; ++i) {
       try {
@@ -82,6 +87,15 @@ class RestartedBus {
     start();
   }
   pid_t pid() const { return daemon_->pid(); }
+  // The config file of the daemons started from now on (empty text: none).
+  void set_config(const std::string& text) {
+    if (text.empty()) {
+      config_.clear();
+      return;
+    }
+    config_ = dir_.file("shmbusd.toml");
+    std::ofstream(config_) << text;
+  }
 
   ConnectOptions options(const char* client) const {
     ConnectOptions o;
@@ -99,6 +113,7 @@ class RestartedBus {
   std::string path_;
   int listening_ = -1;
   std::unique_ptr<DaemonProcess> daemon_;
+  std::string config_;
 };
 
 // A flag in shared memory the parent raises for its children.
@@ -400,6 +415,112 @@ TEST(DaemonDeath, NothingIsPublishedIntoADeadDaemonsRings) {
     EXPECT_NE(std::string(e.what()).find("ReconnectOptions::enabled"), std::string::npos)
         << e.what();
   }
+}
+
+// While the daemon is away, fd() turns readable only when a reconnect try is due: an
+// event loop polling it does not spin (it woke tens of thousands of times a second before).
+TEST(DaemonDeath, AnEventLoopDoesNotSpinWhileTheDaemonIsAway) {
+  RestartedBus bus(Restart::kKill);
+  auto sub = Subscription::open(bus.options("polled"));
+  sub.subscribe({"quiet"});
+  const int fd = sub.fd();
+  kill(bus.pid(), SIGKILL);
+  int wakeups = 0;
+  const auto until = Clock::now() + 1500ms;
+  while (Clock::now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (poll(&p, 1, static_cast<int>(std::max<int64_t>(left, 0))) != 1) continue;
+    ++wakeups;
+    EXPECT_FALSE(sub.next(0ns));
+  }
+  // The loss, then a try at once and after ~10, 20, 40, ... 500 ms: about ten.
+  std::fprintf(stderr, "%d wake-ups in 1.5 s without a daemon\n", wakeups);
+  EXPECT_GE(wakeups, 2);
+  EXPECT_LE(wakeups, 30);
+  EXPECT_FALSE(sub.link_stats().connected);
+  bus.end();
+}
+
+// A loan taken before the daemon died and committed after its channel moved to the new
+// daemon publishes nothing into either ring: the commit says so, and the next loan works.
+TEST(DaemonDeath, ALoanOutAcrossARestartIsRefusedNotWrittenAnywhere) {
+  RestartedBus bus(Restart::kKill);
+  auto publisher = Bus::connect(bus.options("pub"));
+  auto channel = publisher.channel("loans");
+  auto sub = Subscription::open(bus.options("sub"));
+  sub.subscribe({"loans"});
+  Loan old_loan = channel.loan(16);
+  bus.restart();
+  EXPECT_TRUE(channel.try_publish(std::as_bytes(std::span<const char>("new", 3))).ok());
+  std::memset(old_loan.data().data(), 'x', old_loan.data().size());  // still mapped
+  try {
+    old_loan.commit(16);
+    ADD_FAILURE() << "a loan from the dead daemon's ring was committed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kDaemonGone);
+  }
+  Loan fresh = channel.loan(5);
+  std::memcpy(fresh.data().data(), "fresh", 5);
+  fresh.commit(5);
+  std::vector<std::string> got;
+  while (auto m = sub.next(2s)) {
+    got.emplace_back(m->text());
+    if (got.size() == 2) break;
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{"new", "fresh"}));
+}
+
+// A callback may use the Bus it reports on: events are handed over without its lock held.
+TEST(DaemonDeath, ALinkEventCallbackMayUseItsBus) {
+  RestartedBus bus(Restart::kKill);
+  std::optional<Bus> publisher;
+  std::vector<uint64_t> reconnects_seen;
+  ConnectOptions options = bus.options("pub");
+  options.reconnect.on_event = [&](const LinkEvent&) {
+    reconnects_seen.push_back(publisher->link_stats().reconnects);
+  };
+  publisher = Bus::connect(options);
+  publisher->publish("cb", "before");
+  bus.restart();
+  publisher->publish("cb", "after");  // would deadlock if the callback ran under the lock
+  EXPECT_EQ(reconnects_seen, (std::vector<uint64_t>{1, 1}));  // lost, reconnected: both after
+}
+
+// A restarted daemon that refuses the resubscription (a lower limit) does not leave a deaf
+// subscription behind: next() says why on every try, the subscription keeps what it holds,
+// and once a daemon accepts it, it is back.
+TEST(DaemonDeath, ARefusedResubscriptionIsSaidAndTriedAgain) {
+  RestartedBus bus(Restart::kKill);
+  auto sub = Subscription::open(bus.options("sub"));
+  sub.subscribe({"a", "b", "c"});
+  bus.set_config("[limits]\nmax_subscriptions_per_client = 2\n");
+  bus.restart();
+  int refusals = 0;
+  for (int i = 0; i < 50 && refusals < 2; ++i) {
+    try {
+      sub.next(100ms);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), Errc::kLimit) << e.what();
+      EXPECT_NE(std::string(e.what()).find("subscribing again"), std::string::npos) << e.what();
+      ++refusals;
+    }
+  }
+  EXPECT_EQ(refusals, 2);
+  EXPECT_EQ(sub.channels(), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_FALSE(sub.link_stats().connected);
+  bus.set_config("");
+  bus.restart();
+  auto publisher = Bus::connect(bus.options("pub"));
+  publisher.publish("c", "back");
+  std::optional<Message> m;
+  for (int i = 0; i < 50 && !m; ++i) m = sub.next(100ms);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->text(), "back");
+  EXPECT_TRUE(sub.link_stats().connected);
+  EXPECT_EQ(sub.link_stats().losses, 1u);
+  EXPECT_EQ(sub.link_stats().reconnects, 1u);
 }
 
 size_t open_descriptors() {

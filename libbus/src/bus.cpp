@@ -78,7 +78,7 @@ struct OpenChannel {
       std::lock_guard<std::mutex> lock(core->mutex);
       if (core->closing || !on_current_link_locked()) return;
       close_locked(placement.id);
-    } catch (const Error&) {
+    } catch (const std::exception&) {
       // The daemon is gone: there is nothing left to tell it.
     }
   }
@@ -87,7 +87,9 @@ struct OpenChannel {
 
   // Whether the channel was opened on the link the core has now (ids of older links belong
   // to a daemon that is gone). REQUIRES: core->mutex held.
-  bool on_current_link_locked() const { return generation == core->generation && core->broken.empty(); }
+  bool on_current_link_locked() const {
+    return generation == core->generation && core->broken.empty();
+  }
 
   // REQUIRES: core->mutex held.
   void close_locked(uint32_t id) {
@@ -100,19 +102,23 @@ struct OpenChannel {
   // (it was found corrupt), or on a new link after the daemon went away. Waits for the
   // link until `deadline`; false if it did not come back by then.
   bool reopen(ClientCore::Clock::time_point deadline) {
+    const ClientCore::EventReport report(*core);  // after the lock below is released
     std::lock_guard<std::mutex> lock(core->mutex);
     for (int tries = 0; tries < 3; ++tries) {
       if (!core->ensure_link_locked(deadline)) return false;
       try {
         Placement fresh = open_placement(*core, name, options);
         if (generation == core->generation) close_locked(placement.id);
-        // The old memory stays mapped until the publisher on its ring is gone.
+        // Loans still out were claimed in the old ring: it stays mapped, with its publisher,
+        // until they come back. Otherwise the old memory goes once the publisher is replaced.
+        if (loans_out > 0) retired.push_back(Retired{epoch, memory, publisher});
+        ++epoch;
         const std::shared_ptr<BusMemory> old_memory = std::exchange(memory, core->memory);
         generation = core->generation;
         life = memory->life_word();
         placement = std::move(fresh);
-        publisher = Publisher(placement.ring, core->connection->welcome().publisher_id,
-                              &memory->table());
+        publisher =
+            Publisher(placement.ring, core->connection->welcome().publisher_id, &memory->table());
         return true;
       } catch (const Error& e) {
         if (e.code() != Errc::kDaemonGone) throw;
@@ -152,6 +158,24 @@ struct OpenChannel {
   Placement placement;
   Publisher publisher;
   uint64_t last_use = 0;
+
+  // Loans (used by the Channel's one thread at a time): which placement each claimed from.
+  uint64_t epoch = 0;      // bumped by every reopen
+  uint32_t loans_out = 0;  // claimed and not yet committed or abandoned
+  struct Retired {
+    uint64_t epoch;
+    std::shared_ptr<BusMemory> memory;
+    Publisher publisher;
+  };
+  std::vector<Retired> retired;  // placements that loans still out claimed from
+  Publisher& publisher_for(uint64_t loan_epoch) {
+    for (Retired& r : retired)
+      if (r.epoch == loan_epoch) return r.publisher;
+    return publisher;
+  }
+  void loan_returned() {
+    if (--loans_out == 0) retired.clear();
+  }
 };
 
 // Runs `request` on a working link, connecting again first if the daemon went away (and
@@ -159,10 +183,11 @@ struct OpenChannel {
 // the daemon did not come back within ReconnectOptions::wait.
 template <typename Request>
 auto with_link(ClientCore& core, Request&& request) {
+  const ClientCore::EventReport report(core);  // after the lock below is released
   std::lock_guard<std::mutex> lock(core.mutex);
   const auto deadline = ClientCore::Clock::now() + core.reconnect.options().wait;
   for (int tries = 0;; ++tries) {
-    if (!core.ensure_link_locked(deadline)) throw core.gone_error();
+    if (!core.ensure_link_locked(deadline)) throw core.gone_error_locked();
     try {
       return request();
     } catch (const Error& e) {
@@ -206,9 +231,8 @@ PublishStatus to_publish_status(Status s) {
     if (relink) ch.publisher.wake_readers();  // they learn at once that the daemon is gone
     if (!ch.reopen(deadline)) return PublishResult{PublishStatus::kDaemonGone, 0};
   } catch (const Error& e) {
-    return PublishResult{e.code() == Errc::kDaemonGone ? PublishStatus::kDaemonGone
-                                                       : PublishStatus::kCorrupt,
-                         0};
+    return PublishResult{
+        e.code() == Errc::kDaemonGone ? PublishStatus::kDaemonGone : PublishStatus::kCorrupt, 0};
   }
   PublishResult result;
   result.receivers = ch.receivers();
@@ -291,6 +315,8 @@ struct Loan::State {
   // loan per message costs no allocation. Valid as long as `channel` is: a Loan must not
   // outlive its Channel either way.
   std::unique_ptr<State>* home = nullptr;
+  uint64_t epoch = 0;  // the channel's placement it claimed from (OpenChannel::epoch)
+  bool out = false;    // counted in the channel's loans_out
 };
 
 Loan::Loan(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -318,17 +344,28 @@ uint32_t Loan::commit(std::size_t bytes) {
     throw Error(Errc::kInvalidArgument, "commit of " + std::to_string(bytes) +
                                             " bytes on a loan of " +
                                             std::to_string(state_->loan.capacity));
+  OpenChannel& ch = *state_->channel;
+  // Claimed in a ring the channel has left (its daemon went away, or the ring was replaced)
+  // or whose daemon just died: committing there would reach nobody.
+  if (state_->epoch != ch.epoch || !ch.daemon_alive()) {
+    abandon();
+    throw Error(Errc::kDaemonGone, "channel " + printable(ch.name) +
+                                       ": its daemon went away (or its ring was replaced) while "
+                                       "this loan was out, so nothing was published; loan again");
+  }
   PublishMeta meta;
   meta.publish_unix_ns = state_->clock->now_ns();
-  const uint32_t receivers = state_->channel->receivers();  // before the commit: see publish_on
-  state_->channel->publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
+  const uint32_t receivers = ch.receivers();  // before the commit: see publish_on
+  ch.publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
   abandon();  // the loan is no longer active: this only hands the state back
   return receivers;
 }
 
 void Loan::abandon() {
   if (!state_) return;
-  if (state_->loan.active) state_->channel->publisher.abandon(state_->loan);
+  OpenChannel& ch = *state_->channel;
+  if (state_->loan.active) ch.publisher_for(state_->epoch).abandon(state_->loan);
+  if (std::exchange(state_->out, false)) ch.loan_returned();
   if (state_->home != nullptr && !*state_->home)
     *state_->home = std::move(state_);
   else
@@ -402,6 +439,9 @@ Loan Channel::loan(std::size_t bytes) {
                                             state_->options.publish_wait);
   if (s != Status::kOk)
     throw_publish_error(ch, to_publish_status(s), bytes, state_->options.publish_wait);
+  state->epoch = ch.epoch;
+  state->out = true;
+  ++ch.loans_out;
   return Loan(std::move(state));
 }
 

@@ -9,8 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
-#include <thread>
 #include <fstream>
+#include <thread>
 
 #include "shmbus/error.hpp"
 
@@ -125,8 +125,8 @@ Writer ControlConnection::next_request(Type type) {
 
 void ControlConnection::throw_gone(const std::string& why) const {
   throw Error(Errc::kDaemonGone, "shmbusd on " + endpoint_.socket_path + " " + why +
-                                     "; restart it, then reconnect (create a new Bus or "
-                                     "Subscription)");
+                                     "; start it again: clients reconnect by themselves "
+                                     "(ReconnectOptions)");
 }
 
 void ControlConnection::send_all(const std::vector<std::byte>& frame) {
@@ -324,8 +324,8 @@ const std::atomic<uint32_t>* BusMemory::life_word() const {
 
 std::pair<int32_t, uint64_t> BusMemory::daemon_identity() const {
   std::byte* control = table_.base(layout::kControlArena);
-  if (control == nullptr ||
-      table_.size(layout::kControlArena) < layout::kDirectoryOffset + sizeof(layout::DirectoryHeader))
+  if (control == nullptr || table_.size(layout::kControlArena) <
+                                layout::kDirectoryOffset + sizeof(layout::DirectoryHeader))
     return {0, 0};
   const auto* directory =
       reinterpret_cast<const layout::DirectoryHeader*>(control + layout::kDirectoryOffset);
@@ -400,10 +400,9 @@ void ClientCore::connect_locked() {
 bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
   if (broken.empty() && memory->daemon_alive()) return true;
   const auto before = memory->daemon_identity();
-  const std::string why = !broken.empty()
-                              ? broken
-                              : "shmbusd (pid " + std::to_string(before.first) + ") of bus '" +
-                                    endpoint.bus + "' is gone";
+  const std::string why = !broken.empty() ? broken
+                                          : "shmbusd (pid " + std::to_string(before.first) +
+                                                ") of bus '" + endpoint.bus + "' is gone";
   if (broken.empty()) broken = why;
   reconnect.lost(why, Clock::now());
   if (!reconnect.options().enabled)
@@ -439,7 +438,23 @@ void ClientCore::mark_broken_locked(const std::string& why) {
   if (broken.empty()) broken = why;
 }
 
-Error ClientCore::gone_error() const {
+Error ClientCore::gone_error() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return gone_error_locked();
+}
+
+void ClientCore::report_events() noexcept {
+  std::vector<LinkEvent> events;
+  try {
+    std::lock_guard<std::mutex> lock(mutex);
+    events = reconnect.take_events();
+  } catch (const std::exception&) {
+    return;
+  }
+  for (const LinkEvent& event : events) reconnect.deliver(event);
+}
+
+Error ClientCore::gone_error_locked() const {
   const auto waited =
       std::chrono::duration_cast<std::chrono::milliseconds>(reconnect.options().wait).count();
   return Error(Errc::kDaemonGone, broken + "; still no daemon on " + endpoint.socket_path +

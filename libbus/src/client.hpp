@@ -155,8 +155,24 @@ struct ClientCore {
   // A request found the connection closed: the next ensure_link_locked() connects again.
   // REQUIRES: mutex held.
   void mark_broken_locked(const std::string& why);
-  // The error a caller throws when ensure_link_locked() gave up.
-  Error gone_error() const;
+  // The error a caller throws when ensure_link_locked() gave up (the first with the mutex
+  // held, the second takes it).
+  Error gone_error_locked() const;
+  Error gone_error();
+  // Hands the LinkEvents queued under the mutex to ReconnectOptions::on_event, without the
+  // mutex (so the callback may use the Bus). Never throws.
+  void report_events() noexcept;
+  // Reports the queued events when it goes: declared before a lock_guard on `mutex`, it
+  // runs after the lock is released.
+  struct EventReport {
+    explicit EventReport(ClientCore& core) : core_(core) {}
+    ~EventReport() { core_.report_events(); }
+    EventReport(const EventReport&) = delete;
+    EventReport& operator=(const EventReport&) = delete;
+
+   private:
+    ClientCore& core_;
+  };
 
   std::mutex mutex;
   const Endpoint endpoint;

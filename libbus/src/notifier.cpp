@@ -64,9 +64,13 @@ void Notifier::unwatch() {
   doorbell_ = nullptr;
 }
 
-void Notifier::rearm() {
+void Notifier::clear() {
   uint64_t count;
-  [[maybe_unused]] ssize_t r = ::read(event_fd_, &count, sizeof(count));  // clear readable
+  [[maybe_unused]] ssize_t r = ::read(event_fd_, &count, sizeof(count));
+}
+
+void Notifier::rearm() {
+  clear();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     armed_ = true;

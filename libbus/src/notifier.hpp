@@ -41,6 +41,8 @@ class Notifier {
   void unwatch();
   // Clears the fd's readability and arms the helper for the next ring.
   void rearm();
+  // Clears the fd's readability only.
+  void clear();
 
  private:
   void loop(Waiter bell, std::chrono::nanoseconds period, std::function<bool()> stop_waiting);

@@ -7,7 +7,9 @@ namespace shmbus {
 
 Reconnect::Reconnect(ReconnectOptions options)
     : options_(std::move(options)), random_(std::random_device{}()) {
-  options_.first_delay = std::max(options_.first_delay, std::chrono::nanoseconds(0));
+  // At least a millisecond: a zero delay would make a waiting caller spin on connect().
+  options_.first_delay =
+      std::max<std::chrono::nanoseconds>(options_.first_delay, std::chrono::milliseconds(1));
   options_.max_delay = std::max(options_.max_delay, options_.first_delay);
 }
 
@@ -22,7 +24,7 @@ void Reconnect::lost(const std::string& why, Clock::time_point now) {
   LinkEvent event;
   event.kind = LinkEvent::Kind::kLost;
   event.detail = why;
-  report(event);
+  events_.push_back(std::move(event));
 }
 
 void Reconnect::failed(Clock::time_point now) {
@@ -44,10 +46,10 @@ void Reconnect::reconnected(const std::string& detail, bool new_daemon, Clock::t
   event.attempts = attempts_ + 1;
   event.down_for = now - lost_at_;
   event.new_daemon = new_daemon;
-  report(event);
+  events_.push_back(std::move(event));
 }
 
-void Reconnect::report(const LinkEvent& event) {
+void Reconnect::deliver(const LinkEvent& event) const {
   if (!options_.on_event) return;
   try {
     options_.on_event(event);

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "shmbus/bus.hpp"
 
@@ -24,8 +26,8 @@ class Reconnect {
   const LinkStats& stats() const { return stats_; }
   bool connected() const { return stats_.connected; }
 
-  // The daemon was found gone at `now`: counts the loss, reports it, and makes the first
-  // try due at once. Does nothing if already lost.
+  // The daemon was found gone at `now`: counts the loss, queues its event, and makes the
+  // first try due at once. Does nothing if already lost.
   void lost(const std::string& why, Clock::time_point now);
   // Whether a try is due at `now`, and when the next one is.
   bool due(Clock::time_point now) const { return now >= next_try_; }
@@ -33,11 +35,17 @@ class Reconnect {
   // A try failed at `now`: the next waits the current delay (drawn between half and all
   // of it), which then doubles, up to options().max_delay.
   void failed(Clock::time_point now);
-  // A try succeeded: counts and reports it.
+  // A try succeeded: counts it and queues its event.
   void reconnected(const std::string& detail, bool new_daemon, Clock::time_point now);
 
+  // The events queued since the last call. The owner hands them to deliver() once it holds
+  // no lock and is between steps, so a callback may use the Bus or read link_stats().
+  std::vector<LinkEvent> take_events() { return std::exchange(events_, {}); }
+  // Calls options().on_event (if any); what it throws is not the link's business.
+  void deliver(const LinkEvent& event) const;
+
  private:
-  void report(const LinkEvent& event);
+  std::vector<LinkEvent> events_;
 
   ReconnectOptions options_;
   LinkStats stats_;

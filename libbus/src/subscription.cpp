@@ -193,7 +193,6 @@ struct Subscription::State {
   uint32_t calls_since_sweep_check = 0;
   bool control_pending = false;
   std::vector<uint32_t> corrupt_rings;  // channel ids to report (report_corrupt_rings)
-  std::string daemon_gone;              // why the control connection ended, if it did
 
   // Deliveries fixed before a subscription change: messages published before the change
   // keep the reasons they had then (a Redis server would have sent them already).
@@ -202,6 +201,7 @@ struct Subscription::State {
     std::string pattern;
     std::vector<std::byte> payload;
     MessageInfo info;
+    bool gap = false;  // Message::gap
   };
   std::deque<Settled> settled;
   Settled settled_current;  // what next() last returned from `settled`
@@ -231,7 +231,8 @@ struct Subscription::State {
     if (connection && memory->daemon_alive()) {
       try {
         connection->goodbye();
-      } catch (const Error&) {
+      } catch (const std::exception&) {
+        // Gone meanwhile: nobody to tell.
       }
     }
   }
@@ -487,10 +488,10 @@ struct Subscription::State {
       report_corrupt_rings();
     } catch (const Error& e) {
       if (e.code() != Errc::kDaemonGone) throw;
-      // Keep delivering what is already in the rings; next() reports this once they are
-      // drained (publishers with open channels may go on through shared memory meanwhile).
-      daemon_gone = e.what();
+      // The connection is closed (the daemon stopped, or closed it): what the rings hold is
+      // settled for next(), then the link goes and next() connects again.
       apply_events();
+      lose_link(e.what());
     }
   }
 
@@ -554,7 +555,7 @@ struct Subscription::State {
     const RingReader* current = reader_at(current_bit);
     if (next_delivery < delivery_count && current != nullptr) {
       for (size_t i = next_delivery; i < current->deliveries(); ++i)
-        settled.push_back(delivery(*current, i, current_payload, info));
+        settled.push_back(delivery(*current, i, current_payload, info, current_gap));
     }
     next_delivery = delivery_count = 0;
     std::vector<std::byte> bytes;
@@ -570,15 +571,16 @@ struct Subscription::State {
            rr.reader->try_read_copy(bytes, message) == Status::kOk;
            --budget) {
         if (!admit(rr, message)) continue;
+        const bool gap = std::exchange(rr.gap, false);  // it goes with the first one out
         for (size_t i = 0; i < rr.deliveries(); ++i)
-          settled.push_back(delivery(rr, i, bytes, message));
+          settled.push_back(delivery(rr, i, bytes, message, gap));
       }
     }
   }
 
   static Settled delivery(const RingReader& rr, size_t index, std::span<const std::byte> bytes,
-                          const MessageInfo& message) {
-    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message};
+                          const MessageInfo& message, bool gap = false) {
+    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message, gap};
   }
 
   // Ends the hold on the current message's frame (next_view), if any. With `keep_rest`, the
@@ -626,28 +628,33 @@ struct Subscription::State {
   void unsubscribe_now(std::span<const std::string> channels);
   void punsubscribe_now(std::span<const std::string> patterns);
 
-  // Makes the link: connection (HELLO), memory, doorbell, waiter. Throws as
-  // ControlConnection does. REQUIRES: no link.
+  // Makes the link: connection (HELLO), memory, doorbell, waiter - all of it or, if any
+  // step throws (as ControlConnection does, or kProtocol), none of it. REQUIRES: no link.
   void connect_link() {
-    memory = std::make_unique<BusMemory>(endpoint.bus);
-    connection =
-        std::make_unique<ControlConnection>(endpoint, Role::kSubscriber, memory->grant_handler());
-    const Welcome& welcome = connection->welcome();
+    auto fresh_memory = std::make_unique<BusMemory>(endpoint.bus);
+    auto fresh = std::make_unique<ControlConnection>(endpoint, Role::kSubscriber,
+                                                     fresh_memory->grant_handler());
+    const Welcome& welcome = fresh->welcome();
     const uint64_t doorbell_bytes = layout::doorbell_bytes(welcome.doorbell_bits);
     if (welcome.doorbell_bits < 2 || welcome.doorbell_offset < layout::kPageSize ||
-        welcome.doorbell_offset > memory->size(layout::kDoorbellArena) ||
-        memory->size(layout::kDoorbellArena) - welcome.doorbell_offset < doorbell_bytes)
+        welcome.doorbell_offset > fresh_memory->size(layout::kDoorbellArena) ||
+        fresh_memory->size(layout::kDoorbellArena) - welcome.doorbell_offset < doorbell_bytes)
       throw Error(Errc::kProtocol, "shmbusd gave a doorbell outside the doorbell arena");
-    if (memory->life_word() == nullptr)
+    if (fresh_memory->life_word() == nullptr)
       throw Error(Errc::kProtocol, "shmbusd did not grant the bus's control memory");
+    layout::DoorbellHeader* fresh_doorbell = nullptr;
     try {
-      doorbell = doorbell::open(memory->base(layout::kDoorbellArena) + welcome.doorbell_offset);
+      fresh_doorbell =
+          doorbell::open(fresh_memory->base(layout::kDoorbellArena) + welcome.doorbell_offset);
     } catch (const std::exception& e) {
       throw Error(Errc::kProtocol, std::string("subscription doorbell is not usable: ") + e.what());
     }
-    memory->set_doorbell_bits(welcome.doorbell_bits);
-    doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_seq_cst);
-    waiter = std::make_unique<Waiter>(doorbell, DoorbellGeometry(welcome.doorbell_bits));
+    fresh_memory->set_doorbell_bits(welcome.doorbell_bits);
+    fresh_doorbell->local_only.store(local_only ? 1 : 0, std::memory_order_seq_cst);
+    waiter = std::make_unique<Waiter>(fresh_doorbell, DoorbellGeometry(welcome.doorbell_bits));
+    doorbell = fresh_doorbell;
+    memory = std::move(fresh_memory);
+    connection = std::move(fresh);
     if (notifier) watch_doorbell();
   }
 
@@ -655,25 +662,33 @@ struct Subscription::State {
     // Readable once a sweep period passes without news too, so an event loop's next() gets
     // to sweep() for bits a hostile publisher withheld (see State::sweep); and at once when
     // the daemon is gone, so that next() notices.
-    const BusMemory* watched = memory.get();  // outlives the watch: lose_link unwatches first
+    const BusMemory* watched = memory.get();  // outlives the watch: drop_link unwatches first
     notifier->watch(doorbell, waiter->geometry(), kControlBit, kSweepPeriod,
                     [watched] { return !watched->daemon_alive(); });
+    notifier_wake_at.reset();
   }
 
-  // The daemon is gone, or closed this connection: keeps what its rings hold for next()
-  // (settle: at most a lap of each, published before now), lets go of every reader, the
-  // connection and the memory, and reports the loss. Publishers learn of the death from the
-  // same life word and stop writing to these rings.
-  void lose_link(const std::string& why) {
-    if (!connection) return;
-    settle([](const RingReader&) { return true; });
+  // While there is no link: the fd turns readable when the next reconnect try is due (and
+  // not before: it is cleared here, so an event loop does not spin while the daemon is away).
+  void notify_at_next_try() {
+    if (!notifier) return;
+    notifier->clear();
+    if (notifier_wake_at == reconnect.next_try()) return;  // already set for it
+    notifier_wake_at = reconnect.next_try();
+    notifier->wake_at(*notifier_wake_at);
+  }
+
+  // Lets go of the link and of everything read through it: readers (their slots are in the
+  // old reader tables, which nobody reads any more), the notifier's watch, the connection
+  // and the memory. Messages already settled stay to be delivered.
+  void drop_link() {
     if (notifier) notifier->unwatch();
-    lost_daemon = memory->daemon_identity();
-    for (const RingReader* rr : readers) gap_channels.insert(rr->channel);
+    notifier_wake_at.reset();
+    release_view(false);
     ready = ReadyQueue{};
     readers.clear();
     bit_of.clear();
-    by_bit.clear();  // the readers' slots are in the old reader tables: nobody reads them
+    by_bit.clear();
     next_delivery = delivery_count = 0;
     control_pending = doorbell_rang = false;
     corrupt_rings.clear();
@@ -682,23 +697,43 @@ struct Subscription::State {
     doorbell = nullptr;
     connection.reset();
     memory.reset();
-    daemon_gone.clear();
+  }
+
+  // The daemon is gone, or closed this connection: keeps what its rings hold for next()
+  // (settle: at most a lap of each, published before now), drops the link and reports the
+  // loss. Publishers learn of the death from the same life word and stop writing to these
+  // rings.
+  void lose_link(const std::string& why) {
+    if (!connection) return;
+    settle([](const RingReader&) { return true; });
+    lost_daemon = memory->daemon_identity();
+    gap_channels.clear();
+    for (const RingReader* rr : readers) gap_channels.insert(rr->channel);
+    drop_link();
     reconnect.lost(why, Reconnect::Clock::now());
+    report_link_events();
   }
 
   std::string gone_reason() const {
-    if (!daemon_gone.empty()) return daemon_gone;
     return "shmbusd (pid " + std::to_string(memory->daemon_identity().first) + ") of bus '" +
            endpoint.bus + "' is gone";
   }
 
+  // LinkEvents go to the callback here, between steps, never from inside a change.
+  void report_link_events() {
+    for (const LinkEvent& event : reconnect.take_events()) reconnect.deliver(event);
+  }
+
   // One try to connect again and subscribe every channel and pattern. False if no daemon
-  // answered, or it went away again (the next try is scheduled); throws what a daemon that
-  // answered refused, and Error(kDaemonGone) if reconnecting is off.
+  // answered, or it went away again; throws what a daemon that answered refused (every
+  // try does, until it accepts), and Error(kDaemonGone) if reconnecting is off. Whatever
+  // fails, the link is dropped, the next try scheduled, and the channels and patterns held
+  // stay as the caller asked for them.
   bool try_reconnect() {
     if (!reconnect.options().enabled)
       throw Error(Errc::kDaemonGone,
                   reconnect_failure + "; reconnecting is off (ReconnectOptions::enabled)");
+    const std::vector<std::string> held_channels = channels, held_patterns = patterns;
     try {
       connect_link();
       const bool new_daemon = memory->daemon_identity() != lost_daemon;
@@ -709,7 +744,6 @@ struct Subscription::State {
       const StartAt start = new_daemon ? StartAt::earliest() : StartAt::latest();
       resubscribe_start = start;  // patterns' channels too (psubscribe_now)
       resubscribing = true;
-      const std::vector<std::string> held_channels = channels, held_patterns = patterns;
       for (auto run : batches(held_channels))
         if (!run.empty()) subscribe_now(run, start);
       for (auto run : batches(held_patterns))
@@ -721,22 +755,19 @@ struct Subscription::State {
                                 " channel(s) and " + std::to_string(patterns.size()) +
                                 " pattern(s)",
                             new_daemon, Reconnect::Clock::now());
+      report_link_events();
       return true;
     } catch (const Error& e) {
       resubscribing = false;
-      if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone && e.code() != Errc::kSystem)
-        throw;
       reconnect_failure = e.what();
-      if (notifier) notifier->unwatch();
-      ready = ReadyQueue{};
-      readers.clear();
-      bit_of.clear();
-      by_bit.clear();
-      waiter.reset();
-      doorbell = nullptr;
-      connection.reset();
-      memory.reset();
+      drop_link();
+      channels = held_channels;
+      patterns = held_patterns;
       reconnect.failed(Reconnect::Clock::now());
+      if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone && e.code() != Errc::kSystem)
+        throw Error(e.code(), std::string(e.what()) +
+                                  " (while subscribing again after a reconnect; tried again "
+                                  "on later calls)");
       return false;
     }
   }
@@ -776,6 +807,8 @@ struct Subscription::State {
   }
 
   std::string reconnect_failure;  // why the last try to reconnect failed
+  // When the notifier is set to make fd() readable for the next reconnect try, if it is.
+  std::optional<Reconnect::Clock::time_point> notifier_wake_at;
 
   // next() and next_view(): the next delivery, copied or (zero_copy) in place.
   std::optional<Message> next(std::chrono::nanoseconds timeout, bool zero_copy);
@@ -956,7 +989,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       s.settled_current = std::move(s.settled.front());
       s.settled.pop_front();
       const State::Settled& d = s.settled_current;
-      return make_message(d.channel, d.pattern, d.payload, d.info);
+      return make_message(d.channel, d.pattern, d.payload, d.info, d.gap);
     }
     // 1. The rest of the current message's deliveries (message, then each pmessage).
     if (s.next_delivery < s.delivery_count) {
@@ -978,7 +1011,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       const auto now = Reconnect::Clock::now();
       if (s.reconnect.due(now) && s.try_reconnect()) continue;
       if (!deadline) deadline = now + (forever ? std::chrono::nanoseconds(0) : timeout);
-      if (s.notifier) s.notifier->wake_at(s.reconnect.next_try());
+      s.notify_at_next_try();
       if (timeout.count() == 0 || (!forever && now >= *deadline)) return std::nullopt;
       std::this_thread::sleep_until(forever ? s.reconnect.next_try()
                                             : std::min(s.reconnect.next_try(), *deadline));
@@ -988,8 +1021,9 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     if (s.control_pending) {
       s.poll_control();
       // A detach settles the channel's last messages into `settled`: deliver them now, not
-      // after the next wake-up (which may never come for a channel that is gone).
-      if (!s.settled.empty()) continue;
+      // after the next wake-up (which may never come for a channel that is gone). A closed
+      // connection dropped the link: the top of the loop connects again.
+      if (!s.settled.empty() || !s.connection) continue;
     }
     // 3. Rings known to have news, round robin.
     while (!s.ready.empty()) {
@@ -1009,7 +1043,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
     if (s.must_take_bits() && s.take_bits() > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex) - unless
     // the daemon is gone: then what its rings still hold goes to `settled`, and the link.
-    if (!s.daemon_gone.empty() || !s.memory->daemon_alive()) {
+    if (!s.memory->daemon_alive()) {
       s.lose_link(s.gone_reason());
       continue;
     }
