@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -28,14 +29,15 @@
 
 namespace {
 
-shmbus::daemon::Daemon* g_daemon = nullptr;
+// Read by the signal handlers: a lock-free atomic, so they see it whole.
+std::atomic<shmbus::daemon::Daemon*> g_daemon{nullptr};
 
 void on_signal(int) {
-  if (g_daemon != nullptr) g_daemon->stop();  // async-signal-safe (an eventfd write)
+  if (auto* daemon = g_daemon.load()) daemon->stop();  // async-signal-safe (an eventfd write)
 }
 
 void on_reload_signal(int) {
-  if (g_daemon != nullptr) g_daemon->reload();  // the same
+  if (auto* daemon = g_daemon.load()) daemon->reload();  // the same
 }
 
 // Under systemd, stderr goes to the journal: a "<N>" prefix gives each line its syslog
@@ -144,6 +146,8 @@ int main(int argc, char** argv) {
   app.add_flag("--check-config", check_config, "Validate the config file and exit");
   CLI11_PARSE(app, argc, argv);
 
+  // Until the daemon can reload, a SIGHUP (an early systemctl reload) must not end it.
+  signal(SIGHUP, SIG_IGN);
   auto logger = make_logger(log_level);
   spdlog::set_default_logger(logger);
   try {
@@ -163,6 +167,11 @@ int main(int argc, char** argv) {
 #endif
     shmbus::daemon::Daemon daemon(std::move(options));
     g_daemon = &daemon;
+    // Cleared however this scope ends (run() may throw), before the daemon goes: a signal
+    // then finds no daemon rather than a destroyed one.
+    struct ClearOnExit {
+      ~ClearOnExit() { g_daemon = nullptr; }
+    } clear_on_exit;
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
