@@ -249,6 +249,39 @@ kill -INT "$pid_lines"
 wait_exit "$pid_lines" 5 "sub lines after SIGINT"
 expect_eq "sub lines exit status after SIGINT" 0 "$rc"
 
+# ---- names byte for byte -------------------------------------------------------------------
+
+# Brackets, commas, braces, '=', a leading '-', spaces and bytes >= 0x80 reach every command
+# as written (CLI11 alone would read "[x]" as x and "[a,b]" as a and b).
+odd_names=('[x]' '[a,b]' 'a,b' '{c}' 'x}' 'e=f' '-d' 'g h' $'caf\xc3\xa9' $'\xff\xfe')
+start_sub sub_odd sub --raw --timeout 20 -- "${odd_names[@]}"
+pid_odd=$sub_pid
+start_sub psub_odd psub --raw --timeout 20 -- '[[]x]' 'h[ae]llo'
+pid_podd=$sub_pid
+expected_numsub=""
+for name in "${odd_names[@]}"; do expected_numsub+="$name"$'\n1\n'; done
+wait_output "${expected_numsub%$'\n'}" cli numsub --raw -- "${odd_names[@]}"
+expect_eq "numsub of x (not held: '[x]' is)" $'x\n0' "$(cli numsub --raw -- x)"
+expect_eq "numpat with two patterns" 2 "$(cli numpat)"
+expected_sub=""
+count=0
+for name in "${odd_names[@]}"; do
+  count=$((count + 1))
+  expected_sub+=$'subscribe\n'"$name"$'\n'"$count"$'\n'
+done
+for name in "${odd_names[@]}"; do
+  receivers=$(cli pub -- "$name" "to $name")
+  # '[x]' also matches the pattern '[[]x]'.
+  [[ "$name" == '[x]' ]] && want=2 || want=1
+  expect_eq "pub to $(show "$name")" "$want" "$receivers"
+  expected_sub+=$'message\n'"$name"$'\nto '"$name"$'\n'
+done
+expect_eq "pub to hallo" 1 "$(cli pub hallo '[y]')"
+wait_sub_output sub_odd "$expected_sub"
+wait_sub_output psub_odd $'psubscribe\n[[]x]\n1\npsubscribe\nh[ae]llo\n2\npmessage\n[[]x]\n[x]\nto [x]\npmessage\nh[ae]llo\nhallo\n[y]\n'
+expect_eq "channels matching '[[]*'" $'[a,b]\n[x]' "$(cli channels --raw '[[]*')"
+kill -TERM "$pid_odd" "$pid_podd"
+
 # ---- stats ----------------------------------------------------------------------------------
 
 stats_json=$(cli stats --json)

@@ -2,15 +2,15 @@
 // PUBLISH / SUBSCRIBE / PSUBSCRIBE / PUBSUB / PING, plus live channel statistics.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
 
-#include <CLI/CLI.hpp>
-
 #include "commands.hpp"
 #include "shmbus/error.hpp"
+#include "verbatim_args.hpp"
 
 namespace {
 
@@ -65,9 +65,10 @@ int run(int argc, char** argv) {
       ->required();
   pub_cmd->add_option("--count", pub.count, "Publish the message N times, then print a summary")
       ->check(CLI::PositiveNumber);
-  pub_cmd->add_option("--rate", pub.rate,
-                      "Messages per second (0: as fast as possible); without --count, "
-                      "publish until Ctrl-C")
+  pub_cmd
+      ->add_option("--rate", pub.rate,
+                   "Messages per second (0: as fast as possible); without --count, "
+                   "publish until Ctrl-C")
       ->check(CLI::NonNegativeNumber);
 
   SubOptions sub;
@@ -75,9 +76,10 @@ int run(int argc, char** argv) {
   double sub_timeout = 0;
   auto* sub_cmd = app.add_subcommand("sub", "Subscribe to channels (SUBSCRIBE) until Ctrl-C");
   sub_cmd->add_option("channels", sub.names, "Channel names")->required();
-  sub_cmd->add_option("--from", sub.from,
-                      "Start at: latest (default), earliest (oldest still in the ring), or "
-                      "sequence number N (first message wanted)")
+  sub_cmd
+      ->add_option("--from", sub.from,
+                   "Start at: latest (default), earliest (oldest still in the ring), or "
+                   "sequence number N (first message wanted)")
       ->check(kStartPosition);
 
   SubOptions psub;
@@ -98,12 +100,10 @@ int run(int argc, char** argv) {
   channels_cmd->add_option("pattern", channels_pattern, "Only channels matching this glob");
 
   std::vector<std::string> numsub_channels;
-  auto* numsub_cmd =
-      app.add_subcommand("numsub", "Subscribers of each channel (PUBSUB NUMSUB)");
+  auto* numsub_cmd = app.add_subcommand("numsub", "Subscribers of each channel (PUBSUB NUMSUB)");
   numsub_cmd->add_option("channels", numsub_channels, "Channel names")->required();
 
-  auto* numpat_cmd =
-      app.add_subcommand("numpat", "Patterns subscribed on the bus (PUBSUB NUMPAT)");
+  auto* numpat_cmd = app.add_subcommand("numpat", "Patterns subscribed on the bus (PUBSUB NUMPAT)");
   auto* ping_cmd = app.add_subcommand("ping", "Round trip to the daemon");
 
   StatsOptions stats;
@@ -116,8 +116,9 @@ int run(int argc, char** argv) {
   stats_cmd->add_option("--top", stats.top, "Rows shown by --watch (busiest first)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  stats_cmd->add_option("--iterations", stats.iterations,
-                        "Exit after N refreshes of --watch (default: until Ctrl-C)")
+  stats_cmd
+      ->add_option("--iterations", stats.iterations,
+                   "Exit after N refreshes of --watch (default: until Ctrl-C)")
       ->check(CLI::PositiveNumber);
 
   bool bench_compare = false;
@@ -132,13 +133,20 @@ int run(int argc, char** argv) {
   bench_cmd->fallthrough(false);
   bench_cmd->set_help_flag();
 
+  VerbatimArguments arguments(argc, argv);
   try {
-    app.parse(argc, argv);
+    app.parse(arguments.argc(), arguments.argv());
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
     print_error(std::string(e.what()) + " (see 'shmbus --help')");
     return kExitUsage;
   }
+  // Names and patterns byte for byte, brackets included (verbatim_args.hpp).
+  for (std::string* value : {&global.connect.bus, &global.connect.socket_path, &pub.channel,
+                             &pub.message, &sub.from, &channels_pattern, &stats.pattern})
+    arguments.restore(*value);
+  for (std::vector<std::string>* values : {&sub.names, &psub.names, &numsub_channels})
+    arguments.restore(*values);
 
   if (json)
     global.style = OutputStyle::kJson;
@@ -174,7 +182,9 @@ int run(int argc, char** argv) {
       print_error("bench needs --compare first: 'shmbus bench --compare [--quick] [--json FILE]'");
       return kExitUsage;
     }
-    return run_bench_compare(bench_cmd->remaining());
+    std::vector<std::string> harness_arguments = bench_cmd->remaining();
+    arguments.restore(harness_arguments);
+    return run_bench_compare(harness_arguments);
   }
   print_error("unknown command " + command->get_name());
   return kExitUsage;
