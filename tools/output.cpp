@@ -4,8 +4,8 @@
 #include <time.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -17,7 +17,9 @@ namespace {
 
 volatile std::sig_atomic_t g_stop_requested = 0;
 
-void on_stop_signal(int) { g_stop_requested = 1; }
+void on_stop_signal(int) {
+  g_stop_requested = 1;
+}
 
 void append_escaped(std::string& out, std::string_view bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -70,6 +72,8 @@ std::string format_integer(uint64_t number, OutputStyle style) {
 
 std::string format_array(std::span<const ReplyElement> elements, OutputStyle style) {
   if (style != OutputStyle::kTty) {
+    // redis-cli ends every raw reply with a newline, so an empty array is one empty line.
+    if (elements.empty()) return "\n";
     std::string out;
     for (const auto& e : elements) out += format_element(e, style);
     return out;
@@ -175,15 +179,17 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-bool stop_requested() { return g_stop_requested != 0; }
+bool stop_requested() {
+  return g_stop_requested != 0;
+}
 
 void sleep_until_or_stopped(std::chrono::steady_clock::time_point deadline) {
   constexpr auto kSlice = std::chrono::milliseconds(50);
   while (!stop_requested()) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return;
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(deadline - now,
-                                                                              kSlice));
+    std::this_thread::sleep_for(
+        std::min<std::chrono::steady_clock::duration>(deadline - now, kSlice));
   }
 }
 
