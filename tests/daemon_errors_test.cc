@@ -190,6 +190,30 @@ TEST(DaemonErrors, BadChannelNamesNameTheLimit) {
   EXPECT_EQ(bus.publish(binary, "x"), 0u);
 }
 
+// As Redis: SUBSCRIBE and PSUBSCRIBE need at least one argument (where shmbus used to do
+// nothing), and a pattern is 1 to kMaxPatternBytes bytes (an empty one could match no
+// channel: names are at least a byte).
+TEST(DaemonErrors, SubscribingToNothingAndBadPatternsAreRefusedNamingTheRule) {
+  TestDaemon daemon;
+  auto sub = Subscription::open(daemon.options());
+  EXPECT_MENTIONS(
+      error_of([&] { sub.subscribe(std::vector<std::string>{}); }, Errc::kInvalidArgument),
+      "wrong number of arguments for 'subscribe'");
+  EXPECT_MENTIONS(
+      error_of([&] { sub.psubscribe(std::vector<std::string>{}); }, Errc::kInvalidArgument),
+      "wrong number of arguments for 'psubscribe'");
+  EXPECT_MENTIONS(error_of([&] { sub.psubscribe({""}); }, Errc::kInvalidArgument),
+                  "patterns are 1 to 1024 bytes");
+  EXPECT_MENTIONS(error_of([&] { sub.psubscribe({std::string(kMaxPatternBytes + 1, '*')}); },
+                           Errc::kInvalidArgument),
+                  "the limit is 1024 bytes");
+  EXPECT_NO_THROW(sub.psubscribe({std::string(kMaxPatternBytes, '*')}));
+  EXPECT_EQ(sub.count(), 1u);
+  // Unsubscribing from nothing is fine, as in Redis: it means everything.
+  EXPECT_NO_THROW(sub.punsubscribe(std::vector<std::string>{}));
+  EXPECT_EQ(sub.count(), 0u);
+}
+
 TEST(DaemonErrors, OversizedMessageNamesChannelLimitRingAndRule) {
   auto config = test::small_test_config();
   daemon::ChannelRule video;

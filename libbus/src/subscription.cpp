@@ -830,10 +830,18 @@ Subscription Subscription::open(const ConnectOptions& options) {
 }
 
 void Subscription::subscribe(std::span<const std::string> channels, StartAt start) {
+  if (channels.empty())
+    throw Error(Errc::kInvalidArgument,
+                "ERR wrong number of arguments for 'subscribe' command: give at least one "
+                "channel (to stop receiving, unsubscribe)");
   for (auto run : batches(channels)) state_->with_link([&] { state_->subscribe_now(run, start); });
 }
 
 void Subscription::psubscribe(std::span<const std::string> patterns) {
+  if (patterns.empty())
+    throw Error(Errc::kInvalidArgument,
+                "ERR wrong number of arguments for 'psubscribe' command: give at least one "
+                "pattern (to stop receiving, punsubscribe)");
   for (auto run : batches(patterns)) state_->with_link([&] { state_->psubscribe_now(run); });
 }
 

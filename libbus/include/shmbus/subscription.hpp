@@ -73,6 +73,9 @@ struct Message {
   }
 };
 
+// Limits: patterns are 1..1024 bytes, any bytes (as channel names, kMaxChannelNameBytes).
+inline constexpr std::size_t kMaxPatternBytes = 1024;
+
 class Subscription {
  public:
   // Opens a connection of its own to the daemon; throws Error(kNoDaemon) as Bus::connect.
@@ -83,11 +86,13 @@ class Subscription {
   ~Subscription();
 
   // Adds channels (creating them if they do not exist yet, so every message published
-  // after this returns arrives). `start` applies to channels added by this call.
+  // after this returns arrives). `start` applies to channels added by this call. At least
+  // one channel, as Redis's SUBSCRIBE (kInvalidArgument otherwise).
   void subscribe(std::span<const std::string> channels, StartAt start = {});
   void subscribe(std::initializer_list<std::string_view> channels, StartAt start = {});
   // Adds glob patterns: existing matching channels from their latest message, channels
-  // created later from their first.
+  // created later from their first. At least one; each 1 to kMaxPatternBytes bytes (an
+  // empty pattern, which Redis takes, could match no channel here: names are never empty).
   void psubscribe(std::span<const std::string> patterns);
   void psubscribe(std::initializer_list<std::string_view> patterns);
   // Removes the given channels / patterns; with none given, removes all (as Redis does).
