@@ -495,6 +495,16 @@ struct Subscription::State {
     }
   }
 
+  // Applies the control events already in the socket, before a subscription change settles
+  // what was published before it. A channel created by a publish that happened before this
+  // change reached us as an attach event before that publisher could publish (the daemon
+  // attaches pattern subscribers first): without its reader, settle() would miss the
+  // message, and the change would add a reason to it that Redis never gives.
+  void apply_waiting_events() {
+    connection->poll_events();
+    apply_events();
+  }
+
   // Tells the daemon about rings found corrupt when they were to be opened. Sent between
   // requests, never inside one (a reply may come in several frames).
   void report_corrupt_rings() {
@@ -872,6 +882,7 @@ void Subscription::punsubscribe(std::span<const std::string> patterns) {
 void Subscription::State::subscribe_now(std::span<const std::string> channels, StartAt start) {
   State& s = *this;
   for (const auto& name : channels) validate_channel_name(name);
+  s.apply_waiting_events();
   // (Subscribing again after a reconnect adds no reason: nothing to settle.)
   if (!s.resubscribing)
     s.settle([&](const RingReader& rr) {
@@ -905,6 +916,7 @@ void Subscription::subscribe(std::initializer_list<std::string_view> channels, S
 void Subscription::State::psubscribe_now(std::span<const std::string> patterns) {
   State& s = *this;
   for (const auto& pattern : patterns) validate_pattern(pattern);
+  s.apply_waiting_events();
   if (!s.resubscribing)
     s.settle([&](const RingReader& rr) {
       return std::any_of(patterns.begin(), patterns.end(),
