@@ -174,6 +174,7 @@ int main(int argc, char** argv) {
     } clear_on_exit;
     struct sigaction sa {};
     sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;  // a signal must not fail the system call it interrupts
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);

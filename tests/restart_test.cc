@@ -523,6 +523,59 @@ TEST(DaemonDeath, ARefusedResubscriptionIsSaidAndTriedAgain) {
   EXPECT_EQ(sub.link_stats().reconnects, 1u);
 }
 
+// A channel opened again on a restarted daemon that refuses it fails with the daemon's own
+// reason (here max_channels), not as a corrupt ring.
+TEST(DaemonDeath, ARefusalToReopenAChannelSaysWhy) {
+  RestartedBus bus(Restart::kKill);
+  auto publisher = Bus::connect(bus.options("pub"));
+  auto channel = publisher.channel("mine");
+  channel.publish("before");
+  bus.set_config("[limits]\nmax_channels = 1\n");
+  bus.restart();
+  Bus::connect(bus.options("other")).publish("theirs", "x");  // takes the only channel
+  EXPECT_EQ(channel.try_publish(std::as_bytes(std::span<const char>("x", 1))).status,
+            PublishStatus::kRefused);
+  try {
+    channel.publish("after");
+    ADD_FAILURE() << "published past max_channels = 1";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kLimit) << e.what();
+    EXPECT_NE(std::string(e.what()).find("max_channels"), std::string::npos) << e.what();
+  }
+}
+
+// A subscription change that finds the daemon gone (and gives up after its wait) still
+// leaves fd() to say when to come back: an event loop that waits only on it is not stuck.
+TEST(DaemonDeath, AFailedChangeWhileTheDaemonIsAwayLeavesTheFdAlive) {
+  RestartedBus bus(Restart::kKill);
+  ConnectOptions options = bus.options("loop");
+  options.reconnect.wait = 50ms;
+  auto sub = Subscription::open(options);
+  sub.subscribe({"a"});
+  const int fd = sub.fd();
+  while (sub.next(0ns)) {
+  }
+  kill(bus.pid(), SIGKILL);
+  std::this_thread::sleep_for(20ms);  // dead, and the helper has not looked yet
+  try {
+    sub.subscribe({"b"});
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::kDaemonGone) << e.what();
+  }
+  bus.end();
+  bus.start();
+  auto publisher = Bus::connect(bus.options("pub"));
+  publisher.publish("a", "back");
+  std::optional<Message> m;
+  for (int i = 0; i < 50 && !m; ++i) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 200) != 1) continue;  // only the fd says when to call next()
+    while (auto got = sub.next(0ns)) m = std::move(got);
+  }
+  ASSERT_TRUE(m) << "fd() never turned readable again";
+  EXPECT_EQ(m->text(), "back");
+}
+
 size_t open_descriptors() {
   return static_cast<size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
                                            std::filesystem::directory_iterator()));

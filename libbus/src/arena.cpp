@@ -184,9 +184,12 @@ Arena::Block Arena::allocate(uint64_t bytes) {
   const Block block{it->first, bytes};
   // Reserve the pages before anyone can touch them: when memory runs out this fails cleanly
   // here instead of raising SIGBUS in whichever client first writes the page.
-  if (int err =
-          posix_fallocate(fd_, static_cast<off_t>(block.offset), static_cast<off_t>(block.bytes));
-      err != 0) {
+  // A signal (SIGHUP: a config reload) interrupts it with EINTR: that is not a full memory.
+  int err;
+  do {
+    err = posix_fallocate(fd_, static_cast<off_t>(block.offset), static_cast<off_t>(block.bytes));
+  } while (err == EINTR);
+  if (err != 0) {
     throw ReserveFailed(err, std::generic_category(),
                         "reserving " + human_bytes(bytes) + " of shared memory for arena '" +
                             label_ +

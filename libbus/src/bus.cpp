@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -108,10 +109,13 @@ struct OpenChannel {
       if (!core->ensure_link_locked(deadline)) return false;
       try {
         Placement fresh = open_placement(*core, name, options);
-        if (generation == core->generation) close_locked(placement.id);
         // Loans still out were claimed in the old ring: it stays mapped, with its publisher,
-        // until they come back. Otherwise the old memory goes once the publisher is replaced.
-        if (loans_out > 0) retired.push_back(Retired{epoch, memory, publisher});
+        // and open (a replaced ring is freed once closed), until they come back. Otherwise
+        // the old placement is closed and its memory goes once the publisher is replaced.
+        if (loans_out > 0)
+          retired.push_back(Retired{epoch, memory, publisher, placement.id, generation});
+        else if (generation == core->generation)
+          close_locked(placement.id);
         ++epoch;
         const std::shared_ptr<BusMemory> old_memory = std::exchange(memory, core->memory);
         generation = core->generation;
@@ -166,6 +170,10 @@ struct OpenChannel {
     uint64_t epoch;
     std::shared_ptr<BusMemory> memory;
     Publisher publisher;
+    // The placement's channel id and link, to close it once its loans are back: until then
+    // the daemon must not free (and reuse) a replaced ring that a loan still writes into.
+    uint32_t channel_id;
+    uint64_t generation;
   };
   std::vector<Retired> retired;  // placements that loans still out claimed from
   Publisher& publisher_for(uint64_t loan_epoch) {
@@ -174,8 +182,17 @@ struct OpenChannel {
     return publisher;
   }
   void loan_returned() {
-    if (--loans_out == 0) retired.clear();
+    if (--loans_out != 0) return;
+    try {
+      std::lock_guard<std::mutex> lock(core->mutex);
+      for (const Retired& r : retired)
+        if (r.generation == generation && on_current_link_locked()) close_locked(r.channel_id);
+    } catch (const std::exception&) {
+      // The daemon is gone: nothing to close.
+    }
+    retired.clear();
   }
+  std::optional<Error> refusal;  // why the daemon last refused to open it again
 };
 
 // Runs `request` on a working link, connecting again first if the daemon went away (and
@@ -231,8 +248,9 @@ PublishStatus to_publish_status(Status s) {
     if (relink) ch.publisher.wake_readers();  // they learn at once that the daemon is gone
     if (!ch.reopen(deadline)) return PublishResult{PublishStatus::kDaemonGone, 0};
   } catch (const Error& e) {
-    return PublishResult{
-        e.code() == Errc::kDaemonGone ? PublishStatus::kDaemonGone : PublishStatus::kCorrupt, 0};
+    if (e.code() == Errc::kDaemonGone) return PublishResult{PublishStatus::kDaemonGone, 0};
+    ch.refusal = e;  // what publish() throws
+    return PublishResult{PublishStatus::kRefused, 0};
   }
   PublishResult result;
   result.receivers = ch.receivers();
@@ -298,6 +316,9 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const s
                       ": its ring in shared memory contradicts itself (some process wrote "
                       "garbage into it), so nothing was published; see shmbusd's log");
     case PublishStatus::kDaemonGone: throw ch.core->gone_error();
+    case PublishStatus::kRefused:
+      if (ch.refusal) throw *ch.refusal;
+      throw Error(Errc::kLimit, "shmbusd refused to open channel " + printable(ch.name) + " again");
     case PublishStatus::kOk: break;
   }
   throw std::logic_error("publish error without an error");

@@ -422,8 +422,10 @@ bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
         // Nothing answers yet, or it went away again: keep trying. What a daemon that
         // answered refused is the caller's to hear.
         if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone &&
-            e.code() != Errc::kSystem)
+            e.code() != Errc::kSystem) {
+          reconnect.failed(Clock::now());  // tried again after the backoff, not at once
           throw;
+        }
         broken = e.what();
         reconnect.failed(Clock::now());
       }

@@ -707,6 +707,9 @@ struct Subscription::State {
     doorbell = nullptr;
     connection.reset();
     memory.reset();
+    // An event loop waiting on fd() must hear of it now: settled messages may wait, and the
+    // next call of next() is what reconnects (and sets the fd for the next try).
+    if (notifier) notifier->wake_at(Reconnect::Clock::now());
   }
 
   // The daemon is gone, or closed this connection: keeps what its rings hold for next()
@@ -720,6 +723,7 @@ struct Subscription::State {
     gap_channels.clear();
     for (const RingReader* rr : readers) gap_channels.insert(rr->channel);
     drop_link();
+    reconnect_failure = why;
     reconnect.lost(why, Reconnect::Clock::now());
     report_link_events();
   }

@@ -38,10 +38,10 @@ struct LinkEvent {
     kReconnected,  // connected again (to a new daemon, or the same one), subscriptions renewed
   };
   Kind kind = Kind::kLost;
-  std::string detail;  // why it was lost; or which daemon answered and what may be missing
-  uint64_t attempts = 0;                     // kReconnected: tries it took
-  std::chrono::nanoseconds down_for{0};      // kReconnected: since the loss was noticed
-  bool new_daemon = false;                   // kReconnected: a restarted daemon (new rings)
+  std::string detail;     // why it was lost; or which daemon answered and what may be missing
+  uint64_t attempts = 0;  // kReconnected: tries it took
+  std::chrono::nanoseconds down_for{0};  // kReconnected: since the loss was noticed
+  bool new_daemon = false;               // kReconnected: a restarted daemon (new rings)
 };
 
 // Counters of a link, for logs and metrics.
@@ -64,7 +64,9 @@ struct ReconnectOptions {
   // fails (Error(kDaemonGone), PublishStatus::kDaemonGone). Zero: fail at once and try again
   // on the next call. Subscription::next waits within its own timeout instead.
   std::chrono::nanoseconds wait = std::chrono::seconds(5);
-  // Called on the thread that noticed the change, inside the call that noticed it.
+  // Called inside the call that noticed the change, on its thread, with no lock of the Bus
+  // held (the callback may use it). Channels of one Bus used from several threads may call
+  // it concurrently.
   std::function<void(const LinkEvent&)> on_event;
 };
 
@@ -90,6 +92,9 @@ enum class PublishStatus {
                 // into it); nothing was published
   kDaemonGone,  // the daemon is gone and did not come back within ReconnectOptions::wait;
                 // nothing was published
+  kRefused,     // the channel had to be opened again (its daemon restarted, or its ring was
+                // replaced) and the daemon refused (a limit, an [[access]] rule); publish()
+                // throws the daemon's error
 };
 struct PublishResult {
   PublishStatus status = PublishStatus::kOk;

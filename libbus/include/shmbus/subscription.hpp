@@ -148,7 +148,8 @@ class Subscription {
   // A file descriptor that polls readable (POLLIN) when next(0) may return a message: for
   // epoll/poll/select event loops. Drain with next(0) until it returns nullopt, then poll
   // again. It also turns readable when the daemon is gone and when a reconnect try is due,
-  // so next(0) can do it; the descriptor stays the same across reconnects. Created on first call (it costs one helper thread); owned by the Subscription.
+  // so next(0) can do it; the descriptor stays the same across reconnects. Created on first call
+  // (it costs one helper thread); owned by the Subscription.
   int fd();
 
   // Losses and reconnects of this subscription's link to its daemon.
