@@ -17,11 +17,11 @@
 // bit is taken (and the ring found empty, or drained) before the subscriber parks.
 //
 // Invariants
-//   I1 by_bit, bit_of and readers describe the same readers; each reader holds the slot the
-//      daemon gave it until it is dropped (Reader's destructor frees it).
+//   I1 RingReaders' three indexes describe the same readers; each reader holds the slot the
+//      daemon gave it until it is dropped (Reader's destructor frees it). ring_readers.hpp
 //   I2 Events and replies are applied in the order the daemon sent them (request() stops
 //      reading at the reply), so a bit the daemon reuses is never held by two readers.
-//   I3 A ring is in `ready` at most once (RingReader::queued).
+//   I3 A ring is in the ready queue at most once (RingReader::queued).
 #include "shmbus/subscription.hpp"
 
 #include <algorithm>
@@ -29,7 +29,6 @@
 #include <deque>
 #include <memory>
 #include <thread>
-#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -40,6 +39,7 @@
 #include "naming.hpp"
 #include "notifier.hpp"
 #include "reconnect.hpp"
+#include "ring_readers.hpp"
 
 namespace shmbus {
 
@@ -56,57 +56,6 @@ constexpr size_t kDirectPollRings = 8;
 // 100,000 channels about half a millisecond of CPU per second.
 constexpr auto kSweepPeriod = std::chrono::seconds(1);
 constexpr size_t kSweepRings = 4096;
-
-struct RingReader {
-  uint32_t channel_id = 0;
-  uint32_t bit = 0;
-  // Losses reported on messages this subscription skipped (imported ones, when local only):
-  // they belong to the next message delivered from this ring.
-  uint64_t pending_lost = 0;
-  std::string channel;
-  RingRef ring;
-  std::unique_ptr<Reader> reader;
-  bool by_name = false;
-  std::vector<std::string> patterns;  // the subscription's patterns that match `channel`
-  bool queued = false;
-  // Added while subscribing again after a reconnect: its first message says Message::gap.
-  bool gap = false;
-  size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
-  // The pattern of delivery `index` of a message: the channel delivery (empty) first, as
-  // Redis sends "message" before "pmessage".
-  const std::string& pattern_of(size_t index) const {
-    static const std::string kNone;
-    return by_name && index == 0 ? kNone : patterns[index - (by_name ? 1 : 0)];
-  }
-};
-
-// Rings with news, in arrival order (round robin: a ring that still holds messages after
-// one was read goes to the back). A vector with a read index: no allocation per message
-// once warm, unlike a deque.
-class ReadyQueue {
- public:
-  bool empty() const { return head_ == bits_.size(); }
-  void push(uint32_t bit) {
-    if (empty()) {
-      bits_.clear();
-      head_ = 0;
-    } else if (head_ >= 64 && head_ * 2 >= bits_.size()) {
-      // Never empty while many rings stay busy: drop the consumed front now and then.
-      bits_.erase(bits_.begin(), bits_.begin() + static_cast<std::ptrdiff_t>(head_));
-      head_ = 0;
-    }
-    bits_.push_back(bit);
-  }
-  uint32_t pop() { return bits_[head_++]; }
-  void remove(uint32_t bit) {
-    bits_.erase(std::remove(bits_.begin() + static_cast<std::ptrdiff_t>(head_), bits_.end(), bit),
-                bits_.end());
-  }
-
- private:
-  std::vector<uint32_t> bits_;
-  size_t head_ = 0;
-};
 
 // Splits a long list of names into runs that fit in one control message each.
 std::vector<std::span<const std::string>> batches(std::span<const std::string> names) {
@@ -170,17 +119,11 @@ struct Subscription::State {
   std::unordered_set<std::string> gap_channels;
   bool current_gap = false;  // the current message is its channel's first since a reconnect
 
-  // Readers by doorbell bit (null: no reader holds the bit), so the bit a publisher set
-  // finds its ring by index. The daemon hands out low bits first, so the vector stays about
-  // as long as the number of channels read.
-  std::vector<std::unique_ptr<RingReader>> by_bit;
-  std::vector<RingReader*> readers;               // every reader, dense (direct polling)
-  std::unordered_map<uint32_t, uint32_t> bit_of;  // channel id -> bit
-  std::vector<std::string> channels;              // subscribe order
-  std::vector<std::string> patterns;              // psubscribe order (pmessage order)
-  ReadyQueue ready;
-  size_t direct_cursor = 0;   // read_rings_directly(): where the round robin stands
-  uint64_t direct_reads = 0;  // read_rings_directly() calls (control bit: every 64th)
+  RingReaders rings;                  // the rings read, and those with news (I1, I3)
+  std::vector<std::string> channels;  // subscribe order
+  std::vector<std::string> patterns;  // psubscribe order (pmessage order)
+  size_t direct_cursor = 0;           // read_rings_directly(): where the round robin stands
+  uint64_t direct_reads = 0;          // read_rings_directly() calls (control bit: every 64th)
   uint32_t polls_since_take = 0;
   std::chrono::nanoseconds spin = kSpinBeforePark;  // set_spin()
   bool local_only = false;                          // set_local_only()
@@ -227,7 +170,7 @@ struct Subscription::State {
 
   ~State() {
     notifier.reset();
-    by_bit.clear();  // readers free their slots before the connection closes
+    rings.clear();  // readers free their slots before the connection closes
     if (connection && memory->daemon_alive()) {
       try {
         connection->goodbye();
@@ -248,16 +191,8 @@ struct Subscription::State {
       if (glob_match(p, rr.channel)) rr.patterns.push_back(p);
   }
 
-  RingReader* reader_at(uint32_t bit) const {
-    return bit < by_bit.size() ? by_bit[bit].get() : nullptr;
-  }
-
-  void enqueue(uint32_t bit) {
-    RingReader* rr = reader_at(bit);
-    if (rr == nullptr || rr->queued) return;
-    rr->queued = true;
-    ready.push(bit);
-  }
+  RingReader* reader_at(uint32_t bit) const { return rings.at(bit); }
+  void enqueue(uint32_t bit) { rings.enqueue(bit); }
 
   // Makes the message just read from `rr` the current one; false if the ring is read for
   // no reason any more (being dropped) or the message is imported and we are local only:
@@ -294,6 +229,7 @@ struct Subscription::State {
   // without the doorbell. Returns true if one became the current message.
   bool read_rings_directly(bool zero_copy) {
     if (!reads_rings_directly()) return false;
+    const std::vector<RingReader*>& readers = rings.all();
     const size_t n = readers.size();
     // A pending control event (a new channel for a pattern, a channel reclaimed) goes
     // through take_bits(): busy rings must not keep it waiting. Looked at every 64th read
@@ -311,9 +247,7 @@ struct Subscription::State {
     return false;
   }
 
-  bool reads_rings_directly() const {
-    return !readers.empty() && readers.size() <= kDirectPollRings;
-  }
+  bool reads_rings_directly() const { return !rings.empty() && rings.size() <= kDirectPollRings; }
 
   // Whether it is time to look at rings whose bits never came (sweep()). The clock is read
   // only every 1024th call on a busy path.
@@ -328,6 +262,7 @@ struct Subscription::State {
   // a message by at most a few sweeps instead of forever.
   void sweep() {
     next_sweep = std::chrono::steady_clock::now() + kSweepPeriod;
+    const std::vector<RingReader*>& readers = rings.all();
     const size_t n = std::min(readers.size(), kSweepRings);
     for (size_t k = 0; k < n; ++k) {
       if (++sweep_cursor >= readers.size()) sweep_cursor = 0;
@@ -368,7 +303,7 @@ struct Subscription::State {
     uint32_t spins = 0;
     auto news = [&] {
       if (direct) {
-        for (const RingReader* rr : readers)
+        for (const RingReader* rr : rings.all())
           if (rr->reader->has_data()) return true;
         // The doorbell only for control events (and rings it may know of first): rarely.
         if (++spins % 16 != 0) return false;
@@ -394,8 +329,8 @@ struct Subscription::State {
   }
 
   void add_reader(const Attachment& a, StartAt start) {
-    if (auto known = bit_of.find(a.ring.channel_id); known != bit_of.end()) {
-      refresh_reasons(*by_bit[known->second]);
+    if (RingReader* known = rings.find(a.ring.channel_id)) {
+      refresh_reasons(*known);
       return;
     }
     if (a.bit == kControlBit || a.bit >= waiter->geometry().bits || reader_at(a.bit) != nullptr)
@@ -432,28 +367,19 @@ struct Subscription::State {
     }
     refresh_reasons(rr);
     rr.gap = resubscribing || gap_channels.erase(rr.channel) > 0;
-    bit_of[rr.channel_id] = rr.bit;
     const uint32_t bit = rr.bit;
-    if (by_bit.size() <= bit) by_bit.resize(bit + 1);
-    readers.push_back(owned.get());
+    rings.add(std::move(owned));
     // Past kDirectPollRings nobody reads rings directly any more: a ring with messages left
     // and its bit already taken would wait for its next publish. Queue them all once.
-    if (readers.size() == kDirectPollRings + 1)
-      for (RingReader* other : readers) enqueue(other->bit);
-    by_bit[bit] = std::move(owned);
+    if (rings.size() == kDirectPollRings + 1)
+      for (RingReader* other : rings.all()) enqueue(other->bit);
     enqueue(bit);  // messages may already wait (published between registration and now)
   }
 
   void drop_reader(uint32_t channel_id) {
-    auto it = bit_of.find(channel_id);
-    if (it == bit_of.end()) return;
-    const uint32_t bit = it->second;
     // No view is held here: every caller settled (which releases it) or released it first.
-    bit_of.erase(it);
-    std::erase(readers, by_bit[bit].get());
-    by_bit[bit].reset();  // the Reader frees its slot
-    ready.remove(bit);
-    if (current_bit == bit) next_delivery = delivery_count;  // drop the rest of its deliveries
+    const std::optional<uint32_t> bit = rings.remove(channel_id);    // the Reader frees its slot
+    if (bit && current_bit == *bit) next_delivery = delivery_count;  // drop its other deliveries
   }
 
   // Applies queued control events (in the order they arrived).
@@ -570,7 +496,7 @@ struct Subscription::State {
     next_delivery = delivery_count = 0;
     std::vector<std::byte> bytes;
     MessageInfo message;
-    for (RingReader* r : readers) {
+    for (RingReader* r : rings.all()) {
       RingReader& rr = *r;
       if (!affected(rr)) continue;
       // Only what was published before now: a fast publisher must not keep us here. At most
@@ -695,10 +621,7 @@ struct Subscription::State {
     if (notifier) notifier->unwatch();
     notifier_wake_at.reset();
     release_view(false);
-    ready = ReadyQueue{};
-    readers.clear();
-    bit_of.clear();
-    by_bit.clear();
+    rings.clear();  // the readers' slots are in the old reader tables: nobody reads them
     next_delivery = delivery_count = 0;
     control_pending = doorbell_rang = false;
     corrupt_rings.clear();
@@ -721,7 +644,7 @@ struct Subscription::State {
     settle([](const RingReader&) { return true; });
     lost_daemon = memory->daemon_identity();
     gap_channels.clear();
-    for (const RingReader* rr : readers) gap_channels.insert(rr->channel);
+    for (const RingReader* rr : rings.all()) gap_channels.insert(rr->channel);
     drop_link();
     reconnect_failure = why;
     reconnect.lost(why, Reconnect::Clock::now());
@@ -904,11 +827,11 @@ void Subscription::State::subscribe_now(std::span<const std::string> channels, S
   } catch (const Error&) {
     // The daemon stopped at the first failure: keep only what it confirmed.
     std::erase_if(s.channels, [&](const std::string& name) {
-      for (const RingReader* rr : s.readers)
+      for (const RingReader* rr : s.rings.all())
         if (rr->channel == name) return false;
       return true;
     });
-    for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
+    for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);
     throw;
   }
 }
@@ -931,7 +854,7 @@ void Subscription::State::psubscribe_now(std::span<const std::string> patterns) 
   for (const auto& pattern : patterns)
     if (std::find(s.patterns.begin(), s.patterns.end(), pattern) == s.patterns.end())
       s.patterns.push_back(pattern);
-  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);  // channels already read
+  for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);  // channels already read
   // A pattern's existing channels start at their latest message (Redis) - except those of a
   // restarted daemon we subscribe to again, which hold only what we would have missed.
   s.apply_subscribed(reply, s.resubscribing ? s.resubscribe_start : StartAt::latest());
@@ -954,7 +877,7 @@ void Subscription::State::unsubscribe_now(std::span<const std::string> channels)
     s.channels.clear();
   else
     for (const auto& name : channels) std::erase(s.channels, name);
-  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
+  for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
 
@@ -975,7 +898,7 @@ void Subscription::State::punsubscribe_now(std::span<const std::string> patterns
     s.patterns.clear();
   else
     for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
-  for (RingReader* rr : s.readers) s.refresh_reasons(*rr);
+  for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
 
@@ -1050,11 +973,10 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       if (!s.settled.empty() || !s.connection) continue;
     }
     // 3. Rings known to have news, round robin.
-    while (!s.ready.empty()) {
-      const uint32_t bit = s.ready.pop();
-      RingReader* ring = s.reader_at(bit);
+    while (s.rings.has_ready()) {
+      RingReader* ring = s.rings.pop_ready();
       if (ring == nullptr) continue;
-      ring->queued = false;
+      const uint32_t bit = ring->bit;
       if (!s.read_ring(*ring, zero_copy)) continue;
       // It may hold more; others go first. (Small subscriptions find it again in step 4.)
       if (!s.reads_rings_directly()) s.enqueue(bit);
@@ -1092,7 +1014,7 @@ void Subscription::set_local_only(bool local_only) {
   // message. After the fence every later publish rings; look at every ring once for the
   // ones before.
   full_fence();
-  for (RingReader* rr : s.readers) s.enqueue(rr->bit);
+  for (RingReader* rr : s.rings.all()) s.enqueue(rr->bit);
   s.doorbell_rang = true;
 }
 
