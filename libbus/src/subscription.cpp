@@ -117,7 +117,6 @@ struct Subscription::State {
   // Channels read on the link lost last and not read since: the first reader of one on a
   // later link gets RingReader::gap too (a pattern's channel may come back by an attach).
   std::unordered_set<std::string> gap_channels;
-  bool current_gap = false;  // the current message is its channel's first since a reconnect
 
   RingReaders rings;                  // the rings read, and those with news (I1, I3)
   std::vector<std::string> channels;  // subscribe order
@@ -149,21 +148,23 @@ struct Subscription::State {
   std::deque<Settled> settled;
   Settled settled_current;  // what next() last returned from `settled`
 
-  // The message being delivered (once per reason: channel, then each matching pattern).
-  // Its bytes: `payload` (next() copies), or in place in the ring while `held` (next_view).
-  std::vector<std::byte> payload;
-  std::span<const std::byte> current_payload;
-  MessageInfo info;
-  uint32_t current_bit = 0;
-  size_t next_delivery = 0;
-  size_t delivery_count = 0;
-
-  // next_view(): the frame behind the current message stays unconsumed (its reader's slot
-  // does not move past it, so a back-pressure ring cannot overwrite it) until the next call
-  // of next()/next_view() or a subscription change releases it.
-  bool held = false;
-  MessageView held_view;
-  bool held_found_intact = false;  // what the caller's latest intact() said
+  // The message being delivered, once per reason: channel, then each matching pattern.
+  struct Delivery {
+    std::vector<std::byte> payload;    // next()'s private copy
+    std::span<const std::byte> bytes;  // what is delivered: `payload`, or in the ring (held)
+    MessageInfo info;
+    uint32_t bit = 0;  // its ring's doorbell bit
+    size_t next = 0;   // deliveries made
+    size_t count = 0;  // deliveries it has
+    bool gap = false;  // its channel's first since a reconnect (Message::gap)
+    // next_view(): the frame behind the message stays unconsumed (its reader's slot does
+    // not move past it, so a back-pressure ring cannot overwrite it) until the next call of
+    // next()/next_view() or a subscription change releases it.
+    bool held = false;
+    MessageView view;
+    bool found_intact = false;  // what the caller's latest intact() said
+  };
+  Delivery current;
 
   // fd(): made on first call; from then on it watches the doorbell.
   std::unique_ptr<Notifier> notifier;
@@ -198,19 +199,19 @@ struct Subscription::State {
   // no reason any more (being dropped) or the message is imported and we are local only:
   // the message is then let go.
   bool begin_delivery(RingReader& rr) {
-    current_bit = rr.bit;
+    current.bit = rr.bit;
     if (rr.deliveries() == 0) {  // being dropped: read for no reason any more
-      rr.pending_lost += info.lost_before;
+      rr.pending_lost += current.info.lost_before;
       release_view(false);
       return false;
     }
-    if (!admit(rr, info)) {
+    if (!admit(rr, current.info)) {
       release_view(false);
       return false;
     }
-    next_delivery = 0;
-    delivery_count = rr.deliveries();
-    current_gap = std::exchange(rr.gap, false);
+    current.next = 0;
+    current.count = rr.deliveries();
+    current.gap = std::exchange(rr.gap, false);
     return true;
   }
 
@@ -378,8 +379,8 @@ struct Subscription::State {
 
   void drop_reader(uint32_t channel_id) {
     // No view is held here: every caller settled (which releases it) or released it first.
-    const std::optional<uint32_t> bit = rings.remove(channel_id);    // the Reader frees its slot
-    if (bit && current_bit == *bit) next_delivery = delivery_count;  // drop its other deliveries
+    const std::optional<uint32_t> bit = rings.remove(channel_id);  // the Reader frees its slot
+    if (bit && current.bit == *bit) current.next = current.count;  // drop its other deliveries
   }
 
   // Applies queued control events (in the order they arrived).
@@ -488,12 +489,12 @@ struct Subscription::State {
   template <typename Affected>
   void settle(Affected&& affected) {
     release_view(true);
-    const RingReader* current = reader_at(current_bit);
-    if (next_delivery < delivery_count && current != nullptr) {
-      for (size_t i = next_delivery; i < current->deliveries(); ++i)
-        settled.push_back(delivery(*current, i, current_payload, info, current_gap));
+    const RingReader* delivering = reader_at(current.bit);
+    if (current.next < current.count && delivering != nullptr) {
+      for (size_t i = current.next; i < delivering->deliveries(); ++i)
+        settled.push_back(delivery(*delivering, i, current.bytes, current.info, current.gap));
     }
-    next_delivery = delivery_count = 0;
+    current.next = current.count = 0;
     std::vector<std::byte> bytes;
     MessageInfo message;
     for (RingReader* r : rings.all()) {
@@ -524,37 +525,37 @@ struct Subscription::State {
   // if the frame turns out overwritten, they are dropped instead and the message counts as
   // lost, like any torn read.
   void release_view(bool keep_rest) {
-    if (!held) return;
-    held = false;
-    RingReader* rr = reader_at(current_bit);
+    if (!current.held) return;
+    current.held = false;
+    RingReader* rr = reader_at(current.bit);
     if (rr == nullptr) return;  // dropped: its Reader (and slot) are gone already
-    const bool more = keep_rest && next_delivery < delivery_count;
+    const bool more = keep_rest && current.next < current.count;
     if (more) {
-      rr->reader->copy_payload(held_view, payload);
-      current_payload = payload;
+      rr->reader->copy_payload(current.view, current.payload);
+      current.bytes = current.payload;
       // Overwritten before or while we copied: the deliveries still to go would be torn.
       // (One the caller already checked with intact() stays delivered, below.)
-      if (!rr->reader->intact(held_view)) next_delivery = delivery_count = 0;
+      if (!rr->reader->intact(current.view)) current.next = current.count = 0;
     }
-    if (held_found_intact) {
-      rr->reader->accept(held_view);
-    } else if (!rr->reader->consume(held_view)) {
-      next_delivery = delivery_count = 0;
+    if (current.found_intact) {
+      rr->reader->accept(current.view);
+    } else if (!rr->reader->consume(current.view)) {
+      current.next = current.count = 0;
     }
   }
 
   // Reads the next message of `rr`: a copy, or (zero_copy) a view held until released.
   bool read_ring(RingReader& rr, bool zero_copy) {
     if (!zero_copy) {
-      if (rr.reader->try_read_copy(payload, info) != Status::kOk) return false;
-      current_payload = payload;
+      if (rr.reader->try_read_copy(current.payload, current.info) != Status::kOk) return false;
+      current.bytes = current.payload;
       return true;
     }
-    if (rr.reader->try_read(held_view) != Status::kOk) return false;
-    held = true;
-    held_found_intact = false;
-    info = held_view;
-    current_payload = {held_view.payload, held_view.length};
+    if (rr.reader->try_read(current.view) != Status::kOk) return false;
+    current.held = true;
+    current.found_intact = false;
+    current.info = current.view;
+    current.bytes = {current.view.payload, current.view.length};
     return true;
   }
 
@@ -622,7 +623,7 @@ struct Subscription::State {
     notifier_wake_at.reset();
     release_view(false);
     rings.clear();  // the readers' slots are in the old reader tables: nobody reads them
-    next_delivery = delivery_count = 0;
+    current.next = current.count = 0;
     control_pending = doorbell_rang = false;
     corrupt_rings.clear();
     direct_cursor = sweep_cursor = 0;
@@ -918,10 +919,10 @@ std::optional<Message> Subscription::next_view(std::chrono::nanoseconds timeout)
 
 bool Subscription::intact() {
   State& s = *state_;
-  if (!s.held) return true;
-  const RingReader* rr = s.reader_at(s.current_bit);
-  s.held_found_intact = rr != nullptr && rr->reader->intact(s.held_view);
-  return s.held_found_intact;
+  if (!s.current.held) return true;
+  const RingReader* rr = s.reader_at(s.current.bit);
+  s.current.found_intact = rr != nullptr && rr->reader->intact(s.current.view);
+  return s.current.found_intact;
 }
 
 std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeout, bool zero_copy) {
@@ -939,16 +940,16 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       return make_message(d.channel, d.pattern, d.payload, d.info, d.gap);
     }
     // 1. The rest of the current message's deliveries (message, then each pmessage).
-    if (s.next_delivery < s.delivery_count) {
-      const RingReader* rr = s.reader_at(s.current_bit);
-      if (rr != nullptr && s.next_delivery < rr->deliveries()) {
+    if (s.current.next < s.current.count) {
+      const RingReader* rr = s.reader_at(s.current.bit);
+      if (rr != nullptr && s.current.next < rr->deliveries()) {
         // Views of the reader's own names: they change only with the subscription, and a
         // Message is valid only until then.
-        const size_t index = s.next_delivery++;
-        return make_message(rr->channel, rr->pattern_of(index), s.current_payload, s.info,
-                            s.current_gap);
+        const size_t index = s.current.next++;
+        return make_message(rr->channel, rr->pattern_of(index), s.current.bytes, s.current.info,
+                            s.current.gap);
       }
-      s.next_delivery = s.delivery_count = 0;
+      s.current.next = s.current.count = 0;
     }
     // Every delivery of the held message is out: let its frame go before reading more.
     s.release_view(false);
@@ -982,7 +983,7 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       if (!s.reads_rings_directly()) s.enqueue(bit);
       if (s.begin_delivery(*ring)) break;
     }
-    if (s.next_delivery < s.delivery_count) continue;
+    if (s.current.next < s.current.count) continue;
     // 4. Small subscriptions: the rings themselves, before the doorbell.
     if (s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
