@@ -9,10 +9,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <shmbus/shmbus.hpp>
 #include <string>
 #include <thread>
-
-#include <shmbus/shmbus.hpp>
 
 namespace {
 

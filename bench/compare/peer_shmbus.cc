@@ -80,7 +80,8 @@ class ShmbusPublisher {
 
 class ShmbusSubscriber {
  public:
-  explicit ShmbusSubscriber(const ChildSpec& spec) : subscription_(Subscription::open(connect_options(spec))) {
+  explicit ShmbusSubscriber(const ChildSpec& spec)
+      : subscription_(Subscription::open(connect_options(spec))) {
     // A late subscriber asks for what the ring still holds.
     subscription_.subscribe(std::vector<std::string>{spec.topic},
                             spec.history ? StartAt::earliest() : StartAt::latest());
@@ -96,8 +97,7 @@ class ShmbusSubscriber {
         if ((i & 255) == 0 && patience.exhausted()) return std::nullopt;
       }
     }
-    if (auto m = subscription_.next_view(std::chrono::nanoseconds(timeout_ns)))
-      return m->payload;
+    if (auto m = subscription_.next_view(std::chrono::nanoseconds(timeout_ns))) return m->payload;
     return std::nullopt;
   }
   // The workloads read the payload before release(): check that no publisher overwrote it
@@ -149,7 +149,9 @@ std::unique_ptr<Server> start(const Session&) {
   }
 }
 
-std::string version() { return "shmbus " SHMBUS_VERSION " (in-process shmbusd)"; }
+std::string version() {
+  return "shmbus " SHMBUS_VERSION " (in-process shmbusd)";
+}
 
 }  // namespace
 

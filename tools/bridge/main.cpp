@@ -1,11 +1,10 @@
 // shmbus-bridge: command line, logging and signals around the Bridge (bridge.hpp).
 #include <signal.h>
-
-#include <iostream>
-
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
 
 #include "bridge.hpp"
 #include "shmbus/error.hpp"
@@ -41,7 +40,8 @@ int main(int argc, char** argv) {
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    shmbus::bridge::Bridge bridge(std::move(config), {bus, socket_path, "shmbus-bridge", {}}, logger);
+    shmbus::bridge::Bridge bridge(std::move(config), {bus, socket_path, "shmbus-bridge", {}},
+                                  logger);
     logger->info("relaying; counters every stats_interval_ms on local channel '{}'",
                  bridge.stats_channel());
     // Wait for a stop signal, looking once a second whether the local daemon went away.
