@@ -400,9 +400,8 @@ void ClientCore::connect_locked() {
 bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
   if (broken.empty() && memory->daemon_alive()) return true;
   const auto before = memory->daemon_identity();
-  const std::string why = !broken.empty() ? broken
-                                          : "shmbusd (pid " + std::to_string(before.first) +
-                                                ") of bus '" + endpoint.bus + "' is gone";
+  const std::string why =
+      !broken.empty() ? broken : daemon_description(endpoint, before.first) + " is gone";
   if (broken.empty()) broken = why;
   reconnect.lost(why, Clock::now());
   if (!reconnect.options().enabled)
@@ -414,20 +413,16 @@ bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
         connect_locked();
         const auto after = memory->daemon_identity();
         const bool new_daemon = after != before;
-        reconnect.reconnected("shmbusd (pid " + std::to_string(after.first) + ") of bus '" +
-                                  endpoint.bus + "' on " + endpoint.socket_path,
-                              new_daemon, Clock::now());
+        reconnect.reconnected(
+            daemon_description(endpoint, after.first) + " on " + endpoint.socket_path, new_daemon,
+            Clock::now());
         return true;
       } catch (const Error& e) {
-        // Nothing answers yet, or it went away again: keep trying. What a daemon that
-        // answered refused is the caller's to hear.
-        if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone &&
-            e.code() != Errc::kSystem) {
-          reconnect.failed(Clock::now());  // tried again after the backoff, not at once
-          throw;
-        }
+        // Tried again after the backoff. What a daemon that answered refused is the
+        // caller's to hear, at each try.
         broken = e.what();
         reconnect.failed(Clock::now());
+        if (!worth_retrying(e)) throw;
       }
     }
     const auto wake = std::min(reconnect.next_try(), deadline);
@@ -438,6 +433,10 @@ bool ClientCore::ensure_link_locked(Clock::time_point deadline) {
 
 void ClientCore::mark_broken_locked(const std::string& why) {
   if (broken.empty()) broken = why;
+}
+
+std::string daemon_description(const Endpoint& endpoint, int32_t pid) {
+  return "shmbusd (pid " + std::to_string(pid) + ") of bus '" + endpoint.bus + "'";
 }
 
 Error ClientCore::gone_error() {

@@ -191,6 +191,9 @@ struct ClientCore {
   void connect_locked();
 };
 
+// "shmbusd (pid N) of bus 'B'": how losses and reconnects name the daemon.
+std::string daemon_description(const Endpoint& endpoint, int32_t pid);
+
 // The program's name, for the daemon's log ("client 12 (pid 345, 'shmbus')").
 std::string program_name();
 

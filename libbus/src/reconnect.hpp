@@ -16,6 +16,12 @@
 
 namespace shmbus {
 
+// Whether a failed try to reach the daemon is worth repeating: nothing answered, or it went
+// away again. Anything else is what a daemon that answered refused.
+inline bool worth_retrying(const Error& e) {
+  return e.code() == Errc::kNoDaemon || e.code() == Errc::kDaemonGone || e.code() == Errc::kSystem;
+}
+
 class Reconnect {
  public:
   using Clock = std::chrono::steady_clock;

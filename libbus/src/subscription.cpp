@@ -653,8 +653,7 @@ struct Subscription::State {
   }
 
   std::string gone_reason() const {
-    return "shmbusd (pid " + std::to_string(memory->daemon_identity().first) + ") of bus '" +
-           endpoint.bus + "' is gone";
+    return daemon_description(endpoint, memory->daemon_identity().first) + " is gone";
   }
 
   // LinkEvents go to the callback here, between steps, never from inside a change.
@@ -687,11 +686,10 @@ struct Subscription::State {
       for (auto run : batches(held_patterns))
         if (!run.empty()) psubscribe_now(run);
       resubscribing = false;
-      reconnect.reconnected("shmbusd (pid " + std::to_string(memory->daemon_identity().first) +
-                                ") of bus '" + endpoint.bus + "' on " + endpoint.socket_path +
-                                "; subscribed again to " + std::to_string(channels.size()) +
-                                " channel(s) and " + std::to_string(patterns.size()) +
-                                " pattern(s)",
+      reconnect.reconnected(daemon_description(endpoint, memory->daemon_identity().first) + " on " +
+                                endpoint.socket_path + "; subscribed again to " +
+                                std::to_string(channels.size()) + " channel(s) and " +
+                                std::to_string(patterns.size()) + " pattern(s)",
                             new_daemon, Reconnect::Clock::now());
       report_link_events();
       return true;
@@ -702,7 +700,7 @@ struct Subscription::State {
       channels = held_channels;
       patterns = held_patterns;
       reconnect.failed(Reconnect::Clock::now());
-      if (e.code() != Errc::kNoDaemon && e.code() != Errc::kDaemonGone && e.code() != Errc::kSystem)
+      if (!worth_retrying(e))
         throw Error(e.code(), std::string(e.what()) +
                                   " (while subscribing again after a reconnect; tried again "
                                   "on later calls)");
