@@ -61,6 +61,25 @@ Placement open_placement(ClientCore& core, std::string_view name, const ChannelO
   return placement;
 }
 
+// Runs `request` on a working link, connecting again first if the daemon went away (and
+// once more if the connection turns out closed meanwhile). Throws Error(kDaemonGone) if
+// the daemon did not come back within ReconnectOptions::wait.
+template <typename Request>
+auto with_link(ClientCore& core, Request&& request) {
+  const ClientCore::EventReport report(core);  // after the lock below is released
+  std::lock_guard<std::mutex> lock(core.mutex);
+  const auto deadline = ClientCore::Clock::now() + core.reconnect.options().wait;
+  for (int tries = 0;; ++tries) {
+    if (!core.ensure_link_locked(deadline)) throw core.gone_error_locked();
+    try {
+      return request();
+    } catch (const Error& e) {
+      if (e.code() != Errc::kDaemonGone || tries >= 2) throw;
+      core.mark_broken_locked(e.what());
+    }
+  }
+}
+
 // One channel opened for publishing through the daemon.
 struct OpenChannel {
   // REQUIRES: core_in->mutex held, and `placement_in` opened on the current link.
@@ -100,36 +119,27 @@ struct OpenChannel {
   }
 
   // Opens the channel again: on the ring that replaced one the daemon took out of service
-  // (it was found corrupt), or on a new link after the daemon went away. Waits for the
-  // link until `deadline`; false if it did not come back by then.
-  bool reopen(ClientCore::Clock::time_point deadline) {
-    const ClientCore::EventReport report(*core);  // after the lock below is released
-    std::lock_guard<std::mutex> lock(core->mutex);
-    for (int tries = 0; tries < 3; ++tries) {
-      if (!core->ensure_link_locked(deadline)) return false;
-      try {
-        Placement fresh = open_placement(*core, name, options);
-        // Loans still out were claimed in the old ring: it stays mapped, with its publisher,
-        // and open (a replaced ring is freed once closed), until they come back. Otherwise
-        // the old placement is closed and its memory goes once the publisher is replaced.
-        if (loans_out > 0)
-          retired.push_back(Retired{epoch, memory, publisher, placement.id, generation});
-        else if (generation == core->generation)
-          close_locked(placement.id);
-        ++epoch;
-        const std::shared_ptr<BusMemory> old_memory = std::exchange(memory, core->memory);
-        generation = core->generation;
-        life = memory->life_word();
-        placement = std::move(fresh);
-        publisher =
-            Publisher(placement.ring, core->connection->welcome().publisher_id, &memory->table());
-        return true;
-      } catch (const Error& e) {
-        if (e.code() != Errc::kDaemonGone) throw;
-        core->mark_broken_locked(e.what());  // closed under us: connect again
-      }
-    }
-    return false;
+  // (it was found corrupt), or on a new link after the daemon went away. Throws
+  // Error(kDaemonGone) if the link did not come back within ReconnectOptions::wait, and
+  // what a daemon that answered refused.
+  void reopen() {
+    with_link(*core, [&] {
+      Placement fresh = open_placement(*core, name, options);
+      // Loans still out were claimed in the old ring: it stays mapped, with its publisher,
+      // and open (a replaced ring is freed once closed), until they come back. Otherwise
+      // the old placement is closed and its memory goes once the publisher is replaced.
+      if (loans_out > 0)
+        retired.push_back(Retired{epoch, memory, publisher, placement.id, generation});
+      else if (generation == core->generation)
+        close_locked(placement.id);
+      ++epoch;
+      const std::shared_ptr<BusMemory> old_memory = std::exchange(memory, core->memory);
+      generation = core->generation;
+      life = memory->life_word();
+      placement = std::move(fresh);
+      publisher =
+          Publisher(placement.ring, core->connection->welcome().publisher_id, &memory->table());
+    });
   }
 
   // Tells the daemon our ring contradicts itself; it checks, and replaces the ring if so.
@@ -195,25 +205,6 @@ struct OpenChannel {
   std::optional<Error> refusal;  // why the daemon last refused to open it again
 };
 
-// Runs `request` on a working link, connecting again first if the daemon went away (and
-// once more if the connection turns out closed meanwhile). Throws Error(kDaemonGone) if
-// the daemon did not come back within ReconnectOptions::wait.
-template <typename Request>
-auto with_link(ClientCore& core, Request&& request) {
-  const ClientCore::EventReport report(core);  // after the lock below is released
-  std::lock_guard<std::mutex> lock(core.mutex);
-  const auto deadline = ClientCore::Clock::now() + core.reconnect.options().wait;
-  for (int tries = 0;; ++tries) {
-    if (!core.ensure_link_locked(deadline)) throw core.gone_error_locked();
-    try {
-      return request();
-    } catch (const Error& e) {
-      if (e.code() != Errc::kDaemonGone || tries >= 2) throw;
-      core.mark_broken_locked(e.what());
-    }
-  }
-}
-
 std::unique_ptr<OpenChannel> open_channel(const std::shared_ptr<ClientCore>& core,
                                           std::string_view name, const ChannelOptions& options) {
   validate_channel_name(name);
@@ -240,13 +231,12 @@ PublishStatus to_publish_status(Status s) {
 [[gnu::noinline]] PublishResult publish_again(OpenChannel& ch, std::span<const std::byte> payload,
                                               const PublishMeta& meta,
                                               std::chrono::nanoseconds wait, Status first) {
-  const auto deadline = ClientCore::Clock::now() + ch.core->reconnect.options().wait;
   try {
     if (first == Status::kCorrupt) ch.report_corrupt();
     const bool relink = !ch.daemon_alive();
     if (!relink && ch.in_service()) return PublishResult{to_publish_status(first), 0};
     if (relink) ch.publisher.wake_readers();  // they learn at once that the daemon is gone
-    if (!ch.reopen(deadline)) return PublishResult{PublishStatus::kDaemonGone, 0};
+    ch.reopen();
   } catch (const Error& e) {
     if (e.code() == Errc::kDaemonGone) return PublishResult{PublishStatus::kDaemonGone, 0};
     ch.refusal = e;  // what publish() throws
@@ -443,11 +433,9 @@ uint32_t Channel::publish(std::string_view text) {
 
 Loan Channel::loan(std::size_t bytes) {
   OpenChannel& ch = *state_->open;
-  if (!ch.in_service() || !ch.daemon_alive()) [[unlikely]] {
-    // As publish_on: never lend space in a dead daemon's ring.
-    if (!ch.reopen(ClientCore::Clock::now() + ch.core->reconnect.options().wait))
-      throw ch.core->gone_error();
-  }
+  // As publish_on: never lend space in a dead daemon's ring.
+  if (!ch.in_service() || !ch.daemon_alive()) [[unlikely]]
+    ch.reopen();
   std::unique_ptr<Loan::State> state = std::move(state_->spare_loan);
   if (!state) state = std::make_unique<Loan::State>();
   state->channel = &ch;
