@@ -28,6 +28,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <unordered_set>
 #include <utility>
@@ -94,6 +95,14 @@ Writer& write_names(Writer& w, std::span<const std::string> names) {
   return w;
 }
 
+// UNSUBSCRIBE / PUNSUBSCRIBE on the names held: those given, or all of them if none is.
+void forget(std::vector<std::string>& held, std::span<const std::string> names) {
+  if (names.empty())
+    held.clear();
+  else
+    for (const auto& name : names) std::erase(held, name);
+}
+
 std::vector<std::string> to_strings(std::initializer_list<std::string_view> names) {
   return std::vector<std::string>(names.begin(), names.end());
 }
@@ -112,8 +121,9 @@ struct Subscription::State {
   layout::DoorbellHeader* doorbell = nullptr;
   std::unique_ptr<Waiter> waiter;
   std::pair<int32_t, uint64_t> lost_daemon;  // the daemon of the last link lost
-  bool resubscribing = false;                // readers added now get RingReader::gap
-  StartAt resubscribe_start;                 // where they start, while resubscribing
+  // While subscribing again after a reconnect: where the rings start. Readers added then
+  // get RingReader::gap.
+  std::optional<StartAt> resubscribing;
   // Channels read on the link lost last and not read since: the first reader of one on a
   // later link gets RingReader::gap too (a pattern's channel may come back by an attach).
   std::unordered_set<std::string> gap_channels;
@@ -367,7 +377,7 @@ struct Subscription::State {
       rr.reader->adopt_slot(a.slot, doorbell, waiter->geometry(), a.bit, false, 0);
     }
     refresh_reasons(rr);
-    rr.gap = resubscribing || gap_channels.erase(rr.channel) > 0;
+    rr.gap = resubscribing.has_value() || gap_channels.erase(rr.channel) > 0;
     const uint32_t bit = rr.bit;
     rings.add(std::move(owned));
     // Past kDirectPollRings nobody reads rings directly any more: a ring with messages left
@@ -679,13 +689,12 @@ struct Subscription::State {
       // oldest message. The same daemon (it closed our connection) still has what we read:
       // from the latest.
       const StartAt start = new_daemon ? StartAt::earliest() : StartAt::latest();
-      resubscribe_start = start;  // patterns' channels too (psubscribe_now)
-      resubscribing = true;
+      resubscribing = start;  // patterns' channels too (psubscribe_now)
       for (auto run : batches(held_channels))
         if (!run.empty()) subscribe_now(run, start);
       for (auto run : batches(held_patterns))
         if (!run.empty()) psubscribe_now(run);
-      resubscribing = false;
+      resubscribing.reset();
       reconnect.reconnected(daemon_description(endpoint, memory->daemon_identity().first) + " on " +
                                 endpoint.socket_path + "; subscribed again to " +
                                 std::to_string(channels.size()) + " channel(s) and " +
@@ -694,7 +703,7 @@ struct Subscription::State {
       report_link_events();
       return true;
     } catch (const Error& e) {
-      resubscribing = false;
+      resubscribing.reset();
       reconnect_failure = e.what();
       drop_link();
       channels = held_channels;
@@ -784,10 +793,7 @@ void Subscription::psubscribe(std::span<const std::string> patterns) {
 void Subscription::unsubscribe(std::span<const std::string> channels) {
   State& s = *state_;
   if (!s.connection) {  // away from the daemon: the next link subscribes only what is left
-    if (channels.empty())
-      s.channels.clear();
-    else
-      for (const auto& name : channels) std::erase(s.channels, name);
+    forget(s.channels, channels);
     return;
   }
   for (auto run : batches(channels)) s.with_link([&] { s.unsubscribe_now(run); });
@@ -796,10 +802,7 @@ void Subscription::unsubscribe(std::span<const std::string> channels) {
 void Subscription::punsubscribe(std::span<const std::string> patterns) {
   State& s = *state_;
   if (!s.connection) {
-    if (patterns.empty())
-      s.patterns.clear();
-    else
-      for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
+    forget(s.patterns, patterns);
     return;
   }
   for (auto run : batches(patterns)) s.with_link([&] { s.punsubscribe_now(run); });
@@ -856,7 +859,7 @@ void Subscription::State::psubscribe_now(std::span<const std::string> patterns) 
   for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);  // channels already read
   // A pattern's existing channels start at their latest message (Redis) - except those of a
   // restarted daemon we subscribe to again, which hold only what we would have missed.
-  s.apply_subscribed(reply, s.resubscribing ? s.resubscribe_start : StartAt::latest());
+  s.apply_subscribed(reply, s.resubscribing.value_or(StartAt::latest()));
   s.report_corrupt_rings();
 }
 
@@ -872,10 +875,7 @@ void Subscription::State::unsubscribe_now(std::span<const std::string> channels)
     return rr.by_name && (channels.empty() || std::find(channels.begin(), channels.end(),
                                                         rr.channel) != channels.end());
   });
-  if (channels.empty())
-    s.channels.clear();
-  else
-    for (const auto& name : channels) std::erase(s.channels, name);
+  forget(s.channels, channels);
   for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
@@ -893,10 +893,7 @@ void Subscription::State::punsubscribe_now(std::span<const std::string> patterns
       return patterns.empty() || std::find(patterns.begin(), patterns.end(), p) != patterns.end();
     });
   });
-  if (patterns.empty())
-    s.patterns.clear();
-  else
-    for (const auto& pattern : patterns) std::erase(s.patterns, pattern);
+  forget(s.patterns, patterns);
   for (RingReader* rr : s.rings.all()) s.refresh_reasons(*rr);
   s.apply_unsubscribed(reply);
 }
