@@ -250,10 +250,11 @@ PublishStatus to_publish_status(Status s) {
   return result;
 }
 
-PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const std::byte> payload,
+PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
                          std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
-  meta.publish_unix_ns = clock.now_ns();
+  // The ring's latest stamp is on the counters line this publisher's last commit wrote.
+  meta.publish_unix_ns = next_publish_stamp(ch.publisher.ring().latest_stamp());
   meta.origin = origin;
   // The descriptor's line and the life word are the daemon's: one tells the receivers and
   // whether the ring is still in service, the other whether its daemon still serves (both
@@ -320,7 +321,6 @@ PublishResult publish_on(OpenChannel& ch, PublishClock& clock, std::span<const s
 
 struct Loan::State {
   OpenChannel* channel;
-  PublishClock* clock;  // the Channel's
   RingLoan loan;
   // Where the state goes back once committed or abandoned (the Channel's spare), so a
   // loan per message costs no allocation. Valid as long as `channel` is: a Loan must not
@@ -365,7 +365,7 @@ uint32_t Loan::commit(std::size_t bytes) {
                                        "this loan was out, so nothing was published; loan again");
   }
   PublishMeta meta;
-  meta.publish_unix_ns = state_->clock->now_ns();
+  meta.publish_unix_ns = next_publish_stamp(ch.publisher.ring().latest_stamp());
   const uint32_t receivers = ch.receivers();  // before the commit: see publish_on
   ch.publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
   abandon();  // the loan is no longer active: this only hands the state back
@@ -388,11 +388,6 @@ void Loan::abandon() {
 struct Channel::State {
   std::unique_ptr<OpenChannel> open;
   ChannelOptions options;
-  // Publish stamps. One per Channel and one per Bus (each used by one thread at a time),
-  // not one per ring: the clock stays on the TSC only while it is read at least once per
-  // re-anchoring period, which a Bus publishing to many quiet channels in turn does,
-  // while each channel's own clock would re-anchor on every stamp.
-  PublishClock clock;
   std::unique_ptr<Loan::State> spare_loan;  // see Loan::State::home
 };
 
@@ -416,12 +411,11 @@ bool Channel::back_pressure() const {
 
 PublishResult Channel::try_publish(std::span<const std::byte> payload,
                                    std::chrono::nanoseconds wait, uint16_t origin) {
-  return publish_on(*state_->open, state_->clock, payload, wait, origin);
+  return publish_on(*state_->open, payload, wait, origin);
 }
 
 uint32_t Channel::publish(std::span<const std::byte> payload) {
-  const PublishResult r =
-      publish_on(*state_->open, state_->clock, payload, state_->options.publish_wait);
+  const PublishResult r = publish_on(*state_->open, payload, state_->options.publish_wait);
   if (!r.ok())
     throw_publish_error(*state_->open, r.status, payload.size(), state_->options.publish_wait);
   return r.receivers;
@@ -439,7 +433,6 @@ Loan Channel::loan(std::size_t bytes) {
   std::unique_ptr<Loan::State> state = std::move(state_->spare_loan);
   if (!state) state = std::make_unique<Loan::State>();
   state->channel = &ch;
-  state->clock = &state_->clock;
   state->loan = RingLoan{};
   state->home = &state_->spare_loan;
   const Status s = bytes > 0xffffffffu
@@ -460,7 +453,6 @@ struct Bus::State {
   std::shared_ptr<ClientCore> core;
   std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>> cache;
   uint64_t uses = 0;
-  PublishClock clock;  // see Channel::State::clock
 
   OpenChannel& cached(std::string_view name) {
     auto it = cache.find(name);
@@ -507,7 +499,7 @@ Bus Bus::connect(const ConnectOptions& options) {
 uint32_t Bus::publish(std::string_view channel, std::span<const std::byte> payload) {
   OpenChannel& ch = state_->cached(channel);
   constexpr auto kWait = std::chrono::seconds(5);
-  const PublishResult r = publish_on(ch, state_->clock, payload, kWait);
+  const PublishResult r = publish_on(ch, payload, kWait);
   if (!r.ok()) throw_publish_error(ch, r.status, payload.size(), kWait);
   return r.receivers;
 }

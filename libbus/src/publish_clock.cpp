@@ -37,10 +37,28 @@ bool PublishClock::kernel_keeps_time_with_tsc() {
 #endif
 }
 
-PublishClock::PublishClock() : use_tsc_(kernel_keeps_time_with_tsc()) {}
+namespace {
+// One clock per thread: publishes from one thread, through any Bus or Channel, draw their
+// stamps from one sequence. Initial-exec: the shared library is loaded with the program (or
+// by an interpreter with room for it in the static TLS block), and a stamp then costs no
+// __tls_get_addr call.
+constinit thread_local PublishClock tls_clock __attribute__((tls_model("initial-exec")));
+constinit thread_local uint64_t tls_last_stamp __attribute__((tls_model("initial-exec"))) = 0;
+}  // namespace
+
+uint64_t next_publish_stamp(uint64_t channel_latest) {
+  const uint64_t now = tls_clock.now_ns();
+  uint64_t stamp = now > tls_last_stamp ? now : tls_last_stamp + 1;
+  // Unsigned: a channel_latest more than kMaxStampLead ahead (forged, or a clock that
+  // stepped back by more) is left out rather than followed.
+  if (channel_latest >= stamp && channel_latest - now <= kMaxStampLead) stamp = channel_latest + 1;
+  tls_last_stamp = stamp;
+  return stamp;
+}
 
 uint64_t PublishClock::reanchor() {
 #if defined(__x86_64__)
+  settle_source();
   if (!use_tsc_) return realtime_ns();
   // The anchor pairs a clock reading with a TSC reading: bracket the clock between two TSC
   // reads and take the middle, and do not anchor on a pair a preemption split (every stamp
@@ -62,8 +80,8 @@ uint64_t PublishClock::reanchor() {
   if (anchor_ns_ != 0) {
     const double rate =
         static_cast<double>(ns - anchor_ns_) / static_cast<double>(ticks - anchor_ticks_);
-    trusted_ = last_rate_ > 0 && std::fabs(rate - last_rate_) <= kAgreement * last_rate_ &&
-               rate < 1e3;
+    trusted_ =
+        last_rate_ > 0 && std::fabs(rate - last_rate_) <= kAgreement * last_rate_ && rate < 1e3;
     last_rate_ = rate;
     if (trusted_) {
       ns_per_tick_q32_ = static_cast<uint64_t>(std::ldexp(rate, 32));

@@ -14,8 +14,7 @@
 // (clocksource "tsc": invariant and synchronized across CPUs, as the vDSO's own rdtsc
 // requires); anywhere else, and off x86-64, every stamp is a clock_gettime.
 //
-// Not thread-safe: one per OpenChannel, which a Bus or a Channel uses from one thread at a
-// time.
+// Not thread-safe: next_publish_stamp() keeps one per thread.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +27,22 @@ namespace shmbus {
 
 uint64_t realtime_ns();  // clock_gettime(CLOCK_REALTIME) in ns
 
+// The stamp of a publish from the calling thread, and the key subscriptions order their
+// rings' messages by (see Subscription in subscription.hpp). From the thread's clock, and
+// strictly later than
+//   - the thread's previous stamp: a thread's publishes are ordered by their stamps, on any
+//     channel, even when the clock steps back (stamps then advance by 1 ns until it has
+//     caught up);
+//   - `channel_latest`, the stamp of the latest commit in the ring it goes to, unless that
+//     lies more than kMaxStampLead ahead of the clock (publishers write it: it may be
+//     forged): a ring's stamps then rise in ring order even where two threads' clocks
+//     disagree, which is what lets a subscription merge rings by stamp (a Lamport clock).
+uint64_t next_publish_stamp(uint64_t channel_latest);
+inline constexpr uint64_t kMaxStampLead = 1'000'000;  // 1 ms
+
 class PublishClock {
  public:
-  PublishClock();
+  constexpr PublishClock() = default;  // constant-initialized: a thread_local with no guard
 
   uint64_t now_ns() {
 #if defined(__x86_64__)
@@ -44,15 +56,27 @@ class PublishClock {
     return reanchor();
   }
 
-  bool uses_tsc() const { return use_tsc_; }
-  bool trusted() const { return trusted_; }  // stamps come from the TSC now
+  bool uses_tsc() {
+    settle_source();
+    return use_tsc_;
+  }
+  bool trusted() const {
+    return trusted_;
+  }  // stamps come from the TSC now
 
   // Whether the kernel's clocksource is the TSC (read once per process).
   static bool kernel_keeps_time_with_tsc();
 
  private:
   uint64_t reanchor();
+  // Decides once whether the TSC may be used (a file read: not in the constructor).
+  void settle_source() {
+    if (source_known_) return;
+    use_tsc_ = kernel_keeps_time_with_tsc();
+    source_known_ = true;
+  }
 
+  bool source_known_ = false;
   bool use_tsc_ = false;
   bool trusted_ = false;
   uint64_t anchor_ns_ = 0;

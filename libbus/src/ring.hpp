@@ -205,6 +205,10 @@ class RingRef {
   uint64_t published() const { return read_claim().sequence; }
   // The same without the 16-byte CAS (which writes the publishers' claim line): may lag,
   // enough for the daemon's idle scan and for tools.
+  // The stamp of the latest commit (PublishMeta::publish_unix_ns), as a publisher wrote it.
+  uint64_t latest_stamp() const {
+    return header_->last_publish_unix_ns.load(std::memory_order_relaxed);
+  }
   uint64_t published_relaxed() const {
     return __atomic_load_n(&header_->claim.sequence, __ATOMIC_RELAXED);
   }
