@@ -34,6 +34,15 @@ struct RingReader {
   bool queued = false;
   // Added while subscribing again after a reconnect: its first message says Message::gap.
   bool gap = false;
+  // Ordered reading (DeliveryOrder): the next message, read but not consumed, its key, the
+  // discovery round it was read in and its staging's serial; and the highest key read from
+  // this ring, which the next one's key may not go below.
+  bool staged = false;
+  MessageView head;
+  uint64_t head_key = 0;
+  uint64_t staged_round = 0;
+  uint64_t stage_serial = 0;
+  uint64_t last_key = 0;
   size_t deliveries() const { return (by_name ? 1 : 0) + patterns.size(); }
   // The pattern of delivery `index` of a message: the channel delivery (empty) first, as
   // Redis sends "message" before "pmessage".
@@ -43,9 +52,9 @@ struct RingReader {
   }
 };
 
-// Rings with news, in arrival order (round robin: a ring that still holds messages after
-// one was read goes to the back). A vector with a read index: no allocation per message
-// once warm, unlike a deque.
+// Rings with news, in arrival order: their bits were taken (or a sweep or a delivery queued
+// them), and their next message is to be read (staged, when the subscription merges). A
+// vector with a read index: no allocation per message once warm, unlike a deque.
 class ReadyQueue {
  public:
   bool empty() const { return head_ == bits_.size(); }
@@ -113,7 +122,7 @@ class RingReaders {
     by_bit_.clear();
   }
 
-  // The ready queue: rings with news, round robin.
+  // The ready queue: rings with news, in arrival order.
   void enqueue(uint32_t bit) {
     RingReader* rr = at(bit);
     if (rr == nullptr || rr->queued) return;

@@ -3,10 +3,14 @@
 // How a message reaches next(): the daemon registered a reader slot in the channel's ring
 // linked to bit B of this subscription's doorbell (before replying to subscribe, or before
 // any publisher learned of a new channel matching a pattern). A publisher's commit sets B;
-// next() takes the set bits, reads those rings and queues each ring that had a message for
-// another look (round robin, so one busy channel cannot starve the rest). Bit 0 says that
-// control events (a new channel matches a pattern, a channel is reclaimed) wait on the
-// socket.
+// next() takes the set bits and reads those rings. Bit 0 says that control events (a new
+// channel matches a pattern, a channel is reclaimed) wait on the socket.
+//
+// Which ring goes next: over several rings (or patterns, which may bring more), the
+// message published first - each ring's next message is read ahead and they are merged by
+// publish stamp, in delivery_order.hpp, as Redis delivers each publisher's messages in
+// publish order across channels. A subscription of one channel by name reads its ring as
+// it comes.
 //
 // A subscription over a few rings (kDirectPollRings) also looks at the rings themselves
 // before the doorbell, while busy and while spinning: a message is then seen through the one
@@ -22,6 +26,8 @@
 //   I2 Events and replies are applied in the order the daemon sent them (request() stops
 //      reading at the reply), so a bit the daemon reuses is never held by two readers.
 //   I3 A ring is in the ready queue at most once (RingReader::queued).
+//   I4 A staged ring's head is its reader's next message, unconsumed; staged_count counts
+//      the staged rings, and DeliveryOrder holds one current entry for each (is_staged).
 #include "shmbus/subscription.hpp"
 
 #include <algorithm>
@@ -34,6 +40,7 @@
 #include <utility>
 
 #include "client.hpp"
+#include "delivery_order.hpp"
 #include "doorbell.hpp"
 #include "fences.hpp"
 #include "glob.hpp"
@@ -57,6 +64,11 @@ constexpr size_t kDirectPollRings = 8;
 // 100,000 channels about half a millisecond of CPU per second.
 constexpr auto kSweepPeriod = std::chrono::seconds(1);
 constexpr size_t kSweepRings = 4096;
+// Discovery rounds (delivery_order.hpp) one message may wait for. Each round can stage
+// heads that need a round of their own; past this many, a stream of new arrivals has kept
+// the earliest head waiting long enough and it goes out (so a publisher racing with us
+// cannot keep us looking instead of delivering).
+constexpr uint32_t kMaxRoundsPerMessage = 4;
 
 // Splits a long list of names into runs that fit in one control message each.
 std::vector<std::span<const std::string>> batches(std::span<const std::string> names) {
@@ -153,8 +165,11 @@ struct Subscription::State {
     std::string pattern;
     std::vector<std::byte> payload;
     MessageInfo info;
-    bool gap = false;  // Message::gap
+    bool gap = false;           // Message::gap
+    uint64_t key = 0;           // DeliveryOrder key
+    uint64_t staged_round = 0;  // the discovery round it was read in
   };
+  // Kept in key order (settle() sorts it), as next() merges it with the rings' heads.
   std::deque<Settled> settled;
   Settled settled_current;  // what next() last returned from `settled`
 
@@ -164,6 +179,7 @@ struct Subscription::State {
     std::span<const std::byte> bytes;  // what is delivered: `payload`, or in the ring (held)
     MessageInfo info;
     uint32_t bit = 0;  // its ring's doorbell bit
+    uint64_t key = 0;  // its DeliveryOrder key
     size_t next = 0;   // deliveries made
     size_t count = 0;  // deliveries it has
     bool gap = false;  // its channel's first since a reconnect (Message::gap)
@@ -175,6 +191,11 @@ struct Subscription::State {
     bool found_intact = false;  // what the caller's latest intact() said
   };
   Delivery current;
+
+  // Reading several rings (or settled messages beside a ring) in publish order: the heads
+  // staged, by key (delivery_order.hpp), and how many rings hold one.
+  DeliveryOrder order;
+  size_t staged_count = 0;
 
   // fd(): made on first call; from then on it watches the doorbell.
   std::unique_ptr<Notifier> notifier;
@@ -389,6 +410,8 @@ struct Subscription::State {
 
   void drop_reader(uint32_t channel_id) {
     // No view is held here: every caller settled (which releases it) or released it first.
+    if (const RingReader* rr = rings.find(channel_id); rr != nullptr && rr->staged)
+      --staged_count;  // its heap entry goes stale with it
     const std::optional<uint32_t> bit = rings.remove(channel_id);  // the Reader frees its slot
     if (bit && current.bit == *bit) current.next = current.count;  // drop its other deliveries
   }
@@ -501,8 +524,10 @@ struct Subscription::State {
     release_view(true);
     const RingReader* delivering = reader_at(current.bit);
     if (current.next < current.count && delivering != nullptr) {
+      // Already picked as the earliest: nothing is left to discover before it (round 0).
       for (size_t i = current.next; i < delivering->deliveries(); ++i)
-        settled.push_back(delivery(*delivering, i, current.bytes, current.info, current.gap));
+        settled.push_back(
+            delivery(*delivering, i, current.bytes, current.info, current.gap, current.key, 0));
     }
     current.next = current.count = 0;
     std::vector<std::byte> bytes;
@@ -510,6 +535,7 @@ struct Subscription::State {
     for (RingReader* r : rings.all()) {
       RingReader& rr = *r;
       if (!affected(rr)) continue;
+      unstage(rr);  // its staged head is read again below, as a copy
       // Only what was published before now: a fast publisher must not keep us here. At most
       // a lap of messages: a ring whose claim someone forged far ahead must not either.
       const uint64_t stop = rr.ring.claim_position_relaxed();
@@ -517,17 +543,24 @@ struct Subscription::State {
            budget > 0 && rr.reader->position() < stop &&
            rr.reader->try_read_copy(bytes, message) == Status::kOk;
            --budget) {
+        const uint64_t key = order.key_for(message.publish_unix_ns, rr.last_key);
         if (!admit(rr, message)) continue;
         const bool gap = std::exchange(rr.gap, false);  // it goes with the first one out
         for (size_t i = 0; i < rr.deliveries(); ++i)
-          settled.push_back(delivery(rr, i, bytes, message, gap));
+          settled.push_back(delivery(rr, i, bytes, message, gap, key, order.round()));
       }
     }
+    // Key order, for the merge in read_in_order(); stable, so a message's deliveries stay
+    // together in Redis's order (message, then each pmessage).
+    std::stable_sort(settled.begin(), settled.end(),
+                     [](const Settled& a, const Settled& b) { return a.key < b.key; });
   }
 
   static Settled delivery(const RingReader& rr, size_t index, std::span<const std::byte> bytes,
-                          const MessageInfo& message, bool gap = false) {
-    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message, gap};
+                          const MessageInfo& message, bool gap, uint64_t key,
+                          uint64_t staged_round) {
+    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message, gap,
+                   key,        staged_round};
   }
 
   // Ends the hold on the current message's frame (next_view), if any. With `keep_rest`, the
@@ -556,6 +589,8 @@ struct Subscription::State {
 
   // Reads the next message of `rr`: a copy, or (zero_copy) a view held until released.
   bool read_ring(RingReader& rr, bool zero_copy) {
+    // One ring: nothing to order against; settled, its other deliveries go before the rest.
+    current.key = 0;
     if (!zero_copy) {
       if (rr.reader->try_read_copy(current.payload, current.info) != Status::kOk) return false;
       current.bytes = current.payload;
@@ -567,6 +602,156 @@ struct Subscription::State {
     current.info = current.view;
     current.bytes = {current.view.payload, current.view.length};
     return true;
+  }
+
+  // ---- Publish order across rings (delivery_order.hpp) ----
+
+  // Whether next() merges by key: over several rings; or one ring beside settled messages,
+  // or beside patterns (a control event may bring a new channel's ring, holding a message
+  // published before the one read: discover() looks). With no ring, settled messages are
+  // all there is, already in key order; one ring held by name is read as it comes.
+  bool merges() const {
+    return rings.size() >= 2 || (!rings.empty() && (!settled.empty() || !patterns.empty()));
+  }
+
+  // Reads `rr`'s next message without consuming it and files it by key; false if it has
+  // none. A staged ring stays staged.
+  bool stage(RingReader& rr) {
+    if (rr.staged) return true;
+    if (rr.reader->try_read(rr.head) != Status::kOk) return false;
+    rr.staged = true;
+    rr.head_key = order.key_for(rr.head.publish_unix_ns, rr.last_key);
+    rr.staged_round = order.round();
+    rr.stage_serial = order.push(rr.head_key, rr.bit);
+    ++staged_count;
+    order.compact(staged_count, [this](const DeliveryOrder::Entry& e) { return is_staged(e); });
+    return true;
+  }
+  bool is_staged(const DeliveryOrder::Entry& e) const {
+    const RingReader* rr = rings.at(e.bit);
+    return rr != nullptr && rr->staged && rr->stage_serial == e.serial;
+  }
+  // Forgets `rr`'s staged head (it is still the ring's next message: reading it again finds
+  // it) and queues the ring, which has it.
+  void unstage(RingReader& rr) {
+    if (!rr.staged) return;
+    rr.staged = false;
+    --staged_count;
+    enqueue(rr.bit);
+  }
+  void unstage_all() {
+    for (RingReader* rr : rings.all()) unstage(*rr);
+    order.clear();
+  }
+  void stage_ready() {
+    while (rings.has_ready())
+      if (RingReader* rr = rings.pop_ready()) stage(*rr);
+  }
+
+  // A discovery round: stages the head of every ring that got news since the last one -
+  // every ring looked at (few rings), or those whose doorbell bits are set. False if a
+  // control event waits: it may bring a ring (a new channel for a pattern) holding a
+  // message published before the heads staged, so next() applies it before it delivers.
+  bool discover() {
+    order.begin_round();
+    if (reads_rings_directly()) {
+      if (waiter->is_set(kControlBit)) {
+        doorbell_rang = true;  // step 5 takes it
+        return false;
+      }
+      for (RingReader* rr : rings.all()) stage(*rr);
+    } else {
+      take_bits();
+    }
+    stage_ready();
+    close_round_if_quiet();
+    return !control_pending;
+  }
+
+  // Doorbell bits: once every ring whose bit was taken is staged and no bit is set, each
+  // ring holding a message published before a staged head is staged too (its publisher set
+  // its bit before committing that head: the bit was taken, so the ring was staged after,
+  // or it would still be set). The heads need no round of their own: one begins now.
+  // (A look at the summary words, which take_bits() reads first anyway.)
+  void close_round_if_quiet() {
+    if (!reads_rings_directly() && !rings.has_ready() && !waiter->any_ready()) order.begin_round();
+  }
+
+  enum class Next { kNothing, kRing, kSettled };
+  // Picks what goes out next, by key, among the staged heads and the settled messages:
+  // kRing (it became the current message), kSettled (the front of `settled`) or kNothing.
+  Next read_in_order(bool zero_copy) {
+    const bool direct = reads_rings_directly();
+    // As read_rings_directly(): a control event must not wait behind busy rings.
+    if (direct && ++direct_reads % 64 == 0 && waiter->is_set(kControlBit)) {
+      doorbell_rang = true;
+      return Next::kNothing;
+    }
+    stage_ready();
+    bool looked_everywhere = false;  // direct: a round has looked at every ring
+    const auto staged = [this](const DeliveryOrder::Entry& e) { return is_staged(e); };
+    for (uint32_t rounds = 0;;) {
+      const DeliveryOrder::Entry* top = order.earliest(staged);
+      const bool from_settled =
+          !settled.empty() && (top == nullptr || settled.front().key <= top->key);
+      if (!from_settled && top == nullptr) {
+        if (!direct || looked_everywhere) return Next::kNothing;  // bits: next() takes them
+        if (!discover()) return Next::kNothing;
+        looked_everywhere = true;
+        ++rounds;
+        continue;
+      }
+      const uint64_t staged_round =
+          from_settled ? settled.front().staged_round : reader_at(top->bit)->staged_round;
+      if (!order.settled_before(staged_round) && rounds == 0) close_round_if_quiet();
+      if (!order.settled_before(staged_round) && rounds < kMaxRoundsPerMessage) {
+        // Something published before it may not have been seen yet: look once more.
+        if (!discover()) return Next::kNothing;
+        looked_everywhere = direct;
+        ++rounds;
+        continue;
+      }
+      if (from_settled) return Next::kSettled;
+      RingReader& rr = *reader_at(top->bit);
+      order.pop();
+      rr.staged = false;
+      --staged_count;
+      const bool taken = take_head(rr, zero_copy);
+      if (taken && begin_delivery(rr)) {
+        // Its next message is staged on the next call, once the view (if any) is let go.
+        enqueue(rr.bit);
+        return Next::kRing;
+      }
+      // Torn (counted lost) or not delivered (no reason any more, or imported while local
+      // only), and nothing held: its next message competes for this turn.
+      stage(rr);
+    }
+  }
+
+  // Makes `rr`'s staged head (no longer staged) the current message: a held view, or a copy
+  // consumed at once. False if a publisher overwrote it first (it counts as lost).
+  bool take_head(RingReader& rr, bool zero_copy) {
+    current.key = rr.head_key;
+    if (zero_copy) {
+      current.view = rr.head;
+      current.held = true;
+      current.found_intact = false;
+      current.info = current.view;
+      current.bytes = {current.view.payload, current.view.length};
+      return true;
+    }
+    rr.reader->copy_payload(rr.head, current.payload);
+    if (!rr.reader->consume(rr.head)) return false;
+    current.info = rr.head;
+    current.bytes = current.payload;
+    return true;
+  }
+
+  Message pop_settled() {
+    settled_current = std::move(settled.front());
+    settled.pop_front();
+    const Settled& d = settled_current;
+    return make_message(d.channel, d.pattern, d.payload, d.info, d.gap);
   }
 
   // The subscription changes, on a working link (callers see to it: with_link).
@@ -633,6 +818,8 @@ struct Subscription::State {
     notifier_wake_at.reset();
     release_view(false);
     rings.clear();  // the readers' slots are in the old reader tables: nobody reads them
+    order.clear();
+    staged_count = 0;
     current.next = current.count = 0;
     control_pending = doorbell_rang = false;
     corrupt_rings.clear();
@@ -927,13 +1114,9 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
   // costs no clock read (~20 ns, as much as the ring read itself).
   std::optional<std::chrono::steady_clock::time_point> deadline;
   for (;;) {
-    // 0. Deliveries settled by a subscription change come first: they were published first.
-    if (!s.settled.empty()) {
-      s.settled_current = std::move(s.settled.front());
-      s.settled.pop_front();
-      const State::Settled& d = s.settled_current;
-      return make_message(d.channel, d.pattern, d.payload, d.info, d.gap);
-    }
+    // 0. Deliveries settled by a subscription change, with no ring to merge them with (the
+    // link is gone, or the last channel went): they are in publish order already.
+    if (!s.settled.empty() && !s.merges()) return s.pop_settled();
     // 1. The rest of the current message's deliveries (message, then each pmessage).
     if (s.current.next < s.current.count) {
       const RingReader* rr = s.reader_at(s.current.bit);
@@ -968,19 +1151,25 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       // connection dropped the link: the top of the loop connects again.
       if (!s.settled.empty() || !s.connection) continue;
     }
-    // 3. Rings known to have news, round robin.
-    while (s.rings.has_ready()) {
+    // 3. Several rings (or settled messages beside one): the earliest published goes first.
+    if (s.merges()) {
+      const State::Next picked = s.read_in_order(zero_copy);
+      if (picked == State::Next::kSettled) return s.pop_settled();
+      if (picked == State::Next::kRing) continue;
+      if (s.control_pending) continue;  // step 2 first: it may bring an earlier message
+    } else if (s.staged_count > 0) {
+      s.unstage_all();  // one ring left: read below, from where its staged head is
+    }
+    // 3'. One ring by name: what it holds, in ring order (the only order there is).
+    while (!s.merges() && s.rings.has_ready()) {
       RingReader* ring = s.rings.pop_ready();
       if (ring == nullptr) continue;
-      const uint32_t bit = ring->bit;
-      if (!s.read_ring(*ring, zero_copy)) continue;
-      // It may hold more; others go first. (Small subscriptions find it again in step 4.)
-      if (!s.reads_rings_directly()) s.enqueue(bit);
-      if (s.begin_delivery(*ring)) break;
+      // Step 4 finds it again while it holds more.
+      if (s.read_ring(*ring, zero_copy) && s.begin_delivery(*ring)) break;
     }
     if (s.current.next < s.current.count) continue;
     // 4. Small subscriptions: the rings themselves, before the doorbell.
-    if (s.read_rings_directly(zero_copy)) continue;
+    if (!s.merges() && s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
     if (s.must_take_bits() && s.take_bits() > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex) - unless

@@ -19,6 +19,23 @@
 //   instead.
 // - Each subscribe() call is confirmed by the daemon before it returns; there are no
 //   separate "subscribe" replies to read.
+// - Order, as Redis: each publishing thread's messages arrive in the order it published
+//   them, across every channel and pattern the subscription holds; a message for several
+//   reasons arrives as its "message" then one "pmessage" per matching pattern, in
+//   psubscribe() order. Messages of different threads arrive in the order their stamps
+//   say (each publish is stamped from the publishing thread's CLOCK_REALTIME, later than
+//   that thread's previous stamp and than its channel's latest), which is their publish
+//   order whenever one publish happened before the other and they were not published
+//   within the two threads' clock disagreement (well under a microsecond on one host).
+//   Precisely, a message is delivered after every message that was committed before it
+//   was, on a channel held, with a smaller stamp, except:
+//   - a message waits behind any earlier claim in its own ring (a Loan out, or a publisher
+//     stopped mid-publish); messages of other channels do not wait for it;
+//   - when more than 4 looks at the rings in a row each found something new, the earliest
+//     message found so far goes out (a steady flood of new channels cannot stall delivery);
+//   - a stamp more than 1 ms ahead of this process's clock counts as now.
+//   A subscription of one channel held by name reads its ring as it comes, which is that
+//   order.
 //
 // Thread safety: one thread at a time. The descriptor fd() returns may be polled from any
 // thread; fd() itself belongs to the owning thread like every other call.
