@@ -182,6 +182,19 @@ read_content "$dir/psub_news.out"
   fail "psub --json: expected one pmessage object for news.art, got $(show "$content")"
 wait_output 0 cli numpat  # the psub above has exited
 
+# ---- --json keeps every byte of a name: base64 where it is not UTF-8 -------------------------
+
+start_sub psub_bytes psub 'bin:*' --count 1 --json --timeout 20
+pid_bytes=$sub_pid
+wait_output 1 cli numpat
+cli pub -- $'bin:\xff' $'caf\xc3\xa9' >/dev/null
+wait_exit "$pid_bytes" 10 "psub bin:* --count 1"
+expect_eq "psub bin:* exit status" 0 "$rc"
+read_content "$dir/psub_bytes.out"
+[[ "$content" =~ ^\{\"type\":\"pmessage\",\"pattern\":\"bin:\*\",\"channel_base64\":\"YmluOv8=\",\"payload\":\"café\", ]] ||
+  fail "psub --json: expected channel_base64 for bin:\\xff, got $(show "$content")"
+wait_output 0 cli numpat
+
 # ---- introspection while subscribers run -----------------------------------------------------
 
 start_sub sub_long sub chat other --raw --timeout 60

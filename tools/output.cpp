@@ -156,6 +156,13 @@ std::string base64(std::string_view bytes) {
   return out;
 }
 
+void put_bytes(Json& j, const std::string& key, std::string_view bytes) {
+  if (is_valid_utf8(bytes))
+    j[key] = std::string(bytes);
+  else
+    j[key + "_base64"] = base64(bytes);
+}
+
 std::string json_line(const Json& value) {
   return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + '\n';
 }

@@ -4,11 +4,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 namespace shmbus::cli {
 
@@ -46,6 +45,9 @@ std::string format_integer(uint64_t number, OutputStyle style);
 
 bool is_valid_utf8(std::string_view bytes);
 std::string base64(std::string_view bytes);
+// Sets j[key] to `bytes` if they are UTF-8, else j[key + "_base64"] to their base64: JSON
+// carries every byte either way.
+void put_bytes(Json& j, const std::string& key, std::string_view bytes);
 // One JSON document and a newline. Invalid UTF-8 in names becomes U+FFFD instead of throwing:
 // names are binary-safe, and a listing must not fail because of one odd name.
 std::string json_line(const Json& value);

@@ -89,12 +89,10 @@ void print_message(const Message& m, OutputStyle style) {
   if (style == OutputStyle::kJson) {
     Json j;
     j["type"] = pmessage ? "pmessage" : "message";
-    if (pmessage) j["pattern"] = std::string(m.pattern);
-    j["channel"] = std::string(m.channel);
-    if (is_valid_utf8(m.text()))
-      j["payload"] = std::string(m.text());
-    else
-      j["payload_base64"] = base64(m.text());
+    // JSON strings are UTF-8: other bytes (legal in names as in payloads) go as base64.
+    if (pmessage) put_bytes(j, "pattern", m.pattern);
+    put_bytes(j, "channel", m.channel);
+    put_bytes(j, "payload", m.text());
     j["sequence"] = m.sequence;
     j["publish_unix_ns"] = m.publish_unix_ns;
     j["lost_before"] = m.lost_before;
