@@ -6,7 +6,9 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <set>
@@ -154,6 +156,16 @@ struct Script {
   }
 };
 
+// The seeds a suite runs: 1 to `default_last` (or to $`soak_variable`), or
+// $SHMBUS_CONFORMANCE_SEED alone.
+inline std::pair<uint32_t, uint32_t> seed_range(const char* soak_variable, uint32_t default_last) {
+  const char* soak = std::getenv(soak_variable);
+  const char* only = std::getenv("SHMBUS_CONFORMANCE_SEED");
+  if (only != nullptr)
+    return {static_cast<uint32_t>(std::atoi(only)), static_cast<uint32_t>(std::atoi(only))};
+  return {1, soak != nullptr ? static_cast<uint32_t>(std::atoi(soak)) : default_last};
+}
+
 // The Redis side: one connection per publisher and per subscriber.
 class RedisSide {
  public:
@@ -186,6 +198,35 @@ class RedisSide {
     return static_cast<redisReply*>(
         redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lengths.data()));
   }
+
+  // PUBLISH from publisher i: the receiver count (-1 without a reply).
+  long long publish(int i, const std::string& channel, const std::string& payload) {
+    return integer(command(pub(i), "PUBLISH", {channel, payload}));
+  }
+  // PUBSUB CHANNELS [pattern] (none if empty), sorted.
+  std::vector<std::string> channels(const std::string& pattern) {
+    std::vector<std::string> args{"CHANNELS"};
+    if (!pattern.empty()) args.push_back(pattern);
+    redisReply* r = command(control(), "PUBSUB", args);
+    std::vector<std::string> names;
+    for (size_t k = 0; r != nullptr && k < r->elements; ++k)
+      names.emplace_back(r->element[k]->str, r->element[k]->len);
+    freeReplyObject(r);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+  // PUBSUB NUMSUB: each channel's count, in argument order.
+  std::vector<long long> numsub(const std::vector<std::string>& names) {
+    std::vector<std::string> args{"NUMSUB"};
+    args.insert(args.end(), names.begin(), names.end());
+    redisReply* r = command(control(), "PUBSUB", args);
+    std::vector<long long> counts;
+    for (size_t k = 1; r != nullptr && k < r->elements; k += 2)
+      counts.push_back(r->element[k]->integer);
+    freeReplyObject(r);
+    return counts;
+  }
+  long long numpat() { return integer(command(control(), "PUBSUB", {"NUMPAT"})); }
 
   // Sends a subscription change without waiting: its confirmations come in the stream.
   void change(int i, const std::string& verb, const std::vector<std::string>& args) {
@@ -230,6 +271,12 @@ class RedisSide {
   }
 
  private:
+  static long long integer(redisReply* r) {
+    const long long value = r != nullptr ? r->integer : -1;
+    freeReplyObject(r);
+    return value;
+  }
+
   std::vector<redisContext*> contexts_;
   int subscribers_ = 0;
 };
