@@ -11,7 +11,6 @@
 #include "directory.hpp"
 #include "glob.hpp"
 #include "naming.hpp"
-#include "publish_clock.hpp"
 
 namespace shmbus {
 
@@ -253,8 +252,7 @@ PublishStatus to_publish_status(Status s) {
 PublishResult publish_on(OpenChannel& ch, std::span<const std::byte> payload,
                          std::chrono::nanoseconds wait, uint16_t origin = 0) {
   PublishMeta meta;
-  // The ring's latest stamp is on the counters line this publisher's last commit wrote.
-  meta.publish_unix_ns = next_publish_stamp(ch.publisher.ring().latest_stamp());
+  meta.stamp_at_commit = true;
   meta.origin = origin;
   // The descriptor's line and the life word are the daemon's: one tells the receivers and
   // whether the ring is still in service, the other whether its daemon still serves (both
@@ -365,7 +363,7 @@ uint32_t Loan::commit(std::size_t bytes) {
                                        "this loan was out, so nothing was published; loan again");
   }
   PublishMeta meta;
-  meta.publish_unix_ns = next_publish_stamp(ch.publisher.ring().latest_stamp());
+  meta.stamp_at_commit = true;
   const uint32_t receivers = ch.receivers();  // before the commit: see publish_on
   ch.publisher.commit(state_->loan, static_cast<uint32_t>(bytes), meta);
   abandon();  // the loan is no longer active: this only hands the state back

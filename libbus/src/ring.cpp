@@ -12,6 +12,7 @@
 
 #include "fences.hpp"
 #include "futex.hpp"
+#include "publish_clock.hpp"
 
 #if defined(__SANITIZE_THREAD__)
 extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
@@ -372,17 +373,25 @@ void Publisher::commit(RingLoan& loan, uint32_t payload_bytes, const PublishMeta
   // to repair and the retire sweep holds.
   if (payload_bytes != loan.capacity)
     f->payload_length.store(payload_bytes, std::memory_order_relaxed);
-  f->publish_unix_ns.store(meta.publish_unix_ns, std::memory_order_relaxed);
+  RingHeader* h = ring_.header();
+  // Stamped after the claim: the ring's latest stamp then belongs to a commit made before
+  // ours, so stamps follow ring order wherever publishers do not overlap (publish_clock.hpp).
+  // It sits on the counters line this publisher's previous commit wrote.
+  const uint64_t stamp =
+      meta.stamp_at_commit
+          ? next_publish_stamp(h->last_publish_unix_ns.load(std::memory_order_relaxed))
+          : meta.publish_unix_ns;
+  f->publish_unix_ns.store(stamp, std::memory_order_relaxed);
   f->origin.store(meta.origin, std::memory_order_relaxed);
   // SYNC POINT (commit): release - a reader that loads this state with acquire sees the
   // header fields and every payload byte written before it.
   f->state.store(loan.position | kFrameCommitted, std::memory_order_release);
   loan.active = false;
   notify_readers(meta.origin);
-  // Counters for tools, after the readers were told: relaxed, nobody orders on them.
-  RingHeader* h = ring_.header();
+  // Counters for tools (and the latest stamp for the next publisher's), after the readers
+  // were told: relaxed, nobody orders on them.
   h->payload_bytes.fetch_add(payload_bytes, std::memory_order_relaxed);
-  h->last_publish_unix_ns.store(meta.publish_unix_ns, std::memory_order_relaxed);
+  h->last_publish_unix_ns.store(stamp, std::memory_order_relaxed);
   // Warm what the next claim touches - the next frame's header and the frame it will
   // retire - while the caller does something else. With large messages these sit on other
   // pages: the prefetch takes the page walk and cache miss off the next publish's path.

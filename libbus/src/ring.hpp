@@ -205,10 +205,6 @@ class RingRef {
   uint64_t published() const { return read_claim().sequence; }
   // The same without the 16-byte CAS (which writes the publishers' claim line): may lag,
   // enough for the daemon's idle scan and for tools.
-  // The stamp of the latest commit (PublishMeta::publish_unix_ns), as a publisher wrote it.
-  uint64_t latest_stamp() const {
-    return header_->last_publish_unix_ns.load(std::memory_order_relaxed);
-  }
   uint64_t published_relaxed() const {
     return __atomic_load_n(&header_->claim.sequence, __ATOMIC_RELAXED);
   }
@@ -227,8 +223,9 @@ class RingRef {
 };
 
 struct PublishMeta {
-  uint64_t publish_unix_ns = 0;  // stamped by the caller (a clock read costs ~20 ns)
+  uint64_t publish_unix_ns = 0;  // stamped by the caller (a clock read costs ~20 ns), or
   uint16_t origin = 0;           // 0: this host
+  bool stamp_at_commit = false;  // by commit(): next_publish_stamp(), after the claim
 };
 
 // A claimed frame: write up to `capacity` bytes at `payload`, then commit or abandon it.
