@@ -41,9 +41,19 @@ void ring_doorbell(layout::DoorbellHeader* d, uint32_t bit, const DoorbellGeomet
   // A set bit means the waiter has not taken it yet and will drain this ring after taking
   // it, seeing our commit (the waiter's exchange is seq_cst and follows our fenced commit in
   // the single total order, or precedes our load and we would have seen the bit clear).
+  auto& summary_word = summary_words(d)[leaf / 64];
+  const uint64_t summary_mask = uint64_t{1} << (leaf % 64);
   if ((leaf_word.load(std::memory_order_seq_cst) & mask) == 0) {
     leaf_word.fetch_or(mask, std::memory_order_seq_cst);
-    summary_words(d)[leaf / 64].fetch_or(uint64_t{1} << (leaf % 64), std::memory_order_seq_cst);
+    summary_word.fetch_or(summary_mask, std::memory_order_seq_cst);
+  } else if ((summary_word.load(std::memory_order_seq_cst) & summary_mask) == 0) {
+    // The leaf bit is set but its summary bit is not (yet): whoever set the leaf has not
+    // set the summary (preempted between the two, or a hostile process setting leaves
+    // alone), and a waiter looks at summaries only. Set it ourselves, so a waiter that sees
+    // anything we publish after this commit finds this ring too - the cross-channel order
+    // of Subscription relies on it (delivery_order.hpp). A look at a line that stays shared
+    // while the summary bit is set.
+    summary_word.fetch_or(summary_mask, std::memory_order_seq_cst);
   }
   // Look before the exchange: while nobody is armed, no write to a line waiters read.
   if (d->wake_armed.load(std::memory_order_seq_cst) != 0 &&
