@@ -17,14 +17,20 @@
 // Keys come from shared memory, which any publisher of the ring can write:
 //   - a ring's keys are made to rise (a key is at least the ring's previous one), so ring
 //     order, which is the only order a ring can be read in, is never contradicted;
-//   - a stamp more than kMaxStampLead ahead of this process's clock counts as now: a forged
-//     stamp far in the future cannot push its ring behind every other for ever.
+//   - a stamp more than kMaxStampLead ahead of this process's clock says nothing: the
+//     message keeps its ring's previous key (a forged stamp far in the future cannot push
+//     its ring behind every other, nor the rest of its ring after it);
+//   - a head passed over by more deliveries than the rings held can hold messages goes out
+//     next (patience): stamps forged far in the past cannot keep a flood's ring ahead of
+//     every other for ever, while honest heads are never passed over that often - what
+//     has a smaller key than a waiting head was in some ring when it was staged.
 //
 // Thread safety: one thread at a time (the Subscription's).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "publish_clock.hpp"
@@ -42,16 +48,15 @@ class DeliveryOrder {
   };
 
   // The key of a message stamped `stamp` read from a ring whose previous key was
-  // `ring_last` (updated).
-  uint64_t key_for(uint64_t stamp, uint64_t& ring_last) {
+  // `ring_last` (which the caller raises to it once the message is consumed intact).
+  uint64_t key_for(uint64_t stamp, uint64_t ring_last) {
     if (stamp > clock_seen_ + kMaxStampLead) {
       // Ahead of the clock as we last saw it: look again (at most once per kMaxStampLead of
-      // honest stamps), and believe no more than now + the lead.
+      // honest stamps) before deciding the stamp says nothing.
       clock_seen_ = realtime_ns();
-      if (stamp > clock_seen_ + kMaxStampLead) stamp = clock_seen_;
+      if (stamp > clock_seen_ + kMaxStampLead) return ring_last;
     }
-    ring_last = std::max(ring_last, stamp);
-    return ring_last;
+    return std::max(ring_last, stamp);
   }
 
   // Records a staged head; returns its serial.
@@ -59,8 +64,18 @@ class DeliveryOrder {
     const uint64_t serial = ++serials_;
     heap_.push_back({key, serial, bit});
     std::push_heap(heap_.begin(), heap_.end(), later);
+    by_age_.push_back(Aged{{key, serial, bit}, deliveries_});
     return serial;
   }
+  // The head that has waited longest, if it was passed over by more than `patience`
+  // deliveries (see the top of this file); null otherwise.
+  template <typename Current>
+  const Entry* starving(uint64_t patience, Current&& current) {
+    while (!by_age_.empty() && !current(by_age_.front())) by_age_.pop_front();
+    if (by_age_.empty() || deliveries_ - by_age_.front().staged_at <= patience) return nullptr;
+    return &by_age_.front();
+  }
+  void delivered() { ++deliveries_; }
   // The earliest head still staged (`current(entry)` says whether its ring still holds that
   // staging); stale entries on top are dropped. Null if none.
   template <typename Current>
@@ -76,11 +91,15 @@ class DeliveryOrder {
   // its entry behind, and one with a large key may take long to reach the top.
   template <typename Current>
   void compact(size_t live, Current&& current) {
-    if (heap_.size() <= 2 * live + 64) return;
+    if (heap_.size() + by_age_.size() <= 4 * live + 128) return;
     std::erase_if(heap_, [&](const Entry& e) { return !current(e); });
     std::make_heap(heap_.begin(), heap_.end(), later);
+    std::erase_if(by_age_, [&](const Aged& e) { return !current(e); });
   }
-  void clear() { heap_.clear(); }
+  void clear() {
+    heap_.clear();
+    by_age_.clear();
+  }
 
   // Discovery rounds: a head staged in round r may go out once round r + 1 has begun.
   uint64_t round() const { return round_; }
@@ -97,7 +116,14 @@ class DeliveryOrder {
   };
   static constexpr Later later{};
 
+  // A staged head and the deliveries made before it was staged.
+  struct Aged : Entry {
+    uint64_t staged_at = 0;
+  };
+
   std::vector<Entry> heap_;
+  std::deque<Aged> by_age_;  // staged heads in staging order: the front waited longest
+  uint64_t deliveries_ = 0;
   uint64_t serials_ = 0;
   uint64_t round_ = 1;
   uint64_t clock_seen_ = 0;  // realtime_ns() as last read

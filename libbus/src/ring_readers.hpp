@@ -92,11 +92,14 @@ class RingReaders {
   }
   const std::vector<RingReader*>& all() const { return dense_; }
   size_t size() const { return dense_.size(); }
+  // The most messages the rings read can hold together (a frame is at least 32 bytes).
+  uint64_t max_messages() const { return max_messages_; }
   bool empty() const { return dense_.empty(); }
 
   // Adds a reader. REQUIRES: its bit and its channel are not held yet.
   RingReader& add(std::unique_ptr<RingReader> reader) {
     RingReader& added = *reader;
+    max_messages_ += frames_in(added);
     bit_of_[added.channel_id] = added.bit;
     if (by_bit_.size() <= added.bit) by_bit_.resize(added.bit + 1);
     dense_.push_back(&added);
@@ -108,6 +111,7 @@ class RingReaders {
     const auto it = bit_of_.find(channel_id);
     if (it == bit_of_.end()) return std::nullopt;
     const uint32_t bit = it->second;
+    max_messages_ -= frames_in(*by_bit_[bit]);
     bit_of_.erase(it);
     std::erase(dense_, by_bit_[bit].get());
     by_bit_[bit].reset();
@@ -117,6 +121,7 @@ class RingReaders {
   // Removes every reader.
   void clear() {
     ready_ = ReadyQueue{};
+    max_messages_ = 0;
     dense_.clear();
     bit_of_.clear();
     by_bit_.clear();
@@ -138,10 +143,15 @@ class RingReaders {
   }
 
  private:
+  static uint64_t frames_in(const RingReader& rr) {
+    return rr.ring.capacity() / layout::kFrameAlignment;
+  }
+
   std::vector<std::unique_ptr<RingReader>> by_bit_;
   std::vector<RingReader*> dense_;
   std::unordered_map<uint32_t, uint32_t> bit_of_;  // channel id -> bit
   ReadyQueue ready_;
+  uint64_t max_messages_ = 0;  // sum of frames_in() over the readers
 };
 
 }  // namespace shmbus

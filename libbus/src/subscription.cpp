@@ -69,6 +69,8 @@ constexpr size_t kSweepRings = 4096;
 // the earliest head waiting long enough and it goes out (so a publisher racing with us
 // cannot keep us looking instead of delivering).
 constexpr uint32_t kMaxRoundsPerMessage = 4;
+// The least patience DeliveryOrder::starving() gets, however small the rings.
+constexpr uint64_t kMinPatience = 65536;
 
 // Splits a long list of names into runs that fit in one control message each.
 std::vector<std::span<const std::string>> batches(std::span<const std::string> names) {
@@ -179,7 +181,6 @@ struct Subscription::State {
     std::span<const std::byte> bytes;  // what is delivered: `payload`, or in the ring (held)
     MessageInfo info;
     uint32_t bit = 0;  // its ring's doorbell bit
-    uint64_t key = 0;  // its DeliveryOrder key
     size_t next = 0;   // deliveries made
     size_t count = 0;  // deliveries it has
     bool gap = false;  // its channel's first since a reconnect (Message::gap)
@@ -524,10 +525,10 @@ struct Subscription::State {
     release_view(true);
     const RingReader* delivering = reader_at(current.bit);
     if (current.next < current.count && delivering != nullptr) {
-      // Already picked as the earliest: nothing is left to discover before it (round 0).
+      // Its first delivery went out: the rest go before anything else (key 0, round 0), so
+      // nothing settled here can come between a message and its pmessages.
       for (size_t i = current.next; i < delivering->deliveries(); ++i)
-        settled.push_back(
-            delivery(*delivering, i, current.bytes, current.info, current.gap, current.key, 0));
+        settled.push_back(delivery(*delivering, i, current.bytes, current.info, current.gap, 0, 0));
     }
     current.next = current.count = 0;
     std::vector<std::byte> bytes;
@@ -544,6 +545,7 @@ struct Subscription::State {
            rr.reader->try_read_copy(bytes, message) == Status::kOk;
            --budget) {
         const uint64_t key = order.key_for(message.publish_unix_ns, rr.last_key);
+        rr.last_key = key;  // consumed intact
         if (!admit(rr, message)) continue;
         const bool gap = std::exchange(rr.gap, false);  // it goes with the first one out
         for (size_t i = 0; i < rr.deliveries(); ++i)
@@ -589,8 +591,6 @@ struct Subscription::State {
 
   // Reads the next message of `rr`: a copy, or (zero_copy) a view held until released.
   bool read_ring(RingReader& rr, bool zero_copy) {
-    // One ring: nothing to order against; settled, its other deliveries go before the rest.
-    current.key = 0;
     if (!zero_copy) {
       if (rr.reader->try_read_copy(current.payload, current.info) != Status::kOk) return false;
       current.bytes = current.payload;
@@ -691,6 +691,13 @@ struct Subscription::State {
     bool looked_everywhere = false;  // direct: a round has looked at every ring
     const auto staged = [this](const DeliveryOrder::Entry& e) { return is_staged(e); };
     for (uint32_t rounds = 0;;) {
+      // A head passed over longer than any honest one can be goes first (delivery_order.hpp).
+      if (const DeliveryOrder::Entry* late =
+              order.starving(std::max<uint64_t>(rings.max_messages(), kMinPatience), staged)) {
+        RingReader& rr = *reader_at(late->bit);
+        if (deliver_staged(rr, zero_copy)) return Next::kRing;
+        continue;
+      }
       const DeliveryOrder::Entry* top = order.earliest(staged);
       const bool from_settled =
           !settled.empty() && (top == nullptr || settled.front().key <= top->key);
@@ -711,28 +718,39 @@ struct Subscription::State {
         ++rounds;
         continue;
       }
-      if (from_settled) return Next::kSettled;
+      if (from_settled) {
+        order.delivered();
+        return Next::kSettled;
+      }
       RingReader& rr = *reader_at(top->bit);
       order.pop();
-      rr.staged = false;
-      --staged_count;
-      const bool taken = take_head(rr, zero_copy);
-      if (taken && begin_delivery(rr)) {
-        // Its next message is staged on the next call, once the view (if any) is let go.
-        enqueue(rr.bit);
-        return Next::kRing;
-      }
-      // Torn (counted lost) or not delivered (no reason any more, or imported while local
-      // only), and nothing held: its next message competes for this turn.
-      stage(rr);
+      if (deliver_staged(rr, zero_copy)) return Next::kRing;
     }
+  }
+
+  // Makes `rr`'s staged head the current message; false if it does not go out.
+  bool deliver_staged(RingReader& rr, bool zero_copy) {
+    rr.staged = false;  // its entries in `order` are stale from now on
+    --staged_count;
+    order.delivered();
+    if (take_head(rr, zero_copy) && begin_delivery(rr)) {
+      // Its next message is staged on the next call, once the view (if any) is let go.
+      enqueue(rr.bit);
+      return true;
+    }
+    // Torn (counted lost) or not delivered (no reason any more, or imported while local
+    // only), and nothing held: its next message competes for this turn.
+    stage(rr);
+    return false;
   }
 
   // Makes `rr`'s staged head (no longer staged) the current message: a held view, or a copy
   // consumed at once. False if a publisher overwrote it first (it counts as lost).
   bool take_head(RingReader& rr, bool zero_copy) {
-    current.key = rr.head_key;
     if (zero_copy) {
+      // A key raises its ring's floor only from a message read intact (item 5 of a review:
+      // a lapped frame's stamp may be the next lap's).
+      if (rr.reader->intact(rr.head)) rr.last_key = rr.head_key;
       current.view = rr.head;
       current.held = true;
       current.found_intact = false;
@@ -742,6 +760,7 @@ struct Subscription::State {
     }
     rr.reader->copy_payload(rr.head, current.payload);
     if (!rr.reader->consume(rr.head)) return false;
+    rr.last_key = rr.head_key;
     current.info = rr.head;
     current.bytes = current.payload;
     return true;

@@ -22,18 +22,24 @@
 // - Order, as Redis: each publishing thread's messages arrive in the order it published
 //   them, across every channel and pattern the subscription holds; a message for several
 //   reasons arrives as its "message" then one "pmessage" per matching pattern, in
-//   psubscribe() order. Messages of different threads arrive in the order their stamps
-//   say (each publish is stamped from the publishing thread's CLOCK_REALTIME, later than
-//   that thread's previous stamp and than its channel's latest), which is their publish
-//   order whenever one publish happened before the other and they were not published
-//   within the two threads' clock disagreement (well under a microsecond on one host).
-//   Precisely, a message is delivered after every message that was committed before it
-//   was, on a channel held, with a smaller stamp, except:
-//   - a message waits behind any earlier claim in its own ring (a Loan out, or a publisher
-//     stopped mid-publish); messages of other channels do not wait for it;
-//   - when more than 4 looks at the rings in a row each found something new, the earliest
-//     message found so far goes out (a steady flood of new channels cannot stall delivery);
-//   - a stamp more than 1 ms ahead of this process's clock counts as now.
+//   psubscribe() order, with nothing in between. Messages of different threads arrive in
+//   the order of their stamps: each publish is stamped from its thread's CLOCK_REALTIME,
+//   after its claim, later than that thread's previous stamp and than its channel's
+//   latest. That is their publish order whenever one publish happened before the other,
+//   unless they came within the two threads' clock disagreement (well under a
+//   microsecond on one host). Precisely, a message goes out after every message with a
+//   smaller stamp on a channel held that was committed before it, except:
+//   - a message waits behind any earlier claim in its own ring (a Loan out, a publisher
+//     stopped mid-publish), and its channel's messages keep ring order whatever their
+//     stamps say; messages of other channels do not wait for it;
+//   - when 4 looks at the rings in a row each found something new, the earliest message
+//     found so far goes out (a flood of new arrivals cannot stall delivery);
+//   - a stamp more than 1 ms ahead of this process's clock says nothing (the message takes
+//     its ring's previous place), and a message passed over by more deliveries than the
+//     rings held can hold (at least 65,536) goes out next: stamps forged by a publisher,
+//     or left by a clock step of more than 1 ms, can misorder but never stall delivery;
+//   - a process that clears doorbell bits (it can, being a client of the same access
+//     class) can hide a ring's news for up to a second, and its order with it.
 //   A subscription of one channel held by name reads its ring as it comes, which is that
 //   order.
 //
