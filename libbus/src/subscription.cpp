@@ -32,7 +32,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -48,6 +47,7 @@
 #include "notifier.hpp"
 #include "reconnect.hpp"
 #include "ring_readers.hpp"
+#include "settled_queue.hpp"
 
 namespace shmbus {
 
@@ -160,20 +160,7 @@ struct Subscription::State {
   bool control_pending = false;
   std::vector<uint32_t> corrupt_rings;  // channel ids to report (report_corrupt_rings)
 
-  // Deliveries fixed before a subscription change: messages published before the change
-  // keep the reasons they had then (a Redis server would have sent them already).
-  struct Settled {
-    std::string channel;
-    std::string pattern;
-    std::vector<std::byte> payload;
-    MessageInfo info;
-    bool gap = false;           // Message::gap
-    uint64_t key = 0;           // DeliveryOrder key
-    uint64_t staged_round = 0;  // the discovery round it was read in
-  };
-  // Kept in key order (settle() sorts it), as next() merges it with the rings' heads.
-  std::deque<Settled> settled;
-  Settled settled_current;  // what next() last returned from `settled`
+  SettledQueue settled;  // deliveries a subscription change fixed (settled_queue.hpp)
 
   // The message being delivered, once per reason: channel, then each matching pattern.
   struct Delivery {
@@ -528,7 +515,7 @@ struct Subscription::State {
       // Its first delivery went out: the rest go before anything else (key 0, round 0), so
       // nothing settled here can come between a message and its pmessages.
       for (size_t i = current.next; i < delivering->deliveries(); ++i)
-        settled.push_back(delivery(*delivering, i, current.bytes, current.info, current.gap, 0, 0));
+        settled.push(delivery(*delivering, i, current.bytes, current.info, current.gap, 0, 0));
     }
     current.next = current.count = 0;
     std::vector<std::byte> bytes;
@@ -549,20 +536,18 @@ struct Subscription::State {
         if (!admit(rr, message)) continue;
         const bool gap = std::exchange(rr.gap, false);  // it goes with the first one out
         for (size_t i = 0; i < rr.deliveries(); ++i)
-          settled.push_back(delivery(rr, i, bytes, message, gap, key, order.round()));
+          settled.push(delivery(rr, i, bytes, message, gap, key, order.round()));
       }
     }
-    // Key order, for the merge in read_in_order(); stable, so a message's deliveries stay
-    // together in Redis's order (message, then each pmessage).
-    std::stable_sort(settled.begin(), settled.end(),
-                     [](const Settled& a, const Settled& b) { return a.key < b.key; });
+    settled.sort();  // key order, for the merge in read_in_order()
   }
 
-  static Settled delivery(const RingReader& rr, size_t index, std::span<const std::byte> bytes,
-                          const MessageInfo& message, bool gap, uint64_t key,
-                          uint64_t staged_round) {
-    return Settled{rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message, gap,
-                   key,        staged_round};
+  static SettledDelivery delivery(const RingReader& rr, size_t index,
+                                  std::span<const std::byte> bytes, const MessageInfo& message,
+                                  bool gap, uint64_t key, uint64_t staged_round) {
+    return SettledDelivery{
+        rr.channel, rr.pattern_of(index), {bytes.begin(), bytes.end()}, message, gap,
+        key,        staged_round};
   }
 
   // Ends the hold on the current message's frame (next_view), if any. With `keep_rest`, the
@@ -767,9 +752,7 @@ struct Subscription::State {
   }
 
   Message pop_settled() {
-    settled_current = std::move(settled.front());
-    settled.pop_front();
-    const Settled& d = settled_current;
+    const SettledDelivery& d = settled.take();
     return make_message(d.channel, d.pattern, d.payload, d.info, d.gap);
   }
 
