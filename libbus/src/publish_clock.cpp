@@ -37,24 +37,11 @@ bool PublishClock::kernel_keeps_time_with_tsc() {
 #endif
 }
 
-namespace {
-// One clock per thread: publishes from one thread, through any Bus or Channel, draw their
-// stamps from one sequence. Initial-exec: the shared library is loaded with the program (or
-// by an interpreter with room for it in the static TLS block), and a stamp then costs no
-// __tls_get_addr call.
-constinit thread_local PublishClock tls_clock __attribute__((tls_model("initial-exec")));
-constinit thread_local uint64_t tls_last_stamp __attribute__((tls_model("initial-exec"))) = 0;
-}  // namespace
-
-uint64_t next_publish_stamp(uint64_t channel_latest) {
-  const uint64_t now = tls_clock.now_ns();
-  uint64_t stamp = now > tls_last_stamp ? now : tls_last_stamp + 1;
-  // Unsigned: a channel_latest more than kMaxStampLead ahead (forged, or a clock that
-  // stepped back by more) is left out rather than followed.
-  if (channel_latest >= stamp && channel_latest - now <= kMaxStampLead) stamp = channel_latest + 1;
-  tls_last_stamp = stamp;
-  return stamp;
-}
+namespace detail {
+constinit thread_local PublishClock tls_publish_clock __attribute__((tls_model("initial-exec")));
+constinit thread_local uint64_t tls_last_publish_stamp __attribute__((tls_model("initial-exec"))) =
+    0;
+}  // namespace detail
 
 uint64_t PublishClock::reanchor() {
 #if defined(__x86_64__)

@@ -37,7 +37,7 @@ uint64_t realtime_ns();  // clock_gettime(CLOCK_REALTIME) in ns
 //     lies more than kMaxStampLead ahead of the clock (publishers write it: it may be
 //     forged): a ring's stamps then rise in ring order even where two threads' clocks
 //     disagree, which is what lets a subscription merge rings by stamp (a Lamport clock).
-uint64_t next_publish_stamp(uint64_t channel_latest);
+inline uint64_t next_publish_stamp(uint64_t channel_latest);
 inline constexpr uint64_t kMaxStampLead = 1'000'000;  // 1 ms
 
 class PublishClock {
@@ -85,5 +85,27 @@ class PublishClock {
   uint64_t reanchor_ticks_ = 0;   // ticks in kReanchorNs at that rate
   double last_rate_ = 0;          // ns per tick, the previous measurement
 };
+
+namespace detail {
+// One clock per thread: publishes from one thread, through any Bus or Channel, draw their
+// stamps from one sequence. Constant-initialized (no guard on access) and initial-exec (the
+// shared library is loaded with the program, or by an interpreter with room for it in the
+// static TLS block): a stamp costs no call to reach them.
+extern constinit thread_local PublishClock tls_publish_clock
+    __attribute__((tls_model("initial-exec")));
+extern constinit thread_local uint64_t tls_last_publish_stamp
+    __attribute__((tls_model("initial-exec")));
+}  // namespace detail
+
+inline uint64_t next_publish_stamp(uint64_t channel_latest) {
+  const uint64_t now = detail::tls_publish_clock.now_ns();
+  const uint64_t last = detail::tls_last_publish_stamp;
+  uint64_t stamp = now > last ? now : last + 1;
+  // Unsigned: a channel_latest more than kMaxStampLead ahead (forged, or a clock that
+  // stepped back by more) is left out rather than followed.
+  if (channel_latest >= stamp && channel_latest - now <= kMaxStampLead) stamp = channel_latest + 1;
+  detail::tls_last_publish_stamp = stamp;
+  return stamp;
+}
 
 }  // namespace shmbus
