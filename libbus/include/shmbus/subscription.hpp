@@ -39,7 +39,9 @@
 //     rings held can hold (at least 65,536) goes out next: stamps forged by a publisher,
 //     or left by a clock step of more than 1 ms, can misorder but never stall delivery;
 //   - a process that clears doorbell bits (it can, being a client of the same access
-//     class) can hide a ring's news for up to a second, and its order with it.
+//     class) can hide a ring's news for up to a second, and its order with it;
+//   - a subscriber lapped on a channel (lost_before > 0) resumes at that ring's oldest
+//     message: messages around the loss may come after later ones of other channels.
 //   A subscription of one channel held by name reads its ring as it comes, which is that
 //   order.
 //
