@@ -123,7 +123,8 @@ std::vector<std::string> to_strings(std::initializer_list<std::string_view> name
 
 }  // namespace
 
-struct Subscription::State {
+// Hidden: a nested class takes its enclosing class's visibility, and Subscription is exported.
+struct __attribute__((visibility("hidden"))) Subscription::State {
   explicit State(Endpoint endpoint_in, ReconnectOptions reconnect_options)
       : endpoint(std::move(endpoint_in)), reconnect(std::move(reconnect_options)) {}
 

@@ -105,7 +105,7 @@ struct PublishResult {
 // A message being written in place in the ring (zero-copy). Fill data(), then commit(n);
 // destroying an uncommitted loan abandons it (subscribers count it as lost). A Loan must not
 // outlive the Channel it came from.
-class Loan {
+class SHMBUS_CXX_API Loan {
  public:
   Loan(Loan&&) noexcept;
   Loan& operator=(Loan&&) noexcept;
@@ -124,7 +124,7 @@ class Loan {
 
 // An open channel: the fast path for a publisher that sends to the same channel often.
 // The channel stays alive (never reclaimed as idle) while a Channel or a Bus holds it.
-class Channel {
+class SHMBUS_CXX_API Channel {
  public:
   Channel(Channel&&) noexcept;
   Channel& operator=(Channel&&) noexcept;
@@ -182,7 +182,7 @@ struct PatternInterest {
   uint64_t subscribers = 0;
 };
 
-class Bus {
+class SHMBUS_CXX_API Bus {
  public:
   // Connects, or throws Error(kNoDaemon) naming the socket path and how to start a daemon.
   static Bus connect(const ConnectOptions& options = {});

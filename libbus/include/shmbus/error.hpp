@@ -12,6 +12,15 @@
 #include <stdexcept>
 #include <string>
 
+// What libshmbus.so exports: the classes below marked SHMBUS_CXX_API and the C API of
+// shmbus.h. Everything else in the library is compiled hidden (-fvisibility=hidden), so a
+// program cannot come to depend on internals.
+#if defined(__GNUC__)
+#define SHMBUS_CXX_API __attribute__((visibility("default")))
+#else
+#define SHMBUS_CXX_API
+#endif
+
 namespace shmbus {
 
 enum class Errc {
@@ -29,7 +38,7 @@ enum class Errc {
   kPermission,       // an [[access]] rule of the daemon does not let this user do that
 };
 
-class Error : public std::runtime_error {
+class SHMBUS_CXX_API Error : public std::runtime_error {
  public:
   Error(Errc code, const std::string& message) : std::runtime_error(message), code_(code) {}
   Errc code() const noexcept { return code_; }

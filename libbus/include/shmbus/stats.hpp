@@ -15,17 +15,17 @@ namespace shmbus {
 
 struct ChannelStats {
   std::string channel;
-  uint64_t published = 0;       // messages published (claimed sequence numbers)
-  uint64_t payload_bytes = 0;   // payload bytes published
-  uint32_t subscribers = 0;     // subscriptions reading the ring right now
-  uint32_t receivers = 0;       // what publish() returns now (channel + pattern matches)
-  uint64_t lost = 0;            // messages current subscribers were lapped over
-  uint64_t delivered = 0;       // messages current subscribers consumed
+  uint64_t published = 0;      // messages published (claimed sequence numbers)
+  uint64_t payload_bytes = 0;  // payload bytes published
+  uint32_t subscribers = 0;    // subscriptions reading the ring right now
+  uint32_t receivers = 0;      // what publish() returns now (channel + pattern matches)
+  uint64_t lost = 0;           // messages current subscribers were lapped over
+  uint64_t delivered = 0;      // messages current subscribers consumed
   uint64_t last_publish_unix_ns = 0;
   uint64_t ring_bytes = 0;
   uint32_t max_message_bytes = 0;
   bool back_pressure = false;
-  uint64_t repaired_frames = 0; // frames of crashed publishers padded over by the daemon
+  uint64_t repaired_frames = 0;  // frames of crashed publishers padded over by the daemon
 };
 
 struct BusStats {
@@ -34,7 +34,7 @@ struct BusStats {
   std::vector<ChannelStats> channels;
 };
 
-class StatsReader {
+class SHMBUS_CXX_API StatsReader {
  public:
   // Asks the daemon once which bus it serves, then maps that bus's shared memory
   // read-only; throws Error(kNoDaemon) naming the socket if no daemon answers.

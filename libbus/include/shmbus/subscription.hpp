@@ -101,7 +101,7 @@ struct Message {
 // Limits: patterns are 1..1024 bytes, any bytes (as channel names, kMaxChannelNameBytes).
 inline constexpr std::size_t kMaxPatternBytes = 1024;
 
-class Subscription {
+class SHMBUS_CXX_API Subscription {
  public:
   // Opens a connection of its own to the daemon; throws Error(kNoDaemon) as Bus::connect.
   static Subscription open(const ConnectOptions& options = {});
