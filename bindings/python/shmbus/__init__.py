@@ -1,0 +1,353 @@
+"""shmbus: Redis Pub/Sub through shared memory, shaped like redis-py.
+
+Code written for redis-py ports by changing its import::
+
+    import shmbus
+    bus = shmbus.Bus()                      # $SHMBUS_BUS / $SHMBUS_SOCKET, or bus=, socket=
+    bus.publish("chat:42", "hello")         # -> receivers, as Redis's PUBLISH
+    p = bus.pubsub()
+    p.psubscribe("chat:*")
+    for m in p.listen():                    # {'type': 'psubscribe', ...}, then pmessages
+        print(m["channel"], m["data"])
+
+Messages are redis-py's dicts (type, pattern, channel, data) plus ``sequence`` (per
+channel, from 0) and ``lost`` (messages of that channel this subscriber missed just
+before this one: shmbus laps a slow subscriber instead of disconnecting it).
+
+Errors raise ShmbusError or one of its subclasses, with the library's message, which
+names the limit or resource involved and the way out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
+
+from ._shmbus import (  # noqa: F401  (re-exported)
+    CorruptChannel,
+    DaemonGone,
+    DaemonUnavailable,
+    InvalidArgument,
+    LimitExceeded,
+    MessageTooLarge,
+    PermissionDenied,
+    ProtocolError,
+    PublishTimeout,
+    ShmbusError,
+    SystemCallError,
+    WouldBlock,
+)
+from . import _shmbus
+
+for _error in (ShmbusError, DaemonUnavailable, DaemonGone, ProtocolError, InvalidArgument,
+               MessageTooLarge, LimitExceeded, WouldBlock, PublishTimeout, SystemCallError,
+               CorruptChannel, PermissionDenied):
+    _error.__module__ = "shmbus"  # where users catch them
+
+__all__ = [
+    "Bus",
+    "PubSub",
+    "PubSubWorkerThread",
+    "ShmbusError",
+    "DaemonUnavailable",
+    "DaemonGone",
+    "ProtocolError",
+    "InvalidArgument",
+    "MessageTooLarge",
+    "LimitExceeded",
+    "WouldBlock",
+    "PublishTimeout",
+    "SystemCallError",
+    "CorruptChannel",
+    "PermissionDenied",
+]
+
+Name = Union[str, bytes, bytearray, memoryview]
+Payload = Union[str, bytes, bytearray, memoryview]
+Handler = Callable[[Dict[str, Any]], Any]
+
+
+def _encode(name: Name) -> bytes:
+    if isinstance(name, str):
+        return name.encode("utf-8")
+    return bytes(name)
+
+
+class Bus:
+    """A connection to a shmbus daemon for publishing and introspection (redis-py's Redis).
+
+    ``bus`` and ``socket`` default to $SHMBUS_BUS / $SHMBUS_SOCKET (else the bus "default"
+    at /run/shmbus/default.sock). With ``decode_responses=True``, names and payloads come
+    back as str (UTF-8), as redis-py does.
+    """
+
+    def __init__(
+        self,
+        bus: Optional[str] = None,
+        socket: Optional[str] = None,
+        client_name: Optional[str] = None,
+        decode_responses: bool = False,
+    ) -> None:
+        self._options = (bus, socket, client_name)
+        self._decode = decode_responses
+        self._native: Optional[_shmbus.Bus] = _shmbus.Bus(bus, socket, client_name)
+
+    def _bus(self) -> "_shmbus.Bus":
+        if self._native is None:
+            raise ShmbusError("this Bus is closed")
+        return self._native
+
+    def publish(self, channel: Name, data: Payload) -> int:
+        """PUBLISH: the number of subscriptions that receive it (channel plus patterns)."""
+        return self._bus().publish(channel, data)
+
+    def pubsub(self, ignore_subscribe_messages: bool = False) -> "PubSub":
+        """A subscriber of its own (redis-py's PubSub), on the same bus."""
+        return PubSub(self._options, ignore_subscribe_messages, self._decode)
+
+    def pubsub_channels(self, pattern: Name = "*") -> List[Union[bytes, str]]:
+        """PUBSUB CHANNELS: channels with at least one subscriber by name."""
+        return [self._out(c) for c in self._bus().channels(pattern)]
+
+    def pubsub_numsub(self, *channels: Name) -> List[Tuple[Union[bytes, str], int]]:
+        """PUBSUB NUMSUB: (channel, subscribers by name) for each channel given."""
+        names = [_encode(c) for c in channels]
+        counts = self._bus().numsub(names)
+        return [(self._out(n), c) for n, c in zip(names, counts)]
+
+    def pubsub_numpat(self) -> int:
+        """PUBSUB NUMPAT: distinct patterns subscribed on the bus."""
+        return self._bus().numpat()
+
+    def close(self) -> None:
+        self._native = None
+
+    def __enter__(self) -> "Bus":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _out(self, value: bytes) -> Union[bytes, str]:
+        return value.decode("utf-8") if self._decode else value
+
+
+class PubSub:
+    """Channels and patterns received together (redis-py's PubSub).
+
+    subscribe() / psubscribe() take names and ``name=handler`` keywords; a message for a
+    name with a handler goes to the handler instead of get_message() / listen(). Each
+    name added or removed gives a confirmation message first, as Redis does, unless
+    ``ignore_subscribe_messages``.
+    """
+
+    def __init__(
+        self,
+        options: Tuple[Optional[str], Optional[str], Optional[str]],
+        ignore_subscribe_messages: bool = False,
+        decode_responses: bool = False,
+    ) -> None:
+        self._options = options
+        self._sub: Optional[_shmbus.Subscription] = None  # opened on the first subscribe
+        self.ignore_subscribe_messages = ignore_subscribe_messages
+        self._decode = decode_responses
+        self.channels: Dict[bytes, Optional[Handler]] = {}
+        self.patterns: Dict[bytes, Optional[Handler]] = {}
+        self._confirmations: Deque[Dict[str, Any]] = deque()
+        self._closed = False
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def _native(self) -> "_shmbus.Subscription":
+        if self._closed:
+            raise ShmbusError("this PubSub is closed")
+        if self._sub is None:
+            self._sub = _shmbus.Subscription(*self._options)
+        return self._sub
+
+    @staticmethod
+    def _names(args: Tuple[Any, ...], kwargs: Dict[str, Handler]) -> Dict[bytes, Optional[Handler]]:
+        names: Dict[bytes, Optional[Handler]] = {}
+        for arg in args:
+            if isinstance(arg, (list, tuple, set)):
+                for a in arg:
+                    names[_encode(a)] = None
+            elif isinstance(arg, dict):
+                for a, handler in arg.items():
+                    names[_encode(a)] = handler
+            else:
+                names[_encode(arg)] = None
+        for a, handler in kwargs.items():
+            names[_encode(a)] = handler
+        return names
+
+    def _confirm(self, kind: str, name: bytes) -> None:
+        self._confirmations.append(
+            {
+                "type": kind,
+                "pattern": None,
+                "channel": self._out(name),
+                "data": len(self.channels) + len(self.patterns),
+            }
+        )
+
+    def subscribe(self, *args: Any, **kwargs: Handler) -> None:
+        """SUBSCRIBE: channel names, and name=handler keywords."""
+        names = self._names(args, kwargs)
+        if not names:
+            raise InvalidArgument("subscribe() needs at least one channel, as Redis's SUBSCRIBE")
+        self._native().subscribe(list(names))
+        for name, handler in names.items():
+            self.channels[name] = handler
+            self._confirm("subscribe", name)
+
+    def psubscribe(self, *args: Any, **kwargs: Handler) -> None:
+        """PSUBSCRIBE: glob patterns (Redis's syntax), and pattern=handler keywords."""
+        names = self._names(args, kwargs)
+        if not names:
+            raise InvalidArgument("psubscribe() needs at least one pattern, as Redis's PSUBSCRIBE")
+        self._native().psubscribe(list(names))
+        for name, handler in names.items():
+            self.patterns[name] = handler
+            self._confirm("psubscribe", name)
+
+    def unsubscribe(self, *args: Name) -> None:
+        """UNSUBSCRIBE: the channels given, or all of them."""
+        names = [_encode(a) for a in args] or list(self.channels)
+        if self._sub is not None:
+            self._sub.unsubscribe(names)
+        for name in names:
+            self.channels.pop(name, None)
+            self._confirm("unsubscribe", name)
+
+    def punsubscribe(self, *args: Name) -> None:
+        """PUNSUBSCRIBE: the patterns given, or all of them."""
+        names = [_encode(a) for a in args] or list(self.patterns)
+        if self._sub is not None:
+            self._sub.punsubscribe(names)
+        for name in names:
+            self.patterns.pop(name, None)
+            self._confirm("punsubscribe", name)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.channels or self.patterns)
+
+    # ---- messages -----------------------------------------------------------------------
+
+    def get_message(
+        self, ignore_subscribe_messages: bool = False, timeout: Optional[float] = 0.0
+    ) -> Optional[Dict[str, Any]]:
+        """The next message, or None after ``timeout`` seconds (None: wait; 0: poll).
+
+        A message for a name with a handler is given to the handler, and None returned.
+        The wait releases the GIL; Ctrl-C interrupts it.
+        """
+        ignore = ignore_subscribe_messages or self.ignore_subscribe_messages
+        while self._confirmations:
+            confirmation = self._confirmations.popleft()
+            if not ignore:
+                return confirmation
+        if not self.subscribed or self._sub is None:
+            if timeout:
+                time.sleep(timeout)  # as redis-py: nothing can arrive
+            return None
+        raw = self._sub.next(timeout)
+        if raw is None:
+            return None
+        return self._deliver(raw)
+
+    def _deliver(self, raw: Tuple[Any, ...]) -> Optional[Dict[str, Any]]:
+        channel, pattern, data, sequence, lost, publish_unix_ns, gap = raw
+        message = {
+            "type": "pmessage" if pattern is not None else "message",
+            "pattern": self._out(pattern) if pattern is not None else None,
+            "channel": self._out(channel),
+            "data": self._out(data),
+            "sequence": sequence,
+            "lost": lost,
+            "publish_unix_ns": publish_unix_ns,
+            "gap": gap,
+        }
+        handler = self.patterns.get(pattern) if pattern is not None else self.channels.get(channel)
+        if handler is not None:
+            handler(message)
+            return None
+        return message
+
+    def listen(self) -> Iterator[Dict[str, Any]]:
+        """Messages as they come, for as long as something is subscribed."""
+        while self.subscribed or self._confirmations:
+            message = self.get_message(timeout=None)
+            if message is not None:
+                yield message
+
+    def run_in_thread(
+        self,
+        sleep_time: float = 0.0,
+        daemon: bool = False,
+        exception_handler: Optional[Callable[[BaseException, "PubSub", "PubSubWorkerThread"], None]] = None,
+    ) -> "PubSubWorkerThread":
+        """Delivers to the handlers from a thread of its own (every name needs one)."""
+        for name, handler in list(self.channels.items()) + list(self.patterns.items()):
+            if handler is None:
+                raise ShmbusError(f"channel or pattern {name!r} has no handler")
+        thread = PubSubWorkerThread(self, sleep_time, daemon, exception_handler)
+        thread.start()
+        return thread
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable while a message may wait (for event loops)."""
+        return self._native().fileno()
+
+    def close(self) -> None:
+        """Drops every subscription and the connection."""
+        self._sub = None
+        self._closed = True
+        self.channels.clear()
+        self.patterns.clear()
+        self._confirmations.clear()
+
+    reset = close
+
+    def __enter__(self) -> "PubSub":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _out(self, value: bytes) -> Union[bytes, str]:
+        return value.decode("utf-8") if self._decode else value
+
+
+class PubSubWorkerThread(threading.Thread):
+    """run_in_thread()'s thread: get_message() in a loop until stop()."""
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        sleep_time: float,
+        daemon: bool = False,
+        exception_handler: Optional[Callable[[BaseException, PubSub, "PubSubWorkerThread"], None]] = None,
+    ) -> None:
+        super().__init__(daemon=daemon)
+        self.pubsub = pubsub
+        # Each wait is bounded so stop() is seen within it; a message ends it at once.
+        self.sleep_time = sleep_time if sleep_time > 0 else 0.1
+        self.exception_handler = exception_handler
+        self._running = threading.Event()
+
+    def run(self) -> None:
+        self._running.set()
+        while self._running.is_set():
+            try:
+                self.pubsub.get_message(ignore_subscribe_messages=True, timeout=self.sleep_time)
+            except BaseException as e:  # noqa: B902 - handed to the caller's handler
+                if self.exception_handler is None:
+                    raise
+                self.exception_handler(e, self.pubsub, self)
+
+    def stop(self) -> None:
+        self._running.clear()

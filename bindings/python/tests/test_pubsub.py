@@ -1,0 +1,186 @@
+"""The shmbus package against a real shmbusd: redis-py's message shapes and confirmations,
+patterns, handlers, listen(), run_in_thread(), binary payloads, PUBSUB, errors, and
+processes (a publisher elsewhere, a subscriber killed mid-stream, Ctrl-C)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import shmbus
+
+
+def test_subscribe_gives_redis_py_confirmations_then_messages(bus):
+    p = bus.pubsub()
+    p.subscribe("news", "sport")
+    assert p.get_message() == {"type": "subscribe", "pattern": None, "channel": b"news", "data": 1}
+    assert p.get_message() == {"type": "subscribe", "pattern": None, "channel": b"sport", "data": 2}
+    assert p.get_message(timeout=0.05) is None
+    assert bus.publish("news", "hello") == 1
+    m = p.get_message(timeout=1)
+    assert {k: m[k] for k in ("type", "pattern", "channel", "data")} == {
+        "type": "message",
+        "pattern": None,
+        "channel": b"news",
+        "data": b"hello",
+    }
+    assert m["sequence"] == 0 and m["lost"] == 0
+    p.unsubscribe("news")
+    assert p.get_message() == {"type": "unsubscribe", "pattern": None, "channel": b"news", "data": 1}
+    assert bus.publish("news", "gone") == 0
+    p.close()
+
+
+def test_a_channel_and_a_pattern_deliver_message_then_pmessage(bus):
+    p = bus.pubsub(ignore_subscribe_messages=True)
+    p.subscribe("user:1")
+    p.psubscribe("user:*")
+    assert bus.publish("user:1", b"x") == 2
+    first = p.get_message(timeout=1)
+    second = p.get_message(timeout=1)
+    assert (first["type"], first["pattern"], first["channel"]) == ("message", None, b"user:1")
+    assert (second["type"], second["pattern"], second["channel"]) == ("pmessage", b"user:*", b"user:1")
+    assert p.get_message(timeout=0.05) is None
+    p.close()
+
+
+def test_payloads_are_bytes_whatever_was_published(bus):
+    p = bus.pubsub(ignore_subscribe_messages=True)
+    p.subscribe(b"bin\xff")
+    payloads = [b"\x00\x01\xff", bytearray(b"ba"), memoryview(b"mv"), "caf\u00e9", b""]
+    for payload in payloads:
+        assert bus.publish(b"bin\xff", payload) == 1
+    got = [p.get_message(timeout=1)["data"] for _ in payloads]
+    assert got == [b"\x00\x01\xff", b"ba", b"mv", "caf\u00e9".encode(), b""]
+    with pytest.raises(TypeError, match="must be str, bytes"):
+        bus.publish("bin", 42)
+    p.close()
+
+
+def test_decode_responses_gives_str(daemon):
+    with shmbus.Bus(decode_responses=True, **daemon.options()) as b:
+        p = b.pubsub(ignore_subscribe_messages=True)
+        p.psubscribe("d:*")
+        b.publish("d:1", "text")
+        m = p.get_message(timeout=1)
+        assert (m["pattern"], m["channel"], m["data"]) == ("d:*", "d:1", "text")
+        assert "d:1" not in b.pubsub_channels()  # held by pattern only
+        p.close()
+
+
+def test_handlers_take_their_messages(bus):
+    got = []
+    p = bus.pubsub()
+    p.subscribe(**{"h:1": got.append})
+    p.psubscribe(**{"h:*": got.append})
+    p.subscribe("plain")
+    bus.publish("h:1", "a")
+    bus.publish("plain", "b")
+    messages = [p.get_message(ignore_subscribe_messages=True, timeout=1) for _ in range(3)]
+    assert [m for m in messages if m is not None][0]["data"] == b"b"
+    assert [(m["type"], m["data"]) for m in got] == [("message", b"a"), ("pmessage", b"a")]
+    p.close()
+
+
+def test_listen_yields_until_everything_is_unsubscribed(bus):
+    p = bus.pubsub()
+    p.subscribe("l:1")
+    bus.publish("l:1", "one")
+    seen = []
+    for m in p.listen():
+        seen.append(m["type"])
+        if m["type"] == "message":
+            p.unsubscribe()
+    assert seen == ["subscribe", "message", "unsubscribe"]
+    p.close()
+
+
+def test_run_in_thread_delivers_to_handlers(bus):
+    got = threading.Event()
+    p = bus.pubsub()
+    p.subscribe(**{"t:1": lambda m: got.set() if m["data"] == b"go" else None})
+    thread = p.run_in_thread(sleep_time=0.05)
+    bus.publish("t:1", "go")
+    assert got.wait(5)
+    thread.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    p.subscribe("no-handler")
+    with pytest.raises(shmbus.ShmbusError, match="no handler"):
+        p.run_in_thread()
+    p.close()
+
+
+def test_pubsub_introspection(bus):
+    p = bus.pubsub()
+    p.subscribe("i:1", "i:2")
+    p.psubscribe("i:*")
+    assert sorted(bus.pubsub_channels("i:*")) == [b"i:1", b"i:2"]
+    assert bus.pubsub_numsub("i:1", "nobody") == [(b"i:1", 1), (b"nobody", 0)]
+    assert bus.pubsub_numpat() >= 1
+    p.close()
+
+
+def test_errors_raise_with_the_librarys_message(bus, daemon):
+    with pytest.raises(shmbus.MessageTooLarge, match="exceeds channel .* limit"):
+        bus.publish("big", b"x" * (64 << 20))
+    with pytest.raises(shmbus.InvalidArgument):
+        bus.publish("", "x")
+    with pytest.raises(shmbus.InvalidArgument, match="at least one"):
+        bus.pubsub().subscribe()
+    with pytest.raises(shmbus.DaemonUnavailable, match="no shmbusd answers on"):
+        shmbus.Bus(bus="nobody", socket=os.path.join(daemon.dir.name, "none.sock"))
+    assert issubclass(shmbus.MessageTooLarge, shmbus.ShmbusError)
+
+
+def _python(code: str, daemon) -> subprocess.Popen:
+    env = dict(os.environ, SHMBUS_BUS=daemon.bus, SHMBUS_SOCKET=daemon.socket)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_publisher_in_another_process(bus, daemon):
+    p = bus.pubsub(ignore_subscribe_messages=True)
+    p.subscribe("proc:1")
+    publisher = _python(
+        "import shmbus\nb = shmbus.Bus()\nfor i in range(1000): b.publish('proc:1', str(i))\n", daemon
+    )
+    got = [p.get_message(timeout=5)["data"] for _ in range(1000)]
+    assert publisher.wait(10) == 0
+    assert got == [str(i).encode() for i in range(1000)]
+    p.close()
+
+
+def test_a_subscriber_killed_mid_stream_leaves_the_count(bus, daemon):
+    child = _python(
+        "import shmbus, sys\np = shmbus.Bus().pubsub(ignore_subscribe_messages=True)\n"
+        "p.subscribe('kill:1')\nprint('ready', flush=True)\n"
+        "for m in p.listen(): pass\n",
+        daemon,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    for i in range(100):
+        assert bus.publish("kill:1", str(i)) == 1
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    deadline = time.monotonic() + 10
+    while bus.publish("kill:1", "after") != 0:
+        assert time.monotonic() < deadline, "the killed subscriber is still counted"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_interrupts_a_blocking_listen(daemon):
+    child = _python(
+        "import shmbus\np = shmbus.Bus().pubsub()\np.subscribe('quiet')\n"
+        "print('ready', flush=True)\n"
+        "try:\n    p.get_message(timeout=None)\n    p.get_message(timeout=None)\n"
+        "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n",
+        daemon,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    assert child.stdout.readline().strip() == "interrupted"
+    assert child.wait(10) == 0
