@@ -5,8 +5,8 @@
 set -euo pipefail
 
 packages=(
-  # build
-  meson ninja-build pkg-config g++
+  # build (gcc: the C API's test is built as C)
+  meson ninja-build pkg-config g++ gcc
   # shared memory segments (Boost.Interprocess) and in-process lock-free queues
   libboost-dev
   # logging, tests, benchmarks
@@ -17,6 +17,9 @@ packages=(
   libhiredis-dev redis-server
   # systemd integration (sd_notify, unit checks)
   libsystemd-dev systemd
+  # the Python package (bindings/python) for Debian's python3, its tests, and redis-py for
+  # comparing with Redis
+  python3-dev python3-pybind11 pybind11-dev python3-pytest python3-redis
   # peers of the comparison harness (bench/compare): ZeroMQ, iceoryx (iox-roudi and the
   # C++ API), and matplotlib for its charts
   libzmq3-dev iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev python3-matplotlib
