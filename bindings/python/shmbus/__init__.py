@@ -49,6 +49,7 @@ for _error in (ShmbusError, DaemonUnavailable, DaemonGone, ProtocolError, Invali
 __all__ = [
     "Bus",
     "PubSub",
+    "MessageView",
     "PubSubWorkerThread",
     "ShmbusError",
     "DaemonUnavailable",
@@ -277,6 +278,22 @@ class PubSub:
             return None
         return message
 
+    def get_message_view(self, timeout: Optional[float] = 0.0) -> Optional["MessageView"]:
+        """The next message with its payload left in place (zero-copy), or None after
+        ``timeout`` seconds. Subscription confirmations are skipped and handlers not called.
+
+        Its ``data`` is a read-only memoryview over the channel's ring, valid until the
+        MessageView is released (``release()``, a ``with`` block, or dropping every
+        reference): until then this PubSub refuses the next message and subscription
+        changes with BufferError. On a lossy channel a publisher may overwrite the bytes
+        while you read them: what you computed counts only if ``intact()`` says True after.
+        """
+        self._confirmations.clear()
+        if not self.subscribed or self._sub is None:
+            return None
+        raw = self._sub.next(timeout, True)
+        return None if raw is None else MessageView(self, raw)
+
     def listen(self) -> Iterator[Dict[str, Any]]:
         """Messages as they come, for as long as something is subscribed."""
         while self.subscribed or self._confirmations:
@@ -320,6 +337,48 @@ class PubSub:
 
     def _out(self, value: bytes) -> Union[bytes, str]:
         return value.decode("utf-8") if self._decode else value
+
+
+class MessageView:
+    """A message read in place (PubSub.get_message_view): ``data`` is a read-only
+    memoryview over the ring until ``release()``."""
+
+    def __init__(self, pubsub: PubSub, raw: Tuple[Any, ...]) -> None:
+        channel, pattern, lease, sequence, lost, publish_unix_ns, gap = raw
+        self._pubsub = pubsub
+        self.type = "pmessage" if pattern is not None else "message"
+        self.pattern = pubsub._out(pattern) if pattern is not None else None
+        self.channel = pubsub._out(channel)
+        self.data: Optional[memoryview] = memoryview(lease)
+        self.sequence = sequence
+        self.lost = lost
+        self.publish_unix_ns = publish_unix_ns
+        self.gap = gap
+
+    def intact(self) -> bool:
+        """Whether the bytes were not overwritten while read (always True on a
+        back-pressure channel)."""
+        sub = self._pubsub._sub
+        return sub is not None and sub.intact()
+
+    def tobytes(self) -> bytes:
+        if self.data is None:
+            raise ValueError("this MessageView was released")
+        return self.data.tobytes()
+
+    def release(self) -> None:
+        """Lets the ring's bytes go - once nothing else holds them: a slice of ``data``
+        holds them until it is released too (and memoryview.release() raises BufferError
+        while a consumer such as numpy holds ``data`` itself)."""
+        if self.data is not None:
+            self.data.release()
+            self.data = None
+
+    def __enter__(self) -> "MessageView":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class PubSubWorkerThread(threading.Thread):

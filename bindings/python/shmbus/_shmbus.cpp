@@ -110,6 +110,28 @@ class PyBus {
   shmbus::Bus bus_;
 };
 
+// A message read in place (next_view): the buffer a memoryview reads. Python's reference
+// counting says when it is let go: every memoryview over it holds a reference, so while a
+// Lease object lives, its bytes may still be read, and the subscription refuses to move on
+// (the ring could be overwritten under it, or unmapped by a subscription change).
+class Lease {
+ public:
+  // `owner`: the Subscription's Python object, kept alive (and its rings mapped) as long as
+  // the lease is.
+  Lease(const std::byte* data, size_t len, py::object owner)
+      : data_(data), len_(len), owner_(std::move(owner)) {}
+  py::buffer_info buffer() const {
+    return py::buffer_info(const_cast<std::byte*>(data_), 1,
+                           py::format_descriptor<uint8_t>::format(), 1,
+                           {static_cast<py::ssize_t>(len_)}, {1}, /*readonly=*/true);
+  }
+
+ private:
+  const std::byte* data_;
+  size_t len_;
+  py::object owner_;
+};
+
 class PySubscription {
  public:
   PySubscription(std::optional<std::string> bus, std::optional<std::string> socket,
@@ -120,6 +142,7 @@ class PySubscription {
         }()) {}
 
   void subscribe(const py::iterable& channels, const std::string& start, uint64_t after) {
+    require_no_lease();
     shmbus::StartAt from;
     if (start == "latest")
       from = shmbus::StartAt::latest();
@@ -134,16 +157,19 @@ class PySubscription {
     sub_.subscribe(names, from);
   }
   void psubscribe(const py::iterable& patterns) {
+    require_no_lease();
     const std::vector<std::string> names = names_of(patterns, "pattern");
     py::gil_scoped_release unlocked;
     sub_.psubscribe(names);
   }
   void unsubscribe(const py::iterable& channels) {
+    require_no_lease();
     const std::vector<std::string> names = names_of(channels, "channel");
     py::gil_scoped_release unlocked;
     sub_.unsubscribe(names);
   }
   void punsubscribe(const py::iterable& patterns) {
+    require_no_lease();
     const std::vector<std::string> names = names_of(patterns, "pattern");
     py::gil_scoped_release unlocked;
     sub_.punsubscribe(names);
@@ -151,7 +177,8 @@ class PySubscription {
 
   // The next message as (channel, pattern or None, data, sequence, lost_before,
   // publish_unix_ns, gap), or None once `timeout` seconds passed (None: wait forever).
-  py::object next(std::optional<double> timeout) {
+  py::object next(const py::object& self, std::optional<double> timeout, bool view) {
+    require_no_lease();
     const std::chrono::nanoseconds total = timeout_of(timeout);
     const bool forever = total.count() < 0;
     const auto deadline = std::chrono::steady_clock::now() + (forever ? 0ns : total);
@@ -164,19 +191,29 @@ class PySubscription {
           slice = std::min(
               slice,
               std::max(0ns, std::chrono::nanoseconds(deadline - std::chrono::steady_clock::now())));
-        m = sub_.next(slice);
+        m = view ? sub_.next_view(slice) : sub_.next(slice);
       }
       if (m) {
+        py::object data;
+        if (view) {
+          data = py::cast(Lease(m->payload.data(), m->payload.size(), self));
+          lease_ = py::weakref(data);
+        } else {
+          data = to_bytes(m->text());
+        }
         return py::make_tuple(
             to_bytes(m->channel),
-            m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)),
-            to_bytes(m->text()), m->sequence, m->lost_before, m->publish_unix_ns, m->gap);
+            m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)), data,
+            m->sequence, m->lost_before, m->publish_unix_ns, m->gap);
       }
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C
       if (!forever && std::chrono::steady_clock::now() >= deadline) return py::none();
     }
   }
 
+  // Whether the bytes of the last view were intact throughout (a lossy ring's publisher may
+  // overwrite them while they are read).
+  bool intact() { return sub_.intact(); }
   int fileno() { return sub_.fd(); }
   size_t count() const { return sub_.count(); }
   std::vector<py::bytes> channels() const {
@@ -191,7 +228,16 @@ class PySubscription {
   }
 
  private:
+  void require_no_lease() {
+    if (lease_ && !lease_().is_none())
+      throw py::buffer_error(
+          "a zero-copy message is still held: release its memoryview (message.release(), "
+          "memoryview.release() or del) before the next message or a subscription change");
+    lease_ = py::weakref();
+  }
+
   shmbus::Subscription sub_;
+  py::weakref lease_;  // the last view's Lease, while something holds it
 };
 
 }  // namespace
@@ -250,6 +296,8 @@ PYBIND11_MODULE(_shmbus, m) {
       .def_property_readonly("bus_name", &PyBus::bus_name)
       .def_property_readonly("socket_path", &PyBus::socket_path);
 
+  py::class_<Lease>(m, "Lease", py::buffer_protocol()).def_buffer(&Lease::buffer);
+
   py::class_<PySubscription>(m, "Subscription")
       .def(py::init<std::optional<std::string>, std::optional<std::string>,
                     std::optional<std::string>>(),
@@ -260,7 +308,13 @@ PYBIND11_MODULE(_shmbus, m) {
       .def("psubscribe", &PySubscription::psubscribe, py::arg("patterns"))
       .def("unsubscribe", &PySubscription::unsubscribe, py::arg("channels"))
       .def("punsubscribe", &PySubscription::punsubscribe, py::arg("patterns"))
-      .def("next", &PySubscription::next, py::arg("timeout") = py::none())
+      .def(
+          "next",
+          [](const py::object& self, std::optional<double> timeout, bool view) {
+            return self.cast<PySubscription&>().next(self, timeout, view);
+          },
+          py::arg("timeout") = py::none(), py::arg("view") = false)
+      .def("intact", &PySubscription::intact)
       .def("fileno", &PySubscription::fileno)
       .def("count", &PySubscription::count)
       .def("channels", &PySubscription::channels)

@@ -184,3 +184,31 @@ def test_ctrl_c_interrupts_a_blocking_listen(daemon):
     child.send_signal(signal.SIGINT)
     assert child.stdout.readline().strip() == "interrupted"
     assert child.wait(10) == 0
+
+
+def test_a_zero_copy_view_reads_the_ring_until_released(bus):
+    p = bus.pubsub()
+    p.subscribe("zc:1")
+    big = bytes(range(256)) * 64  # 16 KiB
+    assert bus.publish("zc:1", big) == 1
+    with p.get_message_view(timeout=1) as m:
+        assert (m.type, m.channel) == ("message", b"zc:1")
+        assert m.data.readonly and m.data.nbytes == len(big)
+        assert m.data[:256] == bytes(range(256)) and m.tobytes() == big
+        assert m.intact()
+        view = m.data[1:]  # a slice holds the ring's bytes too
+        m.release()
+        assert m.data is None
+        with pytest.raises(BufferError, match="still held"):
+            p.get_message(timeout=0)
+        assert view[0] == 1
+        view.release()
+    bus.publish("zc:1", "next")
+    assert p.get_message(timeout=1)["data"] == b"next"
+    # Dropping every reference lets the bytes go too.
+    bus.publish("zc:1", "dropped")
+    held = p.get_message_view(timeout=1)
+    assert held.tobytes() == b"dropped"
+    del held
+    assert p.get_message(timeout=0) is None
+    p.close()
