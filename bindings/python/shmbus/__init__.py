@@ -102,7 +102,10 @@ class Bus:
 
     def publish(self, channel: Name, data: Payload) -> int:
         """PUBLISH: the number of subscriptions that receive it (channel plus patterns)."""
-        return self._bus().publish(channel, data)
+        native = self._native
+        if native is None:
+            raise ShmbusError("this Bus is closed")
+        return native.publish(channel, data)
 
     def pubsub(self, ignore_subscribe_messages: bool = False) -> "PubSub":
         """A subscriber of its own (redis-py's PubSub), on the same bus."""
@@ -157,6 +160,7 @@ class PubSub:
         self.channels: Dict[bytes, Optional[Handler]] = {}
         self.patterns: Dict[bytes, Optional[Handler]] = {}
         self._confirmations: Deque[Dict[str, Any]] = deque()
+        self._handlers = 0  # names with a handler: the message path looks them up only then
         self._closed = False
 
     # ---- subscriptions ------------------------------------------------------------------
@@ -203,6 +207,7 @@ class PubSub:
         for name, handler in names.items():
             self.channels[name] = handler
             self._confirm("subscribe", name)
+        self._count_handlers()
 
     def psubscribe(self, *args: Any, **kwargs: Handler) -> None:
         """PSUBSCRIBE: glob patterns (Redis's syntax), and pattern=handler keywords."""
@@ -213,6 +218,7 @@ class PubSub:
         for name, handler in names.items():
             self.patterns[name] = handler
             self._confirm("psubscribe", name)
+        self._count_handlers()
 
     def unsubscribe(self, *args: Name) -> None:
         """UNSUBSCRIBE: the channels given, or all of them."""
@@ -222,6 +228,7 @@ class PubSub:
         for name in names:
             self.channels.pop(name, None)
             self._confirm("unsubscribe", name)
+        self._count_handlers()
 
     def punsubscribe(self, *args: Name) -> None:
         """PUNSUBSCRIBE: the patterns given, or all of them."""
@@ -231,6 +238,18 @@ class PubSub:
         for name in names:
             self.patterns.pop(name, None)
             self._confirm("punsubscribe", name)
+        self._count_handlers()
+
+    def _count_handlers(self) -> None:
+        self._handlers = sum(h is not None for h in self.channels.values()) + sum(
+            h is not None for h in self.patterns.values()
+        )
+
+    def set_spin(self, seconds: float) -> None:
+        """How long a waiting get_message() spins before it sleeps (default 20 us): longer
+        spins cut wake-up latency for messages that come close together, at the cost of a
+        busy core while waiting."""
+        self._native().set_spin(seconds)
 
     @property
     def subscribed(self) -> bool:
@@ -246,33 +265,42 @@ class PubSub:
         A message for a name with a handler is given to the handler, and None returned.
         The wait releases the GIL; Ctrl-C interrupts it.
         """
-        ignore = ignore_subscribe_messages or self.ignore_subscribe_messages
-        while self._confirmations:
-            confirmation = self._confirmations.popleft()
-            if not ignore:
-                return confirmation
-        if not self.subscribed or self._sub is None:
+        if self._confirmations:
+            ignore = ignore_subscribe_messages or self.ignore_subscribe_messages
+            while self._confirmations:
+                confirmation = self._confirmations.popleft()
+                if not ignore:
+                    return confirmation
+        sub = self._sub
+        if sub is None or not (self.channels or self.patterns):
             if timeout:
                 time.sleep(timeout)  # as redis-py: nothing can arrive
             return None
-        raw = self._sub.next(timeout)
+        raw = sub.next(timeout)
         if raw is None:
             return None
         return self._deliver(raw)
 
     def _deliver(self, raw: Tuple[Any, ...]) -> Optional[Dict[str, Any]]:
+        # The per-message path: kept to one dict and no calls unless asked for.
         channel, pattern, data, sequence, lost, publish_unix_ns, gap = raw
+        handler = None
+        if self._handlers:
+            handler = self.patterns.get(pattern) if pattern is not None else self.channels.get(channel)
+        if self._decode:
+            channel, data = channel.decode("utf-8"), data.decode("utf-8")
+            if pattern is not None:
+                pattern = pattern.decode("utf-8")
         message = {
-            "type": "pmessage" if pattern is not None else "message",
-            "pattern": self._out(pattern) if pattern is not None else None,
-            "channel": self._out(channel),
-            "data": self._out(data),
+            "type": "message" if pattern is None else "pmessage",
+            "pattern": pattern,
+            "channel": channel,
+            "data": data,
             "sequence": sequence,
             "lost": lost,
             "publish_unix_ns": publish_unix_ns,
             "gap": gap,
         }
-        handler = self.patterns.get(pattern) if pattern is not None else self.channels.get(channel)
         if handler is not None:
             handler(message)
             return None

@@ -36,6 +36,32 @@ std::string bytes_of(const py::handle& value, const char* what) {
                        std::string(py::str(py::type::of(value).attr("__name__"))));
 }
 
+// The bytes of str (its cached UTF-8), bytes, bytearray or any buffer, without a copy; the
+// holder keeps them alive (and a buffer exported) for as long as it lives.
+struct BytesView {
+  std::string_view bytes;
+  std::optional<py::buffer_info> holder;
+};
+BytesView view_of(const py::handle& value, const char* what) {
+  if (PyBytes_Check(value.ptr()))
+    return {{PyBytes_AS_STRING(value.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(value.ptr()))},
+            std::nullopt};
+  if (PyUnicode_Check(value.ptr())) {
+    Py_ssize_t len = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(value.ptr(), &len);
+    if (utf8 == nullptr) throw py::error_already_set();
+    return {{utf8, static_cast<size_t>(len)}, std::nullopt};
+  }
+  if (PyObject_CheckBuffer(value.ptr())) {
+    BytesView v;
+    v.holder = py::reinterpret_borrow<py::buffer>(value).request();
+    v.bytes = {static_cast<const char*>(v.holder->ptr),
+               static_cast<size_t>(v.holder->size * v.holder->itemsize)};
+    return v;
+  }
+  return {bytes_of(value, what), std::nullopt};  // raises the TypeError
+}
+
 std::vector<std::string> names_of(const py::iterable& names, const char* what) {
   std::vector<std::string> out;
   for (const py::handle& name : names) out.push_back(bytes_of(name, what));
@@ -71,11 +97,13 @@ class PyBus {
         }()) {}
 
   uint32_t publish(const py::handle& channel, const py::handle& data) {
-    const std::string name = bytes_of(channel, "channel");
-    const std::string payload = bytes_of(data, "data");
-    // A back-pressure channel may make it wait: not with the GIL held.
+    const BytesView name = view_of(channel, "channel");
+    const BytesView payload = view_of(data, "data");
+    // A back-pressure channel may make it wait: not with the GIL held. (The views stay
+    // valid: `channel` and `data` are referenced by the caller for the whole call.)
     py::gil_scoped_release unlocked;
-    return bus_.publish(name, std::as_bytes(std::span(payload.data(), payload.size())));
+    return bus_.publish(name.bytes,
+                        std::as_bytes(std::span(payload.bytes.data(), payload.bytes.size())));
   }
   std::vector<py::bytes> channels(const std::optional<py::handle>& pattern) {
     const std::string filter = pattern && !pattern->is_none() ? bytes_of(*pattern, "pattern") : "";
@@ -182,9 +210,15 @@ class PySubscription {
     const std::chrono::nanoseconds total = timeout_of(timeout);
     const bool forever = total.count() < 0;
     const auto deadline = std::chrono::steady_clock::now() + (forever ? 0ns : total);
+    // A message already waiting is taken without letting the GIL go (a poll does not
+    // wait): the release and re-acquire would cost more than the read.
+    bool polled = false;
     for (;;) {
       std::optional<shmbus::Message> m;
-      {
+      if (!polled) {
+        polled = true;
+        m = view ? sub_.next_view(0ns) : sub_.next(0ns);
+      } else {
         py::gil_scoped_release unlocked;
         auto slice = std::chrono::nanoseconds(kSignalSlice);
         if (!forever)
@@ -193,6 +227,7 @@ class PySubscription {
               std::max(0ns, std::chrono::nanoseconds(deadline - std::chrono::steady_clock::now())));
         m = view ? sub_.next_view(slice) : sub_.next(slice);
       }
+      if (!m && total.count() == 0) return py::none();
       if (m) {
         py::object data;
         if (view) {
@@ -215,6 +250,10 @@ class PySubscription {
   // overwrite them while they are read).
   bool intact() { return sub_.intact(); }
   int fileno() { return sub_.fd(); }
+  // How long next() spins before it sleeps (see Subscription::set_spin).
+  void set_spin(double seconds) {
+    sub_.set_spin(std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, seconds) * 1e9)));
+  }
   size_t count() const { return sub_.count(); }
   std::vector<py::bytes> channels() const {
     std::vector<py::bytes> out;
@@ -316,6 +355,7 @@ PYBIND11_MODULE(_shmbus, m) {
           py::arg("timeout") = py::none(), py::arg("view") = false)
       .def("intact", &PySubscription::intact)
       .def("fileno", &PySubscription::fileno)
+      .def("set_spin", &PySubscription::set_spin, py::arg("seconds"))
       .def("count", &PySubscription::count)
       .def("channels", &PySubscription::channels)
       .def("patterns", &PySubscription::patterns);
