@@ -25,7 +25,7 @@ find_one() {  # name: the single installed path ending in it
   [ "$(echo "$found" | wc -l)" -eq 1 ] || fail "installed twice: $found"
   echo "$found"
 }
-for wanted in /sbin/shmbusd /bin/shmbus /include/shmbus/shmbus.hpp /include/shmbus/bus.hpp \
+for wanted in /sbin/shmbusd /bin/shmbus /include/shmbus/shmbus.h /include/shmbus/shmbus.hpp /include/shmbus/bus.hpp \
     /include/shmbus/subscription.hpp /include/shmbus/stats.hpp /include/shmbus/error.hpp \
     /pkgconfig/shmbus.pc /etc/shmbus/shmbusd.toml /man8/shmbusd.8 /man1/shmbus.1 \
     /systemd/system/shmbusd.service /systemd/system/shmbusd@.service \
@@ -38,8 +38,14 @@ if [ -x "$build/tools/bridge/shmbus-bridge" ]; then
   done
 fi
 headers=$(cd "$dest" && find . -path '*/include/*' -type f | sort | tr '\n' ' ')
-[ "$headers" = "$(cd "$dest" && find . -path '*/include/shmbus/*.hpp' -type f | sort | tr '\n' ' ')" ] ||
+[ "$headers" = "$(cd "$dest" && find . -path '*/include/shmbus/*.h*' -type f | sort | tr '\n' ' ')" ] ||
   fail "headers outside include/shmbus/: $headers"
+if [ -d "$build/bindings/python/shmbus" ]; then  # the Python package, where it was built
+  for wanted in /shmbus/__init__.py /shmbus/asyncio.py /shmbus/__init__.pyi; do
+    find_one "$wanted" >/dev/null
+  done
+  (cd "$dest" && find . -path '*/shmbus/_shmbus*.so' | grep -q .) || fail "not installed: shmbus/_shmbus*.so"
+fi
 ls "$dest$(dirname "$(find_one /pkgconfig/shmbus.pc)")/../" | grep -q '^libshmbus\.so' ||
   fail "libshmbus.so is not next to its pkg-config file"
 grep -q 'nologin' "$dest$(find_one /sysusers.d/shmbus.conf)" || fail "sysusers snippet without a user"
