@@ -102,6 +102,13 @@ std::vector<std::string> names_of(const char* const* names, const size_t* length
   return out;
 }
 
+// A wait of more than ~31 years is a wait without limit (-1): the C++ API adds timeouts to
+// the clock, which a value near INT64_MAX would overflow.
+std::chrono::nanoseconds nanos(int64_t ns) {
+  constexpr int64_t kForever = 1'000'000'000'000'000'000;
+  return std::chrono::nanoseconds(ns > kForever ? -1 : ns);
+}
+
 shmbus::ConnectOptions connect_options(const shmbus_options* o) {
   shmbus::ConnectOptions options;
   if (o == nullptr) return options;
@@ -114,13 +121,11 @@ shmbus::ConnectOptions connect_options(const shmbus_options* o) {
   if (SHMBUS_HAS(client_name) && o->client_name != nullptr) options.client_name = o->client_name;
   if (SHMBUS_HAS(reconnect)) options.reconnect.enabled = o->reconnect != 0;
   if (SHMBUS_HAS(reconnect_wait_ns) && o->reconnect_wait_ns >= 0)
-    options.reconnect.wait = std::chrono::nanoseconds(o->reconnect_wait_ns);
+    options.reconnect.wait = nanos(o->reconnect_wait_ns).count() < 0
+                                 ? std::chrono::hours(24 * 365)  // "forever", without overflow
+                                 : nanos(o->reconnect_wait_ns);
 #undef SHMBUS_HAS
   return options;
-}
-
-std::chrono::nanoseconds nanos(int64_t ns) {
-  return std::chrono::nanoseconds(ns);
 }
 
 std::span<const std::byte> payload_of(const void* data, size_t len) {
