@@ -70,10 +70,24 @@ Payload = Union[str, bytes, bytearray, memoryview]
 Handler = Callable[[Dict[str, Any]], Any]
 
 
-def _encode(name: Name) -> bytes:
+def _encode(name: Any) -> bytes:
+    """A name's bytes, as redis-py's encoder makes them: str as UTF-8, int and float as
+    their text; bool and other types are refused."""
+    if isinstance(name, bytes):
+        return name
     if isinstance(name, str):
         return name.encode("utf-8")
-    return bytes(name)
+    if isinstance(name, (bytearray, memoryview)):
+        return bytes(name)
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        return repr(name).encode("ascii")
+    raise TypeError(
+        f"a channel or pattern must be str, bytes, bytearray, memoryview, int or float, "
+        f"not {type(name).__name__}"
+    )
+
+
+_HANDLED = object()  # _next_message(): a handler took the message
 
 
 class Bus:
@@ -161,13 +175,10 @@ class PubSub:
         self.patterns: Dict[bytes, Optional[Handler]] = {}
         self._confirmations: Deque[Dict[str, Any]] = deque()
         self._handlers = 0  # names with a handler: the message path looks them up only then
-        self._closed = False
 
     # ---- subscriptions ------------------------------------------------------------------
 
     def _native(self) -> "_shmbus.Subscription":
-        if self._closed:
-            raise ShmbusError("this PubSub is closed")
         if self._sub is None:
             self._sub = _shmbus.Subscription(*self._options)
         return self._sub
@@ -188,12 +199,12 @@ class PubSub:
             names[_encode(a)] = handler
         return names
 
-    def _confirm(self, kind: str, name: bytes) -> None:
+    def _confirm(self, kind: str, name: Optional[bytes]) -> None:
         self._confirmations.append(
             {
                 "type": kind,
                 "pattern": None,
-                "channel": self._out(name),
+                "channel": None if name is None else self._out(name),
                 "data": len(self.channels) + len(self.patterns),
             }
         )
@@ -228,6 +239,8 @@ class PubSub:
         for name in names:
             self.channels.pop(name, None)
             self._confirm("unsubscribe", name)
+        if not names:  # Redis confirms an UNSUBSCRIBE of nothing with no channel
+            self._confirm("unsubscribe", None)
         self._count_handlers()
 
     def punsubscribe(self, *args: Name) -> None:
@@ -238,6 +251,8 @@ class PubSub:
         for name in names:
             self.patterns.pop(name, None)
             self._confirm("punsubscribe", name)
+        if not names:
+            self._confirm("punsubscribe", None)
         self._count_handlers()
 
     def _count_handlers(self) -> None:
@@ -265,12 +280,17 @@ class PubSub:
         A message for a name with a handler is given to the handler, and None returned.
         The wait releases the GIL; Ctrl-C interrupts it.
         """
+        message = self._next_message(ignore_subscribe_messages, timeout)
+        return None if message is _HANDLED else message
+
+    def _next_message(self, ignore_subscribe_messages: bool, timeout: Optional[float]) -> Any:
+        """get_message(), except that a message a handler took is _HANDLED."""
         if self._confirmations:
-            ignore = ignore_subscribe_messages or self.ignore_subscribe_messages
-            while self._confirmations:
-                confirmation = self._confirmations.popleft()
-                if not ignore:
-                    return confirmation
+            if not (ignore_subscribe_messages or self.ignore_subscribe_messages):
+                return self._confirmations.popleft()
+            # Ignored confirmations are skipped and the wait goes on for a message (redis-py
+            # returns None for each instead; code written for it loops either way).
+            self._confirmations.clear()
         sub = self._sub
         if sub is None or not (self.channels or self.patterns):
             if timeout:
@@ -303,7 +323,7 @@ class PubSub:
         }
         if handler is not None:
             handler(message)
-            return None
+            return _HANDLED
         return message
 
     def get_message_view(self, timeout: Optional[float] = 0.0) -> Optional["MessageView"]:
@@ -348,12 +368,13 @@ class PubSub:
         return self._native().fileno()
 
     def close(self) -> None:
-        """Drops every subscription and the connection."""
+        """Drops every subscription and the connection; as in redis-py, a later subscribe
+        connects again."""
         self._sub = None
-        self._closed = True
         self.channels.clear()
         self.patterns.clear()
         self._confirmations.clear()
+        self._handlers = 0
 
     reset = close
 
@@ -435,6 +456,7 @@ class PubSubWorkerThread(threading.Thread):
                 if self.exception_handler is None:
                     raise
                 self.exception_handler(e, self.pubsub, self)
+        self.pubsub.close()  # as redis-py's worker
 
     def stop(self) -> None:
         self._running.clear()

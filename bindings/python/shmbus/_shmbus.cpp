@@ -9,7 +9,10 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <shmbus/shmbus.hpp>
 #include <span>
@@ -25,41 +28,75 @@ namespace {
 // that arrives ends the wait at once: the slice bounds only how late a signal is seen.
 constexpr auto kSignalSlice = 50ms;
 
-// Bytes from str (UTF-8), bytes, bytearray or memoryview (any buffer).
-std::string bytes_of(const py::handle& value, const char* what) {
-  if (py::isinstance<py::str>(value)) return value.cast<std::string>();
-  if (PyObject_CheckBuffer(value.ptr())) {
-    py::buffer_info info = py::reinterpret_borrow<py::buffer>(value).request();
-    return {static_cast<const char*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
+// The bytes of a buffer, contiguous: PyBUF_SIMPLE refuses a strided one (a memoryview
+// slice with a step), which is then copied through bytes(), as that follows the strides.
+// Holds the buffer until destroyed, which needs the GIL.
+class Contiguous {
+ public:
+  explicit Contiguous(const py::handle& value) {
+    if (PyObject_GetBuffer(value.ptr(), &view_, PyBUF_SIMPLE) == 0) {
+      held_ = true;
+      bytes_ = {static_cast<const char*>(view_.buf), static_cast<size_t>(view_.len)};
+      return;
+    }
+    PyErr_Clear();
+    copy_ = py::reinterpret_steal<py::object>(PyBytes_FromObject(value.ptr()));
+    if (!copy_) throw py::error_already_set();
+    bytes_ = {PyBytes_AS_STRING(copy_.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(copy_.ptr()))};
   }
-  throw py::type_error(std::string(what) + " must be str, bytes, bytearray or memoryview, not " +
+  Contiguous(const Contiguous&) = delete;
+  Contiguous& operator=(const Contiguous&) = delete;
+  ~Contiguous() {
+    if (held_) PyBuffer_Release(&view_);
+  }
+  std::string_view bytes() const { return bytes_; }
+
+ private:
+  Py_buffer view_{};
+  bool held_ = false;
+  py::object copy_;
+  std::string_view bytes_;
+};
+
+// The bytes of a name or payload without a copy where possible: str (its cached UTF-8),
+// bytes, any buffer; int and float as their text, as redis-py's encoder does. `holder`
+// keeps them valid for as long as it lives.
+struct BytesView {
+  std::string_view view;  // unless owns_text
+  std::unique_ptr<Contiguous> holder;
+  std::string text;  // an int's or float's digits (a move must not leave `view` behind)
+  bool owns_text = false;
+  std::string_view bytes() const { return owns_text ? std::string_view(text) : view; }
+};
+BytesView view_of(const py::handle& value, const char* what) {
+  PyObject* o = value.ptr();
+  if (PyBytes_Check(o))
+    return {{PyBytes_AS_STRING(o), static_cast<size_t>(PyBytes_GET_SIZE(o))}, nullptr, {}, false};
+  if (PyUnicode_Check(o)) {
+    Py_ssize_t len = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(o, &len);
+    if (utf8 == nullptr) throw py::error_already_set();
+    return {{utf8, static_cast<size_t>(len)}, nullptr, {}, false};
+  }
+  if (PyObject_CheckBuffer(o)) {
+    BytesView v;
+    v.holder = std::make_unique<Contiguous>(value);
+    v.view = v.holder->bytes();  // in the heap-held Contiguous: survives the move
+    return v;
+  }
+  if ((PyLong_Check(o) || PyFloat_Check(o)) && !PyBool_Check(o)) {
+    BytesView v;
+    v.text = py::str(value).cast<std::string>();
+    v.owns_text = true;
+    return v;
+  }
+  throw py::type_error(std::string(what) +
+                       " must be str, bytes, bytearray, memoryview, int or float, not " +
                        std::string(py::str(py::type::of(value).attr("__name__"))));
 }
 
-// The bytes of str (its cached UTF-8), bytes, bytearray or any buffer, without a copy; the
-// holder keeps them alive (and a buffer exported) for as long as it lives.
-struct BytesView {
-  std::string_view bytes;
-  std::optional<py::buffer_info> holder;
-};
-BytesView view_of(const py::handle& value, const char* what) {
-  if (PyBytes_Check(value.ptr()))
-    return {{PyBytes_AS_STRING(value.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(value.ptr()))},
-            std::nullopt};
-  if (PyUnicode_Check(value.ptr())) {
-    Py_ssize_t len = 0;
-    const char* utf8 = PyUnicode_AsUTF8AndSize(value.ptr(), &len);
-    if (utf8 == nullptr) throw py::error_already_set();
-    return {{utf8, static_cast<size_t>(len)}, std::nullopt};
-  }
-  if (PyObject_CheckBuffer(value.ptr())) {
-    BytesView v;
-    v.holder = py::reinterpret_borrow<py::buffer>(value).request();
-    v.bytes = {static_cast<const char*>(v.holder->ptr),
-               static_cast<size_t>(v.holder->size * v.holder->itemsize)};
-    return v;
-  }
-  return {bytes_of(value, what), std::nullopt};  // raises the TypeError
+std::string bytes_of(const py::handle& value, const char* what) {
+  return std::string(view_of(value, what).bytes());
 }
 
 std::vector<std::string> names_of(const py::iterable& names, const char* what) {
@@ -83,7 +120,8 @@ shmbus::ConnectOptions options_of(std::optional<std::string> bus, std::optional<
 
 // seconds (None: forever) -> the C++ API's timeout (negative: forever).
 std::chrono::nanoseconds timeout_of(std::optional<double> seconds) {
-  if (!seconds) return std::chrono::nanoseconds(-1);
+  // None, or more than ~31 years (which the clock arithmetic would overflow): no limit.
+  if (!seconds || *seconds > 1e9) return std::chrono::nanoseconds(-1);
   return std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, *seconds) * 1e9));
 }
 
@@ -102,14 +140,16 @@ class PyBus {
     // A back-pressure channel may make it wait: not with the GIL held. (The views stay
     // valid: `channel` and `data` are referenced by the caller for the whole call.)
     py::gil_scoped_release unlocked;
-    return bus_.publish(name.bytes,
-                        std::as_bytes(std::span(payload.bytes.data(), payload.bytes.size())));
+    std::lock_guard<std::mutex> lock(mu_);
+    return bus_.publish(name.bytes(),
+                        std::as_bytes(std::span(payload.bytes().data(), payload.bytes().size())));
   }
   std::vector<py::bytes> channels(const std::optional<py::handle>& pattern) {
     const std::string filter = pattern && !pattern->is_none() ? bytes_of(*pattern, "pattern") : "";
     std::vector<std::string> found;
     {
       py::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> lock(mu_);
       found = bus_.channels(filter);
     }
     std::vector<py::bytes> out;
@@ -121,6 +161,7 @@ class PyBus {
     std::vector<shmbus::NumSub> found;
     {
       py::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> lock(mu_);
       found = bus_.numsub(names);
     }
     std::vector<uint64_t> out;
@@ -129,13 +170,17 @@ class PyBus {
   }
   uint64_t numpat() {
     py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
     return bus_.numpat();
   }
   std::string bus_name() const { return bus_.bus_name(); }
   std::string socket_path() const { return bus_.socket_path(); }
 
  private:
-  shmbus::Bus bus_;
+  // A Bus is used by one thread at a time (its channel cache is unguarded); Python threads
+  // share this object, and each call lets the GIL go: the mutex takes its place.
+  std::mutex mu_;
+  shmbus::Bus bus_;  // guarded by mu_
 };
 
 // A message read in place (next_view): the buffer a memoryview reads. Python's reference
@@ -160,6 +205,11 @@ class Lease {
   py::object owner_;
 };
 
+// One Subscription shared by Python threads (a run_in_thread worker and the thread that
+// subscribes, say). The C++ object is used by one thread at a time: every call takes `mu_`
+// after letting the GIL go, and a waiting next() holds it only for one slice at a time, so
+// a subscription change from another thread gets in between slices - and ends the wait
+// (`changed_`), so listen() yields its confirmation at once, as redis-py's does.
 class PySubscription {
  public:
   PySubscription(std::optional<std::string> bus, std::optional<std::string> socket,
@@ -170,7 +220,6 @@ class PySubscription {
         }()) {}
 
   void subscribe(const py::iterable& channels, const std::string& start, uint64_t after) {
-    require_no_lease();
     shmbus::StartAt from;
     if (start == "latest")
       from = shmbus::StartAt::latest();
@@ -181,45 +230,42 @@ class PySubscription {
     else
       throw py::value_error("start must be 'latest', 'earliest' or 'after', not '" + start + "'");
     const std::vector<std::string> names = names_of(channels, "channel");
-    py::gil_scoped_release unlocked;
-    sub_.subscribe(names, from);
+    change([&] { sub_.subscribe(names, from); });
   }
   void psubscribe(const py::iterable& patterns) {
-    require_no_lease();
     const std::vector<std::string> names = names_of(patterns, "pattern");
-    py::gil_scoped_release unlocked;
-    sub_.psubscribe(names);
+    change([&] { sub_.psubscribe(names); });
   }
   void unsubscribe(const py::iterable& channels) {
-    require_no_lease();
     const std::vector<std::string> names = names_of(channels, "channel");
-    py::gil_scoped_release unlocked;
-    sub_.unsubscribe(names);
+    change([&] { sub_.unsubscribe(names); });
   }
   void punsubscribe(const py::iterable& patterns) {
-    require_no_lease();
     const std::vector<std::string> names = names_of(patterns, "pattern");
-    py::gil_scoped_release unlocked;
-    sub_.punsubscribe(names);
+    change([&] { sub_.punsubscribe(names); });
   }
 
   // The next message as (channel, pattern or None, data, sequence, lost_before,
-  // publish_unix_ns, gap), or None once `timeout` seconds passed (None: wait forever).
+  // publish_unix_ns, gap), or None once `timeout` seconds passed (None: wait forever) or
+  // another thread changed the subscription meanwhile.
   py::object next(const py::object& self, std::optional<double> timeout, bool view) {
-    require_no_lease();
     const std::chrono::nanoseconds total = timeout_of(timeout);
     const bool forever = total.count() < 0;
     const auto deadline = std::chrono::steady_clock::now() + (forever ? 0ns : total);
-    // A message already waiting is taken without letting the GIL go (a poll does not
-    // wait): the release and re-acquire would cost more than the read.
-    bool polled = false;
-    for (;;) {
+    changed_ = false;  // only a change made while this call waits ends it
+    for (bool first = true;; first = false) {
+      // Each slice: a view another thread took meanwhile must not be let go under it.
+      require_no_lease();
       std::optional<shmbus::Message> m;
-      if (!polled) {
-        polled = true;
+      std::unique_lock<std::mutex> poll(mu_, std::defer_lock);
+      if (first && poll.try_lock()) {
+        // A message already waiting is taken without letting the GIL go (a poll does not
+        // wait): the release and re-acquire would cost more than the read.
         m = view ? sub_.next_view(0ns) : sub_.next(0ns);
-      } else {
+        poll.unlock();
+      } else if (!first || total.count() != 0) {
         py::gil_scoped_release unlocked;
+        std::lock_guard<std::mutex> lock(mu_);
         auto slice = std::chrono::nanoseconds(kSignalSlice);
         if (!forever)
           slice = std::min(
@@ -227,7 +273,6 @@ class PySubscription {
               std::max(0ns, std::chrono::nanoseconds(deadline - std::chrono::steady_clock::now())));
         m = view ? sub_.next_view(slice) : sub_.next(slice);
       }
-      if (!m && total.count() == 0) return py::none();
       if (m) {
         py::object data;
         if (view) {
@@ -241,32 +286,49 @@ class PySubscription {
             m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)), data,
             m->sequence, m->lost_before, m->publish_unix_ns, m->gap);
       }
+      if (total.count() == 0 && !first) return py::none();
+      if (changed_.exchange(false)) return py::none();  // the caller looks at what changed
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C
-      if (!forever && std::chrono::steady_clock::now() >= deadline) return py::none();
+      if (!first && !forever && std::chrono::steady_clock::now() >= deadline) return py::none();
     }
   }
 
   // Whether the bytes of the last view were intact throughout (a lossy ring's publisher may
   // overwrite them while they are read).
-  bool intact() { return sub_.intact(); }
-  int fileno() { return sub_.fd(); }
+  bool intact() {
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
+    return sub_.intact();
+  }
+  int fileno() {
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
+    return sub_.fd();
+  }
   // How long next() spins before it sleeps (see Subscription::set_spin).
   void set_spin(double seconds) {
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
     sub_.set_spin(std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, seconds) * 1e9)));
   }
-  size_t count() const { return sub_.count(); }
-  std::vector<py::bytes> channels() const {
-    std::vector<py::bytes> out;
-    for (const auto& c : sub_.channels()) out.push_back(to_bytes(c));
-    return out;
-  }
-  std::vector<py::bytes> patterns() const {
-    std::vector<py::bytes> out;
-    for (const auto& p : sub_.patterns()) out.push_back(to_bytes(p));
-    return out;
+  size_t count() {
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
+    return sub_.count();
   }
 
  private:
+  template <typename Change>
+  void change(Change&& apply) {
+    require_no_lease();
+    {
+      py::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> lock(mu_);
+      apply();
+    }
+    changed_ = true;
+  }
+  // REQUIRES: the GIL (it looks at a Python object).
   void require_no_lease() {
     if (lease_ && !lease_().is_none())
       throw py::buffer_error(
@@ -275,8 +337,10 @@ class PySubscription {
     lease_ = py::weakref();
   }
 
-  shmbus::Subscription sub_;
-  py::weakref lease_;  // the last view's Lease, while something holds it
+  std::mutex mu_;
+  shmbus::Subscription sub_;          // guarded by mu_
+  py::weakref lease_;                 // the last view's Lease while held; guarded by the GIL
+  std::atomic<bool> changed_{false};  // a change since the last next() began waiting
 };
 
 }  // namespace
@@ -356,7 +420,5 @@ PYBIND11_MODULE(_shmbus, m) {
       .def("intact", &PySubscription::intact)
       .def("fileno", &PySubscription::fileno)
       .def("set_spin", &PySubscription::set_spin, py::arg("seconds"))
-      .def("count", &PySubscription::count)
-      .def("channels", &PySubscription::channels)
-      .def("patterns", &PySubscription::patterns);
+      .def("count", &PySubscription::count);
 }

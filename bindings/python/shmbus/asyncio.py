@@ -31,8 +31,10 @@ class PubSub(_sync.PubSub):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            message = super().get_message(ignore_subscribe_messages, timeout=0.0)
-            if message is not None or self._sub is None:
+            message = self._next_message(ignore_subscribe_messages, 0.0)
+            if message is _sync._HANDLED:
+                return None
+            if message is not None or self._sub is None or not self.subscribed:
                 if message is None and timeout:
                     await asyncio.sleep(timeout)  # nothing subscribed: nothing can arrive
                 return message
@@ -43,16 +45,27 @@ class PubSub(_sync.PubSub):
                 return None
 
     async def _readable(self, loop: asyncio.AbstractEventLoop, timeout: Optional[float]) -> bool:
-        fd = self.fileno()
+        # The native subscription is held for the wait, so its descriptor stays open while
+        # the loop watches it; close() ends the wait (and the watch) at once.
+        native = self._native()
+        fd = native.fileno()
         ready = loop.create_future()
+        self._waiting = ready
         loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
         try:
-            await asyncio.wait_for(ready, timeout)
-            return True
+            return await asyncio.wait_for(ready, timeout)
         except asyncio.TimeoutError:
             return False
         finally:
             loop.remove_reader(fd)
+            self._waiting = None
+            del native
+
+    def close(self) -> None:
+        waiting = getattr(self, "_waiting", None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(False)
+        super().close()
 
     async def listen(self) -> AsyncIterator[Dict[str, Any]]:  # type: ignore[override]
         while self.subscribed or self._confirmations:

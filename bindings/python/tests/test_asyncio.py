@@ -39,3 +39,23 @@ def test_async_listen(daemon):
         p.close()
 
     asyncio.run(main())
+
+
+def test_close_ends_a_waiting_get_message(daemon):
+    async def main():
+        bus = ashmbus.Bus(**daemon.options())
+        p = bus.pubsub(ignore_subscribe_messages=True)
+        p.subscribe("ac:1")
+        waiter = asyncio.ensure_future(p.get_message(timeout=None))
+        await asyncio.sleep(0.05)
+        p.close()
+        assert await asyncio.wait_for(waiter, 5) is None
+        # A new subscription (it may get the same descriptor number) still wakes.
+        q = bus.pubsub(ignore_subscribe_messages=True)
+        q.subscribe("ac:2")
+        asyncio.get_running_loop().call_later(0.05, bus.publish, "ac:2", "woke")
+        m = await q.get_message(timeout=5)
+        assert m is not None and m["data"] == b"woke"
+        q.close()
+
+    asyncio.run(main())

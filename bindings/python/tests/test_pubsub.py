@@ -55,8 +55,15 @@ def test_payloads_are_bytes_whatever_was_published(bus):
         assert bus.publish(b"bin\xff", payload) == 1
     got = [p.get_message(timeout=1)["data"] for _ in payloads]
     assert got == [b"\x00\x01\xff", b"ba", b"mv", "caf\u00e9".encode(), b""]
+    # As redis-py's encoder: numbers as their text, other types refused.
+    assert bus.publish(b"bin\xff", 42) == 1 and p.get_message(timeout=1)["data"] == b"42"
     with pytest.raises(TypeError, match="must be str, bytes"):
-        bus.publish("bin", 42)
+        bus.publish("bin", None)
+    with pytest.raises(TypeError, match="must be str, bytes"):
+        p.subscribe(True)
+    # A strided memoryview is published as the bytes it shows.
+    assert bus.publish(b"bin\xff", memoryview(b"abcdef")[::2]) == 1
+    assert p.get_message(timeout=1)["data"] == b"ace"
     p.close()
 
 
@@ -83,6 +90,26 @@ def test_handlers_take_their_messages(bus):
     assert [m for m in messages if m is not None][0]["data"] == b"b"
     assert [(m["type"], m["data"]) for m in got] == [("message", b"a"), ("pmessage", b"a")]
     p.close()
+
+
+def test_an_unsubscribe_from_another_thread_ends_a_blocking_listen(bus):
+    p = bus.pubsub()
+    p.subscribe("x:1")
+    seen = []
+
+    def listen():
+        for m in p.listen():
+            seen.append(m["type"])
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    time.sleep(0.2)
+    p.unsubscribe()
+    listener.join(5)
+    assert not listener.is_alive()
+    assert seen == ["subscribe", "unsubscribe"]
+    p.unsubscribe()  # nothing held: Redis still confirms, with no channel
+    assert p.get_message() == {"type": "unsubscribe", "pattern": None, "channel": None, "data": 0}
 
 
 def test_listen_yields_until_everything_is_unsubscribed(bus):
