@@ -171,7 +171,10 @@ def main():
         f.write('[[channel]]\npattern = "bench"\nring_bytes = "8MiB"\n')
     daemon = subprocess.Popen([os.path.join(build, "daemon", "shmbusd"), "--bus", bus, "--socket", sock,
                                "-c", config, "--log-level", "warn"])
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+    # No output-buffer limit for subscribers: by default Redis disconnects one that falls
+    # 32 MB behind, which a Python subscriber of 64 KiB messages does.
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--client-output-buffer-limit", "pubsub 0 0 0"],
                               stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     try:

@@ -175,6 +175,7 @@ class PubSub:
         self.patterns: Dict[bytes, Optional[Handler]] = {}
         self._confirmations: Deque[Dict[str, Any]] = deque()
         self._handlers = 0  # names with a handler: the message path looks them up only then
+        self._handled = False  # the last message went to a handler (see _next_message)
 
     # ---- subscriptions ------------------------------------------------------------------
 
@@ -280,11 +281,6 @@ class PubSub:
         A message for a name with a handler is given to the handler, and None returned.
         The wait releases the GIL; Ctrl-C interrupts it.
         """
-        message = self._next_message(ignore_subscribe_messages, timeout)
-        return None if message is _HANDLED else message
-
-    def _next_message(self, ignore_subscribe_messages: bool, timeout: Optional[float]) -> Any:
-        """get_message(), except that a message a handler took is _HANDLED."""
         if self._confirmations:
             if not (ignore_subscribe_messages or self.ignore_subscribe_messages):
                 return self._confirmations.popleft()
@@ -300,6 +296,13 @@ class PubSub:
         if raw is None:
             return None
         return self._deliver(raw)
+
+    def _next_message(self, ignore_subscribe_messages: bool, timeout: Optional[float]) -> Any:
+        """get_message(), except that a message a handler took is _HANDLED (for asyncio,
+        whose wait must end then too)."""
+        self._handled = False
+        message = PubSub.get_message(self, ignore_subscribe_messages, timeout)  # the sync one
+        return _HANDLED if message is None and self._handled else message
 
     def _deliver(self, raw: Tuple[Any, ...]) -> Optional[Dict[str, Any]]:
         # The per-message path: kept to one dict and no calls unless asked for.
@@ -323,7 +326,8 @@ class PubSub:
         }
         if handler is not None:
             handler(message)
-            return _HANDLED
+            self._handled = True
+            return None
         return message
 
     def get_message_view(self, timeout: Optional[float] = 0.0) -> Optional["MessageView"]:
