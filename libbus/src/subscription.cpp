@@ -1160,19 +1160,19 @@ std::optional<Message> Subscription::State::next(std::chrono::nanoseconds timeou
       if (picked == State::Next::kSettled) return s.pop_settled();
       if (picked == State::Next::kRing) continue;
       if (s.control_pending) continue;  // step 2 first: it may bring an earlier message
-    } else if (s.staged_count > 0) {
-      s.unstage_all();  // one ring left: read below, from where its staged head is
+    } else {
+      if (s.staged_count > 0) s.unstage_all();  // one ring left: read from its staged head
+      // 3'. One ring by name: what it holds, in ring order (the only order there is).
+      while (s.rings.has_ready()) {
+        RingReader* ring = s.rings.pop_ready();
+        if (ring == nullptr) continue;
+        // Step 4 finds it again while it holds more.
+        if (s.read_ring(*ring, zero_copy) && s.begin_delivery(*ring)) break;
+      }
+      if (s.current.next < s.current.count) continue;
+      // 4. The ring itself, before the doorbell.
+      if (s.read_rings_directly(zero_copy)) continue;
     }
-    // 3'. One ring by name: what it holds, in ring order (the only order there is).
-    while (!s.merges() && s.rings.has_ready()) {
-      RingReader* ring = s.rings.pop_ready();
-      if (ring == nullptr) continue;
-      // Step 4 finds it again while it holds more.
-      if (s.read_ring(*ring, zero_copy) && s.begin_delivery(*ring)) break;
-    }
-    if (s.current.next < s.current.count) continue;
-    // 4. Small subscriptions: the rings themselves, before the doorbell.
-    if (!s.merges() && s.read_rings_directly(zero_copy)) continue;
     // 5. Take the bits publishers set since we last looked.
     if (s.must_take_bits() && s.take_bits() > 0) continue;
     // 6. Nothing anywhere: wait (spin briefly, then sleep on the doorbell's futex) - unless
