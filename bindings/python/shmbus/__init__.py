@@ -87,6 +87,11 @@ def _encode(name: Any) -> bytes:
     )
 
 
+def _decoded(value: bytes, decode: bool) -> Union[bytes, str]:
+    """A name or payload as decode_responses asks: str (UTF-8) or the bytes as they are."""
+    return value.decode("utf-8") if decode else value
+
+
 _HANDLED = object()  # _next_message(): a handler took the message
 
 
@@ -149,7 +154,7 @@ class Bus:
         self.close()
 
     def _out(self, value: bytes) -> Union[bytes, str]:
-        return value.decode("utf-8") if self._decode else value
+        return _decoded(value, self._decode)
 
 
 class PubSub:
@@ -389,7 +394,7 @@ class PubSub:
         self.close()
 
     def _out(self, value: bytes) -> Union[bytes, str]:
-        return value.decode("utf-8") if self._decode else value
+        return _decoded(value, self._decode)
 
 
 class MessageView:
