@@ -41,7 +41,7 @@ headers=$(cd "$dest" && find . -path '*/include/*' -type f | sort | tr '\n' ' ')
 [ "$headers" = "$(cd "$dest" && find . -path '*/include/shmbus/*.h*' -type f | sort | tr '\n' ' ')" ] ||
   fail "headers outside include/shmbus/: $headers"
 if [ -d "$build/bindings/python/shmbus" ]; then  # the Python package, where it was built
-  for wanted in /shmbus/__init__.py /shmbus/asyncio.py /shmbus/__init__.pyi; do
+  for wanted in /shmbus/__init__.py /shmbus/asyncio.py /shmbus/__init__.pyi /shmbus/asyncio.pyi; do
     find_one "$wanted" >/dev/null
   done
   (cd "$dest" && find . -path '*/shmbus/_shmbus*.so' | grep -q .) || fail "not installed: shmbus/_shmbus*.so"
