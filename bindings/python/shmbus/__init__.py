@@ -113,6 +113,9 @@ class Bus:
         self._options = (bus, socket, client_name)
         self._decode = decode_responses
         self._native: Optional[_shmbus.Bus] = _shmbus.Bus(bus, socket, client_name)
+        # publish() is the native method itself while open: one Python call less per
+        # message. close() removes it, and the method below (which raises) shows again.
+        self.publish = self._native.publish  # type: ignore[method-assign]
 
     def _bus(self) -> "_shmbus.Bus":
         if self._native is None:
@@ -146,6 +149,7 @@ class Bus:
 
     def close(self) -> None:
         self._native = None
+        self.__dict__.pop("publish", None)
 
     def __enter__(self) -> "Bus":
         return self
@@ -187,6 +191,7 @@ class PubSub:
     def _native(self) -> "_shmbus.Subscription":
         if self._sub is None:
             self._sub = _shmbus.Subscription(*self._options)
+            self._sub.set_decode(self._decode)
         return self._sub
 
     @staticmethod
@@ -297,10 +302,10 @@ class PubSub:
             if timeout:
                 time.sleep(timeout)  # as redis-py: nothing can arrive
             return None
-        raw = sub.next(timeout)
-        if raw is None:
-            return None
-        return self._deliver(raw)
+        message = sub.next(timeout)  # the dict, built natively
+        if message is None or not self._handlers:
+            return message
+        return self._to_handler(message)
 
     def _next_message(self, ignore_subscribe_messages: bool, timeout: Optional[float]) -> Any:
         """get_message(), except that a message a handler took is _HANDLED (for asyncio,
@@ -309,31 +314,18 @@ class PubSub:
         message = PubSub.get_message(self, ignore_subscribe_messages, timeout)  # the sync one
         return _HANDLED if message is None and self._handled else message
 
-    def _deliver(self, raw: Tuple[Any, ...]) -> Optional[Dict[str, Any]]:
-        # The per-message path: kept to one dict and no calls unless asked for.
-        channel, pattern, data, sequence, lost, publish_unix_ns, gap = raw
-        handler = None
-        if self._handlers:
-            handler = self.patterns.get(pattern) if pattern is not None else self.channels.get(channel)
-        if self._decode:
-            channel, data = channel.decode("utf-8"), data.decode("utf-8")
-            if pattern is not None:
-                pattern = pattern.decode("utf-8")
-        message = {
-            "type": "message" if pattern is None else "pmessage",
-            "pattern": pattern,
-            "channel": channel,
-            "data": data,
-            "sequence": sequence,
-            "lost": lost,
-            "publish_unix_ns": publish_unix_ns,
-            "gap": gap,
-        }
-        if handler is not None:
-            handler(message)
-            self._handled = True
-            return None
-        return message
+    def _to_handler(self, message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Gives a message to its name's handler (and returns None), if it has one."""
+        pattern = message["pattern"]
+        if pattern is not None:
+            handler = self.patterns.get(_encode(pattern))
+        else:
+            handler = self.channels.get(_encode(message["channel"]))
+        if handler is None:
+            return message
+        handler(message)
+        self._handled = True
+        return None
 
     def get_message_view(self, timeout: Optional[float] = 0.0) -> Optional["MessageView"]:
         """The next message with its payload left in place (zero-copy), or None after

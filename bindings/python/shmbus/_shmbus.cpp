@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -125,6 +127,112 @@ std::chrono::nanoseconds timeout_of(std::optional<double> seconds) {
   return std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, *seconds) * 1e9));
 }
 
+// shmbus.ShmbusError and its subclasses, one per shmbus::Errc; set up by the module's init.
+struct ErrorClass {
+  shmbus::Errc code;
+  const char* name;
+};
+constexpr ErrorClass kErrorClasses[] = {
+    {shmbus::Errc::kNoDaemon, "DaemonUnavailable"},
+    {shmbus::Errc::kDaemonGone, "DaemonGone"},
+    {shmbus::Errc::kProtocol, "ProtocolError"},
+    {shmbus::Errc::kInvalidArgument, "InvalidArgument"},
+    {shmbus::Errc::kTooLarge, "MessageTooLarge"},
+    {shmbus::Errc::kLimit, "LimitExceeded"},
+    {shmbus::Errc::kWouldBlock, "WouldBlock"},
+    {shmbus::Errc::kTimedOut, "PublishTimeout"},
+    {shmbus::Errc::kSystem, "SystemCallError"},
+    {shmbus::Errc::kCorrupt, "CorruptChannel"},
+    {shmbus::Errc::kPermission, "PermissionDenied"},
+};
+PyObject* g_error_base = nullptr;                          // owned by the module
+PyObject* g_error_classes[std::size(kErrorClasses)] = {};  // owned by the module
+
+// Sets the Python exception for `e`: the subclass for its code, with the library's text.
+void set_python_error(const shmbus::Error& e) {
+  for (size_t i = 0; i < std::size(kErrorClasses); ++i)
+    if (kErrorClasses[i].code == e.code()) {
+      PyErr_SetString(g_error_classes[i], e.what());
+      return;
+    }
+  PyErr_SetString(g_error_base, e.what());
+}
+
+// Runs `body` for a method called straight from CPython (no pybind11 dispatcher): a C++
+// exception becomes the Python exception pybind11 would have raised, and nullptr.
+template <typename Body>
+PyObject* guarded(Body&& body) noexcept {
+  try {
+    return body();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const shmbus::Error& e) {
+    set_python_error(e);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+// The arguments of a METH_FASTCALL | METH_KEYWORDS call, by position or by keyword, into
+// `out` (nullptr where not given). False, with TypeError set, on a missing required, an
+// unknown or a doubled argument.
+bool parse_arguments(const char* function, PyObject* const* args, Py_ssize_t nargs,
+                     PyObject* kwnames, std::initializer_list<const char*> names, size_t required,
+                     PyObject** out) {
+  const size_t count = names.size();
+  if (static_cast<size_t>(nargs) > count) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %zu arguments (%zd given)", function, count,
+                 nargs);
+    return false;
+  }
+  for (size_t i = 0; i < count; ++i) out[i] = i < static_cast<size_t>(nargs) ? args[i] : nullptr;
+  const Py_ssize_t keywords = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t k = 0; k < keywords; ++k) {
+    const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+    if (key == nullptr) return false;
+    size_t i = 0;
+    for (const char* name : names) {
+      if (std::strcmp(name, key) == 0) break;
+      ++i;
+    }
+    if (i == count) {
+      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", function, key);
+      return false;
+    }
+    if (out[i] != nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", function, key);
+      return false;
+    }
+    out[i] = args[nargs + k];
+  }
+  for (size_t i = 0; i < required; ++i)
+    if (out[i] == nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", function,
+                   names.begin()[i]);
+      return false;
+    }
+  return true;
+}
+
+// The keys and constant values of a message dict, interned once: the per-message path
+// builds each dict from these without a lookup or an allocation for them.
+struct MessageKeys {
+  PyObject* type;
+  PyObject* pattern;
+  PyObject* channel;
+  PyObject* data;
+  PyObject* sequence;
+  PyObject* lost;
+  PyObject* publish_unix_ns;
+  PyObject* gap;
+  PyObject* message;   // the value "message"
+  PyObject* pmessage;  // the value "pmessage"
+};
+MessageKeys g_keys;  // immortal for the process's life (interned, never released)
+
 class PyBus {
  public:
   PyBus(std::optional<std::string> bus, std::optional<std::string> socket,
@@ -143,6 +251,18 @@ class PyBus {
     std::lock_guard<std::mutex> lock(mu_);
     return bus_.publish(name.bytes(),
                         std::as_bytes(std::span(payload.bytes().data(), payload.bytes().size())));
+  }
+  // Bus.publish() from CPython straight (METH_FASTCALL), as Subscription.next_fast.
+  static PyObject* publish_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+      PyObject* given[2];
+      if (!parse_arguments("publish", args, nargs, kwnames, {"channel", "data"}, 2, given))
+        return nullptr;
+      const uint32_t receivers =
+          py::handle(self).cast<PyBus&>().publish(py::handle(given[0]), py::handle(given[1]));
+      return PyLong_FromUnsignedLong(receivers);
+    });
   }
   std::vector<py::bytes> channels(const std::optional<py::handle>& pattern) {
     const std::string filter = pattern && !pattern->is_none() ? bytes_of(*pattern, "pattern") : "";
@@ -245,8 +365,9 @@ class PySubscription {
     change([&] { sub_.punsubscribe(names); });
   }
 
-  // The next message as (channel, pattern or None, data, sequence, lost_before,
-  // publish_unix_ns, gap), or None once `timeout` seconds passed (None: wait forever) or
+  // The next message as redis-py's dict (plus sequence, lost, publish_unix_ns and gap) or,
+  // with `view`, as (channel, pattern or None, Lease, sequence, lost_before,
+  // publish_unix_ns, gap); None once `timeout` seconds passed (None: wait forever) or
   // another thread changed the subscription meanwhile.
   py::object next(const py::object& self, std::optional<double> timeout, bool view) {
     const std::chrono::nanoseconds total = timeout_of(timeout);
@@ -274,16 +395,12 @@ class PySubscription {
         m = view ? sub_.next_view(slice) : sub_.next(slice);
       }
       if (m) {
-        py::object data;
-        if (view) {
-          data = py::cast(Lease(m->payload.data(), m->payload.size(), self));
-          lease_ = py::weakref(data);
-        } else {
-          data = to_bytes(m->text());
-        }
+        if (!view) return message_dict(*m);
+        py::object lease = py::cast(Lease(m->payload.data(), m->payload.size(), self));
+        lease_ = py::weakref(lease);
         return py::make_tuple(
             to_bytes(m->channel),
-            m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)), data,
+            m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)), lease,
             m->sequence, m->lost_before, m->publish_unix_ns, m->gap);
       }
       if (total.count() == 0 && !first) return py::none();
@@ -291,6 +408,33 @@ class PySubscription {
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C
       if (!first && !forever && std::chrono::steady_clock::now() >= deadline) return py::none();
     }
+  }
+
+  // Names and payloads of message dicts as str (UTF-8) instead of bytes: decode_responses.
+  void set_decode(bool decode) { decode_ = decode; }
+
+  // Subscription.next() from CPython straight (METH_FASTCALL): the per-message path skips
+  // pybind11's dispatcher, which costs more than the read itself.
+  static PyObject* next_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                             PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+      PyObject* given[2];
+      if (!parse_arguments("next", args, nargs, kwnames, {"timeout", "view"}, 0, given))
+        return nullptr;
+      std::optional<double> timeout;
+      if (given[0] != nullptr && given[0] != Py_None) {
+        timeout = PyFloat_AsDouble(given[0]);
+        if (*timeout == -1.0 && PyErr_Occurred()) {
+          PyErr_Format(PyExc_TypeError, "timeout must be seconds (a number) or None, not %s",
+                       Py_TYPE(given[0])->tp_name);
+          return nullptr;
+        }
+      }
+      int view = 0;
+      if (given[1] != nullptr && (view = PyObject_IsTrue(given[1])) < 0) return nullptr;
+      const py::object owner = py::reinterpret_borrow<py::object>(self);
+      return owner.cast<PySubscription&>().next(owner, timeout, view != 0).release().ptr();
+    });
   }
 
   // Whether the bytes of the last view were intact throughout (a lossy ring's publisher may
@@ -328,6 +472,36 @@ class PySubscription {
     }
     changed_ = true;
   }
+  // A name or a payload as the dict carries it: bytes, or str when decoding.
+  py::object text_object(std::string_view bytes) const {
+    if (!decode_) return to_bytes(bytes);
+    PyObject* text =
+        PyUnicode_DecodeUTF8(bytes.data(), static_cast<Py_ssize_t>(bytes.size()), "strict");
+    if (text == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(text);
+  }
+  // REQUIRES: the GIL. The dict get_message() returns, keys interned at module init.
+  py::object message_dict(const shmbus::Message& m) const {
+    const py::object channel = text_object(m.channel);
+    const py::object pattern = m.pattern.empty() ? py::none() : text_object(m.pattern);
+    const py::object data = text_object(m.text());
+    py::dict out;
+    const std::pair<PyObject*, py::object> items[] = {
+        {g_keys.type,
+         py::reinterpret_borrow<py::object>(m.pattern.empty() ? g_keys.message : g_keys.pmessage)},
+        {g_keys.pattern, pattern},
+        {g_keys.channel, channel},
+        {g_keys.data, data},
+        {g_keys.sequence, py::int_(m.sequence)},
+        {g_keys.lost, py::int_(m.lost_before)},
+        {g_keys.publish_unix_ns, py::int_(m.publish_unix_ns)},
+        {g_keys.gap, py::bool_(m.gap)},
+    };
+    for (const auto& [key, value] : items)
+      if (PyDict_SetItem(out.ptr(), key, value.ptr()) != 0) throw py::error_already_set();
+    return out;
+  }
+
   // REQUIRES: the GIL (it looks at a Python object).
   void require_no_lease() {
     if (lease_ && !lease_().is_none())
@@ -341,6 +515,7 @@ class PySubscription {
   shmbus::Subscription sub_;          // guarded by mu_
   py::weakref lease_;                 // the last view's Lease while held; guarded by the GIL
   std::atomic<bool> changed_{false};  // a change since the last next() began waiting
+  bool decode_ = false;               // set once, before any message; guarded by the GIL
 };
 
 }  // namespace
@@ -350,75 +525,81 @@ PYBIND11_MODULE(_shmbus, m) {
 
   // The exception hierarchy, one class per shmbus::Errc, all under ShmbusError.
   static py::exception<shmbus::Error> base(m, "ShmbusError");
-  struct Kind {
-    shmbus::Errc code;
-    const char* name;
-  };
-  static const Kind kinds[] = {
-      {shmbus::Errc::kNoDaemon, "DaemonUnavailable"},
-      {shmbus::Errc::kDaemonGone, "DaemonGone"},
-      {shmbus::Errc::kProtocol, "ProtocolError"},
-      {shmbus::Errc::kInvalidArgument, "InvalidArgument"},
-      {shmbus::Errc::kTooLarge, "MessageTooLarge"},
-      {shmbus::Errc::kLimit, "LimitExceeded"},
-      {shmbus::Errc::kWouldBlock, "WouldBlock"},
-      {shmbus::Errc::kTimedOut, "PublishTimeout"},
-      {shmbus::Errc::kSystem, "SystemCallError"},
-      {shmbus::Errc::kCorrupt, "CorruptChannel"},
-      {shmbus::Errc::kPermission, "PermissionDenied"},
-  };
-  static std::vector<py::object> classes;
-  for (const Kind& k : kinds) {
-    py::object cls = py::reinterpret_steal<py::object>(
-        PyErr_NewException((std::string("shmbus.") + k.name).c_str(), base.ptr(), nullptr));
-    m.attr(k.name) = cls;
-    classes.push_back(cls);
+  g_error_base = base.ptr();
+  for (size_t i = 0; i < std::size(kErrorClasses); ++i) {
+    PyObject* cls = PyErr_NewException((std::string("shmbus.") + kErrorClasses[i].name).c_str(),
+                                       base.ptr(), nullptr);
+    if (cls == nullptr) throw py::error_already_set();
+    g_error_classes[i] = cls;  // the module's attribute below holds a reference too
+    m.attr(kErrorClasses[i].name) = py::reinterpret_borrow<py::object>(cls);
   }
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const shmbus::Error& e) {
-      for (size_t i = 0; i < std::size(kinds); ++i)
-        if (kinds[i].code == e.code()) {
-          PyErr_SetString(classes[i].ptr(), e.what());
-          return;
-        }
-      PyErr_SetString(base.ptr(), e.what());
+      set_python_error(e);
     }
   });
+  for (auto [slot, text] : {std::pair{&g_keys.type, "type"},
+                            {&g_keys.pattern, "pattern"},
+                            {&g_keys.channel, "channel"},
+                            {&g_keys.data, "data"},
+                            {&g_keys.sequence, "sequence"},
+                            {&g_keys.lost, "lost"},
+                            {&g_keys.publish_unix_ns, "publish_unix_ns"},
+                            {&g_keys.gap, "gap"},
+                            {&g_keys.message, "message"},
+                            {&g_keys.pmessage, "pmessage"}}) {
+    *slot = PyUnicode_InternFromString(text);
+    if (*slot == nullptr) throw py::error_already_set();
+  }
 
-  py::class_<PyBus>(m, "Bus")
-      .def(py::init<std::optional<std::string>, std::optional<std::string>,
-                    std::optional<std::string>>(),
-           py::arg("bus") = py::none(), py::arg("socket") = py::none(),
-           py::arg("client_name") = py::none())
-      .def("publish", &PyBus::publish, py::arg("channel"), py::arg("data"))
-      .def("channels", &PyBus::channels, py::arg("pattern") = py::none())
-      .def("numsub", &PyBus::numsub, py::arg("channels"))
-      .def("numpat", &PyBus::numpat)
-      .def_property_readonly("bus_name", &PyBus::bus_name)
-      .def_property_readonly("socket_path", &PyBus::socket_path);
+  auto bus_class = py::class_<PyBus>(m, "Bus")
+                       .def(py::init<std::optional<std::string>, std::optional<std::string>,
+                                     std::optional<std::string>>(),
+                            py::arg("bus") = py::none(), py::arg("socket") = py::none(),
+                            py::arg("client_name") = py::none())
+                       .def("channels", &PyBus::channels, py::arg("pattern") = py::none())
+                       .def("numsub", &PyBus::numsub, py::arg("channels"))
+                       .def("numpat", &PyBus::numpat)
+                       .def_property_readonly("bus_name", &PyBus::bus_name)
+                       .def_property_readonly("socket_path", &PyBus::socket_path);
 
   py::class_<Lease>(m, "Lease", py::buffer_protocol()).def_buffer(&Lease::buffer);
 
-  py::class_<PySubscription>(m, "Subscription")
-      .def(py::init<std::optional<std::string>, std::optional<std::string>,
-                    std::optional<std::string>>(),
-           py::arg("bus") = py::none(), py::arg("socket") = py::none(),
-           py::arg("client_name") = py::none())
-      .def("subscribe", &PySubscription::subscribe, py::arg("channels"),
-           py::arg("start") = "latest", py::arg("after") = 0)
-      .def("psubscribe", &PySubscription::psubscribe, py::arg("patterns"))
-      .def("unsubscribe", &PySubscription::unsubscribe, py::arg("channels"))
-      .def("punsubscribe", &PySubscription::punsubscribe, py::arg("patterns"))
-      .def(
-          "next",
-          [](const py::object& self, std::optional<double> timeout, bool view) {
-            return self.cast<PySubscription&>().next(self, timeout, view);
-          },
-          py::arg("timeout") = py::none(), py::arg("view") = false)
-      .def("intact", &PySubscription::intact)
-      .def("fileno", &PySubscription::fileno)
-      .def("set_spin", &PySubscription::set_spin, py::arg("seconds"))
-      .def("count", &PySubscription::count);
+  auto subscription_class =
+      py::class_<PySubscription>(m, "Subscription")
+          .def(py::init<std::optional<std::string>, std::optional<std::string>,
+                        std::optional<std::string>>(),
+               py::arg("bus") = py::none(), py::arg("socket") = py::none(),
+               py::arg("client_name") = py::none())
+          .def("subscribe", &PySubscription::subscribe, py::arg("channels"),
+               py::arg("start") = "latest", py::arg("after") = 0)
+          .def("psubscribe", &PySubscription::psubscribe, py::arg("patterns"))
+          .def("unsubscribe", &PySubscription::unsubscribe, py::arg("channels"))
+          .def("punsubscribe", &PySubscription::punsubscribe, py::arg("patterns"))
+          .def("set_decode", &PySubscription::set_decode, py::arg("decode"))
+          .def("intact", &PySubscription::intact)
+          .def("fileno", &PySubscription::fileno)
+          .def("set_spin", &PySubscription::set_spin, py::arg("seconds"))
+          .def("count", &PySubscription::count);
+
+  // The per-message methods, as method descriptors of CPython's own (see publish_fast).
+  static PyMethodDef publish_def = {
+      "publish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&PyBus::publish_fast)),
+      METH_FASTCALL | METH_KEYWORDS,
+      "publish(channel, data) -> int: PUBLISH a copy of data; the receivers."};
+  static PyMethodDef next_def = {
+      "next",
+      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&PySubscription::next_fast)),
+      METH_FASTCALL | METH_KEYWORDS,
+      "next(timeout=None, view=False): the next message (a dict; with view, a tuple holding "
+      "a Lease), or None."};
+  for (auto [cls, def] :
+       {std::pair{bus_class.ptr(), &publish_def}, std::pair{subscription_class.ptr(), &next_def}}) {
+    PyObject* method = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls), def);
+    if (method == nullptr || PyObject_SetAttrString(cls, def->ml_name, method) != 0)
+      throw py::error_already_set();
+    Py_DECREF(method);
+  }
 }

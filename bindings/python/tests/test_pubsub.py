@@ -163,6 +163,47 @@ def test_errors_raise_with_the_librarys_message(bus, daemon):
     assert issubclass(shmbus.MessageTooLarge, shmbus.ShmbusError)
 
 
+def test_publish_takes_keywords_and_refuses_bad_arguments(daemon):
+    b = shmbus.Bus(**daemon.options())
+    p = b.pubsub(ignore_subscribe_messages=True)
+    p.subscribe("kw")
+    assert b.publish(channel="kw", data=b"by keyword") == 1
+    assert b.publish("kw", data=7) == 1
+    assert [p.get_message(timeout=1)["data"] for _ in range(2)] == [b"by keyword", b"7"]
+    with pytest.raises(TypeError, match="missing required argument 'data'"):
+        b.publish("kw")
+    with pytest.raises(TypeError, match="at most 2 arguments"):
+        b.publish("kw", "x", "y")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'message'"):
+        b.publish("kw", message="x")
+    with pytest.raises(TypeError, match="multiple values for argument 'channel'"):
+        b.publish("kw", "x", channel="kw")
+    with pytest.raises(TypeError, match="must be str, bytes.*not list"):
+        b.publish("kw", ["x"])
+    with pytest.raises(TypeError, match="timeout"):
+        p._sub.next(timeout="soon")
+    assert p.get_message(timeout=0) is None  # nothing was published by the refused calls
+    p.close()
+    b.close()
+    with pytest.raises(shmbus.ShmbusError, match="closed"):
+        b.publish("kw", "after close")
+
+
+def test_decoded_messages_reach_their_handlers(daemon):
+    got = []
+    with shmbus.Bus(decode_responses=True, **daemon.options()) as b:
+        p = b.pubsub(ignore_subscribe_messages=True)
+        p.subscribe(**{"dh:1": got.append})
+        p.psubscribe(**{"dh:*": got.append})
+        b.publish("dh:1", "é")
+        assert p.get_message(timeout=1) is None and p.get_message(timeout=1) is None
+        assert [(m["type"], m["pattern"], m["channel"], m["data"]) for m in got] == [
+            ("message", None, "dh:1", "é"),
+            ("pmessage", "dh:*", "dh:1", "é"),
+        ]
+        p.close()
+
+
 def _python(code: str, daemon) -> subprocess.Popen:
     env = dict(os.environ, SHMBUS_BUS=daemon.bus, SHMBUS_SOCKET=daemon.socket)
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
