@@ -25,6 +25,10 @@ packages=(
   libzmq3-dev iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev python3-matplotlib
 )
 
+# Node.js with npm and its headers, for the Node package (bindings/node): machines here come
+# with Node.js 20 (NodeSource, headers included); where there is none, Debian's own.
+command -v node >/dev/null 2>&1 || packages+=(nodejs npm libnode-dev)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

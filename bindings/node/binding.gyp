@@ -1,0 +1,19 @@
+{
+  "targets": [
+    {
+      "target_name": "shmbus",
+      "sources": ["src/addon.cc"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!(node scripts/libshmbus.js include)"
+      ],
+      "libraries": [
+        "-L<!(node scripts/libshmbus.js lib)",
+        "-lshmbus",
+        "-Wl,-rpath,<!(node scripts/libshmbus.js lib)"
+      ],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror"]
+    }
+  ]
+}

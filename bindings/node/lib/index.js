@@ -1,0 +1,292 @@
+'use strict';
+// shmbus for Node.js, shaped like node-redis v4's pub/sub:
+//
+//   const shmbus = require('shmbus');
+//   const bus = shmbus.connect();                 // $SHMBUS_BUS / $SHMBUS_SOCKET, or options
+//   bus.publish('chat:42', 'hello');              // -> receivers, as PUBLISH
+//   const sub = bus.subscriber();                 // node-redis: client.duplicate()
+//   await sub.subscribe('chat:42', (message, channel) => ...);
+//   await sub.pSubscribe('chat:*', (message, channel) => ...);
+//
+// Messages are delivered on the event loop from the native layer (src/addon.cc), a batch
+// per wake-up; a subscriber keeps the process alive only while it holds a subscription.
+const { EventEmitter } = require('node:events');
+const path = require('node:path');
+
+const native = require(path.join(__dirname, '..', 'build', 'Release', 'shmbus.node'));
+
+// The index of each field of a message in a native batch (see kFieldsPerMessage).
+const CHANNEL = 0;
+const PATTERN = 1;
+const DATA = 2;
+const SEQUENCE = 3;
+const LOST = 4;
+const FIELDS = 5;
+
+function nativeOptions(options = {}) {
+  return { bus: options.bus, socket: options.socket, clientName: options.clientName ?? options.name };
+}
+
+function asList(names, what) {
+  const list = Array.isArray(names) ? names : [names];
+  for (const name of list) {
+    if (typeof name !== 'string' && !Buffer.isBuffer(name)) {
+      throw new TypeError(`a ${what} must be a string or a Buffer, not ${typeof name}`);
+    }
+  }
+  return list;
+}
+
+// A name's bytes as a latin1 string (one character per byte): the key the native layer
+// gives each message's channel and pattern, and the listener maps' key.
+function keyOf(name) {
+  return Buffer.isBuffer(name) ? name.toString('latin1') : Buffer.from(name).toString('latin1');
+}
+
+// A name as listeners get it, from its key: the string (UTF-8) and the Buffer, made once
+// per name and kept (bounded: a flood of distinct channel names only costs re-making).
+class Names {
+  constructor() {
+    this.cache = new Map();
+  }
+  of(key) {
+    let name = this.cache.get(key);
+    if (name === undefined) {
+      if (this.cache.size >= 4096) this.cache.clear();
+      const buffer = Buffer.from(key, 'latin1');
+      name = { buffer, text: buffer.toString() };
+      this.cache.set(key, name);
+    }
+    return name;
+  }
+}
+
+// Listener sets of one kind (channels or patterns), by name, split by buffer mode as
+// node-redis keeps them.
+class Listeners {
+  constructor() {
+    this.byKey = new Map(); // keyOf(name) -> { strings: Set, buffers: Set }
+  }
+  // Adds a listener; true if the name is new (to be subscribed).
+  add(name, listener, bufferMode) {
+    const key = keyOf(name);
+    let entry = this.byKey.get(key);
+    const added = entry === undefined;
+    if (added) {
+      entry = { strings: new Set(), buffers: new Set() };
+      this.byKey.set(key, entry);
+    }
+    (bufferMode ? entry.buffers : entry.strings).add(listener);
+    return added;
+  }
+  // Removes one listener (or all of the name's); true once the name has none left.
+  remove(name, listener, bufferMode) {
+    const key = keyOf(name);
+    const entry = this.byKey.get(key);
+    if (entry === undefined) return false;
+    if (listener) {
+      (bufferMode ? entry.buffers : entry.strings).delete(listener);
+      if (entry.strings.size + entry.buffers.size > 0) return false;
+    }
+    this.byKey.delete(key);
+    return true;
+  }
+  names() {
+    return [...this.byKey.keys()].map((key) => Buffer.from(key, 'latin1'));
+  }
+  anyBuffers() {
+    for (const entry of this.byKey.values()) if (entry.buffers.size > 0) return true;
+    return false;
+  }
+}
+
+class Subscriber extends EventEmitter {
+  constructor(options) {
+    super();
+    this._options = options;
+    this._native = null; // opened on the first subscription
+    this._channels = new Listeners();
+    this._patterns = new Listeners();
+    this._names = new Names();
+    this.isOpen = true;
+  }
+
+  // node-redis's client.connect(): nothing to wait for here, but code written for it calls it.
+  async connect() {
+    return this;
+  }
+
+  _open() {
+    if (!this.isOpen) {
+      const error = new Error('this shmbus subscriber was closed: create another with bus.subscriber()');
+      error.code = 'SHMBUS_ECLOSED';
+      throw error;
+    }
+    if (this._native === null) {
+      this._native = new native.Subscriber(
+        nativeOptions(this._options),
+        (batch) => this._deliver(batch),
+        (error) => this.emit('error', error),
+      );
+    }
+    return this._native;
+  }
+
+  _updateMode() {
+    if (this._native !== null) this._native.setBuffers(this._channels.anyBuffers() || this._patterns.anyBuffers());
+  }
+
+  // SUBSCRIBE: listener(message, channel) for each message of these channels; with
+  // bufferMode, both as Buffers.
+  async subscribe(channels, listener, bufferMode = false) {
+    this._add(this._channels, channels, listener, bufferMode, 'channel', 'subscribe');
+  }
+
+  // PSUBSCRIBE: listener(message, channel) for each message of a channel the glob matches.
+  async pSubscribe(patterns, listener, bufferMode = false) {
+    this._add(this._patterns, patterns, listener, bufferMode, 'pattern', 'psubscribe');
+  }
+
+  _add(listeners, names, listener, bufferMode, what, call) {
+    const list = asList(names, what);
+    if (typeof listener !== 'function') throw new TypeError(`${call}(${what}s, listener): listener must be a function`);
+    const sub = this._open();
+    const fresh = list.filter((name) => listeners.add(name, listener, bufferMode));
+    this._updateMode();
+    if (fresh.length === 0) return;
+    try {
+      sub[call](fresh); // the daemon's SUBSCRIBE, only for names new to this subscriber
+    } catch (error) {
+      for (const name of fresh) listeners.remove(name);
+      this._updateMode();
+      throw error;
+    }
+  }
+
+  // UNSUBSCRIBE: with a listener, removes just that one; without channels, every channel.
+  async unsubscribe(channels, listener, bufferMode = false) {
+    await this._drop(this._channels, channels, listener, bufferMode, 'channel', 'unsubscribe');
+  }
+
+  async pUnsubscribe(patterns, listener, bufferMode = false) {
+    await this._drop(this._patterns, patterns, listener, bufferMode, 'pattern', 'punsubscribe');
+  }
+
+  async _drop(listeners, names, listener, bufferMode, what, call) {
+    const list = names === undefined ? listeners.names() : asList(names, what);
+    const gone = list.filter((name) => listeners.remove(name, listener, bufferMode));
+    this._updateMode();
+    if (gone.length > 0 && this._native !== null) this._native[call](gone);
+  }
+
+  // Every channel and pattern this subscriber holds (Redis's subscription count).
+  get subscriptionCount() {
+    return this._native === null ? 0 : this._native.count();
+  }
+
+  // Drops every subscription and the connection (node-redis: quit / disconnect).
+  async quit() {
+    this.isOpen = false;
+    if (this._native !== null) this._native.close();
+    this._native = null;
+    this._channels = new Listeners();
+    this._patterns = new Listeners();
+  }
+
+  disconnect() {
+    return this.quit();
+  }
+
+  _deliver(batch) {
+    const names = this._names;
+    const events = this.listenerCount('message') + this.listenerCount('pmessage') > 0;
+    for (let i = 0; i < batch.length; i += FIELDS) {
+      const pattern = batch[i + PATTERN];
+      const channel = names.of(batch[i + CHANNEL]);
+      const data = batch[i + DATA];
+      const entry = pattern === null ? this._channels.byKey.get(batch[i + CHANNEL]) : this._patterns.byKey.get(pattern);
+      if (entry !== undefined) {
+        if (entry.buffers.size > 0) {
+          const d = typeof data === 'string' ? Buffer.from(data) : data;
+          for (const listener of entry.buffers) listener(d, channel.buffer);
+        }
+        if (entry.strings.size > 0) {
+          const d = typeof data === 'string' ? data : data.toString();
+          for (const listener of entry.strings) listener(d, channel.text);
+        }
+      }
+      const lost = batch[i + LOST];
+      if (lost > 0) this.emit('lost', { channel: channel.text, lost, sequence: batch[i + SEQUENCE] });
+      if (events) {
+        if (pattern === null) this.emit('message', channel.text, data);
+        else this.emit('pmessage', names.of(pattern).text, channel.text, data);
+      }
+    }
+  }
+}
+
+class Bus {
+  constructor(options = {}) {
+    this._options = options;
+    this._native = new native.Bus(nativeOptions(options));
+    this.isOpen = true;
+    const bus = this;
+    // PUBSUB CHANNELS / NUMSUB / NUMPAT, as node-redis's client.pubSub* calls.
+    this.pubsub = {
+      channels(pattern) {
+        return bus._native.channels(pattern).map((name) => name.toString());
+      },
+      numsub(...channels) {
+        const list = channels.flat();
+        const counts = bus._native.numsub(list);
+        return Object.fromEntries(list.map((name, i) => [name.toString(), counts[i]]));
+      },
+      numpat() {
+        return bus._native.numpat();
+      },
+    };
+  }
+
+  // PUBLISH: the number of subscriptions that receive it (by channel and by pattern).
+  // Synchronous: a copy into shared memory; `await bus.publish(...)` works as with node-redis.
+  publish(channel, message) {
+    return this._native.publish(channel, message);
+  }
+
+  pubSubChannels(pattern) {
+    return this.pubsub.channels(pattern);
+  }
+  pubSubNumSub(...channels) {
+    return this.pubsub.numsub(...channels);
+  }
+  pubSubNumPat() {
+    return this.pubsub.numpat();
+  }
+
+  // A subscriber of its own on the same bus (node-redis: client.duplicate()).
+  subscriber() {
+    return new Subscriber(this._options);
+  }
+  duplicate() {
+    return this.subscriber();
+  }
+
+  async connect() {
+    return this;
+  }
+
+  async quit() {
+    this.isOpen = false;
+    this._native.close();
+  }
+
+  disconnect() {
+    return this.quit();
+  }
+}
+
+function connect(options = {}) {
+  return new Bus(options);
+}
+
+module.exports = { connect, Bus, Subscriber, createClient: connect };

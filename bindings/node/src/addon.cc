@@ -1,0 +1,449 @@
+// shmbus's Node.js addon: the native layer under lib/index.js, over libshmbus's C API
+// (shmbus.h; node-gyp compiles without C++ exceptions, and none crosses the C API).
+//   - Bus: publish and PUBSUB introspection, synchronous (a publish never waits on an
+//     ordinary channel; it copies into shared memory and returns).
+//   - Subscriber: delivery on Node's own loop. The subscription's descriptor is
+//     level-triggered (readable while a message may wait), watched with uv_poll: each
+//     wake-up drains a bounded batch and makes one call into JavaScript with all of it, so
+//     the loop never blocks and no thread is added. The poll handle keeps the process alive
+//     only while something is subscribed (uv_ref / uv_unref), as an idle socket would not.
+#include <napi.h>
+#include <shmbus/shmbus.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Messages taken per wake-up before handing the loop back: large enough that a busy
+// channel costs one JavaScript call per batch, small enough that other work on the loop
+// (timers, sockets) waits at most one batch. A full batch leaves the descriptor readable,
+// so the loop comes back to it on its next turn.
+constexpr size_t kBatchMessages = 1024;
+
+// The fields each message occupies in a batch array: channel and pattern (null for a
+// "message") as latin1 strings, data, sequence, lost.
+constexpr size_t kFieldsPerMessage = 5;
+
+// The code JavaScript sees in error.code for a C API status.
+const char* code_name(int status) {
+  switch (status) {
+    case SHMBUS_ENODAEMON: return "SHMBUS_ENODAEMON";
+    case SHMBUS_EDAEMONGONE: return "SHMBUS_EDAEMONGONE";
+    case SHMBUS_EPROTOCOL: return "SHMBUS_EPROTOCOL";
+    case SHMBUS_EINVAL: return "SHMBUS_EINVAL";
+    case SHMBUS_ETOOLARGE: return "SHMBUS_ETOOLARGE";
+    case SHMBUS_ELIMIT: return "SHMBUS_ELIMIT";
+    case SHMBUS_EWOULDBLOCK: return "SHMBUS_EWOULDBLOCK";
+    case SHMBUS_ETIMEDOUT: return "SHMBUS_ETIMEDOUT";
+    case SHMBUS_ESYSTEM: return "SHMBUS_ESYSTEM";
+    case SHMBUS_ECORRUPT: return "SHMBUS_ECORRUPT";
+    case SHMBUS_EPERMISSION: return "SHMBUS_EPERMISSION";
+    case SHMBUS_ENOMEM: return "SHMBUS_ENOMEM";
+    case SHMBUS_EREFUSED: return "SHMBUS_EREFUSED";
+    default: return "SHMBUS_EINTERNAL";
+  }
+}
+
+// An Error for a failed call: the library's full text (it names the limit and the way
+// out) and the status as `code`.
+Napi::Error error_of(Napi::Env env, int status) {
+  const char* text = shmbus_last_error();
+  Napi::Error error = Napi::Error::New(env, *text != '\0' ? text : shmbus_strerror(status));
+  error.Set("code", Napi::String::New(env, code_name(status)));
+  return error;
+}
+
+// The bytes of a name or payload given as a string (UTF-8) or a Buffer / typed array.
+// False, with a TypeError pending, for anything else.
+bool bytes_of(const Napi::Value& value, const char* what, std::string& out) {
+  if (value.IsString()) {
+    out = value.As<Napi::String>().Utf8Value();
+    return true;
+  }
+  if (value.IsTypedArray()) {
+    const Napi::TypedArray array = value.As<Napi::TypedArray>();
+    const auto* data = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+    out.assign(data, array.ByteLength());
+    return true;
+  }
+  Napi::TypeError::New(value.Env(), std::string(what) + " must be a string or a Buffer")
+      .ThrowAsJavaScriptException();
+  return false;
+}
+
+// Connection options from JavaScript: { bus, socket, clientName }, each optional (the
+// environment's $SHMBUS_BUS / $SHMBUS_SOCKET otherwise). Keeps the strings alive.
+struct Options {
+  std::string bus, socket, client_name;
+  shmbus_options c{};
+  explicit Options(const Napi::Value& value) {
+    shmbus_options_init(&c);
+    c.client_name = "node";
+    if (!value.IsObject()) return;
+    const Napi::Object o = value.As<Napi::Object>();
+    if (o.Get("bus").IsString()) {
+      bus = o.Get("bus").As<Napi::String>().Utf8Value();
+      c.bus = bus.c_str();
+    }
+    if (o.Get("socket").IsString()) {
+      socket = o.Get("socket").As<Napi::String>().Utf8Value();
+      c.socket_path = socket.c_str();
+    }
+    if (o.Get("clientName").IsString()) {
+      client_name = o.Get("clientName").As<Napi::String>().Utf8Value();
+      c.client_name = client_name.c_str();
+    }
+  }
+};
+
+// A list of names from a JavaScript array of strings / Buffers, as the C API takes them.
+struct Names {
+  std::vector<std::string> bytes;
+  std::vector<const char*> pointers;
+  std::vector<size_t> lengths;
+  bool load(const Napi::Value& value, const char* what) {
+    if (!value.IsArray()) {
+      Napi::TypeError::New(value.Env(), std::string(what) + "s must be an array")
+          .ThrowAsJavaScriptException();
+      return false;
+    }
+    const Napi::Array array = value.As<Napi::Array>();
+    bytes.resize(array.Length());
+    for (uint32_t i = 0; i < array.Length(); ++i)
+      if (!bytes_of(array.Get(i), what, bytes[i])) return false;
+    for (const std::string& b : bytes) {
+      pointers.push_back(b.data());
+      lengths.push_back(b.size());
+    }
+    return true;
+  }
+};
+
+class Bus : public Napi::ObjectWrap<Bus> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(
+        env, "Bus",
+        {InstanceMethod<&Bus::Publish>("publish"), InstanceMethod<&Bus::Channels>("channels"),
+         InstanceMethod<&Bus::Numsub>("numsub"), InstanceMethod<&Bus::Numpat>("numpat"),
+         InstanceMethod<&Bus::Close>("close")});
+  }
+
+  explicit Bus(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Bus>(info) {
+    Options options(info[0]);
+    const int status = shmbus_connect(&options.c, &bus_);
+    if (status != SHMBUS_OK) error_of(info.Env(), status).ThrowAsJavaScriptException();
+  }
+  ~Bus() override { shmbus_bus_close(bus_); }
+
+ private:
+  bool open(Napi::Env env) {
+    if (bus_ != nullptr) return true;
+    Napi::Error error = Napi::Error::New(env, "this shmbus connection is closed");
+    error.Set("code", Napi::String::New(env, "SHMBUS_ECLOSED"));
+    error.ThrowAsJavaScriptException();
+    return false;
+  }
+
+  // publish(channel, message) -> receivers, as Redis's PUBLISH.
+  Napi::Value Publish(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    // The payload is read in place when it is a Buffer: no copy before the ring's.
+    std::string channel;
+    if (!bytes_of(info[0], "channel", channel)) return env.Undefined();
+    const void* data = nullptr;
+    size_t len = 0;
+    std::string text;
+    if (info[1].IsTypedArray()) {
+      const Napi::TypedArray array = info[1].As<Napi::TypedArray>();
+      data = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+      len = array.ByteLength();
+    } else {
+      if (!bytes_of(info[1], "message", text)) return env.Undefined();
+      data = text.data();
+      len = text.size();
+    }
+    uint32_t receivers = 0;
+    const int status = shmbus_publish(bus_, channel.data(), channel.size(), data, len, &receivers);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, receivers);
+  }
+
+  // channels(pattern?) -> [Buffer]: PUBSUB CHANNELS.
+  Napi::Value Channels(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    std::string pattern;
+    if (!info[0].IsUndefined() && !info[0].IsNull() && !bytes_of(info[0], "pattern", pattern))
+      return env.Undefined();
+    shmbus_names* names = nullptr;
+    const int status = shmbus_pubsub_channels(bus_, pattern.data(), pattern.size(), &names);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Array out = Napi::Array::New(env, shmbus_names_count(names));
+    for (size_t i = 0; i < shmbus_names_count(names); ++i) {
+      size_t len = 0;
+      const char* name = shmbus_names_at(names, i, &len);
+      out.Set(static_cast<uint32_t>(i), Napi::Buffer<char>::Copy(env, name, len));
+    }
+    shmbus_names_free(names);
+    return out;
+  }
+
+  // numsub([channel]) -> [count]: PUBSUB NUMSUB.
+  Napi::Value Numsub(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    Names names;
+    if (!names.load(info[0], "channel")) return env.Undefined();
+    std::vector<uint64_t> counts(names.bytes.size());
+    const int status = shmbus_pubsub_numsub(bus_, names.pointers.data(), names.lengths.data(),
+                                            names.bytes.size(), counts.data());
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Array out = Napi::Array::New(env, counts.size());
+    for (size_t i = 0; i < counts.size(); ++i)
+      out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(counts[i])));
+    return out;
+  }
+
+  // numpat() -> count: PUBSUB NUMPAT.
+  Napi::Value Numpat(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    uint64_t count = 0;
+    const int status = shmbus_pubsub_numpat(bus_, &count);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, static_cast<double>(count));
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    shmbus_bus_close(bus_);
+    bus_ = nullptr;
+    return info.Env().Undefined();
+  }
+
+  shmbus_bus* bus_ = nullptr;  // owned; used on the JavaScript thread only
+};
+
+class Subscriber : public Napi::ObjectWrap<Subscriber> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(
+        env, "Subscriber",
+        {InstanceMethod<&Subscriber::Subscribe>("subscribe"),
+         InstanceMethod<&Subscriber::Psubscribe>("psubscribe"),
+         InstanceMethod<&Subscriber::Unsubscribe>("unsubscribe"),
+         InstanceMethod<&Subscriber::Punsubscribe>("punsubscribe"),
+         InstanceMethod<&Subscriber::SetBuffers>("setBuffers"),
+         InstanceMethod<&Subscriber::Count>("count"), InstanceMethod<&Subscriber::Close>("close")});
+  }
+
+  // new Subscriber(options, onBatch, onError): onBatch(array) gets each batch of messages
+  // (kFieldsPerMessage entries each), onError(error) a failure of the delivery.
+  explicit Subscriber(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Subscriber>(info) {
+    const Napi::Env env = info.Env();
+    if (!info[1].IsFunction() || !info[2].IsFunction()) {
+      Napi::TypeError::New(env, "Subscriber(options, onBatch, onError)")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    on_batch_ = Napi::Persistent(info[1].As<Napi::Function>());
+    on_error_ = Napi::Persistent(info[2].As<Napi::Function>());
+    Options options(info[0]);
+    int status = shmbus_sub_open(&options.c, &sub_);
+    int fd = -1;
+    if (status == SHMBUS_OK) status = shmbus_sub_fd(sub_, &fd);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return;
+    }
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    poll_->data = this;
+    if (uv_poll_init(loop, poll_, fd) != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      Napi::Error::New(env, "uv_poll_init failed on the subscription's descriptor")
+          .ThrowAsJavaScriptException();
+      return;
+    }
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // nothing subscribed yet
+    uv_poll_start(poll_, UV_READABLE, &Subscriber::OnReadable);
+  }
+  ~Subscriber() override { Release(); }
+
+ private:
+  // Stops the watch and frees the handle (libuv frees it only after its close callback),
+  // then the subscription, whose descriptor the watch was on.
+  void Release() {
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      poll_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+               [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+      poll_ = nullptr;
+    }
+    shmbus_sub_close(sub_);
+    sub_ = nullptr;
+  }
+
+  bool open(Napi::Env env) {
+    if (sub_ != nullptr) return true;
+    Napi::Error error = Napi::Error::New(env, "this shmbus subscriber is closed");
+    error.Set("code", Napi::String::New(env, "SHMBUS_ECLOSED"));
+    error.ThrowAsJavaScriptException();
+    return false;
+  }
+
+  // The loop keeps running for this subscriber only while it holds something, and the
+  // object stays alive meanwhile (as a subscribed socket would), even if JavaScript drops
+  // every reference to it.
+  void UpdateRef() {
+    if (poll_ == nullptr) return;
+    const bool holding = shmbus_sub_count(sub_) > 0;
+    if (holding)
+      uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+    else
+      uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    if (holding && !pinned_) Ref();
+    if (!holding && pinned_) Unref();
+    pinned_ = holding;
+  }
+
+  template <typename Call>
+  Napi::Value Change(const Napi::CallbackInfo& info, const char* what, Call&& call) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    Names names;
+    if (!names.load(info[0], what)) return env.Undefined();
+    const int status = call(names);
+    UpdateRef();
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, static_cast<double>(shmbus_sub_count(sub_)));
+  }
+  Napi::Value Subscribe(const Napi::CallbackInfo& info) {
+    return Change(info, "channel", [&](Names& n) {
+      return shmbus_subscribe(sub_, n.pointers.data(), n.lengths.data(), n.bytes.size(),
+                              SHMBUS_START_LATEST, 0);
+    });
+  }
+  Napi::Value Psubscribe(const Napi::CallbackInfo& info) {
+    return Change(info, "pattern", [&](Names& n) {
+      return shmbus_psubscribe(sub_, n.pointers.data(), n.lengths.data(), n.bytes.size());
+    });
+  }
+  Napi::Value Unsubscribe(const Napi::CallbackInfo& info) {
+    return Change(info, "channel", [&](Names& n) {
+      return shmbus_unsubscribe(sub_, n.pointers.data(), n.lengths.data(), n.bytes.size());
+    });
+  }
+  Napi::Value Punsubscribe(const Napi::CallbackInfo& info) {
+    return Change(info, "pattern", [&](Names& n) {
+      return shmbus_punsubscribe(sub_, n.pointers.data(), n.lengths.data(), n.bytes.size());
+    });
+  }
+
+  // setBuffers(true): payloads arrive as Buffers; false: as strings (UTF-8).
+  Napi::Value SetBuffers(const Napi::CallbackInfo& info) {
+    buffers_ = info[0].ToBoolean().Value();
+    return info.Env().Undefined();
+  }
+  Napi::Value Count(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), sub_ ? static_cast<double>(shmbus_sub_count(sub_)) : 0.0);
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Release();
+    if (pinned_) Unref();
+    pinned_ = false;
+    return info.Env().Undefined();
+  }
+
+  // A payload: a Buffer, or a string decoded as UTF-8.
+  Napi::Value Payload(Napi::Env env, const void* data, size_t len) const {
+    if (buffers_) return Napi::Buffer<char>::Copy(env, static_cast<const char*>(data), len);
+    return Napi::String::New(env, static_cast<const char*>(data), len);
+  }
+  // A name as a latin1 string: one character per byte, so any bytes round-trip and the
+  // JavaScript side keys its listener maps by it without decoding.
+  static Napi::Value Name(Napi::Env env, const char* data, size_t len) {
+    napi_value out;
+    napi_create_string_latin1(env, data, len, &out);
+    return Napi::Value(env, out);
+  }
+
+  // Readable: drain up to a batch, then one call into JavaScript.
+  static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
+    auto* self = static_cast<Subscriber*>(handle->data);
+    if (self == nullptr || self->sub_ == nullptr) return;
+    const Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    if (status < 0) {
+      self->on_error_.Call({Napi::Error::New(env, uv_strerror(status)).Value()});
+      return;
+    }
+    Napi::Array batch = Napi::Array::New(env);
+    uint32_t at = 0;
+    int result = SHMBUS_OK;
+    for (size_t n = 0; n < kBatchMessages; ++n) {
+      shmbus_message m;
+      result = shmbus_next(self->sub_, 0, &m);
+      if (result != SHMBUS_OK) break;
+      batch.Set(at++, Name(env, m.channel, m.channel_len));
+      batch.Set(at++, m.pattern_len == 0 ? env.Null() : Name(env, m.pattern, m.pattern_len));
+      batch.Set(at++, self->Payload(env, m.data, m.len));
+      batch.Set(at++, Napi::Number::New(env, static_cast<double>(m.sequence)));
+      batch.Set(at++, Napi::Number::New(env, static_cast<double>(m.lost_before)));
+    }
+    Napi::Value error = env.Null();
+    if (result != SHMBUS_OK && result != SHMBUS_NO_MESSAGE) error = error_of(env, result).Value();
+    // An exception thrown by a listener goes where Node sends any callback's: to
+    // 'uncaughtException' (which ends the process unless handled).
+    if (at > 0) self->on_batch_.MakeCallback(self->Value(), {batch});
+    RaisePending(env);
+    if (!error.IsNull() && self->sub_ != nullptr) {
+      self->on_error_.MakeCallback(self->Value(), {error});
+      RaisePending(env);
+    }
+  }
+  static void RaisePending(Napi::Env env) {
+    if (!env.IsExceptionPending()) return;
+    const Napi::Error error = env.GetAndClearPendingException();
+    napi_fatal_exception(env, error.Value());
+  }
+
+  shmbus_sub* sub_ = nullptr;  // owned; used on the JavaScript thread only
+  uv_poll_t* poll_ = nullptr;  // owned until uv_close's callback frees it
+  bool buffers_ = false;       // Buffers instead of strings in batches
+  bool pinned_ = false;        // Ref() held while something is subscribed
+  Napi::FunctionReference on_batch_;
+  Napi::FunctionReference on_error_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Bus", Bus::Define(env));
+  exports.Set("Subscriber", Subscriber::Define(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(shmbus, Init)
