@@ -113,9 +113,6 @@ class Bus:
         self._options = (bus, socket, client_name)
         self._decode = decode_responses
         self._native: Optional[_shmbus.Bus] = _shmbus.Bus(bus, socket, client_name)
-        # publish() is the native method itself while open: one Python call less per
-        # message. close() removes it, and the method below (which raises) shows again.
-        self.publish = self._native.publish  # type: ignore[method-assign]
 
     def _bus(self) -> "_shmbus.Bus":
         if self._native is None:
@@ -149,7 +146,6 @@ class Bus:
 
     def close(self) -> None:
         self._native = None
-        self.__dict__.pop("publish", None)
 
     def __enter__(self) -> "Bus":
         return self
@@ -190,8 +186,9 @@ class PubSub:
 
     def _native(self) -> "_shmbus.Subscription":
         if self._sub is None:
-            self._sub = _shmbus.Subscription(*self._options)
-            self._sub.set_decode(self._decode)
+            sub = _shmbus.Subscription(*self._options)
+            sub.set_decode(self._decode)  # before another thread can see it
+            self._sub = sub
         return self._sub
 
     @staticmethod

@@ -18,7 +18,9 @@
 #include <optional>
 #include <shmbus/shmbus.hpp>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace py = pybind11;
@@ -170,6 +172,18 @@ PyObject* guarded(Body&& body) noexcept {
     e.set_error();
   } catch (const shmbus::Error& e) {
     set_python_error(e);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::invalid_argument& e) {  // as pybind11 translates the standard ones
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::domain_error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::length_error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::out_of_range& e) {
+    PyErr_SetString(PyExc_IndexError, e.what());
+  } catch (const std::overflow_error& e) {
+    PyErr_SetString(PyExc_OverflowError, e.what());
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
   }
@@ -191,19 +205,18 @@ bool parse_arguments(const char* function, PyObject* const* args, Py_ssize_t nar
   for (size_t i = 0; i < count; ++i) out[i] = i < static_cast<size_t>(nargs) ? args[i] : nullptr;
   const Py_ssize_t keywords = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
   for (Py_ssize_t k = 0; k < keywords; ++k) {
-    const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-    if (key == nullptr) return false;
+    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
     size_t i = 0;
     for (const char* name : names) {
-      if (std::strcmp(name, key) == 0) break;
+      if (PyUnicode_CompareWithASCIIString(key, name) == 0) break;
       ++i;
     }
     if (i == count) {
-      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", function, key);
+      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", function, key);
       return false;
     }
     if (out[i] != nullptr) {
-      PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", function, key);
+      PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument %R", function, key);
       return false;
     }
     out[i] = args[nargs + k];
@@ -377,24 +390,38 @@ class PySubscription {
     for (bool first = true;; first = false) {
       // Each slice: a view another thread took meanwhile must not be let go under it.
       require_no_lease();
+      if (reading_thread_ == std::this_thread::get_id())
+        throw std::logic_error(
+            "next() re-entered (from a finalizer?) while this thread turns a message into "
+            "Python objects: that message would be invalidated under it");
+      // A Message points into the subscription (names, payload), valid until its next read
+      // or change: `mu_` stays held until the Python objects are built from it, or another
+      // thread's unsubscribe could free the bytes under the copy. Lock order: mu_, then the
+      // GIL; no thread waits for mu_ while holding the GIL (try_lock only), so re-taking the
+      // GIL with mu_ held cannot deadlock.
       std::optional<shmbus::Message> m;
-      std::unique_lock<std::mutex> poll(mu_, std::defer_lock);
-      if (first && poll.try_lock()) {
+      std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+      if (first && lock.try_lock()) {
         // A message already waiting is taken without letting the GIL go (a poll does not
         // wait): the release and re-acquire would cost more than the read.
         m = view ? sub_.next_view(0ns) : sub_.next(0ns);
-        poll.unlock();
       } else if (!first || total.count() != 0) {
         py::gil_scoped_release unlocked;
-        std::lock_guard<std::mutex> lock(mu_);
+        lock.lock();
         auto slice = std::chrono::nanoseconds(kSignalSlice);
         if (!forever)
           slice = std::min(
               slice,
               std::max(0ns, std::chrono::nanoseconds(deadline - std::chrono::steady_clock::now())));
         m = view ? sub_.next_view(slice) : sub_.next(slice);
+        if (!m) lock.unlock();  // before the GIL is taken back: nothing to build
       }
       if (m) {
+        reading_thread_ = std::this_thread::get_id();
+        struct Done {
+          std::thread::id& id;
+          ~Done() { id = std::thread::id(); }
+        } done{reading_thread_};
         if (!view) return message_dict(*m);
         py::object lease = py::cast(Lease(m->payload.data(), m->payload.size(), self));
         lease_ = py::weakref(lease);
@@ -403,6 +430,7 @@ class PySubscription {
             m->pattern.empty() ? py::object(py::none()) : py::object(to_bytes(m->pattern)), lease,
             m->sequence, m->lost_before, m->publish_unix_ns, m->gap);
       }
+      if (lock.owns_lock()) lock.unlock();
       if (total.count() == 0 && !first) return py::none();
       if (changed_.exchange(false)) return py::none();  // the caller looks at what changed
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C
@@ -430,8 +458,12 @@ class PySubscription {
           return nullptr;
         }
       }
-      int view = 0;
-      if (given[1] != nullptr && (view = PyObject_IsTrue(given[1])) < 0) return nullptr;
+      if (given[1] != nullptr && !PyBool_Check(given[1])) {
+        PyErr_Format(PyExc_TypeError, "view must be True or False, not %s",
+                     Py_TYPE(given[1])->tp_name);
+        return nullptr;
+      }
+      const int view = given[1] == Py_True;
       const py::object owner = py::reinterpret_borrow<py::object>(self);
       return owner.cast<PySubscription&>().next(owner, timeout, view != 0).release().ptr();
     });
@@ -516,6 +548,7 @@ class PySubscription {
   py::weakref lease_;                 // the last view's Lease while held; guarded by the GIL
   std::atomic<bool> changed_{false};  // a change since the last next() began waiting
   bool decode_ = false;               // set once, before any message; guarded by the GIL
+  std::thread::id reading_thread_;    // building a message's objects (holding mu_); GIL
 };
 
 }  // namespace
@@ -588,13 +621,13 @@ PYBIND11_MODULE(_shmbus, m) {
   static PyMethodDef publish_def = {
       "publish", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&PyBus::publish_fast)),
       METH_FASTCALL | METH_KEYWORDS,
-      "publish(channel, data) -> int: PUBLISH a copy of data; the receivers."};
+      "publish($self, /, channel, data)\n--\n\nPUBLISH a copy of data; returns the receivers."};
   static PyMethodDef next_def = {
       "next",
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&PySubscription::next_fast)),
       METH_FASTCALL | METH_KEYWORDS,
-      "next(timeout=None, view=False): the next message (a dict; with view, a tuple holding "
-      "a Lease), or None."};
+      "next($self, /, timeout=None, view=False)\n--\n\nThe next message (a dict; with view, "
+      "a tuple holding a Lease), or None."};
   for (auto [cls, def] :
        {std::pair{bus_class.ptr(), &publish_def}, std::pair{subscription_class.ptr(), &next_def}}) {
     PyObject* method = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls), def);
