@@ -33,6 +33,7 @@ io.on('connection', (socket) => {
     io.serverSideEmit('hello', `from ${name}`, (error, responses) => ack(error ? String(error) : responses));
   });
   socket.on('count', async (ack) => ack(await io.of('/').adapter.serverCount()));
+  socket.on('host', (ack) => ack(process.env.SHMBUS_BUS));
   socket.on('ask', (ack) => {
     io.timeout(3000).emit('question', (error, responses) => ack(error ? String(error) : responses));
   });
