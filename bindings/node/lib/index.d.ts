@@ -30,24 +30,30 @@ export interface LostInfo {
   sequence: number;
 }
 
+/** Subscribing, shared by Subscriber and Bus. Without a listener a name is held for the
+ * 'message' / 'pmessage' events alone (node-redis v3 / ioredis style). */
+export interface Subscribing {
+  subscribe(channels: Name | Name[], listener?: Listener<string>, bufferMode?: false): Promise<void>;
+  subscribe(channels: Name | Name[], listener: Listener<Buffer>, bufferMode: true): Promise<void>;
+  pSubscribe(patterns: Name | Name[], listener?: Listener<string>, bufferMode?: false): Promise<void>;
+  pSubscribe(patterns: Name | Name[], listener: Listener<Buffer>, bufferMode: true): Promise<void>;
+  psubscribe(patterns: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
+  unsubscribe(channels?: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
+  pUnsubscribe(patterns?: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
+  punsubscribe(patterns?: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
+}
+// Events of both: 'message' (channel, message), 'pmessage' (pattern, channel, message),
+// 'lost' (LostInfo), 'error' (ShmbusError).
+
 export declare class Subscriber extends EventEmitter {
   readonly isOpen: boolean;
   /** Channels plus patterns held (Redis's subscription count). */
   readonly subscriptionCount: number;
   connect(): Promise<this>;
-  subscribe(channels: Name | Name[], listener: Listener<string>, bufferMode?: false): Promise<void>;
-  subscribe(channels: Name | Name[], listener: Listener<Buffer>, bufferMode: true): Promise<void>;
-  pSubscribe(patterns: Name | Name[], listener: Listener<string>, bufferMode?: false): Promise<void>;
-  pSubscribe(patterns: Name | Name[], listener: Listener<Buffer>, bufferMode: true): Promise<void>;
-  unsubscribe(channels?: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
-  pUnsubscribe(patterns?: Name | Name[], listener?: Listener<any>, bufferMode?: boolean): Promise<void>;
   quit(): Promise<void>;
   disconnect(): Promise<void>;
-  on(event: 'message', listener: (channel: string, message: string | Buffer) => void): this;
-  on(event: 'pmessage', listener: (pattern: string, channel: string, message: string | Buffer) => void): this;
-  on(event: 'lost', listener: (info: LostInfo) => void): this;
-  on(event: 'error', listener: (error: ShmbusError) => void): this;
 }
+export declare interface Subscriber extends Subscribing {}
 
 export interface PubSubIntrospection {
   /** PUBSUB CHANNELS [pattern] */
@@ -58,7 +64,7 @@ export interface PubSubIntrospection {
   numpat(): number;
 }
 
-export declare class Bus {
+export declare class Bus extends EventEmitter {
   readonly isOpen: boolean;
   readonly pubsub: PubSubIntrospection;
   constructor(options?: ConnectOptions);
@@ -74,6 +80,7 @@ export declare class Bus {
   quit(): Promise<void>;
   disconnect(): Promise<void>;
 }
+export declare interface Bus extends Subscribing {}
 
 export declare function connect(options?: ConnectOptions): Bus;
 export declare function createClient(options?: ConnectOptions): Bus;

@@ -76,7 +76,7 @@ class Listeners {
       entry = { strings: new Set(), buffers: new Set() };
       this.byKey.set(key, entry);
     }
-    (bufferMode ? entry.buffers : entry.strings).add(listener);
+    if (listener) (bufferMode ? entry.buffers : entry.strings).add(listener);
     return added;
   }
   // Removes one listener (or all of the name's); true once the name has none left.
@@ -149,7 +149,11 @@ class Subscriber extends EventEmitter {
 
   _add(listeners, names, listener, bufferMode, what, call) {
     const list = asList(names, what);
-    if (typeof listener !== 'function') throw new TypeError(`${call}(${what}s, listener): listener must be a function`);
+    // No listener: the names are held for the 'message' / 'pmessage' events alone (the
+    // style of node-redis v3 and ioredis).
+    if (listener !== undefined && typeof listener !== 'function') {
+      throw new TypeError(`${call}(${what}s, listener): listener must be a function`);
+    }
     const sub = this._open();
     const fresh = list.filter((name) => listeners.add(name, listener, bufferMode));
     this._updateMode();
@@ -170,6 +174,14 @@ class Subscriber extends EventEmitter {
 
   async pUnsubscribe(patterns, listener, bufferMode = false) {
     await this._drop(this._patterns, patterns, listener, bufferMode, 'pattern', 'punsubscribe');
+  }
+
+  // ioredis's and node-redis v3's spelling.
+  psubscribe(patterns, listener, bufferMode = false) {
+    return this.pSubscribe(patterns, listener, bufferMode);
+  }
+  punsubscribe(patterns, listener, bufferMode = false) {
+    return this.pUnsubscribe(patterns, listener, bufferMode);
   }
 
   async _drop(listeners, names, listener, bufferMode, what, call) {
@@ -225,9 +237,14 @@ class Subscriber extends EventEmitter {
   }
 }
 
-class Bus {
+// A connection for publishing and introspection; it can subscribe too (node-redis v3 and
+// ioredis style: subscribe('a') then on('message', (channel, message) => ...)), through a
+// subscriber of its own made on first use, whose events it repeats.
+class Bus extends EventEmitter {
   constructor(options = {}) {
+    super();
     this._options = options;
+    this._subscriber = null;
     this._native = new native.Bus(nativeOptions(options));
     this.isOpen = true;
     const bus = this;
@@ -263,6 +280,34 @@ class Bus {
     return this.pubsub.numpat();
   }
 
+  _ownSubscriber() {
+    if (this._subscriber === null) {
+      this._subscriber = new Subscriber(this._options);
+      for (const event of ['message', 'pmessage', 'lost', 'error']) {
+        this._subscriber.on(event, (...args) => this.emit(event, ...args));
+      }
+    }
+    return this._subscriber;
+  }
+  subscribe(channels, listener, bufferMode = false) {
+    return this._ownSubscriber().subscribe(channels, listener, bufferMode);
+  }
+  pSubscribe(patterns, listener, bufferMode = false) {
+    return this._ownSubscriber().pSubscribe(patterns, listener, bufferMode);
+  }
+  unsubscribe(channels, listener, bufferMode = false) {
+    return this._ownSubscriber().unsubscribe(channels, listener, bufferMode);
+  }
+  pUnsubscribe(patterns, listener, bufferMode = false) {
+    return this._ownSubscriber().pUnsubscribe(patterns, listener, bufferMode);
+  }
+  psubscribe(patterns, listener, bufferMode = false) {
+    return this.pSubscribe(patterns, listener, bufferMode);
+  }
+  punsubscribe(patterns, listener, bufferMode = false) {
+    return this.pUnsubscribe(patterns, listener, bufferMode);
+  }
+
   // A subscriber of its own on the same bus (node-redis: client.duplicate()).
   subscriber() {
     return new Subscriber(this._options);
@@ -278,6 +323,7 @@ class Bus {
   async quit() {
     this.isOpen = false;
     this._native.close();
+    if (this._subscriber !== null) await this._subscriber.quit();
   }
 
   disconnect() {

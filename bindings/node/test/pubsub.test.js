@@ -181,3 +181,23 @@ test('a process exits by itself once nothing is subscribed, not before', async (
   assert.equal(code, 0);
   assert.match(child.output, /got now/);
 });
+
+test("node-redis v3 / ioredis style: a client subscribes without listeners and hears 'message' events", async () => {
+  const client = shmbus.createClient(daemon.options);
+  const got = [];
+  client.on('message', (channel, message) => got.push(['message', channel, message]));
+  client.on('pmessage', (pattern, channel, message) => got.push(['pmessage', pattern, channel, message]));
+  await client.subscribe('notifications');
+  await client.psubscribe('chat:*');
+  assert.equal(client.publish('notifications', 'n1'), 1);
+  assert.equal(client.publish('chat:1', 'c1'), 1);
+  await until(() => got.length === 2);
+  assert.deepEqual(got, [
+    ['message', 'notifications', 'n1'],
+    ['pmessage', 'chat:*', 'chat:1', 'c1'],
+  ]);
+  await client.unsubscribe();
+  await client.punsubscribe();
+  assert.equal(client.publish('notifications', 'n2'), 0);
+  await client.quit();
+});
