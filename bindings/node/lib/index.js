@@ -23,8 +23,16 @@ const SEQUENCE = 3;
 const LOST = 4;
 const FIELDS = 5;
 
-function nativeOptions(options = {}) {
-  return { bus: options.bus, socket: options.socket, clientName: options.clientName ?? options.name };
+function nativeOptions(options) {
+  const o = options ?? {};
+  if (typeof o !== 'object') throw new TypeError(`shmbus options must be an object, not ${typeof o}`);
+  const out = { bus: o.bus, socket: o.socket, clientName: o.clientName ?? o.name };
+  for (const [key, value] of Object.entries(out)) {
+    if (value !== undefined && typeof value !== 'string') {
+      throw new TypeError(`shmbus option ${key} must be a string, not ${typeof value}`);
+    }
+  }
+  return out;
 }
 
 function asList(names, what) {
@@ -97,6 +105,19 @@ class Listeners {
   anyBuffers() {
     for (const entry of this.byKey.values()) if (entry.buffers.size > 0) return true;
     return false;
+  }
+}
+
+// A listener's exception goes to 'uncaughtException' once the call returns, without
+// costing the rest of the batch (messages already taken from the subscription) or the
+// other listeners of the same message.
+function call(listener, a, b) {
+  try {
+    listener(a, b);
+  } catch (error) {
+    process.nextTick(() => {
+      throw error;
+    });
   }
 }
 
@@ -185,8 +206,10 @@ class Subscriber extends EventEmitter {
   }
 
   async _drop(listeners, names, listener, bufferMode, what, call) {
-    const list = names === undefined ? listeners.names() : asList(names, what);
-    const gone = list.filter((name) => listeners.remove(name, listener, bufferMode));
+    // No names: every one, whatever listener is given (as node-redis).
+    const all = names === undefined || (Array.isArray(names) && names.length === 0);
+    const list = all ? listeners.names() : asList(names, what);
+    const gone = list.filter((name) => listeners.remove(name, all ? undefined : listener, bufferMode));
     this._updateMode();
     if (gone.length > 0 && this._native !== null) this._native[call](gone);
   }
@@ -212,7 +235,7 @@ class Subscriber extends EventEmitter {
   _deliver(batch) {
     const names = this._names;
     const events = this.listenerCount('message') + this.listenerCount('pmessage') > 0;
-    for (let i = 0; i < batch.length; i += FIELDS) {
+    for (let i = 0; i < batch.length && this.isOpen; i += FIELDS) {
       const pattern = batch[i + PATTERN];
       const channel = names.of(batch[i + CHANNEL]);
       const data = batch[i + DATA];
@@ -220,18 +243,18 @@ class Subscriber extends EventEmitter {
       if (entry !== undefined) {
         if (entry.buffers.size > 0) {
           const d = typeof data === 'string' ? Buffer.from(data) : data;
-          for (const listener of entry.buffers) listener(d, channel.buffer);
+          for (const listener of entry.buffers) call(listener, d, channel.buffer);
         }
         if (entry.strings.size > 0) {
           const d = typeof data === 'string' ? data : data.toString();
-          for (const listener of entry.strings) listener(d, channel.text);
+          for (const listener of entry.strings) call(listener, d, channel.text);
         }
       }
       const lost = batch[i + LOST];
-      if (lost > 0) this.emit('lost', { channel: channel.text, lost, sequence: batch[i + SEQUENCE] });
+      if (lost > 0) call(() => this.emit('lost', { channel: channel.text, lost, sequence: batch[i + SEQUENCE] }));
       if (events) {
-        if (pattern === null) this.emit('message', channel.text, data);
-        else this.emit('pmessage', names.of(pattern).text, channel.text, data);
+        if (pattern === null) call(() => this.emit('message', channel.text, data));
+        else call(() => this.emit('pmessage', names.of(pattern).text, channel.text, data));
       }
     }
   }
@@ -310,6 +333,11 @@ class Bus extends EventEmitter {
 
   // A subscriber of its own on the same bus (node-redis: client.duplicate()).
   subscriber() {
+    if (!this.isOpen) {
+      const error = new Error('this shmbus connection was closed: connect again with shmbus.connect()');
+      error.code = 'SHMBUS_ECLOSED';
+      throw error;
+    }
     return new Subscriber(this._options);
   }
   duplicate() {

@@ -58,15 +58,25 @@ Napi::Error error_of(Napi::Env env, int status) {
 
 // The bytes of a name or payload given as a string (UTF-8) or a Buffer / typed array.
 // False, with a TypeError pending, for anything else.
+// A typed array's bytes, in place: napi_get_typedarray_info's data already includes the
+// view's offset and, unlike ArrayBuffer().Data(), works for a SharedArrayBuffer's views.
+void view_of(const Napi::Value& value, const char*& data, size_t& len) {
+  void* p = nullptr;
+  napi_get_typedarray_info(value.Env(), value, nullptr, nullptr, &p, nullptr, nullptr);
+  data = static_cast<const char*>(p);
+  len = p == nullptr ? 0 : value.As<Napi::TypedArray>().ByteLength();
+}
+
 bool bytes_of(const Napi::Value& value, const char* what, std::string& out) {
   if (value.IsString()) {
     out = value.As<Napi::String>().Utf8Value();
     return true;
   }
   if (value.IsTypedArray()) {
-    const Napi::TypedArray array = value.As<Napi::TypedArray>();
-    const auto* data = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
-    out.assign(data, array.ByteLength());
+    const char* data = nullptr;
+    size_t len = 0;
+    view_of(value, data, len);
+    out.assign(data == nullptr ? "" : data, len);
     return true;
   }
   Napi::TypeError::New(value.Env(), std::string(what) + " must be a string or a Buffer")
@@ -159,9 +169,9 @@ class Bus : public Napi::ObjectWrap<Bus> {
     size_t len = 0;
     std::string text;
     if (info[1].IsTypedArray()) {
-      const Napi::TypedArray array = info[1].As<Napi::TypedArray>();
-      data = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
-      len = array.ByteLength();
+      const char* bytes = nullptr;
+      view_of(info[1], bytes, len);
+      data = bytes;
     } else {
       if (!bytes_of(info[1], "message", text)) return env.Undefined();
       data = text.data();
@@ -240,6 +250,16 @@ class Bus : public Napi::ObjectWrap<Bus> {
   shmbus_bus* bus_ = nullptr;  // owned; used on the JavaScript thread only
 };
 
+class Subscriber;
+// The poll handle, apart from its Subscriber: it outlives it until uv_close's callback, and
+// an async cleanup hook makes a worker's teardown wait for that callback (which is code of
+// this addon, unloaded right after).
+struct Watch {
+  uv_poll_t poll;
+  Subscriber* owner = nullptr;
+  napi_async_cleanup_hook_handle hook = nullptr;
+};
+
 class Subscriber : public Napi::ObjectWrap<Subscriber> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -262,8 +282,10 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
           .ThrowAsJavaScriptException();
       return;
     }
-    on_batch_ = Napi::Persistent(info[1].As<Napi::Function>());
-    on_error_ = Napi::Persistent(info[2].As<Napi::Function>());
+    // Kept on the wrapper, not in persistent references: those would keep the wrapper (via
+    // the closures over the JavaScript Subscriber) alive forever.
+    info.This().As<Napi::Object>().Set("onBatch", info[1]);
+    info.This().As<Napi::Object>().Set("onError", info[2]);
     Options options(info[0]);
     int status = shmbus_sub_open(&options.c, &sub_);
     int fd = -1;
@@ -274,17 +296,19 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     }
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
-    poll_ = new uv_poll_t;
-    poll_->data = this;
-    if (uv_poll_init(loop, poll_, fd) != 0) {
+    poll_ = new Watch;
+    poll_->poll.data = poll_;
+    poll_->owner = this;
+    if (uv_poll_init(loop, &poll_->poll, fd) != 0) {
       delete poll_;
       poll_ = nullptr;
       Napi::Error::New(env, "uv_poll_init failed on the subscription's descriptor")
           .ThrowAsJavaScriptException();
       return;
     }
-    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // nothing subscribed yet
-    uv_poll_start(poll_, UV_READABLE, &Subscriber::OnReadable);
+    napi_add_async_cleanup_hook(env, &Subscriber::OnTeardown, poll_, &poll_->hook);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->poll));  // nothing subscribed yet
+    uv_poll_start(&poll_->poll, UV_READABLE, &Subscriber::OnReadable);
   }
   ~Subscriber() override { Release(); }
 
@@ -293,14 +317,24 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
   // then the subscription, whose descriptor the watch was on.
   void Release() {
     if (poll_ != nullptr) {
-      uv_poll_stop(poll_);
-      poll_->data = nullptr;
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_),
-               [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+      uv_poll_stop(&poll_->poll);
+      poll_->owner = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll_->poll), [](uv_handle_t* handle) {
+        auto* watch = static_cast<Watch*>(handle->data);
+        if (watch->hook != nullptr) napi_remove_async_cleanup_hook(watch->hook);
+        delete watch;
+      });
       poll_ = nullptr;
     }
     shmbus_sub_close(sub_);
     sub_ = nullptr;
+  }
+
+  // A worker's teardown: close now; the teardown waits for uv_close's callback.
+  static void OnTeardown(napi_async_cleanup_hook_handle handle, void* arg) {
+    auto* watch = static_cast<Watch*>(arg);
+    watch->hook = handle;
+    if (watch->owner != nullptr) watch->owner->Release();
   }
 
   bool open(Napi::Env env) {
@@ -318,9 +352,9 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     if (poll_ == nullptr) return;
     const bool holding = shmbus_sub_count(sub_) > 0;
     if (holding)
-      uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+      uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->poll));
     else
-      uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+      uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->poll));
     if (holding && !pinned_) Ref();
     if (!holding && pinned_) Unref();
     pinned_ = holding;
@@ -392,12 +426,19 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
 
   // Readable: drain up to a batch, then one call into JavaScript.
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
-    auto* self = static_cast<Subscriber*>(handle->data);
+    auto* self = static_cast<Watch*>(handle->data)->owner;
     if (self == nullptr || self->sub_ == nullptr) return;
     const Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
+    // A terminating worker's loop still runs (its last turns, then its cleanup's): no
+    // JavaScript can run there, and taking messages would only lose them.
+    if (!CanRunJs(env)) {
+      uv_poll_stop(handle);
+      return;
+    }
+    const Napi::Object wrapper = self->Value();
     if (status < 0) {
-      self->on_error_.Call({Napi::Error::New(env, uv_strerror(status)).Value()});
+      Call(env, wrapper, "onError", Napi::Error::New(env, uv_strerror(status)).Value());
       return;
     }
     Napi::Array batch = Napi::Array::New(env);
@@ -417,12 +458,24 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     if (result != SHMBUS_OK && result != SHMBUS_NO_MESSAGE) error = error_of(env, result).Value();
     // An exception thrown by a listener goes where Node sends any callback's: to
     // 'uncaughtException' (which ends the process unless handled).
-    if (at > 0) self->on_batch_.MakeCallback(self->Value(), {batch});
+    if (at > 0) Call(env, wrapper, "onBatch", batch);
+    if (!error.IsNull() && self->sub_ != nullptr) Call(env, wrapper, "onError", error);
+  }
+  // Whether JavaScript can run: a call that checks it (napi_set_named_property, unlike
+  // the creation of a value) fails while the environment is stopping.
+  static bool CanRunJs(napi_env env) {
+    napi_value object, value;
+    if (napi_create_object(env, &object) != napi_ok || napi_get_undefined(env, &value) != napi_ok)
+      return false;
+    return napi_set_named_property(env, object, "probe", value) == napi_ok;
+  }
+  // wrapper[name](argument); what it throws goes to 'uncaughtException'. Nothing if the
+  // environment stops meanwhile (Get then fails, and so does the call).
+  static void Call(Napi::Env env, const Napi::Object& wrapper, const char* name,
+                   const Napi::Value& argument) {
+    const Napi::Value function = wrapper.Get(name);
+    if (function.IsFunction()) function.As<Napi::Function>().MakeCallback(wrapper, {argument});
     RaisePending(env);
-    if (!error.IsNull() && self->sub_ != nullptr) {
-      self->on_error_.MakeCallback(self->Value(), {error});
-      RaisePending(env);
-    }
   }
   static void RaisePending(Napi::Env env) {
     if (!env.IsExceptionPending()) return;
@@ -431,11 +484,9 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
   }
 
   shmbus_sub* sub_ = nullptr;  // owned; used on the JavaScript thread only
-  uv_poll_t* poll_ = nullptr;  // owned until uv_close's callback frees it
+  Watch* poll_ = nullptr;      // owned until uv_close's callback frees it
   bool buffers_ = false;       // Buffers instead of strings in batches
   bool pinned_ = false;        // Ref() held while something is subscribed
-  Napi::FunctionReference on_batch_;
-  Napi::FunctionReference on_error_;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -4,6 +4,7 @@
 // itself once nothing is subscribed.
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
+const path = require('node:path');
 const { after, before, test } = require('node:test');
 const shmbus = require('..');
 const { startDaemon, until } = require('./daemon');
@@ -134,7 +135,8 @@ test('errors carry the library message and a code', async () => {
     message: /no shmbusd answers on/,
   });
   const sub = bus.subscriber();
-  await assert.rejects(sub.subscribe('x'), TypeError); // no listener
+  await assert.rejects(sub.subscribe('x', 42), TypeError); // a listener that is no function
+  assert.throws(() => shmbus.connect({ bus: 5 }), { name: 'TypeError', message: /option bus must be a string/ });
   await assert.rejects(sub.pSubscribe('', () => {}), { code: 'SHMBUS_EINVAL', message: /1 to 1024 bytes/ });
   await sub.quit();
   await assert.rejects(sub.subscribe('x', () => {}), { code: 'SHMBUS_ECLOSED' });
@@ -200,4 +202,85 @@ test("node-redis v3 / ioredis style: a client subscribes without listeners and h
   await client.punsubscribe();
   assert.equal(client.publish('notifications', 'n2'), 0);
   await client.quit();
+});
+
+test('a throwing listener costs neither the rest of its batch nor the other listeners', async () => {
+  // In a process of its own: the test runner takes 'uncaughtException' for itself.
+  const child = node(`
+    const bus = require('..').connect();
+    const sub = bus.subscriber();
+    const first = [], second = [], thrown = [];
+    process.on('uncaughtException', (error) => thrown.push(error.message));
+    (async () => {
+      await sub.subscribe('throwing', (m) => {
+        first.push(m);
+        if (m === '2') throw new Error('listener failed on 2');
+      });
+      await sub.subscribe('throwing', (m) => second.push(m));
+      for (let i = 0; i < 10; i += 1) bus.publish('throwing', String(i));
+      const wait = setInterval(() => {
+        if (second.length < 10 || thrown.length < 1) return;
+        clearInterval(wait);
+        console.log(JSON.stringify({ first: first.length, second: second.length, thrown }));
+        sub.quit();
+      }, 5);
+    })();`);
+  const { code } = await child.exited;
+  assert.equal(code, 0);
+  assert.deepEqual(JSON.parse(child.output), { first: 10, second: 10, thrown: ['listener failed on 2'] });
+});
+
+test('views of a SharedArrayBuffer publish their bytes, as any typed array', async () => {
+  const sub = bus.subscriber();
+  const got = [];
+  await sub.subscribe('shared', (m) => got.push(m), true);
+  const shared = new Uint8Array(new SharedArrayBuffer(16));
+  shared.set([1, 2, 3, 4, 5, 6, 7, 8], 4);
+  assert.equal(bus.publish('shared', shared.subarray(4, 8)), 1);
+  assert.equal(bus.publish(Buffer.from(shared.buffer, 4, 2), Buffer.from(shared.buffer, 6, 2)), 0);
+  await until(() => got.length === 1);
+  assert.deepEqual(got[0], Buffer.from([1, 2, 3, 4]));
+  await sub.quit();
+});
+
+test('unsubscribe() without names drops every channel, whatever listener is given', async () => {
+  const sub = bus.subscriber();
+  const listener = () => {};
+  await sub.subscribe(['all:1', 'all:2'], listener);
+  await sub.subscribe('all:3', () => {});
+  await sub.unsubscribe(undefined, listener);
+  assert.equal(sub.subscriptionCount, 0);
+  await sub.quit();
+});
+
+test('worker threads with subscribers end, or are terminated mid-stream, without harm', async () => {
+  // The main thread never loads the addon here: a worker's teardown must wait for the
+  // addon's last libuv callback before the addon is unloaded.
+  const child = node(`
+    const { Worker } = require('node:worker_threads');
+    const code = "const { parentPort } = require('node:worker_threads');" +
+      "const bus = require('${path.join(__dirname, '..').replace(/\\/g, '/')}').connect();" +
+      "const sub = bus.subscriber(); let n = 0;" +
+      "sub.subscribe('w', () => { n += 1; }).then(() => parentPort.postMessage('ready'));" +
+      "parentPort.on('message', async (m) => { if (m === 'stop') { await sub.unsubscribe(); parentPort.close(); } });";
+    const { spawnSync } = require('node:child_process');
+    (async () => {
+      for (let round = 0; round < 6; round += 1) {
+        const worker = new Worker(code, { eval: true });
+        await new Promise((resolve) => worker.once('message', resolve));
+        // A publisher process keeps the channel busy while the worker goes.
+        const publisher = require('node:child_process').spawn(process.execPath, ['-e',
+          "const b = require('${path.join(__dirname, '..').replace(/\\/g, '/')}').connect();" +
+          "for (let i = 0; i < 20000; i += 1) b.publish('w', 'x');"], { stdio: 'inherit' });
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        if (round % 2 === 0) await worker.terminate();
+        else { worker.postMessage('stop'); await new Promise((resolve) => worker.once('exit', resolve)); }
+        await new Promise((resolve) => publisher.once('exit', resolve));
+      }
+      console.log('survived');
+    })();`);
+  const { code, signal } = await child.exited;
+  assert.equal(signal, null);
+  assert.equal(code, 0);
+  assert.match(child.output, /survived/);
 });
