@@ -15,13 +15,14 @@ const path = require('node:path');
 
 const native = require(path.join(__dirname, '..', 'build', 'Release', 'shmbus.node'));
 
-// The index of each field of a message in a native batch (see kFieldsPerMessage).
+// A message's numbers in a native batch's meta array (src/addon.cc, OnReadable).
 const CHANNEL = 0;
 const PATTERN = 1;
-const DATA = 2;
-const SEQUENCE = 3;
-const LOST = 4;
-const FIELDS = 5;
+const OFFSET = 2;
+const LENGTH = 3;
+const SEQUENCE = 4;
+const LOST = 5;
+const META = 6;
 
 function nativeOptions(options) {
   const o = options ?? {};
@@ -129,6 +130,8 @@ class Subscriber extends EventEmitter {
     this._channels = new Listeners();
     this._patterns = new Listeners();
     this._names = new Names();
+    this._byNumber = []; // a batch's name number -> { key, text, buffer }
+    this._eventBuffers = false;
     this.isOpen = true;
   }
 
@@ -146,15 +149,16 @@ class Subscriber extends EventEmitter {
     if (this._native === null) {
       this._native = new native.Subscriber(
         nativeOptions(this._options),
-        (batch) => this._deliver(batch),
+        (data, meta, names, reset) => this._deliver(data, meta, names, reset),
         (error) => this.emit('error', error),
       );
     }
     return this._native;
   }
 
+  // 'message' / 'pmessage' events carry Buffers once any listener is in buffer mode.
   _updateMode() {
-    if (this._native !== null) this._native.setBuffers(this._channels.anyBuffers() || this._patterns.anyBuffers());
+    this._eventBuffers = this._channels.anyBuffers() || this._patterns.anyBuffers();
   }
 
   // SUBSCRIBE: listener(message, channel) for each message of these channels; with
@@ -232,29 +236,45 @@ class Subscriber extends EventEmitter {
     return this.quit();
   }
 
-  _deliver(batch) {
-    const names = this._names;
+  // A batch (src/addon.cc, OnReadable): payloads are read out of `data` only for the
+  // listeners that want them; a Buffer given to a buffer-mode listener is a view of the
+  // batch's `data`, shared with the other messages of that batch.
+  _deliver(data, meta, names, reset) {
+    if (reset) this._byNumber = [];
+    const byNumber = this._byNumber;
+    for (let i = 0; i < names.length; i += 2) {
+      const key = names[i + 1];
+      const name = this._names.of(key);
+      byNumber[names[i]] = { key, text: name.text, buffer: name.buffer };
+    }
     const events = this.listenerCount('message') + this.listenerCount('pmessage') > 0;
-    for (let i = 0; i < batch.length && this.isOpen; i += FIELDS) {
-      const pattern = batch[i + PATTERN];
-      const channel = names.of(batch[i + CHANNEL]);
-      const data = batch[i + DATA];
-      const entry = pattern === null ? this._channels.byKey.get(batch[i + CHANNEL]) : this._patterns.byKey.get(pattern);
+    for (let i = 0; i < meta.length && this.isOpen; i += META) {
+      const channel = byNumber[meta[i + CHANNEL]];
+      const p = meta[i + PATTERN];
+      const pattern = p < 0 ? null : byNumber[p];
+      const start = meta[i + OFFSET];
+      const end = start + meta[i + LENGTH];
+      let text;
+      let buffer;
+      const entry = pattern === null ? this._channels.byKey.get(channel.key) : this._patterns.byKey.get(pattern.key);
       if (entry !== undefined) {
         if (entry.buffers.size > 0) {
-          const d = typeof data === 'string' ? Buffer.from(data) : data;
-          for (const listener of entry.buffers) call(listener, d, channel.buffer);
+          buffer = data.subarray(start, end);
+          for (const listener of entry.buffers) call(listener, buffer, channel.buffer);
         }
         if (entry.strings.size > 0) {
-          const d = typeof data === 'string' ? data : data.toString();
-          for (const listener of entry.strings) call(listener, d, channel.text);
+          text = data.toString('utf8', start, end);
+          for (const listener of entry.strings) call(listener, text, channel.text);
         }
       }
-      const lost = batch[i + LOST];
-      if (lost > 0) call(() => this.emit('lost', { channel: channel.text, lost, sequence: batch[i + SEQUENCE] }));
+      const lost = meta[i + LOST];
+      if (lost > 0) call(() => this.emit('lost', { channel: channel.text, lost, sequence: meta[i + SEQUENCE] }));
       if (events) {
-        if (pattern === null) call(() => this.emit('message', channel.text, data));
-        else call(() => this.emit('pmessage', names.of(pattern).text, channel.text, data));
+        const payload = this._eventBuffers
+          ? (buffer ?? data.subarray(start, end))
+          : (text ?? data.toString('utf8', start, end));
+        if (pattern === null) call(() => this.emit('message', channel.text, payload));
+        else call(() => this.emit('pmessage', pattern.text, channel.text, payload));
       }
     }
   }

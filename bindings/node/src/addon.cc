@@ -12,7 +12,10 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -23,9 +26,12 @@ namespace {
 // so the loop comes back to it on its next turn.
 constexpr size_t kBatchMessages = 1024;
 
-// The fields each message occupies in a batch array: channel and pattern (null for a
-// "message") as latin1 strings, data, sequence, lost.
-constexpr size_t kFieldsPerMessage = 5;
+// A batch also stops once its payloads pass this many bytes, so it holds at most one
+// large message more than that.
+constexpr size_t kBatchBytes = 4 << 20;
+
+// Distinct names a subscriber numbers before it starts over (see OnReadable).
+constexpr size_t kMaxNames = 4096;
 
 // The code JavaScript sees in error.code for a C API status.
 const char* code_name(int status) {
@@ -269,12 +275,11 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
          InstanceMethod<&Subscriber::Psubscribe>("psubscribe"),
          InstanceMethod<&Subscriber::Unsubscribe>("unsubscribe"),
          InstanceMethod<&Subscriber::Punsubscribe>("punsubscribe"),
-         InstanceMethod<&Subscriber::SetBuffers>("setBuffers"),
          InstanceMethod<&Subscriber::Count>("count"), InstanceMethod<&Subscriber::Close>("close")});
   }
 
-  // new Subscriber(options, onBatch, onError): onBatch(array) gets each batch of messages
-  // (kFieldsPerMessage entries each), onError(error) a failure of the delivery.
+  // new Subscriber(options, onBatch, onError): onBatch(data, meta, names, reset) gets the
+  // batches (see OnReadable), onError(error) a failure of the delivery.
   explicit Subscriber(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Subscriber>(info) {
     const Napi::Env env = info.Env();
     if (!info[1].IsFunction() || !info[2].IsFunction()) {
@@ -396,11 +401,6 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     });
   }
 
-  // setBuffers(true): payloads arrive as Buffers; false: as strings (UTF-8).
-  Napi::Value SetBuffers(const Napi::CallbackInfo& info) {
-    buffers_ = info[0].ToBoolean().Value();
-    return info.Env().Undefined();
-  }
   Napi::Value Count(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), sub_ ? static_cast<double>(shmbus_sub_count(sub_)) : 0.0);
   }
@@ -411,20 +411,13 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     return info.Env().Undefined();
   }
 
-  // A payload: a Buffer, or a string decoded as UTF-8.
-  Napi::Value Payload(Napi::Env env, const void* data, size_t len) const {
-    if (buffers_) return Napi::Buffer<char>::Copy(env, static_cast<const char*>(data), len);
-    return Napi::String::New(env, static_cast<const char*>(data), len);
-  }
-  // A name as a latin1 string: one character per byte, so any bytes round-trip and the
-  // JavaScript side keys its listener maps by it without decoding.
-  static Napi::Value Name(Napi::Env env, const char* data, size_t len) {
-    napi_value out;
-    napi_create_string_latin1(env, data, len, &out);
-    return Napi::Value(env, out);
-  }
-
-  // Readable: drain up to a batch, then one call into JavaScript.
+  // Readable: drain up to a batch, then one call into JavaScript with all of it:
+  // onBatch(data, meta, names, reset). `data` is one Buffer holding the payloads back to
+  // back; `meta` a Float64Array of kMetaPerMessage numbers per message (channel number,
+  // pattern number or -1, payload offset and length in `data`, sequence, lost before);
+  // `names` the [number, latin1 name] pairs first seen in this batch (a name crosses once,
+  // not per message); `reset` says the numbering started over. So a message costs no
+  // JavaScript object of its own until a listener asks for its payload.
   static void OnReadable(uv_poll_t* handle, int status, int /*events*/) {
     auto* self = static_cast<Watch*>(handle->data)->owner;
     if (self == nullptr || self->sub_ == nullptr) return;
@@ -438,28 +431,59 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     }
     const Napi::Object wrapper = self->Value();
     if (status < 0) {
-      Call(env, wrapper, "onError", Napi::Error::New(env, uv_strerror(status)).Value());
+      Call(env, wrapper, "onError", {Napi::Error::New(env, uv_strerror(status)).Value()});
       return;
     }
-    Napi::Array batch = Napi::Array::New(env);
-    uint32_t at = 0;
+    std::string& bytes = self->bytes_;
+    std::vector<double>& meta = self->meta_;
+    bytes.clear();
+    meta.clear();
+    Napi::Array fresh = Napi::Array::New(env);
+    uint32_t fresh_at = 0;
+    const bool reset = self->name_ids_.size() > kMaxNames;
+    if (reset) self->name_ids_.clear();
+    const auto number = [&](const char* name, size_t len) -> double {
+      const auto [it, added] =
+          self->name_ids_.try_emplace(std::string(name, len), self->name_ids_.size());
+      if (added) {
+        fresh.Set(fresh_at++, Napi::Number::New(env, it->second));
+        fresh.Set(fresh_at++, Name(env, name, len));
+      }
+      return it->second;
+    };
     int result = SHMBUS_OK;
-    for (size_t n = 0; n < kBatchMessages; ++n) {
+    for (size_t n = 0; n < kBatchMessages && bytes.size() < kBatchBytes; ++n) {
       shmbus_message m;
       result = shmbus_next(self->sub_, 0, &m);
       if (result != SHMBUS_OK) break;
-      batch.Set(at++, Name(env, m.channel, m.channel_len));
-      batch.Set(at++, m.pattern_len == 0 ? env.Null() : Name(env, m.pattern, m.pattern_len));
-      batch.Set(at++, self->Payload(env, m.data, m.len));
-      batch.Set(at++, Napi::Number::New(env, static_cast<double>(m.sequence)));
-      batch.Set(at++, Napi::Number::New(env, static_cast<double>(m.lost_before)));
+      meta.push_back(number(m.channel, m.channel_len));
+      meta.push_back(m.pattern_len == 0 ? -1.0 : number(m.pattern, m.pattern_len));
+      meta.push_back(static_cast<double>(bytes.size()));
+      meta.push_back(static_cast<double>(m.len));
+      meta.push_back(static_cast<double>(m.sequence));
+      meta.push_back(static_cast<double>(m.lost_before));
+      bytes.append(static_cast<const char*>(m.data), m.len);
     }
     Napi::Value error = env.Null();
     if (result != SHMBUS_OK && result != SHMBUS_NO_MESSAGE) error = error_of(env, result).Value();
-    // An exception thrown by a listener goes where Node sends any callback's: to
-    // 'uncaughtException' (which ends the process unless handled).
-    if (at > 0) Call(env, wrapper, "onBatch", batch);
-    if (!error.IsNull() && self->sub_ != nullptr) Call(env, wrapper, "onError", error);
+    if (!meta.empty()) {
+      const Napi::Buffer<char> data = Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size());
+      Napi::ArrayBuffer numbers = Napi::ArrayBuffer::New(env, meta.size() * sizeof(double));
+      std::memcpy(numbers.Data(), meta.data(), meta.size() * sizeof(double));
+      // An exception thrown by a listener goes where Node sends any callback's: to
+      // 'uncaughtException' (which ends the process unless handled).
+      Call(env, wrapper, "onBatch",
+           {data, Napi::Float64Array::New(env, meta.size(), numbers, 0), fresh,
+            Napi::Boolean::New(env, reset)});
+    }
+    if (!error.IsNull() && self->sub_ != nullptr) Call(env, wrapper, "onError", {error});
+  }
+  // A name as a latin1 string: one character per byte, so any bytes round-trip and the
+  // JavaScript side keys its listener maps by it without decoding.
+  static Napi::Value Name(Napi::Env env, const char* data, size_t len) {
+    napi_value out;
+    napi_create_string_latin1(env, data, len, &out);
+    return Napi::Value(env, out);
   }
   // Whether JavaScript can run: a call that checks it (napi_set_named_property, unlike
   // the creation of a value) fails while the environment is stopping.
@@ -472,9 +496,9 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
   // wrapper[name](argument); what it throws goes to 'uncaughtException'. Nothing if the
   // environment stops meanwhile (Get then fails, and so does the call).
   static void Call(Napi::Env env, const Napi::Object& wrapper, const char* name,
-                   const Napi::Value& argument) {
+                   const std::initializer_list<napi_value>& arguments) {
     const Napi::Value function = wrapper.Get(name);
-    if (function.IsFunction()) function.As<Napi::Function>().MakeCallback(wrapper, {argument});
+    if (function.IsFunction()) function.As<Napi::Function>().MakeCallback(wrapper, arguments);
     RaisePending(env);
   }
   static void RaisePending(Napi::Env env) {
@@ -485,8 +509,12 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
 
   shmbus_sub* sub_ = nullptr;  // owned; used on the JavaScript thread only
   Watch* poll_ = nullptr;      // owned until uv_close's callback frees it
-  bool buffers_ = false;       // Buffers instead of strings in batches
   bool pinned_ = false;        // Ref() held while something is subscribed
+  // Names numbered for batches (see OnReadable), and the batch under construction; all
+  // used on the JavaScript thread only.
+  std::unordered_map<std::string, uint32_t> name_ids_;
+  std::string bytes_;
+  std::vector<double> meta_;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -284,3 +284,21 @@ test('worker threads with subscribers end, or are terminated mid-stream, without
   assert.equal(code, 0);
   assert.match(child.output, /survived/);
 });
+
+test('a pattern over more distinct channels than a batch numbers keeps every name right', async () => {
+  const sub = bus.subscriber();
+  const wrong = [];
+  let got = 0;
+  await sub.pSubscribe('many:*', (message, channel) => {
+    if (channel !== `many:${message}`) wrong.push([channel, message]);
+    got += 1;
+  });
+  const total = 10000; // past the 4,096 names a subscriber numbers before starting over
+  for (let sent = 0; sent < total; ) {
+    for (const end = sent + 500; sent < end; sent += 1) bus.publish(`many:${sent}`, String(sent));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  await until(() => got === total, 10000, `${total} messages`);
+  assert.deepEqual(wrong, []);
+  await sub.quit();
+});
