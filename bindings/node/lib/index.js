@@ -24,6 +24,9 @@ const SEQUENCE = 4;
 const LOST = 5;
 const META = 6;
 
+// Channel handles a Bus keeps open for publishing (see Bus.publish).
+const CHANNEL_CACHE = 1024;
+
 function nativeOptions(options) {
   const o = options ?? {};
   if (typeof o !== 'object') throw new TypeError(`shmbus options must be an object, not ${typeof o}`);
@@ -288,6 +291,9 @@ class Bus extends EventEmitter {
     super();
     this._options = options;
     this._subscriber = null;
+    // Open channels by name (string names only): a publish to one goes straight to its
+    // handle. Bounded: past CHANNEL_CACHE names the handles are closed and it starts over.
+    this._channels = new Map();
     this._native = new native.Bus(nativeOptions(options));
     this.isOpen = true;
     const bus = this;
@@ -310,7 +316,19 @@ class Bus extends EventEmitter {
   // PUBLISH: the number of subscriptions that receive it (by channel and by pattern).
   // Synchronous: a copy into shared memory; `await bus.publish(...)` works as with node-redis.
   publish(channel, message) {
-    return this._native.publish(channel, message);
+    if (typeof channel !== 'string' || !this.isOpen) return this._native.publish(channel, message);
+    let handle = this._channels.get(channel);
+    if (handle === undefined) {
+      if (this._channels.size >= CHANNEL_CACHE) this._closeChannels();
+      handle = this._native.openChannel(channel);
+      this._channels.set(channel, handle);
+    }
+    return handle.publish(message);
+  }
+
+  _closeChannels() {
+    for (const handle of this._channels.values()) handle.close();
+    this._channels.clear();
   }
 
   pubSubChannels(pattern) {
@@ -370,6 +388,7 @@ class Bus extends EventEmitter {
 
   async quit() {
     this.isOpen = false;
+    this._closeChannels();
     this._native.close();
     if (this._subscriber !== null) await this._subscriber.quit();
   }

@@ -138,14 +138,80 @@ struct Names {
   }
 };
 
+// How long a publish waits on a full back-pressure channel, as Bus::publish does.
+constexpr int64_t kPublishWaitNs = 5'000'000'000;
+
+// The payload of a publish: a typed array's bytes in place, else a string's UTF-8 in
+// `text`. False, with a TypeError pending, for anything else.
+bool payload_of(const Napi::Value& value, std::string& text, const char*& data, size_t& len) {
+  if (value.IsTypedArray()) {
+    view_of(value, data, len);
+    return true;
+  }
+  if (!bytes_of(value, "message", text)) return false;
+  data = text.data();
+  len = text.size();
+  return true;
+}
+
+// Per Node environment (main thread or worker): the Channel class, to make instances.
+struct AddonData {
+  Napi::FunctionReference channel_class;
+};
+
+// An open channel (Bus.openChannel): the publishing fast path, which lib/index.js keeps
+// per channel name, so a publish neither converts nor looks up the name.
+class Channel : public Napi::ObjectWrap<Channel> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(
+        env, "Channel",
+        {InstanceMethod<&Channel::Publish>("publish"), InstanceMethod<&Channel::Close>("close")});
+  }
+  explicit Channel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Channel>(info) {}
+  ~Channel() override { shmbus_channel_close(channel_); }
+  // Takes the handle (from shmbus_channel_open).
+  void Adopt(shmbus_channel* channel) { channel_ = channel; }
+
+ private:
+  // publish(message) -> receivers.
+  Napi::Value Publish(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (channel_ == nullptr) {
+      Napi::Error error = Napi::Error::New(env, "this shmbus connection is closed");
+      error.Set("code", Napi::String::New(env, "SHMBUS_ECLOSED"));
+      error.ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    std::string text;
+    const char* data = nullptr;
+    size_t len = 0;
+    if (!payload_of(info[0], text, data, len)) return env.Undefined();
+    uint32_t receivers = 0;
+    const int status = shmbus_channel_publish(channel_, data, len, kPublishWaitNs, &receivers);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, receivers);
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    shmbus_channel_close(channel_);
+    channel_ = nullptr;
+    return info.Env().Undefined();
+  }
+
+  shmbus_channel* channel_ = nullptr;  // owned; used on the JavaScript thread only
+};
+
 class Bus : public Napi::ObjectWrap<Bus> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(
         env, "Bus",
-        {InstanceMethod<&Bus::Publish>("publish"), InstanceMethod<&Bus::Channels>("channels"),
-         InstanceMethod<&Bus::Numsub>("numsub"), InstanceMethod<&Bus::Numpat>("numpat"),
-         InstanceMethod<&Bus::Close>("close")});
+        {InstanceMethod<&Bus::Publish>("publish"), InstanceMethod<&Bus::OpenChannel>("openChannel"),
+         InstanceMethod<&Bus::Channels>("channels"), InstanceMethod<&Bus::Numsub>("numsub"),
+         InstanceMethod<&Bus::Numpat>("numpat"), InstanceMethod<&Bus::Close>("close")});
   }
 
   explicit Bus(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Bus>(info) {
@@ -171,18 +237,10 @@ class Bus : public Napi::ObjectWrap<Bus> {
     // The payload is read in place when it is a Buffer: no copy before the ring's.
     std::string channel;
     if (!bytes_of(info[0], "channel", channel)) return env.Undefined();
-    const void* data = nullptr;
-    size_t len = 0;
     std::string text;
-    if (info[1].IsTypedArray()) {
-      const char* bytes = nullptr;
-      view_of(info[1], bytes, len);
-      data = bytes;
-    } else {
-      if (!bytes_of(info[1], "message", text)) return env.Undefined();
-      data = text.data();
-      len = text.size();
-    }
+    const char* data = nullptr;
+    size_t len = 0;
+    if (!payload_of(info[1], text, data, len)) return env.Undefined();
     uint32_t receivers = 0;
     const int status = shmbus_publish(bus_, channel.data(), channel.size(), data, len, &receivers);
     if (status != SHMBUS_OK) {
@@ -190,6 +248,23 @@ class Bus : public Napi::ObjectWrap<Bus> {
       return env.Undefined();
     }
     return Napi::Number::New(env, receivers);
+  }
+
+  // openChannel(name) -> Channel: opens (creating if need be) the channel for publishing.
+  Napi::Value OpenChannel(const Napi::CallbackInfo& info) {
+    const Napi::Env env = info.Env();
+    if (!open(env)) return env.Undefined();
+    std::string name;
+    if (!bytes_of(info[0], "channel", name)) return env.Undefined();
+    shmbus_channel* channel = nullptr;
+    const int status = shmbus_channel_open(bus_, name.data(), name.size(), &channel);
+    if (status != SHMBUS_OK) {
+      error_of(env, status).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Object out = env.GetInstanceData<AddonData>()->channel_class.New({});
+    Channel::Unwrap(out)->Adopt(channel);
+    return out;
   }
 
   // channels(pattern?) -> [Buffer]: PUBSUB CHANNELS.
@@ -518,6 +593,9 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData;
+  data->channel_class = Napi::Persistent(Channel::Define(env));
+  env.SetInstanceData(data);  // deleted with the environment
   exports.Set("Bus", Bus::Define(env));
   exports.Set("Subscriber", Subscriber::Define(env));
   return exports;

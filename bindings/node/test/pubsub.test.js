@@ -202,6 +202,7 @@ test("node-redis v3 / ioredis style: a client subscribes without listeners and h
   await client.punsubscribe();
   assert.equal(client.publish('notifications', 'n2'), 0);
   await client.quit();
+  assert.throws(() => client.publish('notifications', 'n3'), { code: 'SHMBUS_ECLOSED' });
 });
 
 test('a throwing listener costs neither the rest of its batch nor the other listeners', async () => {
