@@ -512,6 +512,7 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     std::string& bytes = self->bytes_;
     std::vector<double>& meta = self->meta_;
     bytes.clear();
+    if (bytes.capacity() == 0) bytes.reserve(64 << 10);  // given away with each batch
     meta.clear();
     Napi::Array fresh = Napi::Array::New(env);
     uint32_t fresh_at = 0;
@@ -542,7 +543,7 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     Napi::Value error = env.Null();
     if (result != SHMBUS_OK && result != SHMBUS_NO_MESSAGE) error = error_of(env, result).Value();
     if (!meta.empty()) {
-      const Napi::Buffer<char> data = Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size());
+      const Napi::Value data = TakeBytes(env, bytes);
       Napi::ArrayBuffer numbers = Napi::ArrayBuffer::New(env, meta.size() * sizeof(double));
       std::memcpy(numbers.Data(), meta.data(), meta.size() * sizeof(double));
       // An exception thrown by a listener goes where Node sends any callback's: to
@@ -552,6 +553,21 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
             Napi::Boolean::New(env, reset)});
     }
     if (!error.IsNull() && self->sub_ != nullptr) Call(env, wrapper, "onError", {error});
+  }
+  // The batch's payloads as a Buffer without copying them: the bytes move to the heap and
+  // the Buffer frees them when collected (a copy where a runtime refuses external
+  // buffers, as Electron's does). `bytes` is left empty.
+  static Napi::Value TakeBytes(Napi::Env env, std::string& bytes) {
+    auto* owned = new std::string(std::move(bytes));
+    bytes = std::string();
+    napi_value out;
+    const napi_status status = napi_create_external_buffer(
+        env, owned->size(), owned->data(),
+        [](napi_env, void*, void* hint) { delete static_cast<std::string*>(hint); }, owned, &out);
+    if (status == napi_ok) return Napi::Value(env, out);
+    const Napi::Value copy = Napi::Buffer<char>::Copy(env, owned->data(), owned->size());
+    delete owned;
+    return copy;
   }
   // A name as a latin1 string: one character per byte, so any bytes round-trip and the
   // JavaScript side keys its listener maps by it without decoding.
