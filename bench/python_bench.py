@@ -132,7 +132,15 @@ for _ in range(5):
     best = ns if best is None else min(best, ns)
 print(best)
 """
-    py = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    # Five fresh processes: a process's cost is bimodal on this kind of machine (runs of one
+    # build land near one of two values, ~640 or ~1,050 ns, whatever is run), so the
+    # fastest process is the binding's cost and the median says how often the slow mode came.
+    runs = sorted(
+        float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        for _ in range(5)
+    )
+    py = runs[0]
+    print(f"(Python publish + get_message, 5 processes: {', '.join(f'{r:.0f}' for r in runs)} ns)")
     cpp = None
     api_bench = os.path.join(build, "bench", "api_bench")
     if os.path.exists(api_bench):

@@ -1,0 +1,185 @@
+#!/usr/bin/env node
+'use strict';
+// Node publisher -> Node subscriber in two processes: the shmbus package against node-redis
+// (v4) + redis-server, in the same run (issue 16's benchmark).
+//
+//   node bench/node_bench.js BUILD_DIR [--quick]
+//
+// BUILD_DIR is the meson build directory the package in bindings/node was built against
+// (bindings/npm-test.sh BUILD_DIR bindings/node does both). For 64 B and 4 KiB:
+//   - throughput: the publisher sends as fast as it can, yielding to its loop every 1000
+//     messages (node-redis writes its pipeline then); rate = messages / the subscriber's
+//     time from first to last;
+//   - one-way latency: messages 200 us apart carrying process.hrtime.bigint() (the
+//     monotonic clock every process on the host shares); the subscriber subtracts on
+//     arrival: p50 / p99. Both subscribers wait in the event loop (no spinning).
+// Prints a Markdown table; exit 77 if redis-server or node-redis is missing.
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const packageDir = path.join(__dirname, '..', 'bindings', 'node');
+const SUBSCRIBER = `
+const [system, size, count, mode, port] = process.argv.slice(1);
+const total = Number(count);
+let got = 0, first = 0n, last = 0n;
+const lat = [];
+function onMessage(message) {
+  const now = process.hrtime.bigint();
+  if (got === 0) first = now;
+  last = now;
+  got += 1;
+  if (mode === 'latency') lat.push(Number(now - message.readBigUInt64LE(0)));
+  if (got === total) finish();
+}
+let idle;
+function finish() {
+  clearTimeout(idle);
+  process.stdout.write(JSON.stringify({ got, seconds: Number(last - first) / 1e9, lat }) + '\\n');
+  process.exit(0);
+}
+function watchdog() {  // a lapped (lossy) subscriber never sees the last messages
+  clearTimeout(idle);
+  idle = setTimeout(finish, 3000);
+}
+(async () => {
+  if (system === 'shmbus') {
+    const sub = require(${JSON.stringify(packageDir)}).connect().subscriber();
+    await sub.subscribe('bench', (m) => { onMessage(m); if (got % 1000 === 1) watchdog(); }, true);
+  } else {
+    const { createClient } = require(${JSON.stringify(path.join(packageDir, 'node_modules', 'redis'))});
+    const client = createClient({ socket: { port: Number(port) } });
+    await client.connect();
+    await client.subscribe('bench', (m) => { onMessage(m); if (got % 1000 === 1) watchdog(); }, true);
+  }
+  watchdog();
+  console.log('ready');
+})();
+`;
+
+function freePort() {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const yieldLoop = () => new Promise((resolve) => setImmediate(resolve));
+
+async function publisherFor(system, port) {
+  if (system === 'shmbus') {
+    const bus = require(packageDir).connect();
+    return { publish: (data) => bus.publish('bench', data), numsub: () => bus.pubsub.numsub('bench').bench, close: () => bus.quit() };
+  }
+  const { createClient } = require(path.join(packageDir, 'node_modules', 'redis'));
+  const client = createClient({ socket: { port } });
+  await client.connect();
+  return {
+    publish: (data) => client.publish('bench', data),
+    numsub: async () => (await client.pubSubNumSub('bench')).bench,
+    close: () => client.quit(),
+  };
+}
+
+async function runCase(system, size, count, mode, env, port) {
+  const sub = spawn(process.execPath, ['-e', SUBSCRIBER, system, String(size), String(count), mode, String(port)], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  sub.stdout.on('data', (d) => (out += d));
+  while (!out.includes('ready')) await sleep(5);
+  const publisher = await publisherFor(system, port);
+  while ((await publisher.numsub()) === 0) await sleep(5);
+  const payload = Buffer.alloc(size);
+  const pending = [];
+  for (let i = 0; i < count; i += 1) {
+    if (mode === 'latency') {
+      payload.writeBigUInt64LE(process.hrtime.bigint(), 0);
+      await publisher.publish(payload);
+      await yieldLoop();
+      const until = process.hrtime.bigint() + 200000n;
+      while (process.hrtime.bigint() < until);
+    } else {
+      // node-redis's publish is a promise (its pipeline is written when the loop turns);
+      // shmbus's returns the receivers at once, so there is nothing to collect.
+      const result = publisher.publish(payload);
+      if (system !== 'shmbus') pending.push(result);
+      if (i % 1000 === 999) {
+        await Promise.all(pending);
+        pending.length = 0;
+        await yieldLoop();
+      }
+    }
+  }
+  await Promise.all(pending);
+  await new Promise((resolve) => sub.once('exit', resolve));
+  await publisher.close();
+  return JSON.parse(out.trim().split('\n').pop());
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+async function main() {
+  const build = process.argv[2];
+  if (!build) {
+    console.log('usage: node bench/node_bench.js BUILD_DIR [--quick]');
+    return 2;
+  }
+  const quick = process.argv.includes('--quick');
+  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) {
+    console.log('SKIPPED: redis-server is not installed');
+    return 77;
+  }
+  if (!fs.existsSync(path.join(packageDir, 'node_modules', 'redis'))) {
+    console.log('SKIPPED: node-redis is missing: run bindings/npm-test.sh BUILD_DIR bindings/node first');
+    return 77;
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-nodebench-'));
+  const bus = `nodebench${process.pid}`;
+  const socket = path.join(dir, 'bus.sock');
+  fs.writeFileSync(path.join(dir, 'shmbusd.toml'), '[[channel]]\npattern = "bench"\nring_bytes = "8MiB"\n');
+  const daemon = spawn(path.join(build, 'daemon', 'shmbusd'), ['--bus', bus, '--socket', socket, '-c', path.join(dir, 'shmbusd.toml'), '--log-level', 'warn'], { stdio: 'inherit' });
+  const port = await freePort();
+  // No output-buffer limit for subscribers: Redis would disconnect one that falls behind.
+  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--client-output-buffer-limit', 'pubsub 0 0 0'], { stdio: 'ignore' });
+  process.env.SHMBUS_BUS = bus;
+  process.env.SHMBUS_SOCKET = socket;
+  await sleep(500);
+  const rows = [];
+  try {
+    for (const size of [64, 4096]) {
+      for (const system of ['shmbus', 'node-redis']) {
+        const n = quick ? 20000 : 200000;
+        const tp = await runCase(system, size, n, 'throughput', process.env, port);
+        const latency = await runCase(system, size, quick ? 500 : 3000, 'latency', process.env, port);
+        const lat = latency.lat.sort((a, b) => a - b);
+        rows.push({ size, system, got: tp.got, n, rate: tp.got / tp.seconds, p50: percentile(lat, 0.5) / 1000, p99: percentile(lat, 0.99) / 1000 });
+      }
+    }
+  } finally {
+    daemon.kill('SIGTERM');
+    server.kill('SIGTERM');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log('| payload | system | delivered (rest: lapped, counted lost) | throughput | one-way p50 | one-way p99 |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of rows) {
+    console.log(`| ${r.size} B | ${r.system} | ${r.got.toLocaleString('en')} of ${r.n.toLocaleString('en')} | ${(r.rate / 1000).toFixed(1)} k msg/s | ${r.p50.toFixed(1)} us | ${r.p99.toFixed(1)} us |`);
+  }
+  for (const size of [64, 4096]) {
+    const ours = rows.find((r) => r.size === size && r.system === 'shmbus');
+    const theirs = rows.find((r) => r.size === size && r.system === 'node-redis');
+    console.log(`\n${size} B: throughput ${(ours.rate / theirs.rate).toFixed(1)}x node-redis's, p50 ${(ours.p50 / theirs.p50).toFixed(3)}x of node-redis's`);
+  }
+  return 0;
+}
+
+main().then((code) => process.exit(code));
