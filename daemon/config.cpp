@@ -14,6 +14,7 @@
 #include <system_error>
 #include <utility>
 
+#include "byte_size.hpp"
 #include "glob.hpp"
 #include "layout.hpp"
 #include "ring.hpp"
@@ -144,40 +145,6 @@ std::string render(const toml::node& node) {
   }
   return type_name(node);
 }
-
-}  // namespace
-
-std::optional<uint64_t> parse_byte_size(std::string_view text, bool& overflow) {
-  overflow = false;
-  size_t i = 0;
-  uint64_t number = 0;
-  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-    const uint64_t digit = static_cast<uint64_t>(text[i] - '0');
-    if (number > (std::numeric_limits<uint64_t>::max() - digit) / 10) overflow = true;
-    number = number * 10 + digit;
-  }
-  if (i == 0) return std::nullopt;
-  std::string_view unit = text.substr(i);
-  if (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
-  uint64_t scale = 0;
-  if (unit == "B")
-    scale = 1;
-  else if (unit == "KiB")
-    scale = kKiB;
-  else if (unit == "MiB")
-    scale = kMiB;
-  else if (unit == "GiB")
-    scale = kGiB;
-  else
-    return std::nullopt;
-  if (overflow || number > std::numeric_limits<uint64_t>::max() / scale) {
-    overflow = true;
-    return std::nullopt;
-  }
-  return number * scale;
-}
-
-namespace {
 
 // Where each ring key of [defaults] or one [[channel]] was written, so cross-checks done
 // after the whole file is read still point at the right line.

@@ -148,11 +148,6 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// "512B", "64KiB", "1 MiB": digits, at most one space, a case-sensitive binary unit (B, KiB,
-// MiB, GiB). nullopt for anything else; `overflow` tells a well-formed but too large value
-// apart. Shared with shmbus-bridge's config, so both files accept the same sizes.
-std::optional<uint64_t> parse_byte_size(std::string_view text, bool& overflow);
-
 // Parses and validates `toml_text`; `source_name` (usually the file path) prefixes every
 // message and becomes Config::source. Throws ConfigError, and nothing else.
 Config parse_config(std::string_view toml_text, std::string_view source_name);

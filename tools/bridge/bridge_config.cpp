@@ -5,13 +5,15 @@
 #include <fstream>
 #include <sstream>
 
-#include "config.hpp"  // parse_byte_size: the same byte sizes as shmbusd.toml
+#include "byte_size.hpp"  // the same byte sizes as shmbusd.toml
 #include "glob.hpp"
 #include "naming.hpp"
 
 namespace shmbus::bridge {
 
-const char* mode_name(Mode mode) { return mode == Mode::kRaw ? "raw" : "envelope"; }
+const char* mode_name(Mode mode) {
+  return mode == Mode::kRaw ? "raw" : "envelope";
+}
 
 const Rule* BridgeConfig::first_match(const std::vector<Rule>& rules, std::string_view channel) {
   for (const auto& rule : rules)
@@ -54,8 +56,8 @@ class Parser {
       } else if (name == "export" || name == "import") {
         const toml::array* rules = node.as_array();
         if (rules == nullptr)
-          fail(key.source(), "'" + name + "' must be an array of tables: write [[" + name +
-                                 "]] once per rule");
+          fail(key.source(),
+               "'" + name + "' must be an array of tables: write [[" + name + "]] once per rule");
         for (size_t i = 0; i < rules->size(); ++i) {
           const toml::table* t = (*rules)[i].as_table();
           const std::string scope = name + "[" + std::to_string(i + 1) + "]";
@@ -92,15 +94,14 @@ class Parser {
     fail(node.source(), key + " must be a string (in quotes)");
   }
 
-  int64_t integer(const toml::node& node, const std::string& key, int64_t min,
-                  int64_t max) const {
+  int64_t integer(const toml::node& node, const std::string& key, int64_t min, int64_t max) const {
     const std::string accepted =
         "an integer from " + std::to_string(min) + " to " + std::to_string(max);
     auto v = node.as_integer();
     if (!v) fail(node.source(), key + " must be " + accepted);
     if (v->get() < min || v->get() > max)
-      fail(node.source(), key + " = " + std::to_string(v->get()) + " is out of range; accepted: " +
-                              accepted);
+      fail(node.source(),
+           key + " = " + std::to_string(v->get()) + " is out of range; accepted: " + accepted);
     return v->get();
   }
 
@@ -116,7 +117,7 @@ class Parser {
       if (v->get() > 0) return static_cast<uint64_t>(v->get());
     } else if (auto s = node.as_string()) {
       bool overflow = false;
-      if (auto b = daemon::parse_byte_size(s->get(), overflow); b && *b > 0) return *b;
+      if (auto b = parse_byte_size(s->get(), overflow); b && *b > 0) return *b;
     }
     fail(node.source(), key + " is not a positive byte size; " + std::string(forms));
   }
@@ -124,33 +125,55 @@ class Parser {
   void redis_key(BridgeConfig& c, const toml::key& k, const toml::node& v) const {
     const std::string key = "redis." + std::string(k.str());
     const std::string_view name = k.str();
-    if (name == "host") c.redis_host = string(v, key);
-    else if (name == "port") c.redis_port = static_cast<int>(integer(v, key, 1, 65535));
-    else if (name == "user") c.redis_user = string(v, key);
-    else if (name == "password") c.redis_password = string(v, key);
-    else if (name == "db") c.redis_db = static_cast<int>(integer(v, key, 0, 65535));
-    else if (name == "prefix") c.redis_prefix = string(v, key);
-    else if (name == "connect_timeout_ms") c.connect_timeout = millis(v, key);
-    else fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kRedisKeys));
+    if (name == "host")
+      c.redis_host = string(v, key);
+    else if (name == "port")
+      c.redis_port = static_cast<int>(integer(v, key, 1, 65535));
+    else if (name == "user")
+      c.redis_user = string(v, key);
+    else if (name == "password")
+      c.redis_password = string(v, key);
+    else if (name == "db")
+      c.redis_db = static_cast<int>(integer(v, key, 0, 65535));
+    else if (name == "prefix")
+      c.redis_prefix = string(v, key);
+    else if (name == "connect_timeout_ms")
+      c.connect_timeout = millis(v, key);
+    else
+      fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kRedisKeys));
   }
 
   void bridge_key(BridgeConfig& c, const toml::key& k, const toml::node& v) const {
     const std::string key = "bridge." + std::string(k.str());
     const std::string_view name = k.str();
-    if (name == "host_id") c.host_id = static_cast<uint16_t>(integer(v, key, 1, 65534));
-    else if (name == "queue_messages") c.queue_messages = static_cast<uint64_t>(integer(v, key, 1, 100'000'000));
-    else if (name == "queue_bytes") c.queue_bytes = bytes(v, key);
-    else if (name == "max_payload_bytes") c.max_payload_bytes = bytes(v, key);
-    else if (name == "interest_interval_ms") c.interest_interval = millis(v, key);
-    else if (name == "unsubscribe_linger_ms") c.unsubscribe_linger = millis(v, key);
-    else if (name == "heartbeat_interval_ms") c.heartbeat_interval = millis(v, key);
-    else if (name == "heartbeat_timeout_ms") c.heartbeat_timeout = millis(v, key);
-    else if (name == "backoff_initial_ms") c.backoff_initial = millis(v, key);
-    else if (name == "backoff_max_ms") c.backoff_max = millis(v, key);
-    else if (name == "stats_interval_ms") c.stats_interval = millis(v, key);
-    else if (name == "stream_scan_interval_ms") c.stream_scan_interval = millis(v, key);
-    else if (name == "state_file") c.state_file = string(v, key);
-    else fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kBridgeKeys));
+    if (name == "host_id")
+      c.host_id = static_cast<uint16_t>(integer(v, key, 1, 65534));
+    else if (name == "queue_messages")
+      c.queue_messages = static_cast<uint64_t>(integer(v, key, 1, 100'000'000));
+    else if (name == "queue_bytes")
+      c.queue_bytes = bytes(v, key);
+    else if (name == "max_payload_bytes")
+      c.max_payload_bytes = bytes(v, key);
+    else if (name == "interest_interval_ms")
+      c.interest_interval = millis(v, key);
+    else if (name == "unsubscribe_linger_ms")
+      c.unsubscribe_linger = millis(v, key);
+    else if (name == "heartbeat_interval_ms")
+      c.heartbeat_interval = millis(v, key);
+    else if (name == "heartbeat_timeout_ms")
+      c.heartbeat_timeout = millis(v, key);
+    else if (name == "backoff_initial_ms")
+      c.backoff_initial = millis(v, key);
+    else if (name == "backoff_max_ms")
+      c.backoff_max = millis(v, key);
+    else if (name == "stats_interval_ms")
+      c.stats_interval = millis(v, key);
+    else if (name == "stream_scan_interval_ms")
+      c.stream_scan_interval = millis(v, key);
+    else if (name == "state_file")
+      c.state_file = string(v, key);
+    else
+      fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kBridgeKeys));
   }
 
   Rule rule(const toml::table& t, const std::string& scope) const {
@@ -164,9 +187,12 @@ class Parser {
         has_pattern = true;
       } else if (name == "mode") {
         const std::string mode = string(v, key);
-        if (mode == "envelope") r.mode = Mode::kEnvelope;
-        else if (mode == "raw") r.mode = Mode::kRaw;
-        else fail(v.source(), key + " = \"" + mode + "\"; accepted: \"envelope\" or \"raw\"");
+        if (mode == "envelope")
+          r.mode = Mode::kEnvelope;
+        else if (mode == "raw")
+          r.mode = Mode::kRaw;
+        else
+          fail(v.source(), key + " = \"" + mode + "\"; accepted: \"envelope\" or \"raw\"");
       } else if (name == "durable") {
         auto b = v.as_boolean();
         if (!b) fail(v.source(), key + " must be true or false (without quotes)");
@@ -188,11 +214,13 @@ class Parser {
 
 void validate_bridge_config(const BridgeConfig& c) {
   if (c.host_id == 0 || c.host_id == kUnknownOrigin)
-    throw BridgeConfigError("bridge.host_id must be set to a number from 1 to 65534, unique "
-                            "among the hosts bridged through this Redis");
+    throw BridgeConfigError(
+        "bridge.host_id must be set to a number from 1 to 65534, unique "
+        "among the hosts bridged through this Redis");
   if (c.exports.empty() && c.imports.empty())
-    throw BridgeConfigError("no [[export]] or [[import]] rule: the bridge would relay nothing; "
-                            "add e.g. [[export]] pattern = \"chat:*\"");
+    throw BridgeConfigError(
+        "no [[export]] or [[import]] rule: the bridge would relay nothing; "
+        "add e.g. [[export]] pattern = \"chat:*\"");
   bool durable_import = false;
   for (const auto* rules : {&c.exports, &c.imports}) {
     for (const auto& r : *rules) {
@@ -208,16 +236,19 @@ void validate_bridge_config(const BridgeConfig& c) {
     }
   }
   if (durable_import && c.state_file.empty())
-    throw BridgeConfigError("a durable [[import]] rule needs bridge.state_file, where the bridge "
-                            "keeps the last stream entry it read so a restart resumes there");
+    throw BridgeConfigError(
+        "a durable [[import]] rule needs bridge.state_file, where the bridge "
+        "keeps the last stream entry it read so a restart resumes there");
   if (c.heartbeat_timeout <= c.heartbeat_interval)
-    throw BridgeConfigError("bridge.heartbeat_timeout_ms must exceed heartbeat_interval_ms, or "
-                            "every connection would be declared dead");
+    throw BridgeConfigError(
+        "bridge.heartbeat_timeout_ms must exceed heartbeat_interval_ms, or "
+        "every connection would be declared dead");
   if (c.backoff_max < c.backoff_initial)
     throw BridgeConfigError("bridge.backoff_max_ms must be at least backoff_initial_ms");
   if (c.max_payload_bytes > (512ull << 20))
-    throw BridgeConfigError("bridge.max_payload_bytes over 512 MiB: Redis refuses larger values "
-                            "(proto-max-bulk-len)");
+    throw BridgeConfigError(
+        "bridge.max_payload_bytes over 512 MiB: Redis refuses larger values "
+        "(proto-max-bulk-len)");
 }
 
 BridgeConfig parse_bridge_config(std::string_view toml_text, std::string_view source_name) {
