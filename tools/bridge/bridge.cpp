@@ -2,9 +2,10 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/socket.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,15 +17,13 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <set>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
-
-#include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "envelope.hpp"
 #include "glob.hpp"
@@ -120,7 +119,9 @@ uint64_t payload_hash(std::string_view s) {
 
 // ---- glob reasoning for interest ---------------------------------------------------------
 
-bool is_glob_special(char c) { return c == '*' || c == '?' || c == '[' || c == '\\'; }
+bool is_glob_special(char c) {
+  return c == '*' || c == '?' || c == '[' || c == '\\';
+}
 
 std::string_view literal_prefix(std::string_view glob) {
   size_t i = 0;
@@ -205,8 +206,8 @@ class OutboundQueue {
   uint64_t held_bytes() const { return buffer_.capacity() + packed_.capacity() * sizeof(Packed); }
 
   void push_back(const Item& item) {
-    packed_.push_back({item.rule, item.sequence, item.publish_unix_ns, item.key.size(),
-                       item.body.size()});
+    packed_.push_back(
+        {item.rule, item.sequence, item.publish_unix_ns, item.key.size(), item.body.size()});
     buffer_.append(item.key).append(item.body);
   }
   // Puts `first` (durable messages whose XADD was in flight on a broken link) ahead of
@@ -351,9 +352,9 @@ struct Bridge::Impl {
     if (wake_fd < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
     std::random_device seed;
     rng.seed(seed());
-    heartbeat_channel = config.redis_prefix + std::string(kStatsChannelPrefix) + "heartbeat:" +
-                        std::to_string(config.host_id) + ":" + std::to_string(getpid()) + ":" +
-                        std::to_string(rng());
+    heartbeat_channel = config.redis_prefix + std::string(kStatsChannelPrefix) +
+                        "heartbeat:" + std::to_string(config.host_id) + ":" +
+                        std::to_string(getpid()) + ":" + std::to_string(rng());
     pattern_prefix = escape_glob(config.redis_prefix);
     for (const auto& rule : config.exports) own_export_patterns.insert(rule.pattern);
     if (!config.exports.empty()) {
@@ -397,8 +398,8 @@ struct Bridge::Impl {
   BridgeConfig config;
   ConnectOptions local;
   std::shared_ptr<spdlog::logger> log;
-  Bus import_bus;    // Redis thread: publishes imports
-  Bus interest_bus;  // export thread: reads interest, publishes counters
+  Bus import_bus;           // Redis thread: publishes imports
+  Bus interest_bus;         // export thread: reads interest, publishes counters
   Subscription export_sub;  // export thread
   std::set<std::string> own_export_patterns;
   std::string heartbeat_channel;  // Redis name, under the reserved prefix
@@ -548,7 +549,6 @@ struct Bridge::Impl {
   std::string stats_channel() const {
     return std::string(kStatsChannelPrefix) + std::to_string(config.host_id);
   }
-
 
   // ---- the export thread: local ring -> Redis socket, interest, counters ----------------
   //
@@ -768,8 +768,8 @@ struct Bridge::Impl {
     }
     key_buffer.assign(config.redis_prefix).append(m.channel);
     const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
-    if (envelope) encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload,
-                                  body_buffer);
+    if (envelope)
+      encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload, body_buffer);
     const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
     // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
     // Durable messages always take the queue: send_queued() keeps a copy of each for a
@@ -932,7 +932,6 @@ struct Bridge::Impl {
     wake();
   }
 
-
   // ---- the Redis thread: the link, subscriptions, imports -------------------------------
 
   std::unique_ptr<RedisConnection> sub, streams;
@@ -965,8 +964,8 @@ struct Bridge::Impl {
   struct ImportRoute {
     std::optional<std::string> designated_pattern;  // nullopt: only the by-name copy
     const Rule* rule = nullptr;
-    Channel* channel = nullptr;                // in import_channels
-    OriginSequences* sequences = nullptr;      // in `sequences`
+    Channel* channel = nullptr;            // in import_channels
+    OriginSequences* sequences = nullptr;  // in `sequences`
   };
   std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
 
@@ -1019,8 +1018,8 @@ struct Bridge::Impl {
   }
 
   RedisEndpoint endpoint() const {
-    return {config.redis_host, config.redis_port, config.redis_user, config.redis_password,
-            config.redis_db, config.connect_timeout};
+    return {config.redis_host,     config.redis_port, config.redis_user,
+            config.redis_password, config.redis_db,   config.connect_timeout};
   }
 
   bool needs_stream_connection() const {
@@ -1041,10 +1040,9 @@ struct Bridge::Impl {
       ++failed_attempts;
       // Capped exponential backoff with jitter: bridges that lost the same Redis do not all
       // come back in the same millisecond.
-      const double base = std::min<double>(
-          static_cast<double>(config.backoff_max.count()),
-          static_cast<double>(config.backoff_initial.count()) *
-              std::pow(2.0, std::min(failed_attempts - 1, 30)));
+      const double base = std::min<double>(static_cast<double>(config.backoff_max.count()),
+                                           static_cast<double>(config.backoff_initial.count()) *
+                                               std::pow(2.0, std::min(failed_attempts - 1, 30)));
       const double jittered = base * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
       next_connect = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(jittered));
       if (failed_attempts == 1 || failed_attempts % 10 == 0)
@@ -1174,8 +1172,10 @@ struct Bridge::Impl {
       fds[n++] = c->poll_entry();
     }
     auto deadline = now + 50ms;
-    if (!sub) deadline = std::min(deadline, std::max(next_connect, now));
-    else deadline = heartbeat_deadline(deadline);
+    if (!sub)
+      deadline = std::min(deadline, std::max(next_connect, now));
+    else
+      deadline = heartbeat_deadline(deadline);
     if (streams && stream_command == StreamCommand::kNone && next_stream_read > now)
       deadline = std::min(deadline, next_stream_read);
     // Rounded up: rounded down, poll would wake just before the deadline and spin until it.
@@ -1196,8 +1196,10 @@ struct Bridge::Impl {
       if (revents & (POLLIN | POLLERR | POLLHUP)) {
         c->read();
         while (const redisReply* r = c->next_reply()) {
-          if (c == sub.get()) on_sub_reply(r);
-          else on_stream_reply(r);
+          if (c == sub.get())
+            on_sub_reply(r);
+          else
+            on_stream_reply(r);
           if (!sub) return;  // a reply handler disconnected
         }
       }
@@ -1237,8 +1239,8 @@ struct Bridge::Impl {
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
   // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
   // nothing. Each round is one command however many names change.
-  void diff_and_send(const NameSet& want, NameSet& sent,
-                     const char* subscribe, const char* unsubscribe, Clock::time_point now) {
+  void diff_and_send(const NameSet& want, NameSet& sent, const char* subscribe,
+                     const char* unsubscribe, Clock::time_point now) {
     std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
     for (const auto& name : want) {
       if (sent.insert(name).second) add.push_back(name);
@@ -1269,7 +1271,6 @@ struct Bridge::Impl {
   bool covered_by_sent(std::string_view channel) const {
     return sent_channels.count(channel) || any_glob_matches(sent_patterns, channel);
   }
-
 
   // ---- receiving ----
 
@@ -1448,9 +1449,10 @@ struct Bridge::Impl {
     }
     const auto quiet = now - (this_link ? newest.at : connected_at);
     if (quiet > 2 * config.heartbeat_timeout && !export_stall_logged) {
-      log->warn("the export thread has sent no heartbeat for {} ms: it is held up by the local "
-                "bus (shmbusd slow to answer?), not by Redis",
-                std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
+      log->warn(
+          "the export thread has sent no heartbeat for {} ms: it is held up by the local "
+          "bus (shmbusd slow to answer?), not by Redis",
+          std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
       export_stall_logged = true;
     }
     return false;
@@ -1884,10 +1886,14 @@ struct Bridge::Impl {
     for (size_t i = 0; well_formed && i + 1 < fields->elements; i += 2) {
       const std::string_view f = reply_text(fields->element[i]);
       const std::string_view v = reply_text(fields->element[i + 1]);
-      if (f == "payload") payload = v;
-      else if (f == "origin") well_formed = number(v, origin) && origin != 0 && origin <= 0xffff;
-      else if (f == "seq") well_formed = (has_sequence = number(v, seq));
-      else if (f == "ts") well_formed = number(v, ts);
+      if (f == "payload")
+        payload = v;
+      else if (f == "origin")
+        well_formed = number(v, origin) && origin != 0 && origin <= 0xffff;
+      else if (f == "seq")
+        well_formed = (has_sequence = number(v, seq));
+      else if (f == "ts")
+        well_formed = number(v, ts);
     }
     if (!well_formed || !payload) {
       drop(Drop::kCorruptEnvelope, 1, [&] {
@@ -1953,8 +1959,10 @@ struct Bridge::Impl {
     }
     std::error_code ec;
     std::filesystem::rename(tmp, config.state_file, ec);
-    if (ec) log->error("cannot replace the state file {}: {}", config.state_file, ec.message());
-    else state_dirty = false;
+    if (ec)
+      log->error("cannot replace the state file {}: {}", config.state_file, ec.message());
+    else
+      state_dirty = false;
   }
 
   void load_state() {
@@ -2025,10 +2033,20 @@ struct Bridge::Impl {
 Bridge::Bridge(BridgeConfig config, ConnectOptions local, std::shared_ptr<spdlog::logger> logger)
     : impl_(std::make_unique<Impl>(std::move(config), std::move(local), std::move(logger))) {}
 Bridge::~Bridge() = default;
-void Bridge::stop() { impl_->stop(); }
-CounterSnapshot Bridge::counters() const { return impl_->snapshot(); }
-std::string Bridge::counters_json() const { return impl_->json(); }
-std::string Bridge::stats_channel() const { return impl_->stats_channel(); }
-bool Bridge::local_bus_gone() const { return impl_->local_bus_gone; }
+void Bridge::stop() {
+  impl_->stop();
+}
+CounterSnapshot Bridge::counters() const {
+  return impl_->snapshot();
+}
+std::string Bridge::counters_json() const {
+  return impl_->json();
+}
+std::string Bridge::stats_channel() const {
+  return impl_->stats_channel();
+}
+bool Bridge::local_bus_gone() const {
+  return impl_->local_bus_gone;
+}
 
 }  // namespace shmbus::bridge
