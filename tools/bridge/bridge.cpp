@@ -21,10 +21,12 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
 
+#include "durable_file.hpp"
 #include "envelope.hpp"
 #include "glob.hpp"
 #include "redis_connection.hpp"
@@ -1934,33 +1936,24 @@ struct Bridge::Impl {
   //   seq <key as hex> <origin> <sequence> <publish ns> [<missing sequence>...]
   //                                          what was imported from an origin (SequenceState)
   //   scanned <pattern as hex>               a pattern SCANned for streams (send_scan)
-  // Written to a temporary file and renamed, so a crash leaves the old or the new file,
-  // never half of one; positions and sequences in it are always from the same moment.
+  // Replaced durably (durable_file.hpp), so a crash leaves the old or the new file, never
+  // half of one; positions and sequences in it are always from the same moment.
   void save_state() {
     if (config.state_file.empty() || !state_dirty) return;
-    const std::string tmp = config.state_file + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      for (const auto& [key, id] : stream_positions) out << id << ' ' << to_hex(key) << '\n';
-      for (const auto& pattern : patterns_scanned_once)
-        out << "scanned " << to_hex(pattern) << '\n';
-      for (const auto& [key, origins] : stream_sequences) {
-        for (const auto& [origin, state] : origins) {
-          out << "seq " << to_hex(key) << ' ' << origin << ' ' << state.sequence << ' '
-              << state.publish_unix_ns;
-          for (const uint64_t missing : state.missing) out << ' ' << missing;
-          out << '\n';
-        }
-      }
-      if (!out) {
-        log->error("cannot write the state file {}: durable positions are not saved", tmp);
-        return;
+    std::ostringstream out;
+    for (const auto& [key, id] : stream_positions) out << id << ' ' << to_hex(key) << '\n';
+    for (const auto& pattern : patterns_scanned_once) out << "scanned " << to_hex(pattern) << '\n';
+    for (const auto& [key, origins] : stream_sequences) {
+      for (const auto& [origin, state] : origins) {
+        out << "seq " << to_hex(key) << ' ' << origin << ' ' << state.sequence << ' '
+            << state.publish_unix_ns;
+        for (const uint64_t missing : state.missing) out << ' ' << missing;
+        out << '\n';
       }
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, config.state_file, ec);
-    if (ec)
-      log->error("cannot replace the state file {}: {}", config.state_file, ec.message());
+    if (const std::string error = replace_file_durably(config.state_file, out.str());
+        !error.empty())
+      log->error("durable positions are not saved: {}", error);
     else
       state_dirty = false;
   }
