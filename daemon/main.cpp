@@ -1,7 +1,5 @@
 // shmbusd: command line, logging sinks and signals around the Daemon (server.hpp).
 #include <signal.h>
-#include <spdlog/sinks/base_sink.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -20,6 +18,7 @@
 
 #include "config.hpp"
 #include "naming.hpp"
+#include "program_log.hpp"
 #include "server.hpp"
 #include "shmbus/error.hpp"
 
@@ -38,42 +37,6 @@ void on_signal(int) {
 
 void on_reload_signal(int) {
   if (auto* daemon = g_daemon.load()) daemon->reload();  // the same
-}
-
-// Under systemd, stderr goes to the journal: a "<N>" prefix gives each line its syslog
-// priority, and the journal adds its own timestamp, so we print none.
-template <typename Mutex>
-class JournalSink : public spdlog::sinks::base_sink<Mutex> {
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override {
-    int priority = 6;
-    switch (msg.level) {
-      case spdlog::level::trace:
-      case spdlog::level::debug: priority = 7; break;
-      case spdlog::level::info: priority = 6; break;
-      case spdlog::level::warn: priority = 4; break;
-      case spdlog::level::err: priority = 3; break;
-      case spdlog::level::critical: priority = 2; break;
-      default: break;
-    }
-    std::fprintf(stderr, "<%d>%.*s\n", priority, static_cast<int>(msg.payload.size()),
-                 msg.payload.data());
-  }
-  void flush_() override { std::fflush(stderr); }
-};
-
-std::shared_ptr<spdlog::logger> make_logger(const std::string& level) {
-  std::shared_ptr<spdlog::logger> logger;
-  if (std::getenv("JOURNAL_STREAM") != nullptr || std::getenv("INVOCATION_ID") != nullptr) {
-    logger =
-        std::make_shared<spdlog::logger>("shmbusd", std::make_shared<JournalSink<std::mutex>>());
-  } else {
-    logger = spdlog::stderr_color_mt("shmbusd");
-    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
-  }
-  logger->set_level(spdlog::level::from_str(level));
-  logger->flush_on(spdlog::level::info);
-  return logger;
 }
 
 // Each client costs a socket, and a crashed one a pidfd until its process is gone: take the
@@ -148,7 +111,7 @@ int main(int argc, char** argv) {
 
   // Until the daemon can reload, a SIGHUP (an early systemctl reload) must not end it.
   signal(SIGHUP, SIG_IGN);
-  auto logger = make_logger(log_level);
+  auto logger = shmbus::make_program_logger("shmbusd", log_level);
   spdlog::set_default_logger(logger);
   try {
     shmbus::daemon::DaemonOptions options;

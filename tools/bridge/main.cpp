@@ -1,12 +1,12 @@
 // shmbus-bridge: command line, logging and signals around the Bridge (bridge.hpp).
 #include <signal.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "bridge.hpp"
+#include "program_log.hpp"
 #include "shmbus/error.hpp"
 
 int main(int argc, char** argv) {
@@ -23,10 +23,8 @@ int main(int argc, char** argv) {
   app.add_flag("--check-config", check_config, "Validate the config file and exit");
   CLI11_PARSE(app, argc, argv);
 
-  auto logger = spdlog::stderr_color_mt("shmbus-bridge");
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
-  logger->set_level(spdlog::level::from_str(log_level));
-  logger->flush_on(spdlog::level::info);
+  // Under systemd, lines reach the journal with their priorities, as shmbusd's do.
+  auto logger = shmbus::make_program_logger("shmbus-bridge", log_level);
   try {
     auto config = shmbus::bridge::load_bridge_config(config_path);
     if (check_config) {
