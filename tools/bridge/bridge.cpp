@@ -574,6 +574,7 @@ struct Bridge::Impl {
   // and `pub` has room, messages go straight into pub's output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
+  uint64_t last_reported_activity = 0;  // export thread: messages moved at the last report
 
   void export_main() {
     block_sigpipe();
@@ -589,7 +590,15 @@ struct Bridge::Impl {
         }
         if (now >= next_stats) {
           const std::string report = json();
-          log->info("counters {}", report);
+          // At info only when something moved since the last report: an idle bridge does
+          // not fill the journal with a line a second.
+          uint64_t activity = counters.exported.load(std::memory_order_relaxed) +
+                              counters.imported.load(std::memory_order_relaxed);
+          for (const auto& dropped : counters.dropped)
+            activity += dropped.load(std::memory_order_relaxed);
+          log->log(activity == last_reported_activity ? spdlog::level::debug : spdlog::level::info,
+                   "counters {}", report);
+          last_reported_activity = activity;
           // The channel's ring keeps the latest reports for `shmbus stats`, which reads it
           // from the earliest message still held. Opened without settings: a reader may
           // have created it first, with the daemon's defaults.
