@@ -33,6 +33,7 @@
 #include "outbound_queue.hpp"
 #include "redis_connection.hpp"
 #include "shmbus/subscription.hpp"
+#include "state_file.hpp"
 
 namespace shmbus::bridge {
 
@@ -158,58 +159,8 @@ struct NameHash {
 // each, as before, made that one per four).
 enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
 
-// Per (channel, origin): the last envelope sequence imported, to count gaps and to drop
-// durable entries read twice.
-struct SequenceState {
-  uint64_t sequence = 0;
-  uint64_t publish_unix_ns = 0;
-  // Durable only: sequences below `sequence` not seen yet, within kResendWindow of it. A
-  // resend can land after later entries (an XADD refused for a moment while the ones
-  // pipelined behind it were taken): it fills its gap instead of passing for a duplicate.
-  std::set<uint64_t> missing;
-  // Missing sequences up to this one were restored from the state file: an earlier run of
-  // the bridge counted them in its lost_in_transit, so filling them leaves ours alone.
-  uint64_t restored_upto = 0;
-};
-
 // How far below the newest sequence a late durable entry is still recognised as new.
 constexpr uint64_t kResendWindow = 4096;
-
-// Stream keys in the state file: any bytes, written as lowercase hex.
-std::string to_hex(std::string_view bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(bytes.size() * 2);
-  for (const unsigned char c : bytes) {
-    hex.push_back(kHex[c >> 4]);
-    hex.push_back(kHex[c & 15]);
-  }
-  return hex;
-}
-
-// An unsigned decimal that is the whole of `text` (no sign, no space, no overflow).
-bool number(std::string_view text, uint64_t& out) {
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return error == std::errc{} && end == text.data() + text.size();
-}
-
-// nullopt unless `hex` is a non-empty even run of lowercase hex digits.
-std::optional<std::string> from_hex(std::string_view hex) {
-  if (hex.empty() || hex.size() % 2 != 0) return std::nullopt;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  std::string bytes;
-  bytes.reserve(hex.size() / 2);
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int high = nibble(hex[i]), low = nibble(hex[i + 1]);
-    if (high < 0 || low < 0) return std::nullopt;
-    bytes.push_back(static_cast<char>(high * 16 + low));
-  }
-  return bytes;
-}
 
 struct RawEcho {
   uint64_t hash;
@@ -840,7 +791,6 @@ struct Bridge::Impl {
   bool wanted_read = false;  // `wanted` reflects local subscriptions read at least once
   NameSet confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
-  using OriginSequences = std::vector<std::pair<uint16_t, SequenceState>>;
   std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
 
   // What on_delivery() worked out for a Redis channel it imports from: which of Redis's
@@ -1384,12 +1334,6 @@ struct Bridge::Impl {
   }
 
   // What was taken from `origin` so far, or nullptr if nothing yet.
-  static SequenceState* origin_state(OriginSequences& states, uint16_t origin) {
-    auto it = std::find_if(states.begin(), states.end(),
-                           [&](const auto& s) { return s.first == origin; });
-    return it == states.end() ? nullptr : &it->second;
-  }
-
   // True if a durable entry was imported already: at or below the newest taken from its
   // origin (`last`), and not one of the gaps a late resend may fill.
   static bool durable_repeat(const SequenceState& last, uint64_t sequence,
@@ -1817,27 +1761,14 @@ struct Bridge::Impl {
     return true;
   }
 
-  // The state file, one line each:
-  //   <last id> <key as hex>                 the read position in a stream
-  //   seq <key as hex> <origin> <sequence> <publish ns> [<missing sequence>...]
-  //                                          what was imported from an origin (SequenceState)
-  //   scanned <pattern as hex>               a pattern SCANned for streams (send_scan)
+  // The state file (its format: state_file.hpp).
   // Replaced durably (durable_file.hpp), so a crash leaves the old or the new file, never
   // half of one; positions and sequences in it are always from the same moment.
   void save_state() {
     if (config.state_file.empty() || !state_dirty) return;
-    std::ostringstream out;
-    for (const auto& [key, id] : stream_positions) out << id << ' ' << to_hex(key) << '\n';
-    for (const auto& pattern : patterns_scanned_once) out << "scanned " << to_hex(pattern) << '\n';
-    for (const auto& [key, origins] : stream_sequences) {
-      for (const auto& [origin, state] : origins) {
-        out << "seq " << to_hex(key) << ' ' << origin << ' ' << state.sequence << ' '
-            << state.publish_unix_ns;
-        for (const uint64_t missing : state.missing) out << ' ' << missing;
-        out << '\n';
-      }
-    }
-    if (const std::string error = replace_file_durably(config.state_file, out.str());
+    if (const std::string error = replace_file_durably(
+            config.state_file,
+            serialize_state(stream_positions, patterns_scanned_once, stream_sequences));
         !error.empty())
       log->error("durable positions are not saved: {}", error);
     else
@@ -1851,7 +1782,8 @@ struct Bridge::Impl {
     size_t line = 0, sequence_lines = 0;
     while (std::getline(in, text)) {
       ++line;
-      if (!load_state_line(text, sequence_lines))
+      if (!parse_state_line(text, stream_positions, patterns_scanned_once, stream_sequences,
+                            sequence_lines))
         log->warn(
             "state file {} line {}: not '<ms>-<seq> <hex key>', 'seq <hex key> <origin> "
             "<sequence> <ns> [<missing>...]' or 'scanned <hex pattern>'; ignored",
@@ -1860,52 +1792,6 @@ struct Bridge::Impl {
     if (line)
       log->info("resuming {} stream(s) ({} origin sequences) from {}", stream_positions.size(),
                 sequence_lines, config.state_file);
-  }
-
-  // One line of the state file (see save_state); false, and nothing taken, if malformed.
-  bool load_state_line(std::string_view text, size_t& sequence_lines) {
-    std::vector<std::string_view> words;
-    for (size_t at = 0; at < text.size();) {
-      const size_t end = std::min(text.find(' ', at), text.size());
-      if (end > at) words.push_back(text.substr(at, end - at));
-      at = end + 1;
-    }
-    // Unsigned decimal, the whole word (from_chars refuses a sign).
-    if (words.size() < 2) return false;
-    const std::optional<std::string> key = from_hex(words[1]);
-    if (!key) return false;
-    if (words[0] == "scanned") {
-      if (words.size() != 2) return false;
-      patterns_scanned_once.insert(*key);
-      return true;
-    }
-    if (words[0] != "seq") {
-      // A stream entry id: <ms>-<seq>.
-      const size_t dash = words[0].find('-');
-      uint64_t ms = 0, in_ms = 0;
-      if (words.size() != 2 || dash == std::string_view::npos ||
-          !number(words[0].substr(0, dash), ms) || !number(words[0].substr(dash + 1), in_ms))
-        return false;
-      stream_positions[*key] = std::string(words[0]);
-      return true;
-    }
-    uint64_t origin = 0;
-    SequenceState state;
-    if (words.size() < 5 || !number(words[2], origin) || origin == 0 || origin > 0xffff ||
-        !number(words[3], state.sequence) || !number(words[4], state.publish_unix_ns))
-      return false;
-    for (size_t w = 5; w < words.size(); ++w) {
-      uint64_t missing = 0;
-      if (!number(words[w], missing) || missing >= state.sequence) return false;
-      state.missing.insert(missing);
-    }
-    state.restored_upto = state.sequence;
-    OriginSequences& origins = stream_sequences[*key];
-    if (origin_state(origins, static_cast<uint16_t>(origin)))
-      return false;  // a second line for the same origin
-    origins.push_back({static_cast<uint16_t>(origin), std::move(state)});
-    ++sequence_lines;
-    return true;
   }
 };
 
