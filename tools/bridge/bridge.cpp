@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <set>
@@ -26,6 +25,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "counters.hpp"
 #include "durable_file.hpp"
 #include "envelope.hpp"
 #include "glob.hpp"
@@ -285,34 +285,19 @@ struct Bridge::Impl {
   NameSet sent_channels, sent_patterns;
   std::unordered_map<std::string, std::deque<RawEcho>, NameHash, std::equal_to<>> raw_echoes;
 
-  struct Counters {
-    std::atomic<uint64_t> exported{0}, imported{0}, echoes{0}, duplicates{0}, lost_in_transit{0},
-        reconnects{0}, heartbeat_timeouts{0}, subscribe_commands{0}, unsubscribe_commands{0},
-        redis_subscriptions{0}, streams_read{0}, queue_depth{0}, queue_bytes{0},
-        queue_held_bytes{0}, lag_last{0}, lag_max{0};
-    std::atomic<uint64_t> dropped[static_cast<int>(Drop::kCount)] = {};
-    std::atomic<bool> connected{false};
-  } counters;
+  Counters counters;  // both threads (counters.hpp)
 
   void wake() {
     const uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
   }
 
-  // Counts a drop and logs it, at most once a second per reason (a flood of bad input must
-  // not become a flood of log lines).
-  std::array<std::atomic<int64_t>, static_cast<int>(Drop::kCount)> last_drop_log{};
   // Counts `n` drops and logs them at most once a second per reason. `detail` is a string,
   // or a callable that builds one: it runs only when the line is logged, so a drop per
   // message (a full queue while Redis is away) builds no string.
   template <typename Detail>
   void drop(Drop reason, uint64_t n, Detail&& detail) {
-    counters.dropped[static_cast<int>(reason)].fetch_add(n, std::memory_order_relaxed);
-    const int64_t now = Clock::now().time_since_epoch().count();
-    auto& last = last_drop_log[static_cast<int>(reason)];
-    int64_t previous = last.load(std::memory_order_relaxed);
-    if (now - previous < std::chrono::nanoseconds(1s).count()) return;
-    if (!last.compare_exchange_strong(previous, now)) return;
+    if (!counters.count_drop(reason, n)) return;  // logged within the last second
     const auto text = [&]() -> std::string {
       if constexpr (std::is_invocable_v<Detail>)
         return detail();
@@ -323,57 +308,10 @@ struct Bridge::Impl {
               counters.dropped[static_cast<int>(reason)].load());
   }
 
-  CounterSnapshot snapshot() const {
-    CounterSnapshot s;
-    s.exported = counters.exported;
-    s.imported = counters.imported;
-    s.echoes_suppressed = counters.echoes;
-    s.duplicates_dropped = counters.duplicates;
-    s.lost_in_transit = counters.lost_in_transit;
-    for (int i = 0; i < static_cast<int>(Drop::kCount); ++i) s.dropped[i] = counters.dropped[i];
-    s.reconnects = counters.reconnects;
-    s.heartbeat_timeouts = counters.heartbeat_timeouts;
-    s.subscribe_commands = counters.subscribe_commands;
-    s.unsubscribe_commands = counters.unsubscribe_commands;
-    s.redis_subscriptions = counters.redis_subscriptions;
-    s.streams_read = counters.streams_read;
-    s.queue_depth = counters.queue_depth;
-    s.queue_bytes = counters.queue_bytes;
-    s.queue_held_bytes = counters.queue_held_bytes;
-    s.lag_last_ns = counters.lag_last;
-    s.lag_max_ns = counters.lag_max;
-    s.connected = counters.connected;
-    return s;
-  }
-
+  CounterSnapshot snapshot() const { return counters.snapshot(); }
   std::string json() const {
-    const CounterSnapshot s = snapshot();
-    nlohmann::json j;
-    j["host_id"] = config.host_id;
-    j["redis"] = config.redis_host + ":" + std::to_string(config.redis_port);
-    j["connected"] = s.connected;
-    j["exported"] = s.exported;
-    j["imported"] = s.imported;
-    j["echoes_suppressed"] = s.echoes_suppressed;
-    j["duplicates_dropped"] = s.duplicates_dropped;
-    j["lost_in_transit"] = s.lost_in_transit;
-    nlohmann::json dropped = nlohmann::json::object();
-    for (int i = 0; i < static_cast<int>(Drop::kCount); ++i)
-      dropped[drop_name(static_cast<Drop>(i))] = s.dropped[i];
-    j["dropped"] = dropped;
-    j["reconnects"] = s.reconnects;
-    j["heartbeat_timeouts"] = s.heartbeat_timeouts;
-    j["subscribe_commands"] = s.subscribe_commands;
-    j["unsubscribe_commands"] = s.unsubscribe_commands;
-    j["redis_subscriptions"] = s.redis_subscriptions;
-    j["streams_read"] = s.streams_read;
-    j["queue_depth"] = s.queue_depth;
-    j["queue_bytes"] = s.queue_bytes;
-    j["queue_held_bytes"] = s.queue_held_bytes;
-    j["lag_last_us"] = s.lag_last_ns / 1000;
-    j["lag_max_us"] = s.lag_max_ns / 1000;
-    j["unix_ms"] = unix_ns() / 1'000'000;
-    return j.dump();
+    return counters.json(config.host_id,
+                         config.redis_host + ":" + std::to_string(config.redis_port));
   }
 
   std::string stats_channel() const {
