@@ -319,7 +319,10 @@ class Bus extends EventEmitter {
     if (typeof channel !== 'string' || !this.isOpen) return this._native.publish(channel, message);
     let handle = this._channels.get(channel);
     if (handle === undefined) {
-      if (this._channels.size >= CHANNEL_CACHE) this._closeChannels();
+      // Past CHANNEL_CACHE names, the rest go through the library's own cache (an LRU of
+      // 4,096): closing every handle at once and reopening them would cost a daemon
+      // round trip per publish (and 1,024 at once) for a rotation of more names than that.
+      if (this._channels.size >= CHANNEL_CACHE) return this._native.publish(channel, message);
       handle = this._native.openChannel(channel);
       this._channels.set(channel, handle);
     }

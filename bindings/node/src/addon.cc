@@ -534,6 +534,9 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
       if (result != SHMBUS_OK) break;
       meta.push_back(number(m.channel, m.channel_len));
       meta.push_back(m.pattern_len == 0 ? -1.0 : number(m.pattern, m.pattern_len));
+      // Each payload starts 8-byte aligned in the batch, so a Float64Array (or any typed
+      // array) can view it where it lies.
+      bytes.resize((bytes.size() + 7) & ~size_t{7});
       meta.push_back(static_cast<double>(bytes.size()));
       meta.push_back(static_cast<double>(m.len));
       meta.push_back(static_cast<double>(m.sequence));
@@ -543,31 +546,55 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     Napi::Value error = env.Null();
     if (result != SHMBUS_OK && result != SHMBUS_NO_MESSAGE) error = error_of(env, result).Value();
     if (!meta.empty()) {
-      const Napi::Value data = TakeBytes(env, bytes);
-      Napi::ArrayBuffer numbers = Napi::ArrayBuffer::New(env, meta.size() * sizeof(double));
-      std::memcpy(numbers.Data(), meta.data(), meta.size() * sizeof(double));
+      // Made with the C calls, checked: while the environment stops (a worker terminated
+      // from another thread) they fail, and Napi wrappers would hand back empty values
+      // whose use (ArrayBuffer::Data()) is a fatal error.
+      napi_value numbers = nullptr;
+      napi_value typed = nullptr;
+      void* numbers_data = nullptr;
+      const size_t numbers_bytes = meta.size() * sizeof(double);
+      napi_value data = nullptr;
+      if (napi_create_arraybuffer(env, numbers_bytes, &numbers_data, &numbers) != napi_ok ||
+          napi_create_typedarray(env, napi_float64_array, meta.size(), numbers, 0, &typed) !=
+              napi_ok ||
+          (data = TakeBytes(env, bytes)) == nullptr) {
+        // No JavaScript sees this batch: the names it numbered were never sent, so the
+        // numbering starts over (the next batch sends each name it uses again).
+        self->name_ids_.clear();
+        bool pending = false;
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+          napi_value ignored;
+          napi_get_and_clear_last_exception(env, &ignored);
+        }
+        return;
+      }
+      std::memcpy(numbers_data, meta.data(), numbers_bytes);
       // An exception thrown by a listener goes where Node sends any callback's: to
       // 'uncaughtException' (which ends the process unless handled).
-      Call(env, wrapper, "onBatch",
-           {data, Napi::Float64Array::New(env, meta.size(), numbers, 0), fresh,
-            Napi::Boolean::New(env, reset)});
+      Call(env, wrapper, "onBatch", {data, typed, fresh, Napi::Boolean::New(env, reset)});
     }
     if (!error.IsNull() && self->sub_ != nullptr) Call(env, wrapper, "onError", {error});
   }
   // The batch's payloads as a Buffer without copying them: the bytes move to the heap and
   // the Buffer frees them when collected (a copy where a runtime refuses external
   // buffers, as Electron's does). `bytes` is left empty.
-  static Napi::Value TakeBytes(Napi::Env env, std::string& bytes) {
+  // nullptr if neither can be made (the environment is stopping).
+  static napi_value TakeBytes(napi_env env, std::string& bytes) {
     auto* owned = new std::string(std::move(bytes));
     bytes = std::string();
-    napi_value out;
+    napi_value out = nullptr;
     const napi_status status = napi_create_external_buffer(
         env, owned->size(), owned->data(),
         [](napi_env, void*, void* hint) { delete static_cast<std::string*>(hint); }, owned, &out);
-    if (status == napi_ok) return Napi::Value(env, out);
-    const Napi::Value copy = Napi::Buffer<char>::Copy(env, owned->data(), owned->size());
+    if (status == napi_ok) return out;
+    // Any other failure may come after node::Buffer::New adopted the bytes (its finalizer
+    // then frees them): deleting them here too would be a double free, so they are left.
+    if (status != napi_no_external_buffers_allowed) return nullptr;
+    void* copy_data = nullptr;
+    if (napi_create_buffer_copy(env, owned->size(), owned->data(), &copy_data, &out) != napi_ok)
+      out = nullptr;
     delete owned;
-    return copy;
+    return out;
   }
   // A name as a latin1 string: one character per byte, so any bytes round-trip and the
   // JavaScript side keys its listener maps by it without decoding.

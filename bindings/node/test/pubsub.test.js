@@ -303,3 +303,54 @@ test('a pattern over more distinct channels than a batch numbers keeps every nam
   assert.deepEqual(wrong, []);
   await sub.quit();
 });
+
+test('workers terminated while a flood reaches their subscribers leave the process alive', async () => {
+  // The main thread floods a channel and a pattern while each worker is terminated in the
+  // middle of building a batch: no napi call may be trusted then.
+  const child = node(`
+    const { Worker } = require('node:worker_threads');
+    const pkg = ${JSON.stringify(path.join(__dirname, '..'))};
+    const code = "const { parentPort } = require('node:worker_threads');" +
+      "const sub = require(" + JSON.stringify(pkg) + ").connect().subscriber();" +
+      "sub.subscribe('wt', () => {}, true); sub.pSubscribe('wt:*', () => {});" +
+      "parentPort.postMessage('ready');";
+    const bus = require(pkg).connect();
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    let stop = false;
+    (async () => {
+      for (let i = 0; !stop; await sleep(1))
+        for (let k = 0; k < 2000; k += 1) { bus.publish('wt', 'p' + i++); bus.publish('wt:' + (k % 300), 'x'); }
+    })();
+    (async () => {
+      for (let round = 0; round < 12; round += 1) {
+        const worker = new Worker(code, { eval: true });
+        await new Promise((resolve) => worker.once('message', resolve));
+        await sleep(20 + (round % 5) * 7);
+        await worker.terminate();
+      }
+      stop = true;
+      console.log('survived');
+      await bus.quit();
+    })();`);
+  const { code, signal } = await child.exited;
+  assert.equal(signal, null);
+  assert.equal(code, 0);
+  assert.match(child.output, /survived/);
+});
+
+test('payloads start 8-byte aligned, so a Float64Array can view them in place', async () => {
+  const sub = bus.subscriber();
+  const doubles = [];
+  await sub.subscribe(
+    'aligned',
+    (m) => {
+      if (m.length % 8 === 0) doubles.push([...new Float64Array(m.buffer, m.byteOffset, m.length / 8)]);
+    },
+    true,
+  );
+  bus.publish('aligned', 'abc'); // an odd length first, in the same batch
+  bus.publish('aligned', Buffer.from(new Float64Array([1.5, -2.25]).buffer));
+  await until(() => doubles.length === 1);
+  assert.deepEqual(doubles[0], [1.5, -2.25]);
+  await sub.quit();
+});
