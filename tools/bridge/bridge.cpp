@@ -309,9 +309,10 @@ struct Bridge::Impl {
   }
 
   CounterSnapshot snapshot() const { return counters.snapshot(); }
-  std::string json() const {
-    return counters.json(config.host_id,
-                         config.redis_host + ":" + std::to_string(config.redis_port));
+  std::string json() const { return json(counters.snapshot()); }
+  std::string json(const CounterSnapshot& s) const {
+    return bridge::counters_json(s, config.host_id,
+                                 config.redis_host + ":" + std::to_string(config.redis_port));
   }
 
   std::string stats_channel() const {
@@ -340,7 +341,7 @@ struct Bridge::Impl {
   // and `pub` has room, messages go straight into pub's output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
-  uint64_t last_reported_activity = 0;  // export thread: messages moved at the last report
+  CounterSnapshot last_reported{};      // export thread: the counters of the last report
 
   void export_main() {
     block_sigpipe();
@@ -355,16 +356,15 @@ struct Bridge::Impl {
           next_interest = now + config.interest_interval;
         }
         if (now >= next_stats) {
-          const std::string report = json();
-          // At info only when something moved since the last report: an idle bridge does
-          // not fill the journal with a line a second.
-          uint64_t activity = counters.exported.load(std::memory_order_relaxed) +
-                              counters.imported.load(std::memory_order_relaxed);
-          for (const auto& dropped : counters.dropped)
-            activity += dropped.load(std::memory_order_relaxed);
-          log->log(activity == last_reported_activity ? spdlog::level::debug : spdlog::level::info,
-                   "counters {}", report);
-          last_reported_activity = activity;
+          // One snapshot for the line and for the test of it: at info only when something
+          // happened since the last report, so an idle bridge does not fill the journal
+          // with a line a second.
+          const CounterSnapshot now_counts = counters.snapshot();
+          const std::string report = json(now_counts);
+          log->log(
+              changed_since(last_reported, now_counts) ? spdlog::level::info : spdlog::level::debug,
+              "counters {}", report);
+          last_reported = now_counts;
           // The channel's ring keeps the latest reports for `shmbus stats`, which reads it
           // from the earliest message still held. Opened without settings: a reader may
           // have created it first, with the daemon's defaults.

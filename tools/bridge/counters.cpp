@@ -28,8 +28,7 @@ CounterSnapshot Counters::snapshot() const {
   return s;
 }
 
-std::string Counters::json(uint16_t host_id, const std::string& redis) const {
-  const CounterSnapshot s = snapshot();
+std::string counters_json(const CounterSnapshot& s, uint16_t host_id, const std::string& redis) {
   nlohmann::json j;
   j["host_id"] = host_id;
   j["redis"] = redis;
@@ -58,6 +57,17 @@ std::string Counters::json(uint16_t host_id, const std::string& redis) const {
                      std::chrono::system_clock::now().time_since_epoch())
                      .count();
   return j.dump();
+}
+
+bool changed_since(const CounterSnapshot& before, const CounterSnapshot& now) {
+  for (int i = 0; i < static_cast<int>(Drop::kCount); ++i)
+    if (before.dropped[i] != now.dropped[i]) return true;
+  return before.exported != now.exported || before.imported != now.imported ||
+         before.echoes_suppressed != now.echoes_suppressed ||
+         before.duplicates_dropped != now.duplicates_dropped ||
+         before.lost_in_transit != now.lost_in_transit || before.reconnects != now.reconnects ||
+         before.heartbeat_timeouts != now.heartbeat_timeouts || before.connected != now.connected ||
+         before.queue_depth != now.queue_depth;
 }
 
 bool Counters::count_drop(Drop reason, uint64_t n) {

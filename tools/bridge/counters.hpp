@@ -21,8 +21,6 @@ struct Counters {
   std::atomic<bool> connected{false};
 
   CounterSnapshot snapshot() const;
-  // The report's JSON: the snapshot, with this host's id and Redis address and the time.
-  std::string json(uint16_t host_id, const std::string& redis) const;
 
   // Counts `n` drops for `reason`. True at most once a second per reason, for the caller
   // to log then: a flood of bad input must not become a flood of log lines.
@@ -31,5 +29,13 @@ struct Counters {
  private:
   std::array<std::atomic<int64_t>, static_cast<int>(Drop::kCount)> last_drop_log_{};  // ns
 };
+
+// The report's JSON: a snapshot, with this host's id and Redis address and the time.
+std::string counters_json(const CounterSnapshot& s, uint16_t host_id, const std::string& redis);
+
+// Whether anything a reader of the log would want to see happened between two reports:
+// messages moved, dropped, suppressed or lost, the link went up or down or reconnected, or
+// the outbound queue changed (it grows, unsent, while Redis is down).
+bool changed_since(const CounterSnapshot& before, const CounterSnapshot& now);
 
 }  // namespace shmbus::bridge
