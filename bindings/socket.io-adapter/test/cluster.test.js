@@ -131,6 +131,17 @@ test('a broadcast with acknowledgements collects every client of every process',
   assert.deepEqual(responses.sort(), clients.map((_, i) => `answer ${i}`).sort());
 });
 
+test('socketsLeave acts on every process, and volatile broadcasts reach connected clients', async () => {
+  for (const i of [1, 5, 7]) await call(clients[i], 'join', 'leaving');
+  await call(clients[0], 'socketsLeave', { from: 'leaving', room: 'leaving' });
+  await settle();
+  await call(clients[3], 'broadcast', { room: 'leaving', event: 'after-leave', data: 0 });
+  await call(clients[3], 'volatile', { room: 'room', event: 'volatile' });
+  await settle();
+  assert.deepEqual(receivers('after-leave'), []);
+  assert.deepEqual(receivers('volatile'), [0, 4, 8]);
+});
+
 test('socketsJoin and disconnectSockets act on every process', async () => {
   await call(clients[6], 'socketsJoin', { from: 'room', to: 'moved' });
   await settle();

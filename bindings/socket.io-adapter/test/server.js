@@ -41,6 +41,14 @@ io.on('connection', (socket) => {
     io.in(from).socketsJoin(to);
     ack();
   });
+  socket.on('socketsLeave', ({ from, room }, ack) => {
+    io.in(from).socketsLeave(room);
+    ack();
+  });
+  socket.on('volatile', ({ room, event }, ack) => {
+    io.volatile.to(room).emit(event, 'v');
+    ack();
+  });
   socket.on('disconnectRoom', (room, ack) => {
     ack();
     io.in(room).disconnectSockets(true);
