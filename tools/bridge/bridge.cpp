@@ -27,6 +27,7 @@
 
 #include "counters.hpp"
 #include "durable_file.hpp"
+#include "echo_ledger.hpp"
 #include "envelope.hpp"
 #include "glob.hpp"
 #include "interest_globs.hpp"
@@ -114,14 +115,6 @@ std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 
-// FNV-1a: tells our own raw payloads apart from others'; collisions only matter between
-// payloads on the same channel within one heartbeat interval.
-uint64_t payload_hash(std::string_view s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
-  return h ^ s.size();
-}
-
 // Errors after which the same command succeeds later (see Redis's shared error replies).
 bool is_transient_error(std::string_view error) {
   for (std::string_view prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"})
@@ -161,11 +154,6 @@ enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
 
 // How far below the newest sequence a late durable entry is still recognised as new.
 constexpr uint64_t kResendWindow = 4096;
-
-struct RawEcho {
-  uint64_t hash;
-  uint64_t heartbeat;  // heartbeats sent before this publish
-};
 
 }  // namespace
 
@@ -283,7 +271,7 @@ struct Bridge::Impl {
   // Redis thread, which may read them without it) and raw_echoes.
   std::mutex echo_mutex;
   NameSet sent_channels, sent_patterns;
-  std::unordered_map<std::string, std::deque<RawEcho>, NameHash, std::equal_to<>> raw_echoes;
+  EchoLedger raw_echoes;  // guarded by echo_mutex (echo_ledger.hpp)
 
   Counters counters;  // both threads (counters.hpp)
 
@@ -616,10 +604,7 @@ struct Bridge::Impl {
   void remember_raw(std::string_view channel, std::string_view body) {
     std::lock_guard<std::mutex> lock(echo_mutex);
     if (!covered_by_sent(channel)) return;
-    auto it = raw_echoes.find(channel);
-    if (it == raw_echoes.end())
-      it = raw_echoes.emplace(std::string(channel), std::deque<RawEcho>()).first;
-    it->second.push_back({payload_hash(body), heartbeats_sent});
+    raw_echoes.remember(channel, body, heartbeats_sent);
   }
 
   // Writes what `pub` holds and reads what Redis answered, without blocking.
@@ -1081,8 +1066,8 @@ struct Bridge::Impl {
       std::lock_guard<std::mutex> lock(echo_mutex);
       // Only entries no subscription covers any more, confirmed or still on its way: a
       // PUBLISH sent after a SUBSCRIBE we have not seen confirmed yet may well come back.
-      std::erase_if(raw_echoes, [&](const auto& entry) {
-        return !confirmed_covers(entry.first) && !covered_by_sent(entry.first);
+      raw_echoes.forget_channels([&](const std::string& channel) {
+        return !confirmed_covers(channel) && !covered_by_sent(channel);
       });
     }
     counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
@@ -1247,28 +1232,12 @@ struct Bridge::Impl {
     newest_heartbeat_seen = std::max(newest_heartbeat_seen, n);
     // Raw exports sent before heartbeat n were answered by now if they ever will be.
     std::lock_guard<std::mutex> lock(echo_mutex);
-    for (auto it = raw_echoes.begin(); it != raw_echoes.end();) {
-      auto& pending = it->second;
-      while (!pending.empty() && pending.front().heartbeat < n) pending.pop_front();
-      it = pending.empty() ? raw_echoes.erase(it) : std::next(it);
-    }
+    raw_echoes.heartbeat_returned(n);
   }
 
   bool is_raw_echo(std::string_view channel, std::string_view payload) {
     std::lock_guard<std::mutex> lock(echo_mutex);
-    auto it = raw_echoes.find(channel);
-    if (it == raw_echoes.end()) return false;
-    const uint64_t hash = payload_hash(payload);
-    auto& pending = it->second;
-    for (size_t i = 0; i < pending.size(); ++i) {
-      if (pending[i].hash != hash) continue;
-      // Our own publishes come back in order: older entries were not echoed and never will.
-      // An emptied list stays until the next heartbeat sweeps it: the next raw export on
-      // the channel reuses it instead of a new key string and deque.
-      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(i) + 1);
-      return true;
-    }
-    return false;
+    return raw_echoes.recognise(channel, payload);
   }
 
   // What was taken from `origin` so far, or nullptr if nothing yet.
