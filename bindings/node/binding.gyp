@@ -13,7 +13,7 @@
         "-Wl,-rpath,<!(node scripts/libshmbus.js lib)"
       ],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror"]
+      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }

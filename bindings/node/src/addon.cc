@@ -15,6 +15,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -519,6 +520,10 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
     const bool reset = self->name_ids_.size() > kMaxNames;
     if (reset) self->name_ids_.clear();
     const auto number = [&](const char* name, size_t len) -> double {
+      // Looked up by view: a known name (nearly every message's) costs no string.
+      if (const auto known = self->name_ids_.find(std::string_view(name, len));
+          known != self->name_ids_.end())
+        return known->second;
       const auto [it, added] =
           self->name_ids_.try_emplace(std::string(name, len), self->name_ids_.size());
       if (added) {
@@ -630,7 +635,11 @@ class Subscriber : public Napi::ObjectWrap<Subscriber> {
   bool pinned_ = false;        // Ref() held while something is subscribed
   // Names numbered for batches (see OnReadable), and the batch under construction; all
   // used on the JavaScript thread only.
-  std::unordered_map<std::string, uint32_t> name_ids_;
+  struct NameHash {
+    using is_transparent = void;  // find() by string_view
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>> name_ids_;
   std::string bytes_;
   std::vector<double> meta_;
 };
