@@ -55,24 +55,6 @@ function keyOf(name) {
   return Buffer.isBuffer(name) ? name.toString('latin1') : Buffer.from(name).toString('latin1');
 }
 
-// A name as listeners get it, from its key: the string (UTF-8) and the Buffer, made once
-// per name and kept (bounded: a flood of distinct channel names only costs re-making).
-class Names {
-  constructor() {
-    this.cache = new Map();
-  }
-  of(key) {
-    let name = this.cache.get(key);
-    if (name === undefined) {
-      if (this.cache.size >= 4096) this.cache.clear();
-      const buffer = Buffer.from(key, 'latin1');
-      name = { buffer, text: buffer.toString() };
-      this.cache.set(key, name);
-    }
-    return name;
-  }
-}
-
 // Listener sets of one kind (channels or patterns), by name, split by buffer mode as
 // node-redis keeps them.
 class Listeners {
@@ -132,7 +114,6 @@ class Subscriber extends EventEmitter {
     this._native = null; // opened on the first subscription
     this._channels = new Listeners();
     this._patterns = new Listeners();
-    this._names = new Names();
     this._byNumber = []; // a batch's name number -> { key, text, buffer }
     this._eventBuffers = false;
     this.isOpen = true;
@@ -247,8 +228,9 @@ class Subscriber extends EventEmitter {
     const byNumber = this._byNumber;
     for (let i = 0; i < names.length; i += 2) {
       const key = names[i + 1];
-      const name = this._names.of(key);
-      byNumber[names[i]] = { key, text: name.text, buffer: name.buffer };
+      // A name crosses once per numbering (src/addon.cc), so its forms are made once here.
+      const buffer = Buffer.from(key, 'latin1');
+      byNumber[names[i]] = { key, text: buffer.toString(), buffer };
     }
     const events = this.listenerCount('message') + this.listenerCount('pmessage') > 0;
     for (let i = 0; i < meta.length && this.isOpen; i += META) {
