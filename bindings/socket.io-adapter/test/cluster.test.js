@@ -6,11 +6,10 @@
 // any process, socketsJoin / disconnectSockets, and a killed process leaving the server
 // count.
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const path = require('node:path');
 const { after, before, test } = require('node:test');
 const { io: connectClient } = require('socket.io-client');
 const { startDaemon, until } = require('shmbus/test/daemon');
+const { startServer, call } = require('./servers');
 
 const SERVERS = 3;
 const CLIENTS_PER_SERVER = 3;
@@ -18,26 +17,6 @@ let daemon;
 const servers = [];
 const clients = []; // clients[s * CLIENTS_PER_SERVER + k] is on servers[s]
 const received = new Map(); // client index -> [[event, data]]
-
-function startServer() {
-  const child = spawn(process.execPath, [path.join(__dirname, 'server.js')], {
-    env: daemon.env,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /listening (\d+)/.exec(out);
-      if (m) resolve({ child, port: Number(m[1]) });
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
-  });
-}
-
-function call(client, event, ...args) {
-  return new Promise((resolve) => client.emit(event, ...args, resolve));
-}
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
 
@@ -49,7 +28,7 @@ function receivers(event) {
 
 before(async () => {
   daemon = await startDaemon();
-  for (let s = 0; s < SERVERS; s += 1) servers.push(await startServer());
+  for (let s = 0; s < SERVERS; s += 1) servers.push(await startServer(daemon.env));
   for (let s = 0; s < SERVERS; s += 1) {
     for (let k = 0; k < CLIENTS_PER_SERVER; k += 1) {
       const index = clients.length;

@@ -14,6 +14,7 @@ const path = require('node:path');
 const { after, before, test } = require('node:test');
 const { io: connectClient } = require('socket.io-client');
 const { startDaemon, until } = require('shmbus/test/daemon');
+const { startServer, call } = require('./servers');
 
 function which(program) {
   try {
@@ -50,21 +51,11 @@ function run(program, args, env) {
   return child;
 }
 
-function startServer(env) {
-  const child = run(process.execPath, [path.join(__dirname, 'server.js')], env);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /listening (\d+)/.exec(out);
-      if (m) resolve({ child, port: Number(m[1]) });
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
+function startServerOn(env) {
+  return startServer(env).then((server) => {
+    processes.push(server.child);
+    return server;
   });
-}
-
-function call(client, event, ...args) {
-  return new Promise((resolve) => client.emit(event, ...args, resolve));
 }
 
 before(async () => {
@@ -90,7 +81,7 @@ before(async () => {
     );
     run(bridgeBinary, ['--bus', daemon.options.bus, '--socket', daemon.options.socket, '-c', config, '--log-level', 'warn'], daemon.env);
     const servers = [];
-    for (let s = 0; s < serverCount; s += 1) servers.push(await startServer(daemon.env));
+    for (let s = 0; s < serverCount; s += 1) servers.push(await startServerOn(daemon.env));
     hosts[name] = { daemon, servers, clients: [] };
   }
   for (const host of Object.values(hosts)) {

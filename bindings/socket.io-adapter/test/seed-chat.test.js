@@ -4,32 +4,23 @@
 // server reaches the room's clients on both, and a notification published on the bus
 // reaches the user's room.
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const path = require('node:path');
 const { after, before, test } = require('node:test');
 const { io: connectClient } = require('socket.io-client');
 const shmbus = require('shmbus');
 const { startDaemon, until } = require('shmbus/test/daemon');
+const { startServer } = require('./servers');
 
 let daemon;
 const servers = [];
 const clients = [];
 
 function startSeedServer() {
-  const child = spawn(
-    process.execPath,
-    ['-r', path.join(__dirname, 'listen-anywhere.js'), path.join(__dirname, 'seed-chat-server.js')],
-    { env: daemon.env, stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = /listening (\d+)/.exec(out);
-      if (m) resolve({ child, port: Number(m[1]) });
-    });
-    child.once('exit', (code) => reject(new Error(`seed server exited with ${code}`)));
-  });
+  return startServer(daemon.env, [
+    '-r',
+    path.join(__dirname, 'listen-anywhere.js'),
+    path.join(__dirname, 'seed-chat-server.js'),
+  ]);
 }
 
 before(async () => {
