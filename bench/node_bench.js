@@ -16,9 +16,8 @@
 // Prints a Markdown table; exit 77 if redis-server or node-redis is missing.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
 const path = require('node:path');
+const { sleep, startServers } = require('./node_servers');
 
 const packageDir = path.join(__dirname, '..', 'bindings', 'node');
 const SUBSCRIBER = `
@@ -59,16 +58,6 @@ function watchdog() {  // a lapped (lossy) subscriber never sees the last messag
 })();
 `;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const yieldLoop = () => new Promise((resolve) => setImmediate(resolve));
 
 async function publisherFor(system, port) {
@@ -142,17 +131,15 @@ async function main() {
     console.log('SKIPPED: node-redis is missing: run bindings/npm-test.sh BUILD_DIR bindings/node first');
     return 77;
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-nodebench-'));
-  const bus = `nodebench${process.pid}`;
-  const socket = path.join(dir, 'bus.sock');
-  fs.writeFileSync(path.join(dir, 'shmbusd.toml'), '[[channel]]\npattern = "bench"\nring_bytes = "8MiB"\n');
-  const daemon = spawn(path.join(build, 'daemon', 'shmbusd'), ['--bus', bus, '--socket', socket, '-c', path.join(dir, 'shmbusd.toml'), '--log-level', 'warn'], { stdio: 'inherit' });
-  const port = await freePort();
   // No output-buffer limit for subscribers: Redis would disconnect one that falls behind.
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--client-output-buffer-limit', 'pubsub 0 0 0'], { stdio: 'ignore' });
-  process.env.SHMBUS_BUS = bus;
-  process.env.SHMBUS_SOCKET = socket;
-  await sleep(500);
+  const servers = await startServers({
+    build,
+    name: 'nodebench',
+    daemonConfig: '[[channel]]\npattern = "bench"\nring_bytes = "8MiB"\n',
+    redisArgs: ['--client-output-buffer-limit', 'pubsub 0 0 0'],
+  });
+  const { env, port } = servers;
+  Object.assign(process.env, { SHMBUS_BUS: env.SHMBUS_BUS, SHMBUS_SOCKET: env.SHMBUS_SOCKET });
   const rows = [];
   try {
     for (const size of [64, 4096]) {
@@ -165,9 +152,7 @@ async function main() {
       }
     }
   } finally {
-    daemon.kill('SIGTERM');
-    server.kill('SIGTERM');
-    fs.rmSync(dir, { recursive: true, force: true });
+    servers.stop();
   }
   console.log('| payload | system | delivered (rest: lapped, counted lost) | throughput | one-way p50 | one-way p99 |');
   console.log('|---|---|---|---|---|---|');

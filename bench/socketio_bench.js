@@ -21,9 +21,8 @@
 // Prints Markdown; exit 77 if redis-server or the packages are missing.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
 const path = require('node:path');
+const { sleep, startServers } = require('./node_servers');
 
 const adapterDir = path.join(__dirname, '..', 'bindings', 'socket.io-adapter');
 const modules = path.join(adapterDir, 'node_modules');
@@ -92,15 +91,6 @@ process.on('message', (m) => {
 });
 `;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function startServer(adapter, index, redisPort, env, profileDir) {
   const args = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [];
@@ -245,14 +235,8 @@ async function main() {
     console.log('SKIPPED: run bindings/npm-test.sh BUILD_DIR bindings/socket.io-adapter first');
     return 77;
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shmbus-siobench-'));
-  const bus = `siobench${process.pid}`;
-  const socket = path.join(dir, 'bus.sock');
-  const daemon = spawn(path.join(build, 'daemon', 'shmbusd'), ['--bus', bus, '--socket', socket, '--log-level', 'warn'], { stdio: 'inherit' });
-  const port = await freePort();
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  const env = { ...process.env, SHMBUS_BUS: bus, SHMBUS_SOCKET: socket };
-  await sleep(500);
+  const servers = await startServers({ build, name: 'siobench' });
+  const { env, port } = servers;
   const rows = [];
   try {
     if (profileDir) {
@@ -262,9 +246,7 @@ async function main() {
     rows.push(await runAdapter('shmbus', port, env, quick, profileDir));
     rows.push(await runAdapter('redis', port, env, quick, null));
   } finally {
-    daemon.kill('SIGTERM');
-    server.kill('SIGTERM');
-    fs.rmSync(dir, { recursive: true, force: true });
+    servers.stop();
   }
   console.log('| adapter | deliveries (latency run) | emit -> receive p50 | p99 | broadcasts/s held (x 1,000 clients) |');
   console.log('|---|---|---|---|---|');
