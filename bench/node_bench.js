@@ -13,9 +13,12 @@
 //   - one-way latency: messages 200 us apart carrying process.hrtime.bigint() (the
 //     monotonic clock every process on the host shares); the subscriber subtracts on
 //     arrival: p50 / p99. Both subscribers wait in the event loop (no spinning).
+// A third system, a Unix socket from the publisher straight into the subscriber, is the
+// floor for any transport that wakes a sleeping Node process: one wake-up, no broker.
 // Prints a Markdown table; exit 77 if redis-server or node-redis is missing.
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const { sleep, startServers } = require('./node_servers');
 
@@ -47,6 +50,19 @@ function watchdog() {  // a lapped (lossy) subscriber never sees the last messag
   if (system === 'shmbus') {
     const sub = require(${JSON.stringify(packageDir)}).connect().subscriber();
     await sub.subscribe('bench', (m) => { onMessage(m); if (got % 1000 === 1) watchdog(); }, true);
+  } else if (system === 'unix socket') {
+    // port is the socket's path here; messages are fixed-size frames of size bytes.
+    let pending = Buffer.alloc(0);
+    require('node:net').createServer((conn) => conn.on('data', (chunk) => {
+      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      let at = 0;
+      for (; pending.length - at >= Number(size); at += Number(size)) {
+        const m = pending.subarray(at, at + Number(size));
+        onMessage(m);
+        if (got % 1000 === 1) watchdog();
+      }
+      pending = pending.subarray(at);
+    })).listen(port);
   } else {
     const { createClient } = require(${JSON.stringify(path.join(packageDir, 'node_modules', 'redis'))});
     const client = createClient({ socket: { port: Number(port) } });
@@ -65,6 +81,19 @@ async function publisherFor(system, port) {
     const bus = require(packageDir).connect();
     return { publish: (data) => bus.publish('bench', data), numsub: () => bus.pubsub.numsub('bench').bench, close: () => bus.quit() };
   }
+  if (system === 'unix socket') {
+    // The floor for any transport whose receiver sleeps in its loop: one Node process
+    // writing straight into another's socket, no broker, one wake-up per message.
+    const net = require('node:net');
+    const conn = await new Promise((resolve, reject) => {
+      const c = net.connect(port, () => resolve(c)).on('error', reject);
+    });
+    return {
+      publish: (data) => conn.write(Buffer.from(data)),  // the caller reuses data
+      numsub: () => 1,
+      close: () => conn.end(),
+    };
+  }
   const { createClient } = require(path.join(packageDir, 'node_modules', 'redis'));
   const client = createClient({ socket: { port } });
   await client.connect();
@@ -76,13 +105,14 @@ async function publisherFor(system, port) {
 }
 
 async function runCase(system, size, count, mode, env, port) {
+  if (system === 'unix socket') port = path.join(os.tmpdir(), `shmbus-nodebench-${process.pid}-${size}-${mode}.sock`);
   const sub = spawn(process.execPath, ['-e', SUBSCRIBER, system, String(size), String(count), mode, String(port)], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let out = '';
   sub.stdout.on('data', (d) => (out += d));
-  while (!out.includes('ready')) await sleep(5);
+  while (!out.includes('ready') || (system === 'unix socket' && !fs.existsSync(port))) await sleep(5);
   const publisher = await publisherFor(system, port);
   while ((await publisher.numsub()) === 0) await sleep(5);
   const payload = Buffer.alloc(size);
@@ -109,6 +139,7 @@ async function runCase(system, size, count, mode, env, port) {
   await Promise.all(pending);
   await new Promise((resolve) => sub.once('exit', resolve));
   await publisher.close();
+  if (system === 'unix socket') fs.rmSync(port, { force: true });
   return JSON.parse(out.trim().split('\n').pop());
 }
 
@@ -143,7 +174,7 @@ async function main() {
   const rows = [];
   try {
     for (const size of [64, 4096]) {
-      for (const system of ['shmbus', 'node-redis']) {
+      for (const system of ['shmbus', 'node-redis', 'unix socket']) {
         const n = quick ? 20000 : 200000;
         const tp = await runCase(system, size, n, 'throughput', process.env, port);
         const latency = await runCase(system, size, quick ? 500 : 3000, 'latency', process.env, port);
@@ -162,7 +193,9 @@ async function main() {
   for (const size of [64, 4096]) {
     const ours = rows.find((r) => r.size === size && r.system === 'shmbus');
     const theirs = rows.find((r) => r.size === size && r.system === 'node-redis');
+    const floor = rows.find((r) => r.size === size && r.system === 'unix socket');
     console.log(`\n${size} B: throughput ${(ours.rate / theirs.rate).toFixed(1)}x node-redis's, p50 ${(ours.p50 / theirs.p50).toFixed(3)}x of node-redis's`);
+    console.log(`${size} B: a direct unix socket between the two Node processes: throughput ${(floor.rate / theirs.rate).toFixed(1)}x node-redis's, p50 ${(floor.p50 / theirs.p50).toFixed(3)}x of node-redis's (shmbus p50 ${(ours.p50 / floor.p50).toFixed(2)}x of it)`);
   }
   return 0;
 }
