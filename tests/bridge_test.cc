@@ -815,7 +815,7 @@ std::string xadd_order(RedisServer& redis, int origin, int seq, int ts = -1,
 }
 
 TEST(Bridge, DurableRuleLosesNothingAcrossRedisAndBridgeRestarts) {
-  RedisServer redis(test::RedisServerOptions{.append_only = true});
+  RedisServer redis(test::RedisServerOptions{.append_only = true, .extra_args = {}});
   REQUIRE_REDIS(redis);
   const TempDir state_dir("shmbus-bridge-state");
   BridgeConfig exporter = fast_config(redis.port(), 1);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -16,8 +17,7 @@
 #include <optional>
 #include <string>
 #include <thread>
-
-#include <hiredis/hiredis.h>
+#include <vector>
 
 namespace shmbus::test {
 
@@ -45,6 +45,8 @@ struct RedisServerOptions {
   // Keep an append-only file (fsync every write) in a private directory, so a killed and
   // restarted server still holds its streams: for durable tests.
   bool append_only = false;
+  // More redis-server arguments (a cluster node's, say).
+  std::vector<std::string> extra_args;
 };
 
 class RedisServer {
@@ -137,6 +139,17 @@ class RedisServer {
   bool start() {
     const std::string port = std::to_string(port_);
     const pid_t parent = getpid();
+    // Built before fork(): the child only execs (no allocation in a child of threads).
+    std::vector<std::string> args = {"redis-server", "--port", port,         "--bind", "127.0.0.1",
+                                     "--save",       "",       "--loglevel", "warning"};
+    if (options_.append_only)
+      args.insert(args.end(), {"--appendonly", "yes", "--appendfsync", "always", "--dir", dir_});
+    else
+      args.insert(args.end(), {"--appendonly", "no"});
+    args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
     pid_ = fork();
     if (pid_ == 0) {
       // A test that crashes must not leave its server running: it would hold the test's
@@ -145,13 +158,7 @@ class RedisServer {
       // test's main thread, which lives as long as the server should.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);  // the test died before prctl took effect
-      if (options_.append_only)
-        execl(binary_.c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir",
-              dir_.c_str(), "--loglevel", "warning", nullptr);
-      else
-        execl(binary_.c_str(), "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "no", "--loglevel", "warning", nullptr);
+      execv(binary_.c_str(), argv.data());
       _exit(127);
     }
     return wait_ready();
