@@ -1,0 +1,119 @@
+// The bridge's cluster layer against real servers: key slots against CLUSTER KEYSLOT, and
+// the topology parsed from a live 3 + 3 cluster routing every SPUBLISH to the node that
+// takes it, with the MOVED of the others naming the same slot and owner.
+#include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
+
+#include <random>
+#include <string>
+
+#include "cluster_topology.hpp"
+#include "key_slot.hpp"
+#include "redis_cluster.hpp"
+
+namespace shmbus::bridge {
+namespace {
+
+using test::RedisCluster;
+using test::RedisServer;
+using test::RedisServerOptions;
+
+struct FreeReply {
+  void operator()(redisReply* r) const {
+    if (r) freeReplyObject(r);
+  }
+};
+using Reply = std::unique_ptr<redisReply, FreeReply>;
+
+TEST(ClusterLive, KeySlotMatchesClusterKeyslot) {
+  // CLUSTER KEYSLOT needs cluster mode, not a formed cluster: one node is enough.
+  char dir[] = "/tmp/shmbus-keyslot-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  RedisServerOptions options;
+  options.extra_args = {"--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        std::to_string(test::free_loopback_port()),
+                        "--dir",
+                        dir};
+  RedisServer server(options);
+  if (!server.ok()) GTEST_SKIP() << server.error();
+  redisContext* c = server.connect();
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  std::mt19937 random(7);
+  // Names with braces in every position and every byte value, so hash tags, empty tags and
+  // unclosed ones all come up.
+  const std::string alphabet = "ab{}:{}x";
+  int checked = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::string name;
+    const size_t length = random() % 24;
+    for (size_t k = 0; k < length; ++k)
+      name += random() % 3 == 0 ? static_cast<char>(random() % 256)
+                                : alphabet[random() % alphabet.size()];
+    Reply reply(
+        static_cast<redisReply*>(redisCommand(c, "CLUSTER KEYSLOT %b", name.data(), name.size())));
+    ASSERT_TRUE(reply && reply->type == REDIS_REPLY_INTEGER) << (reply ? reply->str : "no reply");
+    ASSERT_EQ(key_slot(name), reply->integer) << "name of " << name.size() << " bytes";
+    ++checked;
+  }
+  redisFree(c);
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(checked, 3000);
+}
+
+TEST(ClusterLive, TopologyRoutesEveryChannelToItsShard) {
+  RedisCluster cluster(3, 1);
+  if (!cluster.ok()) GTEST_SKIP() << cluster.error();
+  Reply shards_reply(cluster.node(0).command("CLUSTER SHARDS"));
+  Reply slots_reply(cluster.node(0).command("CLUSTER SLOTS"));
+  ASSERT_TRUE(shards_reply && slots_reply);
+  const SlotMap map = parse_cluster_shards(shards_reply.get());
+  const SlotMap fallback = parse_cluster_slots(slots_reply.get());
+  ASSERT_EQ(map.shards().size(), 3u);
+  ASSERT_EQ(map.slots_served(), kClusterSlots);
+  ASSERT_EQ(fallback.slots_served(), kClusterSlots);
+  for (const ClusterShard& shard : map.shards()) {
+    EXPECT_EQ(shard.replicas.size(), 1u);
+    EXPECT_TRUE(shard.primary.primary && shard.primary.online);
+  }
+  // Both parsers agree on every slot's primary.
+  for (uint32_t slot = 0; slot < kClusterSlots; ++slot) {
+    const auto a = map.shard_of(static_cast<uint16_t>(slot));
+    const auto b = fallback.shard_of(static_cast<uint16_t>(slot));
+    ASSERT_TRUE(a && b);
+    ASSERT_EQ(map.shards()[*a].primary.address(), fallback.shards()[*b].primary.address());
+  }
+  const auto server_at = [&](const ClusterNode& node) -> RedisServer& {
+    for (size_t i = 0; i < cluster.size(); ++i)
+      if (cluster.node(i).port() == node.port) return cluster.node(i);
+    throw std::runtime_error("no such node");
+  };
+  int moved = 0;
+  for (int i = 0; i < 60; ++i) {
+    const std::string channel = "chat:room" + std::to_string(i);
+    const uint16_t slot = key_slot(channel);
+    const ClusterShard& owner = map.shards()[*map.shard_of(slot)];
+    // The owner's primary and its replica both take it.
+    for (const ClusterNode* node : {&owner.primary, &owner.replicas[0]}) {
+      Reply ok(server_at(*node).command("SPUBLISH %s x", channel.c_str()));
+      ASSERT_TRUE(ok && ok->type == REDIS_REPLY_INTEGER) << channel << " at " << node->address();
+    }
+    // Every other primary redirects to the owner, naming the slot we computed.
+    for (const ClusterShard& other : map.shards()) {
+      if (&other == &owner) continue;
+      Reply error(server_at(other.primary).command("SPUBLISH %s x", channel.c_str()));
+      ASSERT_TRUE(error && error->type == REDIS_REPLY_ERROR);
+      const auto redirect = parse_redirect(std::string_view(error->str, error->len));
+      ASSERT_TRUE(redirect.has_value()) << error->str;
+      EXPECT_EQ(redirect->kind, Redirect::Kind::kMoved);
+      EXPECT_EQ(redirect->slot, slot);
+      EXPECT_EQ(redirect->port, owner.primary.port);
+      ++moved;
+    }
+  }
+  EXPECT_EQ(moved, 120);
+}
+
+}  // namespace
+}  // namespace shmbus::bridge
