@@ -74,7 +74,7 @@ TEST(ClusterLive, TopologyRoutesEveryChannelToItsShard) {
   ASSERT_EQ(map.slots_served(), kClusterSlots);
   ASSERT_EQ(fallback.slots_served(), kClusterSlots);
   for (const ClusterShard& shard : map.shards()) {
-    EXPECT_EQ(shard.replicas.size(), 1u);
+    ASSERT_EQ(shard.replicas.size(), 1u);
     EXPECT_TRUE(shard.primary.primary && shard.primary.online);
   }
   // Both parsers agree on every slot's primary.

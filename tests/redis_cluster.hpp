@@ -108,6 +108,12 @@ class RedisCluster {
           std::string_view(info->str, info->len).find("cluster_state:ok") != std::string_view::npos;
       if (info) freeReplyObject(info);
       if (!up) return false;
+      // Gossip has reached this node: the shards that serve slots list every live node
+      // (a node it has not yet learnt is a replica shows as a primary of no slots).
+      redisReply* shards = node->command("CLUSTER SHARDS");
+      const size_t listed = shards != nullptr ? nodes_in_serving_shards(shards) : 0;
+      if (shards) freeReplyObject(shards);
+      if (listed != live_nodes()) return false;
       // A replica counts once its link to its primary is up (ROLE: slave, host, port,
       // "connected", offset). CLUSTER SHARDS's health is no guide here: it says "loading"
       // while the replication offset is 0, which in an empty cluster lasts until the
@@ -126,6 +132,31 @@ class RedisCluster {
       if (!linked) return false;
     }
     return true;
+  }
+
+  size_t live_nodes() const {
+    size_t n = 0;
+    for (const auto& node : nodes_) n += node->ok() ? 1 : 0;
+    return n;
+  }
+  // The nodes CLUSTER SHARDS lists under shards that serve at least one slot.
+  static size_t nodes_in_serving_shards(const redisReply* r) {
+    if (r->type != REDIS_REPLY_ARRAY) return 0;
+    size_t count = 0;
+    for (size_t s = 0; s < r->elements; ++s) {
+      const redisReply* shard = r->element[s];
+      if (shard->type != REDIS_REPLY_ARRAY) continue;
+      size_t slots = 0, nodes = 0;
+      for (size_t i = 0; i + 1 < shard->elements; i += 2) {
+        const redisReply* key = shard->element[i];
+        if (key->type != REDIS_REPLY_STRING) continue;
+        const std::string_view name(key->str, key->len);
+        if (name == "slots") slots = shard->element[i + 1]->elements;
+        if (name == "nodes") nodes = shard->element[i + 1]->elements;
+      }
+      if (slots > 0) count += nodes;
+    }
+    return count;
   }
 
   std::string dir_;
