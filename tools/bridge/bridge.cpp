@@ -25,10 +25,12 @@
 #include <thread>
 #include <unordered_map>
 
+#include "bridge_shared.hpp"
 #include "counters.hpp"
 #include "durable_file.hpp"
 #include "echo_ledger.hpp"
 #include "envelope.hpp"
+#include "exporter.hpp"
 #include "glob.hpp"
 #include "interest_globs.hpp"
 #include "outbound_queue.hpp"
@@ -66,27 +68,6 @@ uint64_t CounterSnapshot::dropped_total() const {
 
 namespace {
 
-// At most this many commands wait for their reply on the publishing connection: enough
-// that Redis, not this limit, sets the pace of a burst (at 4,096 the export thread met the
-// limit often and queued messages, a copy and a malloc each, while Redis caught up:
-// bridge_bench went from 88-102 % to 103-119 % of plain Redis, with the plain pair's
-// window raised to match). A broken connection makes the PUBLISHes in flight uncertain,
-// counted as in_flight_at_disconnect: at most ~12 ms of traffic at 1.3 M msg/s.
-constexpr size_t kMaxInFlight = 16384;
-// At most this many bytes wait unwritten in the publishing connection's buffer: large
-// messages count by size, not by command (16,384 of 1 MiB would be 16 GiB in its output
-// buffer, ahead of every heartbeat). Beyond it, exports wait in the bounded queue.
-constexpr size_t kMaxUnwrittenBytes = 8u << 20;
-// Messages the export thread takes from the ring before it writes them to Redis, so a
-// burst goes out in few write()s (256 cost ~10% of the throughput).
-constexpr size_t kExportBatch = 1024;
-// stop() waits this long at most for what the export thread holds to reach Redis.
-constexpr auto kDrainOnStop = 2s;
-// While replies are due, the export thread reads them at least this often.
-constexpr auto kReplyCheck = 1ms;
-// While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
-// the socket at most this long before draining the ring into the queue again.
-constexpr auto kRedisBoundWait = 200us;
 // How often the durable read positions are written to the state file.
 constexpr auto kStateSaveInterval = 1s;
 // XREAD blocks this long at most, so new stream keys are picked up promptly.
@@ -108,38 +89,6 @@ uint64_t unix_ns() {
                                    .count());
 }
 
-std::span<const std::byte> bytes_of(std::string_view s) {
-  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
-}
-std::string_view text_of(std::span<const std::byte> b) {
-  return {reinterpret_cast<const char*>(b.data()), b.size()};
-}
-
-// Errors after which the same command succeeds later (see Redis's shared error replies).
-bool is_transient_error(std::string_view error) {
-  for (std::string_view prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"})
-    if (error.starts_with(prefix)) return true;
-  return false;
-}
-
-// What local subscribers want, in Redis names.
-// Redis channel, pattern or stream names; looked up by string_view too.
-using NameSet = std::set<std::string, std::less<>>;
-
-// Whether any of `patterns` (Redis globs) matches `name`.
-bool any_glob_matches(const NameSet& patterns, std::string_view name) {
-  return std::any_of(patterns.begin(), patterns.end(),
-                     [&](const std::string& p) { return glob_match(p, name); });
-}
-
-struct Interest {
-  NameSet channels;         // SUBSCRIBE
-  NameSet patterns;         // PSUBSCRIBE
-  NameSet streams;          // XREAD (durable rules)
-  NameSet stream_patterns;  // SCAN MATCH, then XREAD what it finds (durable rules)
-  bool operator==(const Interest&) const = default;
-};
-
 // Hashes a channel name held as std::string or looked up by string_view (no copy per
 // message to look one up).
 struct NameHash {
@@ -147,46 +96,20 @@ struct NameHash {
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
-// What a command on the publishing connection was, for its reply. One byte: a million
-// are sent a second, and a deque of them allocates one block per 512 (a message kept in
-// each, as before, made that one per four).
-enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
-
 // How far below the newest sequence a late durable entry is still recognised as new.
 constexpr uint64_t kResendWindow = 4096;
 
 }  // namespace
 
-struct Bridge::Impl {
+struct Bridge::Impl : BridgeShared {
   Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
-      : config(std::move(config_in)),
+      : BridgeShared(std::move(config_in), std::move(logger), random_nonce()),
         local(std::move(local_in)),
-        log(logger ? std::move(logger) : spdlog::default_logger()),
-        import_bus(Bus::connect(local)),
-        interest_bus(Bus::connect(local)),
-        export_sub(Subscription::open(local)) {
+        import_bus(Bus::connect(local)) {
     validate_bridge_config(config);
-    wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (wake_fd < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    exporter = std::make_unique<Exporter>(*this, local);
     std::random_device seed;
     rng.seed(seed());
-    heartbeat_channel = config.redis_prefix + std::string(kStatsChannelPrefix) +
-                        "heartbeat:" + std::to_string(config.host_id) + ":" +
-                        std::to_string(getpid()) + ":" + std::to_string(rng());
-    pattern_prefix = escape_glob(config.redis_prefix);
-    for (const auto& rule : config.exports) own_export_patterns.insert(rule.pattern);
-    if (!config.exports.empty()) {
-      std::vector<std::string> patterns;
-      for (const auto& p : own_export_patterns) patterns.push_back(p);
-      export_sub.psubscribe(patterns);
-      // The export thread sleeps as soon as the ring is empty. Its PUBLISH wakes Redis, and
-      // Redis's reply wakes the Redis thread; on a small machine those often run on this
-      // thread's CPU, where a 20 us spin would hold each of them up by as much.
-      export_sub.set_spin(std::chrono::nanoseconds(0));
-      // Imported messages are never exported (origin != 0, see "No echoes" in the header):
-      // do not even wake for them.
-      export_sub.set_local_only(true);
-    }
     load_state();
     redis_thread = std::thread([this] {
       pthread_setname_np(pthread_self(), "bridge-redis");  // for top -H, perf and gdb
@@ -194,14 +117,11 @@ struct Bridge::Impl {
     });
     export_thread = std::thread([this] {
       pthread_setname_np(pthread_self(), "bridge-export");
-      export_main();
+      exporter->run();
     });
   }
 
-  ~Impl() {
-    stop();
-    if (wake_fd >= 0) close(wake_fd);
-  }
+  ~Impl() { stop(); }
 
   void stop() {
     if (stopping.exchange(true)) return;
@@ -211,488 +131,16 @@ struct Bridge::Impl {
     save_state();
   }
 
-  // ---- shared state ---------------------------------------------------------------------
+  static uint64_t random_nonce() {
+    std::random_device seed;
+    return (uint64_t{seed()} << 32) | seed();
+  }
 
-  BridgeConfig config;
   ConnectOptions local;
-  std::shared_ptr<spdlog::logger> log;
-  Bus import_bus;           // Redis thread: publishes imports
-  Bus interest_bus;         // export thread: reads interest, publishes counters
-  Subscription export_sub;  // export thread
-  std::set<std::string> own_export_patterns;
-  std::string heartbeat_channel;  // Redis name, under the reserved prefix
-  std::string pattern_prefix;     // the Redis prefix, glob-escaped
-  int wake_fd = -1;               // wakes the Redis thread's poll()
-  std::atomic<bool> stopping{false};
-  // Set by either thread when the local daemon is gone: nothing left to relay to or from.
-  std::atomic<bool> local_bus_gone{false};
+  Bus import_bus;                      // Redis thread: publishes imports
+  std::unique_ptr<Exporter> exporter;  // the export thread's (exporter.hpp)
   std::thread redis_thread, export_thread;
   std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
-
-  std::mutex mutex;  // guards interest, interest_generation
-  Interest interest;
-  uint64_t interest_generation = 0;
-  bool interest_read = false;  // the interest thread has published at least once
-
-  // The link: one set of Redis connections, shared by the two threads.
-  //   - The Redis thread connects (blocking up to connect_timeout, which the export thread
-  //     must never do: it would stop draining the local ring) and decides when the link is
-  //     dead (its connections fail, or heartbeats stop coming back). Every connect and every
-  //     disconnect bumps link_generation.
-  //   - The publishing connection goes to the export thread through `handoff`, set with a
-  //     new generation and dropped when the generation moves on (both under link_mutex).
-  //     The export thread adopts it and retires it (settling what was in flight on it) as
-  //     soon as the generation moves on. The Redis
-  //     thread bumps the generation before it clears `connected`, so whoever saw the bridge
-  //     disconnected sees the export thread queue from then on.
-  //   - A failure the export thread meets on `pub` is reported through failed_generation
-  //     (and pub_failure); the Redis thread then disconnects the whole link and reconnects
-  //     with backoff, as for a failure of its own.
-  std::atomic<uint64_t> link_generation{0};
-  std::atomic<uint64_t> failed_generation{0};
-  // The newest heartbeat the export thread put on a `pub` (under link_mutex). The Redis
-  // thread times a link out only on a heartbeat sent on that link that did not come back:
-  // an export thread held up by the local bus sends none, which says nothing about Redis.
-  struct HeartbeatSent {
-    uint64_t generation = 0;
-    uint64_t number = 0;
-    Clock::time_point at{};
-  };
-  HeartbeatSent newest_heartbeat;
-  std::mutex link_mutex;  // guards handoff, pub_failure, and link_generation's writes
-  std::unique_ptr<RedisConnection> handoff;
-  std::string pub_failure;
-
-  // Raw-mode echo suppression spans both threads: the export thread remembers a raw payload
-  // when it PUBLISHes it on a channel the subscriber connection covers (sent_*, kept by the
-  // Redis thread), and the Redis thread recognises and forgets it when it comes back on
-  // `sub`. Remembering happens before the PUBLISH is written, so an echo can never arrive
-  // before its entry. echo_mutex guards sent_channels and sent_patterns (written only by the
-  // Redis thread, which may read them without it) and raw_echoes.
-  std::mutex echo_mutex;
-  NameSet sent_channels, sent_patterns;
-  EchoLedger raw_echoes;  // guarded by echo_mutex (echo_ledger.hpp)
-
-  Counters counters;  // both threads (counters.hpp)
-
-  void wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
-  }
-
-  // Counts `n` drops and logs them at most once a second per reason. `detail` is a string,
-  // or a callable that builds one: it runs only when the line is logged, so a drop per
-  // message (a full queue while Redis is away) builds no string.
-  template <typename Detail>
-  void drop(Drop reason, uint64_t n, Detail&& detail) {
-    if (!counters.count_drop(reason, n)) return;  // logged within the last second
-    const auto text = [&]() -> std::string {
-      if constexpr (std::is_invocable_v<Detail>)
-        return detail();
-      else
-        return std::string(detail);
-    };
-    log->warn("dropped {} message(s): {}: {} (total {})", n, drop_name(reason), text(),
-              counters.dropped[static_cast<int>(reason)].load());
-  }
-
-  CounterSnapshot snapshot() const { return counters.snapshot(); }
-  std::string json() const { return json(counters.snapshot()); }
-  std::string json(const CounterSnapshot& s) const {
-    return bridge::counters_json(s, config.host_id,
-                                 config.redis_host + ":" + std::to_string(config.redis_port));
-  }
-
-  std::string stats_channel() const {
-    return std::string(kStatsChannelPrefix) + std::to_string(config.host_id);
-  }
-
-  // ---- the export thread: local ring -> Redis socket, interest, counters ----------------
-  //
-  // One thread carries an exported message from the ring to Redis: it drains the export
-  // Subscription, appends each PUBLISH / XADD to the publishing connection it owns (`pub`)
-  // and writes the batch itself, so no hand-off and no wake-up of another thread sits on
-  // the export path. It parks on the bus's futex (a local publish wakes it directly), or on
-  // `pub`'s socket while Redis is what holds it up. It also sends the heartbeats on `pub`:
-  // they must share the connection with the raw exports to be their echo barrier.
-
-  std::unique_ptr<RedisConnection> pub;  // adopted from `handoff`
-  uint64_t pub_generation = 0;
-  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
-  // The messages of the kXadd entries of in_flight, in the same order: a durable message
-  // is sent again if the connection breaks before its XADD is acknowledged.
-  OutboundQueue xadds_in_flight;
-  uint64_t heartbeats_sent = 0;
-  Clock::time_point next_heartbeat{};
-  // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
-  // While it is empty
-  // and `pub` has room, messages go straight into pub's output buffer instead.
-  OutboundQueue queue;
-  std::string key_buffer, body_buffer;  // reused per message
-  CounterSnapshot last_reported{};      // export thread: the counters of the last report
-
-  void export_main() {
-    block_sigpipe();
-    auto next_interest = Clock::now();
-    auto next_stats = Clock::now() + config.stats_interval;
-    std::optional<Channel> stats_out;
-    while (!stopping.load(std::memory_order_relaxed)) {
-      try {
-        const auto now = Clock::now();
-        if (now >= next_interest) {
-          publish_interest(read_interest());
-          next_interest = now + config.interest_interval;
-        }
-        if (now >= next_stats) {
-          // One snapshot for the line and for the test of it: at info only when something
-          // happened since the last report, so an idle bridge does not fill the journal
-          // with a line a second.
-          const CounterSnapshot now_counts = counters.snapshot();
-          const std::string report = json(now_counts);
-          log->log(
-              changed_since(last_reported, now_counts) ? spdlog::level::info : spdlog::level::debug,
-              "counters {}", report);
-          last_reported = now_counts;
-          // The channel's ring keeps the latest reports for `shmbus stats`, which reads it
-          // from the earliest message still held. Opened without settings: a reader may
-          // have created it first, with the daemon's defaults.
-          if (!stats_out) stats_out.emplace(interest_bus.channel(stats_channel()));
-          // Our own origin: never exported, even under an export rule such as "*".
-          stats_out->try_publish(bytes_of(report), 0ns, config.host_id);
-          counters.lag_max.store(0, std::memory_order_relaxed);
-          next_stats = now + config.stats_interval;
-        }
-        follow_link();
-        if (pub && now >= next_heartbeat) send_heartbeat(now);
-        // Drain a batch, then write it with one write() before looking at the clock again.
-        size_t drained = 0;
-        if (!config.exports.empty()) {
-          for (; drained < kExportBatch; ++drained) {
-            auto m = export_sub.next(0ns);
-            if (!m) break;
-            export_message(*m);
-          }
-        }
-        send_queued();
-        service_pub();
-        if (drained == kExportBatch) continue;  // the ring may hold more: no waiting
-        wait_for_work(std::min(next_interest, next_stats));
-      } catch (const Error& e) {
-        if (e.code() == Errc::kDaemonGone) {
-          log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
-          local_bus_gone = true;
-          return;
-        }
-        log->error("local bus: {}", e.what());
-        std::this_thread::sleep_for(100ms);
-      }
-    }
-    drain_on_stop();
-  }
-
-  // stop(): what was already taken from the ring goes out to Redis (and is acknowledged)
-  // before the thread ends, for up to kDrainOnStop; what cannot is counted, never lost
-  // silently. Durable XADDs are what matters most here: the local ring will not give them
-  // again after a restart.
-  void drain_on_stop() {
-    const auto until = Clock::now() + kDrainOnStop;
-    follow_link();  // a link the Redis thread made that this thread had not taken up yet
-    while (pub && (!queue.empty() || !in_flight.empty()) && Clock::now() < until) {
-      send_queued();
-      service_pub();
-      if (!pub) break;
-      pollfd fd = pub->poll_entry();
-      poll(&fd, 1, 10);
-    }
-    if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
-    if (!queue.empty()) {
-      drop(Drop::kStopped, queue.size(), [&] {
-        return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
-               std::to_string(
-                   std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop).count()) +
-               " ms)";
-      });
-      queue.clear();
-      note_queue();
-    }
-  }
-
-  // Parks until there is work: a message on the ring (on the bus futex, woken by the
-  // publisher itself), Redis making room or answering when it is what holds us up, or the
-  // next timer. Replies are read on the next pass; while some are due, at most
-  // kReplyCheck passes between two reads, so in_flight and `exported` stay current.
-  void wait_for_work(Clock::time_point until) {
-    if (pub) until = std::min(until, next_heartbeat);
-    auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
-    wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
-    if (pub && !in_flight.empty()) wait = std::min<std::chrono::nanoseconds>(wait, kReplyCheck);
-    const bool redis_bound =
-        pub && (pub->output_pending() || (!queue.empty() && in_flight.size() >= kMaxInFlight));
-    if (redis_bound || (pub && config.exports.empty())) {
-      // Redis, not the ring, is what we wait for: its socket says when to go on. Short
-      // while exporting, so the ring is drained into the queue meanwhile.
-      if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
-      pollfd fd = pub->poll_entry();
-      const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
-                        static_cast<long>(wait.count() % 1'000'000'000)};
-      ppoll(&fd, 1, &ts, nullptr);  // EINTR or a timeout: the next pass looks again
-      return;
-    }
-    if (config.exports.empty()) {
-      std::this_thread::sleep_for(wait);
-      return;
-    }
-    if (auto m = export_sub.next(wait)) export_message(*m);
-  }
-
-  // Adopts the publishing connection of the current link generation, and retires one
-  // whose generation has passed (the Redis thread found the link dead).
-  void follow_link() {
-    const uint64_t generation = link_generation.load(std::memory_order_acquire);
-    if (pub && pub_generation == generation) return;
-    if (pub) retire_pub();
-    std::lock_guard<std::mutex> lock(link_mutex);
-    // Under link_mutex a waiting `handoff` always belongs to the current generation: the
-    // Redis thread sets the two together and drops `handoff` when it moves the generation.
-    if (handoff) {
-      pub = std::move(handoff);
-      pub_generation = link_generation.load(std::memory_order_relaxed);
-      next_heartbeat = Clock::now();
-    }
-  }
-
-  // `pub` may take a message now: adopted, of the current link, with room in flight, and
-  // little enough unwritten that a heartbeat appended now goes out soon.
-  bool pub_ready() const {
-    return pub && pub_generation == link_generation.load(std::memory_order_acquire) &&
-           in_flight.size() < kMaxInFlight && pub->output_bytes() < kMaxUnwrittenBytes;
-  }
-
-  // `pub` is gone (broken here, or its link retired by the Redis thread): settles what was
-  // in flight on it.
-  void retire_pub() {
-    const auto uncertain =
-        static_cast<uint64_t>(std::count(in_flight.begin(), in_flight.end(), Sent::kPublish));
-    in_flight.clear();
-    if (uncertain)
-      drop(Drop::kInFlight, uncertain,
-           "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
-    // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-    queue.put_first(std::move(xadds_in_flight));
-    note_queue();
-    // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
-    // link the Redis thread has already replaced.
-    const linger discard{1, 0};
-    setsockopt(pub->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
-    pub.reset();
-  }
-
-  // A failure met on `pub`: retire it and have the Redis thread take the link down.
-  void pub_failed(const std::string& why) {
-    const uint64_t generation = pub_generation;
-    retire_pub();
-    {
-      std::lock_guard<std::mutex> lock(link_mutex);
-      pub_failure = why;
-    }
-    failed_generation.store(generation, std::memory_order_release);
-    wake();
-  }
-
-  void send_heartbeat(Clock::time_point now) {
-    // A link retired since follow_link(): its heartbeat could never come back.
-    if (pub_generation != link_generation.load(std::memory_order_acquire)) return;
-    ++heartbeats_sent;
-    const std::string n = std::to_string(heartbeats_sent);
-    pub->append({"PUBLISH", heartbeat_channel, n});
-    in_flight.push_back(Sent::kHeartbeat);
-    next_heartbeat = now + config.heartbeat_interval;
-    std::lock_guard<std::mutex> lock(link_mutex);
-    newest_heartbeat = {pub_generation, heartbeats_sent, now};
-  }
-
-  void export_message(const Message& m) {
-    if (m.lost_before > 0)
-      drop(Drop::kLocalLapped, m.lost_before, [&] {
-        return "the export subscriber was lapped on '" + std::string(m.channel) +
-               "'; give the channel a larger ring_bytes in shmbusd.toml";
-      });
-    // Imported messages (and our counters) are never sent back out: no loops.
-    if (m.origin != 0) return;
-    if (m.channel.starts_with(kReservedPrefix)) return;
-    const Rule* rule = BridgeConfig::first_match(config.exports, m.channel);
-    // A channel matching several export patterns is delivered once per pattern: keep one.
-    if (rule == nullptr || rule->pattern != m.pattern) return;
-    if (m.payload.size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1, [&] {
-        return std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
-               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes) +
-               "; raise it in [bridge]";
-      });
-      return;
-    }
-    key_buffer.assign(config.redis_prefix).append(m.channel);
-    const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
-    if (envelope)
-      encode_envelope({config.host_id, m.sequence, m.publish_unix_ns}, m.payload, body_buffer);
-    const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
-    // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
-    // Durable messages always take the queue: send_queued() keeps a copy of each for a
-    // resend.
-    if (!rule->durable && queue.empty() && pub_ready()) {
-      publish(key_buffer, body, rule->mode);
-      return;
-    }
-    enqueue({key_buffer, body, rule, m.sequence, m.publish_unix_ns});
-  }
-
-  void enqueue(const OutboundQueue::Item& item) {
-    uint64_t dropped = 0;
-    queue.push_back(item);
-    // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
-    while (queue.size() > config.queue_messages ||
-           (queue.bytes() > config.queue_bytes && queue.size() > 1)) {
-      queue.pop_front();
-      ++dropped;
-    }
-    note_queue();
-    if (dropped)
-      drop(Drop::kQueueFull, dropped, [&] {
-        return "outbound queue full (queue_messages = " + std::to_string(config.queue_messages) +
-               ", queue_bytes = " + std::to_string(config.queue_bytes) +
-               "); Redis is down or slower than the local publishers";
-      });
-  }
-
-  void note_queue() {
-    counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
-    counters.queue_bytes.store(queue.bytes(), std::memory_order_relaxed);
-    counters.queue_held_bytes.store(queue.held_bytes(), std::memory_order_relaxed);
-  }
-
-  // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.
-  void send_queued() {
-    if (queue.empty()) return;
-    while (!queue.empty() && pub_ready()) {
-      const OutboundQueue::Item out = queue.front();
-      if (out.rule->durable) {
-        const std::string maxlen = std::to_string(out.rule->stream_maxlen);
-        const std::string origin = std::to_string(config.host_id);
-        const std::string seq = std::to_string(out.sequence);
-        const std::string ts = std::to_string(out.publish_unix_ns);
-        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
-                     origin, "seq", seq, "ts", ts});
-        in_flight.push_back(Sent::kXadd);
-        xadds_in_flight.push_back(out);
-      } else {
-        publish(out.key, out.body, out.rule->mode);
-      }
-      queue.pop_front();  // last: `out` views into the queue
-    }
-    note_queue();
-  }
-
-  void publish(std::string_view key, std::string_view body, Mode mode) {
-    if (mode == Mode::kRaw) remember_raw(key, body);
-    pub->append({"PUBLISH", key, body});
-    in_flight.push_back(Sent::kPublish);
-  }
-
-  // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
-  // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
-  // already sent, so the next heartbeat to come back forgets it if it does not.
-  void remember_raw(std::string_view channel, std::string_view body) {
-    std::lock_guard<std::mutex> lock(echo_mutex);
-    if (!covered_by_sent(channel)) return;
-    raw_echoes.remember(channel, body, heartbeats_sent);
-  }
-
-  // Writes what `pub` holds and reads what Redis answered, without blocking.
-  void service_pub() {
-    if (!pub) return;
-    // Retired by the Redis thread since follow_link(): what is still unsent must not go out
-    // on it (its echoes would reach the new link's subscriber with no record to match).
-    if (pub_generation != link_generation.load(std::memory_order_acquire)) {
-      retire_pub();
-      return;
-    }
-    try {
-      if (pub->output_pending()) pub->flush();
-      // Read even with nothing in flight: an EOF (Redis closed the connection) must be seen
-      // now, not by the next heartbeat, or an import-only bridge's poll spins on it.
-      pub->read();
-      while (const redisReply* r = pub->next_reply()) on_pub_reply(r);
-    } catch (const std::exception& e) {
-      pub_failed(e.what());
-    }
-  }
-
-  void on_pub_reply(const redisReply* r) {
-    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
-    const Sent sent = in_flight.front();
-    const bool refused = r->type == REDIS_REPLY_ERROR;
-    const std::string_view error = reply_text(r);
-    // A Redis that is loading its data after a restart (or otherwise briefly unable to
-    // write) refuses XADD; a durable message stays in flight, and retire_pub() (which the
-    // throw leads to) sends it again on the next connection.
-    if (refused && sent == Sent::kXadd && is_transient_error(error))
-      throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
-    in_flight.pop_front();
-    if (sent == Sent::kXadd) xadds_in_flight.pop_front();
-    if (!refused) {
-      if (sent != Sent::kHeartbeat) counters.exported.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    if (sent == Sent::kHeartbeat)
-      throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
-    drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
-  }
-
-  Interest read_interest() {
-    Interest in;
-    for (const auto& rule : config.imports) {
-      for (auto& ch : interest_bus.channels(rule.pattern)) {
-        if (ch.starts_with(kReservedPrefix)) continue;
-        if (BridgeConfig::first_match(config.imports, ch) != &rule) continue;
-        (rule.durable ? in.streams : in.channels).insert(config.redis_prefix + ch);
-      }
-    }
-    for (const auto& p : interest_bus.patterns()) {
-      // Our own export subscription is no local interest.
-      const uint64_t ours = own_export_patterns.count(p.pattern) ? 1 : 0;
-      if (p.subscribers <= ours) continue;
-      if (!glob_has_wildcards(p.pattern)) {
-        const Rule* rule = BridgeConfig::first_match(config.imports, p.pattern);
-        if (rule && !p.pattern.starts_with(kReservedPrefix))
-          (rule->durable ? in.streams : in.channels).insert(config.redis_prefix + p.pattern);
-        continue;
-      }
-      for (const auto& rule : config.imports) {
-        // Durable rules are read by stream key: the streams a pattern matches are found by
-        // SCAN (send_stream_command), and checked against the rules when found.
-        NameSet& to = rule.durable ? in.stream_patterns : in.patterns;
-        if (provably_contains(p.pattern, rule.pattern))
-          to.insert(pattern_prefix + rule.pattern);  // all the rule allows
-        else if (may_overlap(p.pattern, rule.pattern))
-          to.insert(pattern_prefix + p.pattern);  // filtered by the rules on arrival
-      }
-    }
-    // A channel a pattern already covers would only arrive twice.
-    std::erase_if(in.channels,
-                  [&](const std::string& ch) { return any_glob_matches(in.patterns, ch); });
-    return in;
-  }
-
-  void publish_interest(Interest in) {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      interest_read = true;
-      if (in == interest) return;
-      interest = std::move(in);
-      ++interest_generation;
-    }
-    wake();
-  }
 
   // ---- the Redis thread: the link, subscriptions, imports -------------------------------
 
@@ -866,18 +314,6 @@ struct Bridge::Impl {
     next_connect = Clock::now() + config.backoff_initial;
   }
 
-  // RedisConnection sends with MSG_NOSIGNAL, but hiredis writes AUTH and SELECT with
-  // write() while connecting: on a connection Redis closed, that raises SIGPIPE, which
-  // would kill the whole process. Blocked in the threads that write to Redis, it stays
-  // pending and write() fails with EPIPE instead, without touching the host program's
-  // signal handling.
-  static void block_sigpipe() {
-    sigset_t pipe_signal;
-    sigemptyset(&pipe_signal);
-    sigaddset(&pipe_signal, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
-  }
-
   void redis_main() {
     block_sigpipe();
     while (!stopping.load(std::memory_order_relaxed) && !local_bus_gone) {
@@ -1026,11 +462,6 @@ struct Bridge::Impl {
       std::vector<std::string> names(remove.begin() + 1, remove.end());
       for (const auto& name : names) sent.erase(name);
     }
-  }
-
-  // Either thread, under echo_mutex (the Redis thread may also call it without).
-  bool covered_by_sent(std::string_view channel) const {
-    return sent_channels.count(channel) || any_glob_matches(sent_patterns, channel);
   }
 
   // ---- receiving ----

@@ -1,0 +1,476 @@
+#include "exporter.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <deque>
+#include <optional>
+#include <thread>
+
+#include "envelope.hpp"
+#include "interest_globs.hpp"
+#include "outbound_queue.hpp"
+#include "shmbus/subscription.hpp"
+
+namespace shmbus::bridge {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// At most this many commands wait for their reply on the publishing connection: enough
+// that Redis, not this limit, sets the pace of a burst (at 4,096 the export thread met the
+// limit often and queued messages, a copy and a malloc each, while Redis caught up:
+// bridge_bench went from 88-102 % to 103-119 % of plain Redis, with the plain pair's
+// window raised to match). A broken connection makes the PUBLISHes in flight uncertain,
+// counted as in_flight_at_disconnect: at most ~12 ms of traffic at 1.3 M msg/s.
+constexpr size_t kMaxInFlight = 16384;
+// At most this many bytes wait unwritten in the publishing connection's buffer: large
+// messages count by size, not by command (16,384 of 1 MiB would be 16 GiB in its output
+// buffer, ahead of every heartbeat). Beyond it, exports wait in the bounded queue.
+constexpr size_t kMaxUnwrittenBytes = 8u << 20;
+// Messages the export thread takes from the ring before it writes them to Redis, so a
+// burst goes out in few write()s (256 cost ~10% of the throughput).
+constexpr size_t kExportBatch = 1024;
+// stop() waits this long at most for what the export thread holds to reach Redis.
+constexpr auto kDrainOnStop = 2s;
+// While replies are due, the export thread reads them at least this often.
+constexpr auto kReplyCheck = 1ms;
+// While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
+// the socket at most this long before draining the ring into the queue again.
+constexpr auto kRedisBoundWait = 200us;
+
+std::string_view text_of(std::span<const std::byte> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+// Errors after which the same command succeeds later (see Redis's shared error replies).
+bool is_transient_error(std::string_view error) {
+  for (std::string_view prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"})
+    if (error.starts_with(prefix)) return true;
+  return false;
+}
+
+// What a command on the publishing connection was, for its reply. One byte: a million
+// are sent a second, and a deque of them allocates one block per 512 (a message kept in
+// each, as before, made that one per four).
+enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
+
+}  // namespace
+
+struct Exporter::State {
+  State(BridgeShared& shared_in, const ConnectOptions& local)
+      : shared(shared_in),
+        interest_bus(Bus::connect(local)),
+        export_sub(Subscription::open(local)),
+        pattern_prefix(escape_glob(shared.config.redis_prefix)) {
+    for (const auto& rule : shared.config.exports) own_export_patterns.insert(rule.pattern);
+    if (shared.config.exports.empty()) return;
+    std::vector<std::string> patterns(own_export_patterns.begin(), own_export_patterns.end());
+    export_sub.psubscribe(patterns);
+    // The export thread sleeps as soon as the ring is empty. Its PUBLISH wakes Redis, and
+    // Redis's reply wakes the Redis thread; on a small machine those often run on this
+    // thread's CPU, where a 20 us spin would hold each of them up by as much.
+    export_sub.set_spin(std::chrono::nanoseconds(0));
+    // Imported messages are never exported (origin != 0, see "No echoes" in bridge.hpp):
+    // do not even wake for them.
+    export_sub.set_local_only(true);
+  }
+
+  BridgeShared& shared;
+  Bus interest_bus;         // reads interest, publishes counters
+  Subscription export_sub;  // the export rules' patterns
+  std::set<std::string> own_export_patterns;
+  std::string pattern_prefix;  // the Redis prefix, glob-escaped
+
+  std::unique_ptr<RedisConnection> pub;  // adopted from `handoff`
+  uint64_t pub_generation = 0;
+  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
+  // The messages of the kXadd entries of in_flight, in the same order: a durable message
+  // is sent again if the connection breaks before its XADD is acknowledged.
+  OutboundQueue xadds_in_flight;
+  uint64_t heartbeats_sent = 0;
+  Clock::time_point next_heartbeat{};
+  // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
+  // While it is empty
+  // and `pub` has room, messages go straight into pub's output buffer instead.
+  OutboundQueue queue;
+  std::string key_buffer, body_buffer;  // reused per message
+  CounterSnapshot last_reported{};      // export thread: the counters of the last report
+
+  void run() {
+    block_sigpipe();
+    auto next_interest = Clock::now();
+    auto next_stats = Clock::now() + shared.config.stats_interval;
+    std::optional<Channel> stats_out;
+    while (!shared.stopping.load(std::memory_order_relaxed)) {
+      try {
+        const auto now = Clock::now();
+        if (now >= next_interest) {
+          publish_interest(read_interest());
+          next_interest = now + shared.config.interest_interval;
+        }
+        if (now >= next_stats) {
+          // One snapshot for the line and for the test of it: at info only when something
+          // happened since the last report, so an idle bridge does not fill the journal
+          // with a line a second.
+          const CounterSnapshot now_counts = shared.counters.snapshot();
+          const std::string report = shared.json(now_counts);
+          shared.log->log(
+              changed_since(last_reported, now_counts) ? spdlog::level::info : spdlog::level::debug,
+              "counters {}", report);
+          last_reported = now_counts;
+          // The channel's ring keeps the latest reports for `shmbus stats`, which reads it
+          // from the earliest message still held. Opened without settings: a reader may
+          // have created it first, with the daemon's defaults.
+          if (!stats_out) stats_out.emplace(interest_bus.channel(shared.stats_channel()));
+          // Our own origin: never exported, even under an export rule such as "*".
+          stats_out->try_publish(bytes_of(report), 0ns, shared.config.host_id);
+          shared.counters.lag_max.store(0, std::memory_order_relaxed);
+          next_stats = now + shared.config.stats_interval;
+        }
+        follow_link();
+        if (pub && now >= next_heartbeat) send_heartbeat(now);
+        // Drain a batch, then write it with one write() before looking at the clock again.
+        size_t drained = 0;
+        if (!shared.config.exports.empty()) {
+          for (; drained < kExportBatch; ++drained) {
+            auto m = export_sub.next(0ns);
+            if (!m) break;
+            export_message(*m);
+          }
+        }
+        send_queued();
+        service_pub();
+        if (drained == kExportBatch) continue;  // the ring may hold more: no waiting
+        wait_for_work(std::min(next_interest, next_stats));
+      } catch (const Error& e) {
+        if (e.code() == Errc::kDaemonGone) {
+          shared.log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
+          shared.local_bus_gone = true;
+          return;
+        }
+        shared.log->error("local bus: {}", e.what());
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+    drain_on_stop();
+  }
+
+  // stop(): what was already taken from the ring goes out to Redis (and is acknowledged)
+  // before the thread ends, for up to kDrainOnStop; what cannot is counted, never lost
+  // silently. Durable XADDs are what matters most here: the local ring will not give them
+  // again after a restart.
+  void drain_on_stop() {
+    const auto until = Clock::now() + kDrainOnStop;
+    follow_link();  // a link the Redis thread made that this thread had not taken up yet
+    while (pub && (!queue.empty() || !in_flight.empty()) && Clock::now() < until) {
+      send_queued();
+      service_pub();
+      if (!pub) break;
+      pollfd fd = pub->poll_entry();
+      poll(&fd, 1, 10);
+    }
+    if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
+    if (!queue.empty()) {
+      shared.drop(Drop::kStopped, queue.size(), [&] {
+        return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
+               std::to_string(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(kDrainOnStop).count()) +
+               " ms)";
+      });
+      queue.clear();
+      note_queue();
+    }
+  }
+
+  // Parks until there is work: a message on the ring (on the bus futex, woken by the
+  // publisher itself), Redis making room or answering when it is what holds us up, or the
+  // next timer. Replies are read on the next pass; while some are due, at most
+  // kReplyCheck passes between two reads, so in_flight and `exported` stay current.
+  void wait_for_work(Clock::time_point until) {
+    if (pub) until = std::min(until, next_heartbeat);
+    auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
+    wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
+    if (pub && !in_flight.empty()) wait = std::min<std::chrono::nanoseconds>(wait, kReplyCheck);
+    const bool redis_bound =
+        pub && (pub->output_pending() || (!queue.empty() && in_flight.size() >= kMaxInFlight));
+    if (redis_bound || (pub && shared.config.exports.empty())) {
+      // Redis, not the ring, is what we wait for: its socket says when to go on. Short
+      // while exporting, so the ring is drained into the queue meanwhile.
+      if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
+      pollfd fd = pub->poll_entry();
+      const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
+                        static_cast<long>(wait.count() % 1'000'000'000)};
+      ppoll(&fd, 1, &ts, nullptr);  // EINTR or a timeout: the next pass looks again
+      return;
+    }
+    if (shared.config.exports.empty()) {
+      std::this_thread::sleep_for(wait);
+      return;
+    }
+    if (auto m = export_sub.next(wait)) export_message(*m);
+  }
+
+  // Adopts the publishing connection of the current link generation, and retires one
+  // whose generation has passed (the Redis thread found the link dead).
+  void follow_link() {
+    const uint64_t generation = shared.link_generation.load(std::memory_order_acquire);
+    if (pub && pub_generation == generation) return;
+    if (pub) retire_pub();
+    std::lock_guard<std::mutex> lock(shared.link_mutex);
+    // Under link_mutex a waiting `handoff` always belongs to the current generation: the
+    // Redis thread sets the two together and drops `handoff` when it moves the generation.
+    if (shared.handoff) {
+      pub = std::move(shared.handoff);
+      pub_generation = shared.link_generation.load(std::memory_order_relaxed);
+      next_heartbeat = Clock::now();
+    }
+  }
+
+  // `pub` may take a message now: adopted, of the current link, with room in flight, and
+  // little enough unwritten that a heartbeat appended now goes out soon.
+  bool pub_ready() const {
+    return pub && pub_generation == shared.link_generation.load(std::memory_order_acquire) &&
+           in_flight.size() < kMaxInFlight && pub->output_bytes() < kMaxUnwrittenBytes;
+  }
+
+  // `pub` is gone (broken here, or its link retired by the Redis thread): settles what was
+  // in flight on it.
+  void retire_pub() {
+    const auto uncertain =
+        static_cast<uint64_t>(std::count(in_flight.begin(), in_flight.end(), Sent::kPublish));
+    in_flight.clear();
+    if (uncertain)
+      shared.drop(Drop::kInFlight, uncertain,
+                  "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
+    // Durable: XADD again, first in line; readers drop the copy if the first one landed.
+    queue.put_first(std::move(xadds_in_flight));
+    note_queue();
+    // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
+    // link the Redis thread has already replaced.
+    const linger discard{1, 0};
+    setsockopt(pub->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
+    pub.reset();
+  }
+
+  // A failure met on `pub`: retire it and have the Redis thread take the link down.
+  void pub_failed(const std::string& why) {
+    const uint64_t generation = pub_generation;
+    retire_pub();
+    {
+      std::lock_guard<std::mutex> lock(shared.link_mutex);
+      shared.pub_failure = why;
+    }
+    shared.failed_generation.store(generation, std::memory_order_release);
+    shared.wake();
+  }
+
+  void send_heartbeat(Clock::time_point now) {
+    // A link retired since follow_link(): its heartbeat could never come back.
+    if (pub_generation != shared.link_generation.load(std::memory_order_acquire)) return;
+    ++heartbeats_sent;
+    const std::string n = std::to_string(heartbeats_sent);
+    pub->append({"PUBLISH", shared.heartbeat_channel, n});
+    in_flight.push_back(Sent::kHeartbeat);
+    next_heartbeat = now + shared.config.heartbeat_interval;
+    std::lock_guard<std::mutex> lock(shared.link_mutex);
+    shared.newest_heartbeat = {pub_generation, heartbeats_sent, now};
+  }
+
+  void export_message(const Message& m) {
+    if (m.lost_before > 0)
+      shared.drop(Drop::kLocalLapped, m.lost_before, [&] {
+        return "the export subscriber was lapped on '" + std::string(m.channel) +
+               "'; give the channel a larger ring_bytes in shmbusd.toml";
+      });
+    // Imported messages (and our counters) are never sent back out: no loops.
+    if (m.origin != 0) return;
+    if (m.channel.starts_with(kReservedPrefix)) return;
+    const Rule* rule = BridgeConfig::first_match(shared.config.exports, m.channel);
+    // A channel matching several export patterns is delivered once per pattern: keep one.
+    if (rule == nullptr || rule->pattern != m.pattern) return;
+    if (m.payload.size() > shared.config.max_payload_bytes) {
+      shared.drop(Drop::kOversized, 1, [&] {
+        return std::to_string(m.payload.size()) + " bytes on '" + std::string(m.channel) +
+               "' exceed max_payload_bytes = " + std::to_string(shared.config.max_payload_bytes) +
+               "; raise it in [bridge]";
+      });
+      return;
+    }
+    key_buffer.assign(shared.config.redis_prefix).append(m.channel);
+    const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
+    if (envelope)
+      encode_envelope({shared.config.host_id, m.sequence, m.publish_unix_ns}, m.payload,
+                      body_buffer);
+    const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
+    // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
+    // Durable messages always take the queue: send_queued() keeps a copy of each for a
+    // resend.
+    if (!rule->durable && queue.empty() && pub_ready()) {
+      publish(key_buffer, body, rule->mode);
+      return;
+    }
+    enqueue({key_buffer, body, rule, m.sequence, m.publish_unix_ns});
+  }
+
+  void enqueue(const OutboundQueue::Item& item) {
+    uint64_t dropped = 0;
+    queue.push_back(item);
+    // Drop-oldest: while Redis is away the freshest messages are the ones worth keeping.
+    while (queue.size() > shared.config.queue_messages ||
+           (queue.bytes() > shared.config.queue_bytes && queue.size() > 1)) {
+      queue.pop_front();
+      ++dropped;
+    }
+    note_queue();
+    if (dropped)
+      shared.drop(Drop::kQueueFull, dropped, [&] {
+        return "outbound queue full (queue_messages = " +
+               std::to_string(shared.config.queue_messages) +
+               ", queue_bytes = " + std::to_string(shared.config.queue_bytes) +
+               "); Redis is down or slower than the local publishers";
+      });
+  }
+
+  void note_queue() {
+    shared.counters.queue_depth.store(queue.size(), std::memory_order_relaxed);
+    shared.counters.queue_bytes.store(queue.bytes(), std::memory_order_relaxed);
+    shared.counters.queue_held_bytes.store(queue.held_bytes(), std::memory_order_relaxed);
+  }
+
+  // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.
+  void send_queued() {
+    if (queue.empty()) return;
+    while (!queue.empty() && pub_ready()) {
+      const OutboundQueue::Item out = queue.front();
+      if (out.rule->durable) {
+        const std::string maxlen = std::to_string(out.rule->stream_maxlen);
+        const std::string origin = std::to_string(shared.config.host_id);
+        const std::string seq = std::to_string(out.sequence);
+        const std::string ts = std::to_string(out.publish_unix_ns);
+        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
+                     origin, "seq", seq, "ts", ts});
+        in_flight.push_back(Sent::kXadd);
+        xadds_in_flight.push_back(out);
+      } else {
+        publish(out.key, out.body, out.rule->mode);
+      }
+      queue.pop_front();  // last: `out` views into the queue
+    }
+    note_queue();
+  }
+
+  void publish(std::string_view key, std::string_view body, Mode mode) {
+    if (mode == Mode::kRaw) remember_raw(key, body);
+    pub->append({"PUBLISH", key, body});
+    in_flight.push_back(Sent::kPublish);
+  }
+
+  // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
+  // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
+  // already sent, so the next heartbeat to come back forgets it if it does not.
+  void remember_raw(std::string_view channel, std::string_view body) {
+    std::lock_guard<std::mutex> lock(shared.echo_mutex);
+    if (!shared.covered_by_sent(channel)) return;
+    shared.raw_echoes.remember(channel, body, heartbeats_sent);
+  }
+
+  // Writes what `pub` holds and reads what Redis answered, without blocking.
+  void service_pub() {
+    if (!pub) return;
+    // Retired by the Redis thread since follow_link(): what is still unsent must not go out
+    // on it (its echoes would reach the new link's subscriber with no record to match).
+    if (pub_generation != shared.link_generation.load(std::memory_order_acquire)) {
+      retire_pub();
+      return;
+    }
+    try {
+      if (pub->output_pending()) pub->flush();
+      // Read even with nothing in flight: an EOF (Redis closed the connection) must be seen
+      // now, not by the next heartbeat, or an import-only bridge's poll spins on it.
+      pub->read();
+      while (const redisReply* r = pub->next_reply()) on_pub_reply(r);
+    } catch (const std::exception& e) {
+      pub_failed(e.what());
+    }
+  }
+
+  void on_pub_reply(const redisReply* r) {
+    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
+    const Sent sent = in_flight.front();
+    const bool refused = r->type == REDIS_REPLY_ERROR;
+    const std::string_view error = reply_text(r);
+    // A Redis that is loading its data after a restart (or otherwise briefly unable to
+    // write) refuses XADD; a durable message stays in flight, and retire_pub() (which the
+    // throw leads to) sends it again on the next connection.
+    if (refused && sent == Sent::kXadd && is_transient_error(error))
+      throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
+    in_flight.pop_front();
+    if (sent == Sent::kXadd) xadds_in_flight.pop_front();
+    if (!refused) {
+      if (sent != Sent::kHeartbeat)
+        shared.counters.exported.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (sent == Sent::kHeartbeat)
+      throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
+    shared.drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
+  }
+
+  Interest read_interest() {
+    Interest in;
+    for (const auto& rule : shared.config.imports) {
+      for (auto& ch : interest_bus.channels(rule.pattern)) {
+        if (ch.starts_with(kReservedPrefix)) continue;
+        if (BridgeConfig::first_match(shared.config.imports, ch) != &rule) continue;
+        (rule.durable ? in.streams : in.channels).insert(shared.config.redis_prefix + ch);
+      }
+    }
+    for (const auto& p : interest_bus.patterns()) {
+      // Our own export subscription is no local interest.
+      const uint64_t ours = own_export_patterns.count(p.pattern) ? 1 : 0;
+      if (p.subscribers <= ours) continue;
+      if (!glob_has_wildcards(p.pattern)) {
+        const Rule* rule = BridgeConfig::first_match(shared.config.imports, p.pattern);
+        if (rule && !p.pattern.starts_with(kReservedPrefix))
+          (rule->durable ? in.streams : in.channels).insert(shared.config.redis_prefix + p.pattern);
+        continue;
+      }
+      for (const auto& rule : shared.config.imports) {
+        // Durable rules are read by stream key: the streams a pattern matches are found by
+        // SCAN (send_stream_command), and checked against the rules when found.
+        NameSet& to = rule.durable ? in.stream_patterns : in.patterns;
+        if (provably_contains(p.pattern, rule.pattern))
+          to.insert(pattern_prefix + rule.pattern);  // all the rule allows
+        else if (may_overlap(p.pattern, rule.pattern))
+          to.insert(pattern_prefix + p.pattern);  // filtered by the rules on arrival
+      }
+    }
+    // A channel a pattern already covers would only arrive twice.
+    std::erase_if(in.channels,
+                  [&](const std::string& ch) { return any_glob_matches(in.patterns, ch); });
+    return in;
+  }
+
+  void publish_interest(Interest in) {
+    {
+      std::lock_guard<std::mutex> lock(shared.mutex);
+      shared.interest_read = true;
+      if (in == shared.interest) return;
+      shared.interest = std::move(in);
+      ++shared.interest_generation;
+    }
+    shared.wake();
+  }
+};
+
+Exporter::Exporter(BridgeShared& shared, const ConnectOptions& local)
+    : state_(std::make_unique<State>(shared, local)) {}
+Exporter::~Exporter() = default;
+void Exporter::run() {
+  state_->run();
+}
+
+}  // namespace shmbus::bridge
