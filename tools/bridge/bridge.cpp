@@ -33,6 +33,7 @@
 #include "exporter.hpp"
 #include "glob.hpp"
 #include "interest_globs.hpp"
+#include "origin_sequences.hpp"
 #include "outbound_queue.hpp"
 #include "redis_connection.hpp"
 #include "shmbus/subscription.hpp"
@@ -95,9 +96,6 @@ struct NameHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
-
-// How far below the newest sequence a late durable entry is still recognised as new.
-constexpr uint64_t kResendWindow = 4096;
 
 }  // namespace
 
@@ -671,59 +669,16 @@ struct Bridge::Impl : BridgeShared {
     return raw_echoes.recognise(channel, payload);
   }
 
-  // What was taken from `origin` so far, or nullptr if nothing yet.
-  // True if a durable entry was imported already: at or below the newest taken from its
-  // origin (`last`), and not one of the gaps a late resend may fill.
-  static bool durable_repeat(const SequenceState& last, uint64_t sequence,
-                             uint64_t publish_unix_ns) {
-    return std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence) &&
-           last.missing.count(sequence) == 0;
-  }
-
-  // Records a message taken from `origin` (`last`: its origin_state, may be null): counts
-  // the gap before it as lost in transit and, for durable entries, remembers the gap's
-  // numbers so a late resend fills it. A durable caller has ruled out repeats
-  // (durable_repeat) before.
+  // Records a message taken from `origin` (origin_sequences.hpp), counting what it shows
+  // lost in transit.
   void record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
                        uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
-    if (last == nullptr) {
-      states.push_back({origin, {sequence, publish_unix_ns, {}}});
-      return;
-    }
-    if (std::pair(publish_unix_ns, sequence) <= std::pair(last->publish_unix_ns, last->sequence)) {
-      if (durable) {
-        // Not a repeat, so a late resend: counted as lost in transit when its gap opened
-        // (by this run, unless restored from the state file).
-        last->missing.erase(sequence);
-        if (sequence > last->restored_upto)
-          counters.lost_in_transit.fetch_sub(1, std::memory_order_relaxed);
-        return;
-      }
-      // Pub/sub never repeats; an older stamp means the origin's channel restarted.
-      last->sequence = sequence;
-      last->publish_unix_ns = publish_unix_ns;
-      return;
-    }
-    if (durable && sequence <= last->sequence) {
-      // A newer stamp with a lower number: the origin's channel restarted its numbering.
-      // The old gaps can never be filled now; kept, they would let a repeat of a new
-      // number through.
-      last->missing.clear();
-      last->restored_upto = 0;
-    }
-    if (sequence > last->sequence + 1) {
-      counters.lost_in_transit.fetch_add(sequence - last->sequence - 1, std::memory_order_relaxed);
-      if (durable) {
-        const uint64_t from =
-            std::max(last->sequence + 1, sequence - std::min(sequence, kResendWindow));
-        for (uint64_t s = from; s < sequence; ++s) last->missing.insert(s);
-      }
-    }
-    last->sequence = sequence;
-    last->publish_unix_ns = publish_unix_ns;
-    // Forget gaps too far behind to be resends.
-    while (!last->missing.empty() && *last->missing.begin() + kResendWindow < sequence)
-      last->missing.erase(last->missing.begin());
+    const int64_t lost =
+        bridge::record_sequence(states, last, origin, sequence, publish_unix_ns, durable);
+    if (lost > 0)
+      counters.lost_in_transit.fetch_add(static_cast<uint64_t>(lost), std::memory_order_relaxed);
+    else if (lost < 0)
+      counters.lost_in_transit.fetch_sub(static_cast<uint64_t>(-lost), std::memory_order_relaxed);
   }
 
   void note_lag(uint64_t publish_unix_ns) {

@@ -1,0 +1,55 @@
+#include "origin_sequences.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace shmbus::bridge {
+
+bool durable_repeat(const SequenceState& last, uint64_t sequence, uint64_t publish_unix_ns) {
+  return std::pair(publish_unix_ns, sequence) <= std::pair(last.publish_unix_ns, last.sequence) &&
+         last.missing.count(sequence) == 0;
+}
+
+int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                        uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
+  if (last == nullptr) {
+    states.push_back({origin, {sequence, publish_unix_ns, {}}});
+    return 0;
+  }
+  if (std::pair(publish_unix_ns, sequence) <= std::pair(last->publish_unix_ns, last->sequence)) {
+    if (durable) {
+      // Not a repeat, so a late resend: counted as lost in transit when its gap opened
+      // (by this run, unless restored from the state file).
+      last->missing.erase(sequence);
+      return sequence > last->restored_upto ? -1 : 0;
+    }
+    // Pub/sub never repeats; an older stamp means the origin's channel restarted.
+    last->sequence = sequence;
+    last->publish_unix_ns = publish_unix_ns;
+    return 0;
+  }
+  if (durable && sequence <= last->sequence) {
+    // A newer stamp with a lower number: the origin's channel restarted its numbering.
+    // The old gaps can never be filled now; kept, they would let a repeat of a new
+    // number through.
+    last->missing.clear();
+    last->restored_upto = 0;
+  }
+  int64_t lost = 0;
+  if (sequence > last->sequence + 1) {
+    lost = static_cast<int64_t>(sequence - last->sequence - 1);
+    if (durable) {
+      const uint64_t from =
+          std::max(last->sequence + 1, sequence - std::min(sequence, kResendWindow));
+      for (uint64_t s = from; s < sequence; ++s) last->missing.insert(s);
+    }
+  }
+  last->sequence = sequence;
+  last->publish_unix_ns = publish_unix_ns;
+  // Forget gaps too far behind to be resends.
+  while (!last->missing.empty() && *last->missing.begin() + kResendWindow < sequence)
+    last->missing.erase(last->missing.begin());
+  return lost;
+}
+
+}  // namespace shmbus::bridge

@@ -1,0 +1,33 @@
+// Loss and repeat accounting per origin: what the bridge imported from each origin of a
+// channel or stream (OriginSequences, state_file.hpp), how a newly taken message moves it,
+// and how many messages that shows lost in transit. Pure: the caller adds the returned
+// change to its lost_in_transit counter.
+//
+// Pub/sub never repeats, so a gap in an origin's sequence is loss and an older stamp means
+// the origin's channel restarted. Durable entries may be read twice (a resend after an
+// unacknowledged XADD) or late (a resend landing after later entries): a repeat is
+// recognised by durable_repeat(), and a late entry fills the gap it was counted in.
+#pragma once
+
+#include <cstdint>
+
+#include "state_file.hpp"
+
+namespace shmbus::bridge {
+
+// How far below the newest sequence a late durable entry is still recognised as new.
+inline constexpr uint64_t kResendWindow = 4096;
+
+// True if a durable entry was imported already: at or below the newest taken from its
+// origin (`last`), and not one of the gaps a late resend may fill.
+bool durable_repeat(const SequenceState& last, uint64_t sequence, uint64_t publish_unix_ns);
+
+// Records a message taken from `origin` (`last`: its origin_state in `states`, may be null)
+// and returns the change it makes to the messages lost in transit: the gap before it
+// (remembered, for durable entries, so a late resend can fill it), or -1 when a late
+// durable entry fills a gap this run counted. A durable caller has ruled out repeats
+// (durable_repeat) before.
+int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                        uint64_t sequence, uint64_t publish_unix_ns, bool durable);
+
+}  // namespace shmbus::bridge
