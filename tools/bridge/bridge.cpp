@@ -33,6 +33,7 @@
 #include "exporter.hpp"
 #include "glob.hpp"
 #include "interest_globs.hpp"
+#include "local_imports.hpp"
 #include "origin_sequences.hpp"
 #include "outbound_queue.hpp"
 #include "redis_connection.hpp"
@@ -81,14 +82,6 @@ constexpr auto kLocalFullRetry = 5ms;
 constexpr int kLocalFullRetryDoublings = 5;
 // A key a durable rule follows that turned out not to be a stream is tried again after this.
 constexpr auto kUnreadableStreamRetry = 10s;
-// Local channels the bridge keeps open for importing; past this the cache starts over.
-constexpr size_t kMaxOpenImportChannels = 4096;
-
-uint64_t unix_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
 
 // Hashes a channel name held as std::string or looked up by string_view (no copy per
 // message to look one up).
@@ -103,7 +96,7 @@ struct Bridge::Impl : BridgeShared {
   Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
       : BridgeShared(std::move(config_in), std::move(logger), random_nonce()),
         local(std::move(local_in)),
-        import_bus(Bus::connect(local)) {
+        imports(*this, local, [this] { forget_routes(); }) {
     validate_bridge_config(config);
     exporter = std::make_unique<Exporter>(*this, local);
     std::random_device seed;
@@ -135,7 +128,7 @@ struct Bridge::Impl : BridgeShared {
   }
 
   ConnectOptions local;
-  Bus import_bus;                      // Redis thread: publishes imports
+  LocalImports imports;                // Redis thread: where imports go (local_imports.hpp)
   std::unique_ptr<Exporter> exporter;  // the export thread's (exporter.hpp)
   std::thread redis_thread, export_thread;
   std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
@@ -171,7 +164,7 @@ struct Bridge::Impl : BridgeShared {
   struct ImportRoute {
     std::optional<std::string> designated_pattern;  // nullopt: only the by-name copy
     const Rule* rule = nullptr;
-    Channel* channel = nullptr;            // in import_channels
+    Channel* channel = nullptr;            // in `imports`
     OriginSequences* sequences = nullptr;  // in `sequences`
   };
   std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
@@ -214,8 +207,6 @@ struct Bridge::Impl : BridgeShared {
   Clock::time_point next_full_log{};
   bool state_dirty = false;
   Clock::time_point next_state_save{};
-
-  std::unordered_map<std::string, Channel> import_channels;  // by local name
 
   void forget_routes() { routes.clear(); }
 
@@ -560,7 +551,7 @@ struct Bridge::Impl : BridgeShared {
         counters.echoes.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      publish_local(*route->channel, bytes_of(payload), kUnknownOrigin);
+      imports.publish(*route->channel, bytes_of(payload), kUnknownOrigin);
       return;
     }
     std::string why;
@@ -577,8 +568,8 @@ struct Bridge::Impl : BridgeShared {
     const uint16_t origin = envelope->header.origin;
     record_sequence(*route->sequences, origin_state(*route->sequences, origin), origin,
                     envelope->header.sequence, envelope->header.publish_unix_ns, false);
-    note_lag(envelope->header.publish_unix_ns);
-    publish_local(*route->channel, envelope->payload, envelope->header.origin);
+    imports.note_lag(envelope->header.publish_unix_ns);
+    imports.publish(*route->channel, envelope->payload, envelope->header.origin);
   }
 
   // The first message on a Redis channel: checks its name against the prefix, the limits
@@ -607,7 +598,7 @@ struct Bridge::Impl : BridgeShared {
            [&] { return "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule"; });
       return nullptr;
     }
-    Channel* local = import_channel(name);  // may forget every route: before the insert
+    Channel* local = imports.channel(name);  // may forget every route: before the insert
     if (local == nullptr) return nullptr;
     ImportRoute& route = routes[std::string(channel)];
     route.designated_pattern = designated_pattern(channel);
@@ -679,58 +670,6 @@ struct Bridge::Impl : BridgeShared {
       counters.lost_in_transit.fetch_add(static_cast<uint64_t>(lost), std::memory_order_relaxed);
     else if (lost < 0)
       counters.lost_in_transit.fetch_sub(static_cast<uint64_t>(-lost), std::memory_order_relaxed);
-  }
-
-  void note_lag(uint64_t publish_unix_ns) {
-    const uint64_t now = unix_ns();
-    const uint64_t lag = now > publish_unix_ns ? now - publish_unix_ns : 0;
-    counters.lag_last.store(lag, std::memory_order_relaxed);
-    uint64_t max = counters.lag_max.load(std::memory_order_relaxed);
-    while (lag > max && !counters.lag_max.compare_exchange_weak(max, lag)) {
-    }
-  }
-
-  // The local channel `name` (opened on first use), or nullptr when shmbusd refuses it
-  // (counted). Too many open: all are closed, and with them every route that held one.
-  Channel* import_channel(const std::string& name) {
-    auto it = import_channels.find(name);
-    if (it != import_channels.end()) return &it->second;
-    if (import_channels.size() >= kMaxOpenImportChannels) {
-      forget_routes();
-      import_channels.clear();
-    }
-    try {
-      return &import_channels.emplace(name, import_bus.channel(name)).first->second;
-    } catch (const Error& e) {
-      if (e.code() == Errc::kDaemonGone || e.code() == Errc::kNoDaemon) throw;
-      drop(Drop::kLocalRefused, 1, e.what());
-      return nullptr;
-    }
-  }
-
-  // Publishes an import without waiting. A full back-pressure channel drops the message
-  // (counted), unless `can_retry` (the stream still holds it): then it is left to the caller.
-  PublishStatus publish_local(Channel& channel, std::span<const std::byte> payload, uint16_t origin,
-                              bool can_retry = false) {
-    const PublishResult r = channel.try_publish(payload, 0ns, origin);
-    if (r.ok()) {
-      counters.imported.fetch_add(1, std::memory_order_relaxed);
-    } else if (r.status == PublishStatus::kWouldBlock && can_retry) {
-      // the caller reads it again
-    } else if (r.status == PublishStatus::kTooLarge) {
-      drop(Drop::kOversized, 1, [&] {
-        return std::to_string(payload.size()) + " bytes exceed local channel '" +
-               channel.name().substr(0, 128) + "' limit of " +
-               std::to_string(channel.max_message_bytes()) +
-               "; raise it with a [[channel]] rule in shmbusd.toml";
-      });
-    } else {
-      drop(Drop::kLocalRefused, 1, [&] {
-        return "back-pressure channel '" + channel.name().substr(0, 128) +
-               "' is full; the bridge never waits";
-      });
-    }
-    return r.status;
   }
 
   // ---- durable: streams ----
@@ -1044,9 +983,9 @@ struct Bridge::Impl : BridgeShared {
       counters.duplicates.fetch_add(1, std::memory_order_relaxed);
       return true;
     }
-    if (ts) note_lag(ts);
-    if (Channel* local = import_channel(name)) {
-      const auto status = publish_local(*local, bytes_of(*payload), from, /*can_retry=*/true);
+    if (ts) imports.note_lag(ts);
+    if (Channel* local = imports.channel(name)) {
+      const auto status = imports.publish(*local, bytes_of(*payload), from, /*can_retry=*/true);
       if (status == PublishStatus::kWouldBlock) return false;
     }
     // Taken (or dropped and counted): recorded, so a repeat of it is known for one.
