@@ -2,43 +2,29 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <spdlog/spdlog.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <deque>
-#include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <optional>
 #include <random>
-#include <set>
-#include <sstream>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
 
 #include "bridge_shared.hpp"
 #include "counters.hpp"
-#include "durable_file.hpp"
-#include "echo_ledger.hpp"
+#include "durable_streams.hpp"
 #include "envelope.hpp"
 #include "exporter.hpp"
 #include "glob.hpp"
-#include "interest_globs.hpp"
 #include "local_imports.hpp"
 #include "origin_sequences.hpp"
-#include "outbound_queue.hpp"
 #include "redis_connection.hpp"
 #include "shmbus/subscription.hpp"
-#include "state_file.hpp"
 
 namespace shmbus::bridge {
 
@@ -70,19 +56,6 @@ uint64_t CounterSnapshot::dropped_total() const {
 
 namespace {
 
-// How often the durable read positions are written to the state file.
-constexpr auto kStateSaveInterval = 1s;
-// XREAD blocks this long at most, so new stream keys are picked up promptly.
-constexpr auto kXreadBlock = 100ms;
-constexpr uint32_t kXreadCount = 512;
-// A durable import held back by a full back-pressure channel reads its stream again after
-// a pause (the entries wait in Redis, not in the bridge): 5 ms, doubling while the channel
-// stays full, up to 160 ms, so a stuck subscriber costs Redis a few reads a second.
-constexpr auto kLocalFullRetry = 5ms;
-constexpr int kLocalFullRetryDoublings = 5;
-// A key a durable rule follows that turned out not to be a stream is tried again after this.
-constexpr auto kUnreadableStreamRetry = 10s;
-
 // Hashes a channel name held as std::string or looked up by string_view (no copy per
 // message to look one up).
 struct NameHash {
@@ -96,12 +69,13 @@ struct Bridge::Impl : BridgeShared {
   Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
       : BridgeShared(std::move(config_in), std::move(logger), random_nonce()),
         local(std::move(local_in)),
-        imports(*this, local, [this] { forget_routes(); }) {
+        imports(*this, local, [this] { forget_routes(); }),
+        durable(*this, imports) {
     validate_bridge_config(config);
     exporter = std::make_unique<Exporter>(*this, local);
     std::random_device seed;
     rng.seed(seed());
-    load_state();
+    durable.load_state();
     redis_thread = std::thread([this] {
       pthread_setname_np(pthread_self(), "bridge-redis");  // for top -H, perf and gdb
       redis_main();
@@ -119,7 +93,7 @@ struct Bridge::Impl : BridgeShared {
     wake();
     if (export_thread.joinable()) export_thread.join();
     if (redis_thread.joinable()) redis_thread.join();
-    save_state();
+    durable.save_state();
   }
 
   static uint64_t random_nonce() {
@@ -129,13 +103,14 @@ struct Bridge::Impl : BridgeShared {
 
   ConnectOptions local;
   LocalImports imports;                // Redis thread: where imports go (local_imports.hpp)
+  DurableStreams durable;              // Redis thread: stream reads (durable_streams.hpp)
   std::unique_ptr<Exporter> exporter;  // the export thread's (exporter.hpp)
   std::thread redis_thread, export_thread;
   std::mt19937_64 rng;  // Redis thread after construction (backoff jitter)
 
   // ---- the Redis thread: the link, subscriptions, imports -------------------------------
 
-  std::unique_ptr<RedisConnection> sub, streams;
+  std::unique_ptr<RedisConnection> sub;
   bool ever_connected = false;
   int failed_attempts = 0;
   Clock::time_point next_connect{};
@@ -150,7 +125,6 @@ struct Bridge::Impl : BridgeShared {
   // header).
   Interest wanted;
   uint64_t wanted_generation = ~uint64_t{0};
-  bool wanted_read = false;  // `wanted` reflects local subscriptions read at least once
   NameSet confirmed_channels, confirmed_patterns;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
@@ -169,60 +143,11 @@ struct Bridge::Impl : BridgeShared {
   };
   std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
 
-  // Durable reads.
-  std::map<std::string, std::string> stream_positions;  // key -> last id read
-  // Per stream key, what was imported from each origin: saved with the positions, so a
-  // resend that lands after a bridge restart is still recognised as one.
-  std::map<std::string, OriginSequences> stream_sequences;
-  // The one command in flight on `streams`, and the key it is about (kNewest, kType).
-  enum class StreamCommand : uint8_t { kNone, kNewest, kScan, kType, kRead };
-  StreamCommand stream_command = StreamCommand::kNone;
-  std::string stream_command_key;
-  // Keys an XREAD or XREVRANGE found not to be streams (WRONGTYPE: someone SET the key),
-  // left out of reads until the time given, then tried again. type_checks: the keys still
-  // to ask TYPE of, after an XREAD of many keys was refused.
-  std::unordered_map<std::string, Clock::time_point> unreadable_streams;
-  std::vector<std::string> type_checks;
-  // Streams and patterns no local subscriber has wanted since then: forgotten (position,
-  // sequences) after unsubscribe_linger, so interest that comes back starts afresh.
-  std::unordered_map<std::string, Clock::time_point> stream_unwanted_since;
-  // Streams found for local pattern subscribers (wanted.stream_patterns) by the last
-  // complete round of SCANs; read like wanted.streams. A round SCANs each pattern in turn.
-  NameSet scanned_streams;
-  NameSet scan_round_found;
-  std::vector<std::string> scan_round_patterns;  // this round's, in order
-  size_t scan_pattern_index = 0;
-  std::string scan_cursor = "0";
-  // Patterns a complete round has covered (saved in the state file, so streams that
-  // appear while the bridge is down are read from their start too).
-  NameSet patterns_scanned_once;
-  // Patterns whose first round is complete but whose streams do not all have a position
-  // yet; they join patterns_scanned_once when they do (a restart before then would take
-  // those streams for new ones and read their whole history).
-  NameSet patterns_first_round_done;
-  Clock::time_point next_scan{};
-  bool xread_turn = false;               // during a round: an XREAD goes next
-  Clock::time_point next_stream_read{};  // later than now while a local channel is full
-  int held_reads = 0;                    // consecutive reads held back by a full channel
-  Clock::time_point next_full_log{};
-  bool state_dirty = false;
-  Clock::time_point next_state_save{};
-
   void forget_routes() { routes.clear(); }
-
-  // The local name of a Redis channel or stream key the bridge made (prefix + name).
-  std::string_view local_name(std::string_view redis_name) const {
-    return redis_name.substr(std::min(redis_name.size(), config.redis_prefix.size()));
-  }
 
   RedisEndpoint endpoint() const {
     return {config.redis_host,     config.redis_port, config.redis_user,
             config.redis_password, config.redis_db,   config.connect_timeout};
-  }
-
-  bool needs_stream_connection() const {
-    return std::any_of(config.imports.begin(), config.imports.end(),
-                       [](const Rule& r) { return r.durable; });
   }
 
   void connect() {
@@ -231,9 +156,9 @@ struct Bridge::Impl : BridgeShared {
       new_pub = std::make_unique<RedisConnection>(endpoint());
       auto new_sub = std::make_unique<RedisConnection>(endpoint());
       std::unique_ptr<RedisConnection> new_streams;
-      if (needs_stream_connection()) new_streams = std::make_unique<RedisConnection>(endpoint());
+      if (durable.needed()) new_streams = std::make_unique<RedisConnection>(endpoint());
       sub = std::move(new_sub);
-      streams = std::move(new_streams);
+      durable.link_up(std::move(new_streams));
     } catch (const std::exception& e) {
       ++failed_attempts;
       // Capped exponential backoff with jitter: bridges that lost the same Redis do not all
@@ -283,7 +208,7 @@ struct Bridge::Impl : BridgeShared {
       link_generation.fetch_add(1, std::memory_order_acq_rel);
     }
     sub.reset();
-    streams.reset();
+    durable.link_down();
     counters.connected = false;
     {
       std::lock_guard<std::mutex> lock(echo_mutex);
@@ -295,10 +220,6 @@ struct Bridge::Impl : BridgeShared {
     confirmed_patterns.clear();
     forget_routes();
     unwanted_since.clear();
-    stream_command = StreamCommand::kNone;
-    type_checks.clear();
-    scan_round_patterns.clear();  // the round starts over on the next link
-    next_scan = {};
     counters.redis_subscriptions = 0;
     next_connect = Clock::now() + config.backoff_initial;
   }
@@ -339,20 +260,16 @@ struct Bridge::Impl : BridgeShared {
                                  " ms (heartbeat_timeout_ms): the connection is dead or Redis "
                                  "is stalled");
       }
-      send_stream_command();
+      durable.send_command();
       sub->flush();
-      if (streams) streams->flush();
+      if (RedisConnection* streams = durable.connection()) streams->flush();
     }
-    if (now >= next_state_save) {
-      forget_unfollowed_streams(now);
-      save_state();
-      next_state_save = now + kStateSaveInterval;
-    }
+    durable.maintain(now);
 
     pollfd fds[3];
     int n = 0;
     fds[n++] = {wake_fd, POLLIN, 0};
-    RedisConnection* conns[2] = {sub.get(), streams.get()};
+    RedisConnection* conns[2] = {sub.get(), durable.connection()};
     for (auto* c : conns) {
       if (!c) continue;
       fds[n++] = c->poll_entry();
@@ -362,8 +279,7 @@ struct Bridge::Impl : BridgeShared {
       deadline = std::min(deadline, std::max(next_connect, now));
     else
       deadline = heartbeat_deadline(deadline);
-    if (streams && stream_command == StreamCommand::kNone && next_stream_read > now)
-      deadline = std::min(deadline, next_stream_read);
+    deadline = durable.deadline(now, deadline);
     // Rounded up: rounded down, poll would wake just before the deadline and spin until it.
     const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
     if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
@@ -385,7 +301,7 @@ struct Bridge::Impl : BridgeShared {
           if (c == sub.get())
             on_sub_reply(r);
           else
-            on_stream_reply(r);
+            durable.on_reply(r);
           if (!sub) return;  // a reply handler disconnected
         }
       }
@@ -400,9 +316,9 @@ struct Bridge::Impl : BridgeShared {
       if (interest_generation != wanted_generation) {
         wanted = interest;
         wanted_generation = interest_generation;
-        forget_unwanted_scans();
+        durable.want(wanted.streams, wanted.stream_patterns);
       }
-      wanted_read = interest_read;
+      durable.interest_read(interest_read);
     }
     {
       // sent_* change here; the export thread reads them (remember_raw).
@@ -410,16 +326,6 @@ struct Bridge::Impl : BridgeShared {
       diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
       diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
     }
-  }
-
-  // Notes `name` as unwanted since `now` unless it was already; true (and the note gone)
-  // once that has lasted unsubscribe_linger. The caller drops the note of a wanted name.
-  bool linger_over(std::unordered_map<std::string, Clock::time_point>& unwanted,
-                   const std::string& name, Clock::time_point now) const {
-    auto [since, fresh] = unwanted.try_emplace(name, now);
-    if (fresh || now - since->second < config.unsubscribe_linger) return false;
-    unwanted.erase(since);
-    return true;
   }
 
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
@@ -658,372 +564,6 @@ struct Bridge::Impl : BridgeShared {
   bool is_raw_echo(std::string_view channel, std::string_view payload) {
     std::lock_guard<std::mutex> lock(echo_mutex);
     return raw_echoes.recognise(channel, payload);
-  }
-
-  // Records a message taken from `origin` (origin_sequences.hpp), counting what it shows
-  // lost in transit.
-  void record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
-                       uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
-    const int64_t lost =
-        bridge::record_sequence(states, last, origin, sequence, publish_unix_ns, durable);
-    if (lost > 0)
-      counters.lost_in_transit.fetch_add(static_cast<uint64_t>(lost), std::memory_order_relaxed);
-    else if (lost < 0)
-      counters.lost_in_transit.fetch_sub(static_cast<uint64_t>(-lost), std::memory_order_relaxed);
-  }
-
-  // ---- durable: streams ----
-
-  // Every stream to XREAD: those wanted by name, and those found for patterns (not also
-  // wanted by name).
-  template <typename F>
-  void for_each_stream_read(F&& f) const {
-    for (const auto& key : wanted.streams)
-      if (!unreadable_streams.count(key)) f(key);
-    for (const auto& key : scanned_streams)
-      if (!wanted.streams.count(key) && !unreadable_streams.count(key)) f(key);
-  }
-
-  // Wanted by name, or by a pattern (whether or not a SCAN round has found it yet: after a
-  // restart, the first round may take longer than the linger in a large keyspace).
-  bool stream_followed(const std::string& key) const {
-    return wanted.streams.count(key) || any_glob_matches(wanted.stream_patterns, key);
-  }
-
-  // A pattern no longer wanted takes its streams along; a stream another pattern still
-  // matches stays until the next round says otherwise.
-  void forget_unwanted_scans() {
-    std::erase_if(scanned_streams, [&](const std::string& key) {
-      return !any_glob_matches(wanted.stream_patterns, key);
-    });
-    std::erase_if(patterns_first_round_done,
-                  [&](const std::string& p) { return !wanted.stream_patterns.count(p); });
-  }
-
-  // Read positions, sequences and scanned patterns that no local subscriber has wanted for
-  // unsubscribe_linger are forgotten: interest that comes back later starts at the newest
-  // entry, as a new subscriber of Redis pub/sub would, instead of receiving the backlog of
-  // its absence (and the state file does not grow with every stream ever read). Only once
-  // the local interest has been read: the state restored at start waits for it.
-  void forget_unfollowed_streams(Clock::time_point now) {
-    if (!wanted_read) return;
-    auto lingered = [&](const std::string& name, bool wanted_now) {
-      if (wanted_now) {
-        stream_unwanted_since.erase(name);
-        return false;
-      }
-      if (!linger_over(stream_unwanted_since, name, now)) return false;
-      state_dirty = true;
-      return true;
-    };
-    for (auto it = stream_positions.begin(); it != stream_positions.end();) {
-      if (lingered(it->first, stream_followed(it->first))) {
-        stream_sequences.erase(it->first);
-        it = stream_positions.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    std::erase_if(patterns_scanned_once, [&](const std::string& p) {
-      return lingered(p, wanted.stream_patterns.count(p) != 0);
-    });
-    for (auto it = unreadable_streams.begin(); it != unreadable_streams.end();)
-      it = now >= it->second ? unreadable_streams.erase(it) : std::next(it);
-  }
-
-  // One command at a time on `streams`: TYPE checks after a refused XREAD, else an
-  // XREVRANGE for a stream followed for the first time, else a SCAN when a round is due,
-  // else the XREAD of everything followed.
-  void send_stream_command() {
-    if (!streams || stream_command != StreamCommand::kNone || Clock::now() < next_stream_read)
-      return;
-    if (!type_checks.empty()) {
-      stream_command_key = std::move(type_checks.back());
-      type_checks.pop_back();
-      streams->append({"TYPE", stream_command_key});
-      stream_command = StreamCommand::kType;
-      return;
-    }
-    bool have_streams = false;
-    std::string_view first_time;
-    uint64_t positioned = 0;
-    for_each_stream_read([&](const std::string& key) {
-      have_streams = true;
-      if (stream_positions.count(key))
-        ++positioned;
-      else if (first_time.empty())
-        first_time = key;
-    });
-    // Streams followed: those with a read position (set once the first XREVRANGE answered).
-    // Counted here, where the streams are walked anyway, and only between commands.
-    counters.streams_read.store(positioned, std::memory_order_relaxed);
-    if (!first_time.empty()) {
-      // First interest in this stream: start after its newest entry (XREAD with "$" would
-      // lose what is added between two calls).
-      stream_command_key = std::string(first_time);
-      streams->append({"XREVRANGE", stream_command_key, "+", "-", "COUNT", "1"});
-      stream_command = StreamCommand::kNewest;
-      return;
-    }
-    // Every stream read has a position now: first rounds are complete for good.
-    if (!patterns_first_round_done.empty()) {
-      patterns_scanned_once.merge(patterns_first_round_done);
-      patterns_first_round_done.clear();
-      state_dirty = true;
-    }
-    // A round of SCANs (one per thousand keys in Redis) alternates with XREADs that do not
-    // block, so streams already followed are not held up by a large keyspace.
-    if (!scan_round_patterns.empty() && xread_turn && have_streams) {
-      xread_turn = false;
-      send_xread(/*block=*/false);
-      return;
-    }
-    if (send_scan()) {
-      xread_turn = true;
-      return;
-    }
-    if (have_streams) send_xread(/*block=*/true);
-  }
-
-  void send_xread(bool block) {
-    const std::string count = std::to_string(kXreadCount);
-    const std::string block_ms = std::to_string(kXreadBlock.count());
-    std::vector<std::string_view> args{"XREAD", "COUNT", count};
-    if (block) args.insert(args.end(), {"BLOCK", block_ms});
-    args.push_back("STREAMS");
-    // Every followed stream has a position here (send_stream_command XREVRANGEs it first);
-    // the map's strings stay where they are while args points at them.
-    std::vector<std::string_view> ids;
-    for_each_stream_read([&](const std::string& key) {
-      args.push_back(key);
-      ids.push_back(stream_positions.find(key)->second);
-    });
-    args.insert(args.end(), ids.begin(), ids.end());
-    streams->append(args);
-    stream_command = StreamCommand::kRead;
-  }
-
-  // The next SCAN of the current round, starting a round when one is due. False if none.
-  bool send_scan() {
-    if (scan_round_patterns.empty()) {
-      if (wanted.stream_patterns.empty() || Clock::now() < next_scan) return false;
-      scan_round_patterns.assign(wanted.stream_patterns.begin(), wanted.stream_patterns.end());
-      scan_pattern_index = 0;
-      scan_cursor = "0";
-      scan_round_found.clear();
-    }
-    streams->append({"SCAN", scan_cursor, "MATCH", scan_round_patterns[scan_pattern_index], "COUNT",
-                     "1000", "TYPE", "stream"});
-    stream_command = StreamCommand::kScan;
-    return true;
-  }
-
-  void on_scan_reply(const redisReply* r) {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[1]->type != REDIS_REPLY_ARRAY)
-      throw std::runtime_error("unexpected SCAN reply");
-    for (size_t k = 0; k < r->element[1]->elements; ++k) {
-      const std::string_view key = reply_text(r->element[1]->element[k]);
-      if (!key.starts_with(config.redis_prefix)) continue;
-      const std::string_view name = local_name(key);
-      if (name.starts_with(kReservedPrefix)) continue;
-      const Rule* rule = BridgeConfig::first_match(config.imports, name);
-      if (rule != nullptr && rule->durable) scan_round_found.insert(std::string(key));
-    }
-    scan_cursor = std::string(reply_text(r->element[0]));
-    if (scan_cursor != "0") return;
-    if (++scan_pattern_index < scan_round_patterns.size()) return;
-    // The round is complete. A stream that a pattern covered by an earlier round did not
-    // show then has appeared since: all its entries are new, read it from the start. The
-    // others (first round of their pattern) start after their newest entry, as a stream
-    // followed by name does.
-    for (const auto& key : scan_round_found) {
-      if (stream_positions.count(key) || scanned_streams.count(key)) continue;
-      if (any_glob_matches(patterns_scanned_once, key)) {  // appeared since
-        stream_positions[key] = "0-0";
-        state_dirty = true;
-      }
-    }
-    for (const auto& p : scan_round_patterns)
-      if (wanted.stream_patterns.count(p) && !patterns_scanned_once.count(p))
-        patterns_first_round_done.insert(p);
-    scanned_streams = std::move(scan_round_found);
-    scan_round_found.clear();
-    forget_unwanted_scans();  // interest may have changed during the round
-    scan_round_patterns.clear();
-    next_scan = Clock::now() + config.stream_scan_interval;
-  }
-
-  void on_stream_reply(const redisReply* r) {
-    const StreamCommand command = std::exchange(stream_command, StreamCommand::kNone);
-    if (r->type == REDIS_REPLY_ERROR) {
-      const std::string_view error = reply_text(r);
-      if (!error.starts_with("WRONGTYPE") || command == StreamCommand::kScan)
-        throw std::runtime_error("stream read refused: " + std::string(error));
-      // A key a durable rule follows is not a stream (someone SET it, or it was deleted
-      // and recreated as another type). Leave it out instead of breaking the link over it.
-      if (command == StreamCommand::kRead) {
-        // Which key, Redis does not say: ask each.
-        for_each_stream_read([&](const std::string& key) { type_checks.push_back(key); });
-      } else {
-        mark_unreadable(stream_command_key, "not a stream");
-      }
-      return;
-    }
-    if (command == StreamCommand::kScan) {
-      on_scan_reply(r);
-      return;
-    }
-    if (command == StreamCommand::kType) {
-      const std::string_view type = reply_text(r);
-      if (type != "stream" && type != "none")
-        mark_unreadable(stream_command_key, "a " + std::string(type));
-      return;
-    }
-    if (command == StreamCommand::kNewest) {
-      std::string id = "0-0";
-      if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
-          r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 1)
-        id = std::string(reply_text(r->element[0]->element[0]));
-      stream_positions[stream_command_key] = id;
-      state_dirty = true;
-      return;
-    }
-    if (r->type != REDIS_REPLY_ARRAY) return;  // nil: BLOCK timed out
-    bool held = false, took_any = false;
-    for (size_t s = 0; s < r->elements; ++s) {
-      const redisReply* stream = r->element[s];
-      if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
-      // Worked out once per stream, not per entry.
-      const std::string key(reply_text(stream->element[0]));
-      const std::string name(local_name(key));
-      std::string& position = stream_positions[key];
-      OriginSequences& states = stream_sequences[key];
-      const redisReply* entries = stream->element[1];
-      for (size_t e = 0; e < entries->elements; ++e) {
-        const redisReply* entry = entries->element[e];
-        if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) continue;
-        if (!on_stream_entry(name, states, entry->element[1])) {
-          // The local channel is full: the position stays before this entry, which is read
-          // again after a pause, so a slow subscriber of a back-pressure channel delays a
-          // durable import instead of losing from it.
-          log_held_stream(name);
-          held = true;
-          break;
-        }
-        position.assign(reply_text(entry->element[0]));
-        state_dirty = true;
-        took_any = true;
-      }
-    }
-    // The pause grows only while nothing at all could be taken: a subscriber that drains
-    // its channel, however slowly, is fed again 5 ms after each fill.
-    held_reads = held && !took_any ? held_reads + 1 : 0;
-    if (held)
-      next_stream_read =
-          Clock::now() + kLocalFullRetry * (1 << std::min(held_reads, kLocalFullRetryDoublings));
-  }
-
-  void mark_unreadable(const std::string& key, const std::string& what) {
-    unreadable_streams[key] = Clock::now() + kUnreadableStreamRetry;
-    log->warn("'{}' is {} in Redis: its durable import is left out for {} s, then tried again",
-              key.substr(0, 128), what,
-              std::chrono::duration_cast<std::chrono::seconds>(kUnreadableStreamRetry).count());
-  }
-
-  void log_held_stream(std::string_view name) {
-    const auto now = Clock::now();
-    if (now < next_full_log) return;
-    next_full_log = now + 1s;
-    log->info("durable import of '{}' waits: its local back-pressure channel is full",
-              name.substr(0, 128));
-  }
-
-  // Imports one stream entry. False if the local channel was full: the entry is to be read
-  // again. Anything else (imported, repeat, or dropped and counted) is done with.
-  // `name`: the local channel; `states`: the stream's sequences per origin.
-  bool on_stream_entry(const std::string& name, OriginSequences& states, const redisReply* fields) {
-    std::optional<std::string_view> payload;
-    uint64_t origin = kUnknownOrigin, seq = 0, ts = 0;
-    bool has_sequence = false;
-    bool well_formed = fields->type == REDIS_REPLY_ARRAY && fields->elements % 2 == 0;
-    for (size_t i = 0; well_formed && i + 1 < fields->elements; i += 2) {
-      const std::string_view f = reply_text(fields->element[i]);
-      const std::string_view v = reply_text(fields->element[i + 1]);
-      if (f == "payload")
-        payload = v;
-      else if (f == "origin")
-        well_formed = number(v, origin) && origin != 0 && origin <= 0xffff;
-      else if (f == "seq")
-        well_formed = (has_sequence = number(v, seq));
-      else if (f == "ts")
-        well_formed = number(v, ts);
-    }
-    if (!well_formed || !payload) {
-      drop(Drop::kCorruptEnvelope, 1, [&] {
-        return "stream entry on '" + name.substr(0, 128) +
-               "' without a payload field or with bad origin/seq/ts";
-      });
-      return true;
-    }
-    if (payload->size() > config.max_payload_bytes) {
-      drop(Drop::kOversized, 1, [&] {
-        return std::to_string(payload->size()) + " bytes on stream '" + name.substr(0, 128) +
-               "' exceed max_payload_bytes";
-      });
-      return true;
-    }
-    if (origin == config.host_id) {
-      counters.echoes.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-    const auto from = static_cast<uint16_t>(origin);
-    SequenceState* last = origin_state(states, from);
-    if (has_sequence && last && durable_repeat(*last, seq, ts)) {
-      counters.duplicates.fetch_add(1, std::memory_order_relaxed);
-      return true;
-    }
-    if (ts) imports.note_lag(ts);
-    if (Channel* local = imports.channel(name)) {
-      const auto status = imports.publish(*local, bytes_of(*payload), from, /*can_retry=*/true);
-      if (status == PublishStatus::kWouldBlock) return false;
-    }
-    // Taken (or dropped and counted): recorded, so a repeat of it is known for one.
-    if (has_sequence) record_sequence(states, last, from, seq, ts, true);
-    return true;
-  }
-
-  // The state file (its format: state_file.hpp).
-  // Replaced durably (durable_file.hpp), so a crash leaves the old or the new file, never
-  // half of one; positions and sequences in it are always from the same moment.
-  void save_state() {
-    if (config.state_file.empty() || !state_dirty) return;
-    if (const std::string error = replace_file_durably(
-            config.state_file,
-            serialize_state(stream_positions, patterns_scanned_once, stream_sequences));
-        !error.empty())
-      log->error("durable positions are not saved: {}", error);
-    else
-      state_dirty = false;
-  }
-
-  void load_state() {
-    if (config.state_file.empty()) return;
-    std::ifstream in(config.state_file);
-    std::string text;
-    size_t line = 0, sequence_lines = 0;
-    while (std::getline(in, text)) {
-      ++line;
-      if (!parse_state_line(text, stream_positions, patterns_scanned_once, stream_sequences,
-                            sequence_lines))
-        log->warn(
-            "state file {} line {}: not '<ms>-<seq> <hex key>', 'seq <hex key> <origin> "
-            "<sequence> <ns> [<missing>...]' or 'scanned <hex pattern>'; ignored",
-            config.state_file, line);
-    }
-    if (line)
-      log->info("resuming {} stream(s) ({} origin sequences) from {}", stream_positions.size(),
-                sequence_lines, config.state_file);
   }
 };
 

@@ -3,8 +3,9 @@
 // the export thread reads for the Redis thread, the link hand-over between them, and the
 // raw-mode echo ledger. Each member says which thread writes it and what guards it.
 //
-// The export thread's own state is in exporter.hpp; the Redis thread's is still in
-// Bridge::Impl (bridge.cpp), which is a BridgeShared.
+// The export thread's own state is in exporter.hpp; the Redis thread's is in
+// durable_streams.hpp, local_imports.hpp and Bridge::Impl (bridge.cpp: the link, the
+// pub/sub subscriptions and their imports), which is a BridgeShared.
 #pragma once
 
 #include <pthread.h>
@@ -23,12 +24,14 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <unordered_map>
 
 #include "bridge.hpp"
 #include "bridge_config.hpp"
 #include "counters.hpp"
 #include "echo_ledger.hpp"
 #include "glob.hpp"
+#include "origin_sequences.hpp"
 #include "redis_connection.hpp"
 
 namespace shmbus::bridge {
@@ -166,6 +169,33 @@ struct BridgeShared {
   // Either thread, under echo_mutex (the Redis thread may also call it without).
   bool covered_by_sent(std::string_view channel) const {
     return sent_channels.count(channel) || any_glob_matches(sent_patterns, channel);
+  }
+
+  // The local name of a Redis channel or stream key the bridge made (prefix + name).
+  std::string_view local_name(std::string_view redis_name) const {
+    return redis_name.substr(std::min(redis_name.size(), config.redis_prefix.size()));
+  }
+
+  // Notes `name` as unwanted since `now` unless it was already; true (and the note gone)
+  // once that has lasted unsubscribe_linger. The caller drops the note of a wanted name.
+  bool linger_over(std::unordered_map<std::string, Clock::time_point>& unwanted,
+                   const std::string& name, Clock::time_point now) const {
+    auto [since, fresh] = unwanted.try_emplace(name, now);
+    if (fresh || now - since->second < config.unsubscribe_linger) return false;
+    unwanted.erase(since);
+    return true;
+  }
+
+  // Records a message taken from `origin` (origin_sequences.hpp), counting what it shows
+  // lost in transit.
+  void record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                       uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
+    const int64_t lost =
+        bridge::record_sequence(states, last, origin, sequence, publish_unix_ns, durable);
+    if (lost > 0)
+      counters.lost_in_transit.fetch_add(static_cast<uint64_t>(lost), std::memory_order_relaxed);
+    else if (lost < 0)
+      counters.lost_in_transit.fetch_sub(static_cast<uint64_t>(-lost), std::memory_order_relaxed);
   }
 };
 
