@@ -9,22 +9,16 @@
 #include <chrono>
 #include <cmath>
 #include <mutex>
-#include <optional>
 #include <random>
 #include <system_error>
 #include <thread>
-#include <unordered_map>
 
 #include "bridge_shared.hpp"
-#include "counters.hpp"
 #include "durable_streams.hpp"
-#include "envelope.hpp"
 #include "exporter.hpp"
-#include "glob.hpp"
 #include "local_imports.hpp"
-#include "origin_sequences.hpp"
+#include "pubsub_imports.hpp"
 #include "redis_connection.hpp"
-#include "shmbus/subscription.hpp"
 
 namespace shmbus::bridge {
 
@@ -54,22 +48,12 @@ uint64_t CounterSnapshot::dropped_total() const {
   return total;
 }
 
-namespace {
-
-// Hashes a channel name held as std::string or looked up by string_view (no copy per
-// message to look one up).
-struct NameHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-
-}  // namespace
-
 struct Bridge::Impl : BridgeShared {
   Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
       : BridgeShared(std::move(config_in), std::move(logger), random_nonce()),
         local(std::move(local_in)),
-        imports(*this, local, [this] { forget_routes(); }),
+        imports(*this, local, [this] { pubsub.forget_routes(); }),
+        pubsub(*this, imports),
         durable(*this, imports) {
     validate_bridge_config(config);
     exporter = std::make_unique<Exporter>(*this, local);
@@ -103,6 +87,7 @@ struct Bridge::Impl : BridgeShared {
 
   ConnectOptions local;
   LocalImports imports;                // Redis thread: where imports go (local_imports.hpp)
+  PubSubImports pubsub;                // Redis thread: subscriptions, imports (pubsub_imports.hpp)
   DurableStreams durable;              // Redis thread: stream reads (durable_streams.hpp)
   std::unique_ptr<Exporter> exporter;  // the export thread's (exporter.hpp)
   std::thread redis_thread, export_thread;
@@ -110,40 +95,15 @@ struct Bridge::Impl : BridgeShared {
 
   // ---- the Redis thread: the link, subscriptions, imports -------------------------------
 
-  std::unique_ptr<RedisConnection> sub;
   bool ever_connected = false;
   int failed_attempts = 0;
   Clock::time_point next_connect{};
   Clock::time_point connected_at{};
-  uint64_t newest_heartbeat_seen = 0;  // the highest heartbeat number received on `sub`
-  uint64_t awaited_heartbeat = 0;      // the unanswered heartbeat being timed, if above
-  Clock::time_point awaited_since{};   // ... and when it was sent
+  uint64_t awaited_heartbeat = 0;     // the unanswered heartbeat being timed, if above
+  Clock::time_point awaited_since{};  // ... and when it was sent
   bool export_stall_logged = false;
-
-  // Subscriptions: what we asked for (sent_*, shared: see echo_mutex), and what Redis
-  // confirmed, in the order of the reply stream (confirmed_*; see "No duplicates" in the
-  // header).
-  Interest wanted;
+  // The local interest last handed to pubsub and durable (BridgeShared::interest_generation).
   uint64_t wanted_generation = ~uint64_t{0};
-  NameSet confirmed_channels, confirmed_patterns;
-  std::unordered_map<std::string, Clock::time_point> unwanted_since;
-  std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
-
-  // What on_delivery() worked out for a Redis channel it imports from: which of Redis's
-  // copies of a message to take, the rule, and where the message goes. Every part depends
-  // only on the channel's name, the rules, the confirmed subscriptions and the open import
-  // channels, so a route is kept until one of those changes (forget_routes()); a message
-  // that finds its route skips the name checks, the rule and pattern matching and three
-  // lookups by name.
-  struct ImportRoute {
-    std::optional<std::string> designated_pattern;  // nullopt: only the by-name copy
-    const Rule* rule = nullptr;
-    Channel* channel = nullptr;            // in `imports`
-    OriginSequences* sequences = nullptr;  // in `sequences`
-  };
-  std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
-
-  void forget_routes() { routes.clear(); }
 
   RedisEndpoint endpoint() const {
     return {config.redis_host,     config.redis_port, config.redis_user,
@@ -157,7 +117,7 @@ struct Bridge::Impl : BridgeShared {
       auto new_sub = std::make_unique<RedisConnection>(endpoint());
       std::unique_ptr<RedisConnection> new_streams;
       if (durable.needed()) new_streams = std::make_unique<RedisConnection>(endpoint());
-      sub = std::move(new_sub);
+      pubsub.link_up(std::move(new_sub));
       durable.link_up(std::move(new_streams));
     } catch (const std::exception& e) {
       ++failed_attempts;
@@ -189,11 +149,6 @@ struct Bridge::Impl : BridgeShared {
       link_generation.fetch_add(1, std::memory_order_release);
     }
     counters.connected = true;
-    sub->append({"SUBSCRIBE", heartbeat_channel});
-    {
-      std::lock_guard<std::mutex> lock(echo_mutex);
-      sent_channels.insert(heartbeat_channel);
-    }
     // Re-subscribe from our own registry (wanted), not from whatever the old connection held.
     wanted_generation = ~uint64_t{0};
   }
@@ -207,20 +162,9 @@ struct Bridge::Impl : BridgeShared {
       handoff.reset();
       link_generation.fetch_add(1, std::memory_order_acq_rel);
     }
-    sub.reset();
+    pubsub.link_down();
     durable.link_down();
     counters.connected = false;
-    {
-      std::lock_guard<std::mutex> lock(echo_mutex);
-      sent_channels.clear();
-      sent_patterns.clear();
-      raw_echoes.clear();
-    }
-    confirmed_channels.clear();
-    confirmed_patterns.clear();
-    forget_routes();
-    unwanted_since.clear();
-    counters.redis_subscriptions = 0;
     next_connect = Clock::now() + config.backoff_initial;
   }
 
@@ -241,10 +185,10 @@ struct Bridge::Impl : BridgeShared {
 
   void redis_step() {
     const auto now = Clock::now();
-    if (!sub) {
+    if (!pubsub.connection()) {
       if (now >= next_connect) connect();
     }
-    if (sub) {
+    if (RedisConnection* sub = pubsub.connection()) {
       if (failed_generation.load(std::memory_order_acquire) ==
           link_generation.load(std::memory_order_relaxed)) {
         std::lock_guard<std::mutex> lock(link_mutex);
@@ -269,7 +213,8 @@ struct Bridge::Impl : BridgeShared {
     pollfd fds[3];
     int n = 0;
     fds[n++] = {wake_fd, POLLIN, 0};
-    RedisConnection* conns[2] = {sub.get(), durable.connection()};
+    RedisConnection* sub = pubsub.connection();
+    RedisConnection* conns[2] = {sub, durable.connection()};
     for (auto* c : conns) {
       if (!c) continue;
       fds[n++] = c->poll_entry();
@@ -298,11 +243,11 @@ struct Bridge::Impl : BridgeShared {
       if (revents & (POLLIN | POLLERR | POLLHUP)) {
         c->read();
         while (const redisReply* r = c->next_reply()) {
-          if (c == sub.get())
-            on_sub_reply(r);
+          if (c == sub)
+            pubsub.on_reply(r);
           else
             durable.on_reply(r);
-          if (!sub) return;  // a reply handler disconnected
+          if (!pubsub.connection()) return;  // a reply handler disconnected
         }
       }
     }
@@ -314,204 +259,13 @@ struct Bridge::Impl : BridgeShared {
     {
       std::lock_guard<std::mutex> lock(mutex);
       if (interest_generation != wanted_generation) {
-        wanted = interest;
         wanted_generation = interest_generation;
-        durable.want(wanted.streams, wanted.stream_patterns);
+        pubsub.want(interest.channels, interest.patterns);
+        durable.want(interest.streams, interest.stream_patterns);
       }
       durable.interest_read(interest_read);
     }
-    {
-      // sent_* change here; the export thread reads them (remember_raw).
-      std::lock_guard<std::mutex> lock(echo_mutex);
-      diff_and_send(wanted.channels, sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
-      diff_and_send(wanted.patterns, sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
-    }
-  }
-
-  // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
-  // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
-  // nothing. Each round is one command however many names change.
-  void diff_and_send(const NameSet& want, NameSet& sent, const char* subscribe,
-                     const char* unsubscribe, Clock::time_point now) {
-    std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
-    for (const auto& name : want) {
-      if (sent.insert(name).second) add.push_back(name);
-      unwanted_since.erase(name);
-    }
-    for (auto it = sent.begin(); it != sent.end();) {
-      if (*it == heartbeat_channel || want.count(*it)) {
-        ++it;
-        continue;
-      }
-      // Views into `sent`, erased only after the command is built.
-      if (linger_over(unwanted_since, *it, now)) remove.push_back(*it);
-      ++it;
-    }
-    if (add.size() > 1) {
-      sub->append(add);
-      counters.subscribe_commands.fetch_add(1, std::memory_order_relaxed);
-    }
-    if (remove.size() > 1) {
-      sub->append(remove);
-      counters.unsubscribe_commands.fetch_add(1, std::memory_order_relaxed);
-      std::vector<std::string> names(remove.begin() + 1, remove.end());
-      for (const auto& name : names) sent.erase(name);
-    }
-  }
-
-  // ---- receiving ----
-
-  void on_sub_reply(const redisReply* r) {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
-      if (r->type == REDIS_REPLY_ERROR)
-        throw std::runtime_error("subscriber connection: " + std::string(reply_text(r)));
-      return;
-    }
-    const std::string_view kind = reply_text(r->element[0]);
-    if (kind == "message") {
-      on_delivery(reply_text(r->element[1]), {}, r->element[2]);
-      return;
-    }
-    if (kind == "pmessage" && r->elements >= 4) {
-      on_delivery(reply_text(r->element[2]), reply_text(r->element[1]), r->element[3]);
-      return;
-    }
-    const std::string name(reply_text(r->element[1]));
-    // Each confirmation may change which copy of a message is designated, and which
-    // sequences are kept: routes are worked out again.
-    forget_routes();
-    if (kind == "subscribe") {
-      confirmed_channels.insert(name);
-    } else if (kind == "psubscribe") {
-      confirmed_patterns.insert(name);
-    } else if (kind == "unsubscribe" || kind == "punsubscribe") {
-      (kind == "unsubscribe" ? confirmed_channels : confirmed_patterns).erase(name);
-      // Sequences restart when a channel is followed again: what was published while we
-      // did not listen is not lost in transit.
-      std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
-      std::lock_guard<std::mutex> lock(echo_mutex);
-      // Only entries no subscription covers any more, confirmed or still on its way: a
-      // PUBLISH sent after a SUBSCRIBE we have not seen confirmed yet may well come back.
-      raw_echoes.forget_channels([&](const std::string& channel) {
-        return !confirmed_covers(channel) && !covered_by_sent(channel);
-      });
-    }
-    counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
-                                       std::memory_order_relaxed);
-  }
-
-  bool confirmed_covers(const std::string& channel) const {
-    return confirmed_channels.count(channel) || any_glob_matches(confirmed_patterns, channel);
-  }
-
-  // Exactly one of the copies Redis sends for one PUBLISH is imported (see the header).
-  bool designated(std::string_view channel, std::string_view pattern) const {
-    if (pattern.empty()) return true;
-    return designated_pattern(channel) == pattern;
-  }
-
-  // The pattern whose copy of a message on `channel` is imported: none while a by-name
-  // subscription covers the channel (that copy is), else the first confirmed pattern
-  // matching it.
-  std::optional<std::string> designated_pattern(std::string_view channel) const {
-    if (confirmed_channels.count(channel)) return std::nullopt;
-    for (const auto& p : confirmed_patterns)
-      if (glob_match(p, channel)) return p;
-    return std::nullopt;
-  }
-
-  void on_delivery(std::string_view channel, std::string_view pattern,
-                   const redisReply* payload_reply) {
-    auto known = routes.find(channel);
-    ImportRoute* route = known != routes.end() ? &known->second : nullptr;
-    if (route == nullptr) {
-      if (!designated(channel, pattern)) return;
-      if (channel == heartbeat_channel) {
-        if (pattern.empty()) on_heartbeat(reply_text(payload_reply));
-        return;
-      }
-      route = make_route(channel);
-      if (route == nullptr) return;  // dropped and counted, or another bridge's heartbeat
-    }
-    if (!pattern.empty() && route->designated_pattern != pattern) return;
-    if (payload_reply->type != REDIS_REPLY_STRING) {
-      drop(Drop::kCorruptEnvelope, 1, [&] {
-        return "a message on '" + route->channel->name().substr(0, 128) +
-               "' without a string payload";
-      });
-      return;
-    }
-    const std::string_view payload = reply_text(payload_reply);
-    const Rule& rule = *route->rule;
-    if (payload.size() >
-        config.max_payload_bytes + (rule.mode == Mode::kEnvelope ? kEnvelopeHeaderBytes : 0)) {
-      drop(Drop::kOversized, 1, [&] {
-        return std::to_string(payload.size()) + " bytes on '" +
-               route->channel->name().substr(0, 128) +
-               "' exceed max_payload_bytes = " + std::to_string(config.max_payload_bytes);
-      });
-      return;
-    }
-    if (rule.mode == Mode::kRaw) {
-      if (is_raw_echo(channel, payload)) {
-        counters.echoes.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      imports.publish(*route->channel, bytes_of(payload), kUnknownOrigin);
-      return;
-    }
-    std::string why;
-    auto envelope = decode_envelope(bytes_of(payload), why);
-    if (!envelope) {
-      drop(Drop::kCorruptEnvelope, 1,
-           [&] { return "on '" + route->channel->name().substr(0, 128) + "': " + why; });
-      return;
-    }
-    if (envelope->header.origin == config.host_id) {
-      counters.echoes.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    const uint16_t origin = envelope->header.origin;
-    record_sequence(*route->sequences, origin_state(*route->sequences, origin), origin,
-                    envelope->header.sequence, envelope->header.publish_unix_ns, false);
-    imports.note_lag(envelope->header.publish_unix_ns);
-    imports.publish(*route->channel, envelope->payload, envelope->header.origin);
-  }
-
-  // The first message on a Redis channel: checks its name against the prefix, the limits
-  // and the import rules (counting a drop for each message refused; those get no route)
-  // and opens its local channel.
-  ImportRoute* make_route(std::string_view channel) {
-    if (!channel.starts_with(config.redis_prefix)) {
-      drop(Drop::kBadChannel, 1, [&] {
-        return "channel '" + std::string(channel.substr(0, 128)) + "' lacks the prefix '" +
-               config.redis_prefix + "'";
-      });
-      return nullptr;
-    }
-    const std::string name(channel.substr(config.redis_prefix.size()));
-    if (name.starts_with(kReservedPrefix)) return nullptr;  // other bridges' heartbeats
-    if (name.empty() || name.size() > kMaxChannelNameBytes) {
-      drop(Drop::kBadChannel, 1, [&] {
-        return "channel name of " + std::to_string(name.size()) +
-               " bytes; local channel names are 1 to 1024 bytes";
-      });
-      return nullptr;
-    }
-    const Rule* rule = BridgeConfig::first_match(config.imports, name);
-    if (rule == nullptr || rule->durable) {
-      drop(Drop::kNotImported, 1,
-           [&] { return "'" + name.substr(0, 128) + "' matches no pub/sub [[import]] rule"; });
-      return nullptr;
-    }
-    Channel* local = imports.channel(name);  // may forget every route: before the insert
-    if (local == nullptr) return nullptr;
-    ImportRoute& route = routes[std::string(channel)];
-    route.designated_pattern = designated_pattern(channel);
-    route.rule = rule;
-    route.channel = local;
-    route.sequences = &sequences[std::string(channel)];
-    return &route;
+    pubsub.apply(now);
   }
 
   // A heartbeat sent on this link has been out longer than heartbeat_timeout (timed from
@@ -525,10 +279,10 @@ struct Bridge::Impl : BridgeShared {
       newest = newest_heartbeat;
     }
     const bool this_link = newest.generation == link_generation.load(std::memory_order_relaxed);
-    if (this_link && newest.number > newest_heartbeat_seen) {
+    if (this_link && newest.number > pubsub.newest_heartbeat_seen()) {
       export_stall_logged = false;
       // Timed from the first unanswered heartbeat we noticed; later ones do not restart it.
-      if (awaited_heartbeat <= newest_heartbeat_seen) {
+      if (awaited_heartbeat <= pubsub.newest_heartbeat_seen()) {
         awaited_heartbeat = newest.number;
         awaited_since = newest.at;
       }
@@ -548,22 +302,8 @@ struct Bridge::Impl : BridgeShared {
   // When heartbeat_overdue() may turn true: the newest heartbeat of this link, if it has
   // not come back.
   Clock::time_point heartbeat_deadline(Clock::time_point otherwise) {
-    if (awaited_heartbeat <= newest_heartbeat_seen) return otherwise;
+    if (awaited_heartbeat <= pubsub.newest_heartbeat_seen()) return otherwise;
     return std::min(otherwise, awaited_since + config.heartbeat_timeout + 1ms);
-  }
-
-  void on_heartbeat(std::string_view payload) {
-    uint64_t n = 0;
-    for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
-    newest_heartbeat_seen = std::max(newest_heartbeat_seen, n);
-    // Raw exports sent before heartbeat n were answered by now if they ever will be.
-    std::lock_guard<std::mutex> lock(echo_mutex);
-    raw_echoes.heartbeat_returned(n);
-  }
-
-  bool is_raw_echo(std::string_view channel, std::string_view payload) {
-    std::lock_guard<std::mutex> lock(echo_mutex);
-    return raw_echoes.recognise(channel, payload);
   }
 };
 

@@ -3,9 +3,9 @@
 // the export thread reads for the Redis thread, the link hand-over between them, and the
 // raw-mode echo ledger. Each member says which thread writes it and what guards it.
 //
-// The export thread's own state is in exporter.hpp; the Redis thread's is in
-// durable_streams.hpp, local_imports.hpp and Bridge::Impl (bridge.cpp: the link, the
-// pub/sub subscriptions and their imports), which is a BridgeShared.
+// The export thread's own state is in exporter.hpp; the Redis thread's in
+// pubsub_imports.hpp, durable_streams.hpp, local_imports.hpp, and the link's in
+// Bridge::Impl (bridge.cpp), which is a BridgeShared.
 #pragma once
 
 #include <pthread.h>
