@@ -3,10 +3,13 @@
 // takes it, with the MOVED of the others naming the same slot and owner.
 #include <gtest/gtest.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
+#include <chrono>
 #include <random>
 #include <string>
 
+#include "cluster_discovery.hpp"
 #include "cluster_topology.hpp"
 #include "key_slot.hpp"
 #include "redis_cluster.hpp"
@@ -113,6 +116,89 @@ TEST(ClusterLive, TopologyRoutesEveryChannelToItsShard) {
     }
   }
   EXPECT_EQ(moved, 120);
+}
+
+RedisEndpoint endpoint_of(int port) {
+  RedisEndpoint e;
+  e.host = "127.0.0.1";
+  e.port = port;
+  e.connect_timeout = std::chrono::milliseconds(1000);
+  return e;
+}
+
+// Seeds are tried in turn: a dead one is skipped, and when none answers the error names
+// each with its reason; a server that is not in cluster mode says how to configure it.
+TEST(ClusterLive, DiscoveryTriesEverySeedAndNamesWhatFailed) {
+  RedisCluster cluster(3, 0);
+  if (!cluster.ok()) GTEST_SKIP() << cluster.error();
+  const int dead = test::free_loopback_port();
+  const Discovery found =
+      discover_cluster({endpoint_of(dead), endpoint_of(cluster.node(1).port())});
+  EXPECT_EQ(found.map.slots_served(), kClusterSlots);
+  EXPECT_EQ(found.map.shards().size(), 3u);
+  EXPECT_EQ(found.source, "127.0.0.1:" + std::to_string(cluster.node(1).port()));
+
+  RedisServer plain;
+  ASSERT_TRUE(plain.ok()) << plain.error();
+  try {
+    discover_cluster({endpoint_of(dead), endpoint_of(plain.port())});
+    ADD_FAILURE() << "a dead seed and a plain server gave a topology";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("127.0.0.1:" + std::to_string(dead)), std::string::npos) << what;
+    EXPECT_NE(what.find("not in cluster mode"), std::string::npos) << what;
+    EXPECT_NE(what.find("[redis] host and port"), std::string::npos) << what;
+  }
+}
+
+// A slot moved to another primary: the owner's subscribers get an unsolicited
+// `sunsubscribe`, SPUBLISH at the old owner answers MOVED naming the new one, and a new
+// discovery routes the slot there. What the bridge must react to, checked on the real
+// server.
+TEST(ClusterLive, SlotMoveIsSeenInMovedSunsubscribeAndRediscovery) {
+  RedisCluster cluster(3, 0);
+  if (!cluster.ok()) GTEST_SKIP() << cluster.error();
+  const std::string channel = "chat:room1";
+  const uint16_t slot = key_slot(channel);
+  const SlotMap before = discover_cluster({endpoint_of(cluster.node(0).port())}).map;
+  const ClusterShard& owner = before.shards()[*before.shard_of(slot)];
+  size_t from = 0, to = 0;
+  for (size_t i = 0; i < cluster.size(); ++i)
+    if (cluster.node(i).port() == owner.primary.port) from = i;
+  to = (from + 1) % cluster.size();
+
+  RedisConnection subscriber(endpoint_of(cluster.node(from).port()));
+  const redisReply* confirmed =
+      round_trip(subscriber, {"SSUBSCRIBE", channel}, std::chrono::milliseconds(2000));
+  ASSERT_EQ(confirmed->type, REDIS_REPLY_ARRAY);
+  ASSERT_EQ(reply_text(confirmed->element[0]), "ssubscribe");
+
+  ASSERT_TRUE(cluster.move_slot(slot, from, to));
+
+  // The push that says "this slot moved": sunsubscribe, with no SUNSUBSCRIBE sent.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  const redisReply* push = nullptr;
+  while (push == nullptr && std::chrono::steady_clock::now() < until) {
+    pollfd fd = subscriber.poll_entry();
+    poll(&fd, 1, 100);
+    subscriber.read();
+    push = subscriber.next_reply();
+  }
+  ASSERT_NE(push, nullptr) << "no sunsubscribe push after the slot moved";
+  ASSERT_EQ(push->type, REDIS_REPLY_ARRAY);
+  EXPECT_EQ(reply_text(push->element[0]), "sunsubscribe");
+  EXPECT_EQ(reply_text(push->element[1]), channel);
+
+  Reply moved(cluster.node(from).command("SPUBLISH %s x", channel.c_str()));
+  ASSERT_TRUE(moved && moved->type == REDIS_REPLY_ERROR);
+  const auto redirect = parse_redirect(std::string_view(moved->str, moved->len));
+  ASSERT_TRUE(redirect.has_value()) << moved->str;
+  EXPECT_EQ(redirect->slot, slot);
+  EXPECT_EQ(redirect->port, cluster.node(to).port());
+
+  const SlotMap after = discover_cluster({endpoint_of(cluster.node(from).port())}).map;
+  EXPECT_EQ(after.shards()[*after.shard_of(slot)].primary.port, cluster.node(to).port());
+  EXPECT_EQ(after.slots_served(), kClusterSlots);
 }
 
 }  // namespace

@@ -87,6 +87,44 @@ class RedisCluster {
   size_t size() const { return nodes_.size(); }
   RedisServer& node(size_t i) { return *nodes_[i]; }
 
+  // The node's cluster id (CLUSTER MYID), or "" if it does not answer.
+  std::string node_id(size_t i) {
+    redisReply* r = nodes_[i]->command("CLUSTER MYID");
+    std::string id = r && r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : "";
+    if (r) freeReplyObject(r);
+    return id;
+  }
+
+  // Moves `slot`, holding no keys (pub/sub needs none), from primary `from` to primary
+  // `to` as a reshard does: IMPORTING on the target, MIGRATING on the source, then NODE on
+  // every node. False if a node refused a step.
+  bool move_slot(uint16_t slot, size_t from, size_t to) {
+    const std::string from_id = node_id(from), to_id = node_id(to);
+    const std::string number = std::to_string(slot);
+    const auto ok = [](redisReply* r) {
+      const bool fine = r != nullptr && r->type == REDIS_REPLY_STATUS;
+      if (r) freeReplyObject(r);
+      return fine;
+    };
+    if (!ok(nodes_[to]->command("CLUSTER SETSLOT %s IMPORTING %s", number.c_str(),
+                                from_id.c_str())) ||
+        !ok(nodes_[from]->command("CLUSTER SETSLOT %s MIGRATING %s", number.c_str(),
+                                  to_id.c_str())))
+      return false;
+    // The target first, then the source (as redis-cli does), then everyone else.
+    bool all = ok(nodes_[to]->command("CLUSTER SETSLOT %s NODE %s", number.c_str(), to_id.c_str()));
+    all = ok(nodes_[from]->command("CLUSTER SETSLOT %s NODE %s", number.c_str(), to_id.c_str())) &&
+          all;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (i == from || i == to || !nodes_[i]->ok()) continue;
+      // A replica refuses SETSLOT; it learns the move from its primary.
+      redisReply* r =
+          nodes_[i]->command("CLUSTER SETSLOT %s NODE %s", number.c_str(), to_id.c_str());
+      if (r) freeReplyObject(r);
+    }
+    return all;
+  }
+
   // True once every live node reports cluster_state:ok and every replica is linked to its
   // primary, within `limit`.
   bool wait_healthy(std::chrono::milliseconds limit) {
