@@ -37,16 +37,18 @@
 //     choice agrees with what Redis actually sent, even while subscriptions change.
 //
 // Threading: two threads, each message handled by one of them from end to end.
-//   - The export thread owns the export Subscription, the publishing Redis connection
-//     (`pub`: exports and heartbeats, replies read for the in-flight bookkeeping), the
-//     outbound queue, and a Bus used to read local interest and publish the counters.
-//   - The Redis thread owns the link's life (connect with backoff, heartbeat timeout,
-//     disconnect), the subscriber and stream connections, and the Bus that publishes
-//     imports. It hands each new `pub` to the export thread, which retires it when the
-//     link's generation moves on (bridge.cpp, "The link").
+//   - The export thread (exporter.hpp) owns the export Subscription, the publishing Redis
+//     connection (`pub`: exports and heartbeats, replies read for the in-flight
+//     bookkeeping), the outbound queue, and a Bus used to read local interest and publish
+//     the counters.
+//   - The Redis thread owns the link's life (bridge.cpp: connect with backoff, heartbeat
+//     timeout, disconnect), the subscriber connection (pubsub_imports.hpp), the stream
+//     connection (durable_streams.hpp), and the Bus that publishes imports
+//     (local_imports.hpp). It hands each new `pub` to the export thread, which retires it
+//     when the link's generation moves on (bridge_shared.hpp, "The link").
 // They share the interest snapshot (under a mutex), the raw-mode echo bookkeeping (under
 // another: PUBLISHed on one thread, echoed back on the other), the link hand-off, and the
-// counters (atomics).
+// counters (atomics): all in BridgeShared (bridge_shared.hpp).
 #pragma once
 
 #include <atomic>
