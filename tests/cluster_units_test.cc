@@ -123,7 +123,7 @@ TEST(ClusterTopology, ParsesClusterShards) {
 TEST(ClusterTopology, KeepsTheOnlinePrimaryAndSkipsEmptyShards) {
   Resp r;
   r.array(2)
-      .shard({0, 16383}, {node("old", 7000, "master", "failed"), node("new", 7003, "master")})
+      .shard({0, 16383}, {node("old", 7000, "master", "fail"), node("new", 7003, "master")})
       .shard({}, {node("spare", 7009, "master")});
   const SlotMap map = parse_cluster_shards(r.reply().get());
   ASSERT_EQ(map.shards().size(), 1u);
@@ -177,19 +177,54 @@ TEST(ClusterTopology, RejectsMalformedReplies) {
   rejects(Resp().array(1).shard({10, 5}, {node("a", 7000, "master")}), true, "ends before");
   rejects(Resp().array(1).shard({0, 5, 9}, {node("a", 7000, "master")}), true, "odd number");
   rejects(Resp().array(1).shard({0, 5}, {node("a", 70000, "master")}), true, "outside 1..65535");
+  rejects(Resp().array(1).shard({0, 5, 3, 9}, {node("a", 7000, "master")}), true, "claimed twice");
   rejects(Resp().array(1).shard({0, 5}, {node("a", 7000, "boss")}), true, "role");
   rejects(Resp().array(1).shard({0, 5}, {node("a", 7000, "replica")}), true, "no primary");
   rejects(Resp()
               .array(2)
               .shard({0, 10}, {node("a", 7000, "master")})
               .shard({10, 20}, {node("b", 7001, "master")}),
-          true, "claimed by two shards");
+          true, "claimed twice");
   Resp bad_slots;
   bad_slots.array(1).array(2).integer(0).integer(5);
   rejects(bad_slots, false, "without a primary");
   Resp bad_port;
   bad_port.array(1).array(3).integer(0).integer(5).array(2).bulk("h").bulk("port");
   rejects(bad_port, false, "not a number");
+}
+
+// The constructor checks what it is given, whoever built it.
+TEST(ClusterTopology, SlotMapRefusesBadRanges) {
+  ClusterShard shard;
+  shard.primary = {"a", "127.0.0.1", 7000, true, true};
+  shard.slots = {{16000, 16384}};
+  EXPECT_THROW(SlotMap({shard}), std::runtime_error);
+  shard.slots = {{9, 3}};
+  EXPECT_THROW(SlotMap({shard}), std::runtime_error);
+  // The same full range over and over: refused at the second, not walked a million times.
+  shard.slots.assign(1000000, SlotRange{0, kClusterSlots - 1});
+  EXPECT_THROW(SlotMap({shard}), std::runtime_error);
+  shard.slots = {{0, kClusterSlots - 1}};
+  EXPECT_EQ(SlotMap({shard}).slots_served(), kClusterSlots);
+}
+
+// cluster-preferred-endpoint-type hostname without a hostname sends "?", unknown-endpoint a
+// nil host: the metadata's ip, else empty (the node asked); shards still apart by node id.
+TEST(ClusterTopology, ClusterSlotsWithUnknownEndpoints) {
+  Resp r;
+  r.array(3);
+  r.array(3).integer(0).integer(5460);
+  r.array(4).bulk("?").integer(6379).bulk("a").array(2).bulk("ip").bulk("127.0.0.1");
+  r.array(3).integer(5461).integer(10922);
+  r.array(4).bulk("?").integer(6379).bulk("b").array(2).bulk("ip").bulk("127.0.0.2");
+  r.array(3).integer(10923).integer(16383);
+  r.array(4).raw("$-1\r\n").integer(6379).bulk("c").array(0);
+  const SlotMap map = parse_cluster_slots(r.reply().get());
+  ASSERT_EQ(map.shards().size(), 3u);
+  EXPECT_EQ(map.shards()[0].primary.host, "127.0.0.1");
+  EXPECT_EQ(map.shards()[1].primary.host, "127.0.0.2");
+  EXPECT_EQ(map.shards()[2].primary.host, "");
+  EXPECT_EQ(map.shard_of(12000), 2u);
 }
 
 TEST(ClusterTopology, ParsesRedirects) {
@@ -206,8 +241,10 @@ TEST(ClusterTopology, ParsesRedirects) {
   const auto unknown_host = parse_redirect("MOVED 12 :7001");
   ASSERT_TRUE(unknown_host.has_value());
   EXPECT_EQ(unknown_host->host, "");
-  for (const char* bad : {"ERR wrong", "MOVED", "MOVED 16384 h:1", "MOVED x h:1", "MOVED 1 h",
-                          "MOVED 1 h:0", "MOVED 1 h:65536", "MOVED 1 h:7x", "CROSSSLOT Keys"})
+  EXPECT_EQ(parse_redirect("MOVED 12 ?:7001")->host, "");
+  for (const char* bad :
+       {"ERR wrong", "MOVED", "MOVED 16384 h:1", "MOVED x h:1", "MOVED 1 h", "MOVED 1 h:0",
+        "MOVED 1 h:65536", "MOVED 1 h:7x", "CROSSSLOT Keys", "MOVED 1  h:1"})
     EXPECT_FALSE(parse_redirect(bad).has_value()) << bad;
 }
 

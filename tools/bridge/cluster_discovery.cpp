@@ -51,6 +51,17 @@ SlotMap ask(const RedisEndpoint& seed) {
   return parse_cluster_slots(reply);
 }
 
+// Nodes whose endpoint the reply left unknown are reached at the host that was asked.
+SlotMap fill_unknown_hosts(SlotMap map, const std::string& asked) {
+  std::vector<ClusterShard> shards = map.shards();
+  for (ClusterShard& shard : shards) {
+    if (shard.primary.host.empty()) shard.primary.host = asked;
+    for (ClusterNode& replica : shard.replicas)
+      if (replica.host.empty()) replica.host = asked;
+  }
+  return SlotMap(std::move(shards));
+}
+
 }  // namespace
 
 Discovery discover_cluster(const std::vector<RedisEndpoint>& seeds) {
@@ -59,7 +70,7 @@ Discovery discover_cluster(const std::vector<RedisEndpoint>& seeds) {
   for (const RedisEndpoint& seed : seeds) {
     const std::string address = seed.host + ":" + std::to_string(seed.port);
     try {
-      SlotMap map = ask(seed);
+      SlotMap map = fill_unknown_hosts(ask(seed), seed.host);
       if (map.slots_served() == kClusterSlots) return {std::move(map), address};
       if (!best || map.slots_served() > best->map.slots_served())
         best = Discovery{std::move(map), address};

@@ -71,25 +71,37 @@ ClusterNode shards_node(const redisReply* r) {
     else if (field == "health")
       node.online = text_of(value, "health") == "online";
   }
-  // "?" is a node whose preferred endpoint is unknown: its IP is the next best.
+  // "?" is a node whose preferred endpoint is unknown: its IP is the next best. Neither
+  // known leaves the host empty: the node asked (discover_cluster fills it in).
   node.host = std::string(!endpoint.empty() && endpoint != "?" ? endpoint : ip);
-  if (node.host.empty() || node.port == 0) malformed("node without an address");
+  if (node.port == 0) malformed("node without a port");
   if (role != "master" && role != "replica") malformed("node role is neither master nor replica");
   node.primary = role == "master";
   return node;
 }
 
-// [host, port, id, ...] of CLUSTER SLOTS.
+// [host, port, id, metadata] of CLUSTER SLOTS. The host is "?" when the preferred endpoint
+// is a hostname the node does not have, and nil for cluster-preferred-endpoint-type
+// unknown-endpoint: then the metadata's "ip" if any, else empty (the node asked).
 ClusterNode slots_node(const redisReply* r, bool primary) {
   array_of(r, "node");
   if (r->elements < 2) malformed("node without host and port");
   ClusterNode node;
-  node.host = std::string(text_of(r->element[0], "host"));
+  if (r->element[0] != nullptr && r->element[0]->type != REDIS_REPLY_NIL) {
+    const std::string_view host = text_of(r->element[0], "host");
+    if (host != "?") node.host = std::string(host);
+  }
   node.port = static_cast<int>(number_of(r->element[1], 1, 65535, "port"));
-  if (r->elements >= 3 && r->element[2]->type == REDIS_REPLY_STRING)
+  if (r->elements >= 3 && r->element[2] != nullptr && r->element[2]->type == REDIS_REPLY_STRING)
     node.id = std::string(text_of(r->element[2], "node id"));
+  if (node.host.empty() && r->elements >= 4 && r->element[3] != nullptr &&
+      r->element[3]->type == REDIS_REPLY_ARRAY) {
+    const redisReply* metadata = r->element[3];
+    for (size_t i = 0; i + 1 < metadata->elements; i += 2)
+      if (text_of(metadata->element[i], "metadata field") == "ip")
+        node.host = std::string(text_of(metadata->element[i + 1], "ip"));
+  }
   node.primary = primary;
-  if (node.host.empty()) malformed("node without an address");
   return node;
 }
 
@@ -102,14 +114,22 @@ SlotMap::SlotMap() {
 SlotMap::SlotMap(std::vector<ClusterShard> shards) : shards_(std::move(shards)) {
   owner_.fill(kUnserved);
   if (shards_.size() >= kUnserved) malformed("more shards than slots");
+  // A true map claims each slot once, so the claims add up to at most 16,384: more is a
+  // malformed (or hostile) reply, refused before it costs a pass over the table per range.
+  uint64_t claimed = 0;
   for (size_t index = 0; index < shards_.size(); ++index) {
     const ClusterShard& shard = shards_[index];
-    if (!shard.slots.empty() && (shard.primary.host.empty() || shard.primary.port == 0))
+    if (!shard.slots.empty() && shard.primary.port == 0)
       malformed("a shard serving slots has no primary");
     for (const SlotRange& range : shard.slots) {
+      if (range.first > range.last || range.last >= kClusterSlots)
+        malformed("slot range " + std::to_string(range.first) + ".." + std::to_string(range.last) +
+                  " is outside 0..16383 or ends before it starts");
+      claimed += range.last - range.first + 1u;
+      if (claimed > kClusterSlots) malformed("the shards claim more than 16384 slots");
       for (uint32_t slot = range.first; slot <= range.last; ++slot) {
-        if (owner_[slot] != kUnserved && owner_[slot] != index)
-          malformed("slot " + std::to_string(slot) + " is claimed by two shards");
+        if (owner_[slot] != kUnserved)
+          malformed("slot " + std::to_string(slot) + " is claimed twice");
         owner_[slot] = static_cast<uint16_t>(index);
       }
     }
@@ -180,8 +200,13 @@ SlotMap parse_cluster_slots(const redisReply* reply) {
     const SlotRange range = range_of(entry->element[0], entry->element[1]);
     ClusterNode primary = slots_node(entry->element[2], true);
     ClusterShard* shard = nullptr;
+    // The same primary: by node id when the reply gives one (hosts may all read "?" or be
+    // empty), else by address.
     for (ClusterShard& known : shards)
-      if (known.primary.host == primary.host && known.primary.port == primary.port) shard = &known;
+      if (primary.id.empty()
+              ? known.primary.host == primary.host && known.primary.port == primary.port
+              : known.primary.id == primary.id)
+        shard = &known;
     if (shard == nullptr) {
       shard = &shards.emplace_back();
       shard->primary = std::move(primary);
@@ -213,8 +238,7 @@ std::optional<Redirect> parse_redirect(std::string_view error) {
   redirect.slot = static_cast<uint16_t>(slot);
   const std::string_view address = rest.substr(space + 1);
   // host:port, split at the last colon (an IPv6 host holds colons of its own). An empty
-  // host means "the node you asked" (cluster-preferred-endpoint-type unknown-endpoint):
-  // the caller fills it in.
+  // host means "the node you asked" (cluster-preferred-endpoint-type unknown-endpoint).
   const size_t colon = address.rfind(':');
   if (colon == std::string_view::npos) return std::nullopt;
   const std::string_view port_text = address.substr(colon + 1);
@@ -223,7 +247,10 @@ std::optional<Redirect> parse_redirect(std::string_view error) {
           std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
       ec != std::errc() || end != port_text.data() + port_text.size() || port < 1 || port > 65535)
     return std::nullopt;
-  redirect.host = std::string(address.substr(0, colon));
+  const std::string_view host = address.substr(0, colon);
+  if (host.find(' ') != std::string_view::npos) return std::nullopt;
+  // "?": a hostname the node does not know; the caller fills it in as for an empty one.
+  redirect.host = host == "?" ? std::string() : std::string(host);
   redirect.port = port;
   return redirect;
 }

@@ -25,8 +25,8 @@
 namespace shmbus::bridge {
 
 struct ClusterNode {
-  std::string id;  // the node's 40-character name (empty if the reply gave none)
-  std::string host;
+  std::string id;    // the node's 40-character name (empty if the reply gave none)
+  std::string host;  // empty: the node the reply came from (its endpoint is unknown)
   int port = 0;
   bool primary = false;
   bool online = true;  // CLUSTER SHARDS's health; CLUSTER SLOTS lists online nodes only
@@ -51,8 +51,8 @@ class SlotMap {
  public:
   // No shard, no slot served.
   SlotMap();
-  // Throws std::runtime_error if two shards claim one slot, or a shard serving slots has no
-  // primary.
+  // Throws std::runtime_error if a range is outside 0..16383 or ends before it starts, a
+  // slot is claimed twice, or a shard serving slots has no primary.
   explicit SlotMap(std::vector<ClusterShard> shards);
 
   const std::vector<ClusterShard>& shards() const { return shards_; }
@@ -83,7 +83,8 @@ struct Redirect {
   std::string host;
   int port = 0;
 };
-// The redirection `error` names; nullopt for any other error (or one malformed).
+// The redirection `error` names; nullopt for any other error (or one malformed). An empty
+// host (sent empty, or "?") means the node that answered.
 std::optional<Redirect> parse_redirect(std::string_view error);
 
 }  // namespace shmbus::bridge
