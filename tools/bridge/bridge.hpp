@@ -51,13 +51,13 @@
 // counters (atomics): all in BridgeShared (bridge_shared.hpp).
 #pragma once
 
+#include <spdlog/logger.h>
+
 #include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
-
-#include <spdlog/logger.h>
 
 #include "bridge_config.hpp"
 #include "shmbus/bus.hpp"
@@ -98,8 +98,8 @@ struct CounterSnapshot {
   uint64_t queue_depth = 0;
   uint64_t queue_bytes = 0;       // keys and bodies queued
   uint64_t queue_held_bytes = 0;  // memory the queue holds for them (its buffers' capacity)
-  uint64_t lag_last_ns = 0;  // origin publish -> local publish, last imported envelope
-  uint64_t lag_max_ns = 0;   // the largest since the previous stats report
+  uint64_t lag_last_ns = 0;       // origin publish -> local publish, last imported envelope
+  uint64_t lag_max_ns = 0;        // the largest since the previous stats report
   bool connected = false;
   uint64_t dropped_total() const;
   uint64_t dropped_by(Drop reason) const { return dropped[static_cast<int>(reason)]; }
