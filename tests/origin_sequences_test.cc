@@ -3,18 +3,25 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+
 namespace shmbus::bridge {
 namespace {
 
 // What take() returns for a durable entry refused as a repeat.
-constexpr int64_t kRepeat = -999;
+constexpr std::nullopt_t kRepeat = std::nullopt;
+
+constexpr LossChange lost(uint64_t n) {
+  return {n, 0};
+}
+constexpr LossChange kFound{0, 1};
 
 // Takes `sequence` (stamped `ns`) from origin 7, as the bridge does; returns the change in
 // lost_in_transit, or kRepeat.
 struct Origin {
   OriginSequences states;
   bool durable;
-  int64_t take(uint64_t sequence, uint64_t ns) {
+  std::optional<LossChange> take(uint64_t sequence, uint64_t ns) {
     SequenceState* last = origin_state(states, 7);
     if (durable && last && durable_repeat(*last, sequence, ns)) return kRepeat;
     return record_sequence(states, last, 7, sequence, ns, durable);
@@ -23,11 +30,11 @@ struct Origin {
 
 TEST(OriginSequences, PubSubCountsGapsAndFollowsRestarts) {
   Origin o{{}, false};
-  EXPECT_EQ(o.take(1, 100), 0);  // the first: nothing before it is known
-  EXPECT_EQ(o.take(2, 110), 0);
-  EXPECT_EQ(o.take(5, 120), 2);  // 3 and 4 never came
-  EXPECT_EQ(o.take(1, 90), 0);   // an older stamp: the origin's channel restarted
-  EXPECT_EQ(o.take(2, 95), 0);   // counted from the restart, not from 5
+  EXPECT_EQ(o.take(1, 100), lost(0));  // the first: nothing before it is known
+  EXPECT_EQ(o.take(2, 110), lost(0));
+  EXPECT_EQ(o.take(5, 120), lost(2));  // 3 and 4 never came
+  EXPECT_EQ(o.take(1, 90), lost(0));   // an older stamp: the origin's channel restarted
+  EXPECT_EQ(o.take(2, 95), lost(0));   // counted from the restart, not from 5
   ASSERT_EQ(o.states.size(), 1u);
   EXPECT_EQ(o.states[0].second.sequence, 2u);
   EXPECT_TRUE(o.states[0].second.missing.empty());  // pub/sub keeps no gaps
@@ -35,53 +42,64 @@ TEST(OriginSequences, PubSubCountsGapsAndFollowsRestarts) {
 
 TEST(OriginSequences, DurableRepeatsAreRefusedAndLateResendsFillTheirGap) {
   Origin o{{}, true};
-  EXPECT_EQ(o.take(1, 100), 0);
-  EXPECT_EQ(o.take(4, 130), 2);  // 2 and 3 missing for now
+  EXPECT_EQ(o.take(1, 100), lost(0));
+  EXPECT_EQ(o.take(4, 130), lost(2));  // 2 and 3 missing for now
   EXPECT_EQ(o.take(4, 130), kRepeat);
   EXPECT_EQ(o.take(1, 100), kRepeat);
-  EXPECT_EQ(o.take(2, 110), -1);    // a late resend: no longer lost
+  EXPECT_EQ(o.take(2, 110), kFound);   // a late resend: no longer lost
   EXPECT_EQ(o.take(2, 110), kRepeat);  // ... and a second copy of it is a repeat
-  EXPECT_EQ(o.take(3, 120), -1);
+  EXPECT_EQ(o.take(3, 120), kFound);
   EXPECT_TRUE(o.states[0].second.missing.empty());
 }
 
 TEST(OriginSequences, RestoredGapsFillWithoutUncountingThisRun) {
   Origin o{{}, true};
-  EXPECT_EQ(o.take(10, 100), 0);
+  EXPECT_EQ(o.take(10, 100), lost(0));
   SequenceState& state = o.states[0].second;
   state.missing = {8, 9};  // as restored from the state file: an earlier run counted them
   state.restored_upto = 9;
-  EXPECT_EQ(o.take(9, 95), 0);
+  EXPECT_EQ(o.take(9, 95), lost(0));
   EXPECT_EQ(state.missing.count(9), 0u);
 }
 
 TEST(OriginSequences, DurableNumberingRestartDropsOldGaps) {
   Origin o{{}, true};
-  EXPECT_EQ(o.take(1, 100), 0);
-  EXPECT_EQ(o.take(5, 110), 3);
+  EXPECT_EQ(o.take(1, 100), lost(0));
+  EXPECT_EQ(o.take(5, 110), lost(3));
   // A newer stamp with a lower number: the origin restarted its numbering.
-  EXPECT_EQ(o.take(2, 200), 0);
+  EXPECT_EQ(o.take(2, 200), lost(0));
   EXPECT_TRUE(o.states[0].second.missing.empty());
-  EXPECT_EQ(o.take(3, 210), 0);  // would have passed as a late resend of the old gap
+  EXPECT_EQ(o.take(3, 210), lost(0));  // would have passed as a late resend of the old gap
 }
 
 TEST(OriginSequences, GapsOlderThanTheResendWindowAreForgotten) {
   Origin o{{}, true};
-  EXPECT_EQ(o.take(1, 1), 0);
-  EXPECT_EQ(o.take(3, 3), 1);  // 2 missing
+  EXPECT_EQ(o.take(1, 1), lost(0));
+  EXPECT_EQ(o.take(3, 3), lost(1));  // 2 missing
   const uint64_t far = 3 + kResendWindow + 10;
-  EXPECT_EQ(o.take(far, 5), static_cast<int64_t>(far - 4));
+  EXPECT_EQ(o.take(far, 5), lost(far - 4));
   // Only the last kResendWindow numbers are kept as fillable gaps.
   EXPECT_EQ(o.states[0].second.missing.size(), kResendWindow);
   EXPECT_EQ(o.states[0].second.missing.count(2), 0u);
   EXPECT_EQ(o.take(2, 2), kRepeat);  // too old to be a resend: taken for a repeat
 }
 
+// A forged sequence number far ahead: the gap is counted whole, without overflow.
+TEST(OriginSequences, HugeGapsCountWithoutOverflow) {
+  Origin o{{}, false};
+  EXPECT_EQ(o.take(1, 1), lost(0));
+  EXPECT_EQ(o.take(UINT64_MAX, 2), lost(UINT64_MAX - 2));
+  Origin d{{}, true};
+  EXPECT_EQ(d.take(0, 1), lost(0));
+  EXPECT_EQ(d.take(uint64_t{1} << 63, 2), lost((uint64_t{1} << 63) - 1));
+  EXPECT_EQ(d.states[0].second.missing.size(), kResendWindow);
+}
+
 TEST(OriginSequences, OriginsAreKeptApart) {
   OriginSequences states;
-  EXPECT_EQ(record_sequence(states, nullptr, 1, 5, 10, false), 0);
-  EXPECT_EQ(record_sequence(states, nullptr, 2, 9, 10, false), 0);
-  EXPECT_EQ(record_sequence(states, origin_state(states, 1), 1, 7, 20, false), 1);
+  EXPECT_EQ(record_sequence(states, nullptr, 1, 5, 10, false), lost(0));
+  EXPECT_EQ(record_sequence(states, nullptr, 2, 9, 10, false), lost(0));
+  EXPECT_EQ(record_sequence(states, origin_state(states, 1), 1, 7, 20, false), lost(1));
   EXPECT_EQ(origin_state(states, 2)->sequence, 9u);
 }
 

@@ -12,6 +12,7 @@
 #include <random>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "bridge_shared.hpp"
 #include "durable_streams.hpp"
@@ -157,7 +158,7 @@ struct Bridge::Impl : BridgeShared {
     log->warn("redis connection lost: {}; reconnecting", why);
     {
       // Retires `pub` (the export thread settles its in-flight commands) before `connected`
-      // goes false: see "The link" above.
+      // goes false: see "The link" in bridge_shared.hpp.
       std::lock_guard<std::mutex> lock(link_mutex);
       handoff.reset();
       link_generation.fetch_add(1, std::memory_order_acq_rel);

@@ -1,4 +1,4 @@
-// What the bridge's two threads share (tools/bridge/bridge.cpp wires them): the
+// What the bridge's two threads share (bridge.cpp wires them): the
 // configuration, the log and counters, the stop and wake-up signals, the local interest
 // the export thread reads for the Redis thread, the link hand-over between them, and the
 // raw-mode echo ledger. Each member says which thread writes it and what guards it.
@@ -83,12 +83,12 @@ struct BridgeShared {
   const BridgeConfig config;
   const std::shared_ptr<spdlog::logger> log;
   const std::string heartbeat_channel;  // Redis name, under the reserved prefix
-  int wake_fd = -1;                     // wakes the Redis thread's poll()
+  const int wake_fd;                    // wakes the Redis thread's poll(); written by either thread
   std::atomic<bool> stopping{false};
   // Set by either thread when the local daemon is gone: nothing left to relay to or from.
   std::atomic<bool> local_bus_gone{false};
 
-  std::mutex mutex;  // guards interest, interest_generation
+  std::mutex mutex;  // guards interest, interest_generation, interest_read
   Interest interest;
   uint64_t interest_generation = 0;
   bool interest_read = false;  // the export thread has published interest at least once
@@ -118,7 +118,7 @@ struct BridgeShared {
     Clock::time_point at{};
   };
   HeartbeatSent newest_heartbeat;
-  std::mutex link_mutex;  // guards handoff, pub_failure, and link_generation's writes
+  std::mutex link_mutex;  // guards handoff, pub_failure, newest_heartbeat, link_generation's writes
   std::unique_ptr<RedisConnection> handoff;
   std::string pub_failure;
 
@@ -190,12 +190,10 @@ struct BridgeShared {
   // lost in transit.
   void record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
                        uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
-    const int64_t lost =
+    const LossChange change =
         bridge::record_sequence(states, last, origin, sequence, publish_unix_ns, durable);
-    if (lost > 0)
-      counters.lost_in_transit.fetch_add(static_cast<uint64_t>(lost), std::memory_order_relaxed);
-    else if (lost < 0)
-      counters.lost_in_transit.fetch_sub(static_cast<uint64_t>(-lost), std::memory_order_relaxed);
+    if (change.lost) counters.lost_in_transit.fetch_add(change.lost, std::memory_order_relaxed);
+    if (change.found) counters.lost_in_transit.fetch_sub(change.found, std::memory_order_relaxed);
   }
 };
 

@@ -369,7 +369,7 @@ struct Exporter::State {
   }
 
   // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
-  // come back: remember it (see "No echoes" in the header), tagged with the heartbeats
+  // come back: remember it (see "No echoes" in bridge.hpp), tagged with the heartbeats
   // already sent, so the next heartbeat to come back forgets it if it does not.
   void remember_raw(std::string_view channel, std::string_view body) {
     std::lock_guard<std::mutex> lock(shared.echo_mutex);
@@ -440,7 +440,7 @@ struct Exporter::State {
       }
       for (const auto& rule : shared.config.imports) {
         // Durable rules are read by stream key: the streams a pattern matches are found by
-        // SCAN (send_stream_command), and checked against the rules when found.
+        // SCAN (DurableStreams::send_command), and checked against the rules when found.
         NameSet& to = rule.durable ? in.stream_patterns : in.patterns;
         if (provably_contains(p.pattern, rule.pattern))
           to.insert(pattern_prefix + rule.pattern);  // all the rule allows

@@ -10,23 +10,23 @@ bool durable_repeat(const SequenceState& last, uint64_t sequence, uint64_t publi
          last.missing.count(sequence) == 0;
 }
 
-int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
-                        uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
+LossChange record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                           uint64_t sequence, uint64_t publish_unix_ns, bool durable) {
   if (last == nullptr) {
     states.push_back({origin, {sequence, publish_unix_ns, {}}});
-    return 0;
+    return {};
   }
   if (std::pair(publish_unix_ns, sequence) <= std::pair(last->publish_unix_ns, last->sequence)) {
     if (durable) {
       // Not a repeat, so a late resend: counted as lost in transit when its gap opened
       // (by this run, unless restored from the state file).
       last->missing.erase(sequence);
-      return sequence > last->restored_upto ? -1 : 0;
+      return {0, sequence > last->restored_upto ? 1u : 0u};
     }
     // Pub/sub never repeats; an older stamp means the origin's channel restarted.
     last->sequence = sequence;
     last->publish_unix_ns = publish_unix_ns;
-    return 0;
+    return {};
   }
   if (durable && sequence <= last->sequence) {
     // A newer stamp with a lower number: the origin's channel restarted its numbering.
@@ -35,9 +35,9 @@ int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t o
     last->missing.clear();
     last->restored_upto = 0;
   }
-  int64_t lost = 0;
+  uint64_t lost = 0;
   if (sequence > last->sequence + 1) {
-    lost = static_cast<int64_t>(sequence - last->sequence - 1);
+    lost = sequence - last->sequence - 1;
     if (durable) {
       const uint64_t from =
           std::max(last->sequence + 1, sequence - std::min(sequence, kResendWindow));
@@ -49,7 +49,7 @@ int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t o
   // Forget gaps too far behind to be resends.
   while (!last->missing.empty() && *last->missing.begin() + kResendWindow < sequence)
     last->missing.erase(last->missing.begin());
-  return lost;
+  return {lost, 0};
 }
 
 }  // namespace shmbus::bridge

@@ -22,12 +22,18 @@ inline constexpr uint64_t kResendWindow = 4096;
 // origin (`last`), and not one of the gaps a late resend may fill.
 bool durable_repeat(const SequenceState& last, uint64_t sequence, uint64_t publish_unix_ns);
 
-// Records a message taken from `origin` (`last`: its origin_state in `states`, may be null)
-// and returns the change it makes to the messages lost in transit: the gap before it
-// (remembered, for durable entries, so a late resend can fill it), or -1 when a late
-// durable entry fills a gap this run counted. A durable caller has ruled out repeats
-// (durable_repeat) before.
-int64_t record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
-                        uint64_t sequence, uint64_t publish_unix_ns, bool durable);
+// What taking one message changes in the messages lost in transit.
+struct LossChange {
+  uint64_t lost = 0;   // the gap before it, now counted lost
+  uint64_t found = 0;  // 1 when a late durable entry fills a gap this run counted
+  bool operator==(const LossChange&) const = default;
+};
+
+// Records a message taken from `origin` (`last`: its origin_state in `states`, may be null).
+// The gap before it is remembered, for durable entries, so a late resend can fill it. A
+// durable caller has ruled out repeats (durable_repeat) before. Unsigned throughout: a
+// forged sequence number makes any gap up to 2^64 - 2 without overflow.
+LossChange record_sequence(OriginSequences& states, SequenceState* last, uint16_t origin,
+                           uint64_t sequence, uint64_t publish_unix_ns, bool durable);
 
 }  // namespace shmbus::bridge

@@ -1,5 +1,5 @@
 // The bridge's outbound queue: messages waiting for the publishing connection to Redis.
-// Used by the export thread only (bridge.cpp).
+// Used by the export thread only (exporter.cpp).
 #pragma once
 
 #include <cstddef>
