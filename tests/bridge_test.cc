@@ -324,6 +324,74 @@ TEST(Bridge, SubscribesOnRedisOnlyWhatLocalSubscribersWant) {
   EXPECT_EQ(host.bridge->counters().imported, 0u);
 }
 
+// pubsub = "sharded": an exact-channel envelope rule travels by SPUBLISH / SSUBSCRIBE, held
+// only by hosts with local subscribers (a local pattern that matches the channel counts),
+// each message once on each other host and never back; glob rules stay classic.
+TEST(Bridge, ShardedExactChannelsTravelBySpublishToLocalInterestOnly) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  std::vector<std::unique_ptr<Host>> hosts;
+  for (uint16_t id = 1; id <= 3; ++id) {
+    BridgeConfig c = chat_config(redis.port(), id, Mode::kEnvelope);
+    c.sharded = true;
+    c.exports.push_back({"orders", Mode::kEnvelope, false, 0});
+    c.imports.push_back({"orders", Mode::kEnvelope, false, 0});
+    hosts.push_back(std::make_unique<Host>(c));
+  }
+  // Host 1 has no subscriber; host 2 one by name; host 3 one by name and one by a pattern
+  // (two local deliveries, one Redis subscription).
+  auto by_name_2 = Subscription::open(hosts[1]->daemon.options());
+  by_name_2.subscribe({"orders"});
+  auto by_name_3 = Subscription::open(hosts[2]->daemon.options());
+  by_name_3.subscribe({"orders"});
+  auto by_pattern_3 = Subscription::open(hosts[2]->daemon.options());
+  by_pattern_3.psubscribe({"ord*"});
+  ASSERT_TRUE(subscribed(*hosts[1]->bridge, 2));
+  ASSERT_TRUE(subscribed(*hosts[2]->bridge, 2));
+  EXPECT_EQ(hosts[0]->bridge->counters().redis_subscriptions, 1u);  // its heartbeat only
+  EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 2u);
+  EXPECT_EQ(redis_integer_at(redis.command("PUBSUB NUMSUB orders"), 1), 0u);
+  auto* numpat = redis.command("PUBSUB NUMPAT");
+  ASSERT_NE(numpat, nullptr);
+  EXPECT_EQ(numpat->integer, 0) << "a pattern over a sharded channel became a Redis pattern";
+  freeReplyObject(numpat);
+
+  constexpr int kPerHost = 50;
+  std::vector<Bus> buses;
+  for (auto& h : hosts) buses.push_back(Bus::connect(h->daemon.options()));
+  for (int k = 0; k < kPerHost; ++k)
+    for (int h = 0; h < 3; ++h)
+      buses[h].publish("orders", "from " + std::to_string(h + 1) + " #" + std::to_string(k));
+
+  const auto check = [&](Subscription& sub, int host, size_t copies) {
+    const auto got = drain(sub);
+    EXPECT_EQ(got.size(), 3u * kPerHost) << "host " << host;
+    std::map<std::string, int> seen;
+    for (const auto& r : got) {
+      ++seen[r.payload];
+      const int sender = r.payload[5] - '0';
+      EXPECT_EQ(r.origin, sender == host ? 0 : sender) << r.payload << " on host " << host;
+    }
+    EXPECT_EQ(seen.size(), 3u * kPerHost) << "host " << host;
+    for (const auto& [payload, n] : seen)
+      EXPECT_EQ(static_cast<size_t>(n), copies) << payload << " on host " << host;
+  };
+  check(by_name_2, 2, 1);
+  check(by_name_3, 3, 1);
+  check(by_pattern_3, 3, 1);
+  for (int h = 0; h < 3; ++h) {
+    const auto c = hosts[h]->bridge->counters();
+    EXPECT_EQ(c.exported, kPerHost) << "host " << h + 1;
+    EXPECT_EQ(c.imported, h == 0 ? 0u : 2u * kPerHost) << "host " << h + 1;
+    EXPECT_EQ(c.echoes_suppressed, h == 0 ? 0u : uint64_t{kPerHost}) << "host " << h + 1;
+    EXPECT_EQ(c.dropped_total(), 0u) << "host " << h + 1;
+  }
+  // The last local subscriber leaves: the SSUBSCRIBE goes after the linger.
+  by_name_2.unsubscribe();
+  ASSERT_TRUE(subscribed(*hosts[1]->bridge, 1));
+  EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 1u);
+}
+
 TEST(Bridge, ChurningLocalSubscribersDoNotStormRedis) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
@@ -1223,6 +1291,12 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\nqueue_bytes = \"lots\"\n" + rule)
                 .find("not a positive byte size"),
             std::string::npos);
+  EXPECT_NE(error_of("[redis]\npubsub = \"fast\"\n[bridge]\nhost_id = 1\n" + rule)
+                .find("accepted: \"classic\" (PUBLISH / SUBSCRIBE) or \"sharded\""),
+            std::string::npos);
+  EXPECT_TRUE(
+      parse_bridge_config("[redis]\npubsub = \"sharded\"\n[bridge]\nhost_id = 1\n" + rule, "b.toml")
+          .sharded);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n").find("no [[export]] or [[import]] rule"),
             std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n")

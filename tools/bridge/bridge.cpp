@@ -261,7 +261,7 @@ struct Bridge::Impl : BridgeShared {
       std::lock_guard<std::mutex> lock(mutex);
       if (interest_generation != wanted_generation) {
         wanted_generation = interest_generation;
-        pubsub.want(interest.channels, interest.patterns);
+        pubsub.want(interest.channels, interest.patterns, interest.shard_channels);
         durable.want(interest.streams, interest.stream_patterns);
       }
       durable.interest_read(interest_read);

@@ -21,10 +21,15 @@ const Rule* BridgeConfig::first_match(const std::vector<Rule>& rules, std::strin
   return nullptr;
 }
 
+bool BridgeConfig::shards(const Rule& rule) const {
+  return sharded && rule.mode == Mode::kEnvelope && !rule.durable &&
+         !glob_has_wildcards(rule.pattern);
+}
+
 namespace {
 
 constexpr std::string_view kRedisKeys =
-    "host, port, user, password, db, prefix, connect_timeout_ms";
+    "host, port, user, password, db, prefix, connect_timeout_ms, pubsub";
 constexpr std::string_view kBridgeKeys =
     "host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms, "
     "unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms, backoff_initial_ms, "
@@ -139,7 +144,15 @@ class Parser {
       c.redis_prefix = string(v, key);
     else if (name == "connect_timeout_ms")
       c.connect_timeout = millis(v, key);
-    else
+    else if (name == "pubsub") {
+      const std::string mode = string(v, key);
+      if (mode != "classic" && mode != "sharded")
+        fail(v.source(),
+             key + " = \"" + mode +
+                 "\"; accepted: \"classic\" (PUBLISH / SUBSCRIBE) or \"sharded\" "
+                 "(SPUBLISH / SSUBSCRIBE for exact-channel envelope rules, Redis >= 7.0)");
+      c.sharded = mode == "sharded";
+    } else
       fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kRedisKeys));
   }
 

@@ -1,7 +1,7 @@
 // shmbus-bridge configuration: a TOML file (tools/bridge/shmbus-bridge.toml documents every
 // key).
 //
-//   [redis]   host, port, user, password, db, prefix, connect_timeout_ms
+//   [redis]   host, port, user, password, db, prefix, connect_timeout_ms, pubsub
 //   [bridge]  host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms,
 //             unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms,
 //             backoff_initial_ms, backoff_max_ms, stats_interval_ms, stream_scan_interval_ms,
@@ -33,7 +33,7 @@ const char* mode_name(Mode mode);
 struct Rule {
   std::string pattern;  // Redis glob over local channel names
   Mode mode = Mode::kEnvelope;
-  bool durable = false;          // through a Redis Stream (XADD / XREAD) instead of PUBLISH
+  bool durable = false;             // through a Redis Stream (XADD / XREAD) instead of PUBLISH
   uint64_t stream_maxlen = 100000;  // XADD MAXLEN ~ N: the retained window of a durable rule
 };
 
@@ -55,6 +55,10 @@ struct BridgeConfig {
   int redis_db = 0;            // SELECT, for streams; pub/sub ignores databases
   std::string redis_prefix;    // prepended to every Redis channel / stream key
   std::chrono::milliseconds connect_timeout{1000};
+  // pubsub = "sharded": exact-channel envelope rules travel by SPUBLISH / SSUBSCRIBE
+  // (Redis >= 7.0), the commands Redis Cluster routes to one shard; "classic" (the default)
+  // keeps PUBLISH / SUBSCRIBE for all. Every bridge of a deployment must agree.
+  bool sharded = false;
   // [bridge]
   uint16_t host_id = 0;  // 1..65534, unique among bridged hosts (required)
   uint64_t queue_messages = 100000;
@@ -77,6 +81,10 @@ struct BridgeConfig {
 
   // The first rule whose pattern matches `channel`, or nullptr.
   static const Rule* first_match(const std::vector<Rule>& rules, std::string_view channel);
+  // Whether the channels of `rule` travel by the sharded commands: pubsub = "sharded", and
+  // the rule names one channel (no glob), in envelope mode (plain Redis clients of raw
+  // rules pick their own commands), not durable (streams).
+  bool shards(const Rule& rule) const;
 };
 
 class BridgeConfigError : public std::runtime_error {

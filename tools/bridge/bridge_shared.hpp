@@ -50,6 +50,7 @@ inline bool any_glob_matches(const NameSet& patterns, std::string_view name) {
 // What local subscribers want, in Redis names.
 struct Interest {
   NameSet channels;         // SUBSCRIBE
+  NameSet shard_channels;   // SSUBSCRIBE (BridgeConfig::shards)
   NameSet patterns;         // PSUBSCRIBE
   NameSet streams;          // XREAD (durable rules)
   NameSet stream_patterns;  // SCAN MATCH, then XREAD what it finds (durable rules)

@@ -309,7 +309,7 @@ struct Exporter::State {
     // Durable messages always take the queue: send_queued() keeps a copy of each for a
     // resend.
     if (!rule->durable && queue.empty() && pub_ready()) {
-      publish(key_buffer, body, rule->mode);
+      publish(key_buffer, body, *rule);
       return;
     }
     enqueue({key_buffer, body, rule, m.sequence, m.publish_unix_ns});
@@ -355,16 +355,17 @@ struct Exporter::State {
         in_flight.push_back(Sent::kXadd);
         xadds_in_flight.push_back(out);
       } else {
-        publish(out.key, out.body, out.rule->mode);
+        publish(out.key, out.body, *out.rule);
       }
       queue.pop_front();  // last: `out` views into the queue
     }
     note_queue();
   }
 
-  void publish(std::string_view key, std::string_view body, Mode mode) {
-    if (mode == Mode::kRaw) remember_raw(key, body);
-    pub->append({"PUBLISH", key, body});
+  void publish(std::string_view key, std::string_view body, const Rule& rule) {
+    if (rule.mode == Mode::kRaw) remember_raw(key, body);
+    // Sharded rules are envelope rules: their echoes are known by origin, not remembered.
+    pub->append({shared.config.shards(rule) ? "SPUBLISH" : "PUBLISH", key, body});
     in_flight.push_back(Sent::kPublish);
   }
 
@@ -419,13 +420,20 @@ struct Exporter::State {
     shared.drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
   }
 
+  // Where a local interest in the channel `name` of `rule` goes: a stream, a sharded
+  // channel, or a classic one.
+  NameSet& by_name(Interest& in, const Rule& rule) const {
+    if (rule.durable) return in.streams;
+    return shared.config.shards(rule) ? in.shard_channels : in.channels;
+  }
+
   Interest read_interest() {
     Interest in;
     for (const auto& rule : shared.config.imports) {
       for (auto& ch : interest_bus.channels(rule.pattern)) {
         if (ch.starts_with(kReservedPrefix)) continue;
         if (BridgeConfig::first_match(shared.config.imports, ch) != &rule) continue;
-        (rule.durable ? in.streams : in.channels).insert(shared.config.redis_prefix + ch);
+        by_name(in, rule).insert(shared.config.redis_prefix + ch);
       }
     }
     for (const auto& p : interest_bus.patterns()) {
@@ -435,10 +443,19 @@ struct Exporter::State {
       if (!glob_has_wildcards(p.pattern)) {
         const Rule* rule = BridgeConfig::first_match(shared.config.imports, p.pattern);
         if (rule && !p.pattern.starts_with(kReservedPrefix))
-          (rule->durable ? in.streams : in.channels).insert(shared.config.redis_prefix + p.pattern);
+          by_name(in, *rule).insert(shared.config.redis_prefix + p.pattern);
         continue;
       }
       for (const auto& rule : shared.config.imports) {
+        // A sharded rule names one channel, and sharded channels cannot be subscribed by
+        // pattern: the pattern wants that channel by name, if it matches it and the rule is
+        // the channel's first.
+        if (shared.config.shards(rule)) {
+          if (glob_match(p.pattern, rule.pattern) &&
+              BridgeConfig::first_match(shared.config.imports, rule.pattern) == &rule)
+            in.shard_channels.insert(shared.config.redis_prefix + rule.pattern);
+          continue;
+        }
         // Durable rules are read by stream key: the streams a pattern matches are found by
         // SCAN (DurableStreams::send_command), and checked against the rules when found.
         NameSet& to = rule.durable ? in.stream_patterns : in.patterns;

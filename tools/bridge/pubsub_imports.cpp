@@ -35,6 +35,10 @@ struct PubSubImports::State {
   // bridge.hpp).
   NameSet wanted_channels, wanted_patterns;  // the local interest (want())
   NameSet confirmed_channels, confirmed_patterns;
+  // Sharded channels (BridgeConfig::shards): SSUBSCRIBEd by name only, and of envelope
+  // rules only, so neither the raw echo ledger nor the designated-copy choice involves
+  // them (Redis never delivers an SPUBLISH to a pattern). Redis thread only.
+  NameSet wanted_shard_channels, sent_shard_channels, confirmed_shard_channels;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
 
@@ -71,6 +75,8 @@ struct PubSubImports::State {
     }
     confirmed_channels.clear();
     confirmed_patterns.clear();
+    sent_shard_channels.clear();
+    confirmed_shard_channels.clear();
     forget_routes();
     unwanted_since.clear();
     shared.counters.redis_subscriptions = 0;
@@ -81,6 +87,7 @@ struct PubSubImports::State {
     std::lock_guard<std::mutex> lock(shared.echo_mutex);
     diff_and_send(wanted_channels, shared.sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
     diff_and_send(wanted_patterns, shared.sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
+    diff_and_send(wanted_shard_channels, sent_shard_channels, "SSUBSCRIBE", "SUNSUBSCRIBE", now);
   }
 
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
@@ -131,11 +138,27 @@ struct PubSubImports::State {
       on_delivery(reply_text(r->element[2]), reply_text(r->element[1]), r->element[3]);
       return;
     }
+    if (kind == "smessage") {
+      // The one copy of an SPUBLISH: by name, as a "message" is.
+      on_delivery(reply_text(r->element[1]), {}, r->element[2]);
+      return;
+    }
     const std::string name(reply_text(r->element[1]));
     // Each confirmation may change which copy of a message is designated, and which
     // sequences are kept: routes are worked out again.
     forget_routes();
-    if (kind == "subscribe") {
+    if (kind == "ssubscribe") {
+      confirmed_shard_channels.insert(name);
+    } else if (kind == "sunsubscribe") {
+      confirmed_shard_channels.erase(name);
+      // Not one we asked to leave (those left sent_shard_channels when the SUNSUBSCRIBE was
+      // sent): Redis dropped it on its own, as a cluster does when the channel's slot moves.
+      // Forgotten as sent, so the next apply() subscribes it again.
+      if (sent_shard_channels.erase(name))
+        shared.log->info("redis ended the sharded subscription of '{}'; subscribing again",
+                         name.substr(0, 128));
+      std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+    } else if (kind == "subscribe") {
       confirmed_channels.insert(name);
     } else if (kind == "psubscribe") {
       confirmed_patterns.insert(name);
@@ -151,12 +174,14 @@ struct PubSubImports::State {
         return !confirmed_covers(channel) && !shared.covered_by_sent(channel);
       });
     }
-    shared.counters.redis_subscriptions.store(confirmed_channels.size() + confirmed_patterns.size(),
-                                              std::memory_order_relaxed);
+    shared.counters.redis_subscriptions.store(
+        confirmed_channels.size() + confirmed_patterns.size() + confirmed_shard_channels.size(),
+        std::memory_order_relaxed);
   }
 
   bool confirmed_covers(const std::string& channel) const {
-    return confirmed_channels.count(channel) || any_glob_matches(confirmed_patterns, channel);
+    return confirmed_channels.count(channel) || confirmed_shard_channels.count(channel) ||
+           any_glob_matches(confirmed_patterns, channel);
   }
 
   // Exactly one of the copies Redis sends for one PUBLISH is imported (see the header).
@@ -297,9 +322,11 @@ void PubSubImports::link_down() {
 RedisConnection* PubSubImports::connection() const {
   return state_->sub.get();
 }
-void PubSubImports::want(const NameSet& channels, const NameSet& patterns) {
+void PubSubImports::want(const NameSet& channels, const NameSet& patterns,
+                         const NameSet& shard_channels) {
   state_->wanted_channels = channels;
   state_->wanted_patterns = patterns;
+  state_->wanted_shard_channels = shard_channels;
 }
 void PubSubImports::apply(Clock::time_point now) {
   state_->apply(now);

@@ -1,4 +1,5 @@
-// The bridge's pub/sub imports: the subscriber connection's SUBSCRIBE / PSUBSCRIBE, kept
+// The bridge's pub/sub imports: the subscriber connection's SUBSCRIBE / PSUBSCRIBE (and
+// SSUBSCRIBE for sharded rules, BridgeConfig::shards), kept
 // to the local interest (at once for what became wanted, after unsubscribe_linger for what
 // no longer is), and what arrives on it: each message imported once however many of its
 // copies Redis sends ("No duplicates" in bridge.hpp), raw echoes of our own exports
@@ -30,8 +31,9 @@ class PubSubImports {
   void link_down();
   RedisConnection* connection() const;
 
-  // The local interest, in Redis names: channels and patterns.
-  void want(const NameSet& channels, const NameSet& patterns);
+  // The local interest, in Redis names: channels and patterns, and the channels of sharded
+  // rules (SSUBSCRIBE).
+  void want(const NameSet& channels, const NameSet& patterns, const NameSet& shard_channels);
   // Appends the SUBSCRIBE / UNSUBSCRIBE commands that bring the connection to the interest.
   void apply(Clock::time_point now);
   // A reply on the connection. Throws std::runtime_error on an error reply.
