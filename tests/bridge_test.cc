@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <spdlog/sinks/null_sink.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -112,9 +113,11 @@ daemon::Config host_daemon_config() {
 
 // One "host": a daemon on a private bus and its bridge.
 struct Host {
-  explicit Host(BridgeConfig config) { start(std::move(config)); }
-  void start(BridgeConfig config) {
-    bridge = std::make_unique<Bridge>(std::move(config), daemon.options(), quiet_logger());
+  explicit Host(BridgeConfig config, std::shared_ptr<spdlog::logger> logger = quiet_logger()) {
+    start(std::move(config), std::move(logger));
+  }
+  void start(BridgeConfig config, std::shared_ptr<spdlog::logger> logger = quiet_logger()) {
+    bridge = std::make_unique<Bridge>(std::move(config), daemon.options(), std::move(logger));
   }
   // Waits until the bridge is connected to Redis.
   bool connected() const {
@@ -393,6 +396,92 @@ TEST(Bridge, ShardedExactChannelsTravelBySpublishToLocalInterestOnly) {
   by_name_2.unsubscribe();
   ASSERT_TRUE(subscribed(*hosts[1]->bridge, 1));
   EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 1u);
+}
+
+// A bridge's log lines, kept for the test to read.
+struct CapturedLog {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
+      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  std::shared_ptr<spdlog::logger> logger = std::make_shared<spdlog::logger>("captured", sink);
+  // The lines containing `needle`.
+  size_t count(const std::string& needle) const {
+    size_t n = 0;
+    for (const auto& line : sink->last_formatted()) n += line.find(needle) != std::string::npos;
+    return n;
+  }
+};
+
+// A server without the sharded commands (Redis < 7.0; here SSUBSCRIBE renamed away): the
+// link is refused at connect with the reason and the way out, retried with growing backoff
+// (a handful of log lines, not one per backoff_initial), never half up.
+TEST(Bridge, ShardedNeedsTheShardedCommandsAndSaysSo) {
+  test::RedisServerOptions options;
+  options.extra_args = {"--rename-command", "SSUBSCRIBE", ""};
+  RedisServer redis(options);
+  REQUIRE_REDIS(redis);
+  BridgeConfig c = fast_config(redis.port(), 1);
+  c.sharded = true;
+  c.imports.push_back({"orders", Mode::kEnvelope, false, 0});
+  CapturedLog log;
+  Host host(c, log.logger);
+  std::this_thread::sleep_for(1500ms);
+  const auto counters = host.bridge->counters();
+  EXPECT_FALSE(counters.connected);
+  EXPECT_EQ(counters.reconnects, 0u);
+  const size_t lines = log.count("lacks SPUBLISH / SSUBSCRIBE");
+  EXPECT_GE(lines, 1u);
+  EXPECT_LE(lines, 3u) << "one line per attempt: the backoff did not grow";
+  EXPECT_EQ(log.count("pubsub = \"classic\""), lines) << "the way out";
+  EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 0u);
+}
+
+// A SUNSUBSCRIBE answered after the channel was wanted again and SSUBSCRIBEd once more is
+// the bridge's own, not Redis dropping the new one: one SSUBSCRIBE per comeback, and when
+// the comeback leaves again before Redis answered, the subscription goes after the linger.
+// CLIENT PAUSE holds Redis's answers meanwhile.
+TEST(Bridge, ShardedUnsubscribeAnsweredLateIsNotTakenForRedisDroppingIt) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  BridgeConfig c = fast_config(redis.port(), 1);
+  c.sharded = true;
+  c.heartbeat_timeout = 5s;  // outlives the pauses
+  c.imports.push_back({"orders", Mode::kEnvelope, false, 0});
+  CapturedLog log;
+  Host host(c, log.logger);
+  ASSERT_TRUE(subscribed(*host.bridge, 1));
+  auto first = Subscription::open(host.daemon.options());
+  first.subscribe({"orders"});
+  ASSERT_TRUE(subscribed(*host.bridge, 2));
+  const auto before = host.bridge->counters().subscribe_commands;
+  first.unsubscribe();
+  std::this_thread::sleep_for(150ms);
+  freeReplyObject(redis.command("CLIENT PAUSE 900 ALL"));
+  std::this_thread::sleep_for(600ms);  // the SUNSUBSCRIBE (after the 300 ms linger) is held
+  auto comeback = Subscription::open(host.daemon.options());
+  comeback.subscribe({"orders"});
+  std::this_thread::sleep_for(1500ms);
+  ASSERT_TRUE(subscribed(*host.bridge, 2));
+  EXPECT_EQ(host.bridge->counters().subscribe_commands - before, 1u);
+  EXPECT_EQ(log.count("redis ended the sharded subscription"), 0u);
+  EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 1u);
+
+  // Again, leaving before Redis answers the comeback's SSUBSCRIBE.
+  comeback.unsubscribe();
+  ASSERT_TRUE(subscribed(*host.bridge, 1));
+  std::this_thread::sleep_for(150ms);
+  freeReplyObject(redis.command("CLIENT PAUSE 900 ALL"));
+  std::this_thread::sleep_for(600ms);
+  {
+    auto brief = Subscription::open(host.daemon.options());
+    brief.subscribe({"orders"});
+    std::this_thread::sleep_for(100ms);  // its SSUBSCRIBE is sent and held
+  }
+  // Redis answers the held SSUBSCRIBE, then the linger ends and the bridge leaves.
+  EXPECT_TRUE(wait_until([&] {
+    return redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1) == 0 &&
+           host.bridge->counters().redis_subscriptions == 1;
+  })) << "an SSUBSCRIBE held with nobody wanting it";
+  EXPECT_EQ(log.count("redis ended the sharded subscription"), 0u);
 }
 
 TEST(Bridge, ChurningLocalSubscribersDoNotStormRedis) {
@@ -1297,6 +1386,19 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
   EXPECT_NE(error_of("[redis]\npubsub = \"fast\"\n[bridge]\nhost_id = 1\n" + rule)
                 .find("accepted: \"classic\" (PUBLISH / SUBSCRIBE) or \"sharded\""),
             std::string::npos);
+  // Sharded and classic never meet: a channel exported one way and imported the other.
+  const std::string sharded = "[redis]\npubsub = \"sharded\"\n[bridge]\nhost_id = 1\n";
+  EXPECT_NE(error_of(sharded + "[[export]]\npattern = \"*\"\n[[import]]\npattern = \"orders\"\n")
+                .find("channel 'orders' would be exported by [[export]] '*' with PUBLISH but "
+                      "imported by its exact rule with SSUBSCRIBE"),
+            std::string::npos);
+  EXPECT_NE(error_of(sharded + "[[export]]\npattern = \"orders\"\n[[import]]\npattern = \"ord*\"\n")
+                .find("add an [[import]] rule for exactly \"orders\""),
+            std::string::npos);
+  EXPECT_NO_THROW(parse_bridge_config(
+      sharded + "[[export]]\npattern = \"orders\"\n[[export]]\npattern = \"*\"\n[[import]]\n"
+                "pattern = \"orders\"\n",
+      "b.toml"));
   EXPECT_TRUE(
       parse_bridge_config("[redis]\npubsub = \"sharded\"\n[bridge]\nhost_id = 1\n" + rule, "b.toml")
           .sharded);

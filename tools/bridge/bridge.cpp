@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bridge_shared.hpp"
+#include "cluster_discovery.hpp"
 #include "durable_streams.hpp"
 #include "exporter.hpp"
 #include "local_imports.hpp"
@@ -48,6 +49,13 @@ uint64_t CounterSnapshot::dropped_total() const {
   for (uint64_t d : dropped) total += d;
   return total;
 }
+
+namespace {
+
+// A link that lived this long is established: a failure after it is retried at once.
+constexpr auto kStableLink = std::chrono::seconds(1);
+
+}  // namespace
 
 struct Bridge::Impl : BridgeShared {
   Impl(BridgeConfig config_in, ConnectOptions local_in, std::shared_ptr<spdlog::logger> logger)
@@ -111,10 +119,47 @@ struct Bridge::Impl : BridgeShared {
             config.redis_password, config.redis_db,   config.connect_timeout};
   }
 
+  // Sharded pub/sub needs SPUBLISH and SSUBSCRIBE (Redis >= 7.0, not renamed away) on a
+  // server that is not a cluster node (a cluster moves slots away: cluster mode, not built
+  // yet, docs/CLUSTER.md). Throws std::runtime_error saying which and the way out, so the
+  // link fails like a refused connection, with backoff, instead of coming up and breaking
+  // at its first SSUBSCRIBE.
+  void check_sharded_support(RedisConnection& connection) const {
+    const redisReply* commands = round_trip(
+        connection, {"COMMAND", "INFO", "SPUBLISH", "SSUBSCRIBE"}, config.connect_timeout);
+    const bool known = commands->type == REDIS_REPLY_ARRAY && commands->elements == 2 &&
+                       commands->element[0]->type == REDIS_REPLY_ARRAY &&
+                       commands->element[1]->type == REDIS_REPLY_ARRAY;
+    if (!known)
+      throw std::runtime_error(
+          "redis " + config.redis_host + ":" + std::to_string(config.redis_port) +
+          " lacks SPUBLISH / SSUBSCRIBE, which [redis] pubsub = \"sharded\" needs (Redis >= "
+          "7.0); upgrade Redis or set pubsub = \"classic\" on every bridge");
+    const redisReply* info = round_trip(connection, {"INFO", "cluster"}, config.connect_timeout);
+    if (reply_text(info).find("cluster_enabled:1") != std::string_view::npos)
+      throw std::runtime_error("redis " + config.redis_host + ":" +
+                               std::to_string(config.redis_port) +
+                               " is a Redis Cluster node: a single-server bridge would lose "
+                               "sharded channels whose slots live on other nodes; use "
+                               "pubsub = \"classic\" (cluster mode: docs/CLUSTER.md)");
+  }
+
+  // When to try again after `failed_attempts` failures in a row: capped exponential backoff
+  // with jitter, so bridges that lost the same Redis do not all come back in the same
+  // millisecond.
+  std::chrono::milliseconds retry_delay() {
+    const double base = std::min<double>(static_cast<double>(config.backoff_max.count()),
+                                         static_cast<double>(config.backoff_initial.count()) *
+                                             std::pow(2.0, std::min(failed_attempts - 1, 30)));
+    const double jittered = base * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+    return std::chrono::milliseconds(static_cast<int64_t>(jittered));
+  }
+
   void connect() {
     std::unique_ptr<RedisConnection> new_pub;
     try {
       new_pub = std::make_unique<RedisConnection>(endpoint());
+      if (config.sharded) check_sharded_support(*new_pub);
       auto new_sub = std::make_unique<RedisConnection>(endpoint());
       std::unique_ptr<RedisConnection> new_streams;
       if (durable.needed()) new_streams = std::make_unique<RedisConnection>(endpoint());
@@ -122,16 +167,10 @@ struct Bridge::Impl : BridgeShared {
       durable.link_up(std::move(new_streams));
     } catch (const std::exception& e) {
       ++failed_attempts;
-      // Capped exponential backoff with jitter: bridges that lost the same Redis do not all
-      // come back in the same millisecond.
-      const double base = std::min<double>(static_cast<double>(config.backoff_max.count()),
-                                           static_cast<double>(config.backoff_initial.count()) *
-                                               std::pow(2.0, std::min(failed_attempts - 1, 30)));
-      const double jittered = base * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
-      next_connect = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(jittered));
+      const auto delay = retry_delay();
+      next_connect = Clock::now() + delay;
       if (failed_attempts == 1 || failed_attempts % 10 == 0)
-        log->warn("{} (attempt {}); retrying in {} ms", e.what(), failed_attempts,
-                  static_cast<int64_t>(jittered));
+        log->warn("{} (attempt {}); retrying in {} ms", e.what(), failed_attempts, delay.count());
       return;
     }
     if (ever_connected) counters.reconnects.fetch_add(1, std::memory_order_relaxed);
@@ -139,7 +178,9 @@ struct Bridge::Impl : BridgeShared {
               failed_attempts ? " after " + std::to_string(failed_attempts) + " failed attempt(s)"
                               : std::string());
     ever_connected = true;
-    failed_attempts = 0;
+    // failed_attempts is reset once the link has lived kStableLink (redis_step): a server
+    // that accepts connections and then refuses what the link needs must not be retried
+    // every backoff_initial forever.
     connected_at = Clock::now();
     export_stall_logged = false;
     awaited_heartbeat = 0;
@@ -155,7 +196,19 @@ struct Bridge::Impl : BridgeShared {
   }
 
   void disconnect(const std::string& why) {
-    log->warn("redis connection lost: {}; reconnecting", why);
+    // A link that died young (Redis refusing what the link needs, say) counts as a failed
+    // attempt, so the backoff grows and the log stays readable; an established one that
+    // broke is retried at once (backoff_initial).
+    const auto now = Clock::now();
+    const bool young = pubsub.connection() != nullptr && now - connected_at < kStableLink;
+    std::chrono::milliseconds delay = config.backoff_initial;
+    if (young) {
+      ++failed_attempts;
+      delay = retry_delay();
+    }
+    if (!young || failed_attempts == 1 || failed_attempts % 10 == 0)
+      log->warn("redis connection lost: {}; reconnecting in {} ms{}", why, delay.count(),
+                young ? " (attempt " + std::to_string(failed_attempts) + ")" : std::string());
     {
       // Retires `pub` (the export thread settles its in-flight commands) before `connected`
       // goes false: see "The link" in bridge_shared.hpp.
@@ -166,7 +219,7 @@ struct Bridge::Impl : BridgeShared {
     pubsub.link_down();
     durable.link_down();
     counters.connected = false;
-    next_connect = Clock::now() + config.backoff_initial;
+    next_connect = now + delay;
   }
 
   void redis_main() {
@@ -190,6 +243,7 @@ struct Bridge::Impl : BridgeShared {
       if (now >= next_connect) connect();
     }
     if (RedisConnection* sub = pubsub.connection()) {
+      if (failed_attempts != 0 && now - connected_at >= kStableLink) failed_attempts = 0;
       if (failed_generation.load(std::memory_order_acquire) ==
           link_generation.load(std::memory_order_relaxed)) {
         std::lock_guard<std::mutex> lock(link_mutex);

@@ -91,9 +91,9 @@ struct CounterSnapshot {
   uint64_t dropped[static_cast<int>(Drop::kCount)] = {};
   uint64_t reconnects = 0;
   uint64_t heartbeat_timeouts = 0;
-  uint64_t subscribe_commands = 0;    // SUBSCRIBE / PSUBSCRIBE commands sent
-  uint64_t unsubscribe_commands = 0;  // UNSUBSCRIBE / PUNSUBSCRIBE commands sent
-  uint64_t redis_subscriptions = 0;   // channels + patterns held on Redis now
+  uint64_t subscribe_commands = 0;    // SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE commands sent
+  uint64_t unsubscribe_commands = 0;  // UNSUBSCRIBE / PUNSUBSCRIBE / SUNSUBSCRIBE commands sent
+  uint64_t redis_subscriptions = 0;   // channels, patterns and sharded channels held now
   uint64_t streams_read = 0;          // durable streams followed now (read position known)
   uint64_t queue_depth = 0;
   uint64_t queue_bytes = 0;       // keys and bodies queued

@@ -262,6 +262,28 @@ void validate_bridge_config(const BridgeConfig& c) {
     throw BridgeConfigError(
         "bridge.max_payload_bytes over 512 MiB: Redis refuses larger values "
         "(proto-max-bulk-len)");
+  // Sharded and classic pub/sub never meet: a channel exported one way and imported the
+  // other would be lost without a trace. Within one file, each channel an exact-channel rule
+  // names must be sharded on both sides, whichever rule comes first for it there.
+  for (const auto* rules : {&c.exports, &c.imports}) {
+    for (const auto& r : *rules) {
+      if (!c.shards(r)) continue;
+      for (const auto* other : {&c.exports, &c.imports}) {
+        const Rule* first = BridgeConfig::first_match(*other, r.pattern);
+        if (first == nullptr || c.shards(*first)) continue;
+        const bool exported = other == &c.exports;
+        throw BridgeConfigError(
+            "redis.pubsub = \"sharded\": channel '" + r.pattern + "' would be " +
+            (exported ? "exported by [[export]] '" : "imported by [[import]] '") + first->pattern +
+            "' with " + (exported ? "PUBLISH" : "SUBSCRIBE") + " but " +
+            (exported ? "imported" : "exported") + " by its exact rule with " +
+            (exported ? "SSUBSCRIBE" : "SPUBLISH") + ", and the two never meet; add an " +
+            (exported ? "[[export]]" : "[[import]]") + " rule for exactly \"" + r.pattern +
+            "\" (envelope mode, not durable) before '" + first->pattern +
+            "', or use pubsub = \"classic\"");
+      }
+    }
+  }
 }
 
 BridgeConfig parse_bridge_config(std::string_view toml_text, std::string_view source_name) {

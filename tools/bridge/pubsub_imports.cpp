@@ -39,6 +39,10 @@ struct PubSubImports::State {
   // rules only, so neither the raw echo ledger nor the designated-copy choice involves
   // them (Redis never delivers an SPUBLISH to a pattern). Redis thread only.
   NameSet wanted_shard_channels, sent_shard_channels, confirmed_shard_channels;
+  // SUNSUBSCRIBEs sent and not yet answered, per channel: a `sunsubscribe` beyond these is
+  // Redis's own doing. Counted, not flagged: the channel may be wanted, SSUBSCRIBEd and
+  // left again before Redis answers the first.
+  std::unordered_map<std::string, uint32_t> sunsubscribes_in_flight;
   std::unordered_map<std::string, Clock::time_point> unwanted_since;
   std::unordered_map<std::string, OriginSequences> sequences;  // pub/sub: by Redis channel
 
@@ -77,6 +81,7 @@ struct PubSubImports::State {
     confirmed_patterns.clear();
     sent_shard_channels.clear();
     confirmed_shard_channels.clear();
+    sunsubscribes_in_flight.clear();
     forget_routes();
     unwanted_since.clear();
     shared.counters.redis_subscriptions = 0;
@@ -87,14 +92,16 @@ struct PubSubImports::State {
     std::lock_guard<std::mutex> lock(shared.echo_mutex);
     diff_and_send(wanted_channels, shared.sent_channels, "SUBSCRIBE", "UNSUBSCRIBE", now);
     diff_and_send(wanted_patterns, shared.sent_patterns, "PSUBSCRIBE", "PUNSUBSCRIBE", now);
-    diff_and_send(wanted_shard_channels, sent_shard_channels, "SSUBSCRIBE", "SUNSUBSCRIBE", now);
+    diff_and_send(wanted_shard_channels, sent_shard_channels, "SSUBSCRIBE", "SUNSUBSCRIBE", now,
+                  &sunsubscribes_in_flight);
   }
 
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
   // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
   // nothing. Each round is one command however many names change.
   void diff_and_send(const NameSet& want, NameSet& sent, const char* subscribe,
-                     const char* unsubscribe, Clock::time_point now) {
+                     const char* unsubscribe, Clock::time_point now,
+                     std::unordered_map<std::string, uint32_t>* unsubscribes_in_flight = nullptr) {
     std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
     for (const auto& name : want) {
       if (sent.insert(name).second) add.push_back(name);
@@ -117,7 +124,10 @@ struct PubSubImports::State {
       sub->append(remove);
       shared.counters.unsubscribe_commands.fetch_add(1, std::memory_order_relaxed);
       std::vector<std::string> names(remove.begin() + 1, remove.end());
-      for (const auto& name : names) sent.erase(name);
+      for (const auto& name : names) {
+        sent.erase(name);
+        if (unsubscribes_in_flight) ++(*unsubscribes_in_flight)[name];
+      }
     }
   }
 
@@ -151,13 +161,17 @@ struct PubSubImports::State {
       confirmed_shard_channels.insert(name);
     } else if (kind == "sunsubscribe") {
       confirmed_shard_channels.erase(name);
-      // Not one we asked to leave (those left sent_shard_channels when the SUNSUBSCRIBE was
-      // sent): Redis dropped it on its own, as a cluster does when the channel's slot moves.
-      // Forgotten as sent, so the next apply() subscribes it again.
-      if (sent_shard_channels.erase(name))
+      if (auto asked = sunsubscribes_in_flight.find(name); asked != sunsubscribes_in_flight.end()) {
+        if (--asked->second == 0) sunsubscribes_in_flight.erase(asked);
+        // Sequences restart when a channel is followed again (as for UNSUBSCRIBE below).
+        std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+      } else if (sent_shard_channels.erase(name)) {
+        // Not one we asked to leave: Redis dropped it on its own (a cluster does when the
+        // channel's slot moves). Forgotten as sent, so the next apply() subscribes it again;
+        // its sequences stay, so what was missed meanwhile is counted lost in transit.
         shared.log->info("redis ended the sharded subscription of '{}'; subscribing again",
                          name.substr(0, 128));
-      std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
+      }
     } else if (kind == "subscribe") {
       confirmed_channels.insert(name);
     } else if (kind == "psubscribe") {
