@@ -2,7 +2,10 @@
 // publisher/subscriber pairs on the same redis-server, in the same run.
 //
 //   build/bench/bridge_bench [--messages N] [--runs N] [--samples N] [--payload BYTES]
-//                            [--only hiredis|lean|bridged]
+//                            [--only hiredis|lean|bridged|sharded]
+//
+// Two bridged paths: classic (a glob rule, PUBLISH / SUBSCRIBE) and sharded
+// ([redis] pubsub = "sharded" with exact-channel rules, SPUBLISH / SSUBSCRIBE).
 //
 // Throughput is measured --runs times (default 5) for each path, the paths alternating, so
 // a slow spell of the machine falls on all; min, median and max are printed, and the
@@ -238,17 +241,22 @@ Result lean_latency(const shmbus::test::RedisServer& redis, int samples, size_t 
 // ---- bridged: bus A -> Redis -> bus B ----
 
 struct BridgedPair {
-  BridgedPair(int port) {
+  BridgedPair(int port, bool sharded) {
     for (uint16_t id : {1, 2}) {
       shmbus::bridge::BridgeConfig c;
       c.redis_port = port;
-      c.host_id = id;
+      c.host_id = static_cast<uint16_t>(sharded ? id + 2 : id);
       c.queue_messages = 10'000'000;
       c.queue_bytes = 1ull << 30;
       c.interest_interval = 20ms;
       c.stats_interval = 60'000ms;
-      c.exports.push_back({"bench:*", shmbus::bridge::Mode::kEnvelope, false, 0});
-      c.imports.push_back({"bench:*", shmbus::bridge::Mode::kEnvelope, false, 0});
+      c.sharded = sharded;
+      // Sharded: the two bench channels by name (exact-channel rules are the sharded ones).
+      for (const char* pattern : sharded ? std::vector<const char*>{"bench:tput", "bench:lat"}
+                                         : std::vector<const char*>{"bench:*"}) {
+        c.exports.push_back({pattern, shmbus::bridge::Mode::kEnvelope, false, 0});
+        c.imports.push_back({pattern, shmbus::bridge::Mode::kEnvelope, false, 0});
+      }
       auto log = std::make_shared<spdlog::logger>("bench",
                                                   std::make_shared<spdlog::sinks::null_sink_mt>());
       bridges.push_back(
@@ -348,12 +356,12 @@ int main(int argc, char** argv) {
       payload = std::stoul(argv[i + 1]);
     else if (flag == "--only" &&
              (std::string(argv[i + 1]) == "hiredis" || std::string(argv[i + 1]) == "lean" ||
-              std::string(argv[i + 1]) == "bridged"))
+              std::string(argv[i + 1]) == "bridged" || std::string(argv[i + 1]) == "sharded"))
       only = argv[i + 1];
     else {
       std::fprintf(stderr,
                    "usage: %s [--messages N] [--runs N] [--samples N] [--payload BYTES] "
-                   "[--only hiredis|lean|bridged]\n",
+                   "[--only hiredis|lean|bridged|sharded]\n",
                    argv[0]);
       return 2;
     }
@@ -366,21 +374,28 @@ int main(int argc, char** argv) {
   const bool hiredis = only.empty() || only == "hiredis";
   const bool lean = only.empty() || only == "lean";
   const bool bridged = only.empty() || only == "bridged";
-  std::optional<BridgedPair> pair;
-  if (bridged) pair.emplace(redis.port());
-  std::vector<Result> hiredis_t, lean_t, bridged_t;
+  const bool sharded = only.empty() || only == "sharded";
+  std::optional<BridgedPair> pair, sharded_pair;
+  if (bridged) pair.emplace(redis.port(), false);
+  if (sharded) sharded_pair.emplace(redis.port(), true);
+  std::vector<Result> hiredis_t, lean_t, bridged_t, sharded_t;
   for (int r = 0; r < runs; ++r) {
     if (hiredis) hiredis_t.push_back(hiredis_throughput(redis, messages, payload));
     if (lean) lean_t.push_back(lean_throughput(redis, messages, payload));
     // The bridged payload is an envelope: 24 bytes more on the wire than the plain pairs'.
     if (bridged) bridged_t.push_back(bridged_throughput(*pair, messages, payload));
+    if (sharded) sharded_t.push_back(bridged_throughput(*sharded_pair, messages, payload));
   }
-  Result hiredis_l, lean_l, bridged_l;
+  Result hiredis_l, lean_l, bridged_l, sharded_l;
   if (hiredis) hiredis_l = hiredis_latency(redis, samples, payload);
   if (lean) lean_l = lean_latency(redis, samples, payload);
   if (bridged) {
     bridged_l = bridged_latency(*pair, samples, payload);
     for (auto& b : pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
+  }
+  if (sharded) {
+    sharded_l = bridged_latency(*sharded_pair, samples, payload);
+    for (auto& b : sharded_pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
   }
 
   struct Spread {
@@ -399,7 +414,7 @@ int main(int argc, char** argv) {
     return s;
   };
   const Spread hiredis_s = spread(hiredis_t), lean_s = spread(lean_t),
-               bridged_s = spread(bridged_t);
+               bridged_s = spread(bridged_t), sharded_s = spread(sharded_t);
   std::printf(
       "%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
       "%d latency samples\n",
@@ -413,6 +428,7 @@ int main(int argc, char** argv) {
   row("plain pair, hiredis client", hiredis_s, hiredis_l);
   row("plain pair, lean client", lean_s, lean_l);
   row("bus A -> bridge -> Redis -> bus B", bridged_s, bridged_l);
+  row("the same, pubsub = \"sharded\"", sharded_s, sharded_l);
   auto percent = [](double a, double b) { return b > 0 ? 100.0 * a / b : 0.0; };
   if (lean && bridged) {
     std::printf("bridged / lean pair, run by run:");
@@ -427,7 +443,10 @@ int main(int argc, char** argv) {
       percent(bridged_s.median, lean_s.median), percent(bridged_s.median, hiredis_s.median));
   std::printf("added p50 latency: %.1f us over the lean pair, %.1f us over the hiredis pair\n",
               bridged_l.p50_us - lean_l.p50_us, bridged_l.p50_us - hiredis_l.p50_us);
-  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t})
+  if (bridged && sharded)
+    std::printf("sharded / classic bridged throughput (medians): %.0f %%; p50 %.1f us vs %.1f us\n",
+                percent(sharded_s.median, bridged_s.median), sharded_l.p50_us, bridged_l.p50_us);
+  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t, &sharded_t})
     for (const auto& r : *results)
       if (r.received != messages) return 1;  // a run lost messages: no figure to trust
   return 0;
