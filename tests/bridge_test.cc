@@ -21,6 +21,7 @@
 
 #include "daemon_support.hpp"
 #include "envelope.hpp"
+#include "key_slot.hpp"
 #include "redis_connection.hpp"
 #include "redis_server.hpp"
 #include "shmbus/shmbus.hpp"
@@ -410,6 +411,29 @@ struct CapturedLog {
     return n;
   }
 };
+
+// Sharded subscriptions go one hash slot per command (a cluster refuses an SSUBSCRIBE
+// across slots); names of one slot share their command.
+TEST(Bridge, ShardedSubscriptionsGoOneSlotPerCommand) {
+  RedisServer redis;
+  REQUIRE_REDIS(redis);
+  BridgeConfig c = fast_config(redis.port(), 1);
+  c.sharded = true;
+  const std::vector<std::string> names = {"orders", "invoices", "{orders}refunds"};
+  ASSERT_NE(key_slot(names[0]), key_slot(names[1]));
+  ASSERT_EQ(key_slot(names[0]), key_slot(names[2]));
+  for (const auto& name : names) c.imports.push_back({name, Mode::kEnvelope, false, 0});
+  Host host(c);
+  ASSERT_TRUE(subscribed(*host.bridge, 1));
+  const auto before = host.bridge->counters();
+  auto sub = Subscription::open(host.daemon.options());
+  sub.subscribe({names[0], names[1], names[2]});
+  ASSERT_TRUE(subscribed(*host.bridge, 4));
+  EXPECT_EQ(host.bridge->counters().subscribe_commands - before.subscribe_commands, 2u);
+  sub.unsubscribe();
+  ASSERT_TRUE(subscribed(*host.bridge, 1));
+  EXPECT_EQ(host.bridge->counters().unsubscribe_commands - before.unsubscribe_commands, 2u);
+}
 
 // A server without the sharded commands (Redis < 7.0; here SSUBSCRIBE renamed away): the
 // link is refused at connect with the reason and the way out, retried with growing backoff

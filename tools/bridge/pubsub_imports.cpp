@@ -1,11 +1,13 @@
 #include "pubsub_imports.hpp"
 
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "envelope.hpp"
+#include "key_slot.hpp"
 #include "origin_sequences.hpp"
 
 namespace shmbus::bridge {
@@ -99,9 +101,13 @@ struct PubSubImports::State {
   // Subscribes at once to what became wanted; unsubscribes only what stayed unwanted for
   // unsubscribe_linger, so local subscribers joining and leaving in a loop cost Redis
   // nothing. Each round is one command however many names change.
+  // Sharded names (`unsubscribes_in_flight` given) go one slot per command: a cluster refuses
+  // an SSUBSCRIBE whose channels hash to different slots (-CROSSSLOT), and one server takes
+  // them the same either way.
   void diff_and_send(const NameSet& want, NameSet& sent, const char* subscribe,
                      const char* unsubscribe, Clock::time_point now,
                      std::unordered_map<std::string, uint32_t>* unsubscribes_in_flight = nullptr) {
+    const bool by_slot = unsubscribes_in_flight != nullptr;
     std::vector<std::string_view> add{subscribe}, remove{unsubscribe};
     for (const auto& name : want) {
       if (sent.insert(name).second) add.push_back(name);
@@ -116,19 +122,34 @@ struct PubSubImports::State {
       if (shared.linger_over(unwanted_since, *it, now)) remove.push_back(*it);
       ++it;
     }
-    if (add.size() > 1) {
-      sub->append(add);
-      shared.counters.subscribe_commands.fetch_add(1, std::memory_order_relaxed);
-    }
+    if (add.size() > 1)
+      shared.counters.subscribe_commands.fetch_add(send(add, by_slot), std::memory_order_relaxed);
     if (remove.size() > 1) {
-      sub->append(remove);
-      shared.counters.unsubscribe_commands.fetch_add(1, std::memory_order_relaxed);
+      shared.counters.unsubscribe_commands.fetch_add(send(remove, by_slot),
+                                                     std::memory_order_relaxed);
       std::vector<std::string> names(remove.begin() + 1, remove.end());
       for (const auto& name : names) {
         sent.erase(name);
         if (unsubscribes_in_flight) ++(*unsubscribes_in_flight)[name];
       }
     }
+  }
+
+  // Appends `command` (the command word, then names) whole, or one command per hash slot
+  // (each with its slot's names, in their order); returns how many commands went out.
+  uint64_t send(const std::vector<std::string_view>& command, bool by_slot) {
+    if (!by_slot) {
+      sub->append(command);
+      return 1;
+    }
+    std::map<uint16_t, std::vector<std::string_view>> slots;
+    for (size_t i = 1; i < command.size(); ++i) {
+      auto& names = slots[key_slot(command[i])];
+      if (names.empty()) names.push_back(command[0]);
+      names.push_back(command[i]);
+    }
+    for (const auto& [slot, names] : slots) sub->append(names);
+    return slots.size();
   }
 
   // ---- receiving ----
