@@ -6,20 +6,19 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "daemon_support.hpp"
@@ -64,18 +63,95 @@ daemon::Config access_config() {
   return config;  // every other channel: open to all, as without rules
 }
 
+// A child process that runs `body` until the parent closes its end of a pipe (or dies), and
+// can report one line back first.
+class ChildProcess {
+ public:
+  // body(report_fd, stop_fd): write the report, then read(stop_fd) returns when it must end.
+  explicit ChildProcess(const std::function<void(int, int)>& body) {
+    int report[2], stop[2];
+    if (pipe(report) != 0 || pipe(stop) != 0) throw std::runtime_error("pipe failed");
+    pid_ = fork();
+    if (pid_ == 0) {
+      close(report[0]);
+      close(stop[1]);
+      body(report[1], stop[0]);
+      _exit(0);
+    }
+    close(report[1]);
+    close(stop[0]);
+    report_ = report[0];
+    stop_ = stop[1];
+  }
+  ~ChildProcess() {
+    close(stop_);
+    close(report_);
+    waitpid(pid_, nullptr, 0);
+  }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  // What the child reported, up to its end of the report pipe.
+  std::string report() {
+    std::string text;
+    char buffer[512];
+    for (ssize_t n; (n = read(report_, buffer, sizeof buffer)) > 0;) text.append(buffer, n);
+    return text;
+  }
+  // Blocks until the parent ends the child (for the body).
+  static void wait_for_stop(int stop_fd) {
+    char c;
+    while (read(stop_fd, &c, 1) < 0 && errno == EINTR) {
+    }
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int report_ = -1, stop_ = -1;
+};
+
+// The test's daemon in a child process of its own, forked while the test process has one
+// thread, so that every as_user() child is forked from a single-threaded process too:
+// gcc 12's ThreadSanitizer runtime does not lock its allocator around fork(), and a child
+// forked while the daemon's threads ran could deadlock in it (which hung CI once; LLVM
+// added the locking in 2024, https://github.com/llvm/llvm-project/pull/96600).
+class ForkedDaemon {
+ public:
+  explicit ForkedDaemon(daemon::Config config)
+      : child_([config = std::move(config)](int report, int stop) mutable {
+          TestDaemon daemon(std::move(config));
+          const ConnectOptions options = daemon.options();
+          const std::string line = options.bus + "\n" + options.socket_path + "\n";
+          [[maybe_unused]] auto n = write(report, line.data(), line.size());
+          close(report);
+          ChildProcess::wait_for_stop(stop);
+        }) {
+    const std::string text = child_.report();
+    const size_t end = text.find('\n');
+    if (end == std::string::npos || text.size() < end + 2)
+      throw std::runtime_error("the daemon's process did not start");
+    options_.bus = text.substr(0, end);
+    options_.socket_path = text.substr(end + 1, text.size() - end - 2);
+  }
+  const ConnectOptions& options() const { return options_; }
+  const std::string& socket_path() const { return options_.socket_path; }
+
+ private:
+  ChildProcess child_;
+  ConnectOptions options_;
+};
+
 class AccessTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!test::make_throwaway_users())
       GTEST_SKIP() << "needs root to create throwaway users (useradd)";
-    daemon_ = std::make_unique<TestDaemon>(access_config());
+    daemon_ = std::make_unique<ForkedDaemon>(access_config());
     // Any user may connect to this test bus: the rules, not the socket's mode, are tested.
     std::filesystem::permissions(std::filesystem::path(daemon_->socket_path()).parent_path(),
                                  std::filesystem::perms::all);
     std::filesystem::permissions(daemon_->socket_path(), std::filesystem::perms::all);
   }
-  std::unique_ptr<TestDaemon> daemon_;
+  std::unique_ptr<ForkedDaemon> daemon_;
 };
 
 TEST_F(AccessTest, PublishAndSubscribeFollowTheRulesWithNopermErrorsLikeRedis) {
@@ -118,14 +194,15 @@ TEST_F(AccessTest, PublishAndSubscribeFollowTheRulesWithNopermErrorsLikeRedis) {
 // A pattern receives the channels its subscriber may read, and nothing else.
 TEST_F(AccessTest, APatternAttachesOnlyWhatItsSubscriberMayRead) {
   const ConnectOptions options = daemon_->options();
-  // Root (the test) may publish anywhere: it keeps both channels busy meanwhile.
-  std::atomic<bool> done{false};
-  std::thread publisher([&] {
+  // Root (the test) may publish anywhere: a process of its own (not a thread: see
+  // ForkedDaemon) keeps both channels busy meanwhile.
+  auto publisher = std::make_unique<ChildProcess>([&](int report, int stop) {
+    close(report);
     auto bus = Bus::connect(options);
-    while (!done.load()) {
+    pollfd ended{stop, POLLIN, 0};
+    while (poll(&ended, 1, 5) == 0) {
       bus.publish("orders:7", "secret");
       bus.publish("news:7", "public");
-      std::this_thread::sleep_for(5ms);
     }
   });
   EXPECT_EQ(as_user(kStranger,
@@ -145,8 +222,7 @@ TEST_F(AccessTest, APatternAttachesOnlyWhatItsSubscriberMayRead) {
                       return std::string();
                     }),
             "");
-  done = true;
-  publisher.join();
+  publisher.reset();
 }
 
 // What the kernel enforces: a subscriber maps ring data read-only (a write faults in the
