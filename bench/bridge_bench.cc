@@ -2,10 +2,12 @@
 // publisher/subscriber pairs on the same redis-server, in the same run.
 //
 //   build/bench/bridge_bench [--messages N] [--runs N] [--samples N] [--payload BYTES]
-//                            [--only hiredis|lean|bridged|sharded]
+//                            [--only hiredis|lean|bridged|sharded] [--cluster]
 //
 // Two bridged paths: classic (a glob rule, PUBLISH / SUBSCRIBE) and sharded
-// ([redis] pubsub = "sharded" with exact-channel rules, SPUBLISH / SSUBSCRIBE).
+// ([redis] pubsub = "sharded" with exact-channel rules, SPUBLISH / SSUBSCRIBE). --cluster
+// adds the classic path through a 3-primary Redis Cluster, the two bridges on different
+// nodes: what classic pub/sub costs when every PUBLISH is broadcast to every node.
 //
 // Throughput is measured --runs times (default 5) for each path, the paths alternating, so
 // a slow spell of the machine falls on all; min, median and max are printed, and the
@@ -34,6 +36,7 @@
 
 #include "bridge.hpp"
 #include "daemon_support.hpp"
+#include "redis_cluster.hpp"
 #include "redis_connection.hpp"
 #include "redis_server.hpp"
 #include "shmbus/shmbus.hpp"
@@ -241,11 +244,12 @@ Result lean_latency(const shmbus::test::RedisServer& redis, int samples, size_t 
 // ---- bridged: bus A -> Redis -> bus B ----
 
 struct BridgedPair {
-  BridgedPair(int port, bool sharded) {
+  // Bridge 1 on Redis at `port_a`, bridge 2 at `port_b`; host ids from `first_id`.
+  BridgedPair(int port_a, int port_b, bool sharded, uint16_t first_id) {
     for (uint16_t id : {1, 2}) {
       shmbus::bridge::BridgeConfig c;
-      c.redis_port = port;
-      c.host_id = static_cast<uint16_t>(sharded ? id + 2 : id);
+      c.redis_port = id == 1 ? port_a : port_b;
+      c.host_id = static_cast<uint16_t>(first_id + id - 1);
       c.queue_messages = 10'000'000;
       c.queue_bytes = 1ull << 30;
       c.interest_interval = 20ms;
@@ -344,24 +348,36 @@ int main(int argc, char** argv) {
   size_t payload = 64;
   int runs = 5;
   std::string only;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool with_cluster = false;
+  // --cluster takes no value; the other flags come in pairs.
+  std::vector<char*> args(argv, argv + argc);
+  if (auto it = std::find_if(args.begin() + 1, args.end(),
+                             [](const char* a) { return std::string_view(a) == "--cluster"; });
+      it != args.end()) {
+    with_cluster = true;
+    args.erase(it);
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
+  for (int i = 1; i < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--messages")
+    const bool has_value = i + 1 < argc;
+    if (has_value && flag == "--messages")
       messages = std::stoull(argv[i + 1]);
-    else if (flag == "--samples")
+    else if (has_value && flag == "--samples")
       samples = std::stoi(argv[i + 1]);
-    else if (flag == "--runs")
+    else if (has_value && flag == "--runs")
       runs = std::max(1, std::stoi(argv[i + 1]));
-    else if (flag == "--payload")
+    else if (has_value && flag == "--payload")
       payload = std::stoul(argv[i + 1]);
-    else if (flag == "--only" &&
+    else if (has_value && flag == "--only" &&
              (std::string(argv[i + 1]) == "hiredis" || std::string(argv[i + 1]) == "lean" ||
               std::string(argv[i + 1]) == "bridged" || std::string(argv[i + 1]) == "sharded"))
       only = argv[i + 1];
     else {
       std::fprintf(stderr,
                    "usage: %s [--messages N] [--runs N] [--samples N] [--payload BYTES] "
-                   "[--only hiredis|lean|bridged|sharded]\n",
+                   "[--only hiredis|lean|bridged|sharded] [--cluster]\n",
                    argv[0]);
       return 2;
     }
@@ -375,24 +391,35 @@ int main(int argc, char** argv) {
   const bool lean = only.empty() || only == "lean";
   const bool bridged = only.empty() || only == "bridged";
   const bool sharded = only.empty() || only == "sharded";
-  std::optional<BridgedPair> pair, sharded_pair;
-  if (bridged) pair.emplace(redis.port(), false);
-  if (sharded) sharded_pair.emplace(redis.port(), true);
-  std::vector<Result> hiredis_t, lean_t, bridged_t, sharded_t;
+  std::optional<BridgedPair> pair, sharded_pair, cluster_pair;
+  if (bridged) pair.emplace(redis.port(), redis.port(), false, 1);
+  if (sharded) sharded_pair.emplace(redis.port(), redis.port(), true, 3);
+  std::optional<shmbus::test::RedisCluster> cluster;
+  if (with_cluster) {
+    cluster.emplace(3, 0);
+    if (!cluster->ok()) {
+      std::fprintf(stderr, "--cluster: %s\n", cluster->error().c_str());
+      return cluster->missing().empty() ? 1 : 77;
+    }
+    cluster_pair.emplace(cluster->node(0).port(), cluster->node(1).port(), false, 5);
+  }
+  std::vector<Result> hiredis_t, lean_t, bridged_t, sharded_t, cluster_t;
   for (int r = 0; r < runs; ++r) {
     if (hiredis) hiredis_t.push_back(hiredis_throughput(redis, messages, payload));
     if (lean) lean_t.push_back(lean_throughput(redis, messages, payload));
     // The bridged payload is an envelope: 24 bytes more on the wire than the plain pairs'.
     if (bridged) bridged_t.push_back(bridged_throughput(*pair, messages, payload));
     if (sharded) sharded_t.push_back(bridged_throughput(*sharded_pair, messages, payload));
+    if (cluster_pair) cluster_t.push_back(bridged_throughput(*cluster_pair, messages, payload));
   }
-  Result hiredis_l, lean_l, bridged_l, sharded_l;
+  Result hiredis_l, lean_l, bridged_l, sharded_l, cluster_l;
   if (hiredis) hiredis_l = hiredis_latency(redis, samples, payload);
   if (lean) lean_l = lean_latency(redis, samples, payload);
   if (bridged) {
     bridged_l = bridged_latency(*pair, samples, payload);
     for (auto& b : pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
   }
+  if (cluster_pair) cluster_l = bridged_latency(*cluster_pair, samples, payload);
   if (sharded) {
     sharded_l = bridged_latency(*sharded_pair, samples, payload);
     for (auto& b : sharded_pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
@@ -414,7 +441,8 @@ int main(int argc, char** argv) {
     return s;
   };
   const Spread hiredis_s = spread(hiredis_t), lean_s = spread(lean_t),
-               bridged_s = spread(bridged_t), sharded_s = spread(sharded_t);
+               bridged_s = spread(bridged_t), sharded_s = spread(sharded_t),
+               cluster_s = spread(cluster_t);
   std::printf(
       "%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
       "%d latency samples\n",
@@ -429,6 +457,7 @@ int main(int argc, char** argv) {
   row("plain pair, lean client", lean_s, lean_l);
   row("bus A -> bridge -> Redis -> bus B", bridged_s, bridged_l);
   row("the same, pubsub = \"sharded\"", sharded_s, sharded_l);
+  if (cluster_pair) row("classic, via a 3-primary cluster", cluster_s, cluster_l);
   auto percent = [](double a, double b) { return b > 0 ? 100.0 * a / b : 0.0; };
   if (lean && bridged) {
     std::printf("bridged / lean pair, run by run:");
@@ -446,7 +475,12 @@ int main(int argc, char** argv) {
   if (bridged && sharded)
     std::printf("sharded / classic bridged throughput (medians): %.0f %%; p50 %.1f us vs %.1f us\n",
                 percent(sharded_s.median, bridged_s.median), sharded_l.p50_us, bridged_l.p50_us);
-  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t, &sharded_t})
+  if (bridged && cluster_pair)
+    std::printf(
+        "classic bridged through the cluster / through one Redis (medians): %.0f %%; p50 %.1f us "
+        "vs %.1f us\n",
+        percent(cluster_s.median, bridged_s.median), cluster_l.p50_us, bridged_l.p50_us);
+  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t, &sharded_t, &cluster_t})
     for (const auto& r : *results)
       if (r.received != messages) return 1;  // a run lost messages: no figure to trust
   return 0;
