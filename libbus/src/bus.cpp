@@ -11,6 +11,7 @@
 #include "directory.hpp"
 #include "glob.hpp"
 #include "naming.hpp"
+#include "string_hash.hpp"
 
 namespace shmbus {
 
@@ -21,11 +22,6 @@ namespace {
 // Channels a Bus keeps open for publish(name, ...). Past this, the least recently used
 // quarter is closed so that the daemon can reclaim channels a publisher no longer uses.
 constexpr size_t kMaxCachedChannels = 4096;
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
 
 // Where a channel opened for publishing lives, as the daemon told us.
 struct Placement {
@@ -449,7 +445,7 @@ Loan Channel::loan(std::size_t bytes) {
 
 struct Bus::State {
   std::shared_ptr<ClientCore> core;
-  std::unordered_map<std::string, std::unique_ptr<OpenChannel>, StringHash, std::equal_to<>> cache;
+  StringMap<std::unique_ptr<OpenChannel>> cache;
   uint64_t uses = 0;
 
   OpenChannel& cached(std::string_view name) {

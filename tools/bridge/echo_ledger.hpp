@@ -12,7 +12,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+
+#include "string_hash.hpp"
 
 namespace shmbus::bridge {
 
@@ -40,11 +41,7 @@ class EchoLedger {
     uint64_t hash;
     uint64_t heartbeat;  // heartbeats sent before this publish
   };
-  struct NameHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  std::unordered_map<std::string, std::deque<Entry>, NameHash, std::equal_to<>> pending_;
+  StringMap<std::deque<Entry>> pending_;
 };
 
 }  // namespace shmbus::bridge

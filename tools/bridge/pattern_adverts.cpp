@@ -116,8 +116,7 @@ void RemoteInterest::forget(const Host& host) {
 }
 
 const std::vector<std::string_view>& RemoteInterest::matching(std::string_view channel) {
-  if (auto known = matches_.find(std::string(channel)); known != matches_.end())
-    return known->second;
+  if (auto known = matches_.find(channel); known != matches_.end()) return known->second;
   if (matches_.size() >= kMaxCachedChannels) matches_.clear();
   std::vector<std::string_view> found;
   for (const auto& [glob, hosts] : globs_)

@@ -22,8 +22,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include "string_hash.hpp"
 
 namespace shmbus::bridge {
 
@@ -76,7 +77,7 @@ class RemoteInterest {
   // Per channel, what matching() found; cleared on any change, and when it grows past
   // kMaxCachedChannels (an exporter of many channels must not grow it without bound).
   static constexpr size_t kMaxCachedChannels = 4096;
-  std::unordered_map<std::string, std::vector<std::string_view>> matches_;
+  StringMap<std::vector<std::string_view>> matches_;
 };
 
 // The partition of `channel` among a glob's kPatternPartitions channels.

@@ -9,19 +9,9 @@
 #include "envelope.hpp"
 #include "key_slot.hpp"
 #include "origin_sequences.hpp"
+#include "string_hash.hpp"
 
 namespace shmbus::bridge {
-
-namespace {
-
-// Hashes a channel name held as std::string or looked up by string_view (no copy per
-// message to look one up).
-struct NameHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-
-}  // namespace
 
 struct PubSubImports::State {
   State(BridgeShared& shared_in, LocalImports& imports_in)
@@ -60,7 +50,7 @@ struct PubSubImports::State {
     Channel* channel = nullptr;            // in `imports`
     OriginSequences* sequences = nullptr;  // in `sequences`
   };
-  std::unordered_map<std::string, ImportRoute, NameHash, std::equal_to<>> routes;
+  StringMap<ImportRoute> routes;
 
   void forget_routes() { routes.clear(); }
 
