@@ -65,7 +65,10 @@ struct Exporter::State {
         interest_bus(Bus::connect(local)),
         export_sub(Subscription::open(local)),
         pattern_prefix(escape_glob(shared.config.redis_prefix)) {
-    for (const auto& rule : shared.config.exports) own_export_patterns.insert(rule.pattern);
+    for (const auto& rule : shared.config.exports) {
+      own_export_patterns.insert(rule.pattern);
+      publish_command.push_back(shared.config.shards(rule) ? "SPUBLISH" : "PUBLISH");
+    }
     if (shared.config.exports.empty()) return;
     std::vector<std::string> patterns(own_export_patterns.begin(), own_export_patterns.end());
     export_sub.psubscribe(patterns);
@@ -81,6 +84,9 @@ struct Exporter::State {
   BridgeShared& shared;
   Bus interest_bus;         // reads interest, publishes counters
   Subscription export_sub;  // the export rules' patterns
+  // Per export rule (same index as config.exports), the command its pub/sub messages go
+  // by: worked out once, not per message.
+  std::vector<std::string_view> publish_command;
   std::set<std::string> own_export_patterns;
   std::string pattern_prefix;  // the Redis prefix, glob-escaped
 
@@ -365,7 +371,7 @@ struct Exporter::State {
   void publish(std::string_view key, std::string_view body, const Rule& rule) {
     if (rule.mode == Mode::kRaw) remember_raw(key, body);
     // Sharded rules are envelope rules: their echoes are known by origin, not remembered.
-    pub->append({shared.config.shards(rule) ? "SPUBLISH" : "PUBLISH", key, body});
+    pub->append({publish_command[&rule - shared.config.exports.data()], key, body});
     in_flight.push_back(Sent::kPublish);
   }
 
