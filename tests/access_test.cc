@@ -10,7 +10,6 @@
 #include <pwd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -21,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "child_process.hpp"
 #include "daemon_support.hpp"
 #include "directory.hpp"
 #include "intruder.hpp"
@@ -71,13 +71,12 @@ class ChildProcess {
   explicit ChildProcess(const std::function<void(int, int)>& body) {
     int report[2], stop[2];
     if (pipe(report) != 0 || pipe(stop) != 0) throw std::runtime_error("pipe failed");
-    pid_ = fork();
-    if (pid_ == 0) {
+    pid_ = test::spawn([&] {
       close(report[0]);
       close(stop[1]);
       body(report[1], stop[0]);
-      _exit(0);
-    }
+      return 0;
+    });
     close(report[1]);
     close(stop[0]);
     report_ = report[0];
@@ -86,7 +85,7 @@ class ChildProcess {
   ~ChildProcess() {
     close(stop_);
     close(report_);
-    waitpid(pid_, nullptr, 0);
+    test::wait_exit(pid_);
   }
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
