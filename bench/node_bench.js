@@ -16,11 +16,11 @@
 // A third system, a Unix socket from the publisher straight into the subscriber, is the
 // floor for any transport that wakes a sleeping Node process: one wake-up, no broker.
 // Prints a Markdown table; exit 77 if redis-server or node-redis is missing.
-const { spawn, spawnSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { sleep, startServers } = require('./node_servers');
+const { sleep, startServers, redisServerInstalled } = require('./node_servers');
 
 const packageDir = path.join(__dirname, '..', 'bindings', 'node');
 const SUBSCRIBER = `
@@ -154,10 +154,7 @@ async function main() {
     return 2;
   }
   const quick = process.argv.includes('--quick');
-  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) {
-    console.log('SKIPPED: redis-server is not installed');
-    return 77;
-  }
+  if (!redisServerInstalled()) return 77;
   if (!fs.existsSync(path.join(packageDir, 'node_modules', 'redis'))) {
     console.log('SKIPPED: node-redis is missing: run bindings/npm-test.sh BUILD_DIR bindings/node first');
     return 77;

@@ -1,7 +1,7 @@
 'use strict';
 // What bench/node_bench.js and bench/socketio_bench.js share: a private shmbusd and a
 // redis-server on a free loopback port, started together and stopped together.
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
@@ -49,4 +49,12 @@ async function startServers({ build, name, daemonConfig, redisArgs = [] }) {
   };
 }
 
-module.exports = { sleep, freePort, startServers };
+// True if redis-server is on the PATH; else says the benchmark is skipped (its caller exits
+// 77, meson's code for a skip).
+function redisServerInstalled() {
+  if (spawnSync('sh', ['-c', 'command -v redis-server']).status === 0) return true;
+  console.log('SKIPPED: redis-server is not installed');
+  return false;
+}
+
+module.exports = { sleep, freePort, startServers, redisServerInstalled };

@@ -19,10 +19,10 @@
 // With --profile DIR, the servers and client processes of the shmbus run write V8 CPU
 // profiles there (node --cpu-prof), summarised by self time at the end.
 // Prints Markdown; exit 77 if redis-server or the packages are missing.
-const { spawn, spawnSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const { sleep, startServers } = require('./node_servers');
+const { sleep, startServers, redisServerInstalled } = require('./node_servers');
 
 const adapterDir = path.join(__dirname, '..', 'bindings', 'socket.io-adapter');
 const modules = path.join(adapterDir, 'node_modules');
@@ -227,10 +227,7 @@ async function main() {
   const quick = process.argv.includes('--quick');
   const profileAt = process.argv.indexOf('--profile');
   const profileDir = profileAt > 0 ? path.resolve(process.argv[profileAt + 1]) : null;
-  if (spawnSync('sh', ['-c', 'command -v redis-server']).status !== 0) {
-    console.log('SKIPPED: redis-server is not installed');
-    return 77;
-  }
+  if (!redisServerInstalled()) return 77;
   if (!fs.existsSync(path.join(modules, '@socket.io', 'redis-adapter')) || !fs.existsSync(path.join(modules, 'socket.io-client'))) {
     console.log('SKIPPED: run bindings/npm-test.sh BUILD_DIR bindings/socket.io-adapter first');
     return 77;
