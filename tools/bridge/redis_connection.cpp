@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
-
 #include <stdexcept>
 
 namespace shmbus::bridge {
@@ -68,8 +67,9 @@ void* create_array(const redisReadTask* task, int elements) {
   redisReply* reply = new_reply(task, REDIS_REPLY_ARRAY);
   if (reply == nullptr) return nullptr;
   if (elements > 0) {
-    reply->element = static_cast<redisReply**>(static_cast<ReplyArena*>(task->privdata)->allocate(
-        static_cast<size_t>(elements) * sizeof(redisReply*)));
+    reply->element = static_cast<redisReply**>(
+        static_cast<ReplyArena*>(task->privdata)
+            ->allocate(static_cast<size_t>(elements) * sizeof(redisReply*)));
     if (reply->element == nullptr) return nullptr;
     reply->elements = static_cast<size_t>(elements);
   }
@@ -83,7 +83,9 @@ void* create_integer(const redisReadTask* task, long long value) {
   return reply;
 }
 
-void* create_nil(const redisReadTask* task) { return new_reply(task, REDIS_REPLY_NIL); }
+void* create_nil(const redisReadTask* task) {
+  return new_reply(task, REDIS_REPLY_NIL);
+}
 
 // The reader frees a half-built reply on a protocol error and at redisFree(): the arena
 // owns that memory, so there is nothing to do.
@@ -115,8 +117,7 @@ void* RedisConnection::ReplyArena::allocate(size_t bytes) {
     // that next_reply() reports. Never zeroed here: a huge chunk costs pages only as
     // they are used.
     const size_t size = std::max(bytes, kChunkBytes);
-    Chunk chunk{std::unique_ptr<std::byte, FreeDeleter>(
-                    static_cast<std::byte*>(std::malloc(size))),
+    Chunk chunk{std::unique_ptr<std::byte, FreeDeleter>(static_cast<std::byte*>(std::malloc(size))),
                 size};
     if (!chunk.bytes) return nullptr;
     try {
@@ -212,16 +213,16 @@ void RedisConnection::append(std::span<const std::string_view> args) {
 
 bool RedisConnection::flush() {
   while (out_sent_ < out_.size()) {
-    const ssize_t n = ::send(context_->fd, out_.data() + out_sent_, out_.size() - out_sent_,
-                             MSG_NOSIGNAL);
+    const ssize_t n =
+        ::send(context_->fd, out_.data() + out_sent_, out_.size() - out_sent_, MSG_NOSIGNAL);
     if (n > 0) {
       out_sent_ += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;  // POLLOUT, then again
-    throw std::runtime_error(name_ + ": write failed: " +
-                             (n < 0 ? std::strerror(errno) : "connection closed"));
+    throw std::runtime_error(
+        name_ + ": write failed: " + (n < 0 ? std::strerror(errno) : "connection closed"));
   }
   if (out_sent_ == out_.size()) {
     out_.clear();
@@ -238,7 +239,9 @@ bool RedisConnection::flush() {
   return false;
 }
 
-size_t RedisConnection::output_bytes() const { return out_.size() - out_sent_; }
+size_t RedisConnection::output_bytes() const {
+  return out_.size() - out_sent_;
+}
 
 void RedisConnection::read() {
   if (in_fed_ == in_read_) {

@@ -110,7 +110,7 @@ class RedisConnection {
   [[noreturn]] void fail(const std::string& what);
   std::string name_;
   redisContext* context_ = nullptr;
-  std::string out_;      // formatted commands; [out_sent_, size) not yet written
+  std::string out_;  // formatted commands; [out_sent_, size) not yet written
   size_t out_sent_ = 0;
   std::vector<char> in_;  // bytes read; [in_fed_, in_read_) not yet given to the reader
   size_t in_fed_ = 0, in_read_ = 0;
