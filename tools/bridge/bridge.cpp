@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "bridge_shared.hpp"
-#include "cluster_discovery.hpp"
 #include "durable_streams.hpp"
 #include "exporter.hpp"
 #include "local_imports.hpp"

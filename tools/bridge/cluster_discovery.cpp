@@ -1,34 +1,9 @@
 #include "cluster_discovery.hpp"
 
-#include <poll.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <chrono>
 #include <stdexcept>
-#include <system_error>
 
 namespace shmbus::bridge {
-
-const redisReply* round_trip(RedisConnection& connection,
-                             std::initializer_list<std::string_view> args,
-                             std::chrono::milliseconds timeout) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + timeout;
-  connection.append(args);
-  for (;;) {
-    if (connection.output_pending()) connection.flush();
-    connection.read();
-    if (const redisReply* reply = connection.next_reply()) return reply;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0)
-      throw std::runtime_error("no answer to " + std::string(*args.begin()) + " within " +
-                               std::to_string(timeout.count()) + " ms");
-    pollfd fd = connection.poll_entry();
-    if (poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
-      throw std::system_error(errno, std::generic_category(), "poll");
-  }
-}
 
 namespace {
 

@@ -24,11 +24,4 @@ struct Discovery {
 // not in cluster mode, a malformed reply) when none did.
 Discovery discover_cluster(const std::vector<RedisEndpoint>& seeds);
 
-// One command on `connection` and its reply, waiting at most `timeout`. The reply lives
-// until the connection's next reply. Throws std::runtime_error on a timeout or a broken
-// connection.
-const redisReply* round_trip(RedisConnection& connection,
-                             std::initializer_list<std::string_view> args,
-                             std::chrono::milliseconds timeout);
-
 }  // namespace shmbus::bridge

@@ -1,15 +1,18 @@
 #include "redis_connection.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <system_error>
 
 namespace shmbus::bridge {
 
@@ -280,6 +283,26 @@ const redisReply* RedisConnection::next_reply() {
     if (redisReaderFeed(reader, in_.data() + in_fed_, slice) != REDIS_OK)
       throw std::runtime_error(name_ + ": out of memory reading a reply");
     in_fed_ += slice;
+  }
+}
+
+const redisReply* round_trip(RedisConnection& connection,
+                             std::initializer_list<std::string_view> args,
+                             std::chrono::milliseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout;
+  connection.append(args);
+  for (;;) {
+    if (connection.output_pending()) connection.flush();
+    connection.read();
+    if (const redisReply* reply = connection.next_reply()) return reply;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0)
+      throw std::runtime_error("no answer to " + std::string(*args.begin()) + " within " +
+                               std::to_string(timeout.count()) + " ms");
+    pollfd fd = connection.poll_entry();
+    if (poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+      throw std::system_error(errno, std::generic_category(), "poll");
   }
 }
 

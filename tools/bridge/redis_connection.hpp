@@ -117,4 +117,12 @@ class RedisConnection {
   ReplyArena arena_;
 };
 
+// For the Redis thread's occasional questions (topology, capabilities), never the relay's
+// path: one command on `connection` and its reply, waiting at most `timeout`. The reply lives
+// until the connection's next reply. Throws std::runtime_error on a timeout or a broken
+// connection.
+const redisReply* round_trip(RedisConnection& connection,
+                             std::initializer_list<std::string_view> args,
+                             std::chrono::milliseconds timeout);
+
 }  // namespace shmbus::bridge
