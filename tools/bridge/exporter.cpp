@@ -12,6 +12,7 @@
 #include "interest_globs.hpp"
 #include "outbound_queue.hpp"
 #include "shmbus/subscription.hpp"
+#include "string_hash.hpp"
 
 namespace shmbus::bridge {
 
@@ -40,6 +41,8 @@ constexpr auto kReplyCheck = 1ms;
 // While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
 // the socket at most this long before draining the ring into the queue again.
 constexpr auto kRedisBoundWait = 200us;
+// Channels numbered at once (export_sequences); past it the numbering starts over.
+constexpr size_t kMaxNumberedChannels = 1 << 16;
 
 std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
@@ -103,6 +106,16 @@ struct Exporter::State {
   // and `pub` has room, messages go straight into pub's output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
+  // Per local channel, the number the next message exported on it carries (envelope or
+  // stream entry). Not the ring's sequence: that also numbers the messages imported into
+  // the channel, which are never exported, so a host that both publishes and imports on a
+  // channel would make every receiver count each import as lost in transit. A message the
+  // ring lost before this thread read it (lost_before) keeps its number, so receivers see
+  // that loss too. Past kMaxNumberedChannels the numbering starts over: a lower number with
+  // a newer publish time is a restart to receivers (origin_sequences.hpp), not a loss.
+  StringMap<uint64_t> export_sequences;
+  uint64_t* last_numbered = nullptr;  // export_sequences's entry of the last channel numbered
+  std::string_view last_numbered_channel;  // its key (nodes do not move on rehash)
   CounterSnapshot last_reported{};      // export thread: the counters of the last report
 
   void run() {
@@ -306,9 +319,10 @@ struct Exporter::State {
       return;
     }
     key_buffer.assign(shared.config.redis_prefix).append(m.channel);
+    const uint64_t sequence = number(m);
     const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
     if (envelope)
-      encode_envelope({shared.config.host_id, m.sequence, m.publish_unix_ns}, m.payload,
+      encode_envelope({shared.config.host_id, sequence, m.publish_unix_ns}, m.payload,
                       body_buffer);
     const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
     // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
@@ -318,7 +332,21 @@ struct Exporter::State {
       publish(key_buffer, body, *rule);
       return;
     }
-    enqueue({key_buffer, body, rule, m.sequence, m.publish_unix_ns});
+    enqueue({key_buffer, body, rule, sequence, m.publish_unix_ns});
+  }
+
+  // The number of an exported message (export_sequences): a burst on one channel finds its
+  // entry without a lookup.
+  uint64_t number(const Message& m) {
+    if (last_numbered == nullptr || m.channel != last_numbered_channel) {
+      if (export_sequences.size() >= kMaxNumberedChannels) export_sequences.clear();
+      auto it = export_sequences.find(m.channel);
+      if (it == export_sequences.end()) it = export_sequences.emplace(m.channel, 0).first;
+      last_numbered = &it->second;
+      last_numbered_channel = it->first;
+    }
+    *last_numbered += m.lost_before;
+    return (*last_numbered)++;
   }
 
   void enqueue(const OutboundQueue::Item& item) {

@@ -3,8 +3,9 @@
 // and how many messages that shows lost in transit. Pure: the caller adds the returned
 // change to its lost_in_transit counter.
 //
-// Pub/sub never repeats, so a gap in an origin's sequence is loss and an older stamp means
-// the origin's channel restarted. Durable entries may be read twice (a resend after an
+// Pub/sub never repeats, so a gap in an origin's sequence is loss, a message of a gap
+// arriving late (a cluster failover can reorder) is found again, and any other older stamp
+// means the origin's channel restarted. Durable entries may be read twice (a resend after an
 // unacknowledged XADD) or late (a resend landing after later entries): a repeat is
 // recognised by durable_repeat(), and a late entry fills the gap it was counted in.
 #pragma once
