@@ -6,8 +6,13 @@
 //
 // Two bridged paths: classic (a glob rule, PUBLISH / SUBSCRIBE) and sharded
 // ([redis] pubsub = "sharded" with exact-channel rules, SPUBLISH / SSUBSCRIBE). --cluster
-// adds the classic path through a 3-primary Redis Cluster, the two bridges on different
-// nodes: what classic pub/sub costs when every PUBLISH is broadcast to every node.
+// starts a 3-primary Redis Cluster and adds three paths through it:
+//   - classic, the two bridges on different nodes: what classic pub/sub costs when every
+//     PUBLISH is broadcast to every node;
+//   - the many-channel pair (issue 17's benchmark): --channels exact channels (default 64)
+//     published round-robin, through one Redis (pubsub = "sharded") and through the
+//     cluster in cluster mode ([redis] nodes), with each node's SPUBLISH count printed as
+//     the load per shard.
 //
 // Throughput is measured --runs times (default 5) for each path, the paths alternating, so
 // a slow spell of the machine falls on all; min, median and max are printed, and the
@@ -30,6 +35,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -243,21 +249,41 @@ Result lean_latency(const shmbus::test::RedisServer& redis, int samples, size_t 
 
 // ---- bridged: bus A -> Redis -> bus B ----
 
+// The channels of the many-channel paths.
+std::vector<std::string> many_channels(int n) {
+  std::vector<std::string> names;
+  for (int i = 0; i < n; ++i) names.push_back("bench:m" + std::to_string(i));
+  return names;
+}
+
 struct BridgedPair {
-  // Bridge 1 on Redis at `port_a`, bridge 2 at `port_b`; host ids from `first_id`.
-  BridgedPair(int port_a, int port_b, bool sharded, uint16_t first_id) {
+  struct Wiring {
+    int port_a = 0, port_b = 0;  // bridge 1's Redis, bridge 2's
+    bool sharded = false;
+    std::vector<shmbus::bridge::RedisNodeAddress> nodes;  // both bridges in cluster mode
+    int channels = 0;       // > 0: exact rules for many_channels(channels) and bench:lat
+    uint16_t first_id = 1;  // host ids from here
+  };
+  explicit BridgedPair(const Wiring& w) {
     for (uint16_t id : {1, 2}) {
       shmbus::bridge::BridgeConfig c;
-      c.redis_port = id == 1 ? port_a : port_b;
-      c.host_id = static_cast<uint16_t>(first_id + id - 1);
+      c.redis_port = id == 1 ? w.port_a : w.port_b;
+      c.redis_nodes = w.nodes;
+      c.host_id = static_cast<uint16_t>(w.first_id + id - 1);
       c.queue_messages = 10'000'000;
       c.queue_bytes = 1ull << 30;
       c.interest_interval = 20ms;
       c.stats_interval = 60'000ms;
-      c.sharded = sharded;
-      // Sharded: the two bench channels by name (exact-channel rules are the sharded ones).
-      for (const char* pattern : sharded ? std::vector<const char*>{"bench:tput", "bench:lat"}
-                                         : std::vector<const char*>{"bench:*"}) {
+      c.sharded = w.sharded || !w.nodes.empty();
+      // Sharded: the bench channels by name (exact-channel rules are the sharded ones).
+      std::vector<std::string> patterns = many_channels(w.channels);
+      if (w.channels > 0)
+        patterns.push_back("bench:lat");
+      else if (c.sharded)
+        patterns = {"bench:tput", "bench:lat"};
+      else
+        patterns = {"bench:*"};
+      for (const auto& pattern : patterns) {
         c.exports.push_back({pattern, shmbus::bridge::Mode::kEnvelope, false, 0});
         c.imports.push_back({pattern, shmbus::bridge::Mode::kEnvelope, false, 0});
       }
@@ -317,6 +343,56 @@ Result bridged_throughput(BridgedPair& pair, uint64_t messages, size_t payload) 
   return arrivals.result();
 }
 
+// The many-channel path: `messages` published round-robin over many_channels(n).
+Result many_throughput(BridgedPair& pair, int n, uint64_t messages, size_t payload) {
+  const std::vector<std::string> names = many_channels(n);
+  shmbus::ChannelOptions big;
+  big.ring_bytes = 2 << 20;
+  auto receiving_bus = shmbus::Bus::connect(pair.b.options());
+  std::vector<shmbus::Channel> receiving_rings;
+  for (const auto& name : names) receiving_rings.push_back(receiving_bus.channel(name, big));
+  auto sub = shmbus::Subscription::open(pair.b.options());
+  sub.psubscribe({"bench:m*"});  // bridge 2 SSUBSCRIBEs each channel by name
+  auto bus = shmbus::Bus::connect(pair.a.options());
+  shmbus::ChannelOptions options;
+  options.back_pressure = true;
+  options.ring_bytes = 2 << 20;
+  std::vector<shmbus::Channel> channels;
+  for (const auto& name : names) channels.push_back(bus.channel(name, options));
+  // Ready once a probe came through on every channel.
+  std::set<std::string> arrived;
+  const auto deadline = Clock::now() + 20s;
+  while (arrived.size() < names.size() && Clock::now() < deadline) {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (!arrived.count(names[i])) channels[i].publish("probe");
+    while (auto m = sub.next(20ms)) arrived.insert(std::string(m->channel));
+  }
+  while (sub.next(200ms)) {
+  }
+  if (arrived.size() < names.size()) return {};
+  std::thread publisher([&] {
+    const std::string body(payload, 'b');
+    for (uint64_t i = 0; i < messages; ++i) channels[i % channels.size()].publish(body);
+  });
+  Arrivals arrivals;
+  while (arrivals.count < messages && sub.next(2s)) arrivals.arrived();
+  publisher.join();
+  return arrivals.result();
+}
+
+// SPUBLISH calls a node has served (INFO commandstats), or 0.
+uint64_t spublish_calls(const shmbus::test::RedisServer& node) {
+  redisReply* r = node.command("INFO commandstats");
+  uint64_t calls = 0;
+  if (r && r->type == REDIS_REPLY_STRING) {
+    const std::string text(r->str, r->len);
+    const size_t at = text.find("cmdstat_spublish:calls=");
+    if (at != std::string::npos) calls = std::stoull(text.substr(at + 23));
+  }
+  if (r) freeReplyObject(r);
+  return calls;
+}
+
 Result bridged_latency(BridgedPair& pair, int samples, size_t payload) {
   Result result;
   auto sub = shmbus::Subscription::open(pair.b.options());
@@ -349,6 +425,7 @@ int main(int argc, char** argv) {
   int runs = 5;
   std::string only;
   bool with_cluster = false;
+  int channel_count = 64;
   // --cluster takes no value; the other flags come in pairs.
   std::vector<char*> args(argv, argv + argc);
   if (auto it = std::find_if(args.begin() + 1, args.end(),
@@ -370,6 +447,8 @@ int main(int argc, char** argv) {
       runs = std::max(1, std::stoi(argv[i + 1]));
     else if (has_value && flag == "--payload")
       payload = std::stoul(argv[i + 1]);
+    else if (has_value && flag == "--channels")
+      channel_count = std::max(1, std::stoi(argv[i + 1]));
     else if (has_value && flag == "--only" &&
              (std::string(argv[i + 1]) == "hiredis" || std::string(argv[i + 1]) == "lean" ||
               std::string(argv[i + 1]) == "bridged" || std::string(argv[i + 1]) == "sharded"))
@@ -377,7 +456,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: %s [--messages N] [--runs N] [--samples N] [--payload BYTES] "
-                   "[--only hiredis|lean|bridged|sharded] [--cluster]\n",
+                   "[--only hiredis|lean|bridged|sharded] [--cluster [--channels N]]\n",
                    argv[0]);
       return 2;
     }
@@ -391,9 +470,10 @@ int main(int argc, char** argv) {
   const bool lean = only.empty() || only == "lean";
   const bool bridged = only.empty() || only == "bridged";
   const bool sharded = only.empty() || only == "sharded";
-  std::optional<BridgedPair> pair, sharded_pair, cluster_pair;
-  if (bridged) pair.emplace(redis.port(), redis.port(), false, 1);
-  if (sharded) sharded_pair.emplace(redis.port(), redis.port(), true, 3);
+  std::optional<BridgedPair> pair, sharded_pair, cluster_pair, many_pair, many_cluster_pair;
+  if (bridged) pair.emplace(BridgedPair::Wiring{redis.port(), redis.port(), false, {}, 0, 1});
+  if (sharded)
+    sharded_pair.emplace(BridgedPair::Wiring{redis.port(), redis.port(), true, {}, 0, 3});
   std::optional<shmbus::test::RedisCluster> cluster;
   if (with_cluster) {
     cluster.emplace(3, 0);
@@ -401,9 +481,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "--cluster: %s\n", cluster->error().c_str());
       return cluster->missing().empty() ? 1 : 77;
     }
-    cluster_pair.emplace(cluster->node(0).port(), cluster->node(1).port(), false, 5);
+    cluster_pair.emplace(
+        BridgedPair::Wiring{cluster->node(0).port(), cluster->node(1).port(), false, {}, 0, 5});
+    many_pair.emplace(BridgedPair::Wiring{redis.port(), redis.port(), true, {}, channel_count, 7});
+    std::vector<shmbus::bridge::RedisNodeAddress> seeds;
+    for (size_t i = 0; i < cluster->size(); ++i)
+      seeds.push_back({"127.0.0.1", cluster->node(i).port()});
+    many_cluster_pair.emplace(BridgedPair::Wiring{0, 0, true, seeds, channel_count, 9});
   }
-  std::vector<Result> hiredis_t, lean_t, bridged_t, sharded_t, cluster_t;
+  std::vector<Result> hiredis_t, lean_t, bridged_t, sharded_t, cluster_t, many_t, many_cluster_t;
   for (int r = 0; r < runs; ++r) {
     if (hiredis) hiredis_t.push_back(hiredis_throughput(redis, messages, payload));
     if (lean) lean_t.push_back(lean_throughput(redis, messages, payload));
@@ -411,7 +497,16 @@ int main(int argc, char** argv) {
     if (bridged) bridged_t.push_back(bridged_throughput(*pair, messages, payload));
     if (sharded) sharded_t.push_back(bridged_throughput(*sharded_pair, messages, payload));
     if (cluster_pair) cluster_t.push_back(bridged_throughput(*cluster_pair, messages, payload));
+    if (many_pair) many_t.push_back(many_throughput(*many_pair, channel_count, messages, payload));
+    if (many_cluster_pair)
+      many_cluster_t.push_back(
+          many_throughput(*many_cluster_pair, channel_count, messages, payload));
   }
+  // The load per shard: what each node served of the many-channel runs (and their probes).
+  std::vector<uint64_t> shard_load;
+  if (cluster)
+    for (size_t i = 0; i < cluster->size(); ++i)
+      shard_load.push_back(spublish_calls(cluster->node(i)));
   Result hiredis_l, lean_l, bridged_l, sharded_l, cluster_l;
   if (hiredis) hiredis_l = hiredis_latency(redis, samples, payload);
   if (lean) lean_l = lean_latency(redis, samples, payload);
@@ -420,6 +515,13 @@ int main(int argc, char** argv) {
     for (auto& b : pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
   }
   if (cluster_pair) cluster_l = bridged_latency(*cluster_pair, samples, payload);
+  Result many_l, many_cluster_l;
+  if (many_pair) many_l = bridged_latency(*many_pair, samples, payload);
+  if (many_cluster_pair) {
+    many_cluster_l = bridged_latency(*many_cluster_pair, samples, payload);
+    for (auto& b : many_cluster_pair->bridges)
+      std::fprintf(stderr, "%s\n", b->counters_json().c_str());
+  }
   if (sharded) {
     sharded_l = bridged_latency(*sharded_pair, samples, payload);
     for (auto& b : sharded_pair->bridges) std::fprintf(stderr, "%s\n", b->counters_json().c_str());
@@ -442,7 +544,8 @@ int main(int argc, char** argv) {
   };
   const Spread hiredis_s = spread(hiredis_t), lean_s = spread(lean_t),
                bridged_s = spread(bridged_t), sharded_s = spread(sharded_t),
-               cluster_s = spread(cluster_t);
+               cluster_s = spread(cluster_t), many_s = spread(many_t),
+               many_cluster_s = spread(many_cluster_t);
   std::printf(
       "%zu-byte payloads, %llu messages per run, %d runs of each path (alternating), "
       "%d latency samples\n",
@@ -458,6 +561,10 @@ int main(int argc, char** argv) {
   row("bus A -> bridge -> Redis -> bus B", bridged_s, bridged_l);
   row("the same, pubsub = \"sharded\"", sharded_s, sharded_l);
   if (cluster_pair) row("classic, via a 3-primary cluster", cluster_s, cluster_l);
+  const std::string many_name = std::to_string(channel_count) + " channels, sharded, one Redis";
+  const std::string many_cluster_name = std::to_string(channel_count) + " channels, cluster mode";
+  if (many_pair) row(many_name.c_str(), many_s, many_l);
+  if (many_cluster_pair) row(many_cluster_name.c_str(), many_cluster_s, many_cluster_l);
   auto percent = [](double a, double b) { return b > 0 ? 100.0 * a / b : 0.0; };
   if (lean && bridged) {
     std::printf("bridged / lean pair, run by run:");
@@ -480,7 +587,19 @@ int main(int argc, char** argv) {
         "classic bridged through the cluster / through one Redis (medians): %.0f %%; p50 %.1f us "
         "vs %.1f us\n",
         percent(cluster_s.median, bridged_s.median), cluster_l.p50_us, bridged_l.p50_us);
-  for (const auto* results : {&hiredis_t, &lean_t, &bridged_t, &sharded_t, &cluster_t})
+  if (many_pair && many_cluster_pair) {
+    std::printf(
+        "%d channels: cluster mode / one Redis (medians): %.0f %% (goal: 250 %%); p50 %.1f us vs "
+        "%.1f us (%+.1f us)\n",
+        channel_count, percent(many_cluster_s.median, many_s.median), many_cluster_l.p50_us,
+        many_l.p50_us, many_cluster_l.p50_us - many_l.p50_us);
+    std::printf("load per shard, SPUBLISH calls per node (primaries serve them):");
+    for (size_t i = 0; i < shard_load.size(); ++i)
+      std::printf(" %llu", static_cast<unsigned long long>(shard_load[i]));
+    std::printf("\n");
+  }
+  for (const auto* results :
+       {&hiredis_t, &lean_t, &bridged_t, &sharded_t, &cluster_t, &many_t, &many_cluster_t})
     for (const auto& r : *results)
       if (r.received != messages) return 1;  // a run lost messages: no figure to trust
   return 0;

@@ -1271,6 +1271,35 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
   EXPECT_TRUE(
       parse_bridge_config("[redis]\npubsub = \"sharded\"\n[bridge]\nhost_id = 1\n" + rule, "b.toml")
           .sharded);
+  // Cluster mode: seed nodes, sharded by default; what a cluster cannot do is refused.
+  const BridgeConfig cluster = parse_bridge_config(
+      "[redis]\nnodes = [\"10.0.0.1:7000\", \"[::1]:7001\"]\n[bridge]\nhost_id = 1\n" + rule,
+      "b.toml");
+  ASSERT_EQ(cluster.redis_nodes.size(), 2u);
+  EXPECT_EQ(cluster.redis_nodes[0].host, "10.0.0.1");
+  EXPECT_EQ(cluster.redis_nodes[1].host, "[::1]");
+  EXPECT_EQ(cluster.redis_nodes[1].port, 7001);
+  EXPECT_TRUE(cluster.sharded);
+  EXPECT_EQ(cluster.redis_description(), "cluster 10.0.0.1:7000,[::1]:7001");
+  const std::string nodes = "[redis]\nnodes = [\"h:7000\"]\n";
+  EXPECT_NE(error_of("[redis]\nnodes = [\"h\"]\n[bridge]\nhost_id = 1\n" + rule)
+                .find("'h' is not host:port"),
+            std::string::npos);
+  EXPECT_NE(error_of("[redis]\nnodes = []\n[bridge]\nhost_id = 1\n" + rule)
+                .find("redis.nodes must be a list of \"host:port\" strings"),
+            std::string::npos);
+  EXPECT_NE(error_of(nodes + "pubsub = \"classic\"\n[bridge]\nhost_id = 1\n" + rule)
+                .find("set redis.host and port to any one node instead"),
+            std::string::npos);
+  EXPECT_NE(error_of(nodes + "db = 2\n[bridge]\nhost_id = 1\n" + rule).find("database 0 only"),
+            std::string::npos);
+  EXPECT_NE(error_of(nodes + "prefix = \"{app}:\"\n[bridge]\nhost_id = 1\n" + rule)
+                .find("pick a prefix without braces"),
+            std::string::npos);
+  EXPECT_NE(error_of(nodes + "[bridge]\nhost_id = 1\nstate_file = \"s\"\n[[import]]\npattern = "
+                             "\"o:*\"\ndurable = true\n")
+                .find("reading streams from a Redis Cluster is not built yet"),
+            std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n").find("no [[export]] or [[import]] rule"),
             std::string::npos);
   EXPECT_NE(error_of("[bridge]\nhost_id = 1\n[[export]]\npattern = \"__shmbus:x\"\n")

@@ -12,6 +12,7 @@
 
 #include "cluster_topology.hpp"
 #include "key_slot.hpp"
+#include "shard_routing.hpp"
 
 namespace shmbus::bridge {
 namespace {
@@ -246,6 +247,86 @@ TEST(ClusterTopology, ParsesRedirects) {
        {"ERR wrong", "MOVED", "MOVED 16384 h:1", "MOVED x h:1", "MOVED 1 h", "MOVED 1 h:0",
         "MOVED 1 h:65536", "MOVED 1 h:7x", "CROSSSLOT Keys", "MOVED 1  h:1"})
     EXPECT_FALSE(parse_redirect(bad).has_value()) << bad;
+}
+
+// ---- shard routing ---------------------------------------------------------------------
+
+SlotMap three_shards() {
+  auto primary = [](int port) {
+    ClusterNode n;
+    n.host = "10.0.0.1";
+    n.port = port;
+    n.primary = true;
+    return n;
+  };
+  std::vector<ClusterShard> shards(4);
+  shards[0] = {{{0, 5460}}, primary(7000), {}};
+  shards[1] = {{{5461, 10922}}, primary(7001), {}};
+  shards[2] = {{}, primary(7009), {}};  // a primary left with no slot
+  shards[3] = {{{10923, 16383}}, primary(7002), {}};
+  return SlotMap(std::move(shards));
+}
+
+TEST(ShardRouting, OneServerIsOneShardForEverything) {
+  RedisEndpoint server;
+  server.port = 6380;
+  const ShardRouting r = single_server_routing(server, "hb");
+  EXPECT_FALSE(r.cluster);
+  ASSERT_EQ(r.shards(), 1u);
+  EXPECT_EQ(r.shard_of("anything"), 0u);
+  EXPECT_EQ(r.heartbeat_publish(), "PUBLISH");
+  EXPECT_EQ(r.heartbeat_shard("hb"), 0u);
+  EXPECT_EQ(r.heartbeat_shard("other"), 1u);
+}
+
+TEST(ShardRouting, ClusterRoutesBySlotWithAHeartbeatChannelInEachShard) {
+  RedisEndpoint credentials;
+  credentials.user = "u";
+  credentials.password = "p";
+  credentials.db = 3;
+  const ShardRouting r = cluster_routing(three_shards(), credentials, "pre:__shmbus:hb:1");
+  EXPECT_TRUE(r.cluster);
+  ASSERT_EQ(r.shards(), 3u) << "the primary with no slot gets no shard";
+  EXPECT_EQ(r.endpoints[0].port, 7000);
+  EXPECT_EQ(r.endpoints[1].port, 7001);
+  EXPECT_EQ(r.endpoints[2].port, 7002);
+  for (const auto& e : r.endpoints) {
+    EXPECT_EQ(e.user, "u");
+    EXPECT_EQ(e.password, "p");
+    EXPECT_EQ(e.db, 0) << "a cluster has database 0 only";
+  }
+  EXPECT_EQ(r.heartbeat_publish(), "SPUBLISH");
+  EXPECT_EQ(r.heartbeat_subscribe(), "SSUBSCRIBE");
+  for (size_t i = 0; i < 3; ++i) {
+    const std::string& hb = r.heartbeat_channels[i];
+    EXPECT_TRUE(hb.starts_with("pre:__shmbus:hb:1:{")) << hb;
+    EXPECT_EQ(r.shard_of(hb), i) << hb;
+    EXPECT_EQ(r.heartbeat_shard(hb), i);
+  }
+  // Names route by their slot (and hash tag).
+  EXPECT_EQ(r.shard_of("{user1000}.a"), r.shard_of("user1000"));
+  EXPECT_EQ(r.shard_of_slot_number(0), 0u);
+  EXPECT_EQ(r.shard_of_slot_number(5461), 1u);
+  EXPECT_EQ(r.shard_of_slot_number(16383), 2u);
+  EXPECT_EQ(r.shard_of("foo"), 2u);  // slot 12182, as CLUSTER KEYSLOT foo says
+}
+
+TEST(ShardRouting, ClusterRefusesUnservedSlotsAndABracedHeartbeat) {
+  auto error_of = [](const SlotMap& map, const std::string& base) {
+    try {
+      cluster_routing(map, RedisEndpoint{}, base);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  ClusterNode a;
+  a.host = "h";
+  a.port = 7000;
+  a.primary = true;
+  EXPECT_NE(error_of(SlotMap({{{{0, 100}}, a, {}}}), "hb").find("serves 101 of its 16384 slots"),
+            std::string::npos);
+  EXPECT_NE(error_of(three_shards(), "h{b").find("holds a '{'"), std::string::npos);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bridge_shared.hpp"
+#include "cluster_discovery.hpp"
 #include "durable_streams.hpp"
 #include "exporter.hpp"
 #include "local_imports.hpp"
@@ -118,12 +119,33 @@ struct Bridge::Impl : BridgeShared {
             config.redis_password, config.redis_db,   config.connect_timeout};
   }
 
-  // Sharded pub/sub needs SPUBLISH and SSUBSCRIBE (Redis >= 7.0, not renamed away) on a
-  // server that is not a cluster node (a cluster moves slots away: cluster mode, not built
-  // yet, docs/CLUSTER.md). Throws std::runtime_error saying which and the way out, so the
-  // link fails like a refused connection, with backoff, instead of coming up and breaking
-  // at its first SSUBSCRIBE.
-  void check_sharded_support(RedisConnection& connection) const {
+  // The link's shards: the one server, or the primaries of the cluster as the seed nodes
+  // describe it now (blocking: each seed for up to connect_timeout). Throws
+  // std::runtime_error when no seed answers or a slot is unserved.
+  std::shared_ptr<const ShardRouting> find_shards() const {
+    if (!config.cluster())
+      return std::make_shared<const ShardRouting>(
+          single_server_routing(endpoint(), heartbeat_channel));
+    std::vector<RedisEndpoint> seeds;
+    for (const auto& node : config.redis_nodes) {
+      RedisEndpoint seed = endpoint();
+      seed.host = node.host;
+      seed.port = node.port;
+      seed.db = 0;
+      seeds.push_back(std::move(seed));
+    }
+    const Discovery found = discover_cluster(seeds);
+    return std::make_shared<const ShardRouting>(
+        cluster_routing(found.map, endpoint(), heartbeat_channel));
+  }
+
+  // Sharded pub/sub needs SPUBLISH and SSUBSCRIBE (Redis >= 7.0, not renamed away); a
+  // single-server link needs a server that is not a cluster node (a cluster moves slots
+  // away: use [redis] nodes). Throws std::runtime_error saying which and the way out, so
+  // the link fails like a refused connection, with backoff, instead of coming up and
+  // breaking at its first SSUBSCRIBE.
+  void check_sharded_support(RedisConnection& connection, const RedisEndpoint& server) const {
+    const std::string name = server.host + ":" + std::to_string(server.port);
     const redisReply* commands = round_trip(
         connection, {"COMMAND", "INFO", "SPUBLISH", "SSUBSCRIBE"}, config.connect_timeout);
     const bool known = commands->type == REDIS_REPLY_ARRAY && commands->elements == 2 &&
@@ -131,16 +153,17 @@ struct Bridge::Impl : BridgeShared {
                        commands->element[1]->type == REDIS_REPLY_ARRAY;
     if (!known)
       throw std::runtime_error(
-          "redis " + config.redis_host + ":" + std::to_string(config.redis_port) +
-          " lacks SPUBLISH / SSUBSCRIBE, which [redis] pubsub = \"sharded\" needs (Redis >= "
-          "7.0); upgrade Redis or set pubsub = \"classic\" on every bridge");
+          "redis " + name +
+          " lacks SPUBLISH / SSUBSCRIBE, which sharded pub/sub needs (Redis >= 7.0); upgrade "
+          "Redis, or (on one server) set pubsub = \"classic\" on every bridge");
+    if (config.cluster()) return;
     const redisReply* info = round_trip(connection, {"INFO", "cluster"}, config.connect_timeout);
     if (reply_text(info).find("cluster_enabled:1") != std::string_view::npos)
-      throw std::runtime_error("redis " + config.redis_host + ":" +
-                               std::to_string(config.redis_port) +
+      throw std::runtime_error("redis " + name +
                                " is a Redis Cluster node: a single-server bridge would lose "
-                               "sharded channels whose slots live on other nodes; use "
-                               "pubsub = \"classic\" (cluster mode: docs/CLUSTER.md)");
+                               "sharded channels whose slots live on other nodes; list the "
+                               "cluster's nodes in [redis] nodes (docs/CLUSTER.md), or use "
+                               "pubsub = \"classic\"");
   }
 
   // When to try again after `failed_attempts` failures in a row: capped exponential backoff
@@ -155,14 +178,20 @@ struct Bridge::Impl : BridgeShared {
   }
 
   void connect() {
-    std::unique_ptr<RedisConnection> new_pub;
+    auto new_link = std::make_unique<LinkHandoff>();
     try {
-      new_pub = std::make_unique<RedisConnection>(endpoint());
-      if (config.sharded) check_sharded_support(*new_pub);
-      auto new_sub = std::make_unique<RedisConnection>(endpoint());
+      new_link->routing = find_shards();
+      const ShardRouting& routing = *new_link->routing;
+      std::vector<std::unique_ptr<RedisConnection>> new_subs;
+      for (const RedisEndpoint& server : routing.endpoints) {
+        new_link->pubs.push_back(std::make_unique<RedisConnection>(server));
+        if (config.sharded) check_sharded_support(*new_link->pubs.back(), server);
+        new_subs.push_back(std::make_unique<RedisConnection>(server));
+      }
+      // Durable imports read one server (bridge_config.cpp refuses them on a cluster).
       std::unique_ptr<RedisConnection> new_streams;
-      if (durable.needed()) new_streams = std::make_unique<RedisConnection>(endpoint());
-      pubsub.link_up(std::move(new_sub));
+      if (durable.needed()) new_streams = std::make_unique<RedisConnection>(routing.endpoints[0]);
+      pubsub.link_up(std::move(new_subs), new_link->routing);
       durable.link_up(std::move(new_streams));
     } catch (const std::exception& e) {
       ++failed_attempts;
@@ -173,7 +202,14 @@ struct Bridge::Impl : BridgeShared {
       return;
     }
     if (ever_connected) counters.reconnects.fetch_add(1, std::memory_order_relaxed);
-    log->info("connected to redis {}:{}{}", config.redis_host, config.redis_port,
+    std::string shards;
+    if (config.cluster()) {
+      shards = " (" + std::to_string(new_link->routing->shards()) + " shards:";
+      for (const auto& server : new_link->routing->endpoints)
+        shards += " " + server.host + ":" + std::to_string(server.port);
+      shards += ")";
+    }
+    log->info("connected to redis {}{}{}", config.redis_description(), shards,
               failed_attempts ? " after " + std::to_string(failed_attempts) + " failed attempt(s)"
                               : std::string());
     ever_connected = true;
@@ -184,9 +220,9 @@ struct Bridge::Impl : BridgeShared {
     export_stall_logged = false;
     awaited_heartbeat = 0;
     {
-      // A new link generation; the export thread adopts `pub` on its next pass.
+      // A new link generation; the export thread adopts its connections on its next pass.
       std::lock_guard<std::mutex> lock(link_mutex);
-      handoff = std::move(new_pub);
+      handoff = std::move(new_link);
       link_generation.fetch_add(1, std::memory_order_release);
     }
     counters.connected = true;
@@ -199,7 +235,7 @@ struct Bridge::Impl : BridgeShared {
     // attempt, so the backoff grows and the log stays readable; an established one that
     // broke is retried at once (backoff_initial).
     const auto now = Clock::now();
-    const bool young = pubsub.connection() != nullptr && now - connected_at < kStableLink;
+    const bool young = pubsub.linked() && now - connected_at < kStableLink;
     std::chrono::milliseconds delay = config.backoff_initial;
     if (young) {
       ++failed_attempts;
@@ -238,10 +274,10 @@ struct Bridge::Impl : BridgeShared {
 
   void redis_step() {
     const auto now = Clock::now();
-    if (!pubsub.connection()) {
+    if (!pubsub.linked()) {
       if (now >= next_connect) connect();
     }
-    if (RedisConnection* sub = pubsub.connection()) {
+    if (pubsub.linked()) {
       if (failed_attempts != 0 && now - connected_at >= kStableLink) failed_attempts = 0;
       if (failed_generation.load(std::memory_order_acquire) ==
           link_generation.load(std::memory_order_relaxed)) {
@@ -259,30 +295,26 @@ struct Bridge::Impl : BridgeShared {
                                  "is stalled");
       }
       durable.send_command();
-      sub->flush();
+      for (RedisConnection* sub : pubsub.connections()) sub->flush();
       if (RedisConnection* streams = durable.connection()) streams->flush();
     }
     durable.maintain(now);
 
-    pollfd fds[3];
-    int n = 0;
-    fds[n++] = {wake_fd, POLLIN, 0};
-    RedisConnection* sub = pubsub.connection();
-    RedisConnection* conns[2] = {sub, durable.connection()};
-    for (auto* c : conns) {
-      if (!c) continue;
-      fds[n++] = c->poll_entry();
-    }
+    // The subscriber connections (one per shard), then the stream connection.
+    std::vector<RedisConnection*> conns = pubsub.connections();
+    const size_t subs = conns.size();
+    if (RedisConnection* streams = durable.connection()) conns.push_back(streams);
+    std::vector<pollfd> fds{{wake_fd, POLLIN, 0}};
+    for (RedisConnection* c : conns) fds.push_back(c->poll_entry());
     auto deadline = now + 50ms;
-    if (!sub)
+    if (subs == 0)
       deadline = std::min(deadline, std::max(next_connect, now));
     else
       deadline = heartbeat_deadline(deadline);
     deadline = durable.deadline(now, deadline);
     // Rounded up: rounded down, poll would wake just before the deadline and spin until it.
     const auto timeout = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
-    if (poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<int64_t>(0, timeout.count()))) <
-        0) {
+    if (poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(0, timeout.count()))) < 0) {
       if (errno == EINTR) return;
       throw std::system_error(errno, std::generic_category(), "poll");
     }
@@ -290,19 +322,16 @@ struct Bridge::Impl : BridgeShared {
       uint64_t value;
       [[maybe_unused]] auto r = ::read(wake_fd, &value, sizeof value);
     }
-    int i = 1;
-    for (auto* c : conns) {
-      if (!c) continue;
-      const short revents = fds[i++].revents;
-      if (revents & (POLLIN | POLLERR | POLLHUP)) {
-        c->read();
-        while (const redisReply* r = c->next_reply()) {
-          if (c == sub)
-            pubsub.on_reply(r);
-          else
-            durable.on_reply(r);
-          if (!pubsub.connection()) return;  // a reply handler disconnected
-        }
+    for (size_t i = 0; i < conns.size(); ++i) {
+      if (!(fds[i + 1].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      RedisConnection* c = conns[i];
+      c->read();
+      while (const redisReply* r = c->next_reply()) {
+        if (i < subs)
+          pubsub.on_reply(r);
+        else
+          durable.on_reply(r);
+        if (!pubsub.linked()) return;  // a reply handler disconnected
       }
     }
   }

@@ -26,10 +26,18 @@ bool BridgeConfig::shards(const Rule& rule) const {
          !glob_has_wildcards(rule.pattern);
 }
 
+std::string BridgeConfig::redis_description() const {
+  if (!cluster()) return redis_host + ":" + std::to_string(redis_port);
+  std::string seeds = "cluster ";
+  for (const auto& node : redis_nodes)
+    seeds += (seeds.size() > 8 ? "," : "") + node.host + ":" + std::to_string(node.port);
+  return seeds;
+}
+
 namespace {
 
 constexpr std::string_view kRedisKeys =
-    "host, port, user, password, db, prefix, connect_timeout_ms, pubsub";
+    "host, port, nodes, user, password, db, prefix, connect_timeout_ms, pubsub";
 constexpr std::string_view kBridgeKeys =
     "host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms, "
     "unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms, backoff_initial_ms, "
@@ -73,6 +81,8 @@ class Parser {
         fail(key.source(), "unknown table '" + name + "'; known: " + std::string(kTables));
       }
     }
+    // With seed nodes, sharded pub/sub is what a cluster is for (docs/CLUSTER.md).
+    if (config.cluster() && !pubsub_given_) config.sharded = true;
     try {
       validate_bridge_config(config);
     } catch (const BridgeConfigError& e) {
@@ -127,13 +137,15 @@ class Parser {
     fail(node.source(), key + " is not a positive byte size; " + std::string(forms));
   }
 
-  void redis_key(BridgeConfig& c, const toml::key& k, const toml::node& v) const {
+  void redis_key(BridgeConfig& c, const toml::key& k, const toml::node& v) {
     const std::string key = "redis." + std::string(k.str());
     const std::string_view name = k.str();
     if (name == "host")
       c.redis_host = string(v, key);
     else if (name == "port")
       c.redis_port = static_cast<int>(integer(v, key, 1, 65535));
+    else if (name == "nodes")
+      c.redis_nodes = nodes(v, key);
     else if (name == "user")
       c.redis_user = string(v, key);
     else if (name == "password")
@@ -152,8 +164,35 @@ class Parser {
                  "\"; accepted: \"classic\" (PUBLISH / SUBSCRIBE) or \"sharded\" "
                  "(SPUBLISH / SSUBSCRIBE for exact-channel envelope rules, Redis >= 7.0)");
       c.sharded = mode == "sharded";
+      pubsub_given_ = true;
     } else
       fail(k.source(), "unknown key '" + key + "'; known keys: " + std::string(kRedisKeys));
+  }
+
+  // ["host:port", ...], at least one.
+  std::vector<RedisNodeAddress> nodes(const toml::node& node, const std::string& key) const {
+    constexpr std::string_view form =
+        "a list of \"host:port\" strings, the cluster's seed nodes, e.g. nodes = "
+        "[\"10.0.0.1:7000\", \"10.0.0.2:7000\"]";
+    const toml::array* list = node.as_array();
+    if (list == nullptr || list->empty())
+      fail(node.source(), key + " must be " + std::string(form));
+    std::vector<RedisNodeAddress> out;
+    for (const toml::node& item : *list) {
+      const auto text = item.as_string();
+      const std::string value = text ? text->get() : std::string();
+      const size_t colon = value.rfind(':');
+      int port = 0;
+      if (colon != std::string::npos && colon > 0 && colon + 1 < value.size() &&
+          value.size() - colon <= 6 &&
+          value.find_first_not_of("0123456789", colon + 1) == std::string::npos)
+        port = std::stoi(value.substr(colon + 1));
+      if (port < 1 || port > 65535)
+        fail(item.source(),
+             key + ": '" + value + "' is not host:port; it must be " + std::string(form));
+      out.push_back({value.substr(0, colon), port});
+    }
+    return out;
   }
 
   void bridge_key(BridgeConfig& c, const toml::key& k, const toml::node& v) const {
@@ -221,6 +260,7 @@ class Parser {
   }
 
   std::string source_;
+  bool pubsub_given_ = false;  // [redis] pubsub was written (else: the mode's default)
 };
 
 }  // namespace
@@ -247,6 +287,26 @@ void validate_bridge_config(const BridgeConfig& c) {
                                 std::string(kReservedPrefix) + "; pick another name");
       if (rules == &c.imports && r.durable) durable_import = true;
     }
+  }
+  if (c.cluster()) {
+    if (!c.sharded)
+      throw BridgeConfigError(
+          "redis.nodes with pubsub = \"classic\": a classic PUBLISH reaches every node of a "
+          "cluster, so set redis.host and port to any one node instead, or leave pubsub out "
+          "(\"sharded\" is the default with nodes)");
+    if (c.redis_db != 0)
+      throw BridgeConfigError("redis.db = " + std::to_string(c.redis_db) +
+                              " with redis.nodes: a Redis Cluster has database 0 only");
+    if (c.redis_prefix.find('{') != std::string::npos)
+      throw BridgeConfigError(
+          "redis.prefix '" + c.redis_prefix +
+          "' holds a '{' with redis.nodes: a hash tag in the prefix would put every channel "
+          "in one slot, on one node; pick a prefix without braces");
+    if (durable_import)
+      throw BridgeConfigError(
+          "a durable [[import]] rule with redis.nodes: reading streams from a Redis Cluster "
+          "is not built yet (docs/CLUSTER.md); durable exports work, so import them on a "
+          "bridge that reads a single Redis server, or make the rule non-durable");
   }
   if (durable_import && c.state_file.empty())
     throw BridgeConfigError(

@@ -1,7 +1,7 @@
 // shmbus-bridge configuration: a TOML file (tools/bridge/shmbus-bridge.toml documents every
 // key).
 //
-//   [redis]   host, port, user, password, db, prefix, connect_timeout_ms, pubsub
+//   [redis]   host, port, nodes, user, password, db, prefix, connect_timeout_ms, pubsub
 //   [bridge]  host_id, queue_messages, queue_bytes, max_payload_bytes, interest_interval_ms,
 //             unsubscribe_linger_ms, heartbeat_interval_ms, heartbeat_timeout_ms,
 //             backoff_initial_ms, backoff_max_ms, stats_interval_ms, stream_scan_interval_ms,
@@ -45,11 +45,20 @@ inline constexpr std::string_view kStatsChannelPrefix = "__shmbus:bridge:";
 // Host id used as Message::origin for raw imports, whose real origin is unknown.
 inline constexpr uint16_t kUnknownOrigin = 0xffff;
 
+// A Redis Cluster seed node: "host:port" in the file.
+struct RedisNodeAddress {
+  std::string host;
+  int port = 0;
+};
+
 struct BridgeConfig {
   std::string source = "built-in defaults";  // file path, for messages
   // [redis]
   std::string redis_host = "127.0.0.1";
   int redis_port = 6379;
+  // Seed nodes of a Redis Cluster: non-empty turns cluster mode on (shard_routing.hpp), and
+  // host / port are not used.
+  std::vector<RedisNodeAddress> redis_nodes;
   std::string redis_user;      // ACL user (Redis 6+); empty: AUTH with the password alone
   std::string redis_password;  // empty: no AUTH
   int redis_db = 0;            // SELECT, for streams; pub/sub ignores databases
@@ -81,6 +90,9 @@ struct BridgeConfig {
 
   // The first rule whose pattern matches `channel`, or nullptr.
   static const Rule* first_match(const std::vector<Rule>& rules, std::string_view channel);
+  bool cluster() const { return !redis_nodes.empty(); }
+  // "host:port", or "cluster host:port,host:port" for the seeds: for logs and counters.
+  std::string redis_description() const;
   // Whether the channels of `rule` travel by the sharded commands: pubsub = "sharded", and
   // the rule names one channel (no glob), in envelope mode (plain Redis clients of raw
   // rules pick their own commands), not durable (streams).

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
+#include <vector>
 
 #include "bridge.hpp"
 #include "bridge_config.hpp"
@@ -33,6 +34,7 @@
 #include "glob.hpp"
 #include "origin_sequences.hpp"
 #include "redis_connection.hpp"
+#include "shard_routing.hpp"
 
 namespace shmbus::bridge {
 
@@ -94,39 +96,50 @@ struct BridgeShared {
   uint64_t interest_generation = 0;
   bool interest_read = false;  // the export thread has published interest at least once
 
-  // The link: one set of Redis connections, shared by the two threads.
-  //   - The Redis thread connects (blocking up to connect_timeout, which the export thread
-  //     must never do: it would stop draining the local ring) and decides when the link is
-  //     dead (its connections fail, or heartbeats stop coming back). Every connect and every
-  //     disconnect bumps link_generation.
-  //   - The publishing connection goes to the export thread through `handoff`, set with a
+  // The link: one set of Redis connections per shard (shard_routing.hpp: one on a single
+  // server, one per primary on a cluster), shared by the two threads.
+  //   - The Redis thread connects (blocking up to connect_timeout per connection, which the
+  //     export thread must never do: it would stop draining the local ring) and decides
+  //     when the link is dead (a connection fails, heartbeats stop coming back, or the
+  //     cluster's topology changed). Every connect and every disconnect bumps
+  //     link_generation.
+  //   - The publishing connections go to the export thread through `handoff`, set with a
   //     new generation and dropped when the generation moves on (both under link_mutex).
-  //     The export thread adopts it and retires it (settling what was in flight on it) as
-  //     soon as the generation moves on. The Redis
-  //     thread bumps the generation before it clears `connected`, so whoever saw the bridge
-  //     disconnected sees the export thread queue from then on.
-  //   - A failure the export thread meets on `pub` is reported through failed_generation
-  //     (and pub_failure); the Redis thread then disconnects the whole link and reconnects
-  //     with backoff, as for a failure of its own.
+  //     The export thread adopts them and retires them (settling what was in flight on
+  //     them) as soon as the generation moves on. The Redis thread bumps the generation
+  //     before it clears `connected`, so whoever saw the bridge disconnected sees the
+  //     export thread queue from then on.
+  //   - A failure the export thread meets on a publishing connection is reported through
+  //     failed_generation (and pub_failure); the Redis thread then disconnects the whole
+  //     link and reconnects with backoff (rediscovering a cluster), as for a failure of its
+  //     own.
   std::atomic<uint64_t> link_generation{0};
   std::atomic<uint64_t> failed_generation{0};
-  // The newest heartbeat the export thread put on a `pub` (under link_mutex). The Redis
-  // thread times a link out only on a heartbeat sent on that link that did not come back:
-  // an export thread held up by the local bus sends none, which says nothing about Redis.
+  // The newest heartbeat the export thread put on the link's publishing connections (under
+  // link_mutex): heartbeat n goes out on every shard at once. The Redis thread times a link
+  // out only on a heartbeat sent on that link that did not come back on every shard: an
+  // export thread held up by the local bus sends none, which says nothing about Redis.
   struct HeartbeatSent {
     uint64_t generation = 0;
     uint64_t number = 0;
     Clock::time_point at{};
   };
   HeartbeatSent newest_heartbeat;
+  // What the export thread adopts: a publishing connection per shard of `routing`.
+  struct LinkHandoff {
+    std::vector<std::unique_ptr<RedisConnection>> pubs;
+    std::shared_ptr<const ShardRouting> routing;
+  };
   std::mutex link_mutex;  // guards handoff, pub_failure, newest_heartbeat, link_generation's writes
-  std::unique_ptr<RedisConnection> handoff;
+  std::unique_ptr<LinkHandoff> handoff;
   std::string pub_failure;
 
   // Raw-mode echo suppression spans both threads: the export thread remembers a raw payload
   // when it PUBLISHes it on a channel the subscriber connection covers (sent_*, kept by the
   // Redis thread), and the Redis thread recognises and forgets it when it comes back on
-  // `sub`. Remembering happens before the PUBLISH is written, so an echo can never arrive
+  // `sub`. Raw exports are classic PUBLISHes, which travel on shard 0's connection pair,
+  // and an entry is forgotten only once a later heartbeat came back on every shard.
+  // Remembering happens before the PUBLISH is written, so an echo can never arrive
   // before its entry. echo_mutex guards sent_channels and sent_patterns (written only by the
   // Redis thread, which may read them without it) and raw_echoes.
   std::mutex echo_mutex;
@@ -159,8 +172,7 @@ struct BridgeShared {
   CounterSnapshot snapshot() const { return counters.snapshot(); }
   std::string json() const { return json(counters.snapshot()); }
   std::string json(const CounterSnapshot& s) const {
-    return bridge::counters_json(s, config.host_id,
-                                 config.redis_host + ":" + std::to_string(config.redis_port));
+    return bridge::counters_json(s, config.host_id, config.redis_description());
   }
 
   std::string stats_channel() const {

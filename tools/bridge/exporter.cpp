@@ -48,11 +48,21 @@ std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 
-// Errors after which the same command succeeds later (see Redis's shared error replies).
-bool is_transient_error(std::string_view error) {
-  for (std::string_view prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"})
+bool starts_with_any(std::string_view error, std::initializer_list<std::string_view> prefixes) {
+  for (std::string_view prefix : prefixes)
     if (error.starts_with(prefix)) return true;
   return false;
+}
+
+// Errors after which the same command succeeds later (see Redis's shared error replies).
+bool is_transient_error(std::string_view error) {
+  return starts_with_any(error, {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"});
+}
+
+// Errors saying the link's picture of a cluster is out of date: a slot moved (MOVED, ASK),
+// or the cluster lost a shard (CLUSTERDOWN). The link is rebuilt from a fresh topology.
+bool is_topology_error(std::string_view error) {
+  return starts_with_any(error, {"MOVED ", "ASK ", "CLUSTERDOWN"});
 }
 
 // What a command on the publishing connection was, for its reply. One byte: a million
@@ -93,17 +103,24 @@ struct Exporter::State {
   std::set<std::string> own_export_patterns;
   std::string pattern_prefix;  // the Redis prefix, glob-escaped
 
-  std::unique_ptr<RedisConnection> pub;  // adopted from `handoff`
+  // The publishing connection to one shard of the link, and what awaits its replies.
+  struct PubShard {
+    std::unique_ptr<RedisConnection> conn;
+    std::deque<Sent> in_flight;  // commands awaiting replies, in order
+    // The messages of the kXadd entries of in_flight, in the same order: a durable message
+    // is sent again if the connection breaks before its XADD is acknowledged.
+    OutboundQueue xadds_in_flight;
+  };
+  // Adopted from `handoff`, one per shard of `routing`; empty while no link is adopted.
+  std::vector<PubShard> pubs;
+  std::shared_ptr<const ShardRouting> routing;  // of the adopted link
   uint64_t pub_generation = 0;
-  std::deque<Sent> in_flight;  // commands on `pub` awaiting replies, in order
-  // The messages of the kXadd entries of in_flight, in the same order: a durable message
-  // is sent again if the connection breaks before its XADD is acknowledged.
-  OutboundQueue xadds_in_flight;
   uint64_t heartbeats_sent = 0;
   Clock::time_point next_heartbeat{};
-  // Messages waiting for `pub` (none adopted, kMaxInFlight or kMaxUnwrittenBytes reached).
-  // While it is empty
-  // and `pub` has room, messages go straight into pub's output buffer instead.
+  // Messages waiting for their shard's publishing connection (none adopted, kMaxInFlight or
+  // kMaxUnwrittenBytes reached). One FIFO for every shard, so the messages of a channel
+  // keep their order. While it is empty and the shard has room, messages go straight into
+  // its output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
   // Per local channel, the number the next message exported on it carries (envelope or
@@ -114,9 +131,9 @@ struct Exporter::State {
   // that loss too. Past kMaxNumberedChannels the numbering starts over: a lower number with
   // a newer publish time is a restart to receivers (origin_sequences.hpp), not a loss.
   StringMap<uint64_t> export_sequences;
-  uint64_t* last_numbered = nullptr;  // export_sequences's entry of the last channel numbered
+  uint64_t* last_numbered = nullptr;       // export_sequences's entry of the last channel numbered
   std::string_view last_numbered_channel;  // its key (nodes do not move on rehash)
-  CounterSnapshot last_reported{};      // export thread: the counters of the last report
+  CounterSnapshot last_reported{};         // export thread: the counters of the last report
 
   void run() {
     block_sigpipe();
@@ -150,7 +167,7 @@ struct Exporter::State {
           next_stats = now + shared.config.stats_interval;
         }
         follow_link();
-        if (pub && now >= next_heartbeat) send_heartbeat(now);
+        if (linked() && now >= next_heartbeat) send_heartbeat(now);
         // Drain a batch, then write it with one write() before looking at the clock again.
         size_t drained = 0;
         if (!shared.config.exports.empty()) {
@@ -184,14 +201,14 @@ struct Exporter::State {
   void drain_on_stop() {
     const auto until = Clock::now() + kDrainOnStop;
     follow_link();  // a link the Redis thread made that this thread had not taken up yet
-    while (pub && (!queue.empty() || !in_flight.empty()) && Clock::now() < until) {
+    while (linked() && (!queue.empty() || any_in_flight()) && Clock::now() < until) {
       send_queued();
       service_pub();
-      if (!pub) break;
-      pollfd fd = pub->poll_entry();
-      poll(&fd, 1, 10);
+      if (!linked()) break;
+      std::vector<pollfd> fds = poll_entries();
+      poll(fds.data(), fds.size(), 10);
     }
-    if (pub) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
+    if (linked()) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
     if (!queue.empty()) {
       shared.drop(Drop::kStopped, queue.size(), [&] {
         return "messages still queued for Redis when the bridge stopped (Redis away or slow for " +
@@ -209,20 +226,20 @@ struct Exporter::State {
   // next timer. Replies are read on the next pass; while some are due, at most
   // kReplyCheck passes between two reads, so in_flight and `exported` stay current.
   void wait_for_work(Clock::time_point until) {
-    if (pub) until = std::min(until, next_heartbeat);
+    if (linked()) until = std::min(until, next_heartbeat);
     auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
     wait = std::clamp(wait, std::chrono::nanoseconds(0), std::chrono::nanoseconds(20ms));
-    if (pub && !in_flight.empty()) wait = std::min<std::chrono::nanoseconds>(wait, kReplyCheck);
-    const bool redis_bound =
-        pub && (pub->output_pending() || (!queue.empty() && in_flight.size() >= kMaxInFlight));
-    if (redis_bound || (pub && shared.config.exports.empty())) {
-      // Redis, not the ring, is what we wait for: its socket says when to go on. Short
+    if (any_in_flight()) wait = std::min<std::chrono::nanoseconds>(wait, kReplyCheck);
+    bool redis_bound = !queue.empty() && linked() && !pub_ready(shard_for(queue.front()));
+    for (const PubShard& p : pubs) redis_bound = redis_bound || p.conn->output_pending();
+    if (redis_bound || (linked() && shared.config.exports.empty())) {
+      // Redis, not the ring, is what we wait for: its sockets say when to go on. Short
       // while exporting, so the ring is drained into the queue meanwhile.
       if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
-      pollfd fd = pub->poll_entry();
+      std::vector<pollfd> fds = poll_entries();
       const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
                         static_cast<long>(wait.count() % 1'000'000'000)};
-      ppoll(&fd, 1, &ts, nullptr);  // EINTR or a timeout: the next pass looks again
+      ppoll(fds.data(), fds.size(), &ts, nullptr);  // EINTR or a timeout: the next pass looks again
       return;
     }
     if (shared.config.exports.empty()) {
@@ -232,46 +249,78 @@ struct Exporter::State {
     if (auto m = export_sub.next(wait)) export_message(*m);
   }
 
-  // Adopts the publishing connection of the current link generation, and retires one
+  bool linked() const { return !pubs.empty(); }
+
+  bool any_in_flight() const {
+    return std::any_of(pubs.begin(), pubs.end(),
+                       [](const PubShard& p) { return !p.in_flight.empty(); });
+  }
+
+  std::vector<pollfd> poll_entries() const {
+    std::vector<pollfd> fds;
+    for (const PubShard& p : pubs) fds.push_back(p.conn->poll_entry());
+    return fds;
+  }
+
+  // Adopts the publishing connections of the current link generation, and retires those
   // whose generation has passed (the Redis thread found the link dead).
   void follow_link() {
     const uint64_t generation = shared.link_generation.load(std::memory_order_acquire);
-    if (pub && pub_generation == generation) return;
-    if (pub) retire_pub();
+    if (linked() && pub_generation == generation) return;
+    if (linked()) retire_pub();
     std::lock_guard<std::mutex> lock(shared.link_mutex);
     // Under link_mutex a waiting `handoff` always belongs to the current generation: the
     // Redis thread sets the two together and drops `handoff` when it moves the generation.
     if (shared.handoff) {
-      pub = std::move(shared.handoff);
+      for (auto& conn : shared.handoff->pubs) pubs.push_back(PubShard{std::move(conn), {}, {}});
+      routing = std::move(shared.handoff->routing);
+      shared.handoff.reset();
       pub_generation = shared.link_generation.load(std::memory_order_relaxed);
       next_heartbeat = Clock::now();
     }
   }
 
-  // `pub` may take a message now: adopted, of the current link, with room in flight, and
-  // little enough unwritten that a heartbeat appended now goes out soon.
-  bool pub_ready() const {
-    return pub && pub_generation == shared.link_generation.load(std::memory_order_acquire) &&
-           in_flight.size() < kMaxInFlight && pub->output_bytes() < kMaxUnwrittenBytes;
+  // The shard a message goes to: a sharded channel's or stream key's owner on a cluster,
+  // shard 0 for classic pub/sub (and for everything on one server).
+  size_t shard_for(std::string_view key, const Rule& rule) const {
+    if (!routing->cluster) return 0;
+    const bool by_slot = rule.durable || shared.config.shards(rule);
+    return by_slot ? routing->shard_of(key) : 0;
+  }
+  size_t shard_for(const OutboundQueue::Item& item) const {
+    return shard_for(item.key, *item.rule);
   }
 
-  // `pub` is gone (broken here, or its link retired by the Redis thread): settles what was
-  // in flight on it.
+  // Shard `shard` may take a message now: adopted, of the current link, with room in
+  // flight, and little enough unwritten that a heartbeat appended now goes out soon.
+  bool pub_ready(size_t shard) const {
+    if (!linked() || pub_generation != shared.link_generation.load(std::memory_order_acquire))
+      return false;
+    const PubShard& p = pubs[shard];
+    return p.in_flight.size() < kMaxInFlight && p.conn->output_bytes() < kMaxUnwrittenBytes;
+  }
+
+  // The link's publishing connections are gone (one broke here, or the Redis thread
+  // retired the link): settles what was in flight on them.
   void retire_pub() {
-    const auto uncertain =
-        static_cast<uint64_t>(std::count(in_flight.begin(), in_flight.end(), Sent::kPublish));
-    in_flight.clear();
+    uint64_t uncertain = 0;
+    for (auto p = pubs.rbegin(); p != pubs.rend(); ++p) {
+      uncertain += static_cast<uint64_t>(
+          std::count(p->in_flight.begin(), p->in_flight.end(), Sent::kPublish));
+      // Durable: XADD again, first in line; readers drop the copy if the first one landed.
+      // A stream key lives on one shard, so each key's XADDs keep their order.
+      queue.put_first(std::move(p->xadds_in_flight));
+      // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on
+      // a link the Redis thread has already replaced.
+      const linger discard{1, 0};
+      setsockopt(p->conn->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
+    }
+    pubs.clear();
+    routing.reset();
+    note_queue();
     if (uncertain)
       shared.drop(Drop::kInFlight, uncertain,
                   "PUBLISH sent but unacknowledged when the connection broke; delivery unknown");
-    // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-    queue.put_first(std::move(xadds_in_flight));
-    note_queue();
-    // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on a
-    // link the Redis thread has already replaced.
-    const linger discard{1, 0};
-    setsockopt(pub->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
-    pub.reset();
   }
 
   // A failure met on `pub`: retire it and have the Redis thread take the link down.
@@ -286,13 +335,16 @@ struct Exporter::State {
     shared.wake();
   }
 
+  // Heartbeat n goes out on every shard, each on its own channel (shard_routing.hpp).
   void send_heartbeat(Clock::time_point now) {
     // A link retired since follow_link(): its heartbeat could never come back.
     if (pub_generation != shared.link_generation.load(std::memory_order_acquire)) return;
     ++heartbeats_sent;
     const std::string n = std::to_string(heartbeats_sent);
-    pub->append({"PUBLISH", shared.heartbeat_channel, n});
-    in_flight.push_back(Sent::kHeartbeat);
+    for (size_t i = 0; i < pubs.size(); ++i) {
+      pubs[i].conn->append({routing->heartbeat_publish(), routing->heartbeat_channels[i], n});
+      pubs[i].in_flight.push_back(Sent::kHeartbeat);
+    }
     next_heartbeat = now + shared.config.heartbeat_interval;
     std::lock_guard<std::mutex> lock(shared.link_mutex);
     shared.newest_heartbeat = {pub_generation, heartbeats_sent, now};
@@ -322,15 +374,17 @@ struct Exporter::State {
     const uint64_t sequence = number(m);
     const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
     if (envelope)
-      encode_envelope({shared.config.host_id, sequence, m.publish_unix_ns}, m.payload,
-                      body_buffer);
+      encode_envelope({shared.config.host_id, sequence, m.publish_unix_ns}, m.payload, body_buffer);
     const std::string_view body = envelope ? std::string_view(body_buffer) : text_of(m.payload);
     // Nothing waiting ahead of it: straight into pub's output buffer, no copy in the queue.
     // Durable messages always take the queue: send_queued() keeps a copy of each for a
     // resend.
-    if (!rule->durable && queue.empty() && pub_ready()) {
-      publish(key_buffer, body, *rule);
-      return;
+    if (!rule->durable && queue.empty() && linked()) {
+      const size_t shard = shard_for(key_buffer, *rule);
+      if (pub_ready(shard)) {
+        publish(pubs[shard], key_buffer, body, *rule);
+        return;
+      }
     }
     enqueue({key_buffer, body, rule, sequence, m.publish_unix_ns});
   }
@@ -374,33 +428,37 @@ struct Exporter::State {
     shared.counters.queue_held_bytes.store(queue.held_bytes(), std::memory_order_relaxed);
   }
 
-  // Moves what the queue holds into pub's output buffer, as far as pub_ready() allows.
+  // Moves what the queue holds into the shards' output buffers, in order, as far as
+  // pub_ready() allows.
   void send_queued() {
     if (queue.empty()) return;
-    while (!queue.empty() && pub_ready()) {
+    while (!queue.empty() && linked()) {
       const OutboundQueue::Item out = queue.front();
+      const size_t shard = shard_for(out);
+      if (!pub_ready(shard)) break;
+      PubShard& p = pubs[shard];
       if (out.rule->durable) {
         const std::string maxlen = std::to_string(out.rule->stream_maxlen);
         const std::string origin = std::to_string(shared.config.host_id);
         const std::string seq = std::to_string(out.sequence);
         const std::string ts = std::to_string(out.publish_unix_ns);
-        pub->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
-                     origin, "seq", seq, "ts", ts});
-        in_flight.push_back(Sent::kXadd);
-        xadds_in_flight.push_back(out);
+        p.conn->append({"XADD", out.key, "MAXLEN", "~", maxlen, "*", "payload", out.body, "origin",
+                        origin, "seq", seq, "ts", ts});
+        p.in_flight.push_back(Sent::kXadd);
+        p.xadds_in_flight.push_back(out);
       } else {
-        publish(out.key, out.body, *out.rule);
+        publish(p, out.key, out.body, *out.rule);
       }
       queue.pop_front();  // last: `out` views into the queue
     }
     note_queue();
   }
 
-  void publish(std::string_view key, std::string_view body, const Rule& rule) {
+  void publish(PubShard& p, std::string_view key, std::string_view body, const Rule& rule) {
     if (rule.mode == Mode::kRaw) remember_raw(key, body);
     // Sharded rules are envelope rules: their echoes are known by origin, not remembered.
-    pub->append({publish_command[&rule - shared.config.exports.data()], key, body});
-    in_flight.push_back(Sent::kPublish);
+    p.conn->append({publish_command[&rule - shared.config.exports.data()], key, body});
+    p.in_flight.push_back(Sent::kPublish);
   }
 
   // A raw payload about to be PUBLISHed on a channel our subscriber connection covers will
@@ -412,9 +470,10 @@ struct Exporter::State {
     shared.raw_echoes.remember(channel, body, heartbeats_sent);
   }
 
-  // Writes what `pub` holds and reads what Redis answered, without blocking.
+  // Writes what the publishing connections hold and reads what Redis answered, without
+  // blocking.
   void service_pub() {
-    if (!pub) return;
+    if (!linked()) return;
     // Retired by the Redis thread since follow_link(): what is still unsent must not go out
     // on it (its echoes would reach the new link's subscriber with no record to match).
     if (pub_generation != shared.link_generation.load(std::memory_order_acquire)) {
@@ -422,28 +481,30 @@ struct Exporter::State {
       return;
     }
     try {
-      if (pub->output_pending()) pub->flush();
-      // Read even with nothing in flight: an EOF (Redis closed the connection) must be seen
-      // now, not by the next heartbeat, or an import-only bridge's poll spins on it.
-      pub->read();
-      while (const redisReply* r = pub->next_reply()) on_pub_reply(r);
+      for (PubShard& p : pubs) {
+        if (p.conn->output_pending()) p.conn->flush();
+        // Read even with nothing in flight: an EOF (Redis closed the connection) must be
+        // seen now, not by the next heartbeat, or an import-only bridge's poll spins on it.
+        p.conn->read();
+        while (const redisReply* r = p.conn->next_reply()) on_pub_reply(p, r);
+      }
     } catch (const std::exception& e) {
       pub_failed(e.what());
     }
   }
 
-  void on_pub_reply(const redisReply* r) {
-    if (in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
-    const Sent sent = in_flight.front();
+  void on_pub_reply(PubShard& p, const redisReply* r) {
+    if (p.in_flight.empty()) throw std::runtime_error("a reply to no command on the publisher");
+    const Sent sent = p.in_flight.front();
     const bool refused = r->type == REDIS_REPLY_ERROR;
     const std::string_view error = reply_text(r);
     // A Redis that is loading its data after a restart (or otherwise briefly unable to
-    // write) refuses XADD; a durable message stays in flight, and retire_pub() (which the
-    // throw leads to) sends it again on the next connection.
-    if (refused && sent == Sent::kXadd && is_transient_error(error))
+    // write), or a cluster whose slot moved, refuses XADD; a durable message stays in
+    // flight, and retire_pub() (which the throw leads to) sends it again on the next link.
+    if (refused && sent == Sent::kXadd && (is_transient_error(error) || is_topology_error(error)))
       throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
-    in_flight.pop_front();
-    if (sent == Sent::kXadd) xadds_in_flight.pop_front();
+    p.in_flight.pop_front();
+    if (sent == Sent::kXadd) p.xadds_in_flight.pop_front();
     if (!refused) {
       if (sent != Sent::kHeartbeat)
         shared.counters.exported.fetch_add(1, std::memory_order_relaxed);
@@ -452,6 +513,10 @@ struct Exporter::State {
     if (sent == Sent::kHeartbeat)
       throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
     shared.drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
+    // The message is lost (counted above); the link is rebuilt on a fresh topology, so the
+    // channel's next messages go to its new owner.
+    if (is_topology_error(error))
+      throw std::runtime_error("the cluster's topology changed: " + std::string(error));
   }
 
   // Where a local interest in the channel `name` of `rule` goes: a stream, a sharded

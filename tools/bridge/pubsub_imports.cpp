@@ -19,8 +19,14 @@ struct PubSubImports::State {
 
   BridgeShared& shared;
   LocalImports& imports;
-  std::unique_ptr<RedisConnection> sub;  // null while the link is down
-  uint64_t newest_heartbeat_seen = 0;    // the highest heartbeat number received on `sub`
+  // One subscriber connection per shard of `routing` (shard_routing.hpp); empty while the
+  // link is down.
+  std::vector<std::unique_ptr<RedisConnection>> subs;
+  std::shared_ptr<const ShardRouting> routing;  // of the current link
+  // Per shard, the highest heartbeat number received on its connection; and the lowest of
+  // those: heartbeats up to it came back on every shard.
+  std::vector<uint64_t> heartbeat_seen;
+  uint64_t newest_heartbeat_seen = 0;
 
   // Subscriptions: what we asked for (sent_*, shared: see echo_mutex), and what Redis
   // confirmed, in the order of the reply stream (confirmed_*; see "No duplicates" in
@@ -54,15 +60,27 @@ struct PubSubImports::State {
 
   void forget_routes() { routes.clear(); }
 
-  void link_up(std::unique_ptr<RedisConnection> connection) {
-    sub = std::move(connection);
-    sub->append({"SUBSCRIBE", shared.heartbeat_channel});
+  void link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
+               std::shared_ptr<const ShardRouting> link_routing) {
+    subs = std::move(connections);
+    routing = std::move(link_routing);
+    // Heartbeats of the new link are numbered past every earlier one.
+    heartbeat_seen.assign(subs.size(), newest_heartbeat_seen);
     std::lock_guard<std::mutex> lock(shared.echo_mutex);
-    shared.sent_channels.insert(shared.heartbeat_channel);
+    for (size_t i = 0; i < subs.size(); ++i) {
+      const std::string& channel = routing->heartbeat_channels[i];
+      subs[i]->append({routing->heartbeat_subscribe(), channel});
+      (routing->cluster ? sent_shard_channels : shared.sent_channels).insert(channel);
+    }
+  }
+
+  bool is_heartbeat(std::string_view channel) const {
+    return routing->heartbeat_shard(channel) < routing->shards();
   }
 
   void link_down() {
-    sub.reset();
+    subs.clear();
+    routing.reset();
     {
       std::lock_guard<std::mutex> lock(shared.echo_mutex);
       shared.sent_channels.clear();
@@ -104,7 +122,7 @@ struct PubSubImports::State {
       unwanted_since.erase(name);
     }
     for (auto it = sent.begin(); it != sent.end();) {
-      if (*it == shared.heartbeat_channel || want.count(*it)) {
+      if (is_heartbeat(*it) || want.count(*it)) {
         ++it;
         continue;
       }
@@ -129,7 +147,7 @@ struct PubSubImports::State {
   // (each with its slot's names, in their order); returns how many commands went out.
   uint64_t send(const std::vector<std::string_view>& command, bool by_slot) {
     if (!by_slot) {
-      sub->append(command);
+      subs[0]->append(command);  // classic pub/sub: shard 0 (shard_routing.hpp)
       return 1;
     }
     std::map<uint16_t, std::vector<std::string_view>> slots;
@@ -138,7 +156,8 @@ struct PubSubImports::State {
       if (names.empty()) names.push_back(command[0]);
       names.push_back(command[i]);
     }
-    for (const auto& [slot, names] : slots) sub->append(names);
+    for (const auto& [slot, names] : slots)
+      subs[routing->shard_of_slot_number(slot)]->append(names);
     return slots.size();
   }
 
@@ -178,8 +197,14 @@ struct PubSubImports::State {
         std::erase_if(sequences, [&](const auto& entry) { return !confirmed_covers(entry.first); });
       } else if (sent_shard_channels.erase(name)) {
         // Not one we asked to leave: Redis dropped it on its own (a cluster does when the
-        // channel's slot moves). Forgotten as sent, so the next apply() subscribes it again;
-        // its sequences stay, so what was missed meanwhile is counted lost in transit.
+        // channel's slot moves). Its sequences stay, so what was missed meanwhile is counted
+        // lost in transit. On a cluster the slot has a new owner: the link is rebuilt on a
+        // fresh topology, which subscribes everything wanted again where it now lives. On
+        // one server, forgotten as sent, so the next apply() subscribes it again.
+        if (routing->cluster)
+          throw std::runtime_error("redis ended the sharded subscription of '" +
+                                   name.substr(0, 128) +
+                                   "' (its slot moved): reading the cluster's topology again");
         shared.log->info("redis ended the sharded subscription of '{}'; subscribing again",
                          name.substr(0, 128));
       }
@@ -231,8 +256,8 @@ struct PubSubImports::State {
     ImportRoute* route = known != routes.end() ? &known->second : nullptr;
     if (route == nullptr) {
       if (!designated(channel, pattern)) return;
-      if (channel == shared.heartbeat_channel) {
-        if (pattern.empty()) on_heartbeat(reply_text(payload_reply));
+      if (const size_t shard = routing->heartbeat_shard(channel); shard < routing->shards()) {
+        if (pattern.empty()) on_heartbeat(shard, reply_text(payload_reply));
         return;
       }
       route = make_route(channel);
@@ -320,10 +345,12 @@ struct PubSubImports::State {
     return &route;
   }
 
-  void on_heartbeat(std::string_view payload) {
+  void on_heartbeat(size_t shard, std::string_view payload) {
     uint64_t n = 0;
     for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
-    newest_heartbeat_seen = std::max(newest_heartbeat_seen, n);
+    heartbeat_seen[shard] = std::max(heartbeat_seen[shard], n);
+    newest_heartbeat_seen = *std::min_element(heartbeat_seen.begin(), heartbeat_seen.end());
+    n = newest_heartbeat_seen;
     // Raw exports sent before heartbeat n were answered by now if they ever will be.
     std::lock_guard<std::mutex> lock(shared.echo_mutex);
     shared.raw_echoes.heartbeat_returned(n);
@@ -338,14 +365,20 @@ struct PubSubImports::State {
 PubSubImports::PubSubImports(BridgeShared& shared, LocalImports& imports)
     : state_(std::make_unique<State>(shared, imports)) {}
 PubSubImports::~PubSubImports() = default;
-void PubSubImports::link_up(std::unique_ptr<RedisConnection> connection) {
-  state_->link_up(std::move(connection));
+void PubSubImports::link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
+                            std::shared_ptr<const ShardRouting> routing) {
+  state_->link_up(std::move(connections), std::move(routing));
 }
 void PubSubImports::link_down() {
   state_->link_down();
 }
-RedisConnection* PubSubImports::connection() const {
-  return state_->sub.get();
+bool PubSubImports::linked() const {
+  return !state_->subs.empty();
+}
+std::vector<RedisConnection*> PubSubImports::connections() const {
+  std::vector<RedisConnection*> out;
+  for (const auto& sub : state_->subs) out.push_back(sub.get());
+  return out;
 }
 void PubSubImports::want(const NameSet& channels, const NameSet& patterns,
                          const NameSet& shard_channels) {
@@ -356,7 +389,7 @@ void PubSubImports::want(const NameSet& channels, const NameSet& patterns,
 void PubSubImports::apply(Clock::time_point now) {
   state_->apply(now);
 }
-void PubSubImports::on_reply(const redisReply* reply) {
+void PubSubImports::on_reply(const redisReply* reply) {  // from any shard's connection
   state_->on_sub_reply(reply);
 }
 void PubSubImports::forget_routes() {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "bridge_shared.hpp"
 #include "local_imports.hpp"
@@ -24,23 +25,26 @@ class PubSubImports {
   PubSubImports(const PubSubImports&) = delete;
   PubSubImports& operator=(const PubSubImports&) = delete;
 
-  // The link came up with `connection` (subscribed to this run's heartbeat channel at
-  // once), or went down: every subscription sent or confirmed is forgotten, so the next
-  // link subscribes to what is wanted then.
-  void link_up(std::unique_ptr<RedisConnection> connection);
+  // The link came up with a subscriber connection per shard of `routing` (each subscribed
+  // to its shard's heartbeat channel at once), or went down: every subscription sent or
+  // confirmed is forgotten, so the next link subscribes to what is wanted then.
+  void link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
+               std::shared_ptr<const ShardRouting> routing);
   void link_down();
-  RedisConnection* connection() const;
+  bool linked() const;
+  std::vector<RedisConnection*> connections() const;  // by shard; empty while down
 
   // The local interest, in Redis names: channels and patterns, and the channels of sharded
   // rules (SSUBSCRIBE).
   void want(const NameSet& channels, const NameSet& patterns, const NameSet& shard_channels);
   // Appends the SUBSCRIBE / UNSUBSCRIBE commands that bring the connection to the interest.
   void apply(Clock::time_point now);
-  // A reply on the connection. Throws std::runtime_error on an error reply.
+  // A reply on one of the connections. Throws std::runtime_error on an error reply, and
+  // on a cluster when Redis ends a sharded subscription by itself (a slot moved).
   void on_reply(const redisReply* reply);
   // Forgets every import route (their local channels are about to close).
   void forget_routes();
-  // The highest heartbeat number received on this run's heartbeat channel.
+  // The highest heartbeat number received on every shard's heartbeat channel.
   uint64_t newest_heartbeat_seen() const;
 
  private:
