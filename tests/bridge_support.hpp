@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -60,6 +61,17 @@ inline BridgeConfig fast_config(int port, uint16_t host_id) {
   c.stream_scan_interval = 100ms;
   return c;
 }
+
+// A directory for a bridge's state file, removed when the test ends, failed or not.
+// Declared before the Host that writes into it, so the bridge has stopped by then.
+struct TempDir {
+  explicit TempDir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(getpid()))) {
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path path;
+};
 
 // The daemon of a test host: clients may ask for rings of up to 16 MiB (lossless_channel).
 inline daemon::Config host_daemon_config() {

@@ -112,9 +112,9 @@ class RedisCluster {
     return id;
   }
 
-  // Moves `slot`, holding no keys (pub/sub needs none), from primary `from` to primary
-  // `to` as a reshard does: IMPORTING on the target, MIGRATING on the source, then NODE on
-  // every node. False if a node refused a step.
+  // Moves `slot` from primary `from` to primary `to` as a reshard does: IMPORTING on the
+  // target, MIGRATING on the source, its keys moved with MIGRATE, then NODE on every node.
+  // False if a node refused a step.
   bool move_slot(uint16_t slot, size_t from, size_t to) {
     const std::string from_id = node_id(from), to_id = node_id(to);
     const std::string number = std::to_string(slot);
@@ -128,6 +128,21 @@ class RedisCluster {
         !ok(nodes_[from]->command("CLUSTER SETSLOT %s MIGRATING %s", number.c_str(),
                                   to_id.c_str())))
       return false;
+    // The keys, a batch at a time, while clients are redirected with ASK.
+    for (;;) {
+      redisReply* keys = nodes_[from]->command("CLUSTER GETKEYSINSLOT %s 100", number.c_str());
+      const bool none = keys == nullptr || keys->type != REDIS_REPLY_ARRAY || keys->elements == 0;
+      bool moved = !none;
+      for (size_t k = 0; !none && k < keys->elements; ++k) {
+        const std::string key(keys->element[k]->str, keys->element[k]->len);
+        moved = ok(nodes_[from]->command("MIGRATE 127.0.0.1 %d %b 0 5000", nodes_[to]->port(),
+                                         key.data(), key.size())) &&
+                moved;
+      }
+      if (keys) freeReplyObject(keys);
+      if (none) break;
+      if (!moved) return false;
+    }
     // The target first, then the source (as redis-cli does), then everyone else.
     bool all = ok(nodes_[to]->command("CLUSTER SETSLOT %s NODE %s", number.c_str(), to_id.c_str()));
     all = ok(nodes_[from]->command("CLUSTER SETSLOT %s NODE %s", number.c_str(), to_id.c_str())) &&

@@ -182,17 +182,15 @@ struct Bridge::Impl : BridgeShared {
     try {
       new_link->routing = find_shards();
       const ShardRouting& routing = *new_link->routing;
-      std::vector<std::unique_ptr<RedisConnection>> new_subs;
+      std::vector<std::unique_ptr<RedisConnection>> new_subs, new_streams;
       for (const RedisEndpoint& server : routing.endpoints) {
         new_link->pubs.push_back(std::make_unique<RedisConnection>(server));
         if (config.sharded) check_sharded_support(*new_link->pubs.back(), server);
         new_subs.push_back(std::make_unique<RedisConnection>(server));
+        if (durable.needed()) new_streams.push_back(std::make_unique<RedisConnection>(server));
       }
-      // Durable imports read one server (bridge_config.cpp refuses them on a cluster).
-      std::unique_ptr<RedisConnection> new_streams;
-      if (durable.needed()) new_streams = std::make_unique<RedisConnection>(routing.endpoints[0]);
       pubsub.link_up(std::move(new_subs), new_link->routing);
-      durable.link_up(std::move(new_streams));
+      durable.link_up(std::move(new_streams), new_link->routing);
     } catch (const std::exception& e) {
       ++failed_attempts;
       const auto delay = retry_delay();
@@ -296,14 +294,14 @@ struct Bridge::Impl : BridgeShared {
       }
       durable.send_command();
       for (RedisConnection* sub : pubsub.connections()) sub->flush();
-      if (RedisConnection* streams = durable.connection()) streams->flush();
+      for (RedisConnection* streams : durable.connections()) streams->flush();
     }
     durable.maintain(now);
 
-    // The subscriber connections (one per shard), then the stream connection.
+    // The subscriber connections (one per shard), then the stream connections.
     std::vector<RedisConnection*> conns = pubsub.connections();
     const size_t subs = conns.size();
-    if (RedisConnection* streams = durable.connection()) conns.push_back(streams);
+    for (RedisConnection* streams : durable.connections()) conns.push_back(streams);
     std::vector<pollfd> fds{{wake_fd, POLLIN, 0}};
     for (RedisConnection* c : conns) fds.push_back(c->poll_entry());
     auto deadline = now + 50ms;

@@ -302,11 +302,6 @@ void validate_bridge_config(const BridgeConfig& c) {
           "redis.prefix '" + c.redis_prefix +
           "' holds a '{' with redis.nodes: a hash tag in the prefix would put every channel "
           "in one slot, on one node; pick a prefix without braces");
-    if (durable_import)
-      throw BridgeConfigError(
-          "a durable [[import]] rule with redis.nodes: reading streams from a Redis Cluster "
-          "is not built yet (docs/CLUSTER.md); durable exports work, so import them on a "
-          "bridge that reads a single Redis server, or make the rule non-durable");
   }
   if (durable_import && c.state_file.empty())
     throw BridgeConfigError(

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "durable_file.hpp"
+#include "key_slot.hpp"
 #include "origin_sequences.hpp"
 #include "state_file.hpp"
 
@@ -32,6 +33,10 @@ constexpr auto kLocalFullRetry = 5ms;
 constexpr int kLocalFullRetryDoublings = 5;
 // A key a durable rule follows that turned out not to be a stream is tried again after this.
 constexpr auto kUnreadableStreamRetry = 10s;
+// On a cluster a multi-key XREAD must stay in one slot, so the streams are read slot by
+// slot without BLOCK (a blocked read of one slot would hold the others up), and a round
+// of them that found nothing waits this long before the next.
+constexpr auto kClusterIdleRead = 10ms;
 
 }  // namespace
 
@@ -41,7 +46,11 @@ struct DurableStreams::State {
 
   BridgeShared& shared;
   LocalImports& imports;
-  std::unique_ptr<RedisConnection> streams;        // null while the link is down
+  // One stream connection per shard of `routing` (shard_routing.hpp); empty while the link
+  // is down. One command is in flight at a time, on the connection of the key it is about
+  // (SCAN: of the shard being scanned).
+  std::vector<std::unique_ptr<RedisConnection>> streams;
+  std::shared_ptr<const ShardRouting> routing;
   NameSet wanted_streams, wanted_stream_patterns;  // the local interest (want())
   bool wanted_read = false;                        // the interest has been read at least once
 
@@ -76,7 +85,12 @@ struct DurableStreams::State {
   // those streams for new ones and read their whole history).
   NameSet patterns_first_round_done;
   Clock::time_point next_scan{};
-  bool xread_turn = false;               // during a round: an XREAD goes next
+  bool xread_turn = false;      // during a round: an XREAD goes next
+  size_t scan_shard_index = 0;  // a SCAN round covers each pattern on each shard
+  // Cluster: the slot groups of the streams read, in the order they are read; the next
+  // one; and whether the current round of them took any entry.
+  size_t next_read_group = 0;
+  bool read_round_took_any = false;
   Clock::time_point next_stream_read{};  // later than now while a local channel is full
   int held_reads = 0;                    // consecutive reads held back by a full channel
   Clock::time_point next_full_log{};
@@ -143,13 +157,16 @@ struct DurableStreams::State {
   // One command at a time on `streams`: TYPE checks after a refused XREAD, else an
   // XREVRANGE for a stream followed for the first time, else a SCAN when a round is due,
   // else the XREAD of everything followed.
+  bool linked() const { return !streams.empty(); }
+  RedisConnection& connection_for(std::string_view key) { return *streams[routing->shard_of(key)]; }
+
   void send_command() {
-    if (!streams || stream_command != StreamCommand::kNone || Clock::now() < next_stream_read)
+    if (!linked() || stream_command != StreamCommand::kNone || Clock::now() < next_stream_read)
       return;
     if (!type_checks.empty()) {
       stream_command_key = std::move(type_checks.back());
       type_checks.pop_back();
-      streams->append({"TYPE", stream_command_key});
+      connection_for(stream_command_key).append({"TYPE", stream_command_key});
       stream_command = StreamCommand::kType;
       return;
     }
@@ -170,7 +187,8 @@ struct DurableStreams::State {
       // First interest in this stream: start after its newest entry (XREAD with "$" would
       // lose what is added between two calls).
       stream_command_key = std::string(first_time);
-      streams->append({"XREVRANGE", stream_command_key, "+", "-", "COUNT", "1"});
+      connection_for(stream_command_key)
+          .append({"XREVRANGE", stream_command_key, "+", "-", "COUNT", "1"});
       stream_command = StreamCommand::kNewest;
       return;
     }
@@ -195,6 +213,10 @@ struct DurableStreams::State {
   }
 
   void send_xread(bool block) {
+    if (routing->cluster) {
+      send_slot_xread();
+      return;
+    }
     const std::string count = std::to_string(kXreadCount);
     const std::string block_ms = std::to_string(kXreadBlock.count());
     std::vector<std::string_view> args{"XREAD", "COUNT", count};
@@ -208,8 +230,28 @@ struct DurableStreams::State {
       ids.push_back(stream_positions.find(key)->second);
     });
     args.insert(args.end(), ids.begin(), ids.end());
-    streams->append(args);
+    streams[0]->append(args);
     stream_command = StreamCommand::kRead;
+  }
+
+  // Cluster: the XREAD of the next slot's streams, without BLOCK. After the last slot of a
+  // round that took nothing, the next round waits kClusterIdleRead.
+  void send_slot_xread() {
+    std::map<uint16_t, std::vector<const std::string*>> groups;  // slot -> keys
+    for_each_stream_read([&](const std::string& key) { groups[key_slot(key)].push_back(&key); });
+    if (next_read_group >= groups.size()) next_read_group = 0;
+    auto group = std::next(groups.begin(), static_cast<std::ptrdiff_t>(next_read_group));
+    const std::string count = std::to_string(kXreadCount);
+    std::vector<std::string_view> args{"XREAD", "COUNT", count, "STREAMS"};
+    for (const std::string* key : group->second) args.push_back(*key);
+    for (const std::string* key : group->second)
+      args.push_back(stream_positions.find(*key)->second);
+    streams[routing->shard_of_slot_number(group->first)]->append(args);
+    stream_command = StreamCommand::kRead;
+    if (++next_read_group < groups.size()) return;
+    next_read_group = 0;
+    if (!std::exchange(read_round_took_any, false))
+      next_stream_read = Clock::now() + kClusterIdleRead;
   }
 
   // The next SCAN of the current round, starting a round when one is due. False if none.
@@ -218,11 +260,14 @@ struct DurableStreams::State {
       if (wanted_stream_patterns.empty() || Clock::now() < next_scan) return false;
       scan_round_patterns.assign(wanted_stream_patterns.begin(), wanted_stream_patterns.end());
       scan_pattern_index = 0;
+      scan_shard_index = 0;
       scan_cursor = "0";
       scan_round_found.clear();
     }
-    streams->append({"SCAN", scan_cursor, "MATCH", scan_round_patterns[scan_pattern_index], "COUNT",
-                     "1000", "TYPE", "stream"});
+    // Each node SCANs its own keys: on a cluster, each pattern is scanned on every shard.
+    streams[scan_shard_index]->append({"SCAN", scan_cursor, "MATCH",
+                                       scan_round_patterns[scan_pattern_index], "COUNT", "1000",
+                                       "TYPE", "stream"});
     stream_command = StreamCommand::kScan;
     return true;
   }
@@ -241,6 +286,8 @@ struct DurableStreams::State {
     }
     scan_cursor = std::string(reply_text(r->element[0]));
     if (scan_cursor != "0") return;
+    if (++scan_shard_index < streams.size()) return;
+    scan_shard_index = 0;
     if (++scan_pattern_index < scan_round_patterns.size()) return;
     // The round is complete. A stream that a pattern covered by an earlier round did not
     // show then has appeared since: all its entries are new, read it from the start. The
@@ -323,6 +370,7 @@ struct DurableStreams::State {
         position.assign(reply_text(entry->element[0]));
         state_dirty = true;
         took_any = true;
+        read_round_took_any = true;
       }
     }
     // The pause grows only while nothing at all could be taken: a subscriber that drains
@@ -437,8 +485,10 @@ struct DurableStreams::State {
   }
 
   void link_down() {
-    streams.reset();
+    streams.clear();
+    routing.reset();
     stream_command = StreamCommand::kNone;
+    next_read_group = 0;
     type_checks.clear();
     scan_round_patterns.clear();  // the round starts over on the next link
     next_scan = {};
@@ -466,14 +516,18 @@ void DurableStreams::load_state() {
 void DurableStreams::save_state() {
   state_->save_state();
 }
-void DurableStreams::link_up(std::unique_ptr<RedisConnection> connection) {
-  state_->streams = std::move(connection);
+void DurableStreams::link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
+                             std::shared_ptr<const ShardRouting> routing) {
+  state_->streams = std::move(connections);
+  state_->routing = std::move(routing);
 }
 void DurableStreams::link_down() {
   state_->link_down();
 }
-RedisConnection* DurableStreams::connection() const {
-  return state_->streams.get();
+std::vector<RedisConnection*> DurableStreams::connections() const {
+  std::vector<RedisConnection*> out;
+  for (const auto& c : state_->streams) out.push_back(c.get());
+  return out;
 }
 void DurableStreams::want(const NameSet& streams, const NameSet& patterns) {
   state_->wanted_streams = streams;
@@ -492,7 +546,7 @@ void DurableStreams::on_reply(const redisReply* reply) {
 Clock::time_point DurableStreams::deadline(Clock::time_point now,
                                            Clock::time_point otherwise) const {
   const State& s = *state_;
-  if (s.streams && s.stream_command == State::StreamCommand::kNone && s.next_stream_read > now)
+  if (s.linked() && s.stream_command == State::StreamCommand::kNone && s.next_stream_read > now)
     return std::min(otherwise, s.next_stream_read);
   return otherwise;
 }

@@ -1,5 +1,6 @@
 // The bridge's durable imports: Redis streams read with XREAD on a connection of their
-// own, one command in flight at a time. Streams are followed by name (local subscribers of
+// own (one per shard on a Redis Cluster, where a read covers one hash slot), one command
+// in flight at a time. Streams are followed by name (local subscribers of
 // a durable rule's channels) or found by SCAN for local pattern subscribers; each starts
 // after its newest entry when first followed, or from its start when it appeared while a
 // pattern already covered it. Entries go to the local bus through LocalImports; a full
@@ -11,6 +12,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "bridge_shared.hpp"
 #include "local_imports.hpp"
@@ -32,11 +34,13 @@ class DurableStreams {
   void load_state();
   void save_state();
 
-  // The link came up with `connection` (null if not needed()), or went down: the command
-  // in flight is forgotten and a SCAN round starts over.
-  void link_up(std::unique_ptr<RedisConnection> connection);
+  // The link came up with a stream connection per shard of `routing` (none if not
+  // needed()), or went down: the command in flight is forgotten and a SCAN round starts
+  // over.
+  void link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
+               std::shared_ptr<const ShardRouting> routing);
   void link_down();
-  RedisConnection* connection() const;
+  std::vector<RedisConnection*> connections() const;  // by shard; empty while down
 
   // The local interest, in Redis names: streams by name and stream patterns. `read`: the
   // interest has been read at least once (until then nothing restored is forgotten).
