@@ -300,19 +300,14 @@ void stream_through_fault(Fault fault) {
             << ", B " << counts_b.reconnects << "; arrived late after " << late
             << " reordering(s))\n";
 
-  // Durable: nothing lost, nothing twice, in order. A primary killed before its replica
-  // had an acknowledged XADD loses it (Redis replicates asynchronously), so there only
-  // what arrived is checked, and the count is printed.
-  const bool wait_all = fault != Fault::kPrimaryKilled;
-  const bool all_came = wait_until([&] { return durable_collector.count() >= durable_sent; });
-  EXPECT_TRUE(all_came || !wait_all)
+  // Durable: nothing lost, nothing twice, in order, through every fault: an XADD counts as
+  // written once a replica has it too (WAIT), so a killed primary loses none.
+  EXPECT_TRUE(wait_until([&] { return durable_collector.count() >= durable_sent; }))
       << "durable: " << missing_runs(durable_collector, durable_sent);
   durable_collector.finish();
   expect_no_duplicates_in_order(durable_collector.numbers);
-  if (wait_all) {
-    EXPECT_EQ(durable_collector.numbers.size(), durable_sent)
-        << "durable: " << missing_runs(durable_collector, durable_sent);
-  }
+  EXPECT_EQ(durable_collector.numbers.size(), durable_sent)
+      << "durable: " << missing_runs(durable_collector, durable_sent);
   std::cout << "durable: sent " << durable_sent << ", received " << durable_collector.numbers.size()
             << " (repeats dropped by B: " << counts_b.duplicates_dropped << ")\n";
 }

@@ -260,7 +260,10 @@ SlotMap three_shards() {
     return n;
   };
   std::vector<ClusterShard> shards(4);
-  shards[0] = {{{0, 5460}}, primary(7000), {}};
+  ClusterNode up = primary(7003), down = primary(7004);
+  up.primary = down.primary = false;
+  down.online = false;
+  shards[0] = {{{0, 5460}}, primary(7000), {up, down}};
   shards[1] = {{{5461, 10922}}, primary(7001), {}};
   shards[2] = {{}, primary(7009), {}};  // a primary left with no slot
   shards[3] = {{{10923, 16383}}, primary(7002), {}};
@@ -295,6 +298,8 @@ TEST(ShardRouting, ClusterRoutesBySlotWithAHeartbeatChannelInEachShard) {
     EXPECT_EQ(e.password, "p");
     EXPECT_EQ(e.db, 0) << "a cluster has database 0 only";
   }
+  // Replicas online: durable writes to shard 0 wait for one (exporter.cpp).
+  EXPECT_EQ(r.replicas, (std::vector<uint32_t>{1, 0, 0}));
   EXPECT_EQ(r.heartbeat_publish(), "SPUBLISH");
   EXPECT_EQ(r.heartbeat_subscribe(), "SSUBSCRIBE");
   for (size_t i = 0; i < 3; ++i) {

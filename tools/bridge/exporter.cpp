@@ -43,6 +43,9 @@ constexpr auto kReplyCheck = 1ms;
 constexpr auto kRedisBoundWait = 200us;
 // Channels numbered at once (export_sequences); past it the numbering starts over.
 constexpr size_t kMaxNumberedChannels = 1 << 16;
+// How long a WAIT for a replica to have the durable writes before it may take (replicas
+// answer within a round trip when they are up).
+constexpr std::string_view kReplicaWaitMs = "200";
 
 std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
@@ -68,7 +71,7 @@ bool is_topology_error(std::string_view error) {
 // What a command on the publishing connection was, for its reply. One byte: a million
 // are sent a second, and a deque of them allocates one block per 512 (a message kept in
 // each, as before, made that one per four).
-enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat };
+enum class Sent : uint8_t { kPublish, kXadd, kHeartbeat, kWait };
 
 }  // namespace
 
@@ -110,6 +113,13 @@ struct Exporter::State {
     // The messages of the kXadd entries of in_flight, in the same order: a durable message
     // is sent again if the connection breaks before its XADD is acknowledged.
     OutboundQueue xadds_in_flight;
+    // On a shard with a replica: XADDs the primary acknowledged, kept until a WAIT after
+    // them says a replica has them too. Redis replicates asynchronously, so a primary
+    // killed before that would lose them with its replica promoted; sent again instead
+    // (readers drop the copies that did land: origin_sequences.hpp).
+    bool replicated = false;  // XADDs wait for a replica (routing's replicas > 0)
+    bool wait_due = false;    // an XADD went out since the last WAIT
+    OutboundQueue xadds_unreplicated;
   };
   // Adopted from `handoff`, one per shard of `routing`; empty while no link is adopted.
   std::vector<PubShard> pubs;
@@ -272,8 +282,12 @@ struct Exporter::State {
     // Under link_mutex a waiting `handoff` always belongs to the current generation: the
     // Redis thread sets the two together and drops `handoff` when it moves the generation.
     if (shared.handoff) {
-      for (auto& conn : shared.handoff->pubs) pubs.push_back(PubShard{std::move(conn), {}, {}});
       routing = std::move(shared.handoff->routing);
+      for (size_t i = 0; i < shared.handoff->pubs.size(); ++i) {
+        PubShard& p = pubs.emplace_back();
+        p.conn = std::move(shared.handoff->pubs[i]);
+        p.replicated = routing->replicas[i] > 0;
+      }
       shared.handoff.reset();
       pub_generation = shared.link_generation.load(std::memory_order_relaxed);
       next_heartbeat = Clock::now();
@@ -307,9 +321,11 @@ struct Exporter::State {
     for (auto p = pubs.rbegin(); p != pubs.rend(); ++p) {
       uncertain += static_cast<uint64_t>(
           std::count(p->in_flight.begin(), p->in_flight.end(), Sent::kPublish));
-      // Durable: XADD again, first in line; readers drop the copy if the first one landed.
-      // A stream key lives on one shard, so each key's XADDs keep their order.
+      // Durable: XADD again, first in line (the unreplicated ones, older, before those in
+      // flight); readers drop the copy if the first one landed. A stream key lives on one
+      // shard, so each key's XADDs keep their order.
       queue.put_first(std::move(p->xadds_in_flight));
+      queue.put_first(std::move(p->xadds_unreplicated));
       // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on
       // a link the Redis thread has already replaced.
       const linger discard{1, 0};
@@ -446,10 +462,17 @@ struct Exporter::State {
                         origin, "seq", seq, "ts", ts});
         p.in_flight.push_back(Sent::kXadd);
         p.xadds_in_flight.push_back(out);
+        p.wait_due = p.replicated;
       } else {
         publish(p, out.key, out.body, *out.rule);
       }
       queue.pop_front();  // last: `out` views into the queue
+    }
+    // One WAIT per shard after a batch of XADDs: it answers once a replica has them all.
+    for (PubShard& p : pubs) {
+      if (!std::exchange(p.wait_due, false)) continue;
+      p.conn->append({"WAIT", "1", kReplicaWaitMs});
+      p.in_flight.push_back(Sent::kWait);
     }
     note_queue();
   }
@@ -504,7 +527,14 @@ struct Exporter::State {
     if (refused && sent == Sent::kXadd && (is_transient_error(error) || is_topology_error(error)))
       throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
     p.in_flight.pop_front();
-    if (sent == Sent::kXadd) p.xadds_in_flight.pop_front();
+    if (sent == Sent::kWait) {
+      on_wait_reply(p, r);
+      return;
+    }
+    if (sent == Sent::kXadd) {
+      if (p.replicated && !refused) p.xadds_unreplicated.push_back(p.xadds_in_flight.front());
+      p.xadds_in_flight.pop_front();
+    }
     if (!refused) {
       if (sent != Sent::kHeartbeat)
         shared.counters.exported.fetch_add(1, std::memory_order_relaxed);
@@ -517,6 +547,25 @@ struct Exporter::State {
     // channel's next messages go to its new owner.
     if (is_topology_error(error))
       throw std::runtime_error("the cluster's topology changed: " + std::string(error));
+  }
+
+  // The XADDs before a WAIT are on a replica, or no replica answered within kReplicaWaitMs:
+  // then the shard's durable writes stop waiting for one until the next link (whose
+  // topology says which replicas are up), with a line in the log.
+  void on_wait_reply(PubShard& p, const redisReply* r) {
+    if (r->type != REDIS_REPLY_INTEGER || r->integer < 1) {
+      const std::string why =
+          r->type == REDIS_REPLY_INTEGER
+              ? "no replica acknowledged within " + std::string(kReplicaWaitMs) + " ms"
+              : "WAIT refused: " + std::string(reply_text(r));
+      shared.log->warn(
+          "durable writes to {}:{} are not known to be replicated ({}); they go on without "
+          "waiting for a replica until the next connection",
+          routing->endpoints[&p - pubs.data()].host, routing->endpoints[&p - pubs.data()].port,
+          why);
+      p.replicated = false;
+    }
+    p.xadds_unreplicated.clear();
   }
 
   // Where a local interest in the channel `name` of `rule` goes: a stream, a sharded

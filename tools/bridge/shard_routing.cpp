@@ -1,5 +1,6 @@
 #include "shard_routing.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace shmbus::bridge {
@@ -14,6 +15,7 @@ ShardRouting single_server_routing(RedisEndpoint server, std::string heartbeat_c
   ShardRouting routing;
   routing.endpoints.push_back(std::move(server));
   routing.heartbeat_channels.push_back(std::move(heartbeat_channel));
+  routing.replicas.push_back(0);
   return routing;
 }
 
@@ -39,6 +41,9 @@ ShardRouting cluster_routing(const SlotMap& map, const RedisEndpoint& credential
     endpoint.port = shard.primary.port;
     endpoint.db = 0;  // a cluster has database 0 only
     routing.endpoints.push_back(std::move(endpoint));
+    routing.replicas.push_back(
+        static_cast<uint32_t>(std::count_if(shard.replicas.begin(), shard.replicas.end(),
+                                            [](const ClusterNode& n) { return n.online; })));
   }
   for (uint32_t slot = 0; slot < kClusterSlots; ++slot)
     routing.shard_of_slot[slot] = index_of[*map.shard_of(static_cast<uint16_t>(slot))];

@@ -32,6 +32,10 @@ struct ShardRouting {
   bool cluster = false;
   std::vector<RedisEndpoint> endpoints;         // per shard: its primary
   std::vector<std::string> heartbeat_channels;  // per shard
+  // Per shard, its replicas the topology reported online: durable XADDs to a shard with
+  // one are acknowledged only once a replica has them (WAIT), so a primary killed before
+  // replicating loses none of them (exporter.cpp).
+  std::vector<uint32_t> replicas;
   // Cluster only: slot -> shard index.
   std::array<uint16_t, kClusterSlots> shard_of_slot{};
 
