@@ -33,11 +33,12 @@ TEST(OriginSequences, PubSubCountsGapsAndFollowsRestarts) {
   EXPECT_EQ(o.take(1, 100), lost(0));  // the first: nothing before it is known
   EXPECT_EQ(o.take(2, 110), lost(0));
   EXPECT_EQ(o.take(5, 120), lost(2));  // 3 and 4 never came
-  EXPECT_EQ(o.take(1, 90), lost(0));   // an older stamp: the origin's channel restarted
-  EXPECT_EQ(o.take(2, 95), lost(0));   // counted from the restart, not from 5
+  EXPECT_EQ(o.take(1, 130), lost(0));  // a lower number published later: a restart
+  EXPECT_EQ(o.take(2, 135), lost(0));  // counted from the restart, not from 5
+  EXPECT_EQ(o.take(4, 140), lost(1));
   ASSERT_EQ(o.states.size(), 1u);
-  EXPECT_EQ(o.states[0].second.sequence, 2u);
-  EXPECT_TRUE(o.states[0].second.missing.empty());  // the old gaps went with the restart
+  EXPECT_EQ(o.states[0].second.sequence, 4u);
+  EXPECT_TRUE(o.states[0].second.missing.empty());  // pub/sub keeps no per-number gaps
 }
 
 // A cluster failover can deliver what the old primary held after what the new one took:
@@ -46,11 +47,25 @@ TEST(OriginSequences, PubSubMessagesLateThroughAFailoverAreFoundAgain) {
   Origin o{{}, false};
   EXPECT_EQ(o.take(10, 100), lost(0));
   EXPECT_EQ(o.take(20, 200), lost(9));  // 11..19 missing
+  EXPECT_EQ(o.take(11, 110), kFound);
   EXPECT_EQ(o.take(12, 120), kFound);
-  EXPECT_EQ(o.take(13, 130), kFound);
-  EXPECT_EQ(o.take(21, 210), lost(0));  // counted from 20, not from the late 13
+  EXPECT_EQ(o.take(19, 190), kFound);
+  EXPECT_EQ(o.take(15, 150), kFound);   // from the middle: 13 and 14 stay counted
+  EXPECT_EQ(o.take(13, 130), lost(0));  // ... even when they come after all
+  EXPECT_EQ(o.take(21, 210), lost(0));  // counted from 20, not from a late one
   EXPECT_EQ(o.states[0].second.sequence, 21u);
-  EXPECT_EQ(o.states[0].second.missing.size(), 7u);
+  // Late messages from before the gap were never counted: nothing to uncount.
+  EXPECT_EQ(o.take(5, 50), lost(0));
+}
+
+// A forged jump costs one interval, not a set of numbers.
+TEST(OriginSequences, PubSubGapsCostNothingToTrack) {
+  Origin o{{}, false};
+  EXPECT_EQ(o.take(1, 1), lost(0));
+  EXPECT_EQ(o.take(uint64_t{1} << 40, 2), lost((uint64_t{1} << 40) - 2));
+  EXPECT_TRUE(o.states[0].second.missing.empty());
+  EXPECT_EQ(o.states[0].second.gap_first, 2u);
+  EXPECT_EQ(o.states[0].second.gap_last, (uint64_t{1} << 40) - 1);
 }
 
 TEST(OriginSequences, DurableRepeatsAreRefusedAndLateResendsFillTheirGap) {

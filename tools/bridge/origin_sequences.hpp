@@ -3,11 +3,12 @@
 // and how many messages that shows lost in transit. Pure: the caller adds the returned
 // change to its lost_in_transit counter.
 //
-// Pub/sub never repeats, so a gap in an origin's sequence is loss, a message of a gap
-// arriving late (a cluster failover can reorder) is found again, and any other older stamp
-// means the origin's channel restarted. Durable entries may be read twice (a resend after an
-// unacknowledged XADD) or late (a resend landing after later entries): a repeat is
-// recognised by durable_repeat(), and a late entry fills the gap it was counted in.
+// Pub/sub never repeats, so a gap in an origin's sequence is loss; a lower number
+// published later is a restart of the origin's numbering, and one published earlier a late
+// message (a cluster failover can reorder), found again if it fell in the last gap. Durable entries
+// may be read twice (a resend after an unacknowledged XADD) or late (a resend landing after later
+// entries): a repeat is recognised by durable_repeat(), and a late entry fills the gap it was
+// counted in.
 #pragma once
 
 #include <cstdint>

@@ -30,6 +30,10 @@ struct SequenceState {
   // Missing sequences up to this one were restored from the state file: an earlier run of
   // the bridge counted them in its lost_in_transit, so filling them leaves ours alone.
   uint64_t restored_upto = 0;
+  // Pub/sub only (not saved): the last gap counted lost, [gap_first, gap_last]; empty
+  // while gap_first > gap_last (origin_sequences.cpp).
+  uint64_t gap_first = 1;
+  uint64_t gap_last = 0;
 };
 
 // What was imported from each origin of one stream or channel.
