@@ -598,6 +598,17 @@ TEST(Bridge, SilentRedisIsFoundByHeartbeatAndTheLocalBusCarriesOn) {
   ASSERT_TRUE(subscribed(*a.bridge, 2));
   ASSERT_TRUE(subscribed(*b.bridge, 2));
   auto bus = Bus::connect(a.daemon.options());
+  // Forged heartbeats (anyone may PUBLISH on the heartbeat channels): a number the bridge
+  // never sent, which would hide the timeout below for good, and bytes that are no number.
+  redisReply* channels = redis.command("PUBSUB CHANNELS __shmbus:bridge:heartbeat:1:*");
+  ASSERT_TRUE(channels && channels->type == REDIS_REPLY_ARRAY && channels->elements == 1);
+  const std::string heartbeat(channels->element[0]->str, channels->element[0]->len);
+  freeReplyObject(channels);
+  for (const char* forged : {"18446744073709551615", "99999999999x", "-5", ""}) {
+    redisReply* r = redis.command("PUBLISH %s %s", heartbeat.c_str(), forged);
+    ASSERT_TRUE(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1);
+    freeReplyObject(r);
+  }
 
   redis.pause();  // connections stay open; nothing answers
   // The local bus does not wait for Redis: publish and receive right away.
@@ -1266,10 +1277,10 @@ TEST(BridgeConfig, ErrorsNameTheKeyTheLimitAndTheWayOut) {
       "b.toml");
   ASSERT_EQ(cluster.redis_nodes.size(), 2u);
   EXPECT_EQ(cluster.redis_nodes[0].host, "10.0.0.1");
-  EXPECT_EQ(cluster.redis_nodes[1].host, "[::1]");
+  EXPECT_EQ(cluster.redis_nodes[1].host, "::1");
   EXPECT_EQ(cluster.redis_nodes[1].port, 7001);
   EXPECT_TRUE(cluster.sharded);
-  EXPECT_EQ(cluster.redis_description(), "cluster 10.0.0.1:7000,[::1]:7001");
+  EXPECT_EQ(cluster.redis_description(), "cluster 10.0.0.1:7000,::1:7001");
   const std::string nodes = "[redis]\nnodes = [\"h:7000\"]\n";
   EXPECT_NE(error_of("[redis]\nnodes = [\"h\"]\n[bridge]\nhost_id = 1\n" + rule)
                 .find("'h' is not host:port"),

@@ -228,18 +228,21 @@ struct Bridge::Impl : BridgeShared {
     wanted_generation = ~uint64_t{0};
   }
 
-  void disconnect(const std::string& why) {
+  void disconnect(const std::string& why, bool topology) {
     // A link that died young (Redis refusing what the link needs, say) counts as a failed
     // attempt, so the backoff grows and the log stays readable; an established one that
-    // broke is retried at once (backoff_initial).
+    // broke is retried at once (backoff_initial), as is one whose cluster changed (a
+    // reshard moves slot after slot: each move must not slow the next reconnect down).
     const auto now = Clock::now();
-    const bool young = pubsub.linked() && now - connected_at < kStableLink;
+    const bool young = !topology && pubsub.linked() && now - connected_at < kStableLink;
     std::chrono::milliseconds delay = config.backoff_initial;
     if (young) {
       ++failed_attempts;
       delay = retry_delay();
     }
-    if (!young || failed_attempts == 1 || failed_attempts % 10 == 0)
+    if (topology)
+      log->info("{}; rebuilding the link in {} ms", why, delay.count());
+    else if (!young || failed_attempts == 1 || failed_attempts % 10 == 0)
       log->warn("redis connection lost: {}; reconnecting in {} ms{}", why, delay.count(),
                 young ? " (attempt " + std::to_string(failed_attempts) + ")" : std::string());
     {
@@ -264,8 +267,10 @@ struct Bridge::Impl : BridgeShared {
         if (e.code() != Errc::kDaemonGone && e.code() != Errc::kNoDaemon) throw;
         log->error("the local shmbusd stopped: {}; the bridge stops relaying", e.what());
         local_bus_gone = true;
+      } catch (const TopologyChanged& e) {
+        disconnect(e.what(), /*topology=*/true);
       } catch (const std::exception& e) {
-        disconnect(e.what());
+        disconnect(e.what(), /*topology=*/false);
       }
     }
   }
@@ -280,6 +285,7 @@ struct Bridge::Impl : BridgeShared {
       if (failed_generation.load(std::memory_order_acquire) ==
           link_generation.load(std::memory_order_relaxed)) {
         std::lock_guard<std::mutex> lock(link_mutex);
+        if (pub_failure_topology) throw TopologyChanged(pub_failure);
         throw std::runtime_error(pub_failure);
       }
       apply_interest(now);

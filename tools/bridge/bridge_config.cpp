@@ -190,7 +190,11 @@ class Parser {
       if (port < 1 || port > 65535)
         fail(item.source(),
              key + ": '" + value + "' is not host:port; it must be " + std::string(form));
-      out.push_back({value.substr(0, colon), port});
+      std::string host = value.substr(0, colon);
+      // "[::1]:7000": the brackets only set the address apart from the port.
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+      out.push_back({std::move(host), port});
     }
     return out;
   }

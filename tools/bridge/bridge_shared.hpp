@@ -133,6 +133,7 @@ struct BridgeShared {
   std::mutex link_mutex;  // guards handoff, pub_failure, newest_heartbeat, link_generation's writes
   std::unique_ptr<LinkHandoff> handoff;
   std::string pub_failure;
+  bool pub_failure_topology = false;  // pub_failure is a topology change (TopologyChanged)
 
   // Raw-mode echo suppression spans both threads: the export thread remembers a raw payload
   // when it PUBLISHes it on a channel the subscriber connection covers (sent_*, kept by the

@@ -314,6 +314,8 @@ struct DurableStreams::State {
     const StreamCommand command = std::exchange(stream_command, StreamCommand::kNone);
     if (r->type == REDIS_REPLY_ERROR) {
       const std::string_view error = reply_text(r);
+      if (is_topology_error(error))
+        throw TopologyChanged("stream read redirected: " + std::string(error));
       if (!error.starts_with("WRONGTYPE") || command == StreamCommand::kScan)
         throw std::runtime_error("stream read refused: " + std::string(error));
       // A key a durable rule follows is not a stream (someone SET it, or it was deleted

@@ -62,12 +62,6 @@ bool is_transient_error(std::string_view error) {
   return starts_with_any(error, {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"});
 }
 
-// Errors saying the link's picture of a cluster is out of date: a slot moved (MOVED, ASK),
-// or the cluster lost a shard (CLUSTERDOWN). The link is rebuilt from a fresh topology.
-bool is_topology_error(std::string_view error) {
-  return starts_with_any(error, {"MOVED ", "ASK ", "CLUSTERDOWN"});
-}
-
 // What a command on the publishing connection was, for its reply. One byte: a million
 // are sent a second, and a deque of them allocates one block per 512 (a message kept in
 // each, as before, made that one per four).
@@ -340,12 +334,13 @@ struct Exporter::State {
   }
 
   // A failure met on `pub`: retire it and have the Redis thread take the link down.
-  void pub_failed(const std::string& why) {
+  void pub_failed(const std::string& why, bool topology) {
     const uint64_t generation = pub_generation;
     retire_pub();
     {
       std::lock_guard<std::mutex> lock(shared.link_mutex);
       shared.pub_failure = why;
+      shared.pub_failure_topology = topology;
     }
     shared.failed_generation.store(generation, std::memory_order_release);
     shared.wake();
@@ -511,8 +506,10 @@ struct Exporter::State {
         p.conn->read();
         while (const redisReply* r = p.conn->next_reply()) on_pub_reply(p, r);
       }
+    } catch (const TopologyChanged& e) {
+      pub_failed(e.what(), /*topology=*/true);
     } catch (const std::exception& e) {
-      pub_failed(e.what());
+      pub_failed(e.what(), /*topology=*/false);
     }
   }
 
@@ -524,7 +521,9 @@ struct Exporter::State {
     // A Redis that is loading its data after a restart (or otherwise briefly unable to
     // write), or a cluster whose slot moved, refuses XADD; a durable message stays in
     // flight, and retire_pub() (which the throw leads to) sends it again on the next link.
-    if (refused && sent == Sent::kXadd && (is_transient_error(error) || is_topology_error(error)))
+    if (refused && sent == Sent::kXadd && is_topology_error(error))
+      throw TopologyChanged("a durable write was redirected: " + std::string(error));
+    if (refused && sent == Sent::kXadd && is_transient_error(error))
       throw std::runtime_error("Redis refused a durable write for now: " + std::string(error));
     p.in_flight.pop_front();
     if (sent == Sent::kWait) {
@@ -546,7 +545,7 @@ struct Exporter::State {
     // The message is lost (counted above); the link is rebuilt on a fresh topology, so the
     // channel's next messages go to its new owner.
     if (is_topology_error(error))
-      throw std::runtime_error("the cluster's topology changed: " + std::string(error));
+      throw TopologyChanged("the cluster's topology changed: " + std::string(error));
   }
 
   // The XADDs before a WAIT are on a replica, or no replica answered within kReplicaWaitMs:

@@ -1,5 +1,6 @@
 #include "pubsub_imports.hpp"
 
+#include <charconv>
 #include <map>
 #include <optional>
 #include <string>
@@ -165,8 +166,11 @@ struct PubSubImports::State {
 
   void on_sub_reply(const redisReply* r) {
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
-      if (r->type == REDIS_REPLY_ERROR)
-        throw std::runtime_error("subscriber connection: " + std::string(reply_text(r)));
+      if (r->type == REDIS_REPLY_ERROR) {
+        const std::string error = "subscriber connection: " + std::string(reply_text(r));
+        if (is_topology_error(reply_text(r))) throw TopologyChanged(error);
+        throw std::runtime_error(error);
+      }
       return;
     }
     const std::string_view kind = reply_text(r->element[0]);
@@ -202,9 +206,8 @@ struct PubSubImports::State {
         // fresh topology, which subscribes everything wanted again where it now lives. On
         // one server, forgotten as sent, so the next apply() subscribes it again.
         if (routing->cluster)
-          throw std::runtime_error("redis ended the sharded subscription of '" +
-                                   name.substr(0, 128) +
-                                   "' (its slot moved): reading the cluster's topology again");
+          throw TopologyChanged("redis ended the sharded subscription of '" + name.substr(0, 128) +
+                                "' (its slot moved): reading the cluster's topology again");
         shared.log->info("redis ended the sharded subscription of '{}'; subscribing again",
                          name.substr(0, 128));
       }
@@ -345,9 +348,17 @@ struct PubSubImports::State {
     return &route;
   }
 
+  // Anyone who can PUBLISH can write on a heartbeat channel (PUBSUB SHARDCHANNELS lists
+  // them): only a number the export thread has sent counts, or a forged huge one would
+  // stop timeouts for good and flush the raw echo ledger early.
   void on_heartbeat(size_t shard, std::string_view payload) {
     uint64_t n = 0;
-    for (char c : payload) n = n * 10 + static_cast<uint64_t>(c - '0');
+    const auto [end, error] = std::from_chars(payload.data(), payload.data() + payload.size(), n);
+    if (error != std::errc() || end != payload.data() + payload.size()) return;
+    {
+      std::lock_guard<std::mutex> lock(shared.link_mutex);
+      if (n > shared.newest_heartbeat.number) return;
+    }
     heartbeat_seen[shard] = std::max(heartbeat_seen[shard], n);
     newest_heartbeat_seen = *std::min_element(heartbeat_seen.begin(), heartbeat_seen.end());
     n = newest_heartbeat_seen;

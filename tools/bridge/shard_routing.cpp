@@ -5,6 +5,12 @@
 
 namespace shmbus::bridge {
 
+bool is_topology_error(std::string_view error) {
+  for (std::string_view prefix : {"MOVED ", "ASK ", "CLUSTERDOWN"})
+    if (error.starts_with(prefix)) return true;
+  return false;
+}
+
 size_t ShardRouting::heartbeat_shard(std::string_view channel) const {
   for (size_t i = 0; i < heartbeat_channels.size(); ++i)
     if (heartbeat_channels[i] == channel) return i;

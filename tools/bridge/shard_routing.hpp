@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,6 +52,18 @@ struct ShardRouting {
   std::string_view heartbeat_subscribe() const { return cluster ? "SSUBSCRIBE" : "SUBSCRIBE"; }
   // The shard whose heartbeat channel `channel` is, or shards() if none.
   size_t heartbeat_shard(std::string_view channel) const;
+};
+
+// An error reply saying the link's picture of a cluster is out of date: a slot moved
+// (MOVED, ASK) or the cluster lost a shard (CLUSTERDOWN).
+bool is_topology_error(std::string_view error);
+
+// Thrown when the cluster's topology changed under the link (a topology error, or a
+// sharded subscription Redis ended by itself): the link is rebuilt on a fresh topology at
+// once, not after a growing backoff, since nothing failed.
+class TopologyChanged : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 // One server: one shard at `server`, heartbeats on `heartbeat_channel`.
