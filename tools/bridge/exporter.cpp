@@ -10,6 +10,7 @@
 
 #include "envelope.hpp"
 #include "interest_globs.hpp"
+#include "key_slot.hpp"
 #include "outbound_queue.hpp"
 #include "shmbus/subscription.hpp"
 #include "string_hash.hpp"
@@ -41,7 +42,8 @@ constexpr auto kReplyCheck = 1ms;
 // While Redis holds the export thread up (socket full, kMaxInFlight reached), it waits on
 // the socket at most this long before draining the ring into the queue again.
 constexpr auto kRedisBoundWait = 200us;
-// Channels numbered at once (export_sequences); past it the numbering starts over.
+// Channels known at once (export_channels); past it they are worked out (and numbered)
+// afresh.
 constexpr size_t kMaxNumberedChannels = 1 << 16;
 // How long a WAIT for a replica to have the durable writes before it may take (replicas
 // answer within a round trip when they are up).
@@ -127,17 +129,26 @@ struct Exporter::State {
   // its output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
-  // Per local channel, the number the next message exported on it carries (envelope or
-  // stream entry). Not the ring's sequence: that also numbers the messages imported into
-  // the channel, which are never exported, so a host that both publishes and imports on a
-  // channel would make every receiver count each import as lost in transit. A message the
-  // ring lost before this thread read it (lost_before) keeps its number, so receivers see
-  // that loss too. Past kMaxNumberedChannels the numbering starts over: a lower number with
-  // a newer publish time is a restart to receivers (origin_sequences.hpp), not a loss.
-  StringMap<uint64_t> export_sequences;
-  uint64_t* last_numbered = nullptr;       // export_sequences's entry of the last channel numbered
-  std::string_view last_numbered_channel;  // its key (nodes do not move on rehash)
-  CounterSnapshot last_reported{};         // export thread: the counters of the last report
+  // What the export path works out once per local channel instead of per message: its
+  // export rule (the first that matches: a scan of every rule), the hash slot of its Redis
+  // name, and the number the next message exported on it carries (envelope or stream
+  // entry). That number is not the ring's sequence: the ring also numbers the messages
+  // imported into the channel, which are never exported, so a host that both publishes and
+  // imports on a channel would make every receiver count each import as lost in transit.
+  // A message the ring lost before this thread read it (lost_before) keeps its number, so
+  // receivers see that loss too. Past kMaxNumberedChannels all are forgotten and the
+  // numbering starts over: a lower number with a newer publish time is a restart to
+  // receivers (origin_sequences.hpp), not a loss.
+  struct ExportChannel {
+    const Rule* rule = nullptr;  // nullptr: no export rule matches
+    uint16_t slot = 0;           // key_slot(prefix + channel)
+    bool sharded = false;        // on a cluster, routed by `slot` (shard_for)
+    uint64_t next_sequence = 0;
+  };
+  StringMap<ExportChannel> export_channels;
+  ExportChannel* last_channel = nullptr;  // the entry of the last message's channel
+  std::string_view last_channel_name;     // its key (nodes do not move on rehash)
+  CounterSnapshot last_reported{};        // export thread: the counters of the last report
 
   void run() {
     block_sigpipe();
@@ -370,7 +381,8 @@ struct Exporter::State {
     // Imported messages (and our counters) are never sent back out: no loops.
     if (m.origin != 0) return;
     if (m.channel.starts_with(kReservedPrefix)) return;
-    const Rule* rule = BridgeConfig::first_match(shared.config.exports, m.channel);
+    ExportChannel& channel = export_channel(m.channel);
+    const Rule* rule = channel.rule;
     // A channel matching several export patterns is delivered once per pattern: keep one.
     if (rule == nullptr || rule->pattern != m.pattern) return;
     if (m.payload.size() > shared.config.max_payload_bytes) {
@@ -382,7 +394,8 @@ struct Exporter::State {
       return;
     }
     key_buffer.assign(shared.config.redis_prefix).append(m.channel);
-    const uint64_t sequence = number(m);
+    channel.next_sequence += m.lost_before;
+    const uint64_t sequence = channel.next_sequence++;
     const bool envelope = rule->mode == Mode::kEnvelope && !rule->durable;
     if (envelope)
       encode_envelope({shared.config.host_id, sequence, m.publish_unix_ns}, m.payload, body_buffer);
@@ -391,7 +404,7 @@ struct Exporter::State {
     // Durable messages always take the queue: send_queued() keeps a copy of each for a
     // resend.
     if (!rule->durable && queue.empty() && linked()) {
-      const size_t shard = shard_for(key_buffer, *rule);
+      const size_t shard = channel.sharded ? routing->shard_of_slot_number(channel.slot) : 0;
       if (pub_ready(shard)) {
         publish(pubs[shard], key_buffer, body, *rule);
         return;
@@ -400,18 +413,22 @@ struct Exporter::State {
     enqueue({key_buffer, body, rule, sequence, m.publish_unix_ns});
   }
 
-  // The number of an exported message (export_sequences): a burst on one channel finds its
-  // entry without a lookup.
-  uint64_t number(const Message& m) {
-    if (last_numbered == nullptr || m.channel != last_numbered_channel) {
-      if (export_sequences.size() >= kMaxNumberedChannels) export_sequences.clear();
-      auto it = export_sequences.find(m.channel);
-      if (it == export_sequences.end()) it = export_sequences.emplace(m.channel, 0).first;
-      last_numbered = &it->second;
-      last_numbered_channel = it->first;
+  // The export_channels entry of `name`: a burst on one channel finds it without a lookup.
+  ExportChannel& export_channel(std::string_view name) {
+    if (last_channel != nullptr && name == last_channel_name) return *last_channel;
+    if (export_channels.size() >= kMaxNumberedChannels) export_channels.clear();
+    auto it = export_channels.find(name);
+    if (it == export_channels.end()) {
+      ExportChannel fresh;
+      fresh.rule = BridgeConfig::first_match(shared.config.exports, name);
+      key_buffer.assign(shared.config.redis_prefix).append(name);
+      fresh.slot = key_slot(key_buffer);
+      fresh.sharded = fresh.rule && (fresh.rule->durable || shared.config.shards(*fresh.rule));
+      it = export_channels.emplace(name, fresh).first;
     }
-    *last_numbered += m.lost_before;
-    return (*last_numbered)++;
+    last_channel = &it->second;
+    last_channel_name = it->first;
+    return *last_channel;
   }
 
   void enqueue(const OutboundQueue::Item& item) {
