@@ -112,6 +112,7 @@ TEST(ClusterTopology, ParsesClusterShards) {
   EXPECT_EQ(map.shards()[0].primary.address(), "127.0.0.1:7000");
   ASSERT_EQ(map.shards()[0].replicas.size(), 1u);
   EXPECT_FALSE(map.shards()[0].replicas[0].online);
+  EXPECT_FALSE(map.shards()[0].replicas[0].failed) << "loading is not failed";
   EXPECT_EQ(map.shards()[0].replicas[0].port, 7003);
   EXPECT_EQ(map.shard_of(0), 0u);
   EXPECT_EQ(map.shard_of(5460), 0u);
@@ -262,7 +263,9 @@ SlotMap three_shards() {
   std::vector<ClusterShard> shards(4);
   ClusterNode up = primary(7003), down = primary(7004);
   up.primary = down.primary = false;
+  up.online = false;  // "loading": linked, acknowledging
   down.online = false;
+  down.failed = true;
   shards[0] = {{{0, 5460}}, primary(7000), {up, down}};
   shards[1] = {{{5461, 10922}}, primary(7001), {}};
   shards[2] = {{}, primary(7009), {}};  // a primary left with no slot
@@ -298,7 +301,7 @@ TEST(ShardRouting, ClusterRoutesBySlotWithAHeartbeatChannelInEachShard) {
     EXPECT_EQ(e.password, "p");
     EXPECT_EQ(e.db, 0) << "a cluster has database 0 only";
   }
-  // Replicas online: durable writes to shard 0 wait for one (exporter.cpp).
+  // Replicas not failed: durable writes to shard 0 wait for one (exporter.cpp).
   EXPECT_EQ(r.replicas, (std::vector<uint32_t>{1, 0, 0}));
   EXPECT_EQ(r.heartbeat_publish(), "SPUBLISH");
   EXPECT_EQ(r.heartbeat_subscribe(), "SSUBSCRIBE");

@@ -68,8 +68,10 @@ ClusterNode shards_node(const redisReply* r) {
       endpoint = text_of(value, "endpoint");
     else if (field == "role")
       role = text_of(value, "role");
-    else if (field == "health")
+    else if (field == "health") {
       node.online = text_of(value, "health") == "online";
+      node.failed = text_of(value, "health") == "fail";
+    }
   }
   // "?" is a node whose preferred endpoint is unknown: its IP is the next best. Neither
   // known leaves the host empty: the node asked (discover_cluster fills it in).

@@ -30,6 +30,9 @@ struct ClusterNode {
   int port = 0;
   bool primary = false;
   bool online = true;  // CLUSTER SHARDS's health; CLUSTER SLOTS lists online nodes only
+  // Health "fail". Not the same as !online: a replica of an empty primary says "loading"
+  // until its first replication ping (10 s), linked and acknowledging all along.
+  bool failed = false;
 
   std::string address() const { return host + ":" + std::to_string(port); }
   bool operator==(const ClusterNode&) const = default;

@@ -47,7 +47,7 @@ constexpr auto kRedisBoundWait = 200us;
 constexpr size_t kMaxNumberedChannels = 1 << 16;
 // How long a WAIT for a replica to have the durable writes before it may take (replicas
 // answer within a round trip when they are up).
-constexpr std::string_view kReplicaWaitMs = "200";
+constexpr std::string_view kReplicaWaitMs = "1000";
 
 std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};

@@ -49,7 +49,7 @@ ShardRouting cluster_routing(const SlotMap& map, const RedisEndpoint& credential
     routing.endpoints.push_back(std::move(endpoint));
     routing.replicas.push_back(
         static_cast<uint32_t>(std::count_if(shard.replicas.begin(), shard.replicas.end(),
-                                            [](const ClusterNode& n) { return n.online; })));
+                                            [](const ClusterNode& n) { return !n.failed; })));
   }
   for (uint32_t slot = 0; slot < kClusterSlots; ++slot)
     routing.shard_of_slot[slot] = index_of[*map.shard_of(static_cast<uint16_t>(slot))];

@@ -33,7 +33,7 @@ struct ShardRouting {
   bool cluster = false;
   std::vector<RedisEndpoint> endpoints;         // per shard: its primary
   std::vector<std::string> heartbeat_channels;  // per shard
-  // Per shard, its replicas the topology reported online: durable XADDs to a shard with
+  // Per shard, its replicas the topology did not report failed: durable XADDs to a shard with
   // one are acknowledged only once a replica has them (WAIT), so a primary killed before
   // replicating loses none of them (exporter.cpp).
   std::vector<uint32_t> replicas;
