@@ -35,6 +35,9 @@ using test::RedisCluster;
 // A bridge of `host_id` whose seeds are every node of `cluster`.
 BridgeConfig cluster_config(RedisCluster& cluster, uint16_t host_id) {
   BridgeConfig c = fast_config(0, host_id);
+  // Faults here are found by the connections (EOF, MOVED, sunsubscribe), not by silence:
+  // a timeout that a loaded machine (a sanitizer build) cannot trip by mistake.
+  c.heartbeat_timeout = 3000ms;
   for (size_t i = 0; i < cluster.size(); ++i)
     c.redis_nodes.push_back({"127.0.0.1", cluster.node(i).port()});
   c.sharded = true;
