@@ -58,14 +58,25 @@ TEST(OriginSequences, PubSubMessagesLateThroughAFailoverAreFoundAgain) {
   EXPECT_EQ(o.take(5, 50), lost(0));
 }
 
-// A forged jump costs one interval, not a set of numbers.
+// A large gap costs one interval, not a set of numbers.
 TEST(OriginSequences, PubSubGapsCostNothingToTrack) {
   Origin o{{}, false};
   EXPECT_EQ(o.take(1, 1), lost(0));
-  EXPECT_EQ(o.take(uint64_t{1} << 40, 2), lost((uint64_t{1} << 40) - 2));
+  EXPECT_EQ(o.take(uint64_t{1} << 31, 5), lost((uint64_t{1} << 31) - 2));
   EXPECT_TRUE(o.states[0].second.missing.empty());
   EXPECT_EQ(o.states[0].second.gap_first, 2u);
-  EXPECT_EQ(o.states[0].second.gap_last, (uint64_t{1} << 40) - 1);
+  EXPECT_EQ(o.states[0].second.gap_last, (uint64_t{1} << 31) - 1);
+  EXPECT_EQ(o.take(3, 2), kFound);  // far below the newest, but in the gap: late
+}
+
+// Anyone who can PUBLISH can forge an origin's envelope: a number and a stamp at 2^64 - 1
+// must neither add 2^64 to the losses nor freeze the accounting for the real messages.
+TEST(OriginSequences, PubSubForgedNumbersNeitherCountNorStick) {
+  Origin o{{}, false};
+  EXPECT_EQ(o.take(5, 100), lost(0));
+  EXPECT_EQ(o.take(UINT64_MAX, UINT64_MAX), lost(0));  // implausible: a restart
+  EXPECT_EQ(o.take(6, 110), lost(0));                  // far below, older: a restart again
+  EXPECT_EQ(o.take(8, 120), lost(1));                  // and counting goes on
 }
 
 TEST(OriginSequences, DurableRepeatsAreRefusedAndLateResendsFillTheirGap) {
@@ -112,11 +123,13 @@ TEST(OriginSequences, GapsOlderThanTheResendWindowAreForgotten) {
   EXPECT_EQ(o.take(2, 2), kRepeat);  // too old to be a resend: taken for a repeat
 }
 
-// A forged sequence number far ahead: the gap is counted whole, without overflow.
+// A forged sequence number far ahead: pub/sub counts a gap up to kMaxPubSubGap and takes a
+// larger jump for a restart; durable counts it whole; neither overflows.
 TEST(OriginSequences, HugeGapsCountWithoutOverflow) {
   Origin o{{}, false};
   EXPECT_EQ(o.take(1, 1), lost(0));
-  EXPECT_EQ(o.take(UINT64_MAX, 2), lost(UINT64_MAX - 2));
+  EXPECT_EQ(o.take(kMaxPubSubGap + 1, 2), lost(kMaxPubSubGap - 1));
+  EXPECT_EQ(o.take(UINT64_MAX, 3), lost(0));  // past kMaxPubSubGap: a restart, not loss
   Origin d{{}, true};
   EXPECT_EQ(d.take(0, 1), lost(0));
   EXPECT_EQ(d.take(uint64_t{1} << 63, 2), lost((uint64_t{1} << 63) - 1));

@@ -20,7 +20,11 @@ namespace {
 // so a forged jump costs nothing to track. A late message outside it was never counted
 // (or fell in an older gap, still counted: the figure errs towards loss, never hides one).
 LossChange record_pubsub(SequenceState& last, uint64_t sequence, uint64_t publish_unix_ns) {
-  if (sequence > last.sequence) {
+  // A jump no real stream makes between two messages (4 billion lost) is a forged or
+  // corrupt number, or an origin whose numbering started over elsewhere: followed as a
+  // restart, not counted, so one forged envelope cannot add 2^64 to the losses.
+  const bool implausible = sequence > last.sequence && sequence - last.sequence > kMaxPubSubGap;
+  if (sequence > last.sequence && !implausible) {
     const uint64_t lost = sequence - last.sequence - 1;
     if (lost > 0) {
       last.gap_first = last.sequence + 1;
@@ -30,8 +34,11 @@ LossChange record_pubsub(SequenceState& last, uint64_t sequence, uint64_t publis
     last.publish_unix_ns = publish_unix_ns;
     return {lost, 0};
   }
-  if (publish_unix_ns > last.publish_unix_ns) {
-    // A lower (or equal) number published later: the origin restarted its numbering.
+  // A lower (or equal) number published later, or far below anything a failover delays:
+  // the origin restarted its numbering (or a forged number is left behind).
+  const bool far_below = sequence < last.sequence && last.sequence - sequence > kResendWindow;
+  if (implausible || publish_unix_ns > last.publish_unix_ns ||
+      (far_below && !(last.gap_first <= sequence && sequence <= last.gap_last))) {
     last.sequence = sequence;
     last.publish_unix_ns = publish_unix_ns;
     last.gap_first = 1;

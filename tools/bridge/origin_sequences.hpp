@@ -17,8 +17,11 @@
 
 namespace shmbus::bridge {
 
-// How far below the newest sequence a late durable entry is still recognised as new.
+// How far below the newest sequence a late durable entry is still recognised as new (and a
+// late pub/sub message outside the last gap as late, not as a restart).
 inline constexpr uint64_t kResendWindow = 4096;
+// A pub/sub jump past this is taken for a restart (or a forged number), not for loss.
+inline constexpr uint64_t kMaxPubSubGap = uint64_t{1} << 32;
 
 // True if a durable entry was imported already: at or below the newest taken from its
 // origin (`last`), and not one of the gaps a late resend may fill.
