@@ -105,6 +105,11 @@ struct Bridge::Impl : BridgeShared {
   // ---- the Redis thread: the link, subscriptions, imports -------------------------------
 
   bool ever_connected = false;
+  // The routing of the last link, and whether it differed from the one before: a topology
+  // change that a rediscovery did not find (an ASK during a migration, CLUSTERDOWN) is
+  // retried with backoff like any failure; one that moved slots is followed at once.
+  std::shared_ptr<const ShardRouting> last_routing;
+  bool last_link_rerouted = false;
   int failed_attempts = 0;
   Clock::time_point next_connect{};
   Clock::time_point connected_at{};
@@ -182,6 +187,8 @@ struct Bridge::Impl : BridgeShared {
     try {
       new_link->routing = find_shards();
       const ShardRouting& routing = *new_link->routing;
+      last_link_rerouted = !last_routing || !same_routes(*last_routing, routing);
+      last_routing = new_link->routing;
       std::vector<std::unique_ptr<RedisConnection>> new_subs, new_streams;
       for (const RedisEndpoint& server : routing.endpoints) {
         new_link->pubs.push_back(std::make_unique<RedisConnection>(server));
@@ -231,16 +238,19 @@ struct Bridge::Impl : BridgeShared {
   void disconnect(const std::string& why, bool topology) {
     // A link that died young (Redis refusing what the link needs, say) counts as a failed
     // attempt, so the backoff grows and the log stays readable; an established one that
-    // broke is retried at once (backoff_initial), as is one whose cluster changed (a
-    // reshard moves slot after slot: each move must not slow the next reconnect down).
+    // broke is retried at once (backoff_initial), as is one whose cluster changed when the
+    // link before found a new topology (a reshard moves slot after slot: each move must not
+    // slow the next reconnect down; a change no rediscovery shows, as an ASK during a
+    // migration or CLUSTERDOWN, backs off like any failure).
     const auto now = Clock::now();
-    const bool young = !topology && pubsub.linked() && now - connected_at < kStableLink;
+    const bool young =
+        pubsub.linked() && now - connected_at < kStableLink && (!topology || !last_link_rerouted);
     std::chrono::milliseconds delay = config.backoff_initial;
     if (young) {
       ++failed_attempts;
       delay = retry_delay();
     }
-    if (topology)
+    if (topology && !young)
       log->info("{}; rebuilding the link in {} ms", why, delay.count());
     else if (!young || failed_attempts == 1 || failed_attempts % 10 == 0)
       log->warn("redis connection lost: {}; reconnecting in {} ms{}", why, delay.count(),

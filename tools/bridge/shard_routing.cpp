@@ -11,6 +11,15 @@ bool is_topology_error(std::string_view error) {
   return false;
 }
 
+bool same_routes(const ShardRouting& a, const ShardRouting& b) {
+  if (a.cluster != b.cluster || a.shards() != b.shards() || a.shard_of_slot != b.shard_of_slot)
+    return false;
+  for (size_t i = 0; i < a.shards(); ++i)
+    if (a.endpoints[i].host != b.endpoints[i].host || a.endpoints[i].port != b.endpoints[i].port)
+      return false;
+  return true;
+}
+
 size_t ShardRouting::heartbeat_shard(std::string_view channel) const {
   for (size_t i = 0; i < heartbeat_channels.size(); ++i)
     if (heartbeat_channels[i] == channel) return i;

@@ -66,6 +66,9 @@ class TopologyChanged : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Whether `a` and `b` send every slot to the same servers (a rediscovery found nothing new).
+bool same_routes(const ShardRouting& a, const ShardRouting& b);
+
 // One server: one shard at `server`, heartbeats on `heartbeat_channel`.
 ShardRouting single_server_routing(RedisEndpoint server, std::string heartbeat_channel);
 
