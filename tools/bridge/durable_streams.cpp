@@ -312,6 +312,9 @@ struct DurableStreams::State {
 
   void on_reply(const redisReply* r) {
     const StreamCommand command = std::exchange(stream_command, StreamCommand::kNone);
+    // RESP2 sends nothing unasked on this connection: a reply to no command is not Redis.
+    if (command == StreamCommand::kNone)
+      throw std::runtime_error("a reply to no command on the stream connection");
     if (r->type == REDIS_REPLY_ERROR) {
       const std::string_view error = reply_text(r);
       if (is_topology_error(error))
