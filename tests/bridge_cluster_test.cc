@@ -207,15 +207,55 @@ TEST(BridgeCluster, DurableExportsLandOnTheirStreamsOwner) {
   EXPECT_EQ(host.bridge->counters().dropped_total(), 0u);
 }
 
-// One fault of a cluster, during a steady stream from host A to host B on `channel`.
-enum class Fault { kSlotMoved, kManualFailover, kPrimaryKilled };
-
 // Durable rules: audit:* through streams.
 void add_durable_rules(BridgeConfig& c, const TempDir& dir) {
   c.exports.push_back({"audit:*", Mode::kEnvelope, true, 100000});
   c.imports.push_back({"audit:*", Mode::kEnvelope, true, 100000});
   c.state_file = (dir.path / ("state-" + std::to_string(c.host_id))).string();
 }
+
+// A replica that stops answering (SIGSTOP: as in a long resync) must not stall its shard:
+// the first WAIT that times out suspends the waiting, logged once, and the link stays up;
+// every durable message still lands.
+TEST(BridgeCluster, AReplicaThatStopsAnsweringSuspendsTheWaitNotTheLink) {
+  RedisCluster cluster(3, 1);
+  REQUIRE_CLUSTER(cluster);
+  TempDir dir("shmbus-bridge-wait");
+  CapturedLog log;
+  BridgeConfig c = cluster_config(cluster, 1);
+  add_rules(c, {"room:{w}"});
+  add_durable_rules(c, dir);
+  Host host(std::move(c), log.logger);
+  ASSERT_TRUE(host.connected());
+  const size_t owner = owner_of(cluster, "audit:{w}");
+  const size_t replica = replica_of(cluster, owner);
+  ASSERT_LT(replica, cluster.size());
+  cluster.node(replica).pause();
+  auto bus = Bus::connect(host.daemon.options());
+  auto audit = bus.channel("audit:{w}");
+  auto room = bus.channel("room:{w}");
+  constexpr int kMessages = 300;
+  for (int i = 0; i < kMessages; ++i) {  // 3 s: several WAIT timeouts' worth
+    audit.publish(std::to_string(i));
+    room.publish(std::to_string(i));
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(wait_until([&] { return host.bridge->counters().exported == 2 * kMessages; }))
+      << host.bridge->counters_json();
+  cluster.node(replica).resume();
+  redisReply* length = cluster.node(owner).command("XLEN audit:{w}");
+  ASSERT_TRUE(length && length->type == REDIS_REPLY_INTEGER);
+  EXPECT_EQ(length->integer, kMessages);
+  freeReplyObject(length);
+  const auto counts = host.bridge->counters();
+  EXPECT_EQ(counts.reconnects, 0u) << "the link flapped behind blocked WAITs";
+  EXPECT_EQ(counts.heartbeat_timeouts, 0u);
+  EXPECT_EQ(counts.dropped_total(), 0u);
+  EXPECT_EQ(log.count("not known to be replicated"), 1u) << "logged once per suspension";
+}
+
+// One fault of a cluster, during a steady stream from host A to host B on `channel`.
+enum class Fault { kSlotMoved, kManualFailover, kPrimaryKilled };
 
 void stream_through_fault(Fault fault) {
   RedisCluster cluster(3, 1);

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <spdlog/sinks/null_sink.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -71,6 +72,19 @@ struct TempDir {
   }
   ~TempDir() { std::filesystem::remove_all(path); }
   std::filesystem::path path;
+};
+
+// A bridge's log lines, kept for the test to read.
+struct CapturedLog {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
+      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  std::shared_ptr<spdlog::logger> logger = std::make_shared<spdlog::logger>("captured", sink);
+  // The lines containing `needle`.
+  size_t count(const std::string& needle) const {
+    size_t n = 0;
+    for (const auto& line : sink->last_formatted()) n += line.find(needle) != std::string::npos;
+    return n;
+  }
 };
 
 // The daemon of a test host: clients may ask for rings of up to 16 MiB (lossless_channel).

@@ -323,19 +323,6 @@ TEST(Bridge, ShardedExactChannelsTravelBySpublishToLocalInterestOnly) {
   EXPECT_EQ(redis_integer_at(redis.command("PUBSUB SHARDNUMSUB orders"), 1), 1u);
 }
 
-// A bridge's log lines, kept for the test to read.
-struct CapturedLog {
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink =
-      std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
-  std::shared_ptr<spdlog::logger> logger = std::make_shared<spdlog::logger>("captured", sink);
-  // The lines containing `needle`.
-  size_t count(const std::string& needle) const {
-    size_t n = 0;
-    for (const auto& line : sink->last_formatted()) n += line.find(needle) != std::string::npos;
-    return n;
-  }
-};
-
 // Sharded subscriptions go one hash slot per command (a cluster refuses an SSUBSCRIBE
 // across slots); names of one slot share their command.
 TEST(Bridge, ShardedSubscriptionsGoOneSlotPerCommand) {

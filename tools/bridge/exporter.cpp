@@ -45,9 +45,12 @@ constexpr auto kRedisBoundWait = 200us;
 // Channels known at once (export_channels); past it they are worked out (and numbered)
 // afresh.
 constexpr size_t kMaxNumberedChannels = 1 << 16;
-// How long a WAIT for a replica to have the durable writes before it may take (replicas
-// answer within a round trip when they are up).
-constexpr std::string_view kReplicaWaitMs = "1000";
+// A WAIT for a replica to have the durable writes may take at most this long (replicas
+// answer within a round trip when they are up), and less than half the time a heartbeat
+// has to come back: everything behind a blocked WAIT on its connection waits with it.
+constexpr auto kReplicaWaitMax = 1000ms;
+// After a WAIT that no replica answered, XADDs stop waiting for this long, then try again.
+constexpr auto kReplicaWaitSuspend = 10s;
 
 std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
@@ -112,9 +115,14 @@ struct Exporter::State {
     // On a shard with a replica: XADDs the primary acknowledged, kept until a WAIT after
     // them says a replica has them too. Redis replicates asynchronously, so a primary
     // killed before that would lose them with its replica promoted; sent again instead
-    // (readers drop the copies that did land: origin_sequences.hpp).
-    bool replicated = false;  // XADDs wait for a replica (routing's replicas > 0)
-    bool wait_due = false;    // an XADD went out since the last WAIT
+    // (readers drop the copies that did land: origin_sequences.hpp). One WAIT at a time:
+    // Redis runs nothing else from a client blocked in WAIT, so a second would only hold
+    // the PUBLISHes and heartbeats behind it longer.
+    bool replica_listed = false;     // the topology lists a replica not failed
+    bool replicated = false;         // XADDs wait for a replica now
+    bool wait_due = false;           // an XADD went out since the last WAIT was sent
+    bool wait_in_flight = false;     // a WAIT is out, its answer not read yet
+    Clock::time_point wait_again{};  // after a WAIT no replica answered: waiting resumes then
     OutboundQueue xadds_unreplicated;
   };
   // Adopted from `handoff`, one per shard of `routing`; empty while no link is adopted.
@@ -129,6 +137,12 @@ struct Exporter::State {
   // its output buffer instead.
   OutboundQueue queue;
   std::string key_buffer, body_buffer;  // reused per message
+  // The WAIT timeout (kReplicaWaitMax, or less with a short heartbeat_timeout), in ms.
+  const std::string replica_wait_ms = std::to_string(
+      std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
+                     (shared.config.heartbeat_timeout - shared.config.heartbeat_interval) / 2),
+                 std::chrono::milliseconds(10), std::chrono::milliseconds(kReplicaWaitMax))
+          .count());
   // What the export path works out once per local channel instead of per message: its
   // export rule (the first that matches: a scan of every rule), the hash slot of its Redis
   // name, and the number the next message exported on it carries (envelope or stream
@@ -291,7 +305,7 @@ struct Exporter::State {
       for (size_t i = 0; i < shared.handoff->pubs.size(); ++i) {
         PubShard& p = pubs.emplace_back();
         p.conn = std::move(shared.handoff->pubs[i]);
-        p.replicated = routing->replicas[i] > 0;
+        p.replica_listed = p.replicated = routing->replicas[i] > 0;
       }
       shared.handoff.reset();
       pub_generation = shared.link_generation.load(std::memory_order_relaxed);
@@ -323,19 +337,25 @@ struct Exporter::State {
   // retired the link): settles what was in flight on them.
   void retire_pub() {
     uint64_t uncertain = 0;
-    for (auto p = pubs.rbegin(); p != pubs.rend(); ++p) {
-      uncertain += static_cast<uint64_t>(
-          std::count(p->in_flight.begin(), p->in_flight.end(), Sent::kPublish));
-      // Durable: XADD again, first in line (the unreplicated ones, older, before those in
-      // flight); readers drop the copy if the first one landed. A stream key lives on one
-      // shard, so each key's XADDs keep their order.
-      queue.put_first(std::move(p->xadds_in_flight));
-      queue.put_first(std::move(p->xadds_unreplicated));
+    // Durable: XADD again, first in line (per shard the unreplicated ones, older, before
+    // those in flight); readers drop the copy if the first one landed. A stream key lives on
+    // one shard, so each key's XADDs keep their order. Gathered first, so the queue is
+    // moved once, not twice per shard.
+    OutboundQueue resend;
+    const auto move_all = [&resend](OutboundQueue& from) {
+      for (; !from.empty(); from.pop_front()) resend.push_back(from.front());
+    };
+    for (PubShard& p : pubs) {
+      uncertain +=
+          static_cast<uint64_t>(std::count(p.in_flight.begin(), p.in_flight.end(), Sent::kPublish));
+      move_all(p.xadds_unreplicated);
+      move_all(p.xadds_in_flight);
       // Unsent bytes are dropped with the socket (RST), not delivered late by the kernel on
       // a link the Redis thread has already replaced.
       const linger discard{1, 0};
-      setsockopt(p->conn->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
+      setsockopt(p.conn->fd(), SOL_SOCKET, SO_LINGER, &discard, sizeof discard);
     }
+    if (!resend.empty()) queue.put_first(std::move(resend));
     pubs.clear();
     routing.reset();
     note_queue();
@@ -416,7 +436,10 @@ struct Exporter::State {
   // The export_channels entry of `name`: a burst on one channel finds it without a lookup.
   ExportChannel& export_channel(std::string_view name) {
     if (last_channel != nullptr && name == last_channel_name) return *last_channel;
-    if (export_channels.size() >= kMaxNumberedChannels) export_channels.clear();
+    if (export_channels.size() >= kMaxNumberedChannels) {
+      export_channels.clear();
+      last_channel = nullptr;
+    }
     auto it = export_channels.find(name);
     if (it == export_channels.end()) {
       ExportChannel fresh;
@@ -460,6 +483,9 @@ struct Exporter::State {
   // pub_ready() allows.
   void send_queued() {
     if (queue.empty()) return;
+    const auto now = Clock::now();
+    for (PubShard& p : pubs)
+      if (p.replica_listed && !p.replicated && now >= p.wait_again) p.replicated = true;
     while (!queue.empty() && linked()) {
       const OutboundQueue::Item out = queue.front();
       const size_t shard = shard_for(out);
@@ -480,13 +506,18 @@ struct Exporter::State {
       }
       queue.pop_front();  // last: `out` views into the queue
     }
-    // One WAIT per shard after a batch of XADDs: it answers once a replica has them all.
-    for (PubShard& p : pubs) {
-      if (!std::exchange(p.wait_due, false)) continue;
-      p.conn->append({"WAIT", "1", kReplicaWaitMs});
-      p.in_flight.push_back(Sent::kWait);
-    }
+    for (PubShard& p : pubs) send_wait(p);
     note_queue();
+  }
+
+  // A WAIT after the XADDs sent since the last one, unless one is out already (its answer
+  // sends the next): it answers once a replica has them all.
+  void send_wait(PubShard& p) {
+    if (!p.wait_due || p.wait_in_flight || !p.replicated) return;
+    p.conn->append({"WAIT", "1", replica_wait_ms});
+    p.in_flight.push_back(Sent::kWait);
+    p.wait_due = false;
+    p.wait_in_flight = true;
   }
 
   void publish(PubShard& p, std::string_view key, std::string_view body, const Rule& rule) {
@@ -556,32 +587,39 @@ struct Exporter::State {
         shared.counters.exported.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (sent == Sent::kHeartbeat)
-      throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
-    shared.drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
+    if (sent != Sent::kHeartbeat)
+      shared.drop(Drop::kRedisError, 1, [&] { return "Redis refused: " + std::string(error); });
     // The message is lost (counted above); the link is rebuilt on a fresh topology, so the
-    // channel's next messages go to its new owner.
+    // channel's next messages go to its new owner. A heartbeat's slot moves too.
     if (is_topology_error(error))
       throw TopologyChanged("the cluster's topology changed: " + std::string(error));
+    if (sent == Sent::kHeartbeat)
+      throw std::runtime_error("heartbeat PUBLISH refused: " + std::string(error));
   }
 
-  // The XADDs before a WAIT are on a replica, or no replica answered within kReplicaWaitMs:
-  // then the shard's durable writes stop waiting for one until the next link (whose
-  // topology says which replicas are up), with a line in the log.
+  // The XADDs before a WAIT are on a replica: forgotten. Or no replica answered in time
+  // (one is resyncing, paused, or down and not yet marked failed): they stay kept, to be
+  // sent again when the link ends (or forgotten once a later WAIT succeeds), and XADDs stop
+  // waiting for kReplicaWaitSuspend, with a line in the log, so a missing replica does not
+  // stall the shard's connection a WAIT at a time.
   void on_wait_reply(PubShard& p, const redisReply* r) {
-    if (r->type != REDIS_REPLY_INTEGER || r->integer < 1) {
-      const std::string why =
-          r->type == REDIS_REPLY_INTEGER
-              ? "no replica acknowledged within " + std::string(kReplicaWaitMs) + " ms"
-              : "WAIT refused: " + std::string(reply_text(r));
+    p.wait_in_flight = false;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= 1) {
+      p.xadds_unreplicated.clear();
+    } else if (p.replicated) {
+      const std::string why = r->type == REDIS_REPLY_INTEGER
+                                  ? "no replica acknowledged within " + replica_wait_ms + " ms"
+                                  : "WAIT refused: " + std::string(reply_text(r));
+      const RedisEndpoint& server = routing->endpoints[&p - pubs.data()];
       shared.log->warn(
           "durable writes to {}:{} are not known to be replicated ({}); they go on without "
-          "waiting for a replica until the next connection",
-          routing->endpoints[&p - pubs.data()].host, routing->endpoints[&p - pubs.data()].port,
-          why);
+          "waiting for a replica for {} s",
+          server.host, server.port, why,
+          std::chrono::duration_cast<std::chrono::seconds>(kReplicaWaitSuspend).count());
       p.replicated = false;
+      p.wait_again = Clock::now() + kReplicaWaitSuspend;
     }
-    p.xadds_unreplicated.clear();
+    send_wait(p);
   }
 
   // Where a local interest in the channel `name` of `rule` goes: a stream, a sharded
