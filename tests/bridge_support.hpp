@@ -87,6 +87,15 @@ struct CapturedLog {
   }
 };
 
+// A bridge of host 1 with pubsub = "sharded" importing `channels` by exact envelope rules
+// (the rules the sharded commands carry).
+inline BridgeConfig sharded_importer(int port, const std::vector<std::string>& channels) {
+  BridgeConfig c = fast_config(port, 1);
+  c.sharded = true;
+  for (const auto& channel : channels) c.imports.push_back({channel, Mode::kEnvelope, false, 0});
+  return c;
+}
+
 // The daemon of a test host: clients may ask for rings of up to 16 MiB (lossless_channel).
 inline daemon::Config host_daemon_config() {
   daemon::Config config = test::small_test_config();

@@ -328,13 +328,10 @@ TEST(Bridge, ShardedExactChannelsTravelBySpublishToLocalInterestOnly) {
 TEST(Bridge, ShardedSubscriptionsGoOneSlotPerCommand) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  BridgeConfig c = fast_config(redis.port(), 1);
-  c.sharded = true;
   const std::vector<std::string> names = {"orders", "invoices", "{orders}refunds"};
   ASSERT_NE(key_slot(names[0]), key_slot(names[1]));
   ASSERT_EQ(key_slot(names[0]), key_slot(names[2]));
-  for (const auto& name : names) c.imports.push_back({name, Mode::kEnvelope, false, 0});
-  Host host(c);
+  Host host(sharded_importer(redis.port(), names));
   ASSERT_TRUE(subscribed(*host.bridge, 1));
   const auto before = host.bridge->counters();
   auto sub = Subscription::open(host.daemon.options());
@@ -354,11 +351,8 @@ TEST(Bridge, ShardedNeedsTheShardedCommandsAndSaysSo) {
   options.extra_args = {"--rename-command", "SSUBSCRIBE", ""};
   RedisServer redis(options);
   REQUIRE_REDIS(redis);
-  BridgeConfig c = fast_config(redis.port(), 1);
-  c.sharded = true;
-  c.imports.push_back({"orders", Mode::kEnvelope, false, 0});
   CapturedLog log;
-  Host host(c, log.logger);
+  Host host(sharded_importer(redis.port(), {"orders"}), log.logger);
   std::this_thread::sleep_for(1500ms);
   const auto counters = host.bridge->counters();
   EXPECT_FALSE(counters.connected);
@@ -377,10 +371,8 @@ TEST(Bridge, ShardedNeedsTheShardedCommandsAndSaysSo) {
 TEST(Bridge, ShardedUnsubscribeAnsweredLateIsNotTakenForRedisDroppingIt) {
   RedisServer redis;
   REQUIRE_REDIS(redis);
-  BridgeConfig c = fast_config(redis.port(), 1);
-  c.sharded = true;
+  BridgeConfig c = sharded_importer(redis.port(), {"orders"});
   c.heartbeat_timeout = 5s;  // outlives the pauses
-  c.imports.push_back({"orders", Mode::kEnvelope, false, 0});
   CapturedLog log;
   Host host(c, log.logger);
   ASSERT_TRUE(subscribed(*host.bridge, 1));
