@@ -116,6 +116,9 @@ struct Bridge::Impl : BridgeShared {
   uint64_t awaited_heartbeat = 0;     // the unanswered heartbeat being timed, if above
   Clock::time_point awaited_since{};  // ... and when it was sent
   bool export_stall_logged = false;
+  // redis_step's poll list, kept between passes (their capacity is reused).
+  std::vector<RedisConnection*> conns;
+  std::vector<pollfd> fds;
   // The local interest last handed to pubsub and durable (BridgeShared::interest_generation).
   uint64_t wanted_generation = ~uint64_t{0};
 
@@ -309,16 +312,18 @@ struct Bridge::Impl : BridgeShared {
                                  "is stalled");
       }
       durable.send_command();
-      for (RedisConnection* sub : pubsub.connections()) sub->flush();
-      for (RedisConnection* streams : durable.connections()) streams->flush();
+      for (const auto& sub : pubsub.connections()) sub->flush();
+      for (const auto& streams : durable.connections()) streams->flush();
     }
     durable.maintain(now);
 
-    // The subscriber connections (one per shard), then the stream connections.
-    std::vector<RedisConnection*> conns = pubsub.connections();
+    // The subscriber connections (one per shard), then the stream connections; the lists
+    // are kept between passes, so a pass allocates nothing.
+    conns.clear();
+    for (const auto& sub : pubsub.connections()) conns.push_back(sub.get());
     const size_t subs = conns.size();
-    for (RedisConnection* streams : durable.connections()) conns.push_back(streams);
-    std::vector<pollfd> fds{{wake_fd, POLLIN, 0}};
+    for (const auto& streams : durable.connections()) conns.push_back(streams.get());
+    fds.assign(1, {wake_fd, POLLIN, 0});
     for (RedisConnection* c : conns) fds.push_back(c->poll_entry());
     auto deadline = now + 50ms;
     if (subs == 0)

@@ -529,10 +529,8 @@ void DurableStreams::link_up(std::vector<std::unique_ptr<RedisConnection>> conne
 void DurableStreams::link_down() {
   state_->link_down();
 }
-std::vector<RedisConnection*> DurableStreams::connections() const {
-  std::vector<RedisConnection*> out;
-  for (const auto& c : state_->streams) out.push_back(c.get());
-  return out;
+std::span<const std::unique_ptr<RedisConnection>> DurableStreams::connections() const {
+  return state_->streams;
 }
 void DurableStreams::want(const NameSet& streams, const NameSet& patterns) {
   state_->wanted_streams = streams;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "bridge_shared.hpp"
@@ -40,7 +41,8 @@ class DurableStreams {
   void link_up(std::vector<std::unique_ptr<RedisConnection>> connections,
                std::shared_ptr<const ShardRouting> routing);
   void link_down();
-  std::vector<RedisConnection*> connections() const;  // by shard; empty while down
+  // By shard; empty while down. A view, valid until link_up() or link_down().
+  std::span<const std::unique_ptr<RedisConnection>> connections() const;
 
   // The local interest, in Redis names: streams by name and stream patterns. `read`: the
   // interest has been read at least once (until then nothing restored is forgotten).

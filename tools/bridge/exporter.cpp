@@ -128,6 +128,7 @@ struct Exporter::State {
   // Adopted from `handoff`, one per shard of `routing`; empty while no link is adopted.
   std::vector<PubShard> pubs;
   std::shared_ptr<const ShardRouting> routing;  // of the adopted link
+  std::vector<pollfd> pub_fds;                  // poll_entries()'s, reused
   uint64_t pub_generation = 0;
   uint64_t heartbeats_sent = 0;
   Clock::time_point next_heartbeat{};
@@ -234,7 +235,7 @@ struct Exporter::State {
       send_queued();
       service_pub();
       if (!linked()) break;
-      std::vector<pollfd> fds = poll_entries();
+      std::vector<pollfd>& fds = poll_entries();
       poll(fds.data(), fds.size(), 10);
     }
     if (linked()) retire_pub();  // unacknowledged PUBLISHes: kInFlight; XADDs back in the queue
@@ -265,7 +266,7 @@ struct Exporter::State {
       // Redis, not the ring, is what we wait for: its sockets say when to go on. Short
       // while exporting, so the ring is drained into the queue meanwhile.
       if (redis_bound) wait = std::min<std::chrono::nanoseconds>(wait, kRedisBoundWait);
-      std::vector<pollfd> fds = poll_entries();
+      std::vector<pollfd>& fds = poll_entries();
       const timespec ts{static_cast<time_t>(wait.count() / 1'000'000'000),
                         static_cast<long>(wait.count() % 1'000'000'000)};
       ppoll(fds.data(), fds.size(), &ts, nullptr);  // EINTR or a timeout: the next pass looks again
@@ -285,10 +286,12 @@ struct Exporter::State {
                        [](const PubShard& p) { return !p.in_flight.empty(); });
   }
 
-  std::vector<pollfd> poll_entries() const {
-    std::vector<pollfd> fds;
-    for (const PubShard& p : pubs) fds.push_back(p.conn->poll_entry());
-    return fds;
+  // The publishing connections' poll entries, in pub_fds (kept between waits: a wait
+  // while Redis holds the thread up comes every kRedisBoundWait, and allocates nothing).
+  std::vector<pollfd>& poll_entries() {
+    pub_fds.clear();
+    for (const PubShard& p : pubs) pub_fds.push_back(p.conn->poll_entry());
+    return pub_fds;
   }
 
   // Adopts the publishing connections of the current link generation, and retires those

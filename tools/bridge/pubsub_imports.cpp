@@ -123,7 +123,7 @@ struct PubSubImports::State {
       unwanted_since.erase(name);
     }
     for (auto it = sent.begin(); it != sent.end();) {
-      if (is_heartbeat(*it) || want.count(*it)) {
+      if (want.count(*it) || is_heartbeat(*it)) {
         ++it;
         continue;
       }
@@ -386,10 +386,8 @@ void PubSubImports::link_down() {
 bool PubSubImports::linked() const {
   return !state_->subs.empty();
 }
-std::vector<RedisConnection*> PubSubImports::connections() const {
-  std::vector<RedisConnection*> out;
-  for (const auto& sub : state_->subs) out.push_back(sub.get());
-  return out;
+std::span<const std::unique_ptr<RedisConnection>> PubSubImports::connections() const {
+  return state_->subs;
 }
 void PubSubImports::want(const NameSet& channels, const NameSet& patterns,
                          const NameSet& shard_channels) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "bridge_shared.hpp"
@@ -32,7 +33,9 @@ class PubSubImports {
                std::shared_ptr<const ShardRouting> routing);
   void link_down();
   bool linked() const;
-  std::vector<RedisConnection*> connections() const;  // by shard; empty while down
+  // By shard; empty while down. A view of the connections held, valid until link_up() or
+  // link_down(): the Redis thread polls them on every pass, without building a list.
+  std::span<const std::unique_ptr<RedisConnection>> connections() const;
 
   // The local interest, in Redis names: channels and patterns, and the channels of sharded
   // rules (SSUBSCRIBE).
