@@ -157,7 +157,7 @@ struct Exporter::State {
   struct ExportChannel {
     const Rule* rule = nullptr;  // nullptr: no export rule matches
     uint16_t slot = 0;           // key_slot(prefix + channel)
-    bool sharded = false;        // on a cluster, routed by `slot` (shard_for)
+    bool by_slot = false;        // on a cluster, routed by `slot` (shard_for)
     uint64_t next_sequence = 0;
   };
   StringMap<ExportChannel> export_channels;
@@ -318,13 +318,8 @@ struct Exporter::State {
 
   // The shard a message goes to: a sharded channel's or stream key's owner on a cluster,
   // shard 0 for classic pub/sub (and for everything on one server).
-  size_t shard_for(std::string_view key, const Rule& rule) const {
-    if (!routing->cluster) return 0;
-    const bool by_slot = rule.durable || shared.config.shards(rule);
-    return by_slot ? routing->shard_of(key) : 0;
-  }
   size_t shard_for(const OutboundQueue::Item& item) const {
-    return shard_for(item.key, *item.rule);
+    return item.by_slot ? routing->shard_of_slot_number(item.slot) : 0;
   }
 
   // Shard `shard` may take a message now: adopted, of the current link, with room in
@@ -427,13 +422,13 @@ struct Exporter::State {
     // Durable messages always take the queue: send_queued() keeps a copy of each for a
     // resend.
     if (!rule->durable && queue.empty() && linked()) {
-      const size_t shard = channel.sharded ? routing->shard_of_slot_number(channel.slot) : 0;
+      const size_t shard = channel.by_slot ? routing->shard_of_slot_number(channel.slot) : 0;
       if (pub_ready(shard)) {
         publish(pubs[shard], key_buffer, body, *rule);
         return;
       }
     }
-    enqueue({key_buffer, body, rule, sequence, m.publish_unix_ns});
+    enqueue({key_buffer, body, rule, sequence, m.publish_unix_ns, channel.slot, channel.by_slot});
   }
 
   // The export_channels entry of `name`: a burst on one channel finds it without a lookup.
@@ -449,7 +444,7 @@ struct Exporter::State {
       fresh.rule = BridgeConfig::first_match(shared.config.exports, name);
       key_buffer.assign(shared.config.redis_prefix).append(name);
       fresh.slot = key_slot(key_buffer);
-      fresh.sharded = fresh.rule && (fresh.rule->durable || shared.config.shards(*fresh.rule));
+      fresh.by_slot = fresh.rule && (fresh.rule->durable || shared.config.shards(*fresh.rule));
       it = export_channels.emplace(name, fresh).first;
     }
     last_channel = &it->second;

@@ -25,6 +25,10 @@ class OutboundQueue {
     std::string_view body;  // envelope or raw payload (durable: the payload)
     const Rule* rule;
     uint64_t sequence, publish_unix_ns;
+    // On a cluster: whether `key` goes to the shard of its slot (sharded channels, stream
+    // keys; else shard 0), and that slot. Worked out once per channel by the exporter.
+    uint16_t slot = 0;
+    bool by_slot = false;
   };  // key and body view the queue: valid until it next changes
 
   bool empty() const { return head_ == packed_.size(); }
@@ -36,8 +40,9 @@ class OutboundQueue {
   uint64_t held_bytes() const { return buffer_.capacity() + packed_.capacity() * sizeof(Packed); }
 
   void push_back(const Item& item) {
-    packed_.push_back(
-        {item.rule, item.sequence, item.publish_unix_ns, item.key.size(), item.body.size()});
+    packed_.push_back({item.rule, item.sequence, item.publish_unix_ns,
+                       static_cast<uint32_t>(item.key.size()),
+                       static_cast<uint32_t>(item.body.size()), item.slot, item.by_slot});
     buffer_.append(item.key).append(item.body);
   }
   // Puts `first` (durable messages whose XADD was in flight on a broken link) ahead of
@@ -49,13 +54,18 @@ class OutboundQueue {
   }
   Item front() const {
     const Packed& p = packed_[head_];
-    const std::string_view at(buffer_.data() + buffer_head_, p.key_bytes + p.body_bytes);
-    return {at.substr(0, p.key_bytes), at.substr(p.key_bytes), p.rule, p.sequence,
-            p.publish_unix_ns};
+    const std::string_view at(buffer_.data() + buffer_head_, size_t{p.key_bytes} + p.body_bytes);
+    return {at.substr(0, p.key_bytes),
+            at.substr(p.key_bytes),
+            p.rule,
+            p.sequence,
+            p.publish_unix_ns,
+            p.slot,
+            p.by_slot};
   }
   void pop_front() {
     const Packed& p = packed_[head_++];
-    buffer_head_ += p.key_bytes + p.body_bytes;
+    buffer_head_ += size_t{p.key_bytes} + p.body_bytes;
     if (head_ == packed_.size()) {
       clear();
       return;
@@ -89,7 +99,11 @@ class OutboundQueue {
   struct Packed {
     const Rule* rule;
     uint64_t sequence, publish_unix_ns;
-    size_t key_bytes, body_bytes;
+    // 32 bits: a key is a channel name (1 KiB) and the prefix, a body at most
+    // max_payload_bytes (512 MiB) and an envelope; with the slot, 40 bytes as before.
+    uint32_t key_bytes, body_bytes;
+    uint16_t slot;
+    bool by_slot;
   };
   static constexpr size_t kKeptQueueCapacity = 4u << 20;
   std::vector<Packed> packed_;
