@@ -153,7 +153,7 @@ struct Bridge::Impl : BridgeShared {
   // the link fails like a refused connection, with backoff, instead of coming up and
   // breaking at its first SSUBSCRIBE.
   void check_sharded_support(RedisConnection& connection, const RedisEndpoint& server) const {
-    const std::string name = server.host + ":" + std::to_string(server.port);
+    const std::string name = server.address();
     const redisReply* commands = round_trip(
         connection, {"COMMAND", "INFO", "SPUBLISH", "SSUBSCRIBE"}, config.connect_timeout);
     const bool known = commands->type == REDIS_REPLY_ARRAY && commands->elements == 2 &&
@@ -213,8 +213,7 @@ struct Bridge::Impl : BridgeShared {
     std::string shards;
     if (config.cluster()) {
       shards = " (" + std::to_string(new_link->routing->shards()) + " shards:";
-      for (const auto& server : new_link->routing->endpoints)
-        shards += " " + server.host + ":" + std::to_string(server.port);
+      for (const auto& server : new_link->routing->endpoints) shards += " " + server.address();
       shards += ")";
     }
     log->info("connected to redis {}{}{}", config.redis_description(), shards,

@@ -43,7 +43,7 @@ Discovery discover_cluster(const std::vector<RedisEndpoint>& seeds) {
   std::optional<Discovery> best;
   std::string failures;
   for (const RedisEndpoint& seed : seeds) {
-    const std::string address = seed.host + ":" + std::to_string(seed.port);
+    const std::string address = seed.address();
     try {
       SlotMap map = fill_unknown_hosts(ask(seed), seed.host);
       if (map.slots_served() == kClusterSlots) return {std::move(map), address};

@@ -56,12 +56,6 @@ std::string_view text_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 
-bool starts_with_any(std::string_view error, std::initializer_list<std::string_view> prefixes) {
-  for (std::string_view prefix : prefixes)
-    if (error.starts_with(prefix)) return true;
-  return false;
-}
-
 // Errors after which the same command succeeds later (see Redis's shared error replies).
 bool is_transient_error(std::string_view error) {
   return starts_with_any(error, {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY", "OOM"});
@@ -608,11 +602,10 @@ struct Exporter::State {
       const std::string why = r->type == REDIS_REPLY_INTEGER
                                   ? "no replica acknowledged within " + replica_wait_ms + " ms"
                                   : "WAIT refused: " + std::string(reply_text(r));
-      const RedisEndpoint& server = routing->endpoints[&p - pubs.data()];
       shared.log->warn(
-          "durable writes to {}:{} are not known to be replicated ({}); they go on without "
+          "durable writes to {} are not known to be replicated ({}); they go on without "
           "waiting for a replica for {} s",
-          server.host, server.port, why,
+          routing->endpoints[&p - pubs.data()].address(), why,
           std::chrono::duration_cast<std::chrono::seconds>(kReplicaWaitSuspend).count());
       p.replicated = false;
       p.wait_again = Clock::now() + kReplicaWaitSuspend;

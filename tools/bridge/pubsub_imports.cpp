@@ -1,6 +1,5 @@
 #include "pubsub_imports.hpp"
 
-#include <charconv>
 #include <map>
 #include <optional>
 #include <string>
@@ -353,8 +352,7 @@ struct PubSubImports::State {
   // stop timeouts for good and flush the raw echo ledger early.
   void on_heartbeat(size_t shard, std::string_view payload) {
     uint64_t n = 0;
-    const auto [end, error] = std::from_chars(payload.data(), payload.data() + payload.size(), n);
-    if (error != std::errc() || end != payload.data() + payload.size()) return;
+    if (!number(payload, n)) return;  // digits only (state_file.hpp)
     {
       std::lock_guard<std::mutex> lock(shared.link_mutex);
       if (n > shared.newest_heartbeat.number) return;

@@ -147,7 +147,7 @@ void RedisConnection::ReplyArena::reset() {
 }
 
 RedisConnection::RedisConnection(const RedisEndpoint& endpoint)
-    : name_("redis " + endpoint.host + ":" + std::to_string(endpoint.port)) {
+    : name_("redis " + endpoint.address()) {
   const auto ms = endpoint.connect_timeout.count();
   const timeval timeout{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>(ms % 1000 * 1000)};
   context_ = redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, timeout);

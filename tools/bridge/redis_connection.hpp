@@ -41,6 +41,14 @@ inline std::string_view reply_text(const redisReply* r) {
   return r && r->str ? std::string_view(r->str, r->len) : std::string_view();
 }
 
+// Whether an error reply's text starts with one of `prefixes` (its error code).
+inline bool starts_with_any(std::string_view error,
+                            std::initializer_list<std::string_view> prefixes) {
+  for (std::string_view prefix : prefixes)
+    if (error.starts_with(prefix)) return true;
+  return false;
+}
+
 struct RedisEndpoint {
   std::string host;
   int port = 6379;
@@ -48,6 +56,8 @@ struct RedisEndpoint {
   std::string password;
   int db = 0;
   std::chrono::milliseconds connect_timeout{1000};
+
+  std::string address() const { return host + ":" + std::to_string(port); }  // host:port
 };
 
 class RedisConnection {

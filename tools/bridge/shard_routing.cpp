@@ -6,9 +6,7 @@
 namespace shmbus::bridge {
 
 bool is_topology_error(std::string_view error) {
-  for (std::string_view prefix : {"MOVED ", "ASK ", "CLUSTERDOWN"})
-    if (error.starts_with(prefix)) return true;
-  return false;
+  return starts_with_any(error, {"MOVED ", "ASK ", "CLUSTERDOWN"});
 }
 
 bool same_routes(const ShardRouting& a, const ShardRouting& b) {
