@@ -112,7 +112,6 @@ struct Exporter::State {
     // (readers drop the copies that did land: origin_sequences.hpp). One WAIT at a time:
     // Redis runs nothing else from a client blocked in WAIT, so a second would only hold
     // the PUBLISHes and heartbeats behind it longer.
-    bool replica_listed = false;     // the topology lists a replica not failed
     bool replicated = false;         // XADDs wait for a replica now
     bool wait_due = false;           // an XADD went out since the last WAIT was sent
     bool wait_in_flight = false;     // a WAIT is out, its answer not read yet
@@ -302,7 +301,7 @@ struct Exporter::State {
       for (size_t i = 0; i < shared.handoff->pubs.size(); ++i) {
         PubShard& p = pubs.emplace_back();
         p.conn = std::move(shared.handoff->pubs[i]);
-        p.replica_listed = p.replicated = routing->replicas[i] > 0;
+        p.replicated = routing->replicas[i] > 0;
       }
       shared.handoff.reset();
       pub_generation = shared.link_generation.load(std::memory_order_relaxed);
@@ -476,8 +475,10 @@ struct Exporter::State {
   void send_queued() {
     if (queue.empty()) return;
     const auto now = Clock::now();
-    for (PubShard& p : pubs)
-      if (p.replica_listed && !p.replicated && now >= p.wait_again) p.replicated = true;
+    // Waiting resumes after a suspension on a shard whose topology lists a replica.
+    for (size_t i = 0; i < pubs.size(); ++i)
+      if (routing->replicas[i] > 0 && !pubs[i].replicated && now >= pubs[i].wait_again)
+        pubs[i].replicated = true;
     while (!queue.empty() && linked()) {
       const OutboundQueue::Item out = queue.front();
       const size_t shard = shard_for(out);
