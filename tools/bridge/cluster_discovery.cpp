@@ -1,6 +1,6 @@
 #include "cluster_discovery.hpp"
 
-#include <algorithm>
+#include <optional>
 #include <stdexcept>
 
 namespace shmbus::bridge {
